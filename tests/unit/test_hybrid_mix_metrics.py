@@ -1,0 +1,59 @@
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import hybrid_mix_metrics as m  # noqa: E402
+
+
+def test_lower_bound_device_bound_and_path_bound():
+    # device-bound: 3 jobs x 2 s of device work beat the longest job's 4 s path
+    assert m.lower_bound([2, 2, 2], [4, 3, 3]) == 6
+    # path-bound: one long job dominates
+    assert m.lower_bound([1, 1], [10, 2]) == 10
+    assert m.lower_bound([], []) == 0.0
+
+
+def test_jain():
+    assert m.jain([1, 1, 1, 1]) == pytest.approx(1.0)
+    assert m.jain([1, 0, 0, 0]) == pytest.approx(0.25)
+    assert m.jain([1, 2]) == pytest.approx(9 / 10)
+    assert math.isnan(m.jain([]))
+
+
+def test_slowdowns():
+    assert m.slowdowns([4, 9], [2, 3]) == [2, 3]
+    with pytest.raises(ValueError):
+        m.slowdowns([1], [1, 2])
+
+
+def test_percentile_matches_numpy_linear():
+    np = pytest.importorskip("numpy")
+    xs = [0.3, 1.0, 5.0, 2.0, 0.1, 7.5]
+    for q in (0, 50, 95, 99, 100):
+        assert m.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    assert m.percentile([3.0], 99) == 3.0
+
+
+def test_busy_time_merges_overlaps_and_clips():
+    iv = [(0, 1), (0.5, 2), (3, 4), (5, 5)]
+    assert m.busy_time(iv) == pytest.approx(3.0)
+    assert m.busy_time(iv, 1.5, 3.5) == pytest.approx(1.0)
+
+
+def test_offered_load():
+    # T_c/T_q = 1 for two jobs: each wants the device half the time
+    assert m.offered_load([1, 1], [1, 1]) == pytest.approx(1.0)
+    assert m.offered_load([4] * 8, [1] * 8) == pytest.approx(1.6)
+
+
+def test_summarize_perfect_interleave():
+    # two jobs, one device, perfectly interleaved: makespan = bound, device always busy
+    s = m.summarize(t0=0.0, job_ends=[4.0, 4.0], alone_s=[4.0, 4.0], device_work_per_job=[2.0, 2.0],
+                    device_intervals=[(0, 2), (2, 4)], waits_s=[0, 0, 0, 0])
+    assert s["makespan_s"] == 4.0 and s["lower_bound_s"] == 4.0 and s["ratio_to_bound"] == 1.0
+    assert s["busy_fraction"] == 1.0 and s["jain"] == pytest.approx(1.0)
+    assert set(s) == {"makespan_s", "lower_bound_s", "ratio_to_bound", "busy_fraction", "mean_slowdown",
+                      "p95_slowdown", "jain", "wait_p50_s", "wait_p99_s"}
