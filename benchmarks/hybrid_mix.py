@@ -118,13 +118,23 @@ def _classical(kind: str, seconds: float):
 
 
 def _job_main(ctx: Ctx, spec: JobSpec, ready, go, t0v, out):
+    def start_sync() -> float:
+        ready.put(spec.idx)
+        go.wait()
+        time.sleep(max(0.0, t0v.value - time.time()))
+        return t0v.value
+
     try:
-        out.put(_job_body(ctx, spec, ready, go, t0v))
+        out.put(_job_body(ctx, spec, start_sync))
     except BaseException:
         out.put({"idx": spec.idx, "error": traceback.format_exc()})
 
 
-def _job_body(ctx: Ctx, spec: JobSpec, ready, go, t0v) -> dict:
+def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = None) -> dict:
+    """One hybrid job. start_sync() returns t0 (all jobs' submission time) once the job may start.
+
+    exclusive-slurm: Slurm started this process at started_at; building the device happens inside
+    the job's allocation, as it would in a real job."""
     import hybrid_mix_device as hd
 
     p = ctx.params
@@ -134,12 +144,13 @@ def _job_body(ctx: Ctx, spec: JobSpec, ready, go, t0v) -> dict:
     records: list[tuple[float, float, int, int]] = []
     cleanup = []
 
-    if ctx.strategy == "exclusive":
-        from redis import Redis
-
+    if ctx.strategy in ("exclusive", "exclusive-slurm"):
         dev = hd.make_device(p.device, setup_s=p.setup_s, rep_s=p.rep_s, num_qubits=p.qubits)
-        dev.run(hd.random_bindings(rng, 1, nparam), 1)  # warm outside the timed region
-        conn = Redis.from_url(ctx.redis_url)
+        dev.run(hd.random_bindings(rng, 1, nparam), 1)  # warm: transpile, aer init
+        if ctx.strategy == "exclusive":
+            from redis import Redis
+
+            conn = Redis.from_url(ctx.redis_url)
 
         def burst(it, params):
             s, e = dev.run(params, spec.shots, circuit)
@@ -183,12 +194,10 @@ def _job_body(ctx: Ctx, spec: JobSpec, ready, go, t0v) -> dict:
     else:
         raise ValueError(ctx.strategy)
 
-    ready.put(spec.idx)
-    go.wait()
-    t0 = t0v.value
-    time.sleep(max(0.0, t0 - time.time()))
-
+    t0 = start_sync()
     lock_wait = 0.0
+    if ctx.strategy == "exclusive-slurm":
+        lock_wait = started_at - t0  # time pending in Slurm
     if ctx.strategy == "exclusive":
         # a FIFO lock in submission order (job index, as sbatch in a loop gives): the device passes
         # from job j to job j+1 through a token on key j+1
@@ -208,13 +217,19 @@ def _job_body(ctx: Ctx, spec: JobSpec, ready, go, t0v) -> dict:
             # job waited for the device once, before its first iteration: charged to iteration 0
             waits.append(max(0.0, (q1 - q0) - sum(e - s for s, e in iv)) + (lock_wait if it == 0 else 0.0))
         end = time.time()
+        if ctx.strategy == "exclusive-slurm":
+            hold = (started_at, end)
+        elif ctx.strategy == "exclusive":
+            hold = (t0 + lock_wait, end)
+        else:
+            hold = None
     finally:
         if ctx.strategy == "exclusive":
             conn.rpush(f"{ctx.lock_key}:{spec.idx + 1}", "token")
         for fn in cleanup:
             with contextlib.suppress(Exception):
                 fn()
-    return {"idx": spec.idx, "end": end, "waits": waits, "records": records}
+    return {"idx": spec.idx, "end": end, "waits": waits, "records": records, "hold": hold}
 
 
 def _qsched_interval(meta) -> tuple[float, float]:
@@ -286,7 +301,10 @@ def summarize(p: Params, specs: list[JobSpec], t0: float, results: list[dict]) -
     )
     # what the device actually ran (per-circuit pays setup per circuit, so it exceeds the workload's)
     s["device_work_s"] = metrics.busy_time([(a, b) for a, b, _, _ in records])
-    return s, [(a - t0, b - t0, j, it) for a, b, j, it in records]
+    tl = [(a - t0, b - t0, j, it) for a, b, j, it in records]
+    # the device reserved for a job but not running its circuits: drawn light, iteration -1
+    tl += [(r["hold"][0] - t0, r["hold"][1] - t0, r["idx"], -1) for r in results if r.get("hold")]
+    return s, tl
 
 
 # --- infrastructure: Redis, the RQ worker, qsched ---------------------------------------------------
@@ -301,6 +319,7 @@ class Infra(contextlib.ExitStack):
         self.rq_queue: str | None = None
         self.qsched_url: str | None = None
         self.qsched_pool = "emulated"
+        self._slurm = None
 
     def log(self, *a):
         if self.verbose:
@@ -354,6 +373,24 @@ class Infra(contextlib.ExitStack):
         self.rq_queue = name
         return name
 
+    def slurm(self, mode: str):
+        """(env, qpu count) of the Slurm the exclusive strategy runs through, or None for the lock."""
+        if mode == "off":
+            return None
+        if self._slurm is None:
+            import hybrid_mix_slurm as hs
+
+            if mode == "up":
+                self.log("bringing up a single-node Slurm with one qpu license (slurm/testing/slurm-up.sh)")
+                cluster = self.enter_context(hs.OwnSlurm(self.workdir))
+                self._slurm = (cluster.env, hs.qpu_total(cluster.env) or 1)
+            else:
+                n = hs.qpu_total()
+                self._slurm = (dict(os.environ), n) if n else False
+                if n:
+                    self.log(f"a Slurm is up with {n} qpu license(s): exclusive jobs ask for all {n}")
+        return self._slurm or None
+
     def qsched(self) -> str:
         if self.qsched_url:
             return self.qsched_url
@@ -384,8 +421,23 @@ def _wait_for(pred, timeout, what):
     raise RuntimeError(f"{what} not ready after {timeout}s ({last!r})")
 
 
-def run_strategy(name: str, p: Params, specs: list[JobSpec], infra: Infra) -> tuple[dict, list]:
+def run_strategy(name: str, p: Params, specs: list[JobSpec], infra: Infra, slurm_mode: str = "off"):
     ctx = Ctx(strategy=name, params=p)
+    if name == "exclusive" and (sl := infra.slurm(slurm_mode)):
+        import hybrid_mix_slurm as hs
+
+        env, qpus = sl
+        try:
+            t0, results = hs.run_exclusive(ctx, specs, infra.workdir, env, qpus,
+                                           timeout_s=120 + 3 * sum(sp.alone_s(p.m) for sp in specs))
+            s, tl = summarize(p, specs, t0, results)
+            s["mode"] = "slurm"
+            return s, tl
+        except hs.SlurmError as e:
+            if slurm_mode == "up":
+                raise
+            infra.log(f"exclusive through Slurm failed, using the lock instead: {e}")
+            infra._slurm = False
     if name == "exclusive":
         from redis import Redis
 
@@ -397,7 +449,10 @@ def run_strategy(name: str, p: Params, specs: list[JobSpec], infra: Infra) -> tu
     elif name == "qsched":
         ctx.qsched_url, ctx.qsched_pool = infra.qsched(), infra.qsched_pool
     t0, results = run_jobs(ctx, specs)
-    return summarize(p, specs, t0, results)
+    s, tl = summarize(p, specs, t0, results)
+    if name == "exclusive":
+        s["mode"] = "lock"
+    return s, tl
 
 
 # --- calibration for aer ----------------------------------------------------------------------------
@@ -443,7 +498,10 @@ def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, titl
     for ax, name in zip(axes[:, 0], names):
         recs = timelines[name]
         for j in range(p.k):
-            bars = [(a, b - a) for a, b, jj, _ in recs if jj == j]
+            held = [(a, b - a) for a, b, jj, it in recs if jj == j and it < 0]
+            if held:
+                ax.broken_barh(held, (0.1, 0.8), facecolors=cmap(j % cmap.N), alpha=0.18, edgecolor="none")
+            bars = [(a, b - a) for a, b, jj, it in recs if jj == j and it >= 0]
             if bars:
                 ax.broken_barh(bars, (0.1, 0.8), facecolors=cmap(j % cmap.N), edgecolor="none",
                                label=f"job {j}")
@@ -456,7 +514,8 @@ def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, titl
                      f"busy {100 * s['busy_fraction']:.0f}%, mean slowdown {s['mean_slowdown']:.2f}, "
                      f"Jain {s['jain']:.2f}", fontsize=9, loc="left")
         ax.set_xlim(0, xmax * 1.02)
-    axes[-1, 0].set_xlabel("seconds since all jobs were submitted (dashed: lower bound, red: makespan)")
+    axes[-1, 0].set_xlabel("seconds since all jobs were submitted (dashed: lower bound, red: makespan; "
+                           "light: device reserved by the job but idle)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     for ax in axes[1:, 0]:
         h, l = ax.get_legend_handles_labels()
@@ -475,7 +534,7 @@ def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, titl
 
 # --- one configuration, the sweep, the CLI ---------------------------------------------------------
 
-def run_config(p: Params, strategies, infra: Infra) -> tuple[dict, dict, list[JobSpec]]:
+def run_config(p: Params, strategies, infra: Infra, slurm_mode: str = "off") -> tuple[dict, dict, list[JobSpec]]:
     specs = make_workload(p)
     if p.device == "aer":
         specs = make_workload(p, calibrate(p, specs))
@@ -483,7 +542,7 @@ def run_config(p: Params, strategies, infra: Infra) -> tuple[dict, dict, list[Jo
     for name in strategies:
         infra.log(f"{name}: K={p.k} M={p.m} B={p.b} T_c/T_q={p.ratio:g} ...")
         t = time.time()
-        summaries[name], timelines[name] = run_strategy(name, p, specs, infra)
+        summaries[name], timelines[name] = run_strategy(name, p, specs, infra, slurm_mode)
         infra.log(f"{name}: done in {time.time() - t:.1f} s: makespan {summaries[name]['makespan_s']:.2f} s, "
                   f"ratio {summaries[name]['ratio_to_bound']:.3f}, busy {summaries[name]['busy_fraction']:.3f}")
     return summaries, timelines, specs
@@ -534,6 +593,9 @@ def main(argv=None) -> int:
     ap.add_argument("--classical", choices=["sleep", "numpy"], default="sleep")
     ap.add_argument("--per-circuit-submit", choices=["burst", "sequential"], default="burst",
                     help="per-circuit: enqueue a burst's circuits at once (default) or one after another")
+    ap.add_argument("--slurm", choices=["auto", "up", "off"], default="auto",
+                    help="exclusive strategy: through a Slurm that answers (auto, falling back to the lock), "
+                         "through a Slurm this script brings up with one qpu license (up), or the lock (off)")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--quick", action="store_true", help="a small run (< 30 s) for CI")
     ap.add_argument("--sweep", action="store_true", help=f"T_c/T_q in {SWEEP_RATIOS} x K in {SWEEP_KS}")
@@ -565,7 +627,7 @@ def main(argv=None) -> int:
     try:
         with Infra(p, workdir) as infra:
             if not a.sweep:
-                summaries, timelines, specs = run_config(p, strategies, infra)
+                summaries, timelines, specs = run_config(p, strategies, infra, a.slurm)
                 plot = a.plot or workdir / "hybrid_mix_timeline.png"
                 plot_timelines(plot, timelines, summaries, p)
                 print(table(summaries))
@@ -578,7 +640,7 @@ def main(argv=None) -> int:
                 for ratio in ratios:
                     for k in ks:
                         pc = Params(**{**asdict(p), "k": k, "ratio": ratio, "jobs": []})
-                        summaries, timelines, specs = run_config(pc, strategies, infra)
+                        summaries, timelines, specs = run_config(pc, strategies, infra, a.slurm)
                         pd_ = params_dict(pc, specs)
                         rows.append({"ratio": ratio, "k": k, "offered_load": pd_["offered_load"],
                                      "strategies": summaries, "params": pd_})

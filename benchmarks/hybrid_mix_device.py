@@ -1,9 +1,9 @@
 """The device the exclusive and per-circuit strategies run on, and the circuit every strategy uses.
 
 The hold-time model must match what qsched's `emulated-qpu` worker does, or the study would compare
-two different devices: qsched.devices.emulated is used when it exists and exposes a usable run call;
-otherwise HoldModelDevice reproduces the same model (aer with a small noise model, then hold the
-device until setup_s + bindings x shots x rep_s has passed since the batch started).
+two different devices: qsched.devices (EmulatedQPUDevice / AerDevice) is used whenever it imports.
+HoldModelDevice is a fallback (or HYBRID_MIX_OWN_DEVICE=1) that reproduces the same model: aer with a
+small noise model, then hold the device until setup_s + bindings x shots x rep_s has passed.
 """
 from __future__ import annotations
 
@@ -84,13 +84,61 @@ class HoldModelDevice:
         return start, time.time()
 
 
-def make_device(kind: str, *, setup_s: float, rep_s: float, num_qubits: int) -> HoldModelDevice:
+class QschedDevice:
+    """qsched's own device class (the code path qsched's worker runs), driven directly: one sample task
+    of len(params) bindings per call, as qsched's worker would run one unmerged batch."""
+
+    def __init__(self, kind: str, *, setup_s: float, rep_s: float, num_qubits: int, seed: int = 1234):
+        from qsched.devices import load_device
+        from qsched.models import DeviceLimits, DeviceSpec
+
+        self.kind = kind
+        spec = DeviceSpec(name="hybridmix0", type=kind, pool=kind, limits=DeviceLimits(max_qubits=num_qubits),
+                          options=device_options(kind, setup_s=setup_s, rep_s=rep_s, seed=seed))
+        self.dev = load_device(spec)
+        self.circuit = build_circuit(num_qubits)
+        self._n = 0
+
+    def run(self, params: np.ndarray, shots: int, circuit=None) -> tuple[float, float]:
+        from qsched.devices import TaskPayload
+
+        self._n += 1
+        task = TaskPayload(id=f"t{self._n}", kind="sample", template="hybrid_mix_ansatz",
+                           circuit=circuit if circuit is not None else self.circuit,
+                           params=np.atleast_2d(np.asarray(params, dtype=float)), shots=int(shots))
+        start = time.time()
+        (res,) = self.dev.run([task])
+        end = time.time()
+        if isinstance(res, Exception):
+            raise res
+        return start, end
+
+
+def device_options(kind: str, *, setup_s: float, rep_s: float, seed: int = 1234) -> dict:
+    """The `options` of the device in qsched's YAML config: the same for all three strategies."""
+    if kind == "emulated-qpu":
+        return {"setup_s": setup_s, "rep_s": rep_s, "seed": seed, "backend": "generic"}
+    return {"seed": seed}
+
+
+def qsched_devices_available() -> bool:
+    try:
+        from qsched.devices import load_device  # noqa: F401
+        from qsched.devices.emulated import EmulatedQPUDevice  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_device(kind: str, *, setup_s: float, rep_s: float, num_qubits: int):
+    if qsched_devices_available() and os.environ.get("HYBRID_MIX_OWN_DEVICE") != "1":
+        return QschedDevice(kind, setup_s=setup_s, rep_s=rep_s, num_qubits=num_qubits)
     return HoldModelDevice(kind, setup_s=setup_s, rep_s=rep_s, num_qubits=num_qubits)
 
 
 # --- per-circuit strategy: the function each RQ job runs, in the one worker process owning the device --
 
-_WORKER_DEVICE: HoldModelDevice | None = None  # set by hybrid_mix_rqworker.py before it starts working
+_WORKER_DEVICE = None  # set by hybrid_mix_rqworker.py before it starts working
 
 
 def rq_execute(job: int, iteration: int, params: list, shots: int) -> dict:
