@@ -123,6 +123,11 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
 		job_desc.environment[OPT_CLASS] = class
 	end
 
+	-- Record the request where the daemon can read it back (squeue --json admin_comment); only
+	-- admins can change AdminComment, so users cannot forge it. qsched rewrites it with the
+	-- job's quantum usage when the session closes.
+	job_desc.admin_comment = string.format("qsched:qpu=%d,pool=%s,class=%s", n, pool, class)
+
 	slurm.log_info("qsched: job from uid %u: qpu:%d pool=%s class=%s", submit_uid, n, pool, class)
 	return slurm.SUCCESS
 end

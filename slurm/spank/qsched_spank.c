@@ -16,7 +16,8 @@
  * In slurmstepd (remote context) on the job's first node the plugin opens the job's session with
  * POST /v1/admin/sessions and exports QSCHED_URL, QSCHED_POOL, QSCHED_CLASS, QSCHED_SESSION; the step
  * that opened it closes it at exit with DELETE /v1/admin/sessions/{sid}. Steps that already see
- * QSCHED_SESSION (srun inside an sbatch job) reuse it. Errors never leave init_post_opt (a failure there
+ * QSCHED_SESSION (srun inside an sbatch job) reuse it. The close happens when the step's last local
+ * task exits (the job still RUNNING, so its AdminComment can take the usage), else at plugin exit. Errors never leave init_post_opt (a failure there
  * drains the node); they are reported from task_init, in the job's own stderr.
  */
 #include <errno.h>
@@ -426,16 +427,13 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
 	return deferred_fatal ? -1 : 0;
 }
 
-int slurm_spank_exit(spank_t sp, int ac, char **av)
+static void close_session(void)
 {
 	char path[256], resp[RESP_MAX], err[256];
 	int status;
 
-	(void)sp;
-	(void)ac;
-	(void)av;
-	if (spank_context() != S_CTX_REMOTE || !session_owned)
-		return 0;
+	if (!session_owned)
+		return;
 	session_owned = 0;
 	snprintf(path, sizeof(path), "/v1/admin/sessions/%s", session_id);
 	status = http_unix("DELETE", path, NULL, resp, sizeof(resp), err, sizeof(err));
@@ -447,5 +445,35 @@ int slurm_spank_exit(spank_t sp, int ac, char **av)
 		slurm_error("%s: closing session %s: HTTP %d", PLUGIN, session_id, status);
 	else
 		slurm_info("%s: closed session %s", PLUGIN, session_id);
+}
+
+/*
+ * Close when the step's last local task has exited: the job is still RUNNING in slurmctld then, so
+ * the daemon can still write the usage into its AdminComment (Slurm refuses updates to finished jobs).
+ */
+int slurm_spank_task_exit(spank_t sp, int ac, char **av)
+{
+	static uint32_t exited = 0;
+	uint32_t ntasks = 1;
+
+	(void)ac;
+	(void)av;
+	if (spank_context() != S_CTX_REMOTE || !session_owned)
+		return 0;
+	if (spank_get_item(sp, S_JOB_LOCAL_TASK_COUNT, &ntasks) != ESPANK_SUCCESS)
+		ntasks = 1;
+	if (++exited >= ntasks)
+		close_session();
+	return 0;
+}
+
+/* Fallback: the step ended without its tasks exiting normally (launch failure, kill). */
+int slurm_spank_exit(spank_t sp, int ac, char **av)
+{
+	(void)sp;
+	(void)ac;
+	(void)av;
+	if (spank_context() == S_CTX_REMOTE)
+		close_session();
 	return 0;
 }

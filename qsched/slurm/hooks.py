@@ -1,0 +1,155 @@
+"""The daemon's Slurm hooks: `daemon_hooks(config)` -> the dict qsched.daemon.api expects.
+
+    "munge":      async (credential) -> (uid, user)        X-Qsched-Munge on TCP open/attach
+    "verify_job": async (job_id: str, uid: int) -> None     admin open (SPANK plugin): job RUNNING, owned
+                                                             by uid, asked for quantum access
+    "on_close":   async (record) -> None                    the usage into the job's AdminComment
+    "background": [async (scheduler) -> None]               the reconciler loop
+
+Config (`slurm:` in qsched.yaml, all optional):
+    enabled: auto | true | false     auto: when the Slurm client and a slurm.conf are present
+    backend: auto | cli | pyslurm
+    env: {SLURM_CONF: ...}           extra environment for the Slurm commands
+    munge_socket: PATH               munged's socket, when not the default
+    reconcile_interval_s: 1.0        an ended job's session closes within this (plus one squeue)
+    admin_comment: true              write usage into AdminComment at close (needs operator rights)
+    require_qpu: true                a job must ask for quantum access to get a session
+MUNGE works without Slurm too (any cluster with munged); it is on when munged answers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import ConfigError, NotFound, QschedError
+from . import munge
+from .accounting import write_usage
+from .adapter import SlurmAdapter, SlurmError, get_adapter
+from .reconcile import SessionRef, ended_sessions
+from .verify import verify_job_for_session
+
+log = logging.getLogger("qsched.slurm")
+
+_KEYS = {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment", "require_qpu"}
+
+
+def _slurm_present(env: dict) -> bool:
+    if not shutil.which("squeue"):
+        return False
+    conf = env.get("SLURM_CONF") or os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    return Path(conf).exists()
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _job_id_of(session) -> int | None:
+    jid = str(getattr(session, "job_id", "") or "")
+    return int(jid) if jid.isdigit() else None
+
+
+def munge_hook(socket: str | None = None):
+    async def munge_identity(credential: str) -> tuple[int, str]:
+        ident = await asyncio.to_thread(munge.decode, credential, socket=socket)
+        # a qsched payload names its purpose; an empty one is `munge -n` (still single-use: munged
+        # refuses a replay)
+        if ident.payload:
+            munge.parse_payload(ident.payload)
+        return ident.uid, _user_name(ident.uid)
+    return munge_identity
+
+
+def verify_hook(adapter: SlurmAdapter, *, require_qpu: bool = True):
+    async def verify_job(job_id: str, uid: int) -> None:
+        await asyncio.to_thread(verify_job_for_session, adapter, job_id, uid, require_qpu=require_qpu)
+    return verify_job
+
+
+def admin_comment_hook(adapter: SlurmAdapter):
+    async def on_close(record: dict) -> None:
+        jid = str(record.get("job_id") or "")
+        if not jid.isdigit():
+            return
+        await asyncio.to_thread(write_usage, adapter, int(jid), record, session_id=record.get("session"))
+    return on_close
+
+
+def reconciler(adapter: SlurmAdapter, *, interval_s: float = 1.0, on_close=None):
+    """Background loop: close the sessions of jobs that no longer run (pending tasks are cancelled by
+    close_session), then run on_close (AdminComment)."""
+    async def slurm_reconciler(sch) -> None:
+        warned = False
+        while True:
+            await asyncio.sleep(interval_s)
+            refs = [SessionRef(sid, jid, float(getattr(e.session, "created", 0) or 0))
+                    for sid, e in list(sch.sessions.items())
+                    if (jid := _job_id_of(e.session)) is not None]
+            if not refs:
+                continue
+            t0 = time.time()
+            try:
+                jobs = await asyncio.to_thread(adapter.jobs)
+                warned = False
+            except SlurmError as e:
+                # Slurm unreachable: close nothing (an empty listing would look like every job ended)
+                if not warned:
+                    log.warning("reconciler: cannot list Slurm jobs: %s", e.message)
+                    warned = True
+                continue
+            for ended in ended_sessions(refs, jobs, snapshot_time=t0):
+                try:
+                    record = await sch.close_session(ended.session_id)
+                except NotFound:
+                    continue  # closed meanwhile (the plugin at step end, or the user)
+                except QschedError as e:
+                    log.warning("reconciler: closing %s: %s", ended.session_id, e)
+                    continue
+                log.info("reconciler: job %s is %s: closed session %s (%s pending tasks cancelled)",
+                         ended.job_id, ended.reason, ended.session_id, record.get("cancelled"))
+                if on_close:
+                    try:
+                        await on_close(record)
+                    except Exception:  # accounting comment is best effort
+                        log.exception("reconciler: on_close for %s", ended.session_id)
+    return slurm_reconciler
+
+
+def daemon_hooks(config) -> dict:
+    """Build the hooks from config.slurm (see the module doc). {} when neither Slurm nor MUNGE is here."""
+    cfg = dict(getattr(config, "slurm", None) or {})
+    unknown = set(cfg) - _KEYS
+    if unknown:
+        raise ConfigError(f"slurm: unknown keys {sorted(unknown)} (known: {sorted(_KEYS)})",
+                          field=f"slurm.{sorted(unknown)[0]}")
+    env = {str(k): str(v) for k, v in (cfg.get("env") or {}).items()}
+    enabled = cfg.get("enabled", "auto")
+    if enabled not in ("auto", True, False):
+        raise ConfigError("slurm.enabled: expected auto, true or false", field="slurm.enabled")
+    hooks: dict = {}
+    sock = cfg.get("munge_socket")
+    if munge.available(sock):
+        hooks["munge"] = munge_hook(sock)
+    if enabled is False or (enabled == "auto" and not _slurm_present(env)):
+        return hooks
+    adapter = get_adapter(cfg.get("backend", "auto"), env=env)
+    hooks["verify_job"] = verify_hook(adapter, require_qpu=bool(cfg.get("require_qpu", True)))
+    on_close = admin_comment_hook(adapter) if cfg.get("admin_comment", True) else None
+    if on_close:
+        hooks["on_close"] = on_close
+    interval = float(cfg.get("reconcile_interval_s", 1.0))
+    if not 0.05 <= interval <= 60:
+        raise ConfigError("slurm.reconcile_interval_s: expected 0.05..60", field="slurm.reconcile_interval_s")
+    hooks["background"] = [reconciler(adapter, interval_s=interval, on_close=on_close)]
+    hooks["slurm_adapter"] = adapter
+    log.info("slurm: %s backend, reconcile every %.2g s, MUNGE %s", adapter.name, interval,
+             "on" if "munge" in hooks else "off")
+    return hooks
