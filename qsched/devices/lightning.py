@@ -1,0 +1,102 @@
+"""pennylane-lightning (lightning.qubit; lightning.gpu where configured). Gradients by the adjoint
+method, computed next to the state vector: 15-40x faster than parameter shift at 12 qubits."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Device, TaskError
+from .circuits import PennyLaneProgram, analyse, pauli_sum_pennylane
+
+
+def bits_to_bitarray(bits: np.ndarray) -> np.ndarray:
+    """[shots, n] bits (column i = clbit i) -> Qiskit BitArray bytes [shots, ceil(n/8)], big-endian."""
+    shots, n = bits.shape
+    nbytes = (n + 7) // 8
+    padded = np.zeros((shots, nbytes * 8), dtype=np.uint8)
+    padded[:, nbytes * 8 - n:] = bits[:, ::-1]
+    return np.packbits(padded, axis=1)
+
+
+class LightningDevice(Device):
+    type = "lightning"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        import pennylane as qml
+        self.qml = qml
+        self.name = self.options.get("name", "lightning.qubit")     # or lightning.gpu / lightning.kokkos
+        self.seed = self.options.get("seed")
+        self._devs: dict[int, object] = {}
+        self._programs: dict[str, PennyLaneProgram] = {}
+
+    def _dev(self, n):
+        if n not in self._devs:
+            kw = {"seed": self.seed} if self.seed is not None else {}
+            self._devs[n] = self.qml.device(self.name, wires=n, **kw)
+        return self._devs[n]
+
+    def _program(self, t):
+        if t.template not in self._programs:
+            amap = analyse(t.circuit)
+            self._programs[t.template] = (PennyLaneProgram(t.circuit, amap), amap)
+        return self._programs[t.template]
+
+    def run_group(self, tasks):
+        return [self._run_task(t) for t in tasks]
+
+    def _run_task(self, t):
+        qml = self.qml
+        prog, amap = self._program(t)
+        n = prog.num_qubits
+        dev = self._dev(n)
+        angles = amap.angles(t.params)
+        if t.kind == "sample":
+            if not t.shots:
+                raise TaskError("shots: sample tasks need shots >= 1", field="shots")
+            tapes = [qml.tape.QuantumScript(prog.ops(a)[0], [qml.sample(wires=range(n))], shots=t.shots)
+                     for a in angles]
+            samples = [np.asarray(r, dtype=np.uint8).reshape(t.shots, n) for r in dev.execute(tapes)]
+            if prog.measures:
+                regs = {}
+                for creg in t.circuit.cregs:
+                    cols = []
+                    for c in creg:
+                        ci = t.circuit.find_bit(c).index
+                        q = next((q for q, cc in prog.measures if cc == ci), None)
+                        cols.append(q)
+                    bits = np.stack([np.stack([s[:, q] if q is not None else np.zeros(t.shots, np.uint8)
+                                               for q in cols], axis=1) for s in samples])
+                    regs[creg.name] = {"num_bits": creg.size,
+                                       "array": np.stack([bits_to_bitarray(b) for b in bits])}
+            else:
+                regs = {"meas": {"num_bits": n, "array": np.stack([bits_to_bitarray(s) for s in samples])}}
+            return {"registers": regs}
+        if t.method not in (None, "adjoint") and t.kind == "gradient":
+            raise TaskError(f"method: lightning computes gradients by 'adjoint', got {t.method!r}", field="method")
+        obs = [pauli_sum_pennylane(o, n) for o in t.observables]
+        O, B, P = len(obs), t.bindings, t.params.shape[1]
+        evs = np.empty((B, O))
+        jac = np.zeros((B, O, P)) if t.kind == "gradient" else None
+        tapes, orders = [], []
+        for a in angles:
+            ops, trainable, order = prog.ops(a)
+            tape = qml.tape.QuantumScript(ops, [qml.expval(o) for o in obs], shots=t.shots)
+            tape.trainable_params = trainable
+            tapes.append(tape)
+            orders.append(order)
+        if t.kind == "estimate":
+            for b, r in enumerate(dev.execute(tapes)):
+                evs[b] = np.asarray(r, dtype=float).reshape(O)
+            stds = np.zeros_like(evs) if not t.shots else np.sqrt(np.clip(1 - evs ** 2, 0, None) / t.shots)
+            return {"evs": evs, "stds": stds}
+        if t.shots:
+            raise TaskError("shots: adjoint gradients are exact; send shots=null", field="shots")
+        config = qml.devices.ExecutionConfig(gradient_method="adjoint")
+        results, derivs = dev.execute_and_compute_derivatives(tapes, config)
+        for b in range(B):
+            evs[b] = np.asarray(results[b], dtype=float).reshape(O)
+            K = len(orders[b])
+            if K:
+                d = np.asarray(derivs[b], dtype=float).reshape(O, K)      # d ev / d angle (tape order)
+                jac[b] = d @ amap.C[orders[b]]                              # chain rule to template params
+        return {"evs": evs, "jacobian": jac}

@@ -1,0 +1,90 @@
+"""One exception root for everything qsched raises.
+
+Server-side errors carry an HTTP status and the field/limit that was violated, so the API can answer
+with a JSON error naming them, and the client can re-raise the same class with the server's words.
+"""
+from __future__ import annotations
+
+
+class QschedError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None, limit=None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.limit = limit
+
+    def to_json(self) -> dict:
+        err = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            err["field"] = self.field
+        if self.limit is not None:
+            err["limit"] = self.limit
+        return {"error": err}
+
+
+class BadRequest(QschedError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(QschedError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(QschedError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(QschedError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(QschedError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(QschedError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Unavailable(QschedError):
+    status = 503
+    code = "unavailable"
+
+
+class ConfigError(QschedError):
+    """Invalid YAML config or policy; `field` is the dotted path of the bad value."""
+    code = "config"
+
+
+class TaskFailed(QschedError):
+    code = "task_failed"
+
+
+class TaskCancelled(QschedError):
+    code = "task_cancelled"
+
+
+class Timeout(QschedError):
+    status = 504
+    code = "timeout"
+
+
+_BY_CODE = {cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict,
+                                        PayloadTooLarge, Unavailable, ConfigError, TaskFailed,
+                                        TaskCancelled, Timeout)}
+
+
+def from_json(status: int, body: dict) -> QschedError:
+    """Rebuild the server's error on the client side."""
+    err = (body or {}).get("error") or {}
+    cls = _BY_CODE.get(err.get("code"), QschedError)
+    return cls(err.get("message") or f"HTTP {status}", field=err.get("field"), limit=err.get("limit"))

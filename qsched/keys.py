@@ -1,0 +1,68 @@
+"""Every Redis key name qsched uses, and nothing else.
+
+A session's keys share the hash tag ``{sid}`` so a Redis Cluster keeps them in one slot; tasks are
+keyed under their session for the same reason (a task id embeds its session id).
+"""
+PREFIX = "qsched:"
+
+SESSIONS = PREFIX + "sessions"                 # set of open session ids
+EVENTS = PREFIX + "events"                     # stream: task/batch completions from workers
+SECRET = PREFIX + "secret"                     # HMAC key for session tokens
+ACCOUNTING = PREFIX + "acct"                   # stream: usage records of closed sessions
+
+
+def session(sid: str) -> str:
+    return f"{PREFIX}session:{{{sid}}}"
+
+
+def session_pending(sid: str) -> str:
+    """List of the session's pending task ids, oldest first."""
+    return f"{PREFIX}session:{{{sid}}}:pending"
+
+
+def session_usage(sid: str) -> str:
+    return f"{PREFIX}session:{{{sid}}}:usage"
+
+
+def task(tid: str) -> str:
+    sid = tid.split(".", 1)[0]
+    return f"{PREFIX}task:{{{sid}}}:{tid}"
+
+
+def task_params(tid: str) -> str:
+    sid = tid.split(".", 1)[0]
+    return f"{PREFIX}task:{{{sid}}}:{tid}:params"
+
+
+def task_result(tid: str) -> str:
+    sid = tid.split(".", 1)[0]
+    return f"{PREFIX}task:{{{sid}}}:{tid}:result"
+
+
+def template(digest: str) -> str:
+    return f"{PREFIX}template:{digest}"
+
+
+def batch(bid: str) -> str:
+    return f"{PREFIX}batch:{bid}"
+
+
+def device_inbox(device: str) -> str:
+    return f"{PREFIX}device:{device}:inbox"
+
+
+def device_processing(device: str) -> str:
+    return f"{PREFIX}device:{device}:processing"
+
+
+def device_heartbeat(device: str) -> str:
+    return f"{PREFIX}device:{device}:heartbeat"
+
+
+def device_model(device: str) -> str:
+    """Learned cost model (seconds per binding by task kind)."""
+    return f"{PREFIX}device:{device}:model"
+
+
+def rq_queue_name() -> str:
+    return "qsched-classical"

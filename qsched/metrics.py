@@ -1,0 +1,37 @@
+"""Every Prometheus metric qsched exports. Base units, `_total` counters, no job/task/user ids as labels
+(labels are devices, pools, kinds and states: all bounded by the config)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                    60, 300, 1800)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.device_busy = Counter("qsched_device_busy_seconds", "Seconds a device spent executing batches",
+                                   ["device"], registry=r)
+        self.device_up = Gauge("qsched_device_up", "1 while the device's worker process is running",
+                               ["device"], registry=r)
+        self.worker_restarts = Counter("qsched_worker_restarts", "Worker processes restarted after an exit",
+                                       ["device"], registry=r)
+        self.batches = Counter("qsched_batches", "Batches dispatched to a device", ["device"], registry=r)
+        self.tasks_submitted = Counter("qsched_tasks_submitted", "Tasks accepted (durable in Redis)",
+                                       ["pool", "kind"], registry=r)
+        self.tasks_completed = Counter("qsched_tasks_completed", "Tasks that reached a final state",
+                                       ["device", "status"], registry=r)
+        self.bindings = Counter("qsched_bindings", "Parameter bindings (circuits) executed", ["device"],
+                                registry=r)
+        self.tasks_pending = Gauge("qsched_tasks_pending", "Tasks waiting for a device", ["pool"], registry=r)
+        self.sessions_open = Gauge("qsched_sessions_open", "Open sessions", registry=r)
+        self.queue_wait = Histogram("qsched_queue_wait_seconds", "Submission to start of execution",
+                                    ["pool"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.execution = Histogram("qsched_task_execution_seconds", "Device time of a batch", ["device"],
+                                   buckets=_LATENCY_BUCKETS, registry=r)
+        self.rejected = Counter("qsched_requests_rejected", "Requests answered with a 4xx error", ["code"],
+                                registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

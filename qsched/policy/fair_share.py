@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from .base import HeapQueues, Policy
+
+
+class FairShare(Policy):
+    """Weighted start-time fair queuing (Goyal et al., SFQ) on device-seconds.
+
+    Each session has a finish tag F. When it becomes backlogged its start tag is S = max(v, F), where v
+    is the pool's virtual time (the start tag of the last pick): a session back from a classical phase
+    re-enters at the current virtual time instead of spending credit it banked while idle. A pick
+    advances v to the picked start tag and charges F = S + cost / weight with the estimated cost; the
+    measured cost corrects F when the batch ends.
+    """
+    name = "fair-share"
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        self._q = HeapQueues()
+        self._finish: dict[str, float] = {}
+        self._start: dict[str, float] = {}
+        self._weight: dict[str, float] = {}
+        self._vtime: dict[str, float] = {}
+        self._pool_of: dict[str, str] = {}
+
+    def enqueue(self, sid, pool, weight, head_seq):
+        self._weight[sid] = weight
+        self._pool_of[sid] = pool
+        s = max(self._vtime.get(pool, 0.0), self._finish.get(sid, 0.0))
+        self._start[sid] = s
+        self._q.push(pool, (s, head_seq), sid)
+
+    def pick(self, pool):
+        sid, key = self._q.pop(pool)
+        if sid is not None:
+            self._vtime[pool] = key[0]
+        return sid
+
+    def charge(self, sid, cost):
+        self._finish[sid] = self._start.get(sid, 0.0) + cost / self._weight.get(sid, 1.0)
+
+    def correct(self, sid, estimated, measured):
+        if sid in self._finish:
+            self._finish[sid] += (measured - estimated) / self._weight.get(sid, 1.0)
+
+    def remove(self, sid):
+        self._q.discard(sid)
+        for d in (self._finish, self._start, self._weight, self._pool_of):
+            d.pop(sid, None)
+
+    def virtual_time(self, pool: str) -> float:
+        return self._vtime.get(pool, 0.0)

@@ -1,0 +1,205 @@
+"""The Redis repository. Connections are passed in; every multi-key change is one MULTI or one Lua call.
+
+Layout (names in keys.py): a session hash + pending list + usage hash; per task a hash (metadata and
+observables), a params string (raw float64) and, once finished, a result string (JSON, written once);
+templates as hashes (QPY bytes + info); batches as hashes; per device an inbox and a processing list;
+one events stream that workers append to and the daemon follows.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+from . import keys
+from .models import Batch, Session, SessionState, Task, TaskState, Usage
+
+EVENTS_MAXLEN = 100_000
+
+# Worker side: start a batch. Counts the start (a restarted worker re-runs its predecessor's batch, and
+# gives up after max attempts), marks live tasks RUNNING and returns everything needed in one round trip.
+TAKE_LUA = """
+local starts = redis.call('HINCRBY', KEYS[1], 'starts', 1)
+local out = {starts, redis.call('HGET', KEYS[1], 'last_error') or ''}
+for i = 2, #KEYS, 2 do
+  local state = redis.call('HGET', KEYS[i], 'state')
+  if state == 'SCHEDULED' or state == 'RUNNING' then
+    redis.call('HSET', KEYS[i], 'state', 'RUNNING', 'started', ARGV[1])
+  end
+  local f = redis.call('HMGET', KEYS[i], 'id', 'kind', 'template', 'shots', 'method', 'observables',
+                       'state', 'submitted', 'bindings')
+  table.insert(out, cjson.encode(f))
+  table.insert(out, redis.call('GET', KEYS[i+1]) or '')
+end
+return out
+"""
+
+# Worker side: finish a batch. A result is written once: a task that already has one, or was cancelled,
+# keeps what it has. Usage is charged here so it is exactly-once with the results.
+COMPLETE_LUA = """
+-- KEYS: processing, events, usage, batch, then (task, result) pairs
+-- ARGV: bid, event json, ttl, exec_s, finished, then (state, payload, circuits, shots) per task
+local ttl = tonumber(ARGV[3])
+local written = 0
+for i = 5, #KEYS, 2 do
+  local j = 6 + (i - 5) * 2
+  local tkey, rkey = KEYS[i], KEYS[i+1]
+  local state = redis.call('HGET', tkey, 'state')
+  if state and state ~= 'CANCELLED' and state ~= 'DONE' and state ~= 'FAILED'
+     and redis.call('EXISTS', rkey) == 0 then
+    redis.call('SET', rkey, ARGV[j+1], 'EX', ttl)
+    redis.call('HSET', tkey, 'state', ARGV[j], 'finished', ARGV[5])
+    redis.call('EXPIRE', tkey, ttl)
+    redis.call('HINCRBY', KEYS[3], 'tasks', 1)
+    redis.call('HINCRBY', KEYS[3], 'circuits', tonumber(ARGV[j+2]))
+    redis.call('HINCRBY', KEYS[3], 'shots', tonumber(ARGV[j+3]))
+    written = written + 1
+  end
+end
+redis.call('HINCRBYFLOAT', KEYS[3], 'device_seconds', ARGV[4])
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('EXPIRE', KEYS[4], ttl)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '""" + str(EVENTS_MAXLEN) + """', '*', 'e', ARGV[2])
+return written
+"""
+
+
+class Store:
+    """Async repository used by the daemon."""
+
+    def __init__(self, redis, *, result_ttl_s: int = 86_400):
+        self.r = redis
+        self.ttl = result_ttl_s
+
+    # sessions ---------------------------------------------------------------------------------------
+    async def create_session(self, s: Session) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(keys.session(s.id), mapping=s.to_redis())
+            p.sadd(keys.SESSIONS, s.id)
+            await p.execute()
+
+    async def close_session(self, sid: str, cancelled: list[str]) -> Usage:
+        now = time.time()
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(keys.session(sid), mapping={"state": SessionState.CLOSED.value, "closed": now})
+            p.srem(keys.SESSIONS, sid)
+            p.delete(keys.session_pending(sid))
+            for tid in cancelled:
+                p.hset(keys.task(tid), mapping={"state": TaskState.CANCELLED.value, "finished": now})
+                p.expire(keys.task(tid), self.ttl)
+                p.delete(keys.task_params(tid))
+            for k in (keys.session(sid), keys.session_usage(sid)):
+                p.expire(k, self.ttl)
+            p.hgetall(keys.session_usage(sid))
+            res = await p.execute()
+        return Usage.from_redis(_str(res[-1]))
+
+    async def record_accounting(self, record: dict) -> None:
+        await self.r.xadd(keys.ACCOUNTING, {"e": json.dumps(record)}, maxlen=1_000_000, approximate=True)
+
+    async def session_usage(self, sid: str) -> Usage:
+        return Usage.from_redis(_str(await self.r.hgetall(keys.session_usage(sid))))
+
+    async def get_session(self, sid: str) -> Session | None:
+        h = _str(await self.r.hgetall(keys.session(sid)))
+        return Session.from_redis(h) if h else None
+
+    # templates --------------------------------------------------------------------------------------
+    async def put_template(self, digest: str, qpy: bytes, info: dict) -> None:
+        await self.r.hset(keys.template(digest), mapping={"qpy": qpy, "info": json.dumps(info)})
+
+    async def template_info(self, digest: str) -> dict | None:
+        raw = await self.r.hget(keys.template(digest), "info")
+        return json.loads(raw) if raw else None
+
+    # tasks ------------------------------------------------------------------------------------------
+    async def add_tasks(self, sid: str, items: list[tuple[Task, str, bytes]]) -> None:
+        """Durable before acknowledged: metadata, observables and params in one transaction."""
+        async with self.r.pipeline(transaction=True) as p:
+            for t, observables, params in items:
+                p.hset(keys.task(t.id), mapping={**t.to_redis(), "observables": observables})
+                p.set(keys.task_params(t.id), params)
+            p.rpush(keys.session_pending(sid), *[t.id for t, _, _ in items])
+            await p.execute()
+
+    async def dispatch(self, batch: Batch) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            for tid in batch.tasks:
+                p.lrem(keys.session_pending(batch.session), 1, tid)
+                p.hset(keys.task(tid), mapping={"state": TaskState.SCHEDULED.value, "batch": batch.id})
+            p.hset(keys.batch(batch.id), mapping={"starts": 0, "created": batch.created})
+            # the inbox entry is the batch itself, so a worker learns its tasks in the same round trip
+            p.lpush(keys.device_inbox(batch.device), batch.entry())
+            await p.execute()
+
+    async def cancel_task(self, tid: str, sid: str) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(keys.task(tid), mapping={"state": TaskState.CANCELLED.value, "finished": time.time()})
+            p.lrem(keys.session_pending(sid), 1, tid)
+            p.expire(keys.task(tid), self.ttl)
+            await p.execute()
+
+    async def fail_tasks(self, tids: list[str], error: str) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            for tid in tids:
+                p.hset(keys.task(tid), mapping={"state": TaskState.FAILED.value, "error": error,
+                                                 "finished": time.time()})
+            await p.execute()
+
+    async def task_fields(self, tid: str, *fields: str) -> list:
+        return [_s(v) for v in await self.r.hmget(keys.task(tid), *fields)]
+
+    async def results(self, tids: list[str]) -> list[bytes | None]:
+        return await self.r.mget([keys.task_result(t) for t in tids]) if tids else []
+
+    async def record_batch_error(self, bid: str, error: str) -> None:
+        await self.r.hset(keys.batch(bid), "last_error", error)
+
+    async def heartbeats(self, devices: list[str]) -> list[dict | None]:
+        raw = await self.r.mget([keys.device_heartbeat(d) for d in devices]) if devices else []
+        return [json.loads(x) if x else None for x in raw]
+
+    async def secret(self) -> bytes:
+        """The daemon's HMAC key for session tokens: made once, shared by restarts and replicas."""
+        await self.r.set(keys.SECRET, secrets.token_bytes(32), nx=True)
+        return await self.r.get(keys.SECRET)
+
+    # recovery ---------------------------------------------------------------------------------------
+    async def load_state(self, devices: list[str]):
+        """Everything the scheduling index is rebuilt from after a restart."""
+        sids = sorted(_s(x) for x in await self.r.smembers(keys.SESSIONS))
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hgetall(keys.session(sid))
+                p.lrange(keys.session_pending(sid), 0, -1)
+            res = await p.execute()
+        sessions, pending = [], {}
+        for sid, h, lst in zip(sids, res[0::2], res[1::2]):
+            if h:
+                sessions.append(Session.from_redis(_str(h)))
+                pending[sid] = [_s(x) for x in lst]
+        outstanding: dict[str, list[Batch]] = {}
+        async with self.r.pipeline(transaction=False) as p:
+            for d in devices:
+                p.lrange(keys.device_processing(d), 0, -1)
+                p.lrange(keys.device_inbox(d), 0, -1)
+            res = await p.execute()
+        for d, proc, inbox in zip(devices, res[0::2], res[1::2]):
+            # processing is LPUSHed by BLMOVE and inbox by the daemon: oldest is at the right of each
+            outstanding[d] = [Batch.from_entry(x) for x in [*reversed(proc), *reversed(inbox)]]
+        tids = [t for lst in pending.values() for t in lst]
+        tids += [t for lst in outstanding.values() for b in lst for t in b.tasks]
+        async with self.r.pipeline(transaction=False) as p:
+            for tid in tids:
+                p.hgetall(keys.task(tid))
+            res = await p.execute()
+        tasks = [Task.from_redis(_str(h)) for h in res if h]
+        return sessions, pending, tasks, outstanding
+
+
+def _s(v):
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _str(h: dict) -> dict:
+    return {_s(k): _s(v) for k, v in h.items()}

@@ -1,0 +1,160 @@
+"""A device worker: one long-lived process per device (qiskit-aer holds the GIL for a whole run, so
+simulations never run in the daemon). It moves batches atomically from the device inbox to its
+processing list (BLMOVE), runs them, writes each result once and announces the batch on the events
+stream. A batch left in the processing list by a dead worker is run again by its successor, at most
+`max_attempts` times in all, then its tasks fail with the error."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+from . import keys, wire
+from .devices import TaskPayload, load_device
+from .errors import QschedError
+from .models import Batch, DeviceSpec, TaskState
+from .store import COMPLETE_LUA, TAKE_LUA
+
+log = logging.getLogger("qsched.worker")
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the daemon that started us dies, so no orphan holds the device."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Worker:
+    def __init__(self, redis, spec: DeviceSpec, *, max_attempts: int = 3, result_ttl_s: int = 86_400,
+                 heartbeat_s: float = 1.0):
+        self.r = redis
+        self.spec = spec
+        self.max_attempts = max_attempts
+        self.ttl = result_ttl_s
+        self.heartbeat_s = heartbeat_s
+        self.stopping = threading.Event()
+        self.device = load_device(spec)
+        self._templates: dict[str, object] = {}
+        self._take = redis.register_script(TAKE_LUA)
+        self._complete = redis.register_script(COMPLETE_LUA)
+        self.inbox = keys.device_inbox(spec.name)
+        self.processing = keys.device_processing(spec.name)
+
+    # lifecycle ----------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        hb = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
+        hb.start()
+        log.info("worker for %s (%s) ready", self.spec.name, self.spec.type)
+        for entry in reversed(self.r.lrange(self.processing, 0, -1)):   # a predecessor's batches, oldest first
+            self.run_batch(entry)
+        while not self.stopping.is_set():
+            entry = self.r.blmove(self.inbox, self.processing, 1.0, "RIGHT", "LEFT")
+            if entry is not None:
+                self.run_batch(entry)
+        self.r.delete(keys.device_heartbeat(self.spec.name))
+        self.device.close()
+
+    def stop(self, *_):
+        self.stopping.set()
+
+    def _heartbeat(self):
+        info = json.dumps({"pid": os.getpid(), "type": self.spec.type, **self.device.describe()})
+        while not self.stopping.is_set():
+            try:
+                self.r.set(keys.device_heartbeat(self.spec.name), info, ex=max(5, int(self.heartbeat_s * 5)))
+            except Exception as e:  # Redis restarting: keep trying, the main loop will notice too
+                log.warning("heartbeat failed: %s", e)
+            self.stopping.wait(self.heartbeat_s)
+
+    # one batch ----------------------------------------------------------------------------------------
+    def _template(self, digest: str):
+        if digest not in self._templates:
+            qpy = self.r.hget(keys.template(digest), "qpy")
+            self._templates[digest] = wire.load_qpy(qpy) if qpy else None
+        return self._templates[digest]
+
+    def run_batch(self, entry) -> None:
+        batch = Batch.from_entry(entry)
+        task_keys = [k for tid in batch.tasks for k in (keys.task(tid), keys.task_params(tid))]
+        started = time.time()
+        res = self._take(keys=[keys.batch(batch.id), *task_keys], args=[started])
+        starts, last_error = int(res[0]), _s(res[1])
+        payloads, failures, submitted = [], {}, {}
+        for fields_raw, params in zip(res[2::2], res[3::2]):
+            tid, kind, template, shots, method, observables, state, sub, bindings = [
+                None if v is None else _s(v) for v in _lua_list(fields_raw)]
+            if tid is None or state not in (TaskState.RUNNING.value,):
+                continue                                    # cancelled or already answered
+            submitted[tid] = float(sub or started)
+            if starts > self.max_attempts:
+                failures[tid] = {"code": "task_failed", "message": (
+                    f"worker for device {self.spec.name} died {starts - 1} times running this batch"
+                    + (f"; last: {last_error}" if last_error else ""))}
+                continue
+            circuit = self._template(template)
+            if circuit is None:
+                failures[tid] = {"code": "not_found", "message": f"template {template} is gone", "field": "template"}
+                continue
+            arr = np.frombuffer(params, dtype="<f8").reshape(int(bindings), circuit.num_parameters)
+            payloads.append(TaskPayload(tid, kind, template, circuit, arr,
+                                        int(shots) if shots else None,
+                                        json.loads(observables) if observables else [], method or None))
+        t0 = time.perf_counter()
+        outputs = self.device.run(payloads) if payloads else []
+        exec_s = time.perf_counter() - t0
+        finished = time.time()
+        total_bindings = sum(p.bindings for p in payloads) or 1
+        args, tkeys, states = [], [], {}
+        for p, out in zip(payloads, outputs):
+            meta = {"device": self.spec.name, "batch": batch.id, "exec_s": exec_s * p.bindings / total_bindings,
+                    "queue_wait_s": max(0.0, started - submitted[p.id]), "batch_exec_s": exec_s}
+            if isinstance(out, Exception):
+                err = out.to_json()["error"] if isinstance(out, QschedError) else {
+                    "code": "task_failed", "message": f"{type(out).__name__}: {out}"[:2000]}
+                state, body = TaskState.FAILED.value, json.dumps({"error": err, "meta": meta})
+            else:
+                state, body = TaskState.DONE.value, json.dumps({"result": wire.encode_tree(out), "meta": meta})
+            tkeys += [keys.task(p.id), keys.task_result(p.id)]
+            args += [state, body, p.bindings, p.bindings * (p.shots or 0)]
+            states[p.id] = state
+        for tid, err in failures.items():
+            tkeys += [keys.task(tid), keys.task_result(tid)]
+            args += [TaskState.FAILED.value, json.dumps({"error": err}), 0, 0]
+            states[tid] = TaskState.FAILED.value
+        event = json.dumps({"batch": batch.id, "device": self.spec.name, "session": batch.session,
+                            "started": started, "finished": finished, "exec_s": exec_s,
+                            "bindings": total_bindings if payloads else 0, "tasks": states})
+        self._complete(keys=[self.processing, keys.EVENTS, keys.session_usage(batch.session),
+                             keys.batch(batch.id), *tkeys],
+                       args=[entry, event, self.ttl, exec_s if payloads else 0.0, finished, *args])
+
+
+def _s(v):
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _lua_list(raw):
+    """cjson encodes Redis nils as false."""
+    return [None if v is False else v for v in json.loads(raw)]
+
+
+def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: int,
+         die_with_parent: bool = False) -> None:
+    import redis as redis_lib
+    if die_with_parent:
+        _die_with_parent()
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")   # spin-waiting collapsed aer 4-6x on shared VMs
+    r = redis_lib.Redis.from_url(redis_url)
+    w = Worker(r, spec, max_attempts=max_attempts, result_ttl_s=result_ttl_s)
+    signal.signal(signal.SIGTERM, w.stop)
+    signal.signal(signal.SIGINT, w.stop)
+    w.serve()
