@@ -59,7 +59,11 @@ local function env_get(env, name)
 	if env == nil then return nil end
 	for _, kv in pairs(env) do
 		local k, v = string.match(kv, "^([^=]+)=(.*)$")
-		if k == name then return v end
+		-- an optional option argument left out is recorded as "(null)"
+		if k == name then
+			if v == "(null)" then return "" end
+			return v
+		end
 	end
 	return nil
 end

@@ -114,6 +114,9 @@ static int opt_cb(int val, const char *optarg, int remote)
 	const char *what = val == OPT_QPU ? "--qpu" : "--qpu-class";
 
 	want_qpu = 1;
+	/* an optional argument left out reaches slurmstepd as the string "(null)" */
+	if (optarg && !strcmp(optarg, "(null)"))
+		optarg = NULL;
 	if (optarg == NULL || optarg[0] == '\0') {
 		if (val == OPT_CLASS) {
 			if (!remote) {

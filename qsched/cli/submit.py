@@ -1,0 +1,274 @@
+"""`qsched submit SCRIPT`: run a hybrid job script on Slurm (sbatch) or, with --local, on RQ workers.
+
+Both ways the script sees the same environment: QSCHED_URL, QSCHED_SESSION, QSCHED_POOL, QSCHED_CLASS
+(on Slurm the SPANK plugin sets them), so one script runs on a laptop and on a cluster.
+
+    qsched submit [--nodes N] [--time T] [--qpu POOL] [--class C] [--wait] [--local]
+                  [SBATCH OPTIONS...] SCRIPT [SCRIPT ARGS...]
+
+Options qsched does not know go to sbatch unchanged (e.g. --partition=debug, -A proj, --mem 4G).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import click
+
+from ..errors import QschedError
+
+# sbatch options that take their value as the next argument (when not written --opt=value / -Xvalue)
+_SBATCH_SHORT_WITH_VALUE = set("AaBbCcDdeGiJLMmNnopqSstWwxZ")  # -W is --wait in sbatch, no value
+_SBATCH_SHORT_WITH_VALUE.discard("W")
+_SBATCH_LONG_WITH_VALUE = {
+    "account", "acctg-freq", "array", "batch", "bb", "bbf", "begin", "chdir", "cluster-constraint",
+    "clusters", "comment", "constraint", "container", "core-spec", "cores-per-socket", "cpu-freq",
+    "cpus-per-gpu", "cpus-per-task", "deadline", "delay-boot", "dependency", "distribution", "error",
+    "export-file", "extra-node-info", "gid", "gpu-bind", "gpu-freq", "gpus", "gpus-per-node",
+    "gpus-per-socket", "gpus-per-task", "gres", "gres-flags", "hint", "input", "job-name", "licenses",
+    "mail-type", "mail-user", "mcs-label", "mem", "mem-bind", "mem-per-cpu", "mem-per-gpu", "mincpus",
+    "network", "nice", "nodefile", "nodelist", "ntasks", "ntasks-per-core", "ntasks-per-gpu",
+    "ntasks-per-node", "ntasks-per-socket", "output", "partition", "power", "prefer", "priority",
+    "profile", "qos", "reservation", "signal", "sockets-per-node", "switches", "thread-spec",
+    "threads-per-core", "time-min", "tmp", "uid", "wckey", "wrap", "exclude", "open-mode",
+}
+
+
+def split_passthrough(args: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """[sbatch opts...] SCRIPT [script args...] -> (sbatch opts, SCRIPT, script args). A '--' ends the
+    sbatch options explicitly."""
+    sbatch: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            i += 1
+            break
+        if not a.startswith("-") or a == "-":
+            break
+        sbatch.append(a)
+        if a.startswith("--"):
+            name, eq, _ = a[2:].partition("=")
+            if not eq and name in _SBATCH_LONG_WITH_VALUE and i + 1 < len(args):
+                sbatch.append(args[i + 1])
+                i += 1
+        elif len(a) == 2 and a[1] in _SBATCH_SHORT_WITH_VALUE and i + 1 < len(args):
+            sbatch.append(args[i + 1])
+            i += 1
+        i += 1
+    if i >= len(args):
+        return sbatch, None, []
+    return sbatch, args[i], args[i + 1:]
+
+
+def build_sbatch_argv(script: str, script_args: list[str], *, nodes: int | None, time_limit: str | None,
+                      pool: str | None, klass: str | None, extra: list[str]) -> list[str]:
+    """The sbatch argument list (without --parsable). The SPANK plugin's --qpu asks for the session;
+    job_submit.lua adds the license and defaults."""
+    argv: list[str] = []
+    if nodes is not None:
+        argv.append(f"--nodes={nodes}")
+    if time_limit:
+        argv.append(f"--time={time_limit}")
+    argv.append(f"--qpu={pool}" if pool else "--qpu")
+    if klass:
+        argv.append(f"--qpu-class={klass}")
+    argv += extra
+    argv.append(script)
+    argv += script_args
+    return argv
+
+
+# --- Slurm -------------------------------------------------------------------------------------------
+
+def _submit_slurm(script, script_args, *, nodes, time_limit, pool, klass, extra, wait) -> int:
+    from ..slurm.adapter import CliSlurmAdapter
+    adapter = CliSlurmAdapter()
+    argv = build_sbatch_argv(script, script_args, nodes=nodes, time_limit=time_limit, pool=pool, klass=klass,
+                             extra=extra)
+    job_id = adapter.submit_argv(argv)
+    click.echo(job_id)
+    if not wait:
+        return 0
+    # poll instead of sbatch --wait: the id is printed at once, and the exit status comes from Slurm
+    delay = 0.2
+    while True:
+        job = adapter.job(job_id)
+        if job is None:
+            return 0  # purged already: it ended long ago
+        if job.ended:
+            if job.state != "COMPLETED":
+                click.echo(f"job {job_id} {job.state}", err=True)
+            return job.exit_code if job.exit_code else (0 if job.state == "COMPLETED" else 1)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+# --- local mode: RQ ----------------------------------------------------------------------------------
+
+RQ_QUEUE = "qsched-jobs"
+
+
+def local_redis_url(config) -> str:
+    """The daemon's Redis: QSCHED_REDIS_URL / redis.url, else the embedded one in the state dir."""
+    if config.redis_url:
+        return config.redis_url
+    sock = Path(config.state_dir) / "redis" / "redis.sock"
+    if not sock.exists():
+        raise click.ClickException(f"no local qsched daemon: {sock} does not exist (start one with `qsched up`)")
+    return f"unix://{sock}"
+
+
+def run_local_job(script: str, args: list[str], env: dict, cwd: str, out_path: str, session_id: str | None,
+                  socket_path: str | None) -> int:
+    """The RQ job: run the script as a subprocess with the session env, then close the session (the job
+    ended, so its pending quantum tasks go too). Returns the script's exit status."""
+    full_env = dict(os.environ)
+    full_env.update(env)
+    try:
+        with open(out_path, "ab") as out:
+            cp = subprocess.run([script, *args], cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        return cp.returncode
+    finally:
+        if session_id and socket_path:
+            _close_local_session(socket_path, session_id)
+
+
+def _client(socket_path: str):
+    import qsched
+    return qsched.Client(f"unix://{socket_path}")
+
+
+def _open_local_session(socket_path: str, pool: str | None, klass: str | None, name: str) -> dict:
+    with _client(socket_path) as c:
+        return c.open_session(pool=pool, cls=klass, name=name)
+
+
+def _close_local_session(socket_path: str, session_id: str) -> None:
+    try:
+        with _client(socket_path) as c:
+            c.close_session(session_id)
+    except QschedError:
+        pass  # closed already (by the user's code or the daemon)
+
+
+def _ensure_worker(redis_url: str, queue) -> None:
+    """Local mode needs a worker on the queue: start a burst worker (exits when the queue is empty)
+    when none is registered."""
+    from rq import Worker
+    if Worker.all(queue=queue):
+        return
+    rq = shutil.which("rq", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    argv = ([rq] if rq else [sys.executable, "-m", "rq.cli"]) + [
+        "worker", "--burst", "--url", redis_url, "--worker-class", "rq.worker.SimpleWorker", RQ_QUEUE]
+    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                     cwd=os.getcwd())
+
+
+def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_path) -> int:
+    import redis
+    from rq import Queue
+
+    from ..config import load_config
+    config = load_config(config_path)
+    url = local_redis_url(config)
+    socket_path = str(config.socket_path)
+    script_path = str(Path(script).resolve())
+    if not os.access(script_path, os.X_OK):
+        raise click.ClickException(f"{script}: not an executable file")
+    session = _open_local_session(socket_path, pool, klass, name=Path(script).name)
+    conn = redis.Redis.from_url(url)
+    q = Queue(RQ_QUEUE, connection=conn)
+    cwd = os.getcwd()
+    env = {"QSCHED_URL": f"unix://{socket_path}", "QSCHED_SESSION": session["id"],
+           "QSCHED_POOL": session.get("pool") or pool or "", "QSCHED_CLASS": session.get("class") or klass or ""}
+    job_id = f"local-{uuid.uuid4().hex[:12]}"
+    env["QSCHED_JOB_ID"] = job_id
+    out_path = os.path.join(cwd, f"qsched-{job_id}.out")
+    timeout = _seconds(time_limit) if time_limit else -1
+    job = q.enqueue(run_local_job, script_path, list(script_args), env, cwd, out_path, session["id"], socket_path,
+                    job_id=job_id, job_timeout=timeout, result_ttl=86400, failure_ttl=86400)
+    _ensure_worker(url, q)
+    click.echo(job.id)
+    if not wait:
+        return 0
+    while True:
+        status = job.get_status(refresh=True)
+        if status == "finished":
+            return int(job.return_value() or 0)
+        if status in ("failed", "stopped", "canceled"):
+            click.echo(f"job {job.id} {status}", err=True)
+            return 1
+        time.sleep(0.2)
+
+
+def _seconds(t: str) -> int:
+    """Slurm time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S -> seconds."""
+    days = 0
+    if "-" in t:
+        d, t = t.split("-", 1)
+        days = int(d)
+        parts = [int(x) for x in t.split(":")]
+        parts += [0] * (3 - len(parts))
+        h, m, s = parts
+    else:
+        parts = [int(x) for x in t.split(":")]
+        if len(parts) == 1:
+            h, m, s = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, m, s = 0, parts[0], parts[1]
+        else:
+            h, m, s = parts
+    return ((days * 24 + h) * 60 + m) * 60 + s
+
+
+@click.command("submit", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--nodes", "-N", type=click.IntRange(min=1), default=None, help="Nodes (sbatch --nodes).")
+@click.option("--time", "-t", "time_limit", default=None, help="Time limit in Slurm's format (e.g. 10:00).")
+@click.option("--qpu", "pool", default=None, metavar="POOL", help="Device pool for the job's quantum session.")
+@click.option("--class", "klass", default=None, metavar="CLASS", help="Policy class (interactive, batch, debug).")
+@click.option("--wait", is_flag=True, help="Wait for the job to end; exit with its exit status.")
+@click.option("--local", is_flag=True, help="Run on local RQ workers against the local daemon instead of Slurm.")
+@click.option("--config", "config_path", default=None, envvar="QSCHED_CONFIG", help="qsched.yaml (local mode).")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def submit(nodes, time_limit, pool, klass, wait, local, config_path, args):
+    """Submit SCRIPT as a hybrid job and print its job id.
+
+    \b
+    qsched submit [OPTIONS] [SBATCH OPTIONS...] SCRIPT [SCRIPT ARGS...]
+    Unknown options go to sbatch unchanged (--partition=debug, -A proj, --mem 4G).
+    """
+    extra, script, script_args = split_passthrough(list(args))
+    if script is None:
+        raise click.UsageError("missing SCRIPT")
+    if not os.path.isfile(script):
+        raise click.UsageError(f"SCRIPT {script!r} is not a file")
+    try:
+        if local:
+            if extra:
+                raise click.UsageError(f"--local does not take sbatch options: {' '.join(extra)}")
+            rc = _submit_local(script, script_args, pool=pool, klass=klass, time_limit=time_limit, wait=wait,
+                               config_path=config_path)
+        else:
+            rc = _submit_slurm(script, script_args, nodes=nodes, time_limit=time_limit, pool=pool, klass=klass,
+                               extra=extra, wait=wait)
+    except QschedError as e:
+        raise click.ClickException(e.message) from None
+    sys.exit(rc)
+
+
+def _main():  # pragma: no cover - `python -m qsched.cli.submit` for tests before the group registers it
+    submit()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main()
+
+
+__all__ = ["submit", "split_passthrough", "build_sbatch_argv", "run_local_job", "RQ_QUEUE"]
