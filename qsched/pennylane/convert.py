@@ -1,0 +1,348 @@
+"""Pure conversions between PennyLane tapes and qsched tasks.
+
+A tape becomes a Qiskit template in which *every* numeric gate argument is a Parameter (θ[k] in tape
+order), so tapes that differ only in their numbers (optimizer steps, data points, parameter-shift
+offsets) share one cached template and stack into one task as rows of the params array.
+
+Analytic measurements are all expressed as expectation values of Pauli sums, so one estimate (or
+adjoint gradient) task serves them and their derivatives are linear maps of the task's jacobian:
+expval(H) -> <H>; var(H) -> <H^2> - <H>^2; probs(wires) -> the 2^k - 1 Z-strings on those wires,
+then an inverse Walsh-Hadamard transform. Finite-shot tapes are diagonalized by PennyLane's own
+transforms and sampled; PennyLane's measurement processes then read the bitstrings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pennylane as qml
+from pennylane.exceptions import DeviceError
+from pennylane.measurements import ExpectationMP, ProbabilityMP, VarianceMP
+from pennylane.pauli import PauliSentence
+from pennylane.wires import Wires
+
+# PennyLane op name -> Qiskit gate name. Each maps its arguments 1:1 and in order, so a template
+# parameter is exactly one tape parameter, and server jacobian columns are tape derivatives.
+GATES: dict[str, str] = {
+    "Hadamard": "h", "PauliX": "x", "PauliY": "y", "PauliZ": "z", "S": "s", "T": "t", "SX": "sx",
+    "Adjoint(S)": "sdg", "Adjoint(T)": "tdg", "Adjoint(SX)": "sxdg",
+    "CNOT": "cx", "CZ": "cz", "CY": "cy", "SWAP": "swap", "Toffoli": "ccx", "CSWAP": "cswap",
+    "RX": "rx", "RY": "ry", "RZ": "rz", "PhaseShift": "p", "U1": "p", "U3": "u",
+    "IsingXX": "rxx", "IsingYY": "ryy", "IsingZZ": "rzz",
+    "CRX": "crx", "CRY": "cry", "CRZ": "crz", "ControlledPhaseShift": "cp",
+}
+# Ops with no observable effect on measurement statistics; their parameters get zero derivative.
+DROPPED = frozenset({"Identity", "GlobalPhase", "Barrier", "Snapshot"})
+SUPPORTED_OPS = frozenset(GATES) | DROPPED
+
+MAX_PROBS_WIRES = 12  # analytic probs use 2^k - 1 observables
+
+
+def stopping_condition(op: qml.operation.Operator) -> bool:
+    return op.name in SUPPORTED_OPS
+
+
+# --------------------------------------------------------------------------- state preparation
+def _uniform_ry(alphas, controls: list, target) -> list:
+    """Uniformly controlled RY (angle alphas[..., j] when controls are in basis state j, controls[0]
+    the most significant bit) as 2^k RY + 2^k CNOT in Gray-code order (Möttönen et al. 2004).
+    Always emits every gate, so the structure depends only on the number of wires."""
+    k = len(controls)
+    if k == 0:
+        return [qml.RY(alphas[..., 0], wires=target)]
+    size = 1 << k
+    gray = [i ^ (i >> 1) for i in range(size)]
+    # theta = M^-1 alpha with M[j, i] = (-1)^popcount(j & gray_i); M is a signed Hadamard matrix
+    m = np.array([[(-1) ** bin(j & g).count("1") for g in gray] for j in range(size)], dtype=float)
+    thetas = qml.math.tensordot(alphas, qml.math.convert_like(m / size, alphas), axes=[[-1], [0]])
+    ops = []
+    for i in range(size):
+        ops.append(qml.RY(thetas[..., i], wires=target))
+        flip = gray[i] ^ gray[(i + 1) % size]
+        bit = flip.bit_length() - 1
+        ops.append(qml.CNOT(wires=[controls[k - 1 - bit], target]))
+    return ops
+
+
+def real_state_prep_ops(state, wires) -> list:
+    """A real (signed) state vector -> a fixed RY/CNOT circuit whose angles carry the amplitudes.
+
+    Level k splits each block of amplitudes by wire k; upper levels rotate by the ratio of the two
+    halves' norms, the last level by the signed pair, so signs need no phase gates. Differentiable
+    through qml.math (autograd/torch) and broadcast over leading axes.
+    """
+    n = len(wires)
+    a = qml.math.cast(state, "float64")
+    lead = qml.math.shape(a)[:-1]
+    ops = []
+    for k in range(n):
+        blocks = qml.math.reshape(a, lead + (1 << k, 2, 1 << (n - k - 1)))
+        if k < n - 1:
+            left = qml.math.sqrt(qml.math.sum(blocks[..., 0, :] ** 2, axis=-1))
+            right = qml.math.sqrt(qml.math.sum(blocks[..., 1, :] ** 2, axis=-1))
+        else:
+            left, right = blocks[..., 0, 0], blocks[..., 1, 0]
+        alphas = 2 * qml.math.arctan2(right, left)
+        ops.extend(_uniform_ry(alphas, list(wires[:k]), wires[k]))
+    return ops
+
+
+def decomposer(op: qml.operation.Operator):
+    """Decompositions whose gate structure does not depend on the data, so the template is reused.
+
+    AmplitudeEmbedding/StatePrep with real amplitudes -> the RY tree above (the amplitudes become
+    template parameters); BasisState -> RX(pi * bit) per wire. Everything else: PennyLane's own.
+    """
+    if isinstance(op, qml.StatePrep) and not qml.math.is_abstract(op.data[0]):
+        state = op.data[0]
+        if "complex" in qml.math.get_dtype_name(state):
+            if not np.allclose(qml.math.imag(qml.math.detach(state)), 0):
+                return op.decomposition()       # complex phases: PennyLane's Möttönen with RZ
+            state = qml.math.real(state)
+        if qml.math.shape(state)[-1] == 1 << len(op.wires):
+            return real_state_prep_ops(state, op.wires)
+    if isinstance(op, qml.BasisState):
+        bits = op.data[0]
+        return [qml.RX(np.pi * bits[..., i], wires=w) for i, w in enumerate(op.wires)]
+    return op.decomposition()
+
+
+# --------------------------------------------------------------------------- templates
+@dataclass
+class Template:
+    """One structure: the circuit (built once) and which tape parameters feed which column."""
+    key: tuple
+    circuit: Any                       # qiskit QuantumCircuit with parameters θ[0..P-1]
+    num_params: int
+
+
+@dataclass
+class TapeCircuit:
+    template: Template
+    values: np.ndarray                 # [P] float64, this tape's parameter values in template order
+    columns: np.ndarray                # op-parameter index -> template column, -1 for dropped ops
+    wire_order: Wires                  # qubit i of the template is wire_order[i]
+
+
+def tape_structure(tape, wire_order: Wires) -> tuple[tuple, list, list, list]:
+    """(structure key, gates [(qiskit name, qubits, nparams)], values, columns) for a tape."""
+    index = {w: i for i, w in enumerate(wire_order)}
+    gates, values, columns = [], [], []
+    col = 0
+    for op in tape.operations:
+        name = op.name
+        if name in DROPPED:
+            columns.extend([-1] * op.num_params)
+            continue
+        qname = GATES.get(name)
+        if qname is None:
+            raise DeviceError(f"qsched.qubit: operation {name} was not decomposed to a supported gate")
+        try:
+            qubits = tuple(index[w] for w in op.wires)
+        except KeyError as e:
+            raise DeviceError(f"qsched.qubit: wire {e.args[0]!r} is not a device wire") from None
+        npar = len(op.data)
+        for x in op.data:
+            if qml.math.ndim(x) != 0:
+                raise DeviceError(f"qsched.qubit: {name} has a non-scalar parameter "
+                                  "(broadcast tapes are expanded before execution)")
+            values.append(float(qml.math.toarray(qml.math.unwrap(x)).real))
+            columns.append(col)
+            col += 1
+        gates.append((qname, qubits, npar))
+    key = (len(wire_order), tuple(gates))
+    return key, gates, values, columns
+
+
+def build_circuit(num_qubits: int, gates: list):
+    from qiskit.circuit import ParameterVector, QuantumCircuit
+    nparams = sum(g[2] for g in gates)
+    theta = ParameterVector("θ", nparams)
+    qc = QuantumCircuit(num_qubits)
+    k = 0
+    for qname, qubits, npar in gates:
+        getattr(qc, qname)(*theta[k:k + npar], *qubits)
+        k += npar
+    return qc
+
+
+class TemplateCache:
+    """Structure key -> Template, so each structure is built (and uploaded) once per process."""
+
+    def __init__(self, maxsize: int = 512):
+        self._items: dict[tuple, Template] = {}
+        self.maxsize = maxsize
+
+    def __len__(self):
+        return len(self._items)
+
+    def convert(self, tape, wire_order: Wires) -> TapeCircuit:
+        key, gates, values, columns = tape_structure(tape, wire_order)
+        tpl = self._items.get(key)
+        if tpl is None:
+            if len(self._items) >= self.maxsize:
+                self._items.pop(next(iter(self._items)))
+            tpl = Template(key=key, circuit=build_circuit(len(wire_order), gates), num_params=len(values))
+            self._items[key] = tpl
+        return TapeCircuit(tpl, np.asarray(values, dtype=np.float64), np.asarray(columns, dtype=np.int64),
+                           wire_order)
+
+
+# --------------------------------------------------------------------------- observables
+def pauli_rep(obs) -> PauliSentence:
+    ps = obs.pauli_rep
+    if ps is None:
+        if not obs.has_matrix or len(obs.wires) > 8:
+            raise DeviceError(f"qsched.qubit: observable {obs.name} has no Pauli decomposition")
+        ps = qml.pauli_decompose(qml.matrix(obs), wire_order=obs.wires, pauli=True)
+    return ps
+
+
+def sentence_to_wire(ps: PauliSentence, wire_index: dict, n: int) -> list[list]:
+    """PauliSentence -> [[Qiskit-order Pauli string (rightmost char = qubit 0), coeff], ...]."""
+    terms = []
+    for word, coeff in ps.items():
+        c = complex(qml.math.toarray(qml.math.unwrap(coeff)))
+        if abs(c) == 0:
+            continue
+        chars = ["I"] * n
+        for w, p in word.items():
+            chars[n - 1 - wire_index[w]] = p
+        terms.append(["".join(chars), c.real])
+    if not terms:
+        terms.append(["I" * n, 0.0])
+    return terms
+
+
+def _obs_key(terms: list) -> tuple:
+    return tuple((p, c) for p, c in terms)
+
+
+def walsh_matrix(k: int) -> np.ndarray:
+    """H[b, S] = (-1)^popcount(b & S): probs = H @ [1, <Z_S>...] / 2^k (b with wires[0] as MSB)."""
+    size = 1 << k
+    idx = np.arange(size)
+    parity = np.bitwise_and(idx[:, None], idx[None, :])
+    pc = np.zeros_like(parity)
+    while parity.any():
+        pc += parity & 1
+        parity >>= 1
+    return np.where(pc % 2 == 0, 1.0, -1.0)
+
+
+@dataclass
+class Readout:
+    """One measurement read from evs (and their jacobian rows) of the task's observables."""
+    rows: list[int]
+    value: Callable[[np.ndarray], Any]
+    deriv: Callable[[np.ndarray, np.ndarray], np.ndarray]   # (e, J[rows]) -> [*value_shape, P]
+
+
+@dataclass
+class AnalyticPlan:
+    observables: list = field(default_factory=list)   # wire form, unique
+    readouts: list = field(default_factory=list)
+    _index: dict = field(default_factory=dict)
+
+    def add(self, terms: list) -> int:
+        key = _obs_key(terms)
+        i = self._index.get(key)
+        if i is None:
+            i = self._index[key] = len(self.observables)
+            self.observables.append(terms)
+        return i
+
+
+def analytic_plan(tape, wire_order: Wires) -> AnalyticPlan:
+    """Measurements of an analytic tape -> the Pauli sums to estimate and how to read each back."""
+    n = len(wire_order)
+    index = {w: i for i, w in enumerate(wire_order)}
+    plan = AnalyticPlan()
+    for mp in tape.measurements:
+        if isinstance(mp, ExpectationMP) and mp.obs is not None:
+            i = plan.add(sentence_to_wire(pauli_rep(mp.obs), index, n))
+            plan.readouts.append(Readout([i], lambda e: e[0], lambda e, J: J[0]))
+        elif isinstance(mp, VarianceMP) and mp.obs is not None:
+            ps = pauli_rep(mp.obs)
+            sq = ps @ ps
+            sq.simplify()
+            i = plan.add(sentence_to_wire(ps, index, n))
+            j = plan.add(sentence_to_wire(sq, index, n))
+            plan.readouts.append(Readout([i, j], lambda e: e[1] - e[0] ** 2,
+                                         lambda e, J: J[1] - 2 * e[0] * J[0]))
+        elif isinstance(mp, ProbabilityMP) and mp.obs is None and mp.mv is None:
+            wires = mp.wires if len(mp.wires) else wire_order
+            k = len(wires)
+            if k > MAX_PROBS_WIRES:
+                raise DeviceError(f"qsched.qubit: analytic probs on at most {MAX_PROBS_WIRES} wires; "
+                                  f"got {k} (use shots)")
+            rows = []
+            for s in range(1, 1 << k):
+                chars = ["I"] * n
+                for pos, w in enumerate(wires):
+                    if s >> (k - 1 - pos) & 1:      # bit (k-1-pos) of s <-> wires[pos], as for b
+                        chars[n - 1 - index[w]] = "Z"
+                rows.append(plan.add([["".join(chars), 1.0]]))
+            hm = walsh_matrix(k) / (1 << k)
+            plan.readouts.append(Readout(
+                rows,
+                lambda e, hm=hm: hm[:, 0] + hm[:, 1:] @ e,
+                lambda e, J, hm=hm: hm[:, 1:] @ J))
+        else:
+            raise DeviceError(f"qsched.qubit: measurement {mp} is not supported without shots")
+    return plan
+
+
+def read_analytic(plan: AnalyticPlan, evs_row: np.ndarray, cols: np.ndarray):
+    """evs of this tape's task row, at the plan's observables (cols maps plan index -> task column)."""
+    out = []
+    for r in plan.readouts:
+        v = r.value(evs_row[cols[r.rows]])
+        out.append(np.asarray(v, dtype=np.float64))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def read_jacobian(plan: AnalyticPlan, evs_row: np.ndarray, jac_row: np.ndarray, cols: np.ndarray,
+                  tape, tc: TapeCircuit):
+    """Server jacobian d ev / d template column -> PennyLane's jacobian over tape.trainable_params.
+
+    Layout as PennyLane expects from a device: per measurement a tuple over trainable parameters
+    (unwrapped when there is one parameter), and a tuple over measurements when there are several.
+    """
+    nop = len(tc.columns)
+    tcols = []
+    for t in tape.trainable_params:
+        if t >= nop:
+            raise DeviceError("qsched.qubit: device derivatives with trainable observable parameters "
+                              "are not supported; use diff_method='parameter-shift'")
+        tcols.append(int(tc.columns[t]))
+    per_mp = []
+    for r in plan.readouts:
+        e = evs_row[cols[r.rows]]
+        J = jac_row[cols[r.rows]]                         # [len(rows), P]
+        d = np.asarray(r.deriv(e, J), dtype=np.float64)   # [*shape, P]
+        parts = tuple(d[..., c] if c >= 0 else np.zeros(d.shape[:-1]) for c in tcols)
+        per_mp.append(parts[0] if len(parts) == 1 else parts)
+    if not tcols:
+        return ()
+    return per_mp[0] if len(per_mp) == 1 else tuple(per_mp)
+
+
+# --------------------------------------------------------------------------- samples
+def unpack_register(array: np.ndarray, num_bits: int) -> np.ndarray:
+    """BitArray bytes [..., shots, nbytes] (big-endian) -> int [..., shots, num_bits], column i = bit i."""
+    bits = np.unpackbits(np.asarray(array, dtype=np.uint8), axis=-1, bitorder="big")
+    return bits[..., -num_bits:][..., ::-1].astype(np.int64) if num_bits else bits[..., :0].astype(np.int64)
+
+
+def read_samples(tape, samples: np.ndarray, wire_order: Wires):
+    """PennyLane's own measurement processes over the sampled bitstrings, split per shot vector."""
+    shots = tape.shots
+    per_bin = []
+    for lower, upper in shots.bins():
+        chunk = samples[lower:upper]
+        per_bin.append(tuple(mp.process_samples(chunk, wire_order) for mp in tape.measurements))
+    if len(tape.measurements) == 1:
+        per_bin = [r[0] for r in per_bin]
+    return tuple(per_bin) if shots.has_partitioned_shots else per_bin[0]

@@ -1,0 +1,291 @@
+"""`qml.device("qsched.qubit", wires=..., pool=...)`: PennyLane circuits run as qsched tasks.
+
+A batch of tapes becomes one request: tapes that share a structure (parameter-shift offsets,
+broadcast rows, optimizer steps) stack into one task over one cached template. Analytic tapes are
+estimate tasks; finite-shot tapes are sample tasks read by PennyLane's measurement processes;
+diff_method="adjoint" (or "device") sends gradient tasks that the worker computes next to the state.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pennylane as qml
+from pennylane.devices import Device, ExecutionConfig
+from pennylane.devices.preprocess import (
+    decompose,
+    validate_device_wires,
+    validate_measurements,
+    validate_observables,
+)
+from pennylane.exceptions import DeviceError
+from pennylane.measurements import ExpectationMP, ProbabilityMP, VarianceMP
+from pennylane.transforms import broadcast_expand, defer_measurements
+from pennylane.transforms.core import CompilePipeline, transform
+from pennylane.wires import Wires
+
+from ..qiskit.convert import result_field
+from ..qiskit.session import SessionHandle, wait_all
+from . import convert
+
+_DEVICE_GRADIENTS = {"adjoint", "device", "best"}
+
+
+def _analytic_ok(mp) -> bool:
+    if isinstance(mp, (ExpectationMP, VarianceMP)):
+        return mp.obs is not None
+    return isinstance(mp, ProbabilityMP) and mp.obs is None and mp.mv is None
+
+
+def _sample_ok(mp) -> bool:
+    from pennylane.measurements import SampleMeasurement
+    return isinstance(mp, SampleMeasurement)
+
+
+def _observable_ok(obs) -> bool:
+    return obs.pauli_rep is not None or (obs.has_matrix and len(obs.wires) <= 8)
+
+
+@transform
+def _to_computational_basis(tape):
+    """Finite-shot tapes: split non-commuting measurements and rotate them to Z, so one sample
+    task per tape serves every measurement. Analytic tapes pass through (they are estimated)."""
+    if not tape.shots or all(mp.obs is None or isinstance(mp.obs, (qml.Z, qml.Identity))
+                             for mp in tape.measurements):
+        return (tape,), lambda res: res[0]
+    split, split_fn = qml.transforms.split_non_commuting(tape)
+    out, fns = [], []
+    for t in split:
+        (d,), fn = qml.transforms.diagonalize_measurements(t)
+        out.append(d)
+        fns.append(fn)
+    return out, lambda res: split_fn([fn([r]) for fn, r in zip(fns, res)])
+
+
+class TaskGroup:
+    """Tapes of one template, kind and shot count: one task, one row of params per tape, and the
+    union of their observables (the estimate result is the outer product rows x observables)."""
+
+    def __init__(self, template: convert.Template, kind: str, shots: int | None):
+        self.template = template
+        self.kind = kind
+        self.shots = shots
+        self.rows: list[np.ndarray] = []
+        self.observables: list = []
+        self._obs_index: dict = {}
+        self.result = None
+        self._cache: dict = {}
+
+    def add_row(self, values: np.ndarray) -> int:
+        self.rows.append(values)
+        return len(self.rows) - 1
+
+    def add_observable(self, terms: list) -> int:
+        key = tuple((p, c) for p, c in terms)
+        i = self._obs_index.get(key)
+        if i is None:
+            i = self._obs_index[key] = len(self.observables)
+            self.observables.append(terms)
+        return i
+
+    def to_task(self, handle: SessionHandle, method: str | None = None) -> dict:
+        params = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), self.template.num_params)
+        task = {"kind": self.kind, "template": handle.upload(self.template.circuit, self.template.key),
+                "params": params, "shots": self.shots}
+        if self.kind != "sample":
+            task["observables"] = self.observables
+        if self.kind == "gradient":
+            task["method"] = method
+        return task
+
+    def _array(self, name):
+        if name not in self._cache:
+            self._cache[name] = np.asarray(result_field(self.result, name), dtype=np.float64)
+        return self._cache[name]
+
+    def evs(self) -> np.ndarray:
+        return self._array("evs")
+
+    def jacobian(self) -> np.ndarray:
+        return self._array("jacobian")
+
+    def register(self, name: str) -> np.ndarray:
+        key = ("reg", name)
+        if key not in self._cache:
+            regs = result_field(self.result, "registers") or {}
+            if name not in regs:
+                raise DeviceError(f"qsched.qubit: the sample result has no register {name!r}")
+            self._cache[key] = np.asarray(result_field(regs[name], "array"), dtype=np.uint8)
+        return self._cache[key]
+
+
+class QschedDevice(Device):
+    """PennyLane device that sends circuits to a qsched daemon.
+
+    Args:
+        wires: number or labels of wires.
+        shots: default shots (PennyLane prefers ``qml.set_shots`` on the QNode).
+        pool: the device pool to ask the daemon for (default: the Slurm job's session pool, else
+            "lightning", whose worker computes adjoint gradients).
+        client / session: an existing ``qsched.Client`` or session to use instead of connecting
+            from the environment (``QSCHED_URL``, ``QSCHED_SESSION``, ``QSCHED_TOKEN``, or the local
+            daemon socket).
+        timeout: seconds to wait for one batch of results.
+    """
+
+    name = "qsched.qubit"
+    short_name = "qsched.qubit"
+    pennylane_requires = ">=0.38"
+    author = "qsched"
+
+    def __init__(self, wires=None, shots=None, *, pool: str | None = None, client=None, session=None,
+                 timeout: float = 600.0, name: str | None = None):
+        super().__init__(wires=wires, shots=shots)
+        self._handle = SessionHandle(pool=pool, client=client, session=session, default_pool="lightning",
+                                     name=name or "pennylane")
+        self.timeout = timeout
+        self._templates = convert.TemplateCache()
+        self._lock = threading.Lock()
+
+    @property
+    def pool(self) -> str | None:
+        return self._handle.pool
+
+    def close(self):
+        """Close the session this device opened (a session passed in or attached stays open)."""
+        self._handle.close()
+
+    # ------------------------------------------------------------------ configuration
+    def supports_derivatives(self, execution_config=None, circuit=None) -> bool:
+        if execution_config is None:
+            return True
+        if execution_config.gradient_method not in _DEVICE_GRADIENTS:
+            return False
+        if circuit is None:
+            return True
+        return not circuit.shots and all(_analytic_ok(mp) for mp in circuit.measurements)
+
+    def setup_execution_config(self, config: ExecutionConfig | None = None, circuit=None) -> ExecutionConfig:
+        config = config or ExecutionConfig()
+        updates = {}
+        method = config.gradient_method
+        if method == "best":
+            # server-side derivatives when exact; parameter shift (batched into one task) with shots
+            method = "parameter-shift" if circuit is not None and circuit.shots else "adjoint"
+            updates["gradient_method"] = method
+        device_grad = method in ("adjoint", "device")
+        if config.use_device_gradient is None:
+            updates["use_device_gradient"] = device_grad
+        if config.use_device_jacobian_product is None:
+            updates["use_device_jacobian_product"] = False
+        if config.grad_on_execution is None:
+            # values and jacobian come back from one gradient task: one round trip per step
+            updates["grad_on_execution"] = device_grad
+        mcm = config.mcm_config
+        if mcm.mcm_method in (None, "deferred"):
+            updates["mcm_config"] = replace(mcm, mcm_method="deferred")
+        elif mcm.mcm_method != "deferred":
+            raise DeviceError(f"qsched.qubit supports mid-circuit measurements only with "
+                              f"mcm_method='deferred', got {mcm.mcm_method!r}")
+        updates["convert_to_numpy"] = True
+        return replace(config, **updates)
+
+    def preprocess_transforms(self, execution_config: ExecutionConfig | None = None) -> CompilePipeline:
+        program = CompilePipeline()
+        program.add_transform(defer_measurements, allow_postselect=False)
+        program.add_transform(decompose, stopping_condition=convert.stopping_condition,
+                              skip_initial_state_prep=False, decomposer=convert.decomposer,
+                              name=self.name)
+        program.add_transform(_to_computational_basis)
+        program.add_transform(decompose, stopping_condition=convert.stopping_condition,
+                              skip_initial_state_prep=False, decomposer=convert.decomposer,
+                              name=self.name)
+        program.add_transform(validate_device_wires, self.wires, name=self.name)
+        program.add_transform(validate_measurements, analytic_measurements=_analytic_ok,
+                              sample_measurements=_sample_ok, name=self.name)
+        program.add_transform(validate_observables, stopping_condition=_observable_ok, name=self.name)
+        program.add_transform(broadcast_expand)
+        return program
+
+    # ------------------------------------------------------------------ execution
+    def _wire_order(self, tape) -> Wires:
+        return self.wires if self.wires is not None else tape.wires
+
+    def _plan(self, tapes, gradient: bool):
+        """Tapes -> TaskGroups (one per template/kind/shots) and, per tape, where to read its result."""
+        groups: dict[tuple, TaskGroup] = {}
+        plans = []
+        for tape in tapes:
+            wires = self._wire_order(tape)
+            tc = self._templates.convert(tape, wires)
+            if tape.shots:
+                if gradient:
+                    raise DeviceError("qsched.qubit: device derivatives need shots=None; use "
+                                      "diff_method='parameter-shift' with shots")
+                total = tape.shots.total_shots
+                key = (tc.template.key, "sample", total)
+                g = groups.get(key) or groups.setdefault(key, TaskGroup(tc.template, "sample", total))
+                row = g.add_row(tc.values)
+                plans.append(("sample", tape, tc, g, row, None))
+            else:
+                ap = convert.analytic_plan(tape, wires)
+                kind = "gradient" if gradient else "estimate"
+                key = (tc.template.key, kind, None)
+                g = groups.get(key) or groups.setdefault(key, TaskGroup(tc.template, kind, None))
+                row = g.add_row(tc.values)
+                cols = np.array([g.add_observable(o) for o in ap.observables], dtype=np.int64)
+                plans.append(("analytic", tape, tc, g, row, (ap, cols)))
+        return list(groups.values()), plans
+
+    def _run(self, tapes, gradient: bool):
+        tapes = list(tapes)
+        groups, plans = self._plan(tapes, gradient)
+        if groups:
+            session = self._handle.get()
+            tasks = [g.to_task(self._handle, method="adjoint" if gradient else None) for g in groups]
+            results = wait_all(session.submit_many(tasks), self.timeout)
+            for g, r in zip(groups, results):
+                g.result = r
+        if self.tracker.active:
+            self.tracker.update(batches=1, executions=len(tapes), tasks=len(groups))
+            self.tracker.record()
+        return plans
+
+    @staticmethod
+    def _value(plan):
+        kind, tape, tc, g, row, extra = plan
+        if kind == "sample":
+            reg = g.register("meas")
+            samples = convert.unpack_register(reg[row], len(tc.wire_order))
+            return convert.read_samples(tape, samples, tc.wire_order)
+        ap, cols = extra
+        return convert.read_analytic(ap, g.evs()[row], cols)
+
+    @staticmethod
+    def _jacobian(plan):
+        kind, tape, tc, g, row, extra = plan
+        ap, cols = extra
+        return convert.read_jacobian(ap, g.evs()[row], g.jacobian()[row], cols, tape, tc)
+
+    def execute(self, circuits, execution_config=None):
+        single = isinstance(circuits, qml.tape.QuantumScript)
+        tapes = [circuits] if single else circuits
+        with self._lock:
+            plans = self._run(tapes, gradient=False)
+        results = tuple(self._value(p) for p in plans)
+        return results[0] if single else results
+
+    def compute_derivatives(self, circuits, execution_config=None):
+        return self.execute_and_compute_derivatives(circuits, execution_config)[1]
+
+    def execute_and_compute_derivatives(self, circuits, execution_config=None):
+        single = isinstance(circuits, qml.tape.QuantumScript)
+        tapes = [circuits] if single else circuits
+        with self._lock:
+            plans = self._run(tapes, gradient=True)
+        results = tuple(self._value(p) for p in plans)
+        jacs = tuple(self._jacobian(p) for p in plans)
+        if single:
+            return results[0], jacs[0]
+        return results, jacs

@@ -1,0 +1,227 @@
+"""Pure conversions between Qiskit V2 primitive PUBs and qsched tasks/results.
+
+A PUB is an N-d broadcast of parameter bindings against observables (estimator) or shots (sampler).
+A task is flat: params [bindings, num_parameters] and, for estimate, a list of observables; the
+estimate result is the outer product evs[binding, observable]. Mapping a PUB onto one task keeps the
+simulator on its fast path (one PUB, many bindings); reshaping picks the broadcast entries back out.
+Nothing here talks to a daemon, so all of it is unit-tested with hand-built result dicts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from qiskit.circuit import QuantumCircuit
+from qiskit.primitives.containers import (
+    BitArray,
+    DataBin,
+    PubResult,
+    SamplerPubResult,
+)
+from qiskit.primitives.containers.estimator_pub import EstimatorPub
+from qiskit.primitives.containers.sampler_pub import SamplerPub
+from qiskit.quantum_info import SparseObservable
+
+from ..wire import decode_array
+
+__all__ = [
+    "EstimatorPlan",
+    "SamplerPlan",
+    "estimator_pub_to_task",
+    "sampler_pub_to_task",
+    "estimator_result",
+    "sampler_result",
+    "observable_to_wire",
+    "precision_to_shots",
+    "result_field",
+    "registers_to_memory",
+]
+
+
+def result_field(result: Any, name: str, default=None):
+    """Read one field of a task result: the client's TaskResult (attributes) or an API dict.
+
+    Arrays still in their wire form ({dtype, shape, data}) are decoded here, so the converters accept
+    both a decoded result and the raw JSON of docs/api.md.
+    """
+    if isinstance(result, dict):
+        v = result.get(name, default)
+    else:
+        v = getattr(result, name, default)
+    if isinstance(v, dict) and {"dtype", "shape", "data"} <= v.keys():
+        v = decode_array(v, name)
+    return v
+
+
+def _meta(result: Any) -> dict:
+    m = result_field(result, "meta", None)
+    return dict(m) if m else {}
+
+
+# --------------------------------------------------------------------------- observables
+def observable_to_wire(obs: SparseObservable) -> list[list]:
+    """One SparseObservable -> [[pauli string in Qiskit order, real coeff], ...].
+
+    SparseObservable may hold projector terms (0, 1, +, -, r, l); the wire format carries Paulis
+    only, so those are expanded first.
+    """
+    if any(t not in (SparseObservable.BitTerm.X, SparseObservable.BitTerm.Y, SparseObservable.BitTerm.Z)
+           for t in obs.bit_terms):
+        obs = obs.as_paulis().simplify()
+    n = obs.num_qubits
+    terms = []
+    for letters, qubits, coeff in obs.to_sparse_list():
+        chars = ["I"] * n
+        for letter, q in zip(letters, qubits):
+            chars[n - 1 - q] = letter  # rightmost character is qubit 0
+        terms.append(["".join(chars), float(np.real(coeff))])
+    if not terms:  # the zero observable: keep the task well-formed
+        terms.append(["I" * n, 0.0])
+    return terms
+
+
+def precision_to_shots(precision: float) -> int | None:
+    """Estimator precision -> shots (standard error 1/sqrt(shots) for a unit-norm Pauli); 0 is exact."""
+    if not precision:
+        return None
+    return int(math.ceil(1.0 / float(precision) ** 2))
+
+
+def _flat_params(pub, circuit: QuantumCircuit) -> np.ndarray:
+    bindings = pub.parameter_values
+    nparam = circuit.num_parameters
+    if nparam == 0:
+        return np.zeros((max(1, int(np.prod(bindings.shape, dtype=np.int64))), 0))
+    arr = bindings.as_array(circuit.parameters)  # last axis in template (circuit.parameters) order
+    return np.ascontiguousarray(arr.reshape(-1, nparam), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- estimator
+@dataclass
+class EstimatorPlan:
+    """How one EstimatorPub maps onto one estimate task, and how to read the result back."""
+    circuit: QuantumCircuit
+    shape: tuple
+    bindings_shape: tuple
+    observables_shape: tuple
+    precision: float
+    shots: int | None
+    task: dict = field(repr=False)
+
+    def index_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        nb = int(np.prod(self.bindings_shape, dtype=np.int64))
+        no = int(np.prod(self.observables_shape, dtype=np.int64))
+        bi = np.arange(nb).reshape(self.bindings_shape)
+        oi = np.arange(no).reshape(self.observables_shape)
+        bi, oi = np.broadcast_arrays(bi, oi)
+        return bi, oi
+
+
+def estimator_pub_to_task(pub: EstimatorPub) -> EstimatorPlan:
+    """EstimatorPub -> estimate task (template circuit, params [B, P], observables list of O).
+
+    The task computes the outer product B x O; the broadcast PUB shape is read back by indexing.
+    """
+    circuit = pub.circuit    # trailing measurements are the worker's to drop (it caches per template)
+    params = _flat_params(pub, circuit)
+    obs_arr = pub.observables.sparse_observables_array().reshape(-1)
+    observables = [observable_to_wire(o) for o in obs_arr]
+    precision = float(pub.precision or 0.0)
+    shots = precision_to_shots(precision)
+    task = {"kind": "estimate", "circuit": circuit, "params": params,
+            "observables": observables, "shots": shots}
+    return EstimatorPlan(circuit=circuit, shape=tuple(pub.shape),
+                         bindings_shape=tuple(pub.parameter_values.shape),
+                         observables_shape=tuple(pub.observables.shape),
+                         precision=precision, shots=shots, task=task)
+
+
+def estimator_result(plan: EstimatorPlan, result: Any, pub_circuit: QuantumCircuit | None = None) -> PubResult:
+    """Task result {evs [B, O], stds [B, O], meta} -> PubResult with the PUB's broadcast shape."""
+    evs = np.asarray(result_field(result, "evs"), dtype=np.float64)
+    stds = result_field(result, "stds")
+    nb = int(np.prod(plan.bindings_shape, dtype=np.int64))
+    no = int(np.prod(plan.observables_shape, dtype=np.int64))
+    evs = evs.reshape(nb, no)
+    stds = np.zeros_like(evs) if stds is None else np.asarray(stds, dtype=np.float64).reshape(nb, no)
+    bi, oi = plan.index_arrays()
+    out_evs = np.array(evs[bi, oi], dtype=np.float64)  # (not ascontiguousarray: it makes 0-d 1-d)
+    out_stds = np.array(stds[bi, oi], dtype=np.float64)
+    circuit = pub_circuit if pub_circuit is not None else plan.circuit
+    metadata = {"target_precision": plan.precision,
+                "circuit_metadata": circuit.metadata,
+                "qsched": _meta(result)}
+    if plan.shots is not None:
+        metadata["shots"] = plan.shots
+    return PubResult(DataBin(evs=out_evs, stds=out_stds, shape=out_evs.shape), metadata=metadata)
+
+
+# --------------------------------------------------------------------------- sampler
+@dataclass
+class SamplerPlan:
+    circuit: QuantumCircuit
+    shape: tuple
+    shots: int
+    task: dict = field(repr=False)
+
+
+def sampler_pub_to_task(pub: SamplerPub) -> SamplerPlan:
+    circuit = pub.circuit
+    params = _flat_params(pub, circuit)
+    task = {"kind": "sample", "circuit": circuit, "params": params, "shots": int(pub.shots)}
+    return SamplerPlan(circuit=circuit, shape=tuple(pub.shape), shots=int(pub.shots), task=task)
+
+
+def _register_array(reg_result: Any, num_bits: int, rows: int, shots: int) -> np.ndarray:
+    nbytes = (num_bits + 7) // 8
+    if reg_result is None:
+        return np.zeros((rows, shots, nbytes), dtype=np.uint8)
+    arr = result_field(reg_result, "array")
+    arr = np.asarray(arr, dtype=np.uint8)
+    return arr.reshape(rows, shots, nbytes)
+
+
+def sampler_result(plan: SamplerPlan, result: Any) -> SamplerPubResult:
+    """Task result {registers: {name: {num_bits, array [B, shots, bytes]}}} -> SamplerPubResult."""
+    registers = result_field(result, "registers") or {}
+    rows = int(np.prod(plan.shape, dtype=np.int64))
+    data = {}
+    for creg in plan.circuit.cregs:
+        arr = _register_array(registers.get(creg.name), creg.size, rows, plan.shots)
+        data[creg.name] = BitArray(arr.reshape(plan.shape + arr.shape[1:]), creg.size)
+    metadata = {"shots": plan.shots, "circuit_metadata": plan.circuit.metadata, "qsched": _meta(result)}
+    return SamplerPubResult(DataBin(**data, shape=plan.shape), metadata=metadata)
+
+
+# --------------------------------------------------------------------------- backend.run
+def registers_to_memory(circuit: QuantumCircuit, registers: dict, shots: int) -> np.ndarray:
+    """Per-register bit arrays of one bound circuit -> bool [shots, num_clbits], column j = clbit j.
+
+    Registers may sit anywhere in the clbit list (or overlap), so each bit is placed by its index.
+    """
+    nclbits = circuit.num_clbits
+    bits = np.zeros((shots, nclbits), dtype=bool)
+    for creg in circuit.cregs:
+        if creg.size == 0:
+            continue
+        arr = _register_array(registers.get(creg.name), creg.size, 1, shots)[0]
+        # big-endian bytes per shot: the last unpacked bit is register bit 0
+        unpacked = np.unpackbits(arr, axis=-1, bitorder="big")[:, -creg.size:][:, ::-1]
+        for j, clbit in enumerate(creg):
+            bits[:, circuit.find_bit(clbit).index] = unpacked[:, j]
+    return bits
+
+
+def memory_to_hex(bits: np.ndarray) -> list[str]:
+    """bool [shots, n] (column j = clbit j) -> ["0x..", ...] as BackendV2 results carry memory."""
+    shots, n = bits.shape
+    if n == 0:
+        return ["0x0"] * shots
+    if n <= 63:
+        weights = (1 << np.arange(n, dtype=np.int64))
+        ints = bits.astype(np.int64) @ weights
+        return [hex(int(v)) for v in ints]
+    packed = np.packbits(bits[:, ::-1], axis=-1, bitorder="big")
+    return [hex(int.from_bytes(row.tobytes(), "big") >> ((-n) % 8)) for row in packed]

@@ -1,0 +1,135 @@
+"""How both SDKs reach the daemon: one lazily opened session per primitive/backend/device.
+
+The session comes from (in order) an explicit session, an explicit client, or a client built from the
+environment that the Slurm plugin or `qsched submit --local` sets (QSCHED_URL, QSCHED_SESSION, ...),
+so the same user code runs on a laptop and on a cluster.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import weakref
+
+from qiskit.providers import JobError, JobTimeoutError
+
+from ..errors import QschedError, TaskCancelled, TaskFailed, Timeout
+
+
+class QschedJobError(QschedError, JobError):
+    """A task failed or was cancelled; also a Qiskit JobError."""
+    code = "task_failed"
+
+    def __init__(self, message, *, field=None, limit=None):
+        QschedError.__init__(self, message, field=field, limit=limit)
+
+
+class QschedJobTimeoutError(QschedError, JobTimeoutError):
+    """Results did not arrive in time; also a Qiskit JobTimeoutError."""
+    code = "timeout"
+
+    def __init__(self, message, *, field=None, limit=None):
+        QschedError.__init__(self, message, field=field, limit=limit)
+
+
+def as_sdk_error(err: BaseException) -> BaseException:
+    """Client errors -> errors that Qiskit (and PennyLane users) catch by their framework's classes."""
+    if isinstance(err, (QschedJobError, QschedJobTimeoutError)):
+        return err
+    if isinstance(err, Timeout):
+        return QschedJobTimeoutError(err.message, field=err.field, limit=err.limit)
+    if isinstance(err, (TaskFailed, TaskCancelled)):
+        return QschedJobError(err.message, field=err.field, limit=err.limit)
+    return err
+
+
+def _close_quietly(session, client, owns_client):
+    try:
+        session.close()
+    except Exception:
+        pass
+    if owns_client:
+        try:
+            client.close()
+        except Exception:
+            pass
+
+
+class SessionHandle:
+    """Opens the session on first use (not at construction: building a device must stay cheap),
+    closes what it opened at interpreter exit."""
+
+    def __init__(self, pool: str | None = None, client=None, session=None, default_pool: str = "aer",
+                 name: str | None = None):
+        self._pool = pool
+        self._client = client
+        self._session = session
+        self._default_pool = default_pool
+        self._name = name
+        self._owns = session is None
+        self._lock = threading.Lock()
+        self._finalizer = None
+
+    @property
+    def pool(self) -> str | None:
+        if self._session is not None:
+            return getattr(self._session, "pool", None) or self._pool
+        return self._pool or os.environ.get("QSCHED_POOL") or self._default_pool
+
+    @property
+    def client(self):
+        return self._client if self._client is not None else getattr(self.get(), "client", None)
+
+    def get(self):
+        if self._session is not None:
+            return self._session
+        with self._lock:
+            if self._session is None:
+                import qsched.client as qc
+                owns_client = self._client is None
+                client = self._client if self._client is not None else qc.Client()
+                self._client = client
+                kwargs = {"pool": self.pool}
+                if self._name:
+                    kwargs["name"] = self._name
+                session = client.session(**kwargs)
+                opener = getattr(session, "open", None)
+                if callable(opener) and not getattr(session, "id", None):
+                    opener()
+                self._session = session
+                self._finalizer = weakref.finalize(self, _close_quietly, session, client, owns_client)
+                atexit.register(self._finalizer)
+        return self._session
+
+    def upload(self, circuit, key=None) -> str:
+        """Template hash for a circuit, uploaded once per session. `key` (a structure key) skips
+        re-serializing a circuit this handle has already sent. Without a key the client's content
+        hash decides (a user's circuit may have been mutated in place since the last call)."""
+        session = self.get()
+        if key is None:
+            return session.upload(circuit)
+        cache = self.__dict__.setdefault("_uploaded", {})
+        ck = key
+        hit = cache.get(ck)
+        if hit is not None and hit[0] is circuit:
+            return hit[1]
+        h = session.upload(circuit)
+        if len(cache) > 1024:
+            cache.clear()
+        cache[ck] = (circuit, h)
+        return h
+
+    def close(self):
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+            self._session = None
+            self._client = None if self._owns else self._client
+
+
+def wait_all(futures, timeout: float | None):
+    """Results of many task futures, in order; errors converted to the SDK classes."""
+    try:
+        return [f.result(timeout=timeout) for f in futures]
+    except QschedError as e:
+        raise as_sdk_error(e) from e

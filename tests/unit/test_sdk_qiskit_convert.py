@@ -1,0 +1,215 @@
+"""Qiskit PUB <-> qsched task conversions, checked against StatevectorEstimator/StatevectorSampler.
+
+Task results are built by hand in the shape docs/api.md gives (evs [bindings, observables], BitArray
+bytes per register), from exact Statevector values; the live daemon runs the same paths in
+tests/integration/test_sdk_qiskit.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit, transpile
+from qiskit.circuit import ClassicalRegister, Parameter, QuantumRegister
+from qiskit.primitives import StatevectorEstimator, StatevectorSampler
+from qiskit.primitives.containers.estimator_pub import EstimatorPub
+from qiskit.primitives.containers.sampler_pub import SamplerPub
+from qiskit.providers import JobError, JobTimeoutError
+from qiskit.quantum_info import SparseObservable, SparsePauliOp, Statevector
+
+from qsched.errors import QschedError, TaskFailed, Timeout
+from qsched.qiskit import QschedJobError, QschedJobTimeoutError, build_target
+from qsched.qiskit.backend import _experiment_result, target_for_pool
+from qsched.qiskit.convert import (
+    estimator_pub_to_task,
+    estimator_result,
+    memory_to_hex,
+    observable_to_wire,
+    precision_to_shots,
+    registers_to_memory,
+    sampler_pub_to_task,
+    sampler_result,
+)
+from qsched.qiskit.session import as_sdk_error
+from qsched.wire import encode_array
+
+
+def ansatz(n=3):
+    a, b, c = Parameter("a"), Parameter("b"), Parameter("c")
+    qc = QuantumCircuit(n)
+    qc.ry(a, 0)
+    qc.rx(b, 1)
+    qc.cx(0, 1)
+    qc.rz(c, 1)
+    qc.cx(1, 2)
+    qc.ry(2 * a - b, 2)
+    return qc
+
+
+def exact_estimate(task) -> dict:
+    """The estimate result the daemon returns: outer product evs[binding, observable]."""
+    qc = task["circuit"]
+    ops = [SparsePauliOp.from_list([(p, c) for p, c in o]) for o in task["observables"]]
+    evs = np.array([[Statevector(qc.assign_parameters(row)).expectation_value(o).real for o in ops]
+                    for row in task["params"]])
+    return {"evs": evs, "stds": np.zeros_like(evs), "meta": {"device": "ref", "exec_s": 0.0}}
+
+
+def test_observable_to_wire_matches_matrix_incl_projectors():
+    for label in ["XIZ", "0+Y", "rlZ", "-1I"]:
+        obs = SparseObservable.from_label(label) * 0.7
+        wire = observable_to_wire(obs)
+        spo = SparsePauliOp.from_list([(p, c) for p, c in wire])
+        assert np.allclose(spo.to_matrix(), obs.to_matrix(), atol=1e-12), label
+
+
+def test_pauli_order_is_qiskit_order():
+    obs = SparseObservable.from_sparse_list([("X", [0], 1.0)], num_qubits=3)
+    assert observable_to_wire(obs) == [["IIX", 1.0]]
+
+
+@pytest.mark.parametrize("bshape,oshape", [((), ()), ((4,), ()), ((), (3,)), ((4, 1), (1, 3)),
+                                           ((5,), (5,)), ((2, 3), (3,))])
+def test_estimator_broadcasting_matches_reference(bshape, oshape):
+    rng = np.random.default_rng(1)
+    qc = ansatz()
+    params = rng.uniform(-np.pi, np.pi, size=bshape + (3,))
+    pool = [SparsePauliOp("ZZI"), SparsePauliOp.from_list([("XIX", 0.5), ("IYY", -1.5)]), "IIZ",
+            {"ZIZ": 2.0}, SparsePauliOp("XXX")]
+    obs = np.empty(oshape, dtype=object)
+    for k, idx in enumerate(np.ndindex(*oshape)):
+        obs[idx] = pool[k % len(pool)]
+    obs = obs if oshape else pool[1]
+    pub = EstimatorPub.coerce((qc, obs, params))
+    plan = estimator_pub_to_task(pub)
+    assert plan.task["params"].shape == (int(np.prod(bshape)), 3)
+    assert len(plan.task["observables"]) == int(np.prod(oshape))
+    got = estimator_result(plan, exact_estimate(plan.task))
+    want = StatevectorEstimator().run([(qc, obs, params)]).result()[0]
+    assert got.data.evs.shape == want.data.evs.shape == pub.shape
+    assert np.allclose(got.data.evs, want.data.evs, atol=1e-10)
+    assert got.metadata["target_precision"] == 0.0 and got.metadata["qsched"]["device"] == "ref"
+
+
+def test_estimator_parameter_order_follows_template_not_dict_order():
+    qc = ansatz()
+    a, b, c = sorted(qc.parameters, key=lambda p: p.name)
+    pub = EstimatorPub.coerce((qc, "ZZZ", {(c, a): [0.3, 0.1], b: 0.2}))
+    assert np.allclose(estimator_pub_to_task(pub).task["params"], [[0.1, 0.2, 0.3]])
+
+
+def test_estimator_accepts_wire_encoded_result_and_precision():
+    qc = ansatz()
+    pub = EstimatorPub.coerce((qc, ["ZII", "IIZ"], [0.1, 0.2, 0.3]), precision=0.01)
+    plan = estimator_pub_to_task(pub)
+    assert plan.task["shots"] == precision_to_shots(0.01) == 10000
+    res = exact_estimate(plan.task)
+    res = {"evs": encode_array(res["evs"]), "stds": encode_array(res["stds"] + 0.01), "meta": {}}
+    out = estimator_result(plan, res)
+    assert out.data.evs.shape == (2,) and np.allclose(out.data.stds, 0.01)
+    assert out.metadata["shots"] == 10000
+
+
+def test_no_parameter_circuit():
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    plan = estimator_pub_to_task(EstimatorPub.coerce((qc, ["XX", "ZI"])))
+    assert plan.task["params"].shape == (1, 0)
+    out = estimator_result(plan, {"evs": np.array([[1.0, 0.0]]), "stds": None})
+    assert np.allclose(out.data.evs, [1.0, 0.0])
+
+
+def _bitarray_bytes(values: np.ndarray, num_bits: int) -> np.ndarray:
+    nbytes = (num_bits + 7) // 8
+    flat = values.reshape(-1)
+    return np.array([np.frombuffer(int(v).to_bytes(nbytes, "big"), dtype=np.uint8) for v in flat]
+                    ).reshape(values.shape + (nbytes,))
+
+
+def test_sampler_result_shapes_registers_and_counts():
+    qr = QuantumRegister(3)
+    c1, c2 = ClassicalRegister(2, "alpha"), ClassicalRegister(9, "beta")
+    qc = QuantumCircuit(qr, c1, c2)
+    t = Parameter("t")
+    qc.rx(t, 0)
+    qc.measure([0, 1], c1)
+    qc.measure([2, 2, 0, 1, 2, 0, 1, 2, 0], c2)
+    pub = SamplerPub.coerce((qc, np.linspace(0, 1, 6).reshape(2, 3, 1)), shots=4)
+    plan = sampler_pub_to_task(pub)
+    assert plan.task["params"].shape == (6, 1) and plan.task["shots"] == 4
+    rng = np.random.default_rng(0)
+    v1 = rng.integers(0, 4, size=(6, 4))
+    v2 = rng.integers(0, 512, size=(6, 4))
+    result = {"registers": {"alpha": {"num_bits": 2, "array": encode_array(_bitarray_bytes(v1, 2))},
+                            "beta": {"num_bits": 9, "array": _bitarray_bytes(v2, 9)}}}
+    out = sampler_result(plan, result)
+    assert out.data.alpha.shape == (2, 3) and out.data.alpha.num_shots == 4
+    assert out.data.beta.num_bits == 9 and out.data.beta.array.shape == (2, 3, 4, 2)
+    assert np.array_equal(out.data.beta.array.reshape(6, 4, 2), _bitarray_bytes(v2, 9))
+    want = sum(np.bincount(v1[i], minlength=4) for i in range(6))
+    got = out.data.alpha.get_int_counts()
+    assert all(got.get(k, 0) == want[k] for k in range(4))
+    assert out.metadata["shots"] == 4
+
+
+def test_sampler_statistics_match_statevector_sampler():
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.ry(0.4, 1)
+    qc.measure_all()
+    plan = sampler_pub_to_task(SamplerPub.coerce(qc, shots=4000))
+    probs = Statevector(qc.remove_final_measurements(inplace=False)).probabilities()
+    rng = np.random.default_rng(3)
+    outcomes = rng.choice(4, size=4000, p=probs)
+    res = {"registers": {"meas": {"num_bits": 2, "array": _bitarray_bytes(outcomes[None, :], 2)}}}
+    ours = sampler_result(plan, res).data.meas.get_counts()
+    ref = StatevectorSampler(seed=5).run([qc], shots=4000).result()[0].data.meas.get_counts()
+    for k in set(ours) | set(ref):
+        assert abs(ours.get(k, 0) - ref.get(k, 0)) < 5 * np.sqrt(4000 * 0.25) + 1
+
+
+def test_registers_to_memory_places_bits_by_clbit_index():
+    qc = QuantumCircuit(QuantumRegister(1), ClassicalRegister(2, "lo"), ClassicalRegister(3, "hi"))
+    lo = _bitarray_bytes(np.array([[0b10, 0b01]]), 2)
+    hi = _bitarray_bytes(np.array([[0b101, 0b000]]), 3)
+    bits = registers_to_memory(qc, {"lo": {"array": lo[0]}, "hi": {"array": hi[0]}}, 2)
+    assert memory_to_hex(bits) == [hex(0b10110), hex(0b00001)]
+    wide = np.zeros((1, 70), dtype=bool)
+    wide[0, [0, 69]] = True
+    assert memory_to_hex(wide) == [hex((1 << 69) | 1)]
+
+
+def test_backend_experiment_result_counts_and_memory():
+    qc = QuantumCircuit(QuantumRegister(2), ClassicalRegister(1, "a"), ClassicalRegister(1, "b"))
+    arr_a = _bitarray_bytes(np.array([[1, 0, 1]]), 1)[0]
+    arr_b = _bitarray_bytes(np.array([[1, 1, 0]]), 1)[0]
+    exp = _experiment_result(qc, {"registers": {"a": {"array": arr_a}, "b": {"array": arr_b}}}, 3, True)
+    from qiskit.result import Result
+    r = Result(backend_name="x", backend_version="1", job_id="j", success=True, results=[exp])
+    assert r.get_counts() == {"1 1": 1, "1 0": 1, "0 1": 1}
+    assert r.get_memory() == ["1 1", "1 0", "0 1"]
+
+
+def test_target_from_devices_and_transpile():
+    devices = [{"name": "aer-0", "type": "aer", "pool": "aer", "num_qubits": 20},
+               {"name": "aer-1", "type": "aer", "pool": "aer", "num_qubits": 14},
+               {"name": "l-0", "type": "lightning", "pool": "lightning", "num_qubits": 24}]
+    t = target_for_pool(devices, "aer")
+    assert t.num_qubits == 14 and "rzz" in t.operation_names and "if_else" in t.operation_names
+    tl = target_for_pool(devices, "lightning")
+    assert tl.num_qubits == 24 and "rzx" not in tl.operation_names
+    qc = QuantumCircuit(3)
+    qc.h(0)
+    qc.ccx(0, 1, 2)
+    qc.append(__import__("qiskit").circuit.library.QFTGate(3), [0, 1, 2])
+    out = transpile(qc, target=build_target(5), optimization_level=1)
+    assert set(out.count_ops()) <= set(build_target(5).operation_names)
+
+
+def test_errors_inherit_qiskit_and_qsched():
+    e = as_sdk_error(TaskFailed("boom", field="template"))
+    assert isinstance(e, QschedJobError) and isinstance(e, JobError) and isinstance(e, QschedError)
+    assert e.field == "template" and "boom" in str(e)
+    t = as_sdk_error(Timeout("slow"))
+    assert isinstance(t, QschedJobTimeoutError) and isinstance(t, JobTimeoutError)
