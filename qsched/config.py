@@ -146,7 +146,8 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"{path}.name: letters, digits, '-' and '_' only, got {name!r}",
                           field=f"{path}.name")
-    typ = _type(d["type"], str, f"{path}.type", "a string")
+    # YAML reads an unquoted `type: null` as None: that can only mean the null device
+    typ = "null" if d["type"] is None else _type(d["type"], str, f"{path}.type", "a string")
     if known_types is not None and typ not in known_types:
         raise ConfigError(f"{path}.type: unknown device type {typ!r} (known: {', '.join(sorted(known_types))})",
                           field=f"{path}.type")

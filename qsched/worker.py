@@ -23,7 +23,7 @@ from .store import COMPLETE_LUA, TAKE_LUA
 log = logging.getLogger("qsched.worker")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: get SIGTERM when the daemon that started us dies, so no orphan holds the device."""
     try:
         import ctypes
@@ -148,10 +148,10 @@ def _lua_list(raw):
 
 
 def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: int,
-         die_with_parent: bool = False) -> None:
+         tie_to_parent: bool = False) -> None:
     import redis as redis_lib
-    if die_with_parent:
-        _die_with_parent()
+    if tie_to_parent:
+        die_with_parent()
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")   # spin-waiting collapsed aer 4-6x on shared VMs
     r = redis_lib.Redis.from_url(redis_url)
     w = Worker(r, spec, max_attempts=max_attempts, result_ttl_s=result_ttl_s)

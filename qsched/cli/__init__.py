@@ -59,6 +59,8 @@ def cli(verbose):
     """qsched: the quantum half of a two-level scheduler for hybrid jobs."""
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    for noisy in ("qiskit", "pennylane", "stevedore", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @cli.command()
@@ -119,7 +121,7 @@ def worker(device, config_path, redis_url, die_with_parent):
                                  param_hint="--device")
     url = cfg.redis_url or f"unix://{cfg.state_dir / 'redis' / 'redis.sock'}"
     worker_main(spec, url, max_attempts=cfg.max_attempts, result_ttl_s=cfg.result_ttl_s,
-                die_with_parent=die_with_parent)
+                tie_to_parent=die_with_parent)
 
 
 def _client(url):

@@ -11,6 +11,7 @@ from pathlib import Path
 import redis.asyncio as aredis
 
 from ..errors import Unavailable
+from ..worker import die_with_parent
 
 log = logging.getLogger("qsched.redis")
 
@@ -58,7 +59,9 @@ class EmbeddedRedis:
         args = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
                 "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
                 "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.dir / "redis.log")]
-        self.proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL)
+        # if the daemon dies, Redis gets SIGTERM: it flushes the AOF and frees the state dir for a restart
+        self.proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
+                                                         preexec_fn=die_with_parent)
         for _ in range(500):
             if self.proc.returncode is not None:
                 raise Unavailable(f"redis: embedded redis-server exited ({self.proc.returncode}); see "

@@ -1,5 +1,8 @@
-"""Returns zeros at once: measures the daemon's own overhead."""
+"""Returns zeros at once: measures the daemon's own overhead. Option `delay_s` holds the device for a
+fixed time per batch (a stand-in for work of known length in tests and scheduling studies)."""
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -8,6 +11,12 @@ from .base import Device
 
 class NullDevice(Device):
     type = "null"
+
+    def run(self, tasks):
+        delay = float(self.options.get("delay_s", 0.0))
+        if delay:
+            time.sleep(delay)
+        return super().run(tasks)
 
     def run_group(self, tasks):
         out = []

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from qsched.config import load_config, load_policy_file, parse_config
+from qsched.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_local_setup(monkeypatch, tmp_path):
+    monkeypatch.delenv("QSCHED_CONFIG", raising=False)
+    monkeypatch.delenv("QSCHED_REDIS_URL", raising=False)
+    monkeypatch.setenv("QSCHED_STATE_DIR", str(tmp_path))
+    cfg = load_config(None)
+    assert cfg.redis_url is None and cfg.state_dir == tmp_path
+    assert {d.type for d in cfg.devices} == {"aer", "lightning", "null"}
+    assert cfg.policy.name == "fair-share"
+
+
+def test_shipped_config_is_valid():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "qsched.yaml")
+    assert cfg.devices
+    for f in (root / "configs" / "policies").glob("*.yaml"):
+        load_policy_file(f)
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"policy": {"name": "lottery"}}, "policy.name"),
+    ({"policy": {"weights": {"classes": {"interactive": -1}}}}, "policy.weights.classes.interactive"),
+    ({"policy": {"weights": {"teams": {}}}}, "policy.weights.teams"),
+    ({"devices": [{"name": "a", "type": "aer", "max_qubits": 100}]}, "devices[0].max_qubits"),
+    ({"devices": [{"name": "a", "type": "aer", "max_shots": "many"}]}, "devices[0].max_shots"),
+    ({"devices": [{"type": "aer"}]}, "devices[0].name"),
+    ({"devices": [{"name": "a b", "type": "aer"}]}, "devices[0].name"),
+    ({"daemon": {"tcp": "nope"}}, "daemon.tcp"),
+    ({"daemon": {"max_attempts": 0}}, "daemon.max_attempts"),
+    ({"deamon": {}}, "config.deamon"),
+])
+def test_errors_name_the_field(raw, field):
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    assert e.value.field == field
+    assert field.split(".")[-1].split("[")[0] in e.value.message
+
+
+def test_unknown_device_type_is_named():
+    with pytest.raises(ConfigError) as e:
+        parse_config({"devices": [{"name": "q", "type": "quantinuum"}]}, known_types={"aer", "null"})
+    assert e.value.field == "devices[0].type" and "quantinuum" in e.value.message
+
+
+def test_unquoted_yaml_null_device_type(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("devices:\n  - {name: n0, type: null}\n")
+    assert load_config(p).devices[0].type == "null"
+
+
+def test_policy_validate_cli(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("name: fair-share\nweights:\n  classes: {interactive: 4, batch: 1}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policy:\n  name: fair-share\n  weights:\n    users: {alice: zero}\n")
+    ok = subprocess.run([sys.executable, "-m", "qsched", "policy", "validate", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    res = subprocess.run([sys.executable, "-m", "qsched", "policy", "validate", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "policy.weights.users.alice" in res.stderr
