@@ -147,13 +147,14 @@ def _client(socket_path: str):
 
 def _open_local_session(socket_path: str, pool: str | None, klass: str | None, name: str) -> dict:
     with _client(socket_path) as c:
-        return c.open_session(pool=pool, cls=klass, name=name)
+        return dict(c.open_session(pool, cls=klass, name=name).info)
 
 
 def _close_local_session(socket_path: str, session_id: str) -> None:
     try:
+        import qsched
         with _client(socket_path) as c:
-            c.close_session(session_id)
+            qsched.client.Session(c, {"id": session_id}).close()
     except QschedError:
         pass  # closed already (by the user's code or the daemon)
 

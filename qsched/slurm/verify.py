@@ -1,6 +1,8 @@
 """Binding sessions to Slurm jobs: may this uid open (or attach to) a session for this job?"""
 from __future__ import annotations
 
+import re
+
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from .adapter import SlurmAdapter
 from .jobs import JobInfo
@@ -13,10 +15,11 @@ def parse_job_id(job_id) -> int:
     """'123', 123 -> 123; array/het forms ('123_4', '123+1') are refused: sessions bind to a plain id."""
     if isinstance(job_id, bool):
         raise BadRequest("job_id must be a positive integer", field="job_id")
-    try:
-        n = int(str(job_id).strip())
-    except (TypeError, ValueError):
-        raise BadRequest(f"job_id must be a positive integer, got {job_id!r}", field="job_id") from None
+    text = str(job_id).strip()
+    # digits only: int() would also take "12_3" (= 123), "+5" and " 7 "
+    if not re.fullmatch(r"[0-9]{1,10}", text):
+        raise BadRequest(f"job_id must be a positive integer, got {job_id!r}", field="job_id")
+    n = int(text)
     if n <= 0 or n >= 2 ** 32:
         raise BadRequest(f"job_id out of range: {n}", field="job_id", limit=2 ** 32 - 1)
     return n

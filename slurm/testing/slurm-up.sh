@@ -46,7 +46,8 @@ if [ -f "$DIR/run/slurmctld.pid" ] || [ -f "$DIR/run/slurmd.pid" ]; then
     "$HERE/slurm-down.sh" "$DIR" || true
 fi
 mkdir -p "$DIR"/{etc,state,spool,log,run,lib,qsched}
-chmod 755 "$DIR" "$DIR"/etc "$DIR"/lib "$DIR"/log
+# slurmstepd runs job scripts from the spool dir as the job user
+chmod 755 "$DIR" "$DIR"/etc "$DIR"/lib "$DIR"/log "$DIR"/spool
 # jobs of ordinary users must reach the daemon's sockets
 chmod 755 "$DIR"/qsched
 

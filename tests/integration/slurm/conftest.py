@@ -1,0 +1,263 @@
+"""A real single-machine Slurm (munge + slurmctld + slurmd) for the whole session, brought up by
+slurm/testing/slurm-up.sh, plus two real Unix users and a qsched daemon wired to it.
+
+Needs root (slurmd, useradd) and apt or the packages installed. Elsewhere the tests skip, except with
+CI=true, where a Slurm that will not start is a failure.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+UP = REPO / "slurm" / "testing" / "slurm-up.sh"
+DOWN = REPO / "slurm" / "testing" / "slurm-down.sh"
+USERS = ("qsalice", "qsbob")
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _unavailable(why: str):
+    if CI:
+        pytest.fail(f"Slurm tests cannot run under CI=true: {why}")
+    pytest.skip(why)
+
+
+def _free_port_pair() -> int:
+    """A port P with P and P+1 free (slurmctld, slurmd)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p > 60000:
+            continue
+        with contextlib.suppress(OSError), socket.socket() as s2:
+            s2.bind(("127.0.0.1", p + 1))
+            return p
+    raise RuntimeError("no free port pair")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class SlurmCluster:
+    dir: Path
+    env: dict
+    plugstack: Path
+    plugstack_default: str
+
+    def run(self, *argv, user: str | None = None, check=True, cwd=None, timeout=30, env=None):
+        full = [*argv]
+        if user:
+            # runuser keeps our environment (SLURM_CONF...) and switches to the user
+            full = ["runuser", "-u", user, "--", *argv]
+        e = {**self.env, **(env or {})}
+        cp = subprocess.run(full, capture_output=True, text=True, cwd=cwd, env=e, timeout=timeout)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"{' '.join(full)} -> {cp.returncode}\nstdout: {cp.stdout}\nstderr: {cp.stderr}")
+        return cp
+
+    def sbatch(self, *args, user: str | None = None, cwd=None, check=True) -> int | subprocess.CompletedProcess:
+        cp = self.run("sbatch", "--parsable", *args, user=user, cwd=cwd, check=check)
+        if not check and cp.returncode != 0:
+            return cp
+        return int(cp.stdout.strip().split(";")[0])
+
+    def job(self, job_id: int) -> dict:
+        from qsched.slurm.jobs import parse_scontrol_record
+        cp = self.run("scontrol", "show", "job", "-o", str(job_id))
+        return parse_scontrol_record(cp.stdout.strip().splitlines()[0])
+
+    def wait_state(self, job_id: int, states, timeout=30.0) -> dict:
+        states = {states} if isinstance(states, str) else set(states)
+        deadline = time.monotonic() + timeout
+        while True:
+            j = self.job(job_id)
+            if j["JobState"] in states:
+                return j
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} is {j['JobState']}, not {states} after {timeout} s: {j}")
+            time.sleep(0.1)
+
+    def set_plugstack(self, extra: str = "") -> None:
+        """Rewrite plugstack.conf (each new step reads it; no restart needed)."""
+        self.plugstack.write_text(self.plugstack_default.rstrip("\n") + (" " + extra if extra else "") + "\n")
+
+    def cancel_all(self):
+        self.run("scancel", "--full", "--partition=debug", check=False)
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    if os.geteuid() != 0:
+        _unavailable("needs root (slurmd, munged, useradd)")
+    have = shutil.which("slurmctld") and shutil.which("slurmd") and Path("/usr/include/slurm/spank.h").exists()
+    if not have and not shutil.which("apt-get"):
+        _unavailable("Slurm is not installed and there is no apt-get")
+    d = Path(tempfile.mkdtemp(prefix="qsched-slurm-", dir="/tmp"))
+    d.chmod(0o755)
+    port = _free_port_pair()
+    env = {**os.environ, "QSCHED_SLURM_PORT": str(port)}
+    try:
+        cp = subprocess.run(["bash", str(UP), str(d)], capture_output=True, text=True, env=env, timeout=600)
+    except subprocess.TimeoutExpired:
+        _unavailable("slurm-up.sh timed out")
+    if cp.returncode != 0:
+        subprocess.run(["bash", str(DOWN), str(d), "--purge"], capture_output=True)
+        _unavailable(f"slurm-up.sh failed:\n{cp.stderr[-3000:]}")
+    plugstack = d / "etc" / "plugstack.conf"
+    env = {**os.environ, "SLURM_CONF": str(d / "etc" / "slurm.conf")}
+    for k in ("QSCHED_URL", "QSCHED_SESSION", "QSCHED_POOL", "QSCHED_CLASS", "SLURM_JOB_ID"):
+        env.pop(k, None)
+    cluster = SlurmCluster(d, env, plugstack, plugstack.read_text())
+    yield cluster
+    cluster.cancel_all()
+    subprocess.run(["bash", str(DOWN), str(d), "--purge"], capture_output=True, timeout=60)
+
+
+@dataclass
+class TestUser:
+    name: str
+    uid: int
+    gid: int
+    home: Path          # a work dir under the cluster dir, owned by the user
+
+
+@pytest.fixture(scope="session")
+def users(slurm):
+    """Two real Unix users (created when missing, removed at the end if we created them)."""
+    created, out = [], {}
+    for name in USERS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-s", "/bin/bash", name], check=True, capture_output=True)
+            created.append(name)
+        pw = pwd.getpwnam(name)
+        home = slurm.dir / "home" / name
+        home.mkdir(parents=True, exist_ok=True)
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        home.chmod(0o755)
+        out[name] = TestUser(name, pw.pw_uid, pw.pw_gid, home)
+    yield out
+    for name in created:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+@dataclass
+class UserPython:
+    """How a job of another user runs Python with this venv's packages."""
+    exe: str
+    env: dict = field(default_factory=dict)
+
+    def shebang_script(self, body: str) -> str:
+        exports = "".join(f"export {k}={v}\n" for k, v in self.env.items())
+        return f"#!/bin/bash\n{exports}exec {self.exe} - \"$@\" <<'PYEOF'\n{body}\nPYEOF\n"
+
+
+@pytest.fixture(scope="session")
+def user_python(users):
+    """sys.executable when the test users can run it; else a system python of the same minor version
+    with the venv's site-packages on PYTHONPATH (a pyenv interpreter under /root is not reachable)."""
+    name = next(iter(users))
+    site = sysconfig.get_paths()["purelib"]
+    env = {"PYTHONPATH": f"{REPO}:{site}", "PYTHONDONTWRITEBYTECODE": "1"}
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for exe in (sys.executable, shutil.which(ver) or "", f"/usr/bin/{ver}"):
+        if not exe:
+            continue
+        cp = subprocess.run(["runuser", "-u", name, "--", "env", f"PYTHONPATH={env['PYTHONPATH']}", exe, "-c",
+                             "import qsched, numpy, qiskit"], capture_output=True, cwd="/")
+        if cp.returncode == 0:
+            return UserPython(exe, env)
+    pytest.skip(f"no Python that user {name} can run with qsched importable")
+
+
+@dataclass
+class SlurmDaemon:
+    proc: subprocess.Popen
+    state_dir: Path
+    config_path: Path
+    log_path: Path
+    tcp: str
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.state_dir / 'qsched.sock'}"
+
+    def client(self, url: str | None = None):
+        import qsched
+        return qsched.Client(url or self.url)
+
+    def redis(self):
+        import redis
+        return redis.Redis(unix_socket_path=str(self.state_dir / "redis" / "redis.sock"))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def slurm_daemon(slurm):
+    """`qsched up` as root in the state dir the plugstack's admin_socket points at, with one aer device
+    (so jobs' tasks must share it) and the Slurm hooks on."""
+    state = slurm.dir / "qsched"
+    state.mkdir(exist_ok=True)
+    state.chmod(0o755)
+    tcp = f"127.0.0.1:{_free_port()}"
+    cfg = {"state_dir": str(state), "daemon": {"tcp": tcp, "drain_timeout_s": 5},
+           "devices": [{"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16}],
+           "policy": {"name": "fair-share"},
+           "slurm": {"enabled": True, "env": {"SLURM_CONF": slurm.env["SLURM_CONF"]},
+                     "reconcile_interval_s": 0.5}}
+    config_path = state / "qsched.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    log_path = state / "daemon.log"
+    env = {**slurm.env, "QSCHED_STATE_DIR": str(state)}
+    proc = subprocess.Popen([sys.executable, "-m", "qsched", "up", "--config", str(config_path)],
+                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    d = SlurmDaemon(proc, state, config_path, log_path, tcp)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited ({proc.returncode}):\n{d.log()}")
+        try:
+            with d.client() as c:
+                if all(x["up"] for x in c.devices()) and (state / "admin.sock").exists():
+                    break
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            d.stop()
+            raise RuntimeError(f"daemon not ready within 60 s:\n{d.log()}")
+        time.sleep(0.1)
+    yield d
+    d.stop()
