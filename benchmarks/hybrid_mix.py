@@ -168,7 +168,9 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
                                       result_ttl=600, failure_ttl=600)
 
         def wait(job):
-            r = job.latest_result(timeout=600)
+            deadline = time.time() + 600
+            while (r := job.latest_result(timeout=2)) is None and time.time() < deadline:
+                pass  # short blocks: redis-py's socket timeout is shorter than a long XREAD
             if r is None or r.type != r.Type.SUCCESSFUL:
                 raise RuntimeError(f"RQ job {job.id} failed: {getattr(r, 'exc_string', None)}")
             return (r.return_value["start"], r.return_value["end"])
@@ -183,10 +185,12 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
 
         client = qsched.Client(ctx.qsched_url) if ctx.qsched_url else qsched.Client()
         cleanup.append(client.close)
-        sess = client.session(pool=ctx.qsched_pool, name=f"hybrid-mix-{spec.idx}")
-        sess.__enter__()
-        cleanup.insert(0, lambda: sess.__exit__(None, None, None))
+        # a new session per job, whatever QSCHED_SESSION the caller's environment holds
+        sess = client.open_session(ctx.qsched_pool, name=f"hybrid-mix-{spec.idx}")
+        cleanup.insert(0, sess.close)
         sess.upload(circuit)
+        # warm the worker (template decode, transpile) before t0, as the other strategies warm theirs
+        sess.submit("sample", circuit, hd.random_bindings(rng, 1, nparam), shots=1).result(timeout=120)
 
         def burst(it, params):
             res = sess.submit("sample", circuit, params, shots=spec.shots).result(timeout=600)
@@ -201,7 +205,8 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
     if ctx.strategy == "exclusive":
         # a FIFO lock in submission order (job index, as sbatch in a loop gives): the device passes
         # from job j to job j+1 through a token on key j+1
-        conn.blpop([f"{ctx.lock_key}:{spec.idx}"], timeout=0)
+        while conn.blpop([f"{ctx.lock_key}:{spec.idx}"], timeout=1) is None:  # short: redis-py socket timeouts
+            pass
         lock_wait = time.time() - t0
 
     waits = []
@@ -229,7 +234,25 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
         for fn in cleanup:
             with contextlib.suppress(Exception):
                 fn()
-    return {"idx": spec.idx, "end": end, "waits": waits, "records": records, "hold": hold}
+    return {"idx": spec.idx, "end": end, "waits": waits, "records": records, "hold": hold,
+            "session": str(getattr(sess, "id", "")) if ctx.strategy == "qsched" else None}
+
+
+def _qsched_device_records(infra, results, t0):
+    """Swap the intervals the jobs derived from result meta for the worker's own batch records."""
+    import hybrid_mix_qsched as hq
+
+    sessions = {r["session"]: r["idx"] for r in results if r.get("session")}
+    try:
+        ev = hq.device_records(infra.qsched_state, sessions, t0 - 1.0)
+    except Exception as e:  # keep the meta-derived intervals, and say so
+        infra.log(f"qsched: no device records from the worker's events ({e!r}); using result meta")
+        return
+    if not ev:
+        infra.log("qsched: the worker's events list no batch of ours; using result meta")
+        return
+    for r in results:
+        r["records"] = [(a, b, j, 0) for a, b, j, _ in ev if j == r["idx"]]
 
 
 def _qsched_interval(meta) -> tuple[float, float]:
@@ -320,26 +343,38 @@ class Infra(contextlib.ExitStack):
         self.qsched_url: str | None = None
         self.qsched_pool = "emulated"
         self._slurm = None
+        self._procs: list[subprocess.Popen] = []
+        self.t_created = time.time()
+        self.qsched_state: Path | None = None
 
     def log(self, *a):
         if self.verbose:
-            print("#", *a, file=sys.stderr, flush=True)
+            print(f"# [{time.time() - self.t_created:5.1f}s]", *a, file=sys.stderr, flush=True)
 
     def _popen(self, args, name, **kw) -> subprocess.Popen:
         logf = open(self.workdir / f"{name}.log", "ab")
         self.callback(logf.close)
         proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        self._procs.append(proc)
 
         def stop():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=10)
+                    proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    # its own process group (start_new_session): the daemon's workers and Redis too
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
         self.callback(stop)
         return proc
+
+    def begin_stop(self):
+        """SIGTERM everything now, so slow stops (qsched drains) overlap the plotting; waits come later."""
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
 
     def redis(self) -> str:
         if self.redis_url:
@@ -448,7 +483,11 @@ def run_strategy(name: str, p: Params, specs: list[JobSpec], infra: Infra, slurm
         ctx.redis_url, ctx.rq_queue = infra.redis(), infra.rq_worker()
     elif name == "qsched":
         ctx.qsched_url, ctx.qsched_pool = infra.qsched(), infra.qsched_pool
+    infra.log(f"{name}: {len(specs)} jobs starting")
     t0, results = run_jobs(ctx, specs)
+    infra.log(f"{name}: jobs done")
+    if name == "qsched":
+        _qsched_device_records(infra, results, t0)
     s, tl = summarize(p, specs, t0, results)
     if name == "exclusive":
         s["mode"] = "lock"
@@ -628,6 +667,7 @@ def main(argv=None) -> int:
         with Infra(p, workdir) as infra:
             if not a.sweep:
                 summaries, timelines, specs = run_config(p, strategies, infra, a.slurm)
+                infra.begin_stop()
                 plot = a.plot or workdir / "hybrid_mix_timeline.png"
                 plot_timelines(plot, timelines, summaries, p)
                 print(table(summaries))
@@ -645,6 +685,7 @@ def main(argv=None) -> int:
                         rows.append({"ratio": ratio, "k": k, "offered_load": pd_["offered_load"],
                                      "strategies": summaries, "params": pd_})
                         plots[(ratio, k)] = (timelines, summaries, pc)
+                infra.begin_stop()
                 md = sweep_table(rows)
                 print(md)
                 if a.sweep_md:

@@ -1,0 +1,116 @@
+"""The qsched strategy's infrastructure: a private qsched (`qsched up`) with one device, default policy.
+
+The device's busy intervals come from the worker's own records: the batch completion events it writes
+to the daemon's Redis stream (started/finished/exec_s per batch, with the session), read after the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+import hybrid_mix_device as hd
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(workdir: Path, p) -> tuple[Path, Path, str]:
+    state = workdir / "qsched-state"
+    state.mkdir(parents=True, exist_ok=True)
+    pool = "emulated" if p.device == "emulated-qpu" else p.device
+    cfg = {
+        "state_dir": str(state),
+        "daemon": {"tcp": f"127.0.0.1:{_free_port()}", "drain_timeout_s": 5},
+        "devices": [{"name": "qpu0", "type": p.device, "pool": pool, "max_qubits": p.qubits,
+                     "options": hd.device_options(p.device, setup_s=p.setup_s, rep_s=p.rep_s)}],
+        "policy": {"name": "fair-share"},   # the default policy, named so the study says what it ran
+    }
+    path = workdir / "qsched.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path, state, pool
+
+
+def qsched_command() -> list[str]:
+    exe = Path(sys.executable).with_name("qsched")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("qsched")
+    return [found] if found else [sys.executable, "-m", "qsched.cli"]
+
+
+def start(infra, p) -> tuple[str, str]:
+    """Start `qsched up` under infra (stopped with it); return (url the jobs use, pool)."""
+    import urllib.request
+
+    cfg, state, pool = write_config(infra.workdir, p)
+    env = dict(os.environ, QSCHED_STATE_DIR=str(state))
+    env.pop("QSCHED_URL", None)
+    env.pop("QSCHED_SESSION", None)
+    proc = infra._popen([*qsched_command(), "up", "--config", str(cfg)], "qsched", env=env)
+    tcp = yaml.safe_load(cfg.read_text())["daemon"]["tcp"]
+    health = f"http://{tcp}/v1/health"
+
+    def up():
+        if proc.poll() is not None:
+            log = (infra.workdir / "qsched.log").read_text()[-3000:]
+            raise RuntimeError(f"qsched up exited with {proc.returncode}:\n{log}")
+        with urllib.request.urlopen(health, timeout=2) as r:
+            h = json.loads(r.read())
+        if h.get("status") != "ok":
+            return False
+        with urllib.request.urlopen(health.replace("/health", "/devices"), timeout=2) as r:
+            return _devices_ready(json.loads(r.read()))
+
+    infra.log(f"starting qsched: {' '.join(qsched_command())} up --config {cfg}")
+    t = time.time()
+    from hybrid_mix import _wait_for
+
+    _wait_for(up, 90, "qsched up")
+    infra.log(f"qsched up in {time.time() - t:.1f} s")
+    infra.qsched_state = state
+    return f"unix://{state / 'qsched.sock'}", pool
+
+
+def _devices_ready(d) -> bool:
+    """Every device's worker is up (when the answer says; the jobs' warm-up task waits anyway)."""
+    devs = d.get("devices")
+    if not isinstance(devs, list) or not devs:
+        return False
+    return all(x.get("up", True) for x in devs if isinstance(x, dict))
+
+
+def device_records(state_dir: Path, sessions: dict[str, int], since: float) -> list[tuple[float, float, int, int]]:
+    """(start, end, job, -2) per batch the worker ran for our sessions since `since`, from its events."""
+    from redis import Redis
+
+    try:  # where the daemon's embedded Redis listens
+        from qsched.daemon.redis_server import EmbeddedRedis
+        sock = EmbeddedRedis(state_dir).socket
+    except ImportError:
+        sock = state_dir / "redis" / "redis.sock"
+    r = Redis(unix_socket_path=str(sock))
+    try:
+        from qsched import keys
+        stream = keys.EVENTS
+    except ImportError:
+        stream = "qsched:events"
+    out = []
+    for _id, fields in r.xrange(stream, min=f"{int(since * 1000)}-0"):
+        e = json.loads(fields[b"e"])
+        sid = e.get("session")
+        if sid not in sessions or not e.get("bindings"):
+            continue
+        end = float(e["finished"])
+        out.append((end - float(e["exec_s"]), end, sessions[sid], -2))
+    r.close()
+    return out
