@@ -244,7 +244,7 @@ class QschedDevice(Device):
         if groups:
             session = self._handle.get()
             tasks = [g.to_task(self._handle, method="adjoint" if gradient else None) for g in groups]
-            results = wait_all(session.submit_many(tasks), self.timeout)
+            results = wait_all(session.submit_many(tasks), self.timeout, session)
             for g, r in zip(groups, results):
                 g.result = r
         if self.tracker.active:

@@ -68,7 +68,8 @@ def target_for_pool(devices: list, pool: str) -> Target:
     devs = pool_devices(devices, pool) or list(devices)
     if not devs:
         raise BadRequest(f"pool: no devices found for pool {pool!r}", field="pool")
-    nq = min(int(d.get("num_qubits") or d.get("limits", {}).get("max_qubits") or 0) for d in devs)
+    nq = min(int(d.get("num_qubits") or d.get("max_qubits") or (d.get("worker") or {}).get("num_qubits") or 0)
+             for d in devs)
     basis = None
     for d in devs:
         b = d.get("basis_gates") or (LIGHTNING_BASIS if d.get("type") == "lightning" else AER_BASIS)

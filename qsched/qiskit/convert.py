@@ -48,6 +48,10 @@ def result_field(result: Any, name: str, default=None):
     """
     if isinstance(result, dict):
         v = result.get(name, default)
+    elif isinstance(getattr(result, "data", None), dict):      # qsched.client.TaskResult
+        v = result.data.get(name, default)
+        if v is None and name == "meta":
+            v = getattr(result, "meta", None) or default
     else:
         v = getattr(result, name, default)
     if isinstance(v, dict) and {"dtype", "shape", "data"} <= v.keys():

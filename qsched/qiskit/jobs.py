@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import Any, Callable
 
@@ -10,7 +9,7 @@ from qiskit.primitives import BasePrimitiveJob
 from qiskit.providers import JobStatus, JobV1
 
 from ..errors import QschedError
-from .session import QschedJobError, QschedJobTimeoutError, as_sdk_error
+from .session import QschedJobError, QschedJobTimeoutError, as_sdk_error, wait_all
 
 _STATUS = {
     "PENDING": JobStatus.QUEUED,
@@ -53,12 +52,11 @@ class _FutureJobMixin:
         with self._result_lock:
             if self._result is not None:
                 return self._result
-            deadline = None if timeout is None else time.monotonic() + timeout
-            results = []
             try:
-                for f in self._futures:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    results.append(f.result(timeout=left))
+                session = getattr(self._futures[0], "session", None) if self._futures else None
+                results = wait_all(self._futures, timeout, session)
+            except (QschedJobError, QschedJobTimeoutError):
+                raise
             except QschedError as e:
                 raise as_sdk_error(e) from e
             except TimeoutError as e:

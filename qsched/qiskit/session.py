@@ -44,10 +44,12 @@ def as_sdk_error(err: BaseException) -> BaseException:
 
 
 def _close_quietly(session, client, owns_client):
-    try:
-        session.close()
-    except Exception:
-        pass
+    # an attached session is the Slurm job's: the plugin closes it when the job ends
+    if not getattr(session, "attached", False):
+        try:
+            session.close()
+        except Exception:
+            pass
     if owns_client:
         try:
             client.close()
@@ -93,9 +95,11 @@ class SessionHandle:
                 if self._name:
                     kwargs["name"] = self._name
                 session = client.session(**kwargs)
-                opener = getattr(session, "open", None)
-                if callable(opener) and not getattr(session, "id", None):
-                    opener()
+                if getattr(session, "attached", False) and self._pool and session.pool \
+                        and session.pool != self._pool:
+                    # the job's session is on another pool: this workload asked for a different
+                    # device kind (e.g. lightning for adjoint next to aer sampling), open its own
+                    session = client.open_session(self._pool, **({"name": self._name} if self._name else {}))
                 self._session = session
                 self._finalizer = weakref.finalize(self, _close_quietly, session, client, owns_client)
                 atexit.register(self._finalizer)
@@ -127,9 +131,13 @@ class SessionHandle:
             self._client = None if self._owns else self._client
 
 
-def wait_all(futures, timeout: float | None):
-    """Results of many task futures, in order; errors converted to the SDK classes."""
+def wait_all(futures, timeout: float | None, session=None):
+    """Results of many task futures, in order, with one long-poll per round where the session
+    offers it (POST /v1/tasks/wait); errors converted to the SDK classes."""
     try:
+        waiter = getattr(session, "wait", None)
+        if callable(waiter) and len(futures) > 1:
+            return waiter(futures, timeout)
         return [f.result(timeout=timeout) for f in futures]
     except QschedError as e:
         raise as_sdk_error(e) from e

@@ -1,0 +1,124 @@
+"""qml.device("qsched.qubit") against a live daemon: values and gradients equal default.qubit."""
+from __future__ import annotations
+
+import numpy as np
+import pennylane as qml
+import pytest
+
+from qsched.pennylane import QschedDevice
+
+X0 = np.array([0.3, -1.1, 0.7, 0.2, 1.4, -0.6])
+
+
+def qfunc(x):
+    qml.RX(x[0], 0)
+    qml.RY(x[1], 1)
+    qml.CNOT([0, 1])
+    qml.CRZ(x[2], [1, 2])
+    qml.Rot(x[3], x[4], x[5], wires=2)
+    qml.IsingXX(x[0] * 0.5, [0, 2])
+    return (qml.expval(qml.Z(0) @ qml.X(2) + 0.3 * qml.Y(1)), qml.var(qml.X(1)),
+            qml.probs(wires=[2, 0]))
+
+
+def _flat(res):
+    return qml.math.hstack([qml.math.reshape(r, (-1,)) for r in res])
+
+
+@pytest.fixture
+def device(client):
+    dev = qml.device("qsched.qubit", wires=3, client=client)
+    yield dev
+    dev.close()
+
+
+def test_values_and_adjoint_jacobian(device):
+    x = qml.numpy.array(X0, requires_grad=True)
+    ours = qml.QNode(qfunc, device, diff_method="adjoint")
+    ref = qml.QNode(qfunc, qml.device("default.qubit"), diff_method="backprop")
+    assert np.allclose(_flat(ours(x)), _flat(ref(x)), atol=1e-9)
+    with qml.Tracker(device) as tracker:
+        got = qml.jacobian(lambda x: _flat(ours(x)))(x)
+    want = qml.jacobian(lambda x: _flat(ref(x)))(x)
+    assert np.allclose(got, want, atol=1e-8)
+    assert tracker.totals["batches"] == 1 and tracker.totals["tasks"] == 1  # values + jacobian: one task
+    assert device.pool == "lightning"
+
+
+def test_parameter_shift_is_one_task_on_aer(client):
+    dev = QschedDevice(wires=3, pool="aer", client=client)
+    x = qml.numpy.array(X0, requires_grad=True)
+
+    def f(x):
+        qml.RX(x[0], 0)
+        qml.RY(x[1], 1)
+        qml.CNOT([0, 1])
+        qml.RZ(x[2], 1)
+        qml.CNOT([1, 2])
+        qml.RY(x[3], 2)
+        return qml.expval(qml.Z(2) @ qml.Z(0)), qml.expval(qml.X(1))
+
+    ours = qml.QNode(f, dev, diff_method="parameter-shift")
+    ref = qml.QNode(f, qml.device("default.qubit"), diff_method="backprop")
+    with qml.Tracker(dev) as tracker:
+        got = qml.jacobian(lambda x: _flat(ours(x)))(x)
+    assert np.allclose(got, qml.jacobian(lambda x: _flat(ref(x)))(x), atol=1e-8)
+    # the shifted tapes of one gradient go out as one request and stack into one task
+    assert tracker.history["tasks"][-1] == 1 and tracker.history["executions"][-1] == 8
+    dev.close()
+
+
+def test_shots_statistics(device):
+    @qml.set_shots(4000)
+    @qml.qnode(device)
+    def f(x):
+        qml.RX(x, 0)
+        qml.CNOT([0, 1])
+        return qml.expval(qml.X(0)), qml.probs(wires=[1]), qml.counts(wires=[0, 1])
+
+    ev, probs, counts = f(1.1)
+    p1 = np.sin(0.55) ** 2
+    assert abs(ev) < 0.1                              # <X> = 0 after RX on |0>
+    assert abs(probs[1] - p1) < 5 * np.sqrt(p1 * (1 - p1) / 4000)
+    assert set(counts) <= {"00", "11"} and sum(counts.values()) == 4000
+
+
+def test_batch_of_tapes_is_one_request(device):
+    tapes = [qml.tape.QuantumScript([qml.RY(a, 0), qml.CNOT([0, 1])], [qml.expval(qml.Z(1))])
+             for a in np.linspace(0, np.pi, 7)]
+    with qml.Tracker(device) as tracker:
+        res = qml.execute(tapes, device, diff_method=None)
+    assert np.allclose(res, np.cos(np.linspace(0, np.pi, 7)), atol=1e-9)
+    assert tracker.totals["batches"] == 1 and tracker.totals["tasks"] == 1
+
+
+def test_torch_layer_amplitude_embedding_adjoint(client):
+    torch = pytest.importorskip("torch")
+    n = 3
+
+    def circuit(inputs, weights):
+        qml.AmplitudeEmbedding(inputs, wires=range(n), normalize=True, pad_with=0.0)
+        qml.StronglyEntanglingLayers(weights, wires=range(n))
+        return [qml.expval(qml.Z(i)) for i in range(2)]
+
+    shapes = {"weights": (1, n, 3)}
+    torch.manual_seed(0)
+    w0 = torch.rand(1, n, 3)
+    x = torch.rand(4, 6, dtype=torch.float64)       # padded to 8 amplitudes
+
+    def run(dev, diff):
+        layer = qml.qnn.TorchLayer(qml.QNode(circuit, dev, interface="torch", diff_method=diff), shapes)
+        with torch.no_grad():
+            layer.weights.copy_(w0)
+        out = layer(x)
+        out.sum().backward()
+        return out.detach().numpy(), layer.weights.grad.numpy()
+
+    dev = QschedDevice(wires=n, client=client)
+    with qml.Tracker(dev) as tracker:
+        out, grad = run(dev, "adjoint")
+    want_out, want_grad = run(qml.device("default.qubit"), "backprop")
+    assert np.allclose(out, want_out, atol=1e-8)
+    assert np.allclose(grad, want_grad, atol=1e-7)
+    assert tracker.totals["tasks"] == 1               # 4 inputs -> 4 rows of one gradient task
+    dev.close()
