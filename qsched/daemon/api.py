@@ -150,6 +150,11 @@ async def open_session(request):
     else:
         raise Unauthorized("authorization: opening a session over TCP needs a MUNGE credential "
                            "(X-Qsched-Munge) or the local unix socket", field="authorization")
+    # a session naming a Slurm job must be the caller's running quantum job: the reconciler closes it
+    # with that job and writes its usage into that job's AdminComment
+    verify = hooks.get("verify_job")
+    if verify and body.get("job_id") not in (None, ""):
+        await verify(str(body["job_id"]), uid)
     return await _open(sch, body, user=user, uid=uid, job_id=str(body.get("job_id", "")))
 
 
@@ -383,9 +388,9 @@ async def _tasks_response(sch, tids, *, status=200, extra=None):
             state = TaskState.DONE.value if res.startswith(b'{"result"') else TaskState.FAILED.value
             parts.append(b'{"id":"%s","state":"%s",%s' % (tid.encode(), state.encode(), res[1:]))
             continue
-        if t is not None:
+        if t is not None and t.state == TaskState.PENDING:
             state, error = t.state.value, None
-        else:
+        else:           # the worker marks RUNNING in Redis; the daemon only learns of the end
             state, error = await sch.store.task_fields(tid, "state", "error")
             if state is None:
                 raise NotFound(f"task: no task {tid!r}", field="task")

@@ -1,0 +1,106 @@
+"""Killed processes: nothing acknowledged is lost or answered twice."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import redis
+from qiskit.circuit.library import efficient_su2
+
+from qsched import errors, keys
+
+SLOW = {"name": "slow0", "type": "null", "pool": "slow", "options": {"delay_s": 1.5}}
+
+
+def _redis(d):
+    return redis.Redis(unix_socket_path=str(d.state_dir / "redis" / "redis.sock"))
+
+
+def _worker_pid(d, device="slow0", old=None, timeout=30):
+    r = _redis(d)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hb = r.get(keys.device_heartbeat(device))
+        if hb and json.loads(hb)["pid"] != old:
+            return json.loads(hb)["pid"]
+        time.sleep(0.05)
+    raise AssertionError("no worker heartbeat")
+
+
+def _wait_state(fut, state, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fut.state() == state:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"task never reached {state}")
+
+
+def test_worker_killed_mid_batch_is_requeued_and_completes(fresh_daemon):
+    d = fresh_daemon(devices=[SLOW])
+    c = d.client()
+    s = c.open_session("slow")
+    qc = efficient_su2(2, reps=1)
+    fut = s.submit("estimate", qc, np.zeros((1, qc.num_parameters)), observables=["ZZ"])
+    pid = _worker_pid(d)
+    _wait_state(fut, "RUNNING")
+    os.kill(pid, signal.SIGKILL)
+    res = fut.result(60)
+    assert res.evs.shape == (1, 1)
+    starts = int(_redis(d).hget(keys.batch(res.meta["batch"]), "starts"))
+    assert starts == 2                                    # ran once, died, ran again
+    assert "SIGKILL" in d.log()
+    assert s.status()["usage"]["tasks"] == 1             # charged once
+    s.close()
+
+
+def test_a_batch_that_keeps_killing_its_worker_fails_with_the_error(fresh_daemon):
+    d = fresh_daemon(devices=[SLOW], extra={"daemon": {"max_attempts": 2}})
+    c = d.client()
+    s = c.open_session("slow")
+    qc = efficient_su2(2, reps=1)
+    fut = s.submit("estimate", qc, np.zeros((1, qc.num_parameters)), observables=["ZZ"])
+    pid = None
+    for _ in range(2):
+        pid = _worker_pid(d, old=pid)
+        _wait_state(fut, "RUNNING")
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(errors.TaskFailed) as e:
+        fut.result(60)
+    assert "died 2 times" in e.value.message and "SIGKILL" in e.value.message
+    # the device is healthy again for the next task
+    ok = s.submit("estimate", qc, np.zeros((1, qc.num_parameters)), observables=["ZZ"])
+    assert ok.result(60).evs.shape == (1, 1)
+    s.close()
+
+
+def test_daemon_killed_and_restarted_loses_nothing_and_answers_once(fresh_daemon, tmp_path):
+    dev = {"name": "slow0", "type": "null", "pool": "slow", "options": {"delay_s": 0.05}}
+    state = tmp_path / "state"
+    d = fresh_daemon(state_dir=state, devices=[dev], policy={"name": "fifo", "merge": False})
+    c = d.client()
+    s = c.open_session("slow")
+    qc = efficient_su2(2, reps=1)
+    futs = s.submit_many([dict(kind="estimate", circuit=qc, params=np.full((1, qc.num_parameters), i),
+                               observables=["ZZ"]) for i in range(40)])
+    acked = [f.id for f in futs]
+    time.sleep(0.4)                                   # some done, one running, most pending
+    d.stop(signal.SIGKILL)
+    time.sleep(1.0)                                   # workers and Redis follow their parent down
+    d2 = fresh_daemon(state_dir=state, devices=[dev], policy={"name": "fifo", "merge": False})
+    c2 = d2.client()
+    s2 = c2.attach(s.id)
+    res = s2.wait([type(futs[0])(s2, tid) for tid in acked], timeout=120)
+    assert len(res) == 40 and all(r.evs.shape == (1, 1) for r in res)
+    usage = s2.status()["usage"]
+    assert usage["tasks"] == 40                       # each result written (and charged) exactly once
+    # pending tasks kept their order across the restart (FIFO, one task per batch)
+    r = _redis(d2)
+    finished = [float(r.hget(keys.task(t), "finished")) for t in acked]
+    assert finished == sorted(finished)
+    s2.close()
