@@ -1,0 +1,184 @@
+"""SDK overhead: the same work through qsched and called directly, side by side in one run.
+
+  pennylane_adjoint_ratio  12-qubit, 60-parameter adjoint gradient (qml.jacobian of a QNode):
+                           qsched.qubit (lightning worker) / lightning.qubit in this process
+  qiskit_estimator_ratio   one EstimatorV2 PUB with 120 bindings of a 12-qubit, 60-parameter circuit:
+                           qsched.qiskit.EstimatorV2 (aer worker) / qiskit_aer EstimatorV2 here
+
+Repetitions are interleaved (direct, qsched, direct, ...) so drift hits both; medians are compared.
+It starts its own embedded daemon (`qsched up`, embedded Redis, one aer and one lightning worker with
+one thread each, as the direct side gets). Budgets: <= 2.0 and <= 1.3. The last line is JSON.
+
+    python benchmarks/sdk_overhead.py [--reps N] [--keep-state]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# notes/SIMULATORS.md: aer's OpenMP spin-waiting collapses on this VM; one thread, passive waits
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+N_QUBITS, N_PARAMS, N_BINDINGS = 12, 60, 120
+
+
+def start_daemon(state_dir: Path) -> subprocess.Popen:
+    cfg = {"state_dir": str(state_dir), "daemon": {"tcp": None},
+           "devices": [
+               {"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16,
+                "options": {"method": "statevector", "max_parallel_threads": 1}},
+               {"name": "lightning0", "type": "lightning", "pool": "lightning", "max_qubits": 16}],
+           "policy": {"name": "fair-share"}}
+    path = state_dir / "qsched.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "QSCHED_STATE_DIR": str(state_dir)}
+    for k in ("QSCHED_URL", "QSCHED_SESSION", "QSCHED_POOL"):
+        env.pop(k, None)
+    log = open(state_dir / "daemon.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "qsched", "up", "--config", str(path)], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    import qsched
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"daemon exited: {(state_dir / 'daemon.log').read_text()[-3000:]}")
+        try:
+            with qsched.Client(f"unix://{state_dir / 'qsched.sock'}") as c:
+                if all(d["up"] for d in c.devices()):
+                    return proc
+        except Exception:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("daemon not ready within 90 s")
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def hamiltonian_terms():
+    """10 Z/ZZ terms, as in notes/SIMULATORS.md's VQE gradient measurement."""
+    terms = [("Z", (i,)) for i in range(0, N_QUBITS, 3)]
+    terms += [("ZZ", (i, i + 1)) for i in range(0, N_QUBITS - 1, 2)]
+    return terms[:10]
+
+
+def interleave(fns: dict, reps: int) -> dict:
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_pennylane(client, reps: int) -> dict:
+    import pennylane as qml
+    from qsched.pennylane import QschedDevice
+
+    terms = hamiltonian_terms()
+    H = qml.Hamiltonian([1.0 / (k + 1) for k in range(len(terms))],
+                        [qml.Z(w[0]) if p == "Z" else qml.Z(w[0]) @ qml.Z(w[1]) for p, w in terms])
+    layers = N_PARAMS // N_QUBITS
+
+    def circuit(x):
+        for layer in range(layers):
+            for q in range(N_QUBITS):
+                qml.RY(x[layer * N_QUBITS + q], wires=q)
+            for q in range(N_QUBITS - 1):
+                qml.CNOT([q, q + 1])
+        return qml.expval(H)
+
+    ours_dev = QschedDevice(wires=N_QUBITS, pool="lightning", client=client)
+    direct = qml.QNode(circuit, qml.device("lightning.qubit", wires=N_QUBITS), diff_method="adjoint")
+    ours = qml.QNode(circuit, ours_dev, diff_method="adjoint")
+    x = qml.numpy.array(np.random.default_rng(0).uniform(-np.pi, np.pi, N_PARAMS), requires_grad=True)
+    gd, go = qml.grad(direct), qml.grad(ours)
+    a, b = gd(x), go(x)                               # warm up; the template is uploaded once here
+    assert np.allclose(a, b, atol=1e-8), "qsched and lightning.qubit gradients differ"
+    med = interleave({"direct": lambda: gd(x), "qsched": lambda: go(x)}, reps)
+    ours_dev.close()
+    return med
+
+
+def bench_qiskit(client, reps: int) -> dict:
+    from qiskit.circuit.library import real_amplitudes
+    from qiskit.quantum_info import SparsePauliOp
+    from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
+    from qsched.qiskit import EstimatorV2
+
+    qc = real_amplitudes(N_QUBITS, reps=N_PARAMS // N_QUBITS - 1, entanglement="linear")
+    assert qc.num_parameters == N_PARAMS
+    labels = []
+    for p, w in hamiltonian_terms():
+        chars = ["I"] * N_QUBITS
+        for q in w:
+            chars[N_QUBITS - 1 - q] = "Z"
+        labels.append(("".join(chars), 1.0))
+    H = SparsePauliOp.from_list(labels)
+    params = np.random.default_rng(1).uniform(-np.pi, np.pi, (N_BINDINGS, N_PARAMS))
+    direct = AerEstimatorV2(options={"backend_options": {"method": "statevector", "max_parallel_threads": 1}})
+    ours = EstimatorV2(pool="aer", client=client)
+    pub = (qc, H, params)
+    a = direct.run([pub]).result()[0].data.evs
+    b = ours.run([pub]).result()[0].data.evs
+    assert np.allclose(a, b, atol=1e-8), "qsched and aer EstimatorV2 values differ"
+    med = interleave({"direct": lambda: direct.run([pub]).result(),
+                      "qsched": lambda: ours.run([pub]).result()}, reps)
+    ours.close()
+    return med
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=15, help="interleaved repetitions per side (default 15)")
+    ap.add_argument("--keep-state", action="store_true", help="keep the daemon's state directory")
+    args = ap.parse_args(argv)
+
+    import qsched
+    state_dir = Path(tempfile.mkdtemp(prefix="qsched-sdk-bench-"))
+    proc = start_daemon(state_dir)
+    try:
+        with qsched.Client(f"unix://{state_dir / 'qsched.sock'}") as client:
+            pl = bench_pennylane(client, args.reps)
+            print(f"pennylane adjoint gradient ({N_QUBITS} qubits, {N_PARAMS} params): "
+                  f"lightning.qubit {pl['direct'] * 1e3:.2f} ms, qsched {pl['qsched'] * 1e3:.2f} ms")
+            qk = bench_qiskit(client, max(5, args.reps // 2))
+            print(f"qiskit EstimatorV2 ({N_BINDINGS} bindings, {N_QUBITS} qubits, {N_PARAMS} params): "
+                  f"aer {qk['direct'] * 1e3:.1f} ms, qsched {qk['qsched'] * 1e3:.1f} ms")
+    finally:
+        stop_daemon(proc)
+        if not args.keep_state:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    out = {"pennylane_adjoint_ratio": round(pl["qsched"] / pl["direct"], 3),
+           "qiskit_estimator_ratio": round(qk["qsched"] / qk["direct"], 3),
+           "pennylane_adjoint_ms": {"direct": round(pl["direct"] * 1e3, 3), "qsched": round(pl["qsched"] * 1e3, 3)},
+           "qiskit_estimator_ms": {"direct": round(qk["direct"] * 1e3, 3), "qsched": round(qk["qsched"] * 1e3, 3)},
+           "budgets": {"pennylane_adjoint_ratio": 2.0, "qiskit_estimator_ratio": 1.3}}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
