@@ -55,24 +55,43 @@ class AerDevice(Device):
         return self._prepared[key]
 
     def _pubs(self, groups: list[list[TaskPayload]]):
+        """One PUB per group: (primitive, pub, post) where post(pub result data) -> result arrays.
+
+        Aer 0.18 mishandles several bindings of a circuit without parameters (the second comes back
+        zeros, or the estimator raises): such groups run once, with the shots or values spread over the
+        bindings."""
         pubs = []
         for g in groups:
             t = g[0]
             params = np.concatenate([x.params for x in g]) if len(g) > 1 else t.params
+            B, P = params.shape
             if t.kind == "sample":
                 if not t.shots:
                     raise TaskError("shots: sample tasks need shots >= 1", field="shots")
-                pubs.append(("sample", (self._sample_circuit(t), params, t.shots)))
+                qc = self._sample_circuit(t)
+                if P:
+                    pubs.append(("sample", (qc, params, t.shots), _registers))
+                else:
+                    pubs.append(("sample", (qc, None, t.shots * B),
+                                 lambda d, B=B: _registers(d, (B, -1))))
                 continue
             obs = [[_sparse(o) for o in t.observables]]                  # shape [1, O]
             precision = 0.0 if not t.shots else 1.0 / np.sqrt(t.shots)
-            if t.kind == "estimate":
-                qc = self._estimate_circuit(t)
-                pubs.append(("estimate", (qc, obs, params[:, None, :], precision)))
-            else:
+            if t.kind == "gradient" and P:
                 qc, amap = self._gradient_program(t)
                 shifted = shift_bindings(amap.angles(params))          # [B, 1+2K, K]
-                pubs.append(("gradient", (qc, [obs], shifted[:, :, None, :], precision), amap))
+                pubs.append(("estimate", (qc, [obs], shifted[:, :, None, :], precision),
+                             lambda d, amap=amap: _gradient(d, amap)))
+            elif P:
+                pubs.append(("estimate", (self._estimate_circuit(t), obs, params[:, None, :], precision),
+                             lambda d: {"evs": np.asarray(d.evs), "stds": np.asarray(d.stds)}))
+            else:
+                def spread(d, B=B, grad=t.kind == "gradient"):
+                    evs = np.broadcast_to(np.asarray(d.evs).reshape(1, -1), (B, np.size(d.evs))).copy()
+                    if grad:
+                        return {"evs": evs, "jacobian": np.zeros(evs.shape + (0,))}
+                    return {"evs": evs, "stds": np.broadcast_to(np.asarray(d.stds).reshape(1, -1), evs.shape).copy()}
+                pubs.append(("estimate", (self._estimate_circuit(t), obs[0], None, precision), spread))
         return pubs
 
     def run_group(self, tasks):
@@ -93,25 +112,23 @@ class AerDevice(Device):
 
     def run_groups(self, groups):
         pubs = self._pubs(groups)
-        est = [p[1] for p in pubs if p[0] != "sample"]
+        est = [p[1] for p in pubs if p[0] == "estimate"]
         smp = [p[1] for p in pubs if p[0] == "sample"]
-        est_res = iter(self.estimator.run(est).result()) if est else iter(())
-        smp_res = iter(self.sampler.run(smp).result()) if smp else iter(())
-        out = []
-        for g, p in zip(groups, pubs):
-            if p[0] == "sample":
-                data = next(smp_res).data
-                regs = {name: {"num_bits": ba.num_bits, "array": ba.array} for name, ba in data.items()}
-                out.append(split_rows({"registers": regs}, g))
-            elif p[0] == "estimate":
-                r = next(est_res).data
-                out.append(split_rows({"evs": np.asarray(r.evs), "stds": np.asarray(r.stds)}, g))
-            else:
-                r = next(est_res).data
-                amap = p[2]
-                evs = np.asarray(r.evs)                               # [B, 1+2K, O]
-                K = amap.C.shape[0]
-                dphi = (evs[:, 1:1 + K, :] - evs[:, 1 + K:, :]) / 2   # [B, K, O]
-                jac = np.einsum("bko,kp->bop", dphi, amap.C)
-                out.append(split_rows({"evs": evs[:, 0, :], "jacobian": jac}, g))
-        return out
+        results = {"estimate": iter(self.estimator.run(est).result()) if est else iter(()),
+                   "sample": iter(self.sampler.run(smp).result()) if smp else iter(())}
+        return [split_rows(post(next(results[prim]).data), g) for g, (prim, _, post) in zip(groups, pubs)]
+
+
+def _registers(data, shape=None) -> dict:
+    regs = {}
+    for name, ba in data.items():
+        arr = ba.array if shape is None else ba.array.reshape(shape[0], -1, ba.array.shape[-1])
+        regs[name] = {"num_bits": ba.num_bits, "array": arr}
+    return {"registers": regs}
+
+
+def _gradient(data, amap) -> dict:
+    evs = np.asarray(data.evs)                                   # [B, 1+2K, O]
+    K = amap.C.shape[0]
+    dphi = (evs[:, 1:1 + K, :] - evs[:, 1 + K:, :]) / 2         # [B, K, O]: two-term shift rule
+    return {"evs": evs[:, 0, :], "jacobian": np.einsum("bko,kp->bop", dphi, amap.C)}

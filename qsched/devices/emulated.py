@@ -70,12 +70,11 @@ class EmulatedQPUDevice(AerDevice):
                                     "with shifted parameters or a simulator pool", field="kind")
         pubs = super()._pubs(groups)
         out = []
-        for p in pubs:       # observables follow the transpiled layout
-            if p[0] == "estimate":
-                qc, obs, params, prec = p[1]
-                mapped = [[o.apply_layout(qc.layout) for o in row] for row in obs]
-                p = ("estimate", (qc, mapped, params, prec))
-            out.append(p)
+        for prim, pub, post in pubs:       # observables follow the transpiled layout
+            if prim == "estimate":
+                qc, obs, params, prec = pub
+                pub = (qc, _with_layout(obs, qc.layout), params, prec)
+            out.append((prim, pub, post))
         return out
 
     def run(self, tasks):
@@ -87,3 +86,9 @@ class EmulatedQPUDevice(AerDevice):
         if left > 0:
             time.sleep(left)
         return out
+
+
+def _with_layout(obs, layout):
+    if isinstance(obs, list):
+        return [_with_layout(o, layout) for o in obs]
+    return obs.apply_layout(layout)
