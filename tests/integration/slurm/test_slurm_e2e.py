@@ -1,0 +1,301 @@
+"""End to end: real Slurm + SPANK plugin + job_submit.lua + the qsched daemon with its Slurm hooks.
+Jobs run as real Unix users; what happened is read from the daemon's records (Redis events and
+accounting streams), not inferred from timing."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from qsched import keys
+
+VQE = r'''
+import os, sys, time, pathlib
+import numpy as np
+from qiskit import QuantumCircuit
+from qiskit.circuit import ParameterVector
+from qiskit.quantum_info import SparsePauliOp
+import qsched
+
+iters, barrier, n = int(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+p = ParameterVector("t", 8)
+qc = QuantumCircuit(4)
+for i in range(4):
+    qc.ry(p[i], i)
+for i in range(3):
+    qc.cx(i, i + 1)
+for i in range(4):
+    qc.ry(p[4 + i], i)
+obs = SparsePauliOp.from_list([("ZZII", 1.0), ("IZZI", 1.0), ("IIZZ", 1.0), ("XIII", 0.5)])
+theta = np.full(8, 0.1)
+with qsched.Client() as c:
+    s = c.session()
+    assert s.id == os.environ["QSCHED_SESSION"], (s.id, os.environ.get("QSCHED_SESSION"))
+    s.upload(qc)
+    # start the loops together: the test is about interleaving, not about interpreter start-up jitter
+    (barrier / os.environ["SLURM_JOB_ID"]).touch()
+    deadline = time.time() + 60
+    while len(list(barrier.iterdir())) < n and time.time() < deadline:
+        time.sleep(0.02)
+    for i in range(iters):
+        shifts = np.stack([theta + 0.05 * np.eye(8)[k] for k in range(8)])
+        r = s.run("estimate", qc, shifts, observables=[obs], timeout=60)
+        theta = theta - 0.2 * (r.evs[:, 0] - r.evs[:, 0].mean())
+        time.sleep(0.03)  # the classical phase
+    print("done", s.id, float(r.evs[0, 0]), flush=True)
+'''
+
+FLOOD = r'''
+import os, sys, json, pathlib
+import numpy as np
+from qiskit import QuantumCircuit
+from qiskit.circuit import ParameterVector
+from qiskit.quantum_info import SparsePauliOp
+import qsched
+
+out = pathlib.Path(sys.argv[1])
+p = ParameterVector("t", 24)
+qc = QuantumCircuit(12)
+for i in range(12):
+    qc.ry(p[i], i)
+for i in range(11):
+    qc.cx(i, i + 1)
+for i in range(12):
+    qc.ry(p[12 + i], i)
+obs = SparsePauliOp.from_list([("Z" * 12, 1.0)])
+rng = np.random.default_rng(1)
+with qsched.Client() as c:
+    s = c.session()
+    futs = s.submit_many([dict(kind="estimate", circuit=qc, params=rng.random((4000, 24)), observables=[obs])
+                          for _ in range(30)])
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"session": s.id, "tasks": [f.id for f in futs]}))
+    tmp.rename(out)
+    import time
+    time.sleep(120)
+'''
+
+
+def _events(daemon, sessions: set[str]) -> list[dict]:
+    r = daemon.redis()
+    evs = [json.loads(f[b"e"]) for _, f in r.xrange(keys.EVENTS)]
+    return [e for e in evs if e.get("session") in sessions]
+
+
+def _accounting(daemon, job_ids) -> dict[str, dict]:
+    r = daemon.redis()
+    out = {}
+    for _, f in r.xrange(keys.ACCOUNTING):
+        rec = json.loads(f[b"e"])
+        if str(rec.get("job_id")) in {str(j) for j in job_ids}:
+            out[str(rec["job_id"])] = rec
+    return out
+
+
+def _open_sessions(daemon) -> dict[str, dict]:
+    with daemon.client() as c:  # root on the unix socket: the admin view
+        return {str(s["job_id"]): s for s in c.sessions() if s.get("job_id")}
+
+
+def _wait(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _script(user, user_python, name, body):
+    path = user.home / name
+    path.write_text(user_python.shebang_script(body))
+    path.chmod(0o755)
+    return path
+
+
+def test_three_sbatch_jobs_interleave_on_one_device(slurm, slurm_daemon, users, user_python):
+    alice = users["qsalice"]
+    barrier = alice.home / "barrier"
+    barrier.mkdir(exist_ok=True)
+    barrier.chmod(0o777)
+    script = _script(alice, user_python, "vqe.sh", VQE)
+    iters = 10
+    jobs = [slurm.sbatch("--gres=qpu:1", "-o", str(alice.home / f"vqe-%j.out"), str(script), str(iters),
+                         str(barrier), "3", user=alice.name, cwd=alice.home) for _ in range(3)]
+    for j in jobs:
+        slurm.wait_state(j, "RUNNING", timeout=20)
+    # while they run: squeue and the daemon both show three jobs, each with its own session
+    sessions = _wait(lambda: (s := _open_sessions(slurm_daemon)) and all(str(j) in s for j in jobs) and s,
+                     20, "three sessions")
+    assert {sessions[str(j)]["user"] for j in jobs} == {alice.name}
+    for j in jobs:
+        info = slurm.wait_state(j, {"COMPLETED", "FAILED"}, timeout=120)
+        out = (alice.home / f"vqe-{j}.out").read_text()
+        assert info["JobState"] == "COMPLETED", out
+        assert "done" in out
+    sids = {str(j): sessions[str(j)]["id"] for j in jobs}
+
+    # the device's own record of what it ran, in order
+    evs = sorted(_events(slurm_daemon, set(sids.values())), key=lambda e: e["started"])
+    assert {e["device"] for e in evs} == {"aer0"}
+    per = {sid: [e for e in evs if e["session"] == sid] for sid in sids.values()}
+    assert all(sum(len(e["tasks"]) for e in es) == iters for es in per.values()), \
+        {s: len(es) for s, es in per.items()}
+    # one device: batches never overlap
+    for a, b in zip(evs, evs[1:]):
+        assert a["finished"] <= b["started"] + 1e-3
+    # interleaved: every job's quantum work runs inside every other job's span, and the device
+    # switches between sessions all the time instead of running one job's loop after another
+    spans = {sid: (es[0]["started"], es[-1]["finished"]) for sid, es in per.items()}
+    for a in spans.values():
+        for b in spans.values():
+            assert a[0] < b[1] and b[0] < a[1], spans
+    switches = sum(1 for a, b in zip(evs, evs[1:]) if a["session"] != b["session"])
+    assert switches >= iters, [e["session"][:4] for e in evs]
+
+    # closed with the job (plugin at task exit), usage into the ledger and the job's AdminComment
+    acct = _wait(lambda: (a := _accounting(slurm_daemon, jobs)) and len(a) == 3 and a, 10, "accounting")
+    for j in jobs:
+        assert acct[str(j)]["tasks"] == iters and acct[str(j)]["device_seconds"] > 0
+        comment = slurm.job(j)["AdminComment"]
+        assert comment.startswith("qsched:qpu=1,pool=aer,class=batch,session=" + sids[str(j)])
+        assert f"tasks={iters}," in comment
+
+
+def test_scancel_cancels_pending_tasks_within_5s(slurm, slurm_daemon, users, user_python):
+    alice = users["qsalice"]
+    out = alice.home / "flood.json"
+    out.unlink(missing_ok=True)
+    script = _script(alice, user_python, "flood.sh", FLOOD)
+    jid = slurm.sbatch("--gres=qpu:1", "-o", str(alice.home / "flood-%j.out"), str(script), str(out),
+                       user=alice.name, cwd=alice.home)
+    _wait(out.exists, 60, f"job {jid} to submit its tasks")
+    info = json.loads(out.read_text())
+    t0 = time.monotonic()
+    slurm.run("scancel", str(jid))
+
+    def states():
+        with slurm_daemon.client() as c:
+            return [c._t.request("GET", f"/v1/tasks/{t}")["state"] for t in info["tasks"]]
+
+    # pending tasks are cancelled; the batch on the device and the one bound to it next may finish
+    final = _wait(lambda: (st := states()) and "PENDING" not in st and "CANCELLED" in st and st,
+                  5, "the job's pending tasks to be cancelled")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 5.0
+    # 30 tasks, up to 5 to a batch: at most the running and the next (late-bound) batch escape
+    assert final.count("CANCELLED") >= 15, final
+    assert set(final) <= {"CANCELLED", "DONE", "SCHEDULED", "RUNNING"}, final
+    assert info["session"] not in {s["id"] for s in _open_sessions(slurm_daemon).values()}
+    rec = _wait(lambda: _accounting(slurm_daemon, [jid]).get(str(jid)), 5, "accounting record")
+    assert rec["cancelled"] >= 15 and rec["session"] == info["session"]
+
+
+def test_fifth_concurrent_quantum_job_pends_on_the_license(slurm, slurm_daemon, users):
+    bob = users["qsbob"]
+    jobs = [slurm.sbatch("--gres=qpu:1", "--wrap=sleep 60", "-o", "/dev/null", user=bob.name, cwd=bob.home)
+            for _ in range(5)]
+    try:
+        for j in jobs[:4]:
+            slurm.wait_state(j, "RUNNING", timeout=20)
+        time.sleep(1.5)  # several scheduler passes
+        fifth = slurm.job(jobs[4])
+        assert fifth["JobState"] == "PENDING" and fifth["Reason"] == "Licenses", fifth
+        sessions = _wait(lambda: (s := _open_sessions(slurm_daemon)) and all(str(j) in s for j in jobs[:4]) and s,
+                         10, "four sessions")
+        assert str(jobs[4]) not in sessions
+    finally:
+        slurm.run("scancel", *map(str, jobs))
+    # every session of those jobs closes with its job
+    _wait(lambda: not (set(map(str, jobs)) & set(_open_sessions(slurm_daemon))), 5, "sessions to close")
+
+
+ISOLATION = r'''
+import json, os, sys
+import qsched
+from qsched.client import Session
+from qsched.slurm import munge
+
+sid, foreign_job, tcp_url = sys.argv[1], sys.argv[2], sys.argv[3]
+out = {}
+
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "allowed"
+    except qsched.QschedError as e:
+        out[name] = type(e).__name__
+
+with qsched.Client() as c:   # unix socket: the peer uid is bob
+    out["sees"] = [s["id"] for s in c.sessions()]
+    attempt("attach", lambda: c.attach(sid))
+    attempt("show", lambda: Session(c, {"id": sid}).status())
+    attempt("close", lambda: Session(c, {"id": sid}).close())
+    attempt("open_foreign_job", lambda: c._t.request("POST", "/v1/sessions",
+                                                     body={"pool": "aer", "job_id": foreign_job}))
+with qsched.Client(tcp_url) as c:   # TCP: MUNGE proves bob; a token proves nothing it was not issued for
+    attempt("tcp_attach_munge", lambda: c.attach(sid))
+    attempt("tcp_wrong_token", lambda: Session(c, {"id": sid, "token": "0" * 32}).status())
+    attempt("tcp_no_auth", lambda: c._t.request("POST", "/v1/sessions", body={"pool": "aer"}))
+    attempt("tcp_foreign_job", lambda: c._t.request(
+        "POST", "/v1/sessions", body={"pool": "aer", "job_id": foreign_job},
+        headers={"X-Qsched-Munge": munge.encode()}))
+    own = c._t.request("POST", "/v1/sessions", body={"pool": "aer"}, headers={"X-Qsched-Munge": munge.encode()})
+    out["tcp_open_own"] = own["user"]
+    Session(c, own).close()
+print(json.dumps(out))
+'''
+
+
+def test_users_are_isolated(slurm, slurm_daemon, users, user_python):
+    alice, bob = users["qsalice"], users["qsbob"]
+    jid = slurm.sbatch("--gres=qpu:1", "--wrap=sleep 60", "-o", "/dev/null", user=alice.name, cwd=alice.home)
+    try:
+        slurm.wait_state(jid, "RUNNING", timeout=20)
+        sess = _wait(lambda: _open_sessions(slurm_daemon).get(str(jid)), 10, "alice's session")
+        assert sess["user"] == alice.name and int(sess["uid"]) == alice.uid
+        script = _script(bob, user_python, "isolation.sh", ISOLATION)
+        cp = slurm.run(str(script), sess["id"], str(jid), f"http://{slurm_daemon.tcp}", user=bob.name,
+                       cwd=str(bob.home), env={"QSCHED_URL": slurm_daemon.url}, timeout=60)
+        res = json.loads(cp.stdout.strip().splitlines()[-1])
+        assert sess["id"] not in res["sees"]
+        for k in ("attach", "show", "close", "tcp_attach_munge"):
+            assert res[k] == "Forbidden", (k, res)
+        assert res["tcp_wrong_token"] in ("Unauthorized", "Forbidden"), res
+        assert res["tcp_no_auth"] == "Unauthorized", res
+        assert res["open_foreign_job"] == "Forbidden" and res["tcp_foreign_job"] == "Forbidden", res
+        assert res["tcp_open_own"] == bob.name  # MUNGE itself works for bob
+        # the admin path too: the plugin's request for alice's job in bob's name is refused
+        from qsched.errors import Forbidden
+        with slurm_daemon.client(f"unix://{slurm_daemon.state_dir / 'admin.sock'}") as c:
+            with pytest.raises(Forbidden):
+                c._t.request("POST", "/v1/admin/sessions",
+                             body={"user": bob.name, "uid": bob.uid, "job_id": jid, "pool": "aer"})
+        assert sess["id"] in {s["id"] for s in _open_sessions(slurm_daemon).values()}  # untouched
+    finally:
+        slurm.run("scancel", str(jid))
+
+
+@pytest.mark.parametrize("on_down", ["fail", "continue"])
+def test_daemon_down_at_job_start_follows_plugstack(slurm, slurm_daemon, users, on_down):
+    """An admin socket nobody listens on is what a stopped daemon looks like to the plugin."""
+    alice = users["qsalice"]
+    out = alice.home / f"down-{on_down}.out"
+    slurm.set_plugstack(f"admin_socket={slurm.dir}/nowhere/admin.sock on_down={on_down}")
+    try:
+        jid = slurm.sbatch("--gres=qpu:1", "-o", str(out), "--wrap=echo session=[$QSCHED_SESSION] url=$QSCHED_URL",
+                           user=alice.name, cwd=alice.home)
+        info = slurm.wait_state(jid, {"COMPLETED", "FAILED"}, timeout=20)
+    finally:
+        slurm.set_plugstack()
+    text = out.read_text()
+    assert "qsched daemon unreachable" in text, text
+    if on_down == "fail":
+        assert info["JobState"] == "FAILED"
+        assert "session=" not in text
+    else:
+        assert info["JobState"] == "COMPLETED"
+        assert "continuing without a quantum session" in text and "session=[]" in text
+        assert "url=unix://" in text
