@@ -147,6 +147,9 @@ def _client(socket_path: str):
 
 def _open_local_session(socket_path: str, pool: str | None, klass: str | None, name: str) -> dict:
     with _client(socket_path) as c:
+        if not pool:
+            # the daemon's first pool, as on Slurm the plugstack default would pick one
+            pool = os.environ.get("QSCHED_POOL") or next((d["pool"] for d in c.devices()), None)
         return dict(c.open_session(pool, cls=klass, name=name).info)
 
 

@@ -299,3 +299,28 @@ def test_daemon_down_at_job_start_follows_plugstack(slurm, slurm_daemon, users, 
         assert info["JobState"] == "COMPLETED"
         assert "continuing without a quantum session" in text and "session=[]" in text
         assert "url=unix://" in text
+
+
+def test_submit_local_runs_the_same_script_on_rq(slurm_daemon, tmp_path, monkeypatch):
+    """`qsched submit --local`: no Slurm involved, same environment contract, session closed at the end."""
+    from click.testing import CliRunner
+
+    from qsched.cli.submit import submit
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\n"
+                      "echo \"session=$QSCHED_SESSION pool=$QSCHED_POOL class=$QSCHED_CLASS url=$QSCHED_URL args=$*\"\n"
+                      "exit 5\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    for k in ("QSCHED_URL", "QSCHED_SESSION", "QSCHED_POOL", "QSCHED_CLASS", "QSCHED_REDIS_URL"):
+        monkeypatch.delenv(k, raising=False)
+    res = CliRunner().invoke(submit, ["--local", "--wait", "--config", str(slurm_daemon.config_path),
+                                      "--class", "debug", str(script), "a", "b"])
+    assert res.exit_code == 5, res.output
+    job_id = res.output.strip().splitlines()[0]
+    line = (tmp_path / f"qsched-{job_id}.out").read_text().strip()
+    assert line.startswith("session=") and "pool=aer class=debug" in line and line.endswith("args=a b")
+    assert f"url={slurm_daemon.url}" in line
+    sid = line.split()[0].split("=", 1)[1]
+    with slurm_daemon.client() as c:
+        assert sid not in {s["id"] for s in c.sessions()}  # closed when the script ended
