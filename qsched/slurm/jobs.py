@@ -105,10 +105,15 @@ def parse_gres(*texts: str | None) -> dict[str, int]:
         if not text or text in ("(null)", "N/A"):
             continue
         for item in text.split(","):
-            item = item.strip()
-            m = re.fullmatch(r"(?:gres[:/])?([\w.-]+)(?::[\w.-]+?)?(?:[:=](\d+))?", item)
-            if m and item:
-                out[m.group(1)] = out.get(m.group(1), 0) + int(m.group(2) or 1)
+            item = re.sub(r"^gres[:/]", "", item.strip())
+            if not item:
+                continue
+            name, eq, count = item.partition("=")       # gres/qpu=2 (TRES form)
+            parts = name.split(":")                      # qpu, qpu:2, gpu:a100:1
+            if not eq:
+                count = parts[-1] if len(parts) > 1 and parts[-1].isdigit() else "1"
+            if re.fullmatch(r"[\w.-]+", parts[0]) and count.isdigit():
+                out[parts[0]] = out.get(parts[0], 0) + int(count)
     return out
 
 

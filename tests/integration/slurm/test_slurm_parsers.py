@@ -1,0 +1,105 @@
+"""The Slurm side's pure functions (no Slurm needed): parsers, the reconciler's decision, AdminComment
+text, sbatch argument splitting, config checks."""
+from __future__ import annotations
+
+import pytest
+
+from qsched.errors import ConfigError
+from qsched.slurm.accounting import format_admin_comment
+from qsched.slurm.adapter import parse_sbatch_parsable, pyslurm_matches
+from qsched.slurm.jobs import (AmbiguousRecord, JobInfo, base_state, job_from_scontrol, job_from_squeue_json,
+                               parse_admin_comment, parse_counts, parse_gres, parse_scontrol_record)
+from qsched.slurm.reconcile import SessionRef, ended_sessions
+
+
+def test_counts_and_gres():
+    assert parse_counts("qpu:2,foo") == {"qpu": 2, "foo": 1}
+    assert parse_counts("(null)") == {} and parse_counts("") == {}
+    assert parse_gres("gres:qpu:2") == {"qpu": 2}
+    assert parse_gres("gres/qpu=3", "gres:gpu:a100:1,gres:qpu") == {"qpu": 4, "gpu": 1}
+    assert base_state(["RUNNING"]) == "RUNNING"
+    assert base_state("CANCELLED by 0") == "CANCELLED"
+    assert base_state("COMPLETED+COMPLETING") == "COMPLETED"
+    assert parse_admin_comment("x qsched:qpu=1,pool=aer,class=batch") == {"qpu": "1", "pool": "aer",
+                                                                          "class": "batch"}
+
+
+def test_squeue_json_22_05_and_newer_shapes():
+    j = job_from_squeue_json({"job_id": 7, "job_state": "RUNNING", "user_name": "a", "user_id": 1001,
+                              "licenses": "qpu:1", "tres_per_node": "gres:qpu:1", "exit_code": 768,
+                              "admin_comment": "qsched:qpu=1,pool=aer,class=batch", "start_time": 5})
+    assert (j.job_id, j.uid, j.exit_code, j.qpu.pool, j.qpu.source) == (7, 1001, 3, "aer", "admin_comment")
+    assert j.running and j.active and not j.ended
+    j2 = job_from_squeue_json({"job_id": {"set": True, "number": 8}, "job_state": ["COMPLETED"],
+                               "user_name": "b", "user_id": 1002, "licenses": "",
+                               "exit_code": {"status": ["EXITED"], "return_code": {"set": True, "number": 2}},
+                               "admin_comment": {"administrator": ""}, "start_time": {"set": False, "number": 0}})
+    assert (j2.job_id, j2.state, j2.exit_code, j2.start_time, j2.qpu) == (8, "COMPLETED", 2, None, None)
+    assert j2.ended
+
+
+def test_scontrol_record_forgery_is_refused():
+    line = ("JobId=5 JobName=x UserId=root(0) UserId=alice(1001) GroupId=alice(1001) JobState=RUNNING "
+            "Licenses=(null)")
+    with pytest.raises(AmbiguousRecord):
+        parse_scontrol_record(line)
+    rec = parse_scontrol_record("JobId=5 JobName=my job UserId=alice(1001) GroupId=g(5) JobState=RUNNING "
+                                "Licenses=qpu:1 AdminComment=qsched:qpu=1,pool=x Comment=a b")
+    j = job_from_scontrol(rec)
+    assert (j.name, j.user, j.uid, j.gid, j.comment) == ("my job", "alice", 1001, 5, "a b")
+    # from scontrol only the always-printed license counts as a quantum request
+    assert j.qpu.source == "license" and j.qpu.pool is None
+
+
+def _job(jid, state):
+    return JobInfo(job_id=jid, state=state, user="u", uid=1)
+
+
+def test_ended_sessions():
+    jobs = {1: _job(1, "RUNNING"), 2: _job(2, "COMPLETED"), 3: _job(3, "PENDING"), 4: _job(4, "SUSPENDED"),
+            5: _job(5, "CANCELLED")}
+    refs = [SessionRef("a", 1), SessionRef("b", 2), ("c", 3), SessionRef("d", 4), SessionRef("e", 5),
+            SessionRef("f", 99, 10.0), SessionRef("g", 98, 200.0), SessionRef("h", None)]
+    got = {(e.session_id, e.reason) for e in ended_sessions(refs, jobs, snapshot_time=100.0)}
+    assert got == {("b", "COMPLETED"), ("c", "PENDING"), ("e", "CANCELLED"), ("f", "GONE")}
+
+
+def test_admin_comment_format():
+    usage = {"device_seconds": 2.0, "tasks": 3, "circuits": 30, "shots": 100, "user": "x y"}
+    assert format_admin_comment(usage, previous="qsched:qpu=1,pool=aer,class=batch", session_id="s1") == \
+        "qsched:qpu=1,pool=aer,class=batch,session=s1,device_s=2.000,tasks=3,circuits=30,shots=100"
+    assert format_admin_comment({}, previous="") == "qsched:"
+
+
+def test_sbatch_output_and_pyslurm_match():
+    assert parse_sbatch_parsable("123\n") == 123
+    assert parse_sbatch_parsable("124;cluster\n") == 124
+    assert pyslurm_matches("22.05.8") in (True, False)  # no pyslurm 22.05 on PyPI: normally False
+
+
+def test_submit_argument_helpers():
+    from qsched.cli.submit import _seconds, split_passthrough
+    assert split_passthrough(["-A", "p", "--partition", "debug", "--wait-all-nodes=1", "s.sh", "--x"]) == (
+        ["-A", "p", "--partition", "debug", "--wait-all-nodes=1"], "s.sh", ["--x"])
+    assert split_passthrough(["-N2", "s.sh"]) == (["-N2"], "s.sh", [])
+    assert split_passthrough(["--exclusive"]) == (["--exclusive"], None, [])
+    assert [_seconds(t) for t in ("5", "1:30", "1:00:00", "1-0", "1-2:03:04")] == [300, 90, 3600, 86400, 93784]
+
+
+def test_munge_payload_binding():
+    from qsched.slurm import munge
+    p = munge.purpose_payload("attach", job_id=3)
+    assert munge.parse_payload(p) == {"purpose": "attach", "job_id": 3}
+    with pytest.raises(munge.MungeError):
+        munge.parse_payload(b"something else")
+
+
+def test_daemon_hooks_config_is_checked():
+    from qsched.slurm import daemon_hooks
+
+    class Cfg:
+        slurm = {"enabled": False, "bogus": 1}
+    with pytest.raises(ConfigError, match="bogus"):
+        daemon_hooks(Cfg())
+    Cfg.slurm = {"enabled": False}
+    assert set(daemon_hooks(Cfg())) <= {"munge"}  # MUNGE where munged answers, nothing Slurm
