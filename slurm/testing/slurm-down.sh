@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop what slurm-up.sh started in DIR (by the PIDs in DIR/run, never by name). munged is stopped
-# only when slurm-up started it. Pass --purge to also delete DIR.
+# only when slurm-up started it and no other Slurm daemon still needs it. Pass --purge to also delete DIR.
 set -uo pipefail
 
 PURGE=0
@@ -34,7 +34,13 @@ if [ -d "$DIR/spool" ]; then
 fi
 stop "$DIR/run/slurmd.pid"
 stop "$DIR/run/slurmctld.pid"
-stop "$DIR/run/munged.pid"
+# munged is shared by every Slurm on the machine (other slurm-up dirs reuse the one we started):
+# stop it only when we started it and no slurmctld/slurmd is left
+if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+    rm -f "$DIR/run/munged.pid"
+else
+    stop "$DIR/run/munged.pid"
+fi
 [ "$PURGE" = 1 ] && rm -rf "$DIR"
 echo "slurm-down: stopped $DIR" >&2
 exit 0

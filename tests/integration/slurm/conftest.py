@@ -133,7 +133,7 @@ def slurm():
 
 
 @dataclass
-class TestUser:
+class SlurmUser:
     name: str
     uid: int
     gid: int
@@ -155,7 +155,7 @@ def users(slurm):
         home.mkdir(parents=True, exist_ok=True)
         os.chown(home, pw.pw_uid, pw.pw_gid)
         home.chmod(0o755)
-        out[name] = TestUser(name, pw.pw_uid, pw.pw_gid, home)
+        out[name] = SlurmUser(name, pw.pw_uid, pw.pw_gid, home)
     yield out
     for name in created:
         subprocess.run(["userdel", name], capture_output=True)
@@ -233,7 +233,7 @@ def slurm_daemon(slurm):
     state.mkdir(exist_ok=True)
     state.chmod(0o755)
     tcp = f"127.0.0.1:{_free_port()}"
-    cfg = {"state_dir": str(state), "daemon": {"tcp": tcp, "drain_timeout_s": 5},
+    cfg = {"state_dir": str(state), "daemon": {"tcp": tcp, "drain_timeout_s": 1},
            "devices": [{"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16}],
            "policy": {"name": "fair-share"},
            "slurm": {"enabled": True, "env": {"SLURM_CONF": slurm.env["SLURM_CONF"]},
