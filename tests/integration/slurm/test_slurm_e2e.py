@@ -324,3 +324,25 @@ def test_submit_local_runs_the_same_script_on_rq(slurm_daemon, tmp_path, monkeyp
     sid = line.split()[0].split("=", 1)[1]
     with slurm_daemon.client() as c:
         assert sid not in {s["id"] for s in c.sessions()}  # closed when the script ended
+
+
+def test_reconciler_closes_sessions_the_plugin_does_not_know(slurm, slurm_daemon, users):
+    """A second session for a job (opened through the admin socket, as a site script might) has no
+    plugin to close it: the reconciler closes it once Slurm says the job ended."""
+    alice = users["qsalice"]
+    jid = slurm.sbatch("--gres=qpu:1", "--wrap=sleep 60", "-o", "/dev/null", user=alice.name, cwd=alice.home)
+    slurm.wait_state(jid, "RUNNING", timeout=20)
+    with slurm_daemon.client(f"unix://{slurm_daemon.state_dir / 'admin.sock'}") as c:
+        extra = c._t.request("POST", "/v1/admin/sessions",
+                             body={"user": alice.name, "uid": alice.uid, "job_id": jid, "pool": "aer"})
+    with slurm_daemon.client() as c:
+        assert extra["id"] in {s["id"] for s in c.sessions()}
+    t0 = time.monotonic()
+    slurm.run("scancel", str(jid))
+
+    def gone():
+        with slurm_daemon.client() as c:
+            return extra["id"] not in {s["id"] for s in c.sessions()}
+    _wait(gone, 5, "the reconciler to close the extra session")
+    assert time.monotonic() - t0 < 5.0
+    assert "reconciler: job %d is" % jid in slurm_daemon.log()
