@@ -14,7 +14,8 @@ import time
 from . import keys
 from .models import Batch, Session, SessionState, Task, TaskState, Usage
 
-EVENTS_MAXLEN = 100_000
+EVENTS_MAXLEN = 10_000           # the daemon follows the stream live; this only bridges short gaps
+INLINE_RESULT_BYTES = 65_536
 
 # Worker side: start a batch. Counts the start (a restarted worker re-runs its predecessor's batch, and
 # gives up after max attempts), marks live tasks RUNNING and returns everything needed in one round trip.
@@ -59,8 +60,54 @@ end
 redis.call('HINCRBYFLOAT', KEYS[3], 'device_seconds', ARGV[4])
 redis.call('LREM', KEYS[1], 1, ARGV[1])
 redis.call('EXPIRE', KEYS[4], ttl)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', '""" + str(EVENTS_MAXLEN) + """', '*', 'e', ARGV[2])
+-- small results ride along with the event, so the daemon can answer a waiting client without a read
+local ev = {'XADD', KEYS[2], 'MAXLEN', '~', '""" + str(EVENTS_MAXLEN) + """', '*', 'e', ARGV[2]}
+for i = 5, #KEYS, 2 do
+  local j = 6 + (i - 5) * 2
+  if #ARGV[j + 1] <= """ + str(INLINE_RESULT_BYTES) + """ then
+    ev[#ev + 1] = KEYS[i + 1]
+    ev[#ev + 1] = ARGV[j + 1]
+  end
+end
+redis.call(unpack(ev))
 return written
+"""
+
+
+TASK_FIELDS = ("id", "session", "kind", "template", "bindings", "shots", "seq", "submitted", "attempts", "state",
+               "method")
+
+# Daemon side: accept new tasks and dispatch batches in one atomic call (the hot path: one round trip).
+COMMIT_LUA = """
+local nnew, nbatch = tonumber(ARGV[1]), tonumber(ARGV[2])
+local names = {""" + ", ".join(f"'{f}'" for f in TASK_FIELDS) + """, 'observables'}
+local k, a = 1, 3
+if nnew > 0 then
+  local pending = KEYS[1]
+  k = 2
+  for _ = 1, nnew do
+    local h = {}
+    for f = 1, #names do h[#h + 1] = names[f]; h[#h + 1] = ARGV[a + f - 1] end
+    redis.call('HSET', KEYS[k], unpack(h))
+    redis.call('SET', KEYS[k + 1], ARGV[a + #names])
+    redis.call('RPUSH', pending, ARGV[a])
+    k, a = k + 2, a + #names + 1
+  end
+end
+for _ = 1, nbatch do
+  local ntasks, bid, entry, created = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local pending, bkey, inbox = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  a, k = a + 4, k + 3
+  for _ = 1, ntasks do
+    redis.call('LREM', pending, 1, ARGV[a])
+    redis.call('HSET', KEYS[k], 'state', 'SCHEDULED', 'batch', bid)
+    a, k = a + 1, k + 1
+  end
+  redis.call('HSET', bkey, 'starts', 0, 'created', created)
+  -- the inbox entry is the batch itself, so a worker learns its tasks in the same round trip
+  redis.call('LPUSH', inbox, entry)
+end
+return 1
 """
 
 
@@ -70,6 +117,7 @@ class Store:
     def __init__(self, redis, *, result_ttl_s: int = 86_400):
         self.r = redis
         self.ttl = result_ttl_s
+        self._commit = redis.register_script(COMMIT_LUA)
 
     # sessions ---------------------------------------------------------------------------------------
     async def create_session(self, s: Session) -> None:
@@ -113,24 +161,21 @@ class Store:
         return json.loads(raw) if raw else None
 
     # tasks ------------------------------------------------------------------------------------------
-    async def add_tasks(self, sid: str, items: list[tuple[Task, str, bytes]]) -> None:
-        """Durable before acknowledged: metadata, observables and params in one transaction."""
-        async with self.r.pipeline(transaction=True) as p:
-            for t, observables, params in items:
-                p.hset(keys.task(t.id), mapping={**t.to_redis(), "observables": observables})
-                p.set(keys.task_params(t.id), params)
-            p.rpush(keys.session_pending(sid), *[t.id for t, _, _ in items])
-            await p.execute()
-
-    async def dispatch(self, batch: Batch) -> None:
-        async with self.r.pipeline(transaction=True) as p:
-            for tid in batch.tasks:
-                p.lrem(keys.session_pending(batch.session), 1, tid)
-                p.hset(keys.task(tid), mapping={"state": TaskState.SCHEDULED.value, "batch": batch.id})
-            p.hset(keys.batch(batch.id), mapping={"starts": 0, "created": batch.created})
-            # the inbox entry is the batch itself, so a worker learns its tasks in the same round trip
-            p.lpush(keys.device_inbox(batch.device), batch.entry())
-            await p.execute()
+    async def commit(self, sid: str | None, new: list[tuple[Task, str, bytes]], batches: list[Batch]) -> None:
+        """New tasks of one session, then batches for device inboxes: one atomic call, one round trip.
+        Tasks are durable (and acknowledged) only once this returns."""
+        keys_, args = [], [len(new), len(batches)]
+        if new:
+            keys_.append(keys.session_pending(sid))
+            for t, observables, params in new:
+                keys_ += [keys.task(t.id), keys.task_params(t.id)]
+                h = t.to_redis()
+                args += [*(h[f] for f in TASK_FIELDS), observables, params]
+        for b in batches:
+            keys_ += [keys.session_pending(b.session), keys.batch(b.id), keys.device_inbox(b.device)]
+            keys_ += [keys.task(tid) for tid in b.tasks]
+            args += [len(b.tasks), b.id, b.entry(), b.created, *b.tasks]
+        await self._commit(keys=keys_, args=args)
 
     async def cancel_task(self, tid: str, sid: str) -> None:
         async with self.r.pipeline(transaction=True) as p:

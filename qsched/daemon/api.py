@@ -357,8 +357,8 @@ async def submit(request):
     ids = await sch.submit(entry.session.id, items)
     wait = _wait_arg(request)
     if wait:
-        await sch.wait(ids, wait)
-        return await _tasks_response(sch, ids, status=201, extra={"ids": ids})
+        ready = await sch.wait(ids, wait)
+        return await _tasks_response(sch, ids, status=201, extra={"ids": ids}, ready=ready)
     return web.json_response({"ids": ids}, status=201)
 
 
@@ -378,9 +378,13 @@ async def _authorize_task(request, sch, tid: str):
     authorize(request, session)
 
 
-async def _tasks_response(sch, tids, *, status=200, extra=None):
-    """Results are stored as JSON fragments; splice them in without decoding (they can be large)."""
-    results = await sch.store.results(tids)
+async def _tasks_response(sch, tids, *, status=200, extra=None, ready=None):
+    """Results are stored as JSON fragments; splice them in without decoding (they can be large).
+    `ready` holds results that came inline with completion events: no need to read them again."""
+    ready = ready or {}
+    missing = [t for t in tids if t not in ready]
+    found = dict(zip(missing, await sch.store.results(missing))) if missing else {}
+    results = [ready.get(t) or found.get(t) for t in tids]
     parts = []
     for tid, res in zip(tids, results):
         t = sch.tasks.get(tid)
@@ -409,9 +413,8 @@ async def get_task(request):
     tid = request.match_info["tid"]
     await _authorize_task(request, sch, tid)
     wait = _wait_arg(request)
-    if wait:
-        await sch.wait([tid], wait)
-    resp = await _tasks_response(sch, [tid])
+    ready = await sch.wait([tid], wait) if wait else None
+    resp = await _tasks_response(sch, [tid], ready=ready)
     resp.body = resp.body[len(b'{"tasks":['):-2]        # one task: unwrap the list
     return resp
 
@@ -428,8 +431,8 @@ async def wait_tasks(request):
     timeout = body.get("timeout", 0)
     if not isinstance(timeout, (int, float)) or timeout < 0:
         raise BadRequest("timeout: expected seconds >= 0", field="timeout")
-    await sch.wait(ids, min(float(timeout), MAX_WAIT_S))
-    return await _tasks_response(sch, ids)
+    ready = await sch.wait(ids, min(float(timeout), MAX_WAIT_S))
+    return await _tasks_response(sch, ids, ready=ready)
 
 
 @routes.delete("/v1/tasks/{tid}")

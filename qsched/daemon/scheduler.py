@@ -81,6 +81,7 @@ class Scheduler:
         self.templates: dict[str, dict] = {}             # digest -> info (small; QPY stays in Redis)
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._kick = asyncio.Event()
+        self._writing = asyncio.Lock()         # one commit at a time: memory and Redis change in the same order
         self._seq = 0
         self._events_from = "0-0"
         self.accepting = True
@@ -156,15 +157,16 @@ class Scheduler:
         return entry
 
     async def close_session(self, sid: str) -> dict:
-        entry = self.session(sid)
-        cancelled = [t.id for t in entry.pending]
-        for t in entry.pending:
-            self.tasks.pop(t.id, None)
-            self._resolve(t.id)
-        entry.pending.clear()
-        self.policy.remove(sid)
-        del self.sessions[sid]
-        usage = await self.store.close_session(sid, cancelled)
+        async with self._writing:
+            entry = self.session(sid)
+            cancelled = [t.id for t in entry.pending]
+            entry.pending.clear()
+            self.policy.remove(sid)
+            del self.sessions[sid]
+            usage = await self.store.close_session(sid, cancelled)
+        for tid in cancelled:
+            self.tasks.pop(tid, None)
+            self._resolve(tid)
         s = entry.session
         record = {"session": sid, "user": s.user, "account": s.account, "job_id": s.job_id, "pool": s.pool,
                   "class": s.cls, "opened": s.created, "closed": time.time(), "cancelled": len(cancelled),
@@ -186,23 +188,25 @@ class Scheduler:
         if len(entry.pending) + len(items) > limit:
             raise BadRequest(f"tasks: session would have {len(entry.pending) + len(items)} pending tasks, "
                              f"limit {limit}", field="tasks", limit=limit)
-        now = time.time()
+        async with self._writing:
+            if sid not in self.sessions:              # closed while we waited
+                raise NotFound(f"session: {sid!r} closed", field="session")
+            now = time.time()
+            was_idle = not entry.pending
+            for t, _, _ in items:
+                self._seq += 1
+                t.seq, t.submitted = self._seq, now
+                entry.pending.append(t)
+                self.tasks[t.id] = t
+            if was_idle:
+                self._enqueue(entry)
+            batches = self._plan()
+            await self._commit(sid, items, batches)      # durable before acknowledged
         for t, _, _ in items:
-            self._seq += 1
-            t.seq, t.submitted = self._seq, now
-        await self.store.add_tasks(sid, items)            # durable before acknowledged
-        if sid not in self.sessions:                      # closed while we were writing
-            raise NotFound(f"session: {sid!r} closed", field="session")
-        was_idle = not entry.pending
-        for t, _, _ in items:
-            entry.pending.append(t)
-            self.tasks[t.id] = t
             self.metrics.tasks_submitted.labels(entry.session.pool, t.kind).inc()
         entry.last_active = now
-        if was_idle:
-            self._enqueue(entry)
         self.metrics.tasks_pending.labels(entry.session.pool).inc(len(items))
-        self.kick()
+        self._count_dispatched(batches)
         return [t.id for t, _, _ in items]
 
     async def cancel(self, tid: str) -> str:
@@ -218,17 +222,20 @@ class Scheduler:
             self.metrics.tasks_pending.labels(entry.session.pool).dec()
         t.state = TaskState.CANCELLED
         self.tasks.pop(tid, None)
-        await self.store.cancel_task(tid, t.session)
+        async with self._writing:
+            await self.store.cancel_task(tid, t.session)
         self._resolve(tid)
         return TaskState.CANCELLED.value
 
     # ------------------------------------------------------------------ waiting
-    def _resolve(self, tid: str) -> None:
+    def _resolve(self, tid: str, payload: bytes | None = None) -> None:
         for fut in self._waiters.pop(tid, ()):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(payload)
 
-    async def wait(self, tids: list[str], timeout: float) -> None:
+    async def wait(self, tids: list[str], timeout: float) -> dict[str, bytes]:
+        """Wait until the tasks are final or the timeout passes. Returns the results that arrived
+        inline with their completion events (the rest the caller reads from Redis)."""
         futs = []
         loop = asyncio.get_running_loop()
         for tid in tids:
@@ -238,13 +245,18 @@ class Scheduler:
                 futs.append((tid, f))
         if futs and timeout > 0:
             await asyncio.wait([f for _, f in futs], timeout=timeout)
-        for tid, f in futs:           # drop our waiters that did not fire
-            if not f.done():
-                lst = self._waiters.get(tid)
-                if lst and f in lst:
-                    lst.remove(f)
-                    if not lst:
-                        del self._waiters[tid]
+        ready = {}
+        for tid, f in futs:
+            if f.done():
+                if f.result() is not None:
+                    ready[tid] = f.result()
+                continue
+            lst = self._waiters.get(tid)          # drop our waiters that did not fire
+            if lst and f in lst:
+                lst.remove(f)
+                if not lst:
+                    del self._waiters[tid]
+        return ready
 
     def set_policy(self, policy: Policy) -> None:
         """Swap the policy (SIGHUP): backlogged sessions re-enter the new one in their current order."""
@@ -279,30 +291,46 @@ class Scheduler:
         while True:
             await self._kick.wait()
             self._kick.clear()
-            try:
-                await self._dispatch_all()
-            except Exception:
-                log.exception("dispatch failed; retrying in 1 s")
-                await asyncio.sleep(1)
-                self.kick()
+            async with self._writing:
+                batches = self._plan()
+                if batches:
+                    await self._commit(None, [], batches)
+            self._count_dispatched(batches)
 
-    async def _dispatch_all(self) -> None:
-        progress = True
+    async def _commit(self, sid, items, batches) -> None:
+        """Memory was updated first; if Redis refuses the write, memory is rebuilt from Redis."""
+        try:
+            await self.store.commit(sid, items, batches)
+        except Exception:
+            log.exception("write to Redis failed; rebuilding the index from Redis")
+            await self.resync()
+            raise
+
+    async def resync(self) -> None:
+        self.sessions.clear()
+        self.tasks.clear()
+        for d in self.devices.values():
+            d.outstanding.clear()
+        self.policy = type(self.policy)(self.policy.cfg)
+        await self.recover()
+
+    def _plan(self) -> list[Batch]:
+        """Fill every device's free slots from the policy (in memory only; the caller commits)."""
+        batches, progress = [], self.accepting
         while progress:
             progress = False
             for dev in self.devices.values():
-                if not self.accepting or len(dev.outstanding) >= MAX_OUTSTANDING:
+                if len(dev.outstanding) >= MAX_OUTSTANDING:
                     continue
                 sid = self.policy.pick(dev.spec.pool)
                 if sid is None:
                     continue
+                progress = True
                 entry = self.sessions.get(sid)
                 if entry is None or not entry.pending:
-                    progress = True
                     continue
                 tasks = self._take(entry, dev.spec)
-                bindings = sum(t.bindings for t in tasks)
-                est = self.cost.estimate(dev.spec.name, tasks[0].kind, bindings)
+                est = self.cost.estimate(dev.spec.name, tasks[0].kind, sum(t.bindings for t in tasks))
                 self.policy.charge(sid, est)
                 self._enqueue(entry)
                 batch = Batch(id="b" + secrets.token_hex(6), device=dev.spec.name, session=sid,
@@ -311,10 +339,14 @@ class Scheduler:
                     t.state, t.batch = TaskState.SCHEDULED, batch.id
                 entry.inflight += len(tasks)
                 dev.outstanding[batch.id] = (batch, est)
-                self.metrics.tasks_pending.labels(dev.spec.pool).dec(len(tasks))
-                self.metrics.batches.labels(dev.spec.name).inc()
-                await self.store.dispatch(batch)
-                progress = True
+                batches.append(batch)
+        return batches
+
+    def _count_dispatched(self, batches: list[Batch]) -> None:
+        for b in batches:
+            spec = self.devices[b.device].spec
+            self.metrics.tasks_pending.labels(spec.pool).dec(len(b.tasks))
+            self.metrics.batches.labels(spec.name).inc()
 
     # ------------------------------------------------------------------ completions
     async def run_events(self, redis) -> None:
@@ -333,11 +365,12 @@ class Scheduler:
                 for eid, fields in entries:
                     last = eid
                     try:
-                        self.on_batch_done(json.loads(fields[b"e"] if b"e" in fields else fields["e"]))
+                        inline = {k.decode().rsplit(":", 1)[-1]: v for k, v in fields.items() if k != b"e"}
+                        self.on_batch_done(json.loads(fields[b"e"]), inline)
                     except Exception:
                         log.exception("bad event %s", eid)
 
-    def on_batch_done(self, ev: dict) -> None:
+    def on_batch_done(self, ev: dict, inline: dict[str, bytes] | None = None) -> None:
         dev = self.devices.get(ev["device"])
         if dev is None:
             return
@@ -354,7 +387,7 @@ class Scheduler:
             self.metrics.queue_wait.labels(dev.spec.pool).observe(max(0.0, ev["started"] - t.submitted))
             if sid in self.sessions:
                 self.sessions[sid].inflight -= 1
-            self._resolve(tid)
+            self._resolve(tid, (inline or {}).get(tid))
         if batch is not None:
             for tid in batch.tasks:       # cancelled while running: nothing to report, still not live
                 self.tasks.pop(tid, None)
