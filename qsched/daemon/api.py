@@ -162,13 +162,13 @@ async def _open(sch, body, *, user, uid, job_id):
     weight = body.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or isinstance(weight, bool):
         raise BadRequest("weight: expected a number", field="weight")
-    for f in ("pool", "class", "account", "name"):
-        if f in body and not isinstance(body[f], str):
+    for f in ("pool", "class", "account", "name"):       # null means "the default"
+        if body.get(f) is not None and not isinstance(body[f], str):
             raise BadRequest(f"{f}: expected a string", field=f)
     pool = body.get("pool") or next(iter(sch.pools))
     s = await sch.open_session(user=user, uid=uid, pool=pool, cls=body.get("class") or "batch",
-                                      weight=float(weight), account=body.get("account", ""),
-                                      name=body.get("name", ""), job_id=job_id)
+                               weight=float(weight), account=body.get("account") or "",
+                               name=body.get("name") or "", job_id=job_id)
     return web.json_response({**s.public(), "token": sch.token_for(s.id)}, status=201)
 
 
