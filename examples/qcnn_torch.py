@@ -87,7 +87,7 @@ def build_model(dev):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--train", type=int, default=48)
     ap.add_argument("--test", type=int, default=30)
     ap.add_argument("--batch", type=int, default=16)
@@ -100,7 +100,7 @@ def main(argv=None):
     x_test, y_test = make_dataset(args.test, rng)
     dev = qml.device("qsched.qubit", wires=N_WIRES, pool=args.pool)
     model = build_model(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.15)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     t0 = time.perf_counter()
