@@ -65,12 +65,15 @@ class _FutureJobMixin:
             return self._result
 
     def _cancel_all(self) -> bool:
+        """Cancel every task not yet finished; True when all of them ended up cancelled."""
         ok = True
         for f in self._futures:
             try:
-                ok = bool(f.cancel()) and ok
+                state = f.cancel()
             except QschedError:
                 ok = False
+                continue
+            ok = ok and str(getattr(state, "value", state)).upper() == "CANCELLED"
         return ok
 
 

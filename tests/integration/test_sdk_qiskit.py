@@ -137,3 +137,19 @@ def test_errors(client):
         job.result(timeout=60)
     assert isinstance(e.value, QschedJobError) and "rzx" in str(e.value)
     assert job.status() == JobStatus.ERROR
+
+
+def test_cancel_queued_job(client):
+    heavy = efficient_su2(12, reps=2)
+    params = np.random.default_rng(0).uniform(size=(150, heavy.num_parameters))
+    est = EstimatorV2(client=client)
+    busy = [est.run([(heavy, "Z" * 12, params)]) for _ in range(2)]   # keep the aer device busy
+    small = QuantumCircuit(2)
+    small.h(0)
+    job = est.run([(small, "ZZ")])
+    assert job.cancel() is True
+    assert job.status() == JobStatus.CANCELLED and job.cancelled() and job.in_final_state()
+    with pytest.raises(QschedJobError):
+        job.result(timeout=30)
+    for b in busy:
+        assert b.result(timeout=120)[0].data.evs.shape == (150,)
