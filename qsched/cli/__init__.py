@@ -68,8 +68,7 @@ def cli(verbose):
 @REDIS
 def up(config_path, redis_url):
     """Embedded Redis + daemon + one worker per device, in the foreground. Ctrl-C drains and stops all."""
-    from ..daemon import serve
-    import asyncio
+    from ..daemon import run
     cfg = _config(config_path, redis_url)
 
     def ready(sch):
@@ -77,7 +76,7 @@ def up(config_path, redis_url):
         click.echo(f"  redis: {cfg.redis_url or 'embedded in ' + str(cfg.state_dir / 'redis')}", err=True)
         click.echo(f"  devices: {', '.join(f'{d.name} ({d.type}, pool {d.pool})' for d in cfg.devices)}", err=True)
         click.echo(f"  policy: {cfg.policy.name}; export QSCHED_URL=unix://{cfg.socket_path}", err=True)
-    asyncio.run(serve(cfg, config_path=config_path, ready=ready))
+    run(cfg, config_path=config_path, ready=ready)
 
 
 @cli.group()

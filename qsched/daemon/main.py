@@ -117,5 +117,5 @@ async def serve(config: Config, *, config_path: str | None = None, ready=None) -
     log.info("qsched daemon stopped")
 
 
-def run(config: Config, *, config_path: str | None = None) -> None:
-    asyncio.run(serve(config, config_path=config_path))
+def run(config: Config, *, config_path: str | None = None, ready=None) -> None:
+    asyncio.run(serve(config, config_path=config_path, ready=ready))
