@@ -66,8 +66,8 @@ class Params:
     ratio: float = 1.0           # T_c / T_q
     spread: float = 0.5          # each job's T_c and T_q scaled by U(1-spread, 1+spread), seeded
     seed: int = 1
-    setup_s: float = 0.01        # emulated-qpu model: setup_s + bindings x shots x rep_s per batch
-    rep_s: float = 250e-6
+    setup_s: float = 0.05        # emulated-qpu model: setup_s + bindings x shots x rep_s per batch
+    rep_s: float = 100e-6        # (both the device's own defaults in qsched.devices.emulated)
     qubits: int = 5
     device: str = "emulated-qpu"
     classical: str = "sleep"
@@ -321,9 +321,10 @@ def summarize(p: Params, specs: list[JobSpec], t0: float, results: list[dict]) -
         device_work_per_job=[p.m * sp.tq_s for sp in specs],
         device_intervals=[(a, b) for a, b, _, _ in records],
         waits_s=[w for r in results for w in r["waits"]],
+        first_classical_per_job=[sp.tc_s for sp in specs],
     )
     # what the device actually ran (per-circuit pays setup per circuit, so it exceeds the workload's)
-    s["device_work_s"] = metrics.busy_time([(a, b) for a, b, _, _ in records])
+    s["device_work_s"] = metrics.busy_time([(a, b) for a, b, _, _ in records], t0)  # warm-ups precede t0
     tl = [(a - t0, b - t0, j, it) for a, b, j, it in records]
     # the device reserved for a job but not running its circuits: drawn light, iteration -1
     tl += [(r["hold"][0] - t0, r["hold"][1] - t0, r["idx"], -1) for r in results if r.get("hold")]
@@ -531,7 +532,7 @@ def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, titl
     import matplotlib.pyplot as plt
 
     names = list(timelines)
-    fig, axes = plt.subplots(len(names), 1, figsize=(11, 1.2 + 1.3 * len(names)), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(names), 1, figsize=(11, 1.5 + 1.4 * len(names)), sharex=True, squeeze=False)
     cmap = plt.get_cmap("tab10" if p.k <= 10 else "tab20")
     xmax = max((s["makespan_s"] for s in summaries.values()), default=1.0)
     for ax, name in zip(axes[:, 0], names):
@@ -562,10 +563,10 @@ def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, titl
             if ll not in labels:
                 handles.append(hh)
                 labels.append(ll)
-    fig.legend(handles, labels, loc="upper right", ncol=min(p.k, 8), fontsize=8)
+    fig.legend(handles, labels, loc="lower center", ncol=min(p.k, 8), fontsize=8, frameon=False)
     fig.suptitle(title or (f"device timeline: K={p.k} jobs x M={p.m} iterations, B={p.b} circuits/burst, "
                            f"T_c/T_q={p.ratio:g}, device {p.device}"), fontsize=10, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0.05 + 0.03 * (p.k > 8), 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -595,8 +596,8 @@ def params_dict(p: Params, specs: list[JobSpec]) -> dict:
 
 
 def table(summaries: dict) -> str:
-    cols = ["makespan_s", "lower_bound_s", "ratio_to_bound", "busy_fraction", "mean_slowdown",
-            "p95_slowdown", "jain", "wait_p50_s", "wait_p99_s"]
+    cols = ["makespan_s", "lower_bound_s", "ratio_to_bound", "ratio_to_tight_bound", "busy_fraction",
+            "device_work_s", "mean_slowdown", "p95_slowdown", "jain", "wait_p50_s", "wait_p99_s"]
     lines = ["| strategy | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, s in summaries.items():
         lines.append(f"| {name} | " + " | ".join(f"{s[c]:.3f}" for c in cols) + " |")
@@ -604,13 +605,14 @@ def table(summaries: dict) -> str:
 
 
 def sweep_table(rows: list[dict]) -> str:
-    head = ("| T_c/T_q | K | load | strategy | makespan s | bound s | ratio | busy | mean slowdown | "
-            "p95 slowdown | Jain | wait p50 s | wait p99 s |")
+    head = ("| T_c/T_q | K | load | strategy | makespan s | bound s | ratio | ratio (tight) | busy | device work s | "
+            "mean slowdown | p95 slowdown | Jain | wait p50 s | wait p99 s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         for name, s in r["strategies"].items():
             lines.append(f"| {r['ratio']:g} | {r['k']} | {r['offered_load']:.2f} | {name} | {s['makespan_s']:.2f} | "
-                         f"{s['lower_bound_s']:.2f} | {s['ratio_to_bound']:.3f} | {s['busy_fraction']:.3f} | "
+                         f"{s['lower_bound_s']:.2f} | {s['ratio_to_bound']:.3f} | {s['ratio_to_tight_bound']:.3f} | "
+                         f"{s['busy_fraction']:.3f} | {s['device_work_s']:.2f} | "
                          f"{s['mean_slowdown']:.2f} | {s['p95_slowdown']:.2f} | {s['jain']:.3f} | "
                          f"{s['wait_p50_s']:.3f} | {s['wait_p99_s']:.3f} |")
     return "\n".join(lines)
@@ -619,14 +621,14 @@ def sweep_table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, help="jobs (default 4; quick 3)")
-    ap.add_argument("--m", type=int, help="iterations per job (default 8; quick 4)")
-    ap.add_argument("--b", type=int, help="circuits per quantum burst (default 8; quick 4)")
+    ap.add_argument("--m", type=int, help="iterations per job (default 8; quick 3)")
+    ap.add_argument("--b", type=int, help="circuits per quantum burst (default 8; quick 2)")
     ap.add_argument("--tq", type=float, help="device seconds per burst (default 0.25; quick 0.15)")
     ap.add_argument("--ratio", type=float, default=1.0, help="T_c/T_q (default 1)")
     ap.add_argument("--spread", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--setup-s", type=float, default=0.01)
-    ap.add_argument("--rep-s", type=float, default=250e-6)
+    ap.add_argument("--setup-s", type=float, default=0.05, help="emulated-qpu: per-batch setup (default 0.05)")
+    ap.add_argument("--rep-s", type=float, default=100e-6, help="emulated-qpu: per-shot time (default 100e-6)")
     ap.add_argument("--qubits", type=int, default=5)
     ap.add_argument("--device", choices=["emulated-qpu", "aer"], default="emulated-qpu")
     ap.add_argument("--classical", choices=["sleep", "numpy"], default="sleep")
@@ -646,9 +648,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     quick = a.quick
-    dflt = dict(k=3, m=4, b=4, tq=0.15) if quick else dict(k=4, m=8, b=8, tq=0.25)
+    dflt = dict(k=3, m=3, b=2, tq=0.15) if quick else dict(k=4, m=8, b=8, tq=0.25)
     if a.sweep:
-        dflt = dict(k=2, m=4, b=4, tq=0.15) if quick else dict(k=2, m=6, b=8, tq=0.2)
+        dflt = dict(k=2, m=4, b=4, tq=0.2) if quick else dict(k=2, m=6, b=8, tq=0.2)
     p = Params(k=a.k or dflt["k"], m=a.m or dflt["m"], b=a.b or dflt["b"], tq=a.tq or dflt["tq"],
                ratio=a.ratio, spread=a.spread, seed=a.seed, setup_s=a.setup_s, rep_s=a.rep_s,
                qubits=a.qubits, device=a.device, classical=a.classical, per_circuit_submit=a.per_circuit_submit)

@@ -44,7 +44,7 @@ def modelled_hold_s(setup_s: float, rep_s: float, bindings: int, shots: int) -> 
 class HoldModelDevice:
     """One device instance. `kind` 'emulated-qpu' holds for the modelled time; 'aer' runs as fast as it can."""
 
-    def __init__(self, kind: str = "emulated-qpu", *, setup_s: float = 0.01, rep_s: float = 250e-6,
+    def __init__(self, kind: str = "emulated-qpu", *, setup_s: float = 0.05, rep_s: float = 100e-6,
                  num_qubits: int = 5, noise: bool = True):
         from qiskit import transpile
         from qiskit_aer import AerSimulator

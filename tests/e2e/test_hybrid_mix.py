@@ -1,6 +1,8 @@
 """Smoke test of the hybrid-mix study: `--quick` completes and reports every key (not the targets:
 timing varies between machines)."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +29,8 @@ def test_hybrid_mix_quick(tmp_path):
         pytest.skip("qsched.Client not available yet")
     png = tmp_path / "timeline.png"
     t = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hybrid_mix.py"), "--quick",
+    # --slurm off: the exclusive lock, whatever Slurm the CI machine has up (the next test covers Slurm)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hybrid_mix.py"), "--quick", "--slurm", "off",
                            "--plot", str(png), "--workdir", str(tmp_path / "work")],
                           cwd=ROOT, capture_output=True, text=True, timeout=170)
     wall = time.time() - t
@@ -45,3 +48,19 @@ def test_hybrid_mix_quick(tmp_path):
     assert out["params"]["k"] >= 2 and out["params"]["m"] >= 1
     assert png.exists() and png.stat().st_size > 1000
     print(f"hybrid_mix --quick: {wall:.1f} s")
+
+
+@pytest.mark.timeout(240)
+def test_hybrid_mix_exclusive_through_real_slurm(tmp_path):
+    """The exclusive strategy as sbatch jobs on a Slurm the study brings up (root, Slurm installed)."""
+    if os.geteuid() != 0 or not shutil.which("slurmctld") and not os.path.exists("/usr/sbin/slurmctld"):
+        pytest.skip("needs root and Slurm (slurm/testing/slurm-up.sh)")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hybrid_mix.py"), "--quick", "--slurm", "up",
+                           "--strategies", "exclusive", "--k", "2", "--m", "2",
+                           "--plot", str(tmp_path / "t.png"), "--workdir", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = json.loads(proc.stdout.strip().splitlines()[-1])["strategies"]["exclusive"]
+    assert s["mode"] == "slurm" and KEYS <= set(s)
+    # one qpu license: the two jobs ran one after the other, so the makespan covers both jobs' work
+    assert s["makespan_s"] >= s["lower_bound_s"]
