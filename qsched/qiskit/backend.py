@@ -148,10 +148,11 @@ class QschedBackend(BackendV2):
                 raise BadRequest(f"circuit {qc.name!r} has unbound parameters "
                                  f"({', '.join(p.name for p in qc.parameters)}); bind them, or use "
                                  "qsched.qiskit.SamplerV2 with parameter values", field="parameters")
-        tasks = [{"kind": "sample", "template": self._handle.upload(qc), "params": np.zeros((1, 0)),
-                  "shots": shots} for qc in circuits]
         try:
-            futures = self._handle.get().submit_many(tasks) if tasks else []
+            with self._handle.io_lock:
+                tasks = [{"kind": "sample", "template": self._handle.upload(qc), "params": np.zeros((1, 0)),
+                          "shots": shots} for qc in circuits]
+                futures = self._handle.get().submit_many(tasks) if tasks else []
         except QschedError as e:
             raise as_sdk_error(e) from e
         name = self.name
@@ -162,5 +163,5 @@ class QschedBackend(BackendV2):
                           success=True, results=exps, status="COMPLETED")
 
         job = QschedJob(self, futures, finalize, job_id=getattr(futures[0], "id", None) if futures else None,
-                        timeout=self._timeout)
+                        timeout=self._timeout, lock=self._handle.io_lock)
         return job

@@ -20,12 +20,16 @@ from ..errors import QschedError
 
 def _submit(handle: SessionHandle, plans):
     tasks = []
-    for plan in plans:
+    with handle.io_lock:
+        hashes = [handle.upload(plan.task["circuit"]) for plan in plans]
+    for plan, h in zip(plans, hashes):
         task = dict(plan.task)
-        task["template"] = handle.upload(task.pop("circuit"))
+        del task["circuit"]
+        task["template"] = h
         tasks.append(task)
     try:
-        return handle.get().submit_many(tasks)
+        with handle.io_lock:
+            return handle.get().submit_many(tasks)
     except QschedError as e:
         raise as_sdk_error(e) from e
 
@@ -64,7 +68,7 @@ class EstimatorV2(BaseEstimatorV2):
                                     for plan, pub, r in zip(plans, coerced, results)],
                                    metadata={"version": 2})
 
-        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout)
+        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout, lock=self._handle.io_lock)
 
 
 class SamplerV2(BaseSamplerV2):
@@ -99,4 +103,4 @@ class SamplerV2(BaseSamplerV2):
             return PrimitiveResult([sampler_result(plan, r) for plan, r in zip(plans, results)],
                                    metadata={"version": 2})
 
-        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout)
+        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout, lock=self._handle.io_lock)
