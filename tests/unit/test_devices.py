@@ -1,0 +1,125 @@
+"""Devices in-process (the worker wraps them): results against Qiskit's reference primitives."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+from qiskit.circuit.library import efficient_su2
+from qiskit.primitives import StatevectorEstimator
+from qiskit.quantum_info import SparsePauliOp
+
+from qsched.devices import TaskPayload, TaskError, load_device
+from qsched.models import DeviceLimits, DeviceSpec
+
+OBS = [[["ZZI", 1.0], ["IXX", 0.5]], [["ZII", 1.0]]]
+
+
+def device(typ, **options):
+    return load_device(DeviceSpec(name=typ, type=typ, pool=typ, limits=DeviceLimits(max_qubits=5), options=options))
+
+
+def reference(qc, params):
+    ops = [SparsePauliOp.from_list([tuple(t) for t in o]) for o in OBS]
+    return StatevectorEstimator().run([(qc, ops, params[:, None, :])]).result()[0].data.evs
+
+
+def finite_difference(qc, params, eps=1e-6):
+    out = np.zeros((params.shape[0], len(OBS), params.shape[1]))
+    for j in range(params.shape[1]):
+        e = np.zeros(params.shape[1])
+        e[j] = eps
+        out[:, :, j] = (reference(qc, params + e) - reference(qc, params - e)) / (2 * eps)
+    return out
+
+
+@pytest.fixture(scope="module")
+def problem():
+    qc = efficient_su2(3, reps=1)
+    return qc, np.random.default_rng(5).uniform(-np.pi, np.pi, (3, qc.num_parameters))
+
+
+@pytest.mark.parametrize("typ, method", [("aer", "parameter-shift"), ("lightning", "adjoint")])
+def test_estimate_and_gradient(typ, method, problem):
+    qc, params = problem
+    d = device(typ)
+    est, grad = d.run([TaskPayload("e", "estimate", "h", qc, params, None, OBS),
+                       TaskPayload("g", "gradient", "h", qc, params, None, OBS, method)])
+    np.testing.assert_allclose(est["evs"], reference(qc, params), atol=1e-10)
+    np.testing.assert_allclose(grad["evs"], reference(qc, params), atol=1e-10)
+    np.testing.assert_allclose(grad["jacobian"], finite_difference(qc, params), atol=1e-6)
+
+
+@pytest.mark.parametrize("typ", ["aer", "lightning"])
+def test_gradient_through_linear_parameter_expressions(typ):
+    """Gate angles like 2a - b + 0.3 are chained back to the template's parameters."""
+    a, b = Parameter("a"), Parameter("b")
+    qc = QuantumCircuit(3)
+    qc.h(range(3))
+    qc.rx(2 * a - b + 0.3, 0)
+    qc.rzz(a, 0, 1)
+    qc.ry(b, 2)
+    qc.cx(1, 2)
+    params = np.array([[0.4, -1.1], [1.3, 0.2]])
+    g = device(typ).run([TaskPayload("g", "gradient", "h", qc, params, None, OBS)])[0]
+    np.testing.assert_allclose(g["jacobian"], finite_difference(qc, params), atol=1e-6)
+
+
+def test_parameter_shift_refuses_gates_it_cannot_shift():
+    t = Parameter("t")
+    qc = QuantumCircuit(3)
+    qc.crx(t, 0, 1)
+    out = device("aer").run([TaskPayload("g", "gradient", "h", qc, np.array([[0.1]]), None, OBS)])[0]
+    assert isinstance(out, TaskError) and out.field == "method" and "crx" in out.message
+
+
+def test_a_failing_group_does_not_fail_the_others(problem):
+    qc, params = problem
+    t = Parameter("t")
+    bad = QuantumCircuit(3)
+    bad.crx(t, 0, 1)
+    out = device("aer").run([TaskPayload("g", "gradient", "bad", bad, np.array([[0.1]]), None, OBS),
+                             TaskPayload("e", "estimate", "h", qc, params, None, OBS)])
+    assert isinstance(out[0], TaskError)
+    np.testing.assert_allclose(out[1]["evs"], reference(qc, params), atol=1e-10)
+
+
+def test_merged_tasks_are_split_back_in_order(problem):
+    qc, params = problem
+    out = device("aer").run([TaskPayload(str(i), "estimate", "h", qc, params[i:i + 1], None, OBS) for i in range(3)])
+    for i in range(3):
+        np.testing.assert_allclose(out[i]["evs"], reference(qc, params[i:i + 1]), atol=1e-10)
+
+
+def test_sample_layout_is_qiskit_bitarray():
+    qc = QuantumCircuit(10)
+    qc.x([0, 9])
+    qc.measure_all()
+    for typ in ("aer", "lightning"):
+        r = device(typ).run([TaskPayload("s", "sample", "h", qc, np.zeros((2, 0)), 7)])[0]
+        arr = r["registers"]["meas"]["array"]
+        assert arr.shape == (2, 7, 2)
+        assert (arr[:, :, 0] == 0b10).all() and (arr[:, :, 1] == 0b1).all(), typ   # bit 9 and bit 0
+
+
+def test_emulated_qpu_holds_the_device_for_the_modelled_time():
+    d = device("emulated-qpu", setup_s=0.2, rep_s=1e-4, seed=3)
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    t0 = time.perf_counter()
+    r = d.run([TaskPayload("s", "sample", "h", qc, np.zeros((2, 0)), 1000)])[0]
+    elapsed = time.perf_counter() - t0
+    assert elapsed >= 0.2 + 2 * 1000 * 1e-4
+    counts = np.unique(r["registers"]["meas"]["array"][0, :, 0], return_counts=True)
+    frac = dict(zip(counts[0].tolist(), counts[1].tolist()))
+    assert frac.get(0, 0) + frac.get(3, 0) > 900        # Bell state, with a little noise
+
+
+def test_null_device_shapes(problem):
+    qc, params = problem
+    r = device("null").run([TaskPayload("g", "gradient", "h", qc, params, None, OBS)])[0]
+    assert r["jacobian"].shape == (3, 2, qc.num_parameters) and not r["jacobian"].any()
