@@ -209,7 +209,7 @@ def prometheus(prom_bins, tmp_path):
         deadline = time.monotonic() + 30
         while True:
             if p.poll() is not None:
-                _unavailable(f"prometheus exited ({p.returncode}):\n{(tmp_path / 'prometheus.log').read_text()[-2000:]}")
+                pytest.fail(f"prometheus exited ({p.returncode}):\n{(tmp_path / 'prometheus.log').read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(client.base + "/-/ready", timeout=2) as r:
                     if r.status == 200:
@@ -217,7 +217,7 @@ def prometheus(prom_bins, tmp_path):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                _unavailable("prometheus not ready within 30 s")
+                pytest.fail("prometheus not ready within 30 s")
             time.sleep(0.2)
 
     yield start
