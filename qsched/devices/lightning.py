@@ -71,8 +71,6 @@ class LightningDevice(Device):
             else:
                 regs = {"meas": {"num_bits": n, "array": np.stack([bits_to_bitarray(s) for s in samples])}}
             return {"registers": regs}
-        if t.method not in (None, "adjoint") and t.kind == "gradient":
-            raise TaskError(f"method: lightning computes gradients by 'adjoint', got {t.method!r}", field="method")
         obs = [pauli_sum_pennylane(o, n) for o in t.observables]
         O, B, P = len(obs), t.bindings, t.params.shape[1]
         evs = np.empty((B, O))

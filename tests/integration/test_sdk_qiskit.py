@@ -113,8 +113,6 @@ def test_backend_run_counts_and_memory(client):
     assert job.status() == JobStatus.DONE
 
 
-@pytest.mark.xfail(reason="core: two sample tasks of one zero-parameter template in one request; "
-                          "the second result comes back all zeros (reported to the core owner)")
 def test_same_bound_circuit_twice(client):
     qc = QuantumCircuit(2, 2)
     qc.x(1)
