@@ -28,10 +28,22 @@ class Metrics:
         self.sessions_open = Gauge("qsched_sessions_open", "Open sessions", registry=r)
         self.queue_wait = Histogram("qsched_queue_wait_seconds", "Submission to start of execution",
                                     ["pool"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.execution = Histogram("qsched_task_execution_seconds", "Device time of a batch", ["device"],
+        self.execution = Histogram("qsched_batch_execution_seconds", "Device time of a batch", ["device"],
                                    buckets=_LATENCY_BUCKETS, registry=r)
         self.rejected = Counter("qsched_requests_rejected", "Requests answered with a 4xx error", ["code"],
                                 registry=r)
+
+    def prelabel(self, devices, pools) -> None:
+        """Export every configured device's and pool's series from the start, at 0: panels show the
+        device before its first batch and `increase()` sees the first restart."""
+        for d in devices:
+            for c in (self.device_busy, self.worker_restarts, self.batches, self.bindings):
+                c.labels(d).inc(0)
+            for status in ("DONE", "FAILED"):
+                self.tasks_completed.labels(d, status).inc(0)
+            self.device_up.labels(d).set(0)
+        for p in pools:
+            self.tasks_pending.labels(p).set(0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

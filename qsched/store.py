@@ -204,6 +204,12 @@ class Store:
         raw = await self.r.mget([keys.device_heartbeat(d) for d in devices]) if devices else []
         return [json.loads(x) if x else None for x in raw]
 
+    async def running_counts(self, devices: list[str]) -> list[int]:
+        async with self.r.pipeline(transaction=False) as p:
+            for d in devices:
+                p.llen(keys.device_processing(d))
+            return await p.execute()
+
     async def secret(self) -> bytes:
         """The daemon's HMAC key for session tokens: made once, shared by restarts and replicas."""
         await self.r.set(keys.SECRET, secrets.token_bytes(32), nx=True)

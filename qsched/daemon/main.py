@@ -77,7 +77,8 @@ async def serve(config: Config, *, config_path: str | None = None, ready=None) -
         if config.start_workers:
             await stack.enter_async_context(WorkerSupervisor(config, url, r, metrics, config_path))
         loops = [asyncio.create_task(sch.run_dispatcher(), name="dispatcher"),
-                 asyncio.create_task(sch.run_events(r_events), name="events")]
+                 asyncio.create_task(sch.run_events(r_events), name="events"),
+                 asyncio.create_task(sch.run_device_watch(), name="device-watch")]
         for extra in hooks.get("background", []):
             loops.append(asyncio.create_task(extra(sch), name=getattr(extra, "__name__", "hook")))
 

@@ -85,6 +85,7 @@ class Scheduler:
         self._seq = 0
         self._events_from = "0-0"
         self.accepting = True
+        metrics.prelabel(self.devices, self.pools)
 
     # ------------------------------------------------------------------ recovery
     async def recover(self) -> None:
@@ -400,6 +401,25 @@ class Scheduler:
         self.metrics.execution.labels(dev.spec.name).observe(exec_s)
         self.metrics.bindings.labels(dev.spec.name).inc(int(ev.get("bindings", 0)))
         self.kick()
+
+    async def run_device_watch(self, interval_s: float = 1.0) -> None:
+        """A device is up while its worker heartbeats, or while it is running a batch: aer holds the GIL
+        for a whole run, so a long batch can outlast the heartbeat's expiry. Works the same for workers
+        the daemon starts and for workers systemd runs."""
+        names = list(self.devices)
+        while True:
+            try:
+                beats = await self.store.heartbeats(names)
+                running = await self.store.running_counts(names)
+                for name, hb, n in zip(names, beats, running):
+                    up = hb is not None or n > 0
+                    self.devices[name].alive = up
+                    self.metrics.device_up.labels(name).set(1 if up else 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("device watch: %s", e)
+            await asyncio.sleep(interval_s)
 
     # ------------------------------------------------------------------ views
     def _refresh_gauges(self) -> None:

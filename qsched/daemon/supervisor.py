@@ -12,6 +12,8 @@ from ..models import Batch
 
 log = logging.getLogger("qsched.supervisor")
 
+STOP_GRACE_S = 5.0
+
 
 class WorkerSupervisor:
     def __init__(self, config, redis_url: str, redis, metrics, config_path: str | None):
@@ -41,9 +43,7 @@ class WorkerSupervisor:
         while not self._stopping:
             proc = await asyncio.create_subprocess_exec(*self._argv(name), stdin=asyncio.subprocess.DEVNULL)
             self.procs[name] = proc
-            self.metrics.device_up.labels(name).set(1)
             rc = await proc.wait()
-            self.metrics.device_up.labels(name).set(0)
             if self._stopping:
                 return
             why = f"worker for device {name} exited with " + (
@@ -59,7 +59,9 @@ class WorkerSupervisor:
             backoff = min(backoff * 2, 30.0)
 
     async def __aexit__(self, *exc):
-        """SIGTERM: each worker finishes its current batch, then exits; SIGKILL after the timeout."""
+        """SIGTERM: each worker finishes its current batch, then exits; SIGKILL after a grace period.
+        The daemon has already drained (up to drain_timeout_s): a batch still running here stays in
+        its processing list and runs again on the next start."""
         self._stopping = True
         for p in self.procs.values():
             if p.returncode is None:
@@ -67,7 +69,7 @@ class WorkerSupervisor:
         waits = [p.wait() for p in self.procs.values() if p.returncode is None]
         if waits:
             done, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waits],
-                                               timeout=self.config.drain_timeout_s)
+                                               timeout=STOP_GRACE_S)
             for p in self.procs.values():
                 if p.returncode is None:
                     p.kill()

@@ -221,7 +221,7 @@ def test_metrics_endpoint(client, aer_session):
     aer_session.run("estimate", qc, np.zeros((1, qc.num_parameters)), observables=["ZZ"])
     text = client._t.request("GET", "/metrics").decode()
     for name in ("qsched_device_busy_seconds_total", "qsched_tasks_submitted_total", "qsched_tasks_completed_total",
-                 "qsched_tasks_pending", "qsched_queue_wait_seconds_bucket", "qsched_task_execution_seconds_bucket",
+                 "qsched_tasks_pending", "qsched_queue_wait_seconds_bucket", "qsched_batch_execution_seconds_bucket",
                  "qsched_sessions_open"):
         assert name in text, name
     busy = [l for l in text.splitlines() if l.startswith('qsched_device_busy_seconds_total{device="aer0"}')]
@@ -239,3 +239,21 @@ def test_cli_listings(qsched_daemon, client):
                            env=env, timeout=60)
     assert "aer0" in table.stdout and "NAME" in table.stdout
     s.close()
+
+
+def test_qasm3_template_binds_parameters_by_name(client, aer_session):
+    """An OpenQASM 3 round trip renames and reorders parameters: the template reports its parameter
+    names in column order so a client binds by name."""
+    src = """OPENQASM 3.0; include "stdgates.inc";
+    input float[64] zeta; input float[64] alpha;
+    qubit[2] q; rx(zeta) q[0]; ry(alpha) q[1];"""
+    s = aer_session
+    info = client._t.request("POST", f"/v1/sessions/{s.id}/templates", body={"qasm3": src}, headers=s._auth())
+    assert sorted(info["parameters"]) == ["alpha", "zeta"] and info["num_qubits"] == 2
+    values = {"zeta": np.pi, "alpha": 0.0}           # qubit 0 flipped, qubit 1 untouched
+    row = np.array([[values[n] for n in info["parameters"]]])
+    r = s.run("estimate", info["hash"], row, observables=["IZ", "ZI"])
+    np.testing.assert_allclose(r.evs[0], [-1.0, 1.0], atol=1e-12)
+    status, err = raw(client, "POST", f"/v1/sessions/{s.id}/templates", body={"qasm3": "OPENQASM 3.0; qubit q; foo q;"},
+                      headers=s._auth())
+    assert status == 400 and err["field"] == "qasm3"

@@ -126,7 +126,7 @@ def test_dashboard_is_importable_grafana_json():
     joined = "\n".join(exprs)
     assert 'rate(qsched_device_busy_seconds_total{device=~".*"}[1m])' in joined
     for needed in ("qsched_tasks_completed_total",
-                   "qsched_tasks_pending", "qsched_queue_wait_seconds_bucket", "qsched_task_execution_seconds_bucket",
+                   "qsched_tasks_pending", "qsched_queue_wait_seconds_bucket", "qsched_batch_execution_seconds_bucket",
                    "qsched_sessions_open", "qsched_requests_rejected_total", "qsched_worker_restarts_total",
                    "qsched_device_up"):
         assert needed in joined, f"the dashboard has no panel on {needed}"
@@ -305,7 +305,7 @@ def test_dashboard_queries_return_data(fresh_daemon, prometheus):
     for q in ("0.5", "0.95", "0.99"):
         p = prom.value(f'histogram_quantile({q}, sum by (le, pool) (rate(qsched_queue_wait_seconds_bucket{{pool="null"}}[5m])))')
         assert p is not None and 0 <= p < 30, (q, p)
-        e = prom.value(f'histogram_quantile({q}, sum by (le, device) (rate(qsched_task_execution_seconds_bucket{{device="null0"}}[5m])))')
+        e = prom.value(f'histogram_quantile({q}, sum by (le, device) (rate(qsched_batch_execution_seconds_bucket{{device="null0"}}[5m])))')
         assert e is not None and 0.001 <= e < 5, (q, e)       # null0 holds the device 5 ms per batch
     done = prom.value('sum(qsched_tasks_completed_total{status="DONE"})')
     assert done == 50
