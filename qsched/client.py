@@ -3,7 +3,6 @@ SDKs. Inside a Slurm job it finds the daemon and the job's session from the envi
 plugin sets (QSCHED_URL, QSCHED_SESSION, QSCHED_POOL, QSCHED_CLASS); on a laptop, the local socket."""
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
@@ -458,9 +457,5 @@ class AsyncClient:
         await self.close()
 
 
-async def gather_results(futures, timeout=None) -> list[TaskResult]:
-    return list(await asyncio.gather(*(f.result(timeout) for f in futures)))
-
-
 __all__ = ["Client", "AsyncClient", "Session", "AsyncSession", "TaskFuture", "AsyncTaskFuture", "TaskResult",
-           "QschedError", "default_url", "gather_results"]
+           "QschedError", "default_url"]

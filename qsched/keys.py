@@ -64,5 +64,4 @@ def device_model(device: str) -> str:
     return f"{PREFIX}device:{device}:model"
 
 
-def rq_queue_name() -> str:
-    return "qsched-classical"
+RQ_QUEUE = "qsched-jobs"     # RQ's own keys derive from it (rq:queue:qsched-jobs): `qsched submit --local`

@@ -33,7 +33,7 @@ class SessionState(str, enum.Enum):
 class Task:
     """A pending or running task as the scheduler indexes it: metadata only, payload stays in Redis."""
     __slots__ = ("id", "session", "kind", "template", "bindings", "shots", "seq", "submitted",
-                 "attempts", "state", "cost", "batch", "method")
+                 "attempts", "state", "batch", "method")
 
     def __init__(self, id: str, session: str, kind: str, template: str, bindings: int,
                  shots: int | None, seq: int, submitted: float, attempts: int = 0,
@@ -48,7 +48,6 @@ class Task:
         self.submitted = submitted
         self.attempts = attempts
         self.state = state
-        self.cost = 0.0          # estimated device-seconds, set when dispatched
         self.batch: str | None = None
         self.method = method
 

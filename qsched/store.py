@@ -184,21 +184,11 @@ class Store:
             p.expire(keys.task(tid), self.ttl)
             await p.execute()
 
-    async def fail_tasks(self, tids: list[str], error: str) -> None:
-        async with self.r.pipeline(transaction=True) as p:
-            for tid in tids:
-                p.hset(keys.task(tid), mapping={"state": TaskState.FAILED.value, "error": error,
-                                                 "finished": time.time()})
-            await p.execute()
-
     async def task_fields(self, tid: str, *fields: str) -> list:
         return [_s(v) for v in await self.r.hmget(keys.task(tid), *fields)]
 
     async def results(self, tids: list[str]) -> list[bytes | None]:
         return await self.r.mget([keys.task_result(t) for t in tids]) if tids else []
-
-    async def record_batch_error(self, bid: str, error: str) -> None:
-        await self.r.hset(keys.batch(bid), "last_error", error)
 
     async def heartbeats(self, devices: list[str]) -> list[dict | None]:
         raw = await self.r.mget([keys.device_heartbeat(d) for d in devices]) if devices else []

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from .. import keys
 from ..errors import QschedError
 
 # sbatch options that take their value as the next argument (when not written --opt=value / -Xvalue)
@@ -111,7 +112,6 @@ def _submit_slurm(script, script_args, *, nodes, time_limit, pool, klass, extra,
 
 # --- local mode: RQ ----------------------------------------------------------------------------------
 
-RQ_QUEUE = "qsched-jobs"
 
 
 def local_redis_url(config) -> str:
@@ -170,7 +170,7 @@ def _ensure_worker(redis_url: str, queue) -> None:
         return
     rq = shutil.which("rq", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     argv = ([rq] if rq else [sys.executable, "-m", "rq.cli"]) + [
-        "worker", "--burst", "--url", redis_url, "--worker-class", "rq.worker.SimpleWorker", RQ_QUEUE]
+        "worker", "--burst", "--url", redis_url, "--worker-class", "rq.worker.SimpleWorker", keys.RQ_QUEUE]
     subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                      cwd=os.getcwd())
 
@@ -188,7 +188,7 @@ def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_
         raise click.ClickException(f"{script}: not an executable file")
     session = _open_local_session(socket_path, pool, klass, name=Path(script).name)
     conn = redis.Redis.from_url(url)
-    q = Queue(RQ_QUEUE, connection=conn)
+    q = Queue(keys.RQ_QUEUE, connection=conn)
     cwd = os.getcwd()
     env = {"QSCHED_URL": f"unix://{socket_path}", "QSCHED_SESSION": session["id"],
            "QSCHED_POOL": session.get("pool") or pool or "", "QSCHED_CLASS": session.get("class") or klass or ""}
@@ -275,4 +275,4 @@ if __name__ == "__main__":  # pragma: no cover
     _main()
 
 
-__all__ = ["submit", "split_passthrough", "build_sbatch_argv", "run_local_job", "RQ_QUEUE"]
+__all__ = ["submit", "split_passthrough", "build_sbatch_argv", "run_local_job"]

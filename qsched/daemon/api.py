@@ -96,7 +96,7 @@ async def errors_middleware(request, handler):
         if e.status < 500:
             request.app[SCHEDULER].metrics.rejected.labels(e.code).inc()
         return web.json_response(e.to_json(), status=e.status)
-    except web.HTTPRequestEntityTooLarge as e:
+    except web.HTTPRequestEntityTooLarge:
         limit = request.app[SCHEDULER].config.max_body_bytes
         err = PayloadTooLarge(f"body: larger than the limit of {limit} bytes", field="body", limit=limit)
         request.app[SCHEDULER].metrics.rejected.labels(err.code).inc()

@@ -17,9 +17,9 @@ from collections import deque
 
 from .. import keys
 from ..config import Config
-from ..errors import BadRequest, Conflict, Forbidden, NotFound
+from ..errors import BadRequest, Conflict, NotFound
 from ..metrics import Metrics
-from ..models import Batch, DeviceSpec, Session, SessionState, Task, TaskState
+from ..models import Batch, DeviceSpec, Session, Task, TaskState
 from ..policy import Policy
 from ..store import Store
 
@@ -29,14 +29,13 @@ MAX_OUTSTANDING = 2          # running + one in the inbox
 
 
 class SessionEntry:
-    __slots__ = ("session", "pending", "inflight", "weight", "last_active")
+    __slots__ = ("session", "pending", "inflight", "weight")
 
     def __init__(self, session: Session, weight: float):
         self.session = session
         self.pending: deque[Task] = deque()
         self.inflight = 0
         self.weight = weight
-        self.last_active = time.time()
 
 
 class DeviceEntry:
@@ -205,7 +204,6 @@ class Scheduler:
             await self._commit(sid, items, batches)      # durable before acknowledged
         for t, _, _ in items:
             self.metrics.tasks_submitted.labels(entry.session.pool, t.kind).inc()
-        entry.last_active = now
         self.metrics.tasks_pending.labels(entry.session.pool).inc(len(items))
         self._count_dispatched(batches)
         return [t.id for t, _, _ in items]

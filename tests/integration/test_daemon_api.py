@@ -11,12 +11,10 @@ import textwrap
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit
-from qiskit.circuit import Parameter
 from qiskit.circuit.library import efficient_su2
 from qiskit.primitives import StatevectorEstimator
 from qiskit.quantum_info import SparsePauliOp
 
-import qsched
 from qsched import errors, wire
 from qsched.client import task_body
 
