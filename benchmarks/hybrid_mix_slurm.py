@@ -48,6 +48,8 @@ class OwnSlurm:
         self.env: dict | None = None
 
     def __enter__(self):
+        # munged runs as the munge user and must traverse to DIR/run (mkdtemp makes the workdir 0700)
+        self.dir.parent.chmod(self.dir.parent.stat().st_mode | 0o011)
         env = dict(os.environ, QSCHED_SLURM_LICENSES="qpu:1", QSCHED_SPANK_ARGS="on_down=continue",
                    QSCHED_SLURM_PORT=str(self.port), QSCHED_ADMIN_SOCKET=str(self.dir / "none.sock"))
         r = _run(["bash", str(REPO / "slurm/testing/slurm-up.sh"), str(self.dir)], env, timeout=180)
