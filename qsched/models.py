@@ -108,10 +108,16 @@ class Batch:
     session: str
     tasks: list[str]
     created: float
+    # the tasks' payloads, when the batch was dispatched in the same commit that accepted them: the
+    # worker then needs no read before it runs (fields in store.INLINE_FIELDS order)
+    inline: list | None = None
 
     def to_json(self) -> dict:
-        return {"id": self.id, "device": self.device, "session": self.session, "tasks": self.tasks,
-                "created": self.created}
+        d = {"id": self.id, "device": self.device, "session": self.session, "tasks": self.tasks,
+             "created": self.created}
+        if self.inline:
+            d["inline"] = self.inline
+        return d
 
     def entry(self) -> str:
         """The batch as it sits in a device inbox (and moves, unchanged, to the processing list)."""

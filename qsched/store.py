@@ -14,21 +14,16 @@ import time
 from . import keys
 from .models import Batch, Session, SessionState, Task, TaskState, Usage
 
+# a task's payload as a worker needs it, inline in a batch or fetched (params: raw float64, base64 inline)
+INLINE_FIELDS = ("id", "kind", "template", "shots", "method", "observables", "submitted", "bindings", "params")
 EVENTS_MAXLEN = 10_000           # the daemon follows the stream live; this only bridges short gaps
 INLINE_RESULT_BYTES = 65_536
 
-# Worker side: start a batch. Counts the start (a restarted worker re-runs its predecessor's batch, and
-# gives up after max attempts), marks live tasks RUNNING and returns everything needed in one round trip.
-TAKE_LUA = """
-local starts = redis.call('HINCRBY', KEYS[1], 'starts', 1)
-local out = {starts, redis.call('HGET', KEYS[1], 'last_error') or ''}
-for i = 2, #KEYS, 2 do
-  local state = redis.call('HGET', KEYS[i], 'state')
-  if state == 'SCHEDULED' or state == 'RUNNING' then
-    redis.call('HSET', KEYS[i], 'state', 'RUNNING', 'started', ARGV[1])
-  end
-  local f = redis.call('HMGET', KEYS[i], 'id', 'kind', 'template', 'shots', 'method', 'observables',
-                       'state', 'submitted', 'bindings')
+# Worker side: the payloads of a batch that came without them, in one round trip.
+FETCH_LUA = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local f = redis.call('HMGET', KEYS[i], """ + ", ".join(f"'{f}'" for f in INLINE_FIELDS[:-1]) + """, 'state')
   table.insert(out, cjson.encode(f))
   table.insert(out, redis.call('GET', KEYS[i+1]) or '')
 end
@@ -65,7 +60,7 @@ local ev = {'XADD', KEYS[2], 'MAXLEN', '~', '""" + str(EVENTS_MAXLEN) + """', '*
 for i = 5, #KEYS, 2 do
   local j = 6 + (i - 5) * 2
   if #ARGV[j + 1] <= """ + str(INLINE_RESULT_BYTES) + """ then
-    ev[#ev + 1] = KEYS[i + 1]
+    ev[#ev + 1] = KEYS[i]              -- the task's key: its last part is the task id
     ev[#ev + 1] = ARGV[j + 1]
   end
 end
@@ -103,7 +98,7 @@ for _ = 1, nbatch do
     redis.call('HSET', KEYS[k], 'state', 'SCHEDULED', 'batch', bid)
     a, k = a + 1, k + 1
   end
-  redis.call('HSET', bkey, 'starts', 0, 'created', created)
+  redis.call('HSET', bkey, 'created', created)
   -- the inbox entry is the batch itself, so a worker learns its tasks in the same round trip
   redis.call('LPUSH', inbox, entry)
 end
@@ -114,10 +109,10 @@ return 1
 class Store:
     """Async repository used by the daemon."""
 
-    def __init__(self, redis, *, result_ttl_s: int = 86_400):
+    def __init__(self, redis, *, result_ttl_s: int = 86_400, writer=None):
         self.r = redis
         self.ttl = result_ttl_s
-        self._commit = redis.register_script(COMMIT_LUA)
+        self._commit = (writer or redis).register_script(COMMIT_LUA)
 
     # sessions ---------------------------------------------------------------------------------------
     async def create_session(self, s: Session) -> None:
@@ -193,6 +188,10 @@ class Store:
     async def heartbeats(self, devices: list[str]) -> list[dict | None]:
         raw = await self.r.mget([keys.device_heartbeat(d) for d in devices]) if devices else []
         return [json.loads(x) if x else None for x in raw]
+
+    async def running_batch_ids(self, device: str) -> set[str]:
+        """Batches a device's worker has taken (its processing list: one, or a dead predecessor's too)."""
+        return {Batch.from_entry(e).id for e in await self.r.lrange(keys.device_processing(device), 0, -1)}
 
     async def running_counts(self, devices: list[str]) -> list[int]:
         async with self.r.pipeline(transaction=False) as p:

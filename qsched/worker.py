@@ -2,9 +2,11 @@
 simulations never run in the daemon). It moves batches atomically from the device inbox to its
 processing list (BLMOVE), runs them, writes each result once and announces the batch on the events
 stream. A batch left in the processing list by a dead worker is run again by its successor, at most
-`max_attempts` times in all, then its tasks fail with the error."""
+`max_attempts` times in all, then its tasks fail with the error. Task state RUNNING is not written:
+a SCHEDULED task whose batch is in a processing list is running."""
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -18,7 +20,7 @@ from . import keys, wire
 from .devices import TaskPayload, load_device
 from .errors import QschedError
 from .models import Batch, DeviceSpec, TaskState
-from .store import COMPLETE_LUA, TAKE_LUA
+from .store import COMPLETE_LUA, FETCH_LUA, INLINE_FIELDS
 
 log = logging.getLogger("qsched.worker")
 
@@ -44,7 +46,7 @@ class Worker:
         self.stopping = threading.Event()
         self.device = load_device(spec)
         self._templates: dict[str, object] = {}
-        self._take = redis.register_script(TAKE_LUA)
+        self._fetch = redis.register_script(FETCH_LUA)
         self._complete = redis.register_script(COMPLETE_LUA)
         self.inbox = keys.device_inbox(spec.name)
         self.processing = keys.device_processing(spec.name)
@@ -55,7 +57,7 @@ class Worker:
         hb.start()
         log.info("worker for %s (%s) ready", self.spec.name, self.spec.type)
         for entry in reversed(self.r.lrange(self.processing, 0, -1)):   # a predecessor's batches, oldest first
-            self.run_batch(entry)
+            self.recover(entry)
         while not self.stopping.is_set():
             entry = self.r.blmove(self.inbox, self.processing, 1.0, "RIGHT", "LEFT")
             if entry is not None:
@@ -76,38 +78,58 @@ class Worker:
             self.stopping.wait(self.heartbeat_s)
 
     # one batch ----------------------------------------------------------------------------------------
+    def recover(self, entry) -> None:
+        """A batch left in our processing list: the worker running it died. Counting deaths here keeps
+        the normal path free of bookkeeping; after max_attempts runs in all, its tasks fail."""
+        bid = Batch.from_entry(entry).id
+        deaths = self.r.hincrby(keys.batch(bid), "deaths", 1)
+        if deaths < self.max_attempts:
+            log.warning("re-running batch %s after its worker died (%d of %d runs)", bid, deaths + 1,
+                        self.max_attempts)
+            self.run_batch(entry)
+            return
+        last = _s(self.r.hget(keys.batch(bid), "last_error") or b"")
+        self.run_batch(entry, fail={"code": "task_failed", "message": (
+            f"worker for device {self.spec.name} died {deaths} times running this batch"
+            + (f"; last: {last}" if last else ""))})
+
     def _template(self, digest: str):
         if digest not in self._templates:
             qpy = self.r.hget(keys.template(digest), "qpy")
             self._templates[digest] = wire.load_qpy(qpy) if qpy else None
         return self._templates[digest]
 
-    def run_batch(self, entry) -> None:
+    def _specs(self, batch: Batch) -> list[dict]:
+        """The batch's task payloads: carried inline, or read in one round trip (skipping tasks that were
+        cancelled or answered meanwhile)."""
+        if batch.inline:
+            return [dict(zip(INLINE_FIELDS, row)) | {"params": base64.b64decode(row[-1])} for row in batch.inline]
+        res = self._fetch(keys=[k for tid in batch.tasks for k in (keys.task(tid), keys.task_params(tid))])
+        specs = []
+        for fields_raw, params in zip(res[0::2], res[1::2]):
+            values = [None if v is False else v for v in json.loads(fields_raw)]
+            d = dict(zip(INLINE_FIELDS[:-1], values[:-1]))
+            if d["id"] is not None and values[-1] in (TaskState.SCHEDULED.value, TaskState.RUNNING.value):
+                specs.append(d | {"params": params})
+        return specs
+
+    def run_batch(self, entry, fail: dict | None = None) -> None:
         batch = Batch.from_entry(entry)
-        task_keys = [k for tid in batch.tasks for k in (keys.task(tid), keys.task_params(tid))]
         started = time.time()
-        res = self._take(keys=[keys.batch(batch.id), *task_keys], args=[started])
-        starts, last_error = int(res[0]), _s(res[1])
         payloads, failures, submitted = [], {}, {}
-        for fields_raw, params in zip(res[2::2], res[3::2]):
-            tid, kind, template, shots, method, observables, state, sub, bindings = [
-                None if v is None else _s(v) for v in _lua_list(fields_raw)]
-            if tid is None or state not in (TaskState.RUNNING.value,):
-                continue                                    # cancelled or already answered
-            submitted[tid] = float(sub or started)
-            if starts > self.max_attempts:
-                failures[tid] = {"code": "task_failed", "message": (
-                    f"worker for device {self.spec.name} died {starts - 1} times running this batch"
-                    + (f"; last: {last_error}" if last_error else ""))}
+        for d in self._specs(batch):
+            tid = d["id"]
+            submitted[tid] = float(d["submitted"] or started)
+            circuit = None if fail else self._template(d["template"])
+            if fail or circuit is None:
+                failures[tid] = fail or {"code": "not_found", "field": "template",
+                                         "message": f"template {d['template']} is gone"}
                 continue
-            circuit = self._template(template)
-            if circuit is None:
-                failures[tid] = {"code": "not_found", "message": f"template {template} is gone", "field": "template"}
-                continue
-            arr = np.frombuffer(params, dtype="<f8").reshape(int(bindings), circuit.num_parameters)
-            payloads.append(TaskPayload(tid, kind, template, circuit, arr,
-                                        int(shots) if shots else None,
-                                        json.loads(observables) if observables else [], method or None))
+            arr = np.frombuffer(d["params"], dtype="<f8").reshape(int(d["bindings"]), circuit.num_parameters)
+            payloads.append(TaskPayload(tid, d["kind"], d["template"], circuit, arr,
+                                        int(d["shots"]) if d["shots"] else None,
+                                        json.loads(d["observables"]) if d["observables"] else [],
+                                        d["method"] or None))
         t0 = time.perf_counter()
         outputs = self.device.run(payloads) if payloads else []
         exec_s = time.perf_counter() - t0
@@ -140,11 +162,6 @@ class Worker:
 
 def _s(v):
     return v.decode() if isinstance(v, bytes) else v
-
-
-def _lua_list(raw):
-    """cjson encodes Redis nils as false."""
-    return [None if v is False else v for v in json.loads(raw)]
 
 
 def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: int,

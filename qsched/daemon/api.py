@@ -392,9 +392,11 @@ async def _tasks_response(sch, tids, *, status=200, extra=None, ready=None):
             state = TaskState.DONE.value if res.startswith(b'{"result"') else TaskState.FAILED.value
             parts.append(b'{"id":"%s","state":"%s",%s' % (tid.encode(), state.encode(), res[1:]))
             continue
-        if t is not None and t.state == TaskState.PENDING:
+        if t is not None:
             state, error = t.state.value, None
-        else:           # the worker marks RUNNING in Redis; the daemon only learns of the end
+            if t.state == TaskState.SCHEDULED and t.batch in await _running(sch, t.batch):
+                state = TaskState.RUNNING.value
+        else:
             state, error = await sch.store.task_fields(tid, "state", "error")
             if state is None:
                 raise NotFound(f"task: no task {tid!r}", field="task")
@@ -405,6 +407,14 @@ async def _tasks_response(sch, tids, *, status=200, extra=None, ready=None):
     head = json.dumps(extra)[:-1].encode() + b',' if extra else b'{'
     return web.Response(body=head + b'"tasks":[' + b",".join(parts) + b"]}", status=status,
                         content_type="application/json")
+
+
+async def _running(sch, bid: str) -> set[str]:
+    """A scheduled task is RUNNING once its device's worker has taken its batch."""
+    for dev in sch.devices.values():
+        if bid in dev.outstanding:
+            return await sch.store.running_batch_ids(dev.spec.name)
+    return set()
 
 
 @routes.get("/v1/tasks/{tid}")

@@ -201,6 +201,7 @@ class Scheduler:
             if was_idle:
                 self._enqueue(entry)
             batches = self._plan()
+            _attach_payloads(batches, items)
             await self._commit(sid, items, batches)      # durable before acknowledged
         for t, _, _ in items:
             self.metrics.tasks_submitted.labels(entry.session.pool, t.kind).inc()
@@ -434,3 +435,17 @@ class Scheduler:
 
     def idle(self) -> bool:
         return not any(d.outstanding for d in self.devices.values())
+
+
+def _attach_payloads(batches: list[Batch], items: list[tuple[Task, str, bytes]]) -> None:
+    """A batch made only of tasks accepted in this same commit carries their payloads, so its worker
+    starts without a read. The payload still only lives in Redis (in the inbox entry)."""
+    new = {t.id: (t, obs, params) for t, obs, params in items}
+    for b in batches:
+        if all(tid in new for tid in b.tasks):
+            b.inline = []
+            for tid in b.tasks:
+                t, obs, params = new[tid]
+                b.inline.append([t.id, t.kind, t.template, t.shots, t.method, obs, t.submitted, t.bindings,
+                                 base64.b64encode(params).decode()])
+

@@ -51,8 +51,8 @@ def test_worker_killed_mid_batch_is_requeued_and_completes(fresh_daemon):
     os.kill(pid, signal.SIGKILL)
     res = fut.result(60)
     assert res.evs.shape == (1, 1)
-    starts = int(_redis(d).hget(keys.batch(res.meta["batch"]), "starts"))
-    assert starts == 2                                    # ran once, died, ran again
+    deaths = int(_redis(d).hget(keys.batch(res.meta["batch"]), "deaths"))
+    assert deaths == 1                                    # ran once, died, ran again
     assert "SIGKILL" in d.log()
     assert s.status()["usage"]["tasks"] == 1             # charged once
     s.close()
