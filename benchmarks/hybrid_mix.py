@@ -645,6 +645,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep --workdir")
     ap.add_argument("--out-json", type=Path, help="also write the result JSON here")
     ap.add_argument("--sweep-md", type=Path, help="sweep: also write the markdown table here")
+    ap.add_argument("--sweep-plots", type=Path, help="sweep: also write every configuration's timeline here")
     a = ap.parse_args(argv)
 
     quick = a.quick
@@ -687,6 +688,8 @@ def main(argv=None) -> int:
                         rows.append({"ratio": ratio, "k": k, "offered_load": pd_["offered_load"],
                                      "strategies": summaries, "params": pd_})
                         plots[(ratio, k)] = (timelines, summaries, pc)
+                        if a.sweep_plots:
+                            plot_timelines(a.sweep_plots / f"hybrid_mix_r{ratio:g}_k{k}.png", timelines, summaries, pc)
                 infra.begin_stop()
                 md = sweep_table(rows)
                 print(md)
