@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -43,17 +44,19 @@ class OwnSlurm:
     for the QPU holds all of it, and the SPANK plugin told to run jobs without a qsched session."""
 
     def __init__(self, workdir: Path, port: int = 6937):
-        self.dir = workdir / "slurm"
+        # not under workdir: munged runs as the munge user and must traverse every parent of DIR/run,
+        # and temp dirs (mkdtemp, pytest's tmp_path) are 0700
+        self.dir = Path(tempfile.mkdtemp(prefix="hybrid-mix-slurm-"))
+        self.dir.chmod(0o755)
         self.port = port
         self.env: dict | None = None
 
     def __enter__(self):
-        # munged runs as the munge user and must traverse to DIR/run (mkdtemp makes the workdir 0700)
-        self.dir.parent.chmod(self.dir.parent.stat().st_mode | 0o011)
         env = dict(os.environ, QSCHED_SLURM_LICENSES="qpu:1", QSCHED_SPANK_ARGS="on_down=continue",
                    QSCHED_SLURM_PORT=str(self.port), QSCHED_ADMIN_SOCKET=str(self.dir / "none.sock"))
         r = _run(["bash", str(REPO / "slurm/testing/slurm-up.sh"), str(self.dir)], env, timeout=180)
         if r.returncode != 0:
+            self.__exit__(None, None, None)  # whatever it did start
             raise SlurmError(f"slurm-up.sh failed ({r.returncode}): {r.stderr[-2000:]}")
         self.env = dict(os.environ, SLURM_CONF=str(self.dir / "etc/slurm.conf"))
         # slurmctld's first scheduling pass comes ~3 s after start: take it here, not in the first job
@@ -66,7 +69,7 @@ class OwnSlurm:
         return self
 
     def __exit__(self, *exc):
-        _run(["bash", str(REPO / "slurm/testing/slurm-down.sh"), str(self.dir)], timeout=60)
+        _run(["bash", str(REPO / "slurm/testing/slurm-down.sh"), str(self.dir), "--purge"], timeout=60)
 
 
 def run_exclusive(ctx, specs, workdir: Path, env: dict, qpus: int, timeout_s: float):
