@@ -138,7 +138,8 @@ class Worker:
         args, tkeys, states = [], [], {}
         for p, out in zip(payloads, outputs):
             meta = {"device": self.spec.name, "batch": batch.id, "exec_s": exec_s * p.bindings / total_bindings,
-                    "queue_wait_s": max(0.0, started - submitted[p.id]), "batch_exec_s": exec_s}
+                    "queue_wait_s": max(0.0, started - submitted[p.id]), "batch_exec_s": exec_s,
+                    "started_at": started, "finished_at": finished}
             if isinstance(out, Exception):
                 err = out.to_json()["error"] if isinstance(out, QschedError) else {
                     "code": "task_failed", "message": f"{type(out).__name__}: {out}"[:2000]}
