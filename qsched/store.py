@@ -7,9 +7,12 @@ one events stream that workers append to and the daemon follows.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
+
+from redis.exceptions import NoScriptError
 
 from . import keys
 from .models import Batch, Session, SessionState, Task, TaskState, Usage
@@ -106,13 +109,49 @@ return 1
 """
 
 
+class HotScript:
+    """A Lua script on a connection of its own, called without redis-py's client layers (pool, retry,
+    observability hooks): on the daemon's per-request path they cost more than Redis itself. Calls must
+    not overlap (the scheduler serializes commits)."""
+
+    def __init__(self, pool, script: str):
+        self.pool, self.script = pool, script
+        self.sha = hashlib.sha1(script.encode()).hexdigest()
+        self.conn = None
+
+    async def __call__(self, keys: list, args: list):
+        if self.conn is None:
+            self.conn = self.pool.make_connection()
+            await self.conn.connect()
+        try:
+            try:
+                await self.conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                return await self.conn.read_response()
+            except NoScriptError:
+                await self.conn.send_command("SCRIPT", "LOAD", self.script)
+                await self.conn.read_response()
+                await self.conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                return await self.conn.read_response()
+        except BaseException:
+            await self.conn.disconnect()      # a broken or half-read connection is never reused
+            self.conn = None
+            raise
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.disconnect()
+
+
 class Store:
     """Async repository used by the daemon."""
 
-    def __init__(self, redis, *, result_ttl_s: int = 86_400, writer=None):
+    def __init__(self, redis, *, result_ttl_s: int = 86_400):
         self.r = redis
         self.ttl = result_ttl_s
-        self._commit = (writer or redis).register_script(COMMIT_LUA)
+        self._commit = HotScript(redis.connection_pool, COMMIT_LUA)
+
+    async def close(self) -> None:
+        await self._commit.close()
 
     # sessions ---------------------------------------------------------------------------------------
     async def create_session(self, s: Session) -> None:

@@ -68,13 +68,10 @@ async def serve(config: Config, *, config_path: str | None = None, ready=None) -
             url = (await stack.enter_async_context(EmbeddedRedis(config.state_dir))).url
         r = aredis.Redis.from_url(url, max_connections=64)
         stack.push_async_callback(r.aclose)
-        # commits are serialized by the scheduler and XREAD blocks: each has a connection of its own
-        # (a dedicated connection also skips the pool's bookkeeping on the hot path)
-        r_commit = aredis.Redis.from_url(url, single_connection_client=True)
-        stack.push_async_callback(r_commit.aclose)
-        r_events = aredis.Redis.from_url(url, single_connection_client=True)
+        r_events = aredis.Redis.from_url(url, single_connection_client=True)   # XREAD blocks: its own
         stack.push_async_callback(r_events.aclose)
-        store = Store(r, result_ttl_s=config.result_ttl_s, writer=r_commit)
+        store = Store(r, result_ttl_s=config.result_ttl_s)
+        stack.push_async_callback(store.close)
         sch = Scheduler(store, config, make_policy(config.policy), metrics, await store.secret())
         await sch.recover()
         hooks = slurm_hooks(config)
