@@ -3,7 +3,6 @@ SDKs. Inside a Slurm job it finds the daemon and the job's session from the envi
 plugin sets (QSCHED_URL, QSCHED_SESSION, QSCHED_POOL, QSCHED_CLASS); on a laptop, the local socket."""
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -105,60 +104,117 @@ def task_body(kind: str, template: str, params, *, observables=None, shots=None,
 
 
 # ------------------------------------------------------------------------------------------- sync
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 class _Transport:
+    """HTTP/1.1 with keep-alive over a unix or TCP socket. Hand-rolled because http.client parses every
+    response's headers with the email package: that alone was a fifth of a null task's round trip."""
+
     def __init__(self, url: str, timeout: float):
         self.url, self.timeout = url, timeout
         u = urllib.parse.urlparse(url)
         self.unix = u.scheme == "unix"
-        self._conn = None
-        self._make = (lambda: _UnixHTTPConnection(u.path, timeout)) if self.unix else \
-            (lambda: http.client.HTTPConnection(u.hostname, u.port or 8765, timeout=timeout))
+        self._addr = u.path if self.unix else (u.hostname or "127.0.0.1", u.port or 8765)
+        self._host = b"localhost" if self.unix else f"{self._addr[0]}:{self._addr[1]}".encode()
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX if self.unix else socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._addr)
+        if not self.unix:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock, self._buf = sock, b""
+
+    def _recv(self) -> None:
+        chunk = self._sock.recv(262144)
+        if not chunk:
+            raise ConnectionResetError("connection closed by the daemon")
+        self._buf += chunk
+
+    def _read_until(self, sep: bytes) -> bytes:
+        while (i := self._buf.find(sep)) < 0:
+            self._recv()
+        line, self._buf = self._buf[:i], self._buf[i + len(sep):]
+        return line
+
+    def _read_exactly(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            self._recv()
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def _response(self) -> tuple[int, dict, bytes]:
+        head = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ", 2)[1])
+        hdrs = {}
+        for line in head[1:]:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        if "content-length" in hdrs:
+            body = self._read_exactly(int(hdrs["content-length"]))
+        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while size := int(self._read_until(b"\r\n").split(b";")[0], 16):
+                parts.append(self._read_exactly(size))
+                self._read_until(b"\r\n")
+            self._read_until(b"\r\n")
+            body = b"".join(parts)
+        else:                                    # body until close
+            try:
+                while True:
+                    self._recv()
+            except ConnectionResetError:
+                pass
+            body, self._buf = self._buf, b""
+            hdrs["connection"] = "close"
+        return status, hdrs, body
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock, self._buf = None, b""
 
     def request(self, method: str, path: str, body=None, headers=None, timeout=None):
         headers = dict(headers or {})
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
+        body = body or b""
+        head = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + self._host, b"Content-Length: %d" % len(body)]
+        head += [f"{k}: {v}".encode() for k, v in headers.items()]
+        message = b"\r\n".join(head) + b"\r\n\r\n" + body
         for attempt in (0, 1):
-            conn = self._conn or self._make()
-            self._conn = conn
+            fresh = self._sock is None
             try:
-                conn.timeout = timeout or self.timeout
-                if conn.sock is not None:
-                    conn.sock.settimeout(conn.timeout)
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
+                if fresh:
+                    self._connect()
+                self._sock.settimeout(timeout or self.timeout)
+                try:
+                    self._sock.sendall(message)
+                except (BrokenPipeError, ConnectionResetError):
+                    if not fresh:
+                        raise
+                    # the daemon may have answered early (413 for a body over its limit) and closed
+                status, hdrs, data = self._response()
                 break
-            except (ConnectionError, http.client.HTTPException, BrokenPipeError) as e:
-                conn.close()
-                self._conn = None
-                if attempt:
+            except (ConnectionError, ValueError, IndexError) as e:
+                self._drop()
+                # only a kept-alive connection the daemon closed while idle is retried: the request
+                # never reached it. A fresh connection failing means the daemon is not there.
+                if fresh or attempt:
                     raise errors.Unavailable(f"qsched daemon at {self.url}: {e}") from None
-            except (FileNotFoundError, socket.timeout, OSError) as e:
-                conn.close()
-                self._conn = None
+            except OSError as e:          # no socket file, refused, timed out
+                self._drop()
                 raise errors.Unavailable(f"qsched daemon at {self.url}: {e}") from None
-        obj = json.loads(data) if data and resp.headers.get("Content-Type", "").startswith("application/json") else data
-        if resp.status >= 400:
-            raise errors.from_json(resp.status, obj if isinstance(obj, dict) else {})
+        if hdrs.get("connection", "").lower() == "close":
+            self._drop()
+        obj = json.loads(data) if data and hdrs.get("content-type", "").startswith("application/json") else data
+        if status >= 400:
+            raise errors.from_json(status, obj if isinstance(obj, dict) else {})
         return obj
 
     def close(self):
-        if self._conn:
-            self._conn.close()
-            self._conn = None
+        self._drop()
 
 
 class TaskFuture:

@@ -87,4 +87,6 @@ def from_json(status: int, body: dict) -> QschedError:
     """Rebuild the server's error on the client side."""
     err = (body or {}).get("error") or {}
     cls = _BY_CODE.get(err.get("code"), QschedError)
-    return cls(err.get("message") or f"HTTP {status}", field=err.get("field"), limit=err.get("limit"))
+    e = cls(err.get("message") or f"HTTP {status}", field=err.get("field"), limit=err.get("limit"))
+    e.status = status
+    return e

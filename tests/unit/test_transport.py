@@ -1,0 +1,85 @@
+"""The client's HTTP/1.1 transport against a real HTTP server on a unix socket (aiohttp)."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from aiohttp import web
+
+from qsched import errors
+from qsched.client import _Transport
+
+
+@pytest.fixture
+def server(tmp_path):
+    path = str(tmp_path / "s.sock")
+    hits = {"n": 0}
+
+    async def echo(request):
+        hits["n"] += 1
+        body = await request.read()
+        return web.json_response({"method": request.method, "len": len(body), "q": request.query.get("x")})
+
+    async def chunked(request):
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        for part in (b'{"a": ', b'[1, 2', b', 3]}'):
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
+
+    async def fail(request):
+        return web.json_response({"error": {"code": "bad_request", "message": "m", "field": "f", "limit": 3}},
+                                 status=400)
+
+    app = web.Application(client_max_size=1024)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/chunked", chunked)
+    app.router.add_get("/fail", fail)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.UnixSite(runner, path).start())
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    yield f"unix://{path}", hits
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(5)
+
+
+def test_keep_alive_json_chunked_and_errors(server):
+    url, hits = server
+    t = _Transport(url, 5)
+    for i in range(3):
+        assert t.request("POST", f"/echo?x={i}", body={"k": "v" * i}) == {"method": "POST", "len": 9 + i, "q": str(i)}
+    sock = t._sock
+    assert t.request("GET", "/echo")["method"] == "GET" and t._sock is sock      # one connection
+    assert t.request("GET", "/chunked") == {"a": [1, 2, 3]}
+    with pytest.raises(errors.BadRequest) as e:
+        t.request("GET", "/fail")
+    assert (e.value.field, e.value.limit, e.value.message) == ("f", 3, "m")
+    assert hits["n"] == 4
+
+
+def test_reconnects_when_the_server_closed_an_idle_connection(server):
+    url, hits = server
+    t = _Transport(url, 5)
+    t.request("GET", "/echo")
+    t._sock.shutdown(2)                 # as if the server had dropped the kept-alive connection
+    assert t.request("GET", "/echo")["method"] == "GET"
+    assert hits["n"] == 2
+
+
+def test_body_over_the_server_limit_gets_the_answer_not_a_broken_pipe(server):
+    url, _ = server
+    t = _Transport(url, 5)
+    with pytest.raises(errors.QschedError) as e:
+        t.request("POST", "/echo", body=b"x" * 5_000_000)
+    assert e.value.status == 413
+
+
+def test_no_daemon_is_unavailable(tmp_path):
+    with pytest.raises(errors.Unavailable):
+        _Transport(f"unix://{tmp_path}/none.sock", 1).request("GET", "/")
