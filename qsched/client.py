@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -105,8 +106,9 @@ def task_body(kind: str, template: str, params, *, observables=None, shots=None,
 
 # ------------------------------------------------------------------------------------------- sync
 class _Transport:
-    """HTTP/1.1 with keep-alive over a unix or TCP socket. Hand-rolled because http.client parses every
-    response's headers with the email package: that alone was a fifth of a null task's round trip."""
+    """HTTP/1.1 with keep-alive over a unix or TCP socket, one connection per thread. Hand-rolled because
+    http.client parses every response's headers with the email package: that alone was a fifth of a
+    null task's round trip."""
 
     def __init__(self, url: str, timeout: float):
         self.url, self.timeout = url, timeout
@@ -114,8 +116,15 @@ class _Transport:
         self.unix = u.scheme == "unix"
         self._addr = u.path if self.unix else (u.hostname or "127.0.0.1", u.port or 8765)
         self._host = b"localhost" if self.unix else f"{self._addr[0]}:{self._addr[1]}".encode()
-        self._sock: socket.socket | None = None
-        self._buf = b""
+        self._local = threading.local()       # a connection per thread: a Client can be shared by threads
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    # the calling thread's connection and its read buffer
+    _sock = property(lambda self: getattr(self._local, "sock", None),
+                     lambda self, v: setattr(self._local, "sock", v))
+    _buf = property(lambda self: getattr(self._local, "buf", b""),
+                    lambda self, v: setattr(self._local, "buf", v))
 
     def _connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX if self.unix else socket.AF_INET, socket.SOCK_STREAM)
@@ -124,6 +133,8 @@ class _Transport:
         if not self.unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock, self._buf = sock, b""
+        with self._open_lock:
+            self._open.add(sock)
 
     def _recv(self) -> None:
         chunk = self._sock.recv(262144)
@@ -172,6 +183,8 @@ class _Transport:
     def _drop(self) -> None:
         if self._sock is not None:
             self._sock.close()
+            with self._open_lock:
+                self._open.discard(self._sock)
         self._sock, self._buf = None, b""
 
     def request(self, method: str, path: str, body=None, headers=None, timeout=None):
@@ -184,6 +197,8 @@ class _Transport:
         head += [f"{k}: {v}".encode() for k, v in headers.items()]
         message = b"\r\n".join(head) + b"\r\n\r\n" + body
         for attempt in (0, 1):
+            if self._sock is not None and self._sock.fileno() < 0:    # closed by close() in another thread
+                self._sock, self._buf = None, b""
             fresh = self._sock is None
             try:
                 if fresh:
@@ -214,7 +229,12 @@ class _Transport:
         return obj
 
     def close(self):
-        self._drop()
+        """Close every thread's connection (a thread's next request opens a new one)."""
+        with self._open_lock:
+            socks, self._open = self._open, set()
+        for sock in socks:
+            sock.close()
+        self._sock, self._buf = None, b""
 
 
 class TaskFuture:

@@ -83,3 +83,16 @@ def test_body_over_the_server_limit_gets_the_answer_not_a_broken_pipe(server):
 def test_no_daemon_is_unavailable(tmp_path):
     with pytest.raises(errors.Unavailable):
         _Transport(f"unix://{tmp_path}/none.sock", 1).request("GET", "/")
+
+
+def test_threads_get_their_own_connections_and_close_reaches_all(server):
+    import concurrent.futures as cf
+    url, hits = server
+    t = _Transport(url, 5)
+    with cf.ThreadPoolExecutor(4) as ex:
+        out = list(ex.map(lambda i: t.request("POST", f"/echo?x={i}", body=b"z" * i)["len"], range(40)))
+    assert out == list(range(40))
+    assert 1 < len(t._open) <= 4
+    t.close()
+    assert not t._open
+    assert t.request("GET", "/echo")["method"] == "GET"        # reconnects after close
