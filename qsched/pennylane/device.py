@@ -242,10 +242,9 @@ class QschedDevice(Device):
         tapes = list(tapes)
         groups, plans = self._plan(tapes, gradient)
         if groups:
-            with self._handle.io_lock:
-                session = self._handle.get()
-                tasks = [g.to_task(self._handle, method="adjoint" if gradient else None) for g in groups]
-                results = wait_all(session.submit_many(tasks), self.timeout, session)
+            session = self._handle.get()
+            tasks = [g.to_task(self._handle, method="adjoint" if gradient else None) for g in groups]
+            results = wait_all(session.submit_many(tasks), self.timeout, session)
             for g, r in zip(groups, results):
                 g.result = r
         if self.tracker.active:

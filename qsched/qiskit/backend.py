@@ -149,10 +149,9 @@ class QschedBackend(BackendV2):
                                  f"({', '.join(p.name for p in qc.parameters)}); bind them, or use "
                                  "qsched.qiskit.SamplerV2 with parameter values", field="parameters")
         try:
-            with self._handle.io_lock:
-                tasks = [{"kind": "sample", "template": self._handle.upload(qc), "params": np.zeros((1, 0)),
-                          "shots": shots} for qc in circuits]
-                futures = self._handle.get().submit_many(tasks) if tasks else []
+            tasks = [{"kind": "sample", "template": self._handle.upload(qc), "params": np.zeros((1, 0)),
+                      "shots": shots} for qc in circuits]
+            futures = self._handle.get().submit_many(tasks) if tasks else []
         except QschedError as e:
             raise as_sdk_error(e) from e
         name = self.name
@@ -163,5 +162,5 @@ class QschedBackend(BackendV2):
                           success=True, results=exps, status="COMPLETED")
 
         job = QschedJob(self, futures, finalize, job_id=getattr(futures[0], "id", None) if futures else None,
-                        timeout=self._timeout, lock=self._handle.io_lock)
+                        timeout=self._timeout)
         return job

@@ -54,8 +54,7 @@ class _FutureJobMixin:
                 return self._result
             try:
                 session = getattr(self._futures[0], "session", None) if self._futures else None
-                with self._io_lock:
-                    results = wait_all(self._futures, timeout, session)
+                results = wait_all(self._futures, timeout, session)
             except (QschedJobError, QschedJobTimeoutError):
                 raise
             except QschedError as e:
@@ -67,10 +66,6 @@ class _FutureJobMixin:
 
     def _cancel_all(self) -> bool:
         """Cancel every task not yet finished; True when all of them ended up cancelled."""
-        with self._io_lock:
-            return self._cancel_unlocked()
-
-    def _cancel_unlocked(self) -> bool:
         ok = True
         for f in self._futures:
             try:
@@ -86,9 +81,8 @@ class QschedPrimitiveJob(_FutureJobMixin, BasePrimitiveJob):
     """Returned by SamplerV2/EstimatorV2.run: every PUB of the call is one task of one request."""
 
     def __init__(self, futures: list, finalize: Callable[[list], Any], job_id: str | None = None,
-                 timeout: float | None = None, lock=None):
+                 timeout: float | None = None):
         super().__init__(job_id or (getattr(futures[0], "id", None) if futures else None) or uuid.uuid4().hex)
-        self._io_lock = lock or threading.RLock()
         self._futures = list(futures)
         self._finalize = finalize
         self._timeout = timeout
@@ -103,8 +97,7 @@ class QschedPrimitiveJob(_FutureJobMixin, BasePrimitiveJob):
         return self._collect(self._timeout if timeout is None else timeout)
 
     def status(self) -> JobStatus:
-        with self._io_lock:
-            return combined_status(self._futures)
+        return combined_status(self._futures)
 
     def done(self) -> bool:
         return self.status() == JobStatus.DONE
@@ -126,9 +119,8 @@ class QschedJob(_FutureJobMixin, JobV1):
     """Returned by QschedBackend.run: a qiskit.result.Result with counts (and memory when asked)."""
 
     def __init__(self, backend, futures: list, finalize: Callable[[list], Any], job_id: str | None = None,
-                 timeout: float | None = None, lock=None):
+                 timeout: float | None = None):
         super().__init__(backend, job_id or uuid.uuid4().hex)
-        self._io_lock = lock or threading.RLock()
         self._futures = list(futures)
         self._finalize = finalize
         self._timeout = timeout
@@ -143,8 +135,7 @@ class QschedJob(_FutureJobMixin, JobV1):
         return self._collect(self._timeout if timeout is None else timeout)
 
     def status(self) -> JobStatus:
-        with self._io_lock:
-            return combined_status(self._futures)
+        return combined_status(self._futures)
 
     def cancel(self) -> bool:
         return self._cancel_all()

@@ -20,16 +20,14 @@ from ..errors import QschedError
 
 def _submit(handle: SessionHandle, plans):
     tasks = []
-    with handle.io_lock:
-        hashes = [handle.upload(plan.task["circuit"]) for plan in plans]
+    hashes = [handle.upload(plan.task["circuit"]) for plan in plans]
     for plan, h in zip(plans, hashes):
         task = dict(plan.task)
         del task["circuit"]
         task["template"] = h
         tasks.append(task)
     try:
-        with handle.io_lock:
-            return handle.get().submit_many(tasks)
+        return handle.get().submit_many(tasks)
     except QschedError as e:
         raise as_sdk_error(e) from e
 
@@ -68,7 +66,7 @@ class EstimatorV2(BaseEstimatorV2):
                                     for plan, pub, r in zip(plans, coerced, results)],
                                    metadata={"version": 2})
 
-        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout, lock=self._handle.io_lock)
+        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout)
 
 
 class SamplerV2(BaseSamplerV2):
@@ -103,4 +101,4 @@ class SamplerV2(BaseSamplerV2):
             return PrimitiveResult([sampler_result(plan, r) for plan, r in zip(plans, results)],
                                    metadata={"version": 2})
 
-        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout, lock=self._handle.io_lock)
+        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout)

@@ -70,9 +70,6 @@ class SessionHandle:
         self._name = name
         self._owns = session is None
         self._lock = threading.Lock()
-        # the client's HTTP connection is not thread-safe: requests through one handle are serialized
-        # (for concurrent runs give each thread its own primitive/device, as examples/hypernetwork_vqa.py)
-        self.io_lock = threading.RLock()
         self._finalizer = None
 
     @property
