@@ -236,6 +236,12 @@ def test_cli_listings(qsched_daemon, client):
     table = subprocess.run([sys.executable, "-m", "qsched", "device", "list"], capture_output=True, text=True,
                            env=env, timeout=60)
     assert "aer0" in table.stdout and "NAME" in table.stdout
+    top = subprocess.run([sys.executable, "-m", "qsched", "top", "--once"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert top.returncode == 0 and "policy fair-share" in top.stdout and s.id in top.stdout
+    queue = subprocess.run([sys.executable, "-m", "qsched", "queue", "--json"], capture_output=True, text=True,
+                           env=env, timeout=60)
+    assert json.loads(queue.stdout)["pools"]["aer"]["devices"] == ["aer0"]
     s.close()
 
 
