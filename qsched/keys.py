@@ -60,7 +60,7 @@ def device_heartbeat(device: str) -> str:
 
 
 def device_model(device: str) -> str:
-    """Learned cost model (seconds per binding by task kind)."""
+    """Learned cost model: hash of task kind -> estimated device-seconds per binding."""
     return f"{PREFIX}device:{device}:model"
 
 

@@ -228,6 +228,19 @@ class Store:
         raw = await self.r.mget([keys.device_heartbeat(d) for d in devices]) if devices else []
         return [json.loads(x) if x else None for x in raw]
 
+    async def save_cost_model(self, per_binding: dict[tuple[str, str], float]) -> None:
+        async with self.r.pipeline(transaction=False) as p:
+            for (device, kind), seconds in per_binding.items():
+                p.hset(keys.device_model(device), kind, seconds)
+            await p.execute()
+
+    async def load_cost_model(self, devices: list[str]) -> dict[tuple[str, str], float]:
+        async with self.r.pipeline(transaction=False) as p:
+            for d in devices:
+                p.hgetall(keys.device_model(d))
+            res = await p.execute()
+        return {(d, _s(k)): float(v) for d, h in zip(devices, res) for k, v in h.items()}
+
     async def running_batch_ids(self, device: str) -> set[str]:
         """Batches a device's worker has taken (its processing list: one, or a dead predecessor's too)."""
         return {Batch.from_entry(e).id for e in await self.r.lrange(keys.device_processing(device), 0, -1)}

@@ -48,11 +48,13 @@ class DeviceEntry:
 
 
 class CostModel:
-    """Estimated device-seconds per binding, learned per device and task kind (EWMA of measurements)."""
+    """Estimated device-seconds per binding, learned per device and task kind (EWMA of measurements),
+    saved to Redis now and then so a restarted daemon starts with good estimates."""
 
     def __init__(self, alpha: float = 0.3, initial: float = 1e-3):
         self.alpha, self.initial = alpha, initial
         self.per_binding: dict[tuple[str, str], float] = {}
+        self.dirty = False
 
     def estimate(self, device: str, kind: str, bindings: int) -> float:
         return self.per_binding.get((device, kind), self.initial) * bindings
@@ -63,6 +65,7 @@ class CostModel:
         k = (device, kind)
         x = seconds / bindings
         self.per_binding[k] = x if k not in self.per_binding else (1 - self.alpha) * self.per_binding[k] + self.alpha * x
+        self.dirty = True
 
 
 class Scheduler:
@@ -91,6 +94,7 @@ class Scheduler:
         r = self.store.r
         last = await r.xrevrange(keys.EVENTS, count=1)
         self._events_from = last[0][0] if last else "0-0"
+        self.cost.per_binding.update(await self.store.load_cost_model(list(self.devices)))
         sessions, pending, tasks, outstanding = await self.store.load_state(list(self.devices))
         by_id = {t.id: t for t in tasks}
         for s in sessions:
@@ -404,7 +408,7 @@ class Scheduler:
     async def run_device_watch(self, interval_s: float = 1.0) -> None:
         """A device is up while its worker heartbeats, or while it is running a batch: aer holds the GIL
         for a whole run, so a long batch can outlast the heartbeat's expiry. Works the same for workers
-        the daemon starts and for workers systemd runs."""
+        the daemon starts and for workers systemd runs. Also saves the learned cost model."""
         names = list(self.devices)
         while True:
             try:
@@ -414,6 +418,9 @@ class Scheduler:
                     up = hb is not None or n > 0
                     self.devices[name].alive = up
                     self.metrics.device_up.labels(name).set(1 if up else 0)
+                if self.cost.dirty:
+                    self.cost.dirty = False
+                    await self.store.save_cost_model(dict(self.cost.per_binding))
             except asyncio.CancelledError:
                 raise
             except Exception as e:

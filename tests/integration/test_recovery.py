@@ -103,4 +103,6 @@ def test_daemon_killed_and_restarted_loses_nothing_and_answers_once(fresh_daemon
     r = _redis(d2)
     finished = [float(r.hget(keys.task(t), "finished")) for t in acked]
     assert finished == sorted(finished)
+    # the learned cost model was saved for the next start (estimate task on the null device)
+    assert float(r.hget(keys.device_model("slow0"), "estimate")) > 0.01
     s2.close()
