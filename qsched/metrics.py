@@ -15,6 +15,8 @@ class Metrics:
                                    ["device"], registry=r)
         self.device_up = Gauge("qsched_device_up", "1 while the device's worker process is running",
                                ["device"], registry=r)
+        self.worker_memory = Gauge("qsched_worker_resident_memory_bytes", "Resident memory of the device's worker",
+                                   ["device"], registry=r)
         self.worker_restarts = Counter("qsched_worker_restarts", "Worker processes restarted after an exit",
                                        ["device"], registry=r)
         self.batches = Counter("qsched_batches", "Batches dispatched to a device", ["device"], registry=r)

@@ -15,6 +15,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 
 from . import keys, wire
 from .devices import TaskPayload, load_device
@@ -69,9 +70,12 @@ class Worker:
         self.stopping.set()
 
     def _heartbeat(self):
-        info = json.dumps({"pid": os.getpid(), "type": self.spec.type, **self.device.describe()})
+        me = psutil.Process()
+        static = {"pid": me.pid, "type": self.spec.type, **self.device.describe()}
         while not self.stopping.is_set():
             try:
+                # memory grows with the qubit count (16 bytes x 2^n per state vector): show it to admins
+                info = json.dumps({**static, "rss_bytes": me.memory_info().rss})
                 self.r.set(keys.device_heartbeat(self.spec.name), info, ex=max(5, int(self.heartbeat_s * 5)))
             except Exception as e:  # Redis restarting: keep trying, the main loop will notice too
                 log.warning("heartbeat failed: %s", e)

@@ -190,7 +190,7 @@ def device():
 @JSON
 def device_list(url, as_json):
     emit({"devices": _client(url).devices()}, as_json, "devices",
-         ["name", "type", "pool", "up", "outstanding", "max_qubits", "max_shots"])
+         ["name", "type", "pool", "up", "outstanding", "max_qubits", "max_shots", "worker_rss_mb"])
 
 
 @cli.group()

@@ -462,7 +462,9 @@ async def devices(request):
         lim = d.spec.limits
         out.append({"name": name, "type": d.spec.type, "pool": d.spec.pool, "up": hb is not None,
                     "outstanding": len(d.outstanding), "max_qubits": lim.max_qubits, "max_shots": lim.max_shots,
-                    "max_bindings": lim.max_bindings, "worker": hb})
+                    "max_bindings": lim.max_bindings,
+                    "worker_rss_mb": round(hb["rss_bytes"] / 2**20) if hb and "rss_bytes" in hb else None,
+                    "worker": hb})
     return web.json_response({"devices": out})
 
 

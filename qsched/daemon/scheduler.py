@@ -418,6 +418,8 @@ class Scheduler:
                     up = hb is not None or n > 0
                     self.devices[name].alive = up
                     self.metrics.device_up.labels(name).set(1 if up else 0)
+                    if hb and "rss_bytes" in hb:
+                        self.metrics.worker_memory.labels(name).set(hb["rss_bytes"])
                 if self.cost.dirty:
                     self.cost.dirty = False
                     await self.store.save_cost_model(dict(self.cost.per_binding))
