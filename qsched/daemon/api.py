@@ -72,11 +72,7 @@ def authorize(request: web.Request, session) -> Caller:
 
 
 async def json_body(request: web.Request) -> dict:
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"body: larger than the limit of {request.app[SCHEDULER].config.max_body_bytes} bytes",
-                              field="body", limit=request.app[SCHEDULER].config.max_body_bytes) from None
+    raw = await request.read()            # over client_max_size: 413 from the middleware
     if not raw:
         return {}
     try:
@@ -179,9 +175,9 @@ async def admin_open(request):
     if not caller(request).admin:
         raise Forbidden("admin: only root or SlurmUser on the admin socket", field="admin")
     body = await json_body(request)
-    for f in ("user", "uid", "job_id"):
-        if f not in body:
-            raise BadRequest(f"{f}: required", field=f)
+    for f, types in (("user", str), ("uid", int), ("job_id", (int, str))):
+        if not isinstance(body.get(f), types) or isinstance(body.get(f), bool):
+            raise BadRequest(f"{f}: required ({'an integer' if f == 'uid' else 'a string'})", field=f)
     verify = request.app[HOOKS].get("verify_job")
     if verify:
         await verify(str(body["job_id"]), int(body["uid"]))
@@ -257,11 +253,7 @@ async def close_session(request):
 async def upload_template(request):
     sch, entry = await _session_entry(request)
     limit = pool_limits(sch, entry.session.pool)
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"body: larger than the limit of {sch.config.max_body_bytes} bytes",
-                              field="body", limit=sch.config.max_body_bytes) from None
+    raw = await request.read()
     if request.content_type == "application/json":
         try:
             body = json.loads(raw)
