@@ -4,6 +4,9 @@ accounting streams), not inferred from timing."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -98,6 +101,16 @@ def _open_sessions(daemon) -> dict[str, dict]:
         return {str(s["job_id"]): s for s in c.sessions() if s.get("job_id")}
 
 
+def _print_side_by_side(slurm, daemon) -> None:
+    """squeue beside `qsched session list`, as an admin would look at them."""
+    left = slurm.run("squeue", "-o", "%.6i %.8u %.2t %.6M %.12b").stdout.rstrip().splitlines()
+    right = subprocess.run([sys.executable, "-m", "qsched", "session", "list"], capture_output=True, text=True,
+                           env={**os.environ, "QSCHED_URL": daemon.url}).stdout.rstrip().splitlines()
+    width = max(map(len, left))
+    for i in range(max(len(left), len(right))):
+        print(f"{left[i] if i < len(left) else '':<{width}} | {right[i] if i < len(right) else ''}")
+
+
 def _wait(pred, timeout, what):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -130,6 +143,7 @@ def test_three_sbatch_jobs_interleave_on_one_device(slurm, slurm_daemon, users, 
     sessions = _wait(lambda: (s := _open_sessions(slurm_daemon)) and all(str(j) in s for j in jobs) and s,
                      20, "three sessions")
     assert {sessions[str(j)]["user"] for j in jobs} == {alice.name}
+    _print_side_by_side(slurm, slurm_daemon)        # the transcript, with pytest -s
     for j in jobs:
         info = slurm.wait_state(j, {"COMPLETED", "FAILED"}, timeout=120)
         out = (alice.home / f"vqe-{j}.out").read_text()
@@ -152,6 +166,8 @@ def test_three_sbatch_jobs_interleave_on_one_device(slurm, slurm_daemon, users, 
     for a in spans.values():
         for b in spans.values():
             assert a[0] < b[1] and b[0] < a[1], spans
+    letter = {sids[str(j)]: f"J{j}" for j in jobs}
+    print("device aer0, batches in order:", " ".join(letter[e["session"]] for e in evs))
     switches = sum(1 for a, b in zip(evs, evs[1:]) if a["session"] != b["session"])
     assert switches >= iters, [e["session"][:4] for e in evs]
 
