@@ -81,6 +81,10 @@ def _task_outcome(d: dict):
     raise TaskFailed(err.get("message", f"task {d['id']} failed"), field=err.get("field"), limit=err.get("limit"))
 
 
+def _expired_template(e: QschedError) -> bool:
+    return bool(e.field) and e.field.endswith(".template")
+
+
 class TemplateCache:
     """Templates this session already sent: later tasks send only the digest. Circuits are re-serialized
     each call (QPY dump ~0.1 ms) because a QuantumCircuit is mutable and cannot be a cache key."""
@@ -296,23 +300,31 @@ class Session:
         return self.submit_many([dict(kind=kind, circuit=circuit, params=params, observables=observables,
                                       shots=shots, method=method)])[0]
 
+    def _post_tasks(self, tasks: list[dict], query: str = "", timeout: float | None = None) -> dict:
+        """All tasks in one request. A template the daemon has let expire (unused for days) is uploaded
+        again and the request retried once."""
+        for attempt in (0, 1):
+            bodies = [task_body(t["kind"], self._template(t.get("circuit", t.get("template"))), t.get("params"),
+                                observables=t.get("observables"), shots=t.get("shots"), method=t.get("method"))
+                      for t in tasks]
+            try:
+                return self.client._t.request("POST", f"/v1/sessions/{self.id}/tasks{query}",
+                                              body={"tasks": bodies}, headers=self._auth(), timeout=timeout)
+            except errors.NotFound as e:
+                if attempt or not _expired_template(e):
+                    raise
+                self._templates.sent.clear()
+
     def submit_many(self, tasks: list[dict]) -> list[TaskFuture]:
         """All tasks in one request (one primitive call = one request)."""
-        bodies = [task_body(t["kind"], self._template(t.get("circuit", t.get("template"))), t.get("params"),
-                            observables=t.get("observables"), shots=t.get("shots"), method=t.get("method"))
-                  for t in tasks]
-        res = self.client._t.request("POST", f"/v1/sessions/{self.id}/tasks", body={"tasks": bodies},
-                                     headers=self._auth())
-        return [TaskFuture(self, tid) for tid in res["ids"]]
+        return [TaskFuture(self, tid) for tid in self._post_tasks(tasks)["ids"]]
 
     def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
             timeout: float | None = None) -> TaskResult:
         """Submit and wait in one round trip where the task finishes within the long-poll."""
-        body = {"tasks": [task_body(kind, self._template(circuit), params, observables=observables,
-                                    shots=shots, method=method)]}
         wait = POLL_S if timeout is None else min(timeout, POLL_S)
-        res = self.client._t.request("POST", f"/v1/sessions/{self.id}/tasks?wait={wait}", body=body,
-                                     headers=self._auth(), timeout=wait + 30)
+        res = self._post_tasks([dict(kind=kind, circuit=circuit, params=params, observables=observables,
+                                     shots=shots, method=method)], f"?wait={wait}", timeout=wait + 30)
         fut = TaskFuture(self, res["ids"][0])
         fut._absorb(res["tasks"][0])
         return fut.result(timeout)
@@ -444,15 +456,21 @@ class AsyncSession(Session):
                                              observables=observables, shots=shots, method=method)]))[0]
 
     async def submit_many(self, tasks):
-        bodies = []
-        for t in tasks:
-            c = t.get("circuit", t.get("template"))
-            digest = c if isinstance(c, str) else await self.upload(c)
-            bodies.append(task_body(t["kind"], digest, t.get("params"), observables=t.get("observables"),
-                                    shots=t.get("shots"), method=t.get("method")))
-        res = await self.client._request("POST", f"/v1/sessions/{self.id}/tasks", json_body={"tasks": bodies},
-                                         headers=self._auth())
-        return [AsyncTaskFuture(self, tid) for tid in res["ids"]]
+        for attempt in (0, 1):
+            bodies = []
+            for t in tasks:
+                c = t.get("circuit", t.get("template"))
+                digest = c if isinstance(c, str) else await self.upload(c)
+                bodies.append(task_body(t["kind"], digest, t.get("params"), observables=t.get("observables"),
+                                        shots=t.get("shots"), method=t.get("method")))
+            try:
+                res = await self.client._request("POST", f"/v1/sessions/{self.id}/tasks",
+                                                 json_body={"tasks": bodies}, headers=self._auth())
+                return [AsyncTaskFuture(self, tid) for tid in res["ids"]]
+            except errors.NotFound as e:          # an expired template: upload again, once
+                if attempt or not _expired_template(e):
+                    raise
+                self._templates.sent.clear()
 
     async def close(self):
         if not self.closed:

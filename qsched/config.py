@@ -39,6 +39,7 @@ class Config:
     heartbeat_timeout_s: float = 5.0
     start_workers: bool = True
     result_ttl_s: int = 86_400
+    template_ttl_s: int = 7 * 86_400
     admin_uids: list[int] = field(default_factory=lambda: [0])
     trust_tcp: bool = False
     slurm: dict = field(default_factory=dict)
@@ -170,7 +171,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     redis_url = os.environ.get("QSCHED_REDIS_URL") or redis_cfg.get("url")
     dm = _map(raw.get("daemon"), "daemon")
     _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
-                  "heartbeat_timeout_s", "start_workers", "result_ttl_s"}, "daemon")
+                  "heartbeat_timeout_s", "start_workers", "result_ttl_s", "template_ttl_s"}, "daemon")
     tcp = dm.get("tcp", "127.0.0.1:8765")
     if tcp is not None:
         host, _, port = str(tcp).rpartition(":")
@@ -202,6 +203,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         heartbeat_timeout_s=_num(dm, "heartbeat_timeout_s", "daemon", 5.0, lo=0.5),
         start_workers=start_workers,
         result_ttl_s=_num(dm, "result_ttl_s", "daemon", 86_400, lo=1, integer=True),
+        template_ttl_s=_num(dm, "template_ttl_s", "daemon", 7 * 86_400, lo=7200, integer=True),
         admin_uids=[int(u) for u in _type(auth.get("admin_uids", [0]), list, "auth.admin_uids", "a list")],
         trust_tcp=bool(auth.get("trust_tcp", False)),
         slurm=_map(raw.get("slurm"), "slurm"),

@@ -187,11 +187,18 @@ class Store:
         return Session.from_redis(h) if h else None
 
     # templates --------------------------------------------------------------------------------------
-    async def put_template(self, digest: str, qpy: bytes, info: dict) -> None:
-        await self.r.hset(keys.template(digest), mapping={"qpy": qpy, "info": json.dumps(info)})
+    async def put_template(self, digest: str, qpy: bytes, info: dict, ttl_s: int) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(keys.template(digest), mapping={"qpy": qpy, "info": json.dumps(info)})
+            p.expire(keys.template(digest), ttl_s)
+            await p.execute()
 
-    async def template_info(self, digest: str) -> dict | None:
-        raw = await self.r.hget(keys.template(digest), "info")
+    async def template_info(self, digest: str, ttl_s: int) -> dict | None:
+        """The template's info, keeping it alive for another ttl_s; None once it has expired."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.hget(keys.template(digest), "info")
+            p.expire(keys.template(digest), ttl_s)
+            raw, _ = await p.execute()
         return json.loads(raw) if raw else None
 
     # tasks ------------------------------------------------------------------------------------------

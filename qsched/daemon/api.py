@@ -273,9 +273,7 @@ async def upload_template(request):
                          f"{limit.max_qubits}", field="template", limit=limit.max_qubits)
     digest = wire.digest(qpy)
     info = wire.template_info(circuit)
-    if digest not in sch.templates:
-        await sch.store.put_template(digest, qpy, info)
-        sch.templates[digest] = info
+    await sch.templates.add(digest, qpy, info)      # (re)written: an upload also renews its expiry
     return web.json_response({"hash": digest, **info}, status=201)
 
 
@@ -289,12 +287,9 @@ async def get_template(request):
 async def _template_info(sch, digest, field):
     if not isinstance(digest, str) or len(digest) != 64:
         raise BadRequest(f"{field}: expected a 64-character sha256 hex digest", field=field)
-    info = sch.templates.get(digest)
+    info = await sch.templates.get(digest)
     if info is None:
-        info = await sch.store.template_info(digest)
-        if info is None:
-            raise NotFound(f"{field}: unknown template {digest[:12]}...; upload it first", field=field)
-        sch.templates[digest] = info
+        raise NotFound(f"{field}: unknown or expired template {digest[:12]}...; upload it", field=field)
     return info
 
 

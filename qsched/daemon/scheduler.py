@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from .. import keys
 from ..config import Config
@@ -68,6 +68,41 @@ class CostModel:
         self.dirty = True
 
 
+class TemplateIndex:
+    """Template infos the API validates tasks against (QPY stays in Redis). Templates expire in Redis
+    after template_ttl_s unused; an entry older than RECHECK_S is checked (and its expiry pushed back)
+    before use, so a template in use never expires and a cached one is never stale. LRU-bounded."""
+    RECHECK_S = 3600.0
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, store: Store, ttl_s: int):
+        self.store, self.ttl_s = store, ttl_s
+        self._infos: OrderedDict[str, tuple[dict, float]] = OrderedDict()
+
+    async def get(self, digest: str) -> dict | None:
+        hit = self._infos.get(digest)
+        now = time.monotonic()
+        if hit and now - hit[1] < self.RECHECK_S:
+            self._infos.move_to_end(digest)
+            return hit[0]
+        info = await self.store.template_info(digest, self.ttl_s)
+        if info is None:
+            self._infos.pop(digest, None)
+            return None
+        self.put(digest, info)
+        return info
+
+    async def add(self, digest: str, qpy: bytes, info: dict) -> None:
+        await self.store.put_template(digest, qpy, info, self.ttl_s)
+        self.put(digest, info)
+
+    def put(self, digest: str, info: dict) -> None:
+        self._infos[digest] = (info, time.monotonic())
+        self._infos.move_to_end(digest)
+        while len(self._infos) > self.MAX_ENTRIES:
+            self._infos.popitem(last=False)
+
+
 class Scheduler:
     def __init__(self, store: Store, config: Config, policy: Policy, metrics: Metrics, secret: bytes):
         self.store = store
@@ -80,7 +115,7 @@ class Scheduler:
         self.devices = {d.name: DeviceEntry(d) for d in config.devices}
         self.pools = config.pools()
         self.cost = CostModel()
-        self.templates: dict[str, dict] = {}             # digest -> info (small; QPY stays in Redis)
+        self.templates = TemplateIndex(store, config.template_ttl_s)
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._kick = asyncio.Event()
         self._writing = asyncio.Lock()         # one commit at a time: memory and Redis change in the same order

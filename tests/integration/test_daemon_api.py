@@ -261,3 +261,25 @@ def test_qasm3_template_binds_parameters_by_name(client, aer_session):
     status, err = raw(client, "POST", f"/v1/sessions/{s.id}/templates", body={"qasm3": "OPENQASM 3.0; qubit q; foo q;"},
                       headers=s._auth())
     assert status == 400 and err["field"] == "qasm3"
+
+
+def test_an_expired_template_is_uploaded_again(fresh_daemon, tmp_path):
+    """Templates expire in Redis when unused for daemon.template_ttl_s. A client that uploaded one
+    before sends it again, transparently, when the daemon answers that it is gone."""
+    import redis as redis_lib
+    from qsched import keys
+    dev = [{"name": "null0", "type": "null"}]
+    d = fresh_daemon(state_dir=tmp_path / "st", devices=dev)
+    s = d.client().open_session("null")
+    qc = efficient_su2(2, reps=2)
+    h = s.upload(qc)
+    sock = str(d.state_dir / "redis" / "redis.sock")
+    assert 0 < redis_lib.Redis(unix_socket_path=sock).ttl(keys.template(h)) <= 7 * 86400
+    d.stop()
+    d2 = fresh_daemon(state_dir=tmp_path / "st", devices=dev)   # nothing cached in the new daemon
+    r = redis_lib.Redis(unix_socket_path=sock)
+    r.delete(keys.template(h))                                    # as if it had expired
+    status, err = raw(d2.client(), "GET", f"/v1/templates/{h}")
+    assert status == 404 and err["field"] == "template"
+    assert s.run("estimate", qc, np.zeros((1, qc.num_parameters)), observables="ZZ").evs.shape == (1, 1)
+    assert r.exists(keys.template(h))
