@@ -19,6 +19,7 @@ import psutil
 
 from . import keys, wire
 from .devices import TaskPayload, load_device
+from .devices.base import LRU
 from .errors import QschedError
 from .models import Batch, DeviceSpec, TaskState
 from .store import COMPLETE_LUA, FETCH_LUA, INLINE_FIELDS
@@ -46,7 +47,7 @@ class Worker:
         self.heartbeat_s = heartbeat_s
         self.stopping = threading.Event()
         self.device = load_device(spec)
-        self._templates: dict[str, object] = {}
+        self._templates = LRU()
         self._fetch = redis.register_script(FETCH_LUA)
         self._complete = redis.register_script(COMPLETE_LUA)
         self.inbox = keys.device_inbox(spec.name)
@@ -98,10 +99,13 @@ class Worker:
             + (f"; last: {last}" if last else ""))})
 
     def _template(self, digest: str):
+        """Decoded once per worker (LRU); None when the template is gone from Redis."""
         if digest not in self._templates:
             qpy = self.r.hget(keys.template(digest), "qpy")
-            self._templates[digest] = wire.load_qpy(qpy) if qpy else None
-        return self._templates[digest]
+            if not qpy:
+                return None
+            self._templates.get_or(digest, lambda: wire.load_qpy(qpy))
+        return self._templates.get_or(digest, None)
 
     def _specs(self, batch: Batch) -> list[dict]:
         """The batch's task payloads: carried inline, or read in one round trip (skipping tasks that were

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Device, TaskError, TaskPayload, split_rows
+from .base import LRU, Device, TaskError, TaskPayload, split_rows
 from .circuits import analyse, check_shiftable, shift_bindings, unrolled
 
 
@@ -27,32 +27,25 @@ class AerDevice(Device):
         run_options = {"seed_simulator": seed} if seed is not None else {}
         self.estimator = EstimatorV2(options={"backend_options": backend_options, "run_options": run_options})
         self.sampler = SamplerV2(options={"backend_options": backend_options, "run_options": run_options})
-        self._prepared: dict[tuple, object] = {}
+        self._prepared = LRU()
 
     # per-template preparation, cached: the circuits a task kind actually runs
     def _sample_circuit(self, t: TaskPayload):
-        key = ("sample", t.template)
-        if key not in self._prepared:
-            qc = t.circuit
-            if qc.num_clbits == 0:
-                qc = qc.measure_all(inplace=False)
-            self._prepared[key] = qc
-        return self._prepared[key]
+        qc = t.circuit
+        return self._prepared.get_or(("sample", t.template),
+                                     lambda: qc if qc.num_clbits else qc.measure_all(inplace=False))
 
     def _estimate_circuit(self, t: TaskPayload):
-        key = ("estimate", t.template)
-        if key not in self._prepared:
-            self._prepared[key] = t.circuit.remove_final_measurements(inplace=False)
-        return self._prepared[key]
+        return self._prepared.get_or(("estimate", t.template),
+                                     lambda: t.circuit.remove_final_measurements(inplace=False))
 
     def _gradient_program(self, t: TaskPayload):
-        key = ("gradient", t.template)
-        if key not in self._prepared:
+        def make():
             qc = self._estimate_circuit(t)
             amap = analyse(qc)
             check_shiftable(amap)
-            self._prepared[key] = (unrolled(qc, amap), amap)
-        return self._prepared[key]
+            return unrolled(qc, amap), amap
+        return self._prepared.get_or(("gradient", t.template), make)
 
     def _pubs(self, groups: list[list[TaskPayload]]):
         """One PUB per group: (primitive, pub, post) where post(pub result data) -> result arrays.

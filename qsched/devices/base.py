@@ -1,6 +1,7 @@
 """What every device implements. A device runs in a worker process, never in the daemon."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +54,23 @@ def split_rows(arrays: dict, tasks: list[TaskPayload]) -> list[dict]:
         out.append({k: _rows(v, start, stop) for k, v in arrays.items()})
         start = stop
     return out
+
+
+class LRU(OrderedDict):
+    """Per-template preparations (decoded, transpiled, compiled), least recently used dropped first."""
+
+    def __init__(self, size: int = 256):
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key, make):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = make()
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
 
 
 class Device:

@@ -48,17 +48,14 @@ class EmulatedQPUDevice(AerDevice):
         d.update(setup_s=self.setup_s, rep_s=self.rep_s, default_shots=self.default_shots)
         return d
 
-    def _isa(self, qc):
-        key = ("isa", id(qc))
-        if key not in self._prepared:   # transpile once per template (40-65 ms each time otherwise)
-            self._prepared[key] = self.passes.run(qc)
-        return self._prepared[key]
-
+    # transpiled once per template for the device (40-65 ms each time otherwise)
     def _sample_circuit(self, t):
-        return self._isa(super()._sample_circuit(t))
+        return self._prepared.get_or(("isa-sample", t.template), lambda: self.passes.run(super(
+            EmulatedQPUDevice, self)._sample_circuit(t)))
 
     def _estimate_circuit(self, t):
-        return self._isa(super()._estimate_circuit(t))
+        return self._prepared.get_or(("isa-estimate", t.template), lambda: self.passes.run(super(
+            EmulatedQPUDevice, self)._estimate_circuit(t)))
 
     def _pubs(self, groups):
         for g in groups:

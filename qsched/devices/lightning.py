@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Device, TaskError
+from .base import LRU, Device, TaskError
 from .circuits import PennyLaneProgram, analyse, pauli_sum_pennylane
 
 
@@ -27,7 +27,7 @@ class LightningDevice(Device):
         self.name = self.options.get("name", "lightning.qubit")     # or lightning.gpu / lightning.kokkos
         self.seed = self.options.get("seed")
         self._devs: dict[int, object] = {}
-        self._programs: dict[str, PennyLaneProgram] = {}
+        self._programs = LRU()
 
     def _dev(self, n):
         if n not in self._devs:
@@ -36,10 +36,10 @@ class LightningDevice(Device):
         return self._devs[n]
 
     def _program(self, t):
-        if t.template not in self._programs:
+        def make():
             amap = analyse(t.circuit)
-            self._programs[t.template] = (PennyLaneProgram(t.circuit, amap), amap)
-        return self._programs[t.template]
+            return PennyLaneProgram(t.circuit, amap), amap
+        return self._programs.get_or(t.template, make)
 
     def run_group(self, tasks):
         return [self._run_task(t) for t in tasks]
