@@ -24,6 +24,10 @@ class PolicyConfig:
     class_weights: dict[str, float] = field(default_factory=lambda: dict(CLASSES_DEFAULT))
     max_pending_per_session: int = 10_000
     merge: bool = True
+    # fair-share: a session back from its classical phase starts this many device-seconds (divided by
+    # its weight) ahead of the pool's virtual time, so its short burst runs next instead of queueing
+    # behind sessions that never stopped; bounded, so idling still banks no more than this
+    return_credit_s: float = 0.5
 
 
 @dataclass
@@ -115,7 +119,7 @@ def _weights(d, path) -> dict[str, float]:
 
 def parse_policy(d, path: str = "policy") -> PolicyConfig:
     d = _map(d, path)
-    _unknown(d, {"name", "weights", "max_pending_per_session", "merge"}, path)
+    _unknown(d, {"name", "weights", "max_pending_per_session", "merge", "return_credit_s"}, path)
     name = d.get("name", "fair-share")
     if name not in POLICIES:
         raise ConfigError(f"{path}.name: unknown policy {name!r} (one of {', '.join(POLICIES)})",
@@ -133,6 +137,7 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         class_weights=classes,
         max_pending_per_session=_num(d, "max_pending_per_session", path, 10_000, lo=1, integer=True),
         merge=merge,
+        return_credit_s=_num(d, "return_credit_s", path, 0.5, lo=0.0, hi=3600.0),
     )
 
 

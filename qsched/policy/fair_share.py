@@ -6,11 +6,14 @@ from .base import HeapQueues, Policy
 class FairShare(Policy):
     """Weighted start-time fair queuing (Goyal et al., SFQ) on device-seconds.
 
-    Each session has a finish tag F. When it becomes backlogged its start tag is S = max(v, F), where v
-    is the pool's virtual time (the start tag of the last pick): a session back from a classical phase
-    re-enters at the current virtual time instead of spending credit it banked while idle. A pick
-    advances v to the picked start tag and charges F = S + cost / weight with the estimated cost; the
-    measured cost corrects F when the batch ends.
+    Each session has a finish tag F. When it becomes backlogged its start tag is S = max(v - c / w, F),
+    where v is the pool's virtual time (the start tag of the last pick) and c the policy's
+    return_credit_s: a session back from a classical phase re-enters at (about) the current virtual
+    time, so the credit it could bank while idle is at most c device-seconds. That small credit lets a
+    returning session's burst run next rather than queue behind sessions that never stopped: a hybrid
+    job's critical path is its own alternation, and waiting at every return stretches it. A pick advances
+    v to the picked start tag and charges F = S + cost / weight with the estimated cost; the measured
+    cost corrects F when the batch ends.
     """
     name = "fair-share"
 
@@ -26,7 +29,8 @@ class FairShare(Policy):
     def enqueue(self, sid, pool, weight, head_seq):
         self._weight[sid] = weight
         self._pool_of[sid] = pool
-        s = max(self._vtime.get(pool, 0.0), self._finish.get(sid, 0.0))
+        v = self._vtime.get(pool, 0.0) - self.cfg.return_credit_s / weight
+        s = max(v, self._finish.get(sid, 0.0))
         self._start[sid] = s
         self._q.push(pool, (s, head_seq), sid)
 

@@ -71,7 +71,7 @@ def test_fair_share_class_weights_from_config():
 def test_fair_share_idle_session_banks_no_credit():
     """A session back from a long classical phase gets its share from now on, not a burst that
     starves the others for the time it was away."""
-    p = FairShare()
+    p = FairShare(PolicyConfig(return_credit_s=0.0))
     # b runs alone for a long time
     for i in range(1000):
         p.enqueue("b", "p", 1.0, i)
@@ -87,6 +87,27 @@ def test_fair_share_idle_session_banks_no_credit():
         p.charge(sid, 1.0)
         p.enqueue(sid, "p", 1.0, 3000)
     assert order.count("a") == 5 and order.count("b") == 5, order
+
+
+def test_returning_session_goes_first_but_its_credit_is_bounded():
+    """With return_credit_s = 2 (device-seconds), a session back after a long idle spell overtakes
+    the sessions that kept the device busy, for about two seconds' worth of work, then alternates."""
+    p = FairShare(PolicyConfig(return_credit_s=2.0))
+    for i in range(1000):
+        p.enqueue("b", "p", 1.0, i)
+        assert p.pick("p") == "b"
+        p.charge("b", 1.0)
+    p.enqueue("b", "p", 1.0, 2001)
+    p.enqueue("a", "p", 1.0, 2002)                 # arrives after b, is served before it
+    order = []
+    for _ in range(12):
+        sid = p.pick("p")
+        order.append(sid)
+        p.charge(sid, 1.0)
+        p.enqueue(sid, "p", 1.0, 3000)
+    assert order[0] == "a"
+    assert order[:4].count("a") <= 3                 # at most ~2 s of credit, then fair turns
+    assert order[4:].count("a") == order[4:].count("b")
 
 
 def test_fair_share_pools_are_independent():
