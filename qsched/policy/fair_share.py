@@ -37,7 +37,9 @@ class FairShare(Policy):
     def pick(self, pool):
         sid, key = self._q.pop(pool)
         if sid is not None:
-            self._vtime[pool] = key[0]
+            # monotone: a returning session's credited start tag lies below v, and letting v follow it
+            # down would push everyone served recently behind it, again and again
+            self._vtime[pool] = max(self._vtime.get(pool, 0.0), key[0])
         return sid
 
     def charge(self, sid, cost):
