@@ -390,6 +390,16 @@ class Client:
     def sessions(self) -> list[dict]:
         return self._t.request("GET", "/v1/sessions")["sessions"]
 
+    def session_info(self, sid: str) -> dict:
+        return self._t.request("GET", f"/v1/sessions/{sid}")
+
+    def close_session(self, sid: str) -> dict:
+        """Close any session the caller may close (its own; an admin: any); returns its usage record."""
+        return self._t.request("DELETE", f"/v1/sessions/{sid}")
+
+    def metrics(self) -> str:
+        return self._t.request("GET", "/metrics").decode()
+
     def open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
                      weight: float = 1.0, account: str = "") -> Session:
         body = {"pool": pool or os.environ.get("QSCHED_POOL") or None, "name": name,

@@ -70,7 +70,7 @@ def vqe_client(url: str, prog: Progress, seed: int) -> None:
 def busy_seconds(url: str, device: str = "aer0") -> float:
     import qsched
     with qsched.Client(url) as c:
-        text = c._t.request("GET", "/metrics").decode()
+        text = c.metrics()
     m = re.search(r'qsched_device_busy_seconds_total\{device="%s"\} (\S+)' % device, text)
     return float(m.group(1)) if m else 0.0
 

@@ -161,8 +161,7 @@ def session_list(url, as_json):
 @URL
 @JSON
 def session_show(sid, url, as_json):
-    c = _client(url)
-    info = c._t.request("GET", f"/v1/sessions/{sid}")
+    info = _client(url).session_info(sid)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
@@ -175,7 +174,7 @@ def session_show(sid, url, as_json):
 @URL
 def session_cancel(sid, url):
     """Close a session: its pending tasks are cancelled."""
-    rec = _client(url)._t.request("DELETE", f"/v1/sessions/{sid}")
+    rec = _client(url).close_session(sid)
     click.echo(f"closed {sid}: {rec.get('cancelled', 0)} pending tasks cancelled, "
                f"{rec.get('device_seconds', 0):.3f} device-seconds used")
 

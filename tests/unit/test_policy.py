@@ -68,43 +68,35 @@ def test_fair_share_class_weights_from_config():
     assert shares(used)["i"] == pytest.approx(0.75, rel=0.05)
 
 
-def test_fair_share_idle_session_banks_no_credit():
-    """A session back from a long classical phase gets its share from now on, not a burst that
-    starves the others for the time it was away."""
-    p = FairShare(PolicyConfig(return_credit_s=0.0))
-    # b runs alone for a long time
+def alone_then_together(p, first: str, second: str, turns: int) -> list[str]:
+    """b runs alone for 1000 unit batches; then `first` and `second` are backlogged (in that order)
+    and keep re-entering: the order of the next `turns` picks."""
     for i in range(1000):
         p.enqueue("b", "p", 1.0, i)
         assert p.pick("p") == "b"
         p.charge("b", 1.0)
-    # a arrives: it must alternate with b, not run 1000 times in a row
-    p.enqueue("a", "p", 1.0, 2000)
-    p.enqueue("b", "p", 1.0, 2001)
+    p.enqueue(first, "p", 1.0, 2000)
+    p.enqueue(second, "p", 1.0, 2001)
     order = []
-    for _ in range(10):
+    for _ in range(turns):
         sid = p.pick("p")
         order.append(sid)
         p.charge(sid, 1.0)
         p.enqueue(sid, "p", 1.0, 3000)
+    return order
+
+
+def test_fair_share_idle_session_banks_no_credit():
+    """A session back from a long classical phase gets its share from now on, not a burst that
+    starves the others for the time it was away: a alternates with b, not 1000 times in a row."""
+    order = alone_then_together(FairShare(PolicyConfig(return_credit_s=0.0)), "a", "b", 10)
     assert order.count("a") == 5 and order.count("b") == 5, order
 
 
 def test_returning_session_goes_first_but_its_credit_is_bounded():
     """With return_credit_s = 2 (device-seconds), a session back after a long idle spell overtakes
     the sessions that kept the device busy, for about two seconds' worth of work, then alternates."""
-    p = FairShare(PolicyConfig(return_credit_s=2.0))
-    for i in range(1000):
-        p.enqueue("b", "p", 1.0, i)
-        assert p.pick("p") == "b"
-        p.charge("b", 1.0)
-    p.enqueue("b", "p", 1.0, 2001)
-    p.enqueue("a", "p", 1.0, 2002)                 # arrives after b, is served before it
-    order = []
-    for _ in range(12):
-        sid = p.pick("p")
-        order.append(sid)
-        p.charge(sid, 1.0)
-        p.enqueue(sid, "p", 1.0, 3000)
+    order = alone_then_together(FairShare(PolicyConfig(return_credit_s=2.0)), "b", "a", 12)   # a after b
     assert order[0] == "a"
     assert order[:4].count("a") <= 3                 # at most ~2 s of credit, then fair turns
     assert order[4:].count("a") == order[4:].count("b")
