@@ -153,7 +153,6 @@ def test_virtual_time_never_goes_back_with_return_credit():
     p = FairShare(PolicyConfig(return_credit_s=0.5))
     rng = random.Random(3)
     idle = {f"s{i}" for i in range(8)}
-    busy: list[str] = []
     last_v = 0.0
     for step in range(2000):
         for sid in list(idle):

@@ -135,7 +135,7 @@ def test_three_sbatch_jobs_interleave_on_one_device(slurm, slurm_daemon, users, 
     barrier.chmod(0o777)
     script = _script(alice, user_python, "vqe.sh", VQE)
     iters = 10
-    jobs = [slurm.sbatch("--gres=qpu:1", "-o", str(alice.home / f"vqe-%j.out"), str(script), str(iters),
+    jobs = [slurm.sbatch("--gres=qpu:1", "-o", str(alice.home / "vqe-%j.out"), str(script), str(iters),
                          str(barrier), "3", user=alice.name, cwd=alice.home) for _ in range(3)]
     for j in jobs:
         slurm.wait_state(j, "RUNNING", timeout=20)
