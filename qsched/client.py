@@ -397,6 +397,10 @@ class Client:
         """Close any session the caller may close (its own; an admin: any); returns its usage record."""
         return self._t.request("DELETE", f"/v1/sessions/{sid}")
 
+    def accounting(self, since: float = 0.0, user: str | None = None) -> list[dict]:
+        q = f"?since={since}" + (f"&user={urllib.parse.quote(user)}" if user else "")
+        return self._t.request("GET", f"/v1/acct{q}")["records"]
+
     def metrics(self) -> str:
         return self._t.request("GET", "/metrics").decode()
 

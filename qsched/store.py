@@ -179,6 +179,12 @@ class Store:
     async def record_accounting(self, record: dict) -> None:
         await self.r.xadd(keys.ACCOUNTING, {"e": json.dumps(record)}, maxlen=1_000_000, approximate=True)
 
+    async def accounting(self, since: float, limit: int) -> list[dict]:
+        """Usage records of sessions closed since `since` (Unix time), oldest first."""
+        start = f"{int(since * 1000)}-0" if since > 0 else "-"
+        rows = await self.r.xrange(keys.ACCOUNTING, min=start, max="+", count=limit)
+        return [json.loads(fields[b"e"]) for _, fields in rows]
+
     async def session_usage(self, sid: str) -> Usage:
         return Usage.from_redis(_str(await self.r.hgetall(keys.session_usage(sid))))
 

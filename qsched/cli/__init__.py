@@ -1,4 +1,4 @@
-"""The `qsched` command: up | daemon | worker | submit | queue | session | device | policy | top."""
+"""The `qsched` command: up | daemon | worker | submit | queue | session | device | policy | acct | top."""
 from __future__ import annotations
 
 import json
@@ -208,6 +208,41 @@ def policy_validate(path):
         click.echo(f"{path}: invalid: {e.message}", err=True)
         sys.exit(1)
     click.echo(f"{path}: ok (policy {p.name}; classes {', '.join(f'{k}={v:g}' for k, v in p.class_weights.items())})")
+
+
+@cli.command()
+@URL
+@JSON
+@click.option("--since", default="24h", show_default=True, help="how far back: 30m, 24h, 7d, or 0 for all")
+@click.option("--user", default=None, help="one user's records (admins; users always see their own)")
+@click.option("--by", type=click.Choice(["session", "user", "account"]), default="session", show_default=True)
+def acct(url, as_json, since, user, by):
+    """Quantum usage of closed sessions (device-seconds, tasks, circuits, shots) from the ledger."""
+    seconds = _duration(since)
+    rows = _client(url).accounting(since=time.time() - seconds if seconds else 0.0, user=user)
+    if by != "session":
+        totals: dict[str, dict] = {}
+        for r in rows:
+            t = totals.setdefault(r.get(by) or "-", {by: r.get(by) or "-", "sessions": 0, "device_seconds": 0.0,
+                                                     "tasks": 0, "circuits": 0, "shots": 0})
+            t["sessions"] += 1
+            for k in ("device_seconds", "tasks", "circuits", "shots"):
+                t[k] += r.get(k, 0)
+        rows = sorted(totals.values(), key=lambda t: -t["device_seconds"])
+        cols = [by, "sessions", "device_seconds", "tasks", "circuits", "shots"]
+    else:
+        cols = ["session", "user", "account", "job_id", "pool", "device_seconds", "tasks", "circuits", "shots"]
+    for r in rows:
+        r["device_seconds"] = round(r["device_seconds"], 3)
+    emit({"records": rows}, as_json, "records", cols)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{text!r}: expected a number with s, m, h or d", param_hint="--since") from None
 
 
 @cli.command()

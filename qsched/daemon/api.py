@@ -440,6 +440,28 @@ async def cancel_task(request):
     return web.json_response({"id": tid, "state": await sch.cancel(tid)})
 
 
+@routes.get("/v1/acct")
+async def accounting(request):
+    """The usage ledger (one record per closed session): a user sees their own, an admin everyone's."""
+    sch = request.app[SCHEDULER]
+    c = caller(request)
+    try:
+        since = float(request.query.get("since", 0))
+        limit = min(100_000, int(request.query.get("limit", 10_000)))
+    except ValueError:
+        raise BadRequest("since/limit: expected numbers", field="since") from None
+    user = request.query.get("user")
+    rows = await sch.store.accounting(since, limit)
+    if not c.admin:
+        if c.uid is None:
+            raise Unauthorized("authorization: the ledger is read over the unix socket", field="authorization")
+        mine = c.user()
+        rows = [r for r in rows if r.get("user") == mine]
+    if user:
+        rows = [r for r in rows if r.get("user") == user]
+    return web.json_response({"records": rows})
+
+
 @routes.get("/v1/devices")
 async def devices(request):
     sch = request.app[SCHEDULER]

@@ -163,6 +163,7 @@ def test_another_users_session_is_invisible_and_untouchable(qsched_daemon, clien
         mine = c.open_session("null")
         out["own session"] = mine.status()["user"]
         mine.close()
+        out["ledger users"] = sorted({{r["user"] for r in c.accounting()}})
         print(json.dumps(out))
     """)
     nobody = pwd.getpwnam("nobody")
@@ -179,6 +180,7 @@ def test_another_users_session_is_invisible_and_untouchable(qsched_daemon, clien
     for k in ("show", "submit", "result", "cancel", "close", "forged token"):
         assert out[k] == 403, (k, out)
     assert out["own session"] == "nobody"
+    assert out["ledger users"] == ["nobody"]            # root's closed sessions are not shown to nobody
     assert s.status()["state"] == "OPEN"
     s.close()
 
@@ -242,7 +244,17 @@ def test_cli_listings(qsched_daemon, client):
     queue = subprocess.run([sys.executable, "-m", "qsched", "queue", "--json"], capture_output=True, text=True,
                            env=env, timeout=60)
     assert json.loads(queue.stdout)["pools"]["aer"]["devices"] == ["aer0"]
+    qc = efficient_su2(2, reps=1)
+    s.run("estimate", qc, np.zeros((3, qc.num_parameters)), observables="ZZ")
     s.close()
+    acct = subprocess.run([sys.executable, "-m", "qsched", "acct", "--json", "--since", "1h"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert acct.returncode == 0, acct.stderr
+    rec = next(r for r in json.loads(acct.stdout)["records"] if r["session"] == s.id)
+    assert rec["tasks"] == 1 and rec["circuits"] == 3 and rec["device_seconds"] >= 0
+    by_user = subprocess.run([sys.executable, "-m", "qsched", "acct", "--by", "user"], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert "DEVICE_SECONDS" in by_user.stdout and "root" in by_user.stdout
 
 
 def test_qasm3_template_binds_parameters_by_name(client, aer_session):
