@@ -60,6 +60,11 @@ class Unavailable(QschedError):
     code = "unavailable"
 
 
+class Draining(Unavailable):
+    """The daemon is stopping (SIGTERM): the request was not taken; retry on the next daemon."""
+    code = "draining"
+
+
 class ConfigError(QschedError):
     """Invalid YAML config or policy; `field` is the dotted path of the bad value."""
     code = "config"
@@ -79,7 +84,7 @@ class Timeout(QschedError):
 
 
 _BY_CODE = {cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict,
-                                        PayloadTooLarge, Unavailable, ConfigError, TaskFailed,
+                                        PayloadTooLarge, Unavailable, Draining, ConfigError, TaskFailed,
                                         TaskCancelled, Timeout)}
 
 
