@@ -1,17 +1,164 @@
 """Shared fixtures: a real qsched daemon (`qsched up`: embedded Redis, real worker processes) in a
-private state directory. No tests/__init__.py: PennyLane ships a top-level `tests` package."""
+private state directory, and a Python that other Unix users can run. No tests/__init__.py: PennyLane
+ships a top-level `tests` package.
+
+Markers (registered in pyproject.toml): `slurm` (needs root and an installable Slurm: skipped elsewhere,
+a failure under CI=true), `gpu` (skipped without an NVIDIA GPU), `slow` (deselect with -m "not slow")."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(why: str):
+    """Skip a test whose environment is missing; under CI=true that is a failure, not a skip."""
+    if CI:
+        pytest.fail(f"cannot run under CI=true: {why}")
+    pytest.skip(why)
+
+
+def slurm_missing() -> str | None:
+    """Why the Slurm tests cannot run here, or None (slurm/testing/slurm-up.sh installs Slurm via apt)."""
+    if os.geteuid() != 0:
+        return "needs root (slurmd, munged, useradd)"
+    have = shutil.which("slurmctld") and shutil.which("slurmd") and Path("/usr/include/slurm/spank.h").exists()
+    if not have and not shutil.which("apt-get"):
+        return "Slurm is not installed and there is no apt-get"
+    return None
+
+
+def gpu_present() -> bool:
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pytest_collection_modifyitems(items):
+    # whatever runs on the real Slurm carries the marker, so -m "not slurm" deselects all of it
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.slurm)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("slurm") and (why := slurm_missing()):
+        unavailable(why)
+    if item.get_closest_marker("gpu") and not gpu_present():
+        pytest.skip("no NVIDIA GPU here")
+
+
+# --- a Python any user can run ----------------------------------------------------------------------
+
+@dataclass
+class PortablePython:
+    """An interpreter plus this run's packages and qsched, in a world-readable directory outside the
+    clone: the tests' other users (nobody, Slurm jobs' users) cannot reach a clone under a 0700 home,
+    nor a pyenv interpreter under /root."""
+    root: Path
+    exe: str                                    # any user can exec it
+    env: dict = field(default_factory=dict)     # to pass to those users' processes
+
+
+def _readable(mode: int) -> bool:
+    return bool(mode & stat.S_IROTH) and (not mode & stat.S_IXUSR or bool(mode & stat.S_IXOTH))
+
+
+def _place(src: str, dst: str) -> None:
+    """Hard-link a world-usable file (instant, no space: same inode, same mode); copy anything else
+    (another file system, or a file others cannot read) and open up the copy."""
+    st = os.stat(src)
+    if _readable(st.st_mode):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+    os.chmod(dst, st.st_mode | 0o044 | (0o011 if st.st_mode & stat.S_IXUSR else 0))
+
+
+def _mirror(src: Path, dst: Path, skip=lambda rel: False) -> None:
+    """dst mirrors src with 0755 directories; symlinks are followed (their targets may be unreachable)."""
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
+        rel = os.path.relpath(dirpath, src)
+        dirnames[:] = [d for d in dirnames if not skip(os.path.normpath(os.path.join(rel, d)))]
+        out = os.path.join(dst, rel)
+        os.makedirs(out, exist_ok=True)
+        os.chmod(out, 0o755)
+        for f in filenames:
+            if skip(os.path.normpath(os.path.join(rel, f))):
+                continue
+            s = os.path.join(dirpath, f)
+            if os.path.exists(s):          # skip dangling links
+                _place(s, os.path.join(out, f))
+
+
+def make_portable_python(base_dir: str = "/tmp") -> PortablePython:
+    """A private copy of the base interpreter's prefix (binary, libpython, stdlib) whose site-packages
+    holds this venv's packages and the qsched being tested. Mostly hard links: ~2 s, no disk."""
+    root = Path(tempfile.mkdtemp(prefix="qsched-python-", dir=base_dir))
+    root.chmod(0o755)
+    for p in root.parents:
+        if not os.stat(p).st_mode & stat.S_IXOTH:
+            raise RuntimeError(f"{p} is not searchable by other users: cannot place a shared Python under it")
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    base_exe = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+    base_prefix = Path(sys.base_prefix)
+    stdlib = Path(sysconfig.get_paths(vars={"installed_base": sys.base_prefix, "base": sys.base_prefix})["stdlib"])
+    libdir = Path(sysconfig.get_config_var("LIBDIR") or base_prefix / "lib")
+    (root / "bin").mkdir(mode=0o755)
+    (root / "lib").mkdir(mode=0o755)
+    _place(str(base_exe), str(root / "bin" / ver))
+    shared = sysconfig.get_config_var("INSTSONAME") if sysconfig.get_config_var("Py_ENABLE_SHARED") else None
+    if shared and (libdir / shared).exists():
+        # the binary finds libpython through an absolute RUNPATH into base_prefix: point it here instead
+        _place(str(libdir / shared), str(root / "lib" / shared))
+    # the interpreter finds its prefix from its own location (landmark lib/pythonX.Y/os.py)
+    _mirror(stdlib, root / "lib" / ver, skip=lambda rel: rel.split(os.sep)[0] in ("site-packages", "dist-packages",
+                                                                                     "test", "idlelib"))
+    site = root / "lib" / ver / "site-packages"
+    import qsched
+    pkg = Path(qsched.__file__).resolve().parent
+    seen = set()
+    for sp in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]):
+        if sp in seen or not Path(sp).is_dir():
+            continue
+        seen.add(sp)
+        # an editable install's hook points into the clone; the package is placed below instead
+        _mirror(Path(sp), site, skip=lambda rel: rel.startswith("__editable__") or rel == "qsched"
+                or rel.endswith(".egg-link"))
+    _mirror(pkg, site / "qsched", skip=lambda rel: rel.endswith("__pycache__"))
+    wrapper = root / "bin" / "python"
+    lib = f"LD_LIBRARY_PATH={root / 'lib'}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}} " if shared else ""
+    wrapper.write_text(f"#!/bin/sh\n{lib}exec {root / 'bin' / ver} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return PortablePython(root, str(wrapper), {"PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@pytest.fixture(scope="session")
+def portable_python():
+    """See PortablePython; removed at the end of the session."""
+    py = make_portable_python()
+    yield py
+    shutil.rmtree(py.root, ignore_errors=True)
+
 
 TEST_DEVICES = [
     {"name": "null0", "type": "null", "pool": "null", "max_qubits": 20, "max_shots": 10000, "max_bindings": 5000},

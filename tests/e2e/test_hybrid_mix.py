@@ -1,8 +1,6 @@
 """Smoke test of the hybrid-mix study: `--quick` completes and reports every key (not the targets:
 timing varies between machines)."""
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ def _has_client() -> bool:
     return hasattr(qsched, "Client")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_hybrid_mix_quick(tmp_path):
     if not _has_client():
@@ -50,11 +49,11 @@ def test_hybrid_mix_quick(tmp_path):
     print(f"hybrid_mix --quick: {wall:.1f} s")
 
 
+@pytest.mark.slow
+@pytest.mark.slurm      # root, and Slurm installed or apt to install it (the study's slurm-up.sh does)
 @pytest.mark.timeout(240)
 def test_hybrid_mix_exclusive_through_real_slurm(tmp_path):
-    """The exclusive strategy as sbatch jobs on a Slurm the study brings up (root, Slurm installed)."""
-    if os.geteuid() != 0 or not shutil.which("slurmctld") and not os.path.exists("/usr/sbin/slurmctld"):
-        pytest.skip("needs root and Slurm (slurm/testing/slurm-up.sh)")
+    """The exclusive strategy as sbatch jobs on a Slurm the study brings up."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hybrid_mix.py"), "--quick", "--slurm", "up",
                            "--strategies", "exclusive", "--k", "2", "--m", "2",
                            "--plot", str(tmp_path / "t.png"), "--workdir", str(tmp_path / "work")],

@@ -136,7 +136,7 @@ def test_body_over_the_size_limit(fresh_daemon):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second Unix user")
-def test_another_users_session_is_invisible_and_untouchable(qsched_daemon, client):
+def test_another_users_session_is_invisible_and_untouchable(qsched_daemon, client, portable_python):
     s = client.open_session("null", name="root-owned")
     qc = efficient_su2(2, reps=1)
     h = s.upload(qc)
@@ -171,9 +171,10 @@ def test_another_users_session_is_invisible_and_untouchable(qsched_daemon, clien
         if str(d) in ("/", "/tmp"):
             break
         os.chmod(d, os.stat(d).st_mode | 0o005)
+    # the portable Python: nobody may not reach this clone or the venv's interpreter (a 0700 home)
     res = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-                          sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "HOME": "/tmp"})
+                          portable_python.exe, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **portable_python.env, "HOME": "/tmp"}, cwd="/")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert s.id not in out["listed"]

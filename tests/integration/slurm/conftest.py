@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -173,21 +172,17 @@ class UserPython:
 
 
 @pytest.fixture(scope="session")
-def user_python(users):
-    """sys.executable when the test users can run it; else a system python of the same minor version
-    with the venv's site-packages on PYTHONPATH (a pyenv interpreter under /root is not reachable)."""
+def user_python(users, portable_python):
+    """The session's portable Python (tests/conftest.py): the clone and the venv's interpreter may sit
+    where the test users cannot reach them (a 0700 home, pyenv under /root)."""
     name = next(iter(users))
-    site = sysconfig.get_paths()["purelib"]
-    env = {"PYTHONPATH": f"{REPO}:{site}", "PYTHONDONTWRITEBYTECODE": "1"}
-    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for exe in (sys.executable, shutil.which(ver) or "", f"/usr/bin/{ver}"):
-        if not exe:
-            continue
-        cp = subprocess.run(["runuser", "-u", name, "--", "env", f"PYTHONPATH={env['PYTHONPATH']}", exe, "-c",
-                             "import qsched, numpy, qiskit"], capture_output=True, cwd="/")
-        if cp.returncode == 0:
-            return UserPython(exe, env)
-    pytest.skip(f"no Python that user {name} can run with qsched importable")
+    env = {**portable_python.env, "HOME": str(users[name].home)}
+    cp = subprocess.run(["runuser", "-u", name, "--", "env", *[f"{k}={v}" for k, v in env.items()],
+                         portable_python.exe, "-c", "import qsched, numpy, qiskit"],
+                        capture_output=True, text=True, cwd="/")
+    if cp.returncode != 0:
+        _unavailable(f"user {name} cannot run {portable_python.exe} with qsched importable:\n{cp.stderr[-2000:]}")
+    return UserPython(portable_python.exe, portable_python.env)
 
 
 @dataclass

@@ -13,6 +13,8 @@ import pytest
 
 from qsched import keys
 
+pytestmark = pytest.mark.slurm
+
 VQE = r'''
 import os, sys, time, pathlib
 import numpy as np

@@ -16,6 +16,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 SPANK_DIR = REPO / "slurm" / "spank"
 
+pytestmark = pytest.mark.slurm
+
 
 def _slurm_version_number() -> int:
     text = Path("/usr/include/slurm/slurm_version.h").read_text()
@@ -24,9 +26,9 @@ def _slurm_version_number() -> int:
 
 # --- the plugin as a binary ---------------------------------------------------------------------------
 
-def test_plugin_compiles_warning_free_and_exports_spank_symbols(tmp_path):
-    if not Path("/usr/include/slurm/spank.h").exists() or not shutil.which("cc"):
-        pytest.skip("no spank.h / C compiler (slurm-up.sh installs them)")
+def test_plugin_compiles_warning_free_and_exports_spank_symbols(slurm, tmp_path):
+    # the slurm fixture ran slurm-up.sh, which installs spank.h and a C compiler where they are missing
+    assert Path("/usr/include/slurm/spank.h").exists() and shutil.which("cc")
     build = tmp_path / "spank"
     shutil.copytree(SPANK_DIR, build, ignore=shutil.ignore_patterns("*.so", "*.o"))
     cp = subprocess.run(["make", "-C", str(build)], capture_output=True, text=True)
