@@ -5,7 +5,38 @@ from __future__ import annotations
 import numpy as np
 
 from .base import LRU, Device, TaskError, TaskPayload, split_rows
-from .circuits import analyse, check_shiftable, shift_bindings, unrolled
+from .circuits import (
+    NON_GATES,
+    SHIFTABLE,
+    analyse,
+    check_shiftable,
+    dephase,
+    final_measurements,
+    flatten,
+    shift_bindings,
+    unrolled,
+)
+
+# what aer's statevector method runs natively (AerSimulator's basis gates, less its own save/noise
+# instructions); everything else (composite instructions, to_gate(), library gates such as iswap)
+# is flattened into these once per template: aer itself would fail with "unknown instruction"
+_AER_GATES = frozenset({
+    "ccx", "ccz", "cp", "crx", "cry", "crz", "cswap", "csx", "cu", "cu1", "cu3", "cx", "cy", "cz",
+    "ecr", "h", "p", "r", "rx", "rxx", "ry", "ryy", "rz", "rzx", "rzz", "s", "sdg", "swap", "sx",
+    "sxdg", "t", "tdg", "u", "u1", "u2", "u3", "x", "y", "z", "reset", "unitary", "diagonal", "mcx",
+}) | NON_GATES
+
+
+def _aer_keep(op) -> bool:
+    return op.name in _AER_GATES
+
+
+def _shift_keep(op) -> bool:
+    """Gradients by the two-term shift rule: gates with template angles must have a generator with
+    eigenvalues +-1/2; everything else is flattened into such gates first (crx -> ry + cx, ...)."""
+    if not any(getattr(x, "parameters", None) for x in op.params):
+        return _aer_keep(op)
+    return op.name in SHIFTABLE
 
 
 def _sparse(terms):
@@ -31,20 +62,33 @@ class AerDevice(Device):
 
     # per-template preparation, cached: the circuits a task kind actually runs
     def _sample_circuit(self, t: TaskPayload):
-        qc = t.circuit
-        return self._prepared.get_or(("sample", t.template),
-                                     lambda: qc if qc.num_clbits else qc.measure_all(inplace=False))
+        """(circuit, columns of the task's params it binds, in its own parameter order)."""
+        def make():
+            qc = flatten(t.circuit, _aer_keep, "aer")
+            if not qc.num_clbits:
+                qc = qc.measure_all(inplace=False)
+            return qc, _columns(qc, t.circuit)
+        return self._prepared.get_or(("sample", t.template), make)
 
     def _estimate_circuit(self, t: TaskPayload):
-        return self._prepared.get_or(("estimate", t.template),
-                                     lambda: t.circuit.remove_final_measurements(inplace=False))
+        """(circuit without its final measurements, param columns, measured qubits)."""
+        def make():
+            qc = flatten(t.circuit, _aer_keep, "aer")
+            measured = final_measurements(qc)
+            if measured:
+                qc = qc.remove_final_measurements(inplace=False)
+            return qc, _columns(qc, t.circuit), measured
+        return self._prepared.get_or(("estimate", t.template), make)
 
     def _gradient_program(self, t: TaskPayload):
         def make():
-            qc = self._estimate_circuit(t)
-            amap = analyse(qc)
+            qc = flatten(t.circuit, _shift_keep, "aer")
+            measured = final_measurements(qc)
+            if measured:
+                qc = qc.remove_final_measurements(inplace=False)
+            amap = analyse(qc, t.circuit.parameters)
             check_shiftable(amap)
-            return unrolled(qc, amap), amap
+            return unrolled(qc, amap), amap, measured
         return self._prepared.get_or(("gradient", t.template), make)
 
     def _pubs(self, groups: list[list[TaskPayload]]):
@@ -61,22 +105,25 @@ class AerDevice(Device):
             if t.kind == "sample":
                 if not t.shots:
                     raise TaskError("shots: sample tasks need shots >= 1", field="shots")
-                qc = self._sample_circuit(t)
-                if P:
-                    pubs.append(("sample", (qc, params, t.shots), _registers))
+                qc, cols = self._sample_circuit(t)
+                if len(cols):
+                    pubs.append(("sample", (qc, params[:, cols], t.shots), _registers))
                 else:
                     pubs.append(("sample", (qc, None, t.shots * B),
                                  lambda d, B=B: _registers(d, (B, -1))))
                 continue
-            obs = [[_sparse(o) for o in t.observables]]                  # shape [1, O]
             precision = 0.0 if not t.shots else 1.0 / np.sqrt(t.shots)
             if t.kind == "gradient" and P:
-                qc, amap = self._gradient_program(t)
+                qc, amap, measured = self._gradient_program(t)
+                obs = [[_sparse(o) for o in dephase(t.observables, measured, t.circuit.num_qubits)]]
                 shifted = shift_bindings(amap.angles(params))          # [B, 1+2K, K]
                 pubs.append(("estimate", (qc, [obs], shifted[:, :, None, :], precision),
                              lambda d, amap=amap: _gradient(d, amap)))
-            elif P:
-                pubs.append(("estimate", (self._estimate_circuit(t), obs, params[:, None, :], precision),
+                continue
+            qc, cols, measured = self._estimate_circuit(t)
+            obs = [[_sparse(o) for o in dephase(t.observables, measured, t.circuit.num_qubits)]]
+            if len(cols):
+                pubs.append(("estimate", (qc, obs, params[:, None, cols], precision),
                              lambda d: {"evs": np.asarray(d.evs), "stds": np.asarray(d.stds)}))
             else:
                 def spread(d, B=B, grad=t.kind == "gradient"):
@@ -84,7 +131,7 @@ class AerDevice(Device):
                     if grad:
                         return {"evs": evs, "jacobian": np.zeros(evs.shape + (0,))}
                     return {"evs": evs, "stds": np.broadcast_to(np.asarray(d.stds).reshape(1, -1), evs.shape).copy()}
-                pubs.append(("estimate", (self._estimate_circuit(t), obs[0], None, precision), spread))
+                pubs.append(("estimate", (qc, obs[0], None, precision), spread))
         return pubs
 
     def run_group(self, tasks):
@@ -110,6 +157,11 @@ class AerDevice(Device):
         results = {"estimate": iter(self.estimator.run(est).result()) if est else iter(()),
                    "sample": iter(self.sampler.run(smp).result()) if smp else iter(())}
         return [split_rows(post(next(results[prim]).data), g) for g, (prim, _, post) in zip(groups, pubs)]
+
+
+def _columns(qc, template) -> np.ndarray:
+    index = {p: j for j, p in enumerate(template.parameters)}
+    return np.array([index[p] for p in qc.parameters], dtype=np.int64)
 
 
 def _registers(data, shape=None) -> dict:

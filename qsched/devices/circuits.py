@@ -9,8 +9,10 @@ import numpy as np
 
 from .base import TaskError
 
-# gates exp(-i a G) whose generator G has eigenvalues +-1/2: the two-term shift rule is exact for them
-SHIFTABLE = frozenset({"rx", "ry", "rz", "p", "u1", "rxx", "ryy", "rzz", "rzx", "u", "u3", "r"})
+# gates in which each angle a enters as exp(-i a G), G with eigenvalues +-1/2 (or 0 and 1): the
+# two-term shift rule is exact for them. Not r(theta, phi): phi enters twice (RZ(phi) RX RZ(-phi)),
+# so the rule is wrong for it; r is decomposed into u first.
+SHIFTABLE = frozenset({"rx", "ry", "rz", "p", "u1", "rxx", "ryy", "rzz", "rzx", "u", "u3"})
 
 
 @dataclass
@@ -25,9 +27,11 @@ class AngleMap:
         return params @ self.C.T + self.c0
 
 
-def analyse(circuit) -> AngleMap:
+def analyse(circuit, parameters=None) -> AngleMap:
+    """`parameters`: the template's own parameter order (a flattened copy may have lost some, e.g.
+    one that only fed a dropped global phase); the default is the circuit's."""
     from qiskit.circuit import ParameterExpression
-    index = {p: j for j, p in enumerate(circuit.parameters)}
+    index = {p: j for j, p in enumerate(circuit.parameters if parameters is None else parameters)}
     rows, c0, where, names = [], [], [], []
     for i, inst in enumerate(circuit.data):
         for pos, x in enumerate(inst.operation.params):
@@ -46,6 +50,82 @@ def analyse(circuit) -> AngleMap:
             names.append(inst.operation.name)
     C = np.array(rows).reshape(len(rows), len(index))
     return AngleMap(C, np.array(c0), where, names)
+
+
+# instructions that are not unitary gates but that every device understands or ignores
+NON_GATES = frozenset({"barrier", "measure", "delay", "id", "global_phase"})
+
+
+def flatten(circuit, keep, device: str):
+    """The circuit with every instruction `keep(op)` refuses replaced by its definition, recursively,
+    so composite instructions (`to_gate()`, appended circuits, library gates a simulator lacks) run
+    everywhere. The definitions' global phases are dropped: they change no measurement statistics.
+
+    U(theta, phi, lam) = e^{i(phi+lam)/2} RZ(phi) RY(theta) RZ(lam): each angle in a one-parameter
+    rotation, which the adjoint method and the two-term shift rule need (lightning's own adjoint
+    preprocessing decomposes U3 the same way). Returns the circuit itself when nothing changes."""
+    if all(keep(inst.operation) for inst in circuit.data) and not _has_params(circuit.global_phase):
+        return circuit
+    from qiskit.circuit.library import RYGate, RZGate
+    out = circuit.copy_empty_like()
+    out.global_phase = 0.0
+
+    def emit(op, qubits, clbits, depth):
+        if keep(op):
+            out.append(op, qubits, clbits, copy=False)
+            return
+        if op.name in ("u", "u3") and len(op.params) == 3:
+            theta, phi, lam = op.params
+            for g in (RZGate(lam), RYGate(theta), RZGate(phi)):
+                emit(g, qubits, (), depth + 1)
+            return
+        definition = getattr(op, "definition", None)
+        if definition is None or depth > 64:
+            raise TaskError(f"template: instruction {op.name!r} is not supported on {device} and has "
+                            f"no decomposition", field="template")
+        qmap = dict(zip(definition.qubits, qubits))
+        cmap = dict(zip(definition.clbits, clbits))
+        for inst in definition.data:
+            emit(inst.operation, [qmap[q] for q in inst.qubits], [cmap[c] for c in inst.clbits], depth + 1)
+
+    for inst in circuit.data:
+        emit(inst.operation, list(inst.qubits), list(inst.clbits), 0)
+    return out
+
+
+def _has_params(x) -> bool:
+    return bool(getattr(x, "parameters", None))
+
+
+def final_measurements(circuit) -> dict:
+    """{qubit index: clbit index} of the circuit's measurements, which must all be final: no
+    operation may follow a measurement on its qubit (a mid-circuit measurement would change the
+    state that later gates act on, which neither the estimator nor lightning's sampler models)."""
+    measured, out = set(), {}
+    for inst in circuit.data:
+        qs = [circuit.find_bit(q).index for q in inst.qubits]
+        name = inst.operation.name
+        if name == "measure":
+            out[qs[0]] = circuit.find_bit(inst.clbits[0]).index
+            measured.add(qs[0])
+            continue
+        if name == "barrier":
+            continue
+        after = measured.intersection(qs)
+        if after:
+            raise TaskError(f"template: {name!r} acts on qubit {min(after)} after it was measured; "
+                            f"only final measurements are supported here", field="template")
+    return out
+
+
+def dephase(observables, measured, num_qubits: int):
+    """Observables after measuring `measured` qubits in the Z basis: a final measurement collapses the
+    state, so every Pauli term with X or Y on a measured qubit has expectation 0 (the exact value
+    that aer's estimator approaches by sampling); I/Z terms are unchanged."""
+    if not measured:
+        return observables
+    pos = [num_qubits - 1 - q for q in measured]
+    return [[[p, c if all(p[i] in "IZ" for i in pos) else 0.0] for p, c in o] for o in observables]
 
 
 def unrolled(circuit, amap: AngleMap):
@@ -98,6 +178,10 @@ _PL_GATES = {
 }
 _PL_ADJOINT = {"sdg": "S", "tdg": "T", "sxdg": "SX"}
 _SKIP = {"barrier", "id", "delay", "global_phase", "measure"}
+# what PennyLaneProgram converts; anything else is flattened into these first
+LIGHTNING_GATES = frozenset(_PL_GATES) | frozenset(_PL_ADJOINT) | frozenset(_SKIP)
+# one-parameter gates with a generator: what lightning's adjoint method differentiates
+ADJOINT_GATES = frozenset({"rx", "ry", "rz", "p", "u1", "rxx", "ryy", "rzz", "crx", "cry", "crz", "cp"})
 
 
 class PennyLaneProgram:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .aer import AerDevice
+from .aer import AerDevice, _columns
 from .base import TaskError
 
 
@@ -50,12 +50,18 @@ class EmulatedQPUDevice(AerDevice):
 
     # transpiled once per template for the device (40-65 ms each time otherwise)
     def _sample_circuit(self, t):
-        return self._prepared.get_or(("isa-sample", t.template), lambda: self.passes.run(super(
-            EmulatedQPUDevice, self)._sample_circuit(t)))
+        def make():
+            qc, _ = super(EmulatedQPUDevice, self)._sample_circuit(t)
+            isa = self.passes.run(qc)
+            return isa, _columns(isa, t.circuit)
+        return self._prepared.get_or(("isa-sample", t.template), make)
 
     def _estimate_circuit(self, t):
-        return self._prepared.get_or(("isa-estimate", t.template), lambda: self.passes.run(super(
-            EmulatedQPUDevice, self)._estimate_circuit(t)))
+        def make():
+            qc, _, measured = super(EmulatedQPUDevice, self)._estimate_circuit(t)
+            isa = self.passes.run(qc)
+            return isa, _columns(isa, t.circuit), measured
+        return self._prepared.get_or(("isa-estimate", t.template), make)
 
     def _pubs(self, groups):
         for g in groups:

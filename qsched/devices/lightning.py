@@ -5,7 +5,32 @@ from __future__ import annotations
 import numpy as np
 
 from .base import LRU, Device, TaskError
-from .circuits import PennyLaneProgram, analyse, pauli_sum_pennylane
+from .circuits import (
+    ADJOINT_GATES,
+    LIGHTNING_GATES,
+    PennyLaneProgram,
+    analyse,
+    dephase,
+    final_measurements,
+    flatten,
+    pauli_sum_pennylane,
+)
+
+
+def _symbolic(op) -> bool:
+    return any(getattr(x, "parameters", None) for x in op.params)
+
+
+def _keep_for(gradient: bool):
+    """Instructions lightning runs as they are. For adjoint gradients a gate with template angles
+    must also be a one-parameter gate with a generator, which is what lightning's own adjoint
+    preprocessing requires (it decomposes everything else; given U3 undecomposed, its adjoint pass
+    returned zeros for every parameter of the tape)."""
+    def keep(op):
+        if op.name not in LIGHTNING_GATES:
+            return False
+        return not gradient or op.name in ADJOINT_GATES or not _symbolic(op)
+    return keep
 
 
 def bits_to_bitarray(bits: np.ndarray) -> np.ndarray:
@@ -36,17 +61,28 @@ class LightningDevice(Device):
         return self._devs[n]
 
     def _program(self, t):
+        gradient = t.kind == "gradient"
+
         def make():
-            amap = analyse(t.circuit)
-            return PennyLaneProgram(t.circuit, amap), amap
-        return self._programs.get_or(t.template, make)
+            flat = flatten(t.circuit, _keep_for(gradient), self.name)
+            measured = final_measurements(flat)
+            amap = analyse(flat, t.circuit.parameters)
+            prog = PennyLaneProgram(flat, amap)
+            if gradient:
+                for cls, _, args, _ in prog.steps:
+                    if any(kind == "angle" for kind, _ in args) and not (cls.num_params == 1 and
+                                                                           cls.has_generator):
+                        raise TaskError(f"template: {cls.__name__} cannot be differentiated by "
+                                        f"lightning's adjoint method", field="template")
+            return prog, amap, measured
+        return self._programs.get_or((t.template, gradient), make)
 
     def run_group(self, tasks):
         return [self._run_task(t) for t in tasks]
 
     def _run_task(self, t):
         qml = self.qml
-        prog, amap = self._program(t)
+        prog, amap, measured = self._program(t)
         n = prog.num_qubits
         dev = self._dev(n)
         angles = amap.angles(t.params)
@@ -71,7 +107,7 @@ class LightningDevice(Device):
             else:
                 regs = {"meas": {"num_bits": n, "array": np.stack([bits_to_bitarray(s) for s in samples])}}
             return {"registers": regs}
-        obs = [pauli_sum_pennylane(o, n) for o in t.observables]
+        obs = [pauli_sum_pennylane(o, n) for o in dephase(t.observables, measured, n)]
         O, B, P = len(obs), t.bindings, t.params.shape[1]
         evs = np.empty((B, O))
         jac = np.zeros((B, O, P)) if t.kind == "gradient" else None

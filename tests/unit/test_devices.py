@@ -11,7 +11,7 @@ from qiskit.circuit.library import efficient_su2
 from qiskit.primitives import StatevectorEstimator
 from qiskit.quantum_info import SparsePauliOp
 
-from qsched.devices import TaskPayload, TaskError, load_device
+from qsched.devices import TaskError, TaskPayload, load_device
 from qsched.models import DeviceLimits, DeviceSpec
 
 OBS = [[["ZZI", 1.0], ["IXX", 0.5]], [["ZII", 1.0]]]
@@ -67,19 +67,37 @@ def test_gradient_through_linear_parameter_expressions(typ):
     np.testing.assert_allclose(g["jacobian"], finite_difference(qc, params), atol=1e-6)
 
 
-def test_parameter_shift_refuses_gates_it_cannot_shift():
+@pytest.mark.parametrize("typ", ["aer", "lightning"])
+def test_gates_without_a_shift_rule_are_decomposed_first(typ):
+    """crx has three generator eigenvalues (no two-term rule) and u3 three angles (no adjoint on
+    lightning): both are decomposed into one-parameter rotations before differentiating."""
+    t, u = Parameter("t"), Parameter("u")
+    qc = QuantumCircuit(3)
+    qc.h(range(3))
+    qc.crx(t, 0, 1)
+    qc.u(u, 2 * t, 0.3 - u, 2)
+    qc.r(t, u, 0)
+    params = np.array([[0.1, 0.7], [-1.2, 0.4]])
+    g = device(typ).run([TaskPayload("g", "gradient", "h", qc, params, None, OBS)])[0]
+    np.testing.assert_allclose(g["evs"], reference(qc, params), atol=1e-10)
+    np.testing.assert_allclose(g["jacobian"], finite_difference(qc, params), atol=1e-6)
+    assert np.abs(g["jacobian"]).max() > 0.1
+
+
+@pytest.mark.parametrize("typ", ["aer", "lightning"])
+def test_gradients_refuse_non_linear_angles(typ):
     t = Parameter("t")
     qc = QuantumCircuit(3)
-    qc.crx(t, 0, 1)
-    out = device("aer").run([TaskPayload("g", "gradient", "h", qc, np.array([[0.1]]), None, OBS)])[0]
-    assert isinstance(out, TaskError) and out.field == "method" and "crx" in out.message
+    qc.rx(t * t, 0)
+    out = device(typ).run([TaskPayload("g", "gradient", "h", qc, np.array([[0.1]]), None, OBS)])[0]
+    assert isinstance(out, TaskError) and out.field == "template" and "not linear" in out.message
 
 
 def test_a_failing_group_does_not_fail_the_others(problem):
     qc, params = problem
     t = Parameter("t")
     bad = QuantumCircuit(3)
-    bad.crx(t, 0, 1)
+    bad.rx(t * t, 0)
     out = device("aer").run([TaskPayload("g", "gradient", "bad", bad, np.array([[0.1]]), None, OBS),
                              TaskPayload("e", "estimate", "h", qc, params, None, OBS)])
     assert isinstance(out[0], TaskError)
