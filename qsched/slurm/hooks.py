@@ -1,8 +1,10 @@
 """The daemon's Slurm hooks: `daemon_hooks(config)` -> the dict qsched.daemon.api expects.
 
     "munge":      async (credential) -> (uid, user)        X-Qsched-Munge on TCP open/attach
-    "verify_job": async (job_id: str, uid: int) -> None     admin open (SPANK plugin): job RUNNING, owned
-                                                             by uid, asked for quantum access
+    "verify_job": async (job_id: str, uid: int) -> dict     admin open (SPANK plugin): job RUNNING, owned
+                                                             by uid, asked for quantum access; returns the
+                                                             job's facts from Slurm (job_facts: account,
+                                                             user, uid, job_id) for the session to use
     "on_close":   async (record) -> None                    the usage into the job's AdminComment
     "background": [async (scheduler) -> None]               the reconciler loop
 
@@ -31,7 +33,7 @@ from . import munge
 from .accounting import write_usage
 from .adapter import SlurmAdapter, SlurmError, get_adapter
 from .reconcile import SessionRef, ended_sessions
-from .verify import verify_job_for_session
+from .verify import job_facts, verify_job_for_session
 
 log = logging.getLogger("qsched.slurm")
 
@@ -69,8 +71,9 @@ def munge_hook(socket: str | None = None):
 
 
 def verify_hook(adapter: SlurmAdapter, *, require_qpu: bool = True):
-    async def verify_job(job_id: str, uid: int) -> None:
-        await asyncio.to_thread(verify_job_for_session, adapter, job_id, uid, require_qpu=require_qpu)
+    async def verify_job(job_id: str, uid: int) -> dict:
+        job = await asyncio.to_thread(verify_job_for_session, adapter, job_id, uid, require_qpu=require_qpu)
+        return job_facts(job)
     return verify_job
 
 

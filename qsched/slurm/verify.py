@@ -43,3 +43,10 @@ def verify_job_for_session(adapter: SlurmAdapter, job_id, uid: int, *, require_q
         raise Forbidden(f"Slurm job {jid} did not ask for quantum access "
                         "(--gres=qpu:N, -L qpu:N or --qpu)", field="job_id")
     return job
+
+
+def job_facts(job: JobInfo) -> dict:
+    """What the scheduler of record says about a verified job, for the session opened for it: the
+    account is Slurm's (`sbatch -A`, or the user's default association), never the client's claim.
+    Without slurmdbd Slurm keeps whatever -A named, unchecked; '' when the job has none."""
+    return {"account": job.account or "", "user": job.user, "uid": int(job.uid), "job_id": str(job.job_id)}

@@ -222,6 +222,32 @@ def test_verify_job_for_session(slurm, adapter, users):
         slurm.set_plugstack()
 
 
+def test_verify_hook_reports_the_jobs_account_from_slurm(slurm, adapter, users):
+    """The daemon's verify_job hook answers with the facts of record: `sbatch -A chem` gives account chem
+    (kept as given without slurmdbd), a job without -A gives ''."""
+    import asyncio
+
+    from qsched.slurm.hooks import verify_hook
+    alice = users["qsalice"]
+    slurm.set_plugstack("on_down=continue")  # no daemon in this module: let the jobs run anyway
+    try:
+        chem = _sleep_job(slurm, alice, "-A", "chem", "--gres=qpu:1")
+        plain = _sleep_job(slurm, alice, "--gres=qpu:1")
+        slurm.wait_state(chem, "RUNNING")
+        slurm.wait_state(plain, "RUNNING")
+        assert slurm.job(chem)["Account"] == "chem"
+        verify = verify_hook(adapter)
+        facts = asyncio.run(verify(str(chem), alice.uid))
+        assert facts == {"account": "chem", "user": alice.name, "uid": alice.uid, "job_id": str(chem)}
+        assert asyncio.run(verify(str(plain), alice.uid))["account"] == ""
+        from qsched.errors import Forbidden
+        with pytest.raises(Forbidden):
+            asyncio.run(verify(str(chem), users["qsbob"].uid))
+        slurm.run("scancel", str(chem), str(plain))
+    finally:
+        slurm.set_plugstack()
+
+
 # --- MUNGE --------------------------------------------------------------------------------------------
 
 def test_munge_identity_of_another_user(slurm, users, user_python):
