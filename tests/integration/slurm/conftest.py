@@ -192,6 +192,7 @@ class SlurmDaemon:
     config_path: Path
     log_path: Path
     tcp: str
+    env: dict = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -208,51 +209,61 @@ class SlurmDaemon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self):
+    def start(self, timeout: float = 60) -> None:
+        """`qsched up` on this config; returns once its devices are up and the admin socket exists."""
+        self.proc = subprocess.Popen([sys.executable, "-m", "qsched", "up", "--config", str(self.config_path)],
+                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                                     env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                with self.client() as c:
+                    if all(x["up"] for x in c.devices()) and (self.state_dir / "admin.sock").exists():
+                        return
+            except Exception:  # not listening yet
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"daemon not ready within {timeout:g} s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM (drain, then exit), SIGKILL after timeout; then make sure no child survives."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.returncode
+
+
+# the policy the Slurm tests run under: account weights apply to sessions whose account Slurm reports
+SLURM_POLICY = {"name": "fair-share", "weights": {"accounts": {"chem": 2}}}
 
 
 @pytest.fixture(scope="session")
 def slurm_daemon(slurm):
     """`qsched up` as root in the state dir the plugstack's admin_socket points at, with one aer device
-    (so jobs' tasks must share it) and the Slurm hooks on."""
+    (so jobs' tasks must share it) and the Slurm hooks on. A test may stop and start it (same state)."""
     state = slurm.dir / "qsched"
     state.mkdir(exist_ok=True)
     state.chmod(0o755)
     tcp = f"127.0.0.1:{_free_port()}"
     cfg = {"state_dir": str(state), "daemon": {"tcp": tcp, "drain_timeout_s": 1},
            "devices": [{"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16}],
-           "policy": {"name": "fair-share"},
+           "policy": SLURM_POLICY,
            "slurm": {"enabled": True, "env": {"SLURM_CONF": slurm.env["SLURM_CONF"]},
                      "reconcile_interval_s": 0.5}}
     config_path = state / "qsched.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
-    log_path = state / "daemon.log"
-    env = {**slurm.env, "QSCHED_STATE_DIR": str(state)}
-    proc = subprocess.Popen([sys.executable, "-m", "qsched", "up", "--config", str(config_path)],
-                            stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    d = SlurmDaemon(proc, state, config_path, log_path, tcp)
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited ({proc.returncode}):\n{d.log()}")
-        try:
-            with d.client() as c:
-                if all(x["up"] for x in c.devices()) and (state / "admin.sock").exists():
-                    break
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            d.stop()
-            raise RuntimeError(f"daemon not ready within 60 s:\n{d.log()}")
-        time.sleep(0.1)
+    d = SlurmDaemon(None, state, config_path, state / "daemon.log", tcp,  # type: ignore[arg-type]
+                    env={**slurm.env, "QSCHED_STATE_DIR": str(state)})
+    d.start()
     yield d
     d.stop()

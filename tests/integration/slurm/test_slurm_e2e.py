@@ -364,3 +364,162 @@ def test_reconciler_closes_sessions_the_plugin_does_not_know(slurm, slurm_daemon
     _wait(gone, 5, "the reconciler to close the extra session")
     assert time.monotonic() - t0 < 5.0
     assert "reconciler: job %d is" % jid in slurm_daemon.log()
+
+
+ACCOUNTS = r'''
+import json, os
+import numpy as np
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+import qsched
+from qsched import errors
+
+jid = os.environ["SLURM_JOB_ID"]
+out = {}
+with qsched.Client() as c:   # unix socket: the peer uid is the job's user
+    s = c.session()          # the session the plugin opened for this job
+    qc = QuantumCircuit(1)
+    qc.ry(Parameter("a"), 0)
+    out["evs"] = float(s.run("estimate", qc, np.full((1, 1), np.pi / 2), observables=["X"], timeout=60).evs[0, 0])
+    out["session"] = c.session_info(s.id)
+
+    def attempt(name, body):
+        try:
+            r = c._t.request("POST", "/v1/sessions", body={"pool": "aer", **body})
+            out[name] = {"status": 201, "account": r.get("account"), "weight": r.get("weight")}
+            c.close_session(r["id"])
+        except errors.QschedError as e:
+            out[name] = {"status": e.status, "field": e.field, "message": e.message}
+
+    attempt("claim_other_account", {"account": "phys"})
+    attempt("claim_other_account_for_job", {"job_id": jid, "account": "phys"})
+    attempt("claim_jobs_own_account", {"job_id": jid, "account": "chem"})
+    attempt("weight_1000", {"weight": 1000})
+    attempt("weight_1000_for_job", {"job_id": jid, "weight": 1000})
+print(json.dumps(out))
+'''
+
+
+def test_account_comes_from_slurm_and_claims_are_refused(slurm, slurm_daemon, users, user_python):
+    """`sbatch -A chem`: the job's session has account chem (Slurm's record, not the client's word) and the
+    policy's chem weight (2); claiming another account, or a weight of 1000, is refused with a 403 that
+    names the field."""
+    # the chem weight: SLURM_POLICY in conftest.py
+    alice = users["qsalice"]
+    script = _script(alice, user_python, "accounts.sh", ACCOUNTS)
+    out = alice.home / "accounts.out"
+    jid = slurm.sbatch("-A", "chem", "--gres=qpu:1", "-o", str(out), str(script), user=alice.name, cwd=alice.home)
+    info = slurm.wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)
+    text = out.read_text()
+    assert info["JobState"] == "COMPLETED", text
+    assert info["Account"] == "chem"
+    res = json.loads(text.strip().splitlines()[-1])
+    sess = res["session"]
+    assert abs(res["evs"] - 1.0) < 1e-9
+    assert sess["account"] == "chem" and sess["job_id"] == str(jid), sess
+    assert sess["weight_effective"] == pytest.approx(2.0), sess   # chem 2 x class batch 1 x own 1
+    for k in ("claim_other_account", "claim_other_account_for_job"):
+        assert res[k]["status"] == 403 and res[k]["field"] == "account", (k, res[k])
+    assert res["claim_jobs_own_account"]["status"] == 201 and res["claim_jobs_own_account"]["account"] == "chem"
+    for k in ("weight_1000", "weight_1000_for_job"):
+        assert res[k]["status"] == 403 and res[k]["field"] == "weight", (k, res[k])
+    # the ledger and the job's AdminComment carry the account of record too
+    rec = _wait(lambda: _accounting(slurm_daemon, [jid]).get(str(jid)), 10, "accounting record")
+    assert rec["account"] == "chem" and rec["session"] == sess["id"]
+
+
+RESTARTED = r'''
+import json, os, sys, time, pathlib
+import numpy as np
+from qiskit import QuantumCircuit
+from qiskit.circuit import ParameterVector
+from qiskit.quantum_info import SparsePauliOp, Statevector
+import qsched
+
+iters, progress = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+p = ParameterVector("t", 8)
+qc = QuantumCircuit(4)
+for i in range(4):
+    qc.ry(p[i], i)
+for i in range(3):
+    qc.cx(i, i + 1)
+for i in range(4):
+    qc.ry(p[4 + i], i)
+obs = SparsePauliOp.from_list([("ZZII", 1.0), ("IZZI", 1.0), ("IIZZ", 1.0), ("XIII", 0.5)])
+theta = np.full(8, 0.1)
+worst, t0 = 0.0, time.time()
+with qsched.Client() as c:
+    s = c.session()
+    for i in range(iters):
+        shifts = np.stack([theta + 0.05 * np.eye(8)[k] for k in range(8)])
+        r = s.run("estimate", qc, shifts, observables=[obs], timeout=120)
+        # the answer for these very parameters (a task answered from another's result would not match)
+        exact = [Statevector(qc.assign_parameters(x)).expectation_value(obs).real for x in shifts]
+        worst = max(worst, float(np.max(np.abs(r.evs[:, 0] - exact))))
+        theta = theta - 0.2 * (r.evs[:, 0] - r.evs[:, 0].mean())
+        tmp = progress.with_suffix(".tmp")
+        tmp.write_text(str(i + 1))
+        tmp.rename(progress)
+        time.sleep(0.2)  # the classical phase
+print(json.dumps({"done": iters, "session": s.id, "worst_error": worst, "wall_s": time.time() - t0}), flush=True)
+'''
+
+
+def test_daemon_restarts_during_a_job_leave_it_completed(slurm, slurm_daemon, users, user_python):
+    """Issue 12 item 6: SIGTERM the daemon and start it again, twice, while a hybrid sbatch job runs its
+    loop. The job's client rides through (retry with backoff, re-attach, no task submitted twice), the
+    job COMPLETES with correct results, and its usage reaches the job's AdminComment."""
+    alice = users["qsalice"]
+    iters = 60
+    progress = alice.home / "restart.progress"
+    progress.unlink(missing_ok=True)
+    out = alice.home / "restart.out"
+    script = _script(alice, user_python, "restart.sh", RESTARTED)
+    jid = slurm.sbatch("--gres=qpu:1", "--export=ALL,QSCHED_RETRY_S=120", "-o", str(out), str(script),
+                       str(iters), str(progress), user=alice.name, cwd=alice.home)
+
+    def done_so_far() -> int:
+        st = slurm.job(jid)["JobState"]
+        if st not in ("PENDING", "RUNNING", "CONFIGURING"):
+            raise AssertionError(f"job {jid} is {st} after {_read(progress)} of {iters} iterations:\n"
+                                 f"{out.read_text() if out.exists() else ''}")
+        return _read(progress)
+
+    sess = _wait(lambda: _open_sessions(slurm_daemon).get(str(jid)), 30, "the job's session")
+    transcript, t0 = [], time.monotonic()
+
+    def note(what):
+        transcript.append(f"{time.monotonic() - t0:7.2f} s  {what}")
+
+    mark = 10
+    for n in (1, 2):
+        _wait(lambda: done_so_far() >= mark, 60, f"{mark} iterations")   # noqa: B023
+        note(f"restart {n}: job at iteration {_read(progress)}; SIGTERM")
+        t = time.monotonic()
+        rc = slurm_daemon.stop(timeout=30)
+        note(f"restart {n}: daemon exited {rc} after {time.monotonic() - t:.2f} s; job at {_read(progress)}")
+        slurm_daemon.start()
+        note(f"restart {n}: daemon up again; job at {_read(progress)}")
+        mark = _read(progress) + 10
+        assert mark < iters, "the job ran ahead of the restarts: lengthen it"
+    info = slurm.wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=180)
+    note(f"job {info['JobState']}")
+    print("\n".join(transcript))
+    text = out.read_text()
+    assert info["JobState"] == "COMPLETED", text
+    res = json.loads(text.strip().splitlines()[-1])
+    assert res["done"] == iters and res["session"] == sess["id"], res
+    assert res["worst_error"] < 1e-6, res
+    # every iteration's task ran, once
+    rec = _wait(lambda: _accounting(slurm_daemon, [jid]).get(str(jid)), 10, "accounting record")
+    assert rec["tasks"] == iters and rec["session"] == sess["id"], rec
+    comment = slurm.job(jid)["AdminComment"]
+    assert comment.startswith("qsched:qpu=1,pool=aer,class=batch,session=" + sess["id"]), comment
+    assert f"tasks={iters}," in comment, comment
+
+
+def _read(path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
