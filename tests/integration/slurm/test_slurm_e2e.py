@@ -492,16 +492,22 @@ def test_daemon_restarts_during_a_job_leave_it_completed(slurm, slurm_daemon, us
         transcript.append(f"{time.monotonic() - t0:7.2f} s  {what}")
 
     mark = 10
-    for n in (1, 2):
-        _wait(lambda: done_so_far() >= mark, 60, f"{mark} iterations")   # noqa: B023
-        note(f"restart {n}: job at iteration {_read(progress)}; SIGTERM")
-        t = time.monotonic()
-        rc = slurm_daemon.stop(timeout=30)
-        note(f"restart {n}: daemon exited {rc} after {time.monotonic() - t:.2f} s; job at {_read(progress)}")
-        slurm_daemon.start()
-        note(f"restart {n}: daemon up again; job at {_read(progress)}")
-        mark = _read(progress) + 10
-        assert mark < iters, "the job ran ahead of the restarts: lengthen it"
+    try:
+        for n in (1, 2):
+            _wait(lambda: done_so_far() >= mark, 60, f"{mark} iterations")   # noqa: B023
+            note(f"restart {n}: job at iteration {_read(progress)}; SIGTERM")
+            t = time.monotonic()
+            rc = slurm_daemon.stop(timeout=30)
+            note(f"restart {n}: daemon exited {rc} after {time.monotonic() - t:.2f} s; job at {_read(progress)}")
+            slurm_daemon.start()
+            note(f"restart {n}: daemon up again; job at {_read(progress)}")
+            mark = _read(progress) + 10
+            assert mark < iters, "the job ran ahead of the restarts: lengthen it"
+    except BaseException:
+        slurm.run("scancel", str(jid), check=False)
+        if slurm_daemon.proc.poll() is not None:    # the later tests share this daemon
+            slurm_daemon.start()
+        raise
     info = slurm.wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=180)
     note(f"job {info['JobState']}")
     print("\n".join(transcript))
