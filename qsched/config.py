@@ -28,6 +28,9 @@ class PolicyConfig:
     # its weight) ahead of the pool's virtual time, so its short burst runs next instead of queueing
     # behind sessions that never stopped; bounded, so idling still banks no more than this
     return_credit_s: float = 0.5
+    # the policy's quantum: one pick takes at most this many estimated device-seconds of a session's
+    # merged tasks (a single larger task still runs whole), so weighted shares hold with merging on
+    max_batch_s: float = 0.05
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Config:
     admin_uids: list[int] = field(default_factory=lambda: [0])
     trust_tcp: bool = False
     slurm: dict = field(default_factory=dict)
+    users: dict[str, list[str]] = field(default_factory=dict)     # user -> accounts; the first is the default
     devices: list[DeviceSpec] = field(default_factory=list)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: str = "<defaults>"
@@ -119,7 +123,7 @@ def _weights(d, path) -> dict[str, float]:
 
 def parse_policy(d, path: str = "policy") -> PolicyConfig:
     d = _map(d, path)
-    _unknown(d, {"name", "weights", "max_pending_per_session", "merge", "return_credit_s"}, path)
+    _unknown(d, {"name", "weights", "max_pending_per_session", "merge", "return_credit_s", "max_batch_s"}, path)
     name = d.get("name", "fair-share")
     if name not in POLICIES:
         raise ConfigError(f"{path}.name: unknown policy {name!r} (one of {', '.join(POLICIES)})",
@@ -138,7 +142,45 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         max_pending_per_session=_num(d, "max_pending_per_session", path, 10_000, lo=1, integer=True),
         merge=merge,
         return_credit_s=_num(d, "return_credit_s", path, 0.5, lo=0.0, hi=3600.0),
+        max_batch_s=_num(d, "max_batch_s", path, 0.05, lo=0.0, hi=3600.0),
     )
+
+
+SLURM_BACKENDS = ("auto", "cli", "pyslurm")
+
+
+def parse_slurm(d, path: str = "slurm") -> dict:
+    """The `slurm:` section (used by qsched.slurm.hooks): checked here so that `daemon check`, `policy
+    validate`, start and reload all refuse the same mistakes."""
+    d = _map(d, path)
+    _unknown(d, {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment",
+                 "require_qpu"}, path)
+    if d.get("enabled", "auto") not in ("auto", True, False):
+        raise ConfigError(f"{path}.enabled: expected auto, true or false, got {d['enabled']!r}",
+                          field=f"{path}.enabled")
+    if d.get("backend", "auto") not in SLURM_BACKENDS:
+        raise ConfigError(f"{path}.backend: expected one of {', '.join(SLURM_BACKENDS)}, got {d['backend']!r}",
+                          field=f"{path}.backend")
+    _map(d.get("env"), f"{path}.env")
+    if d.get("munge_socket") is not None:
+        _type(d["munge_socket"], str, f"{path}.munge_socket", "a path")
+    _num(d, "reconcile_interval_s", path, 1.0, lo=0.05, hi=60)
+    for flag in ("admin_comment", "require_qpu"):
+        if flag in d:
+            _type(d[flag], bool, f"{path}.{flag}", "true or false")
+    return d
+
+
+def parse_users(d, path: str = "users") -> dict[str, list[str]]:
+    """`users: {alice: chem, bob: [phys, chem]}`: the accounts a user may charge outside Slurm."""
+    out = {}
+    for user, accts in _map(d, path).items():
+        lst = [accts] if isinstance(accts, str) else accts
+        if not isinstance(lst, list) or not lst or not all(isinstance(a, str) and a for a in lst):
+            raise ConfigError(f"{path}.{user}: expected an account name or a list of them, got {accts!r}",
+                              field=f"{path}.{user}")
+        out[str(user)] = lst
+    return out
 
 
 def _parse_device(d, path: str, known_types) -> DeviceSpec:
@@ -169,7 +211,7 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
 
 def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     raw = _map(raw, "config")
-    _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm"}, "config")
+    _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users"}, "config")
     state_dir = Path(os.path.expanduser(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
     redis_cfg = _map(raw.get("redis"), "redis")
     _unknown(redis_cfg, {"url"}, "redis")
@@ -211,7 +253,8 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         template_ttl_s=_num(dm, "template_ttl_s", "daemon", 7 * 86_400, lo=7200, integer=True),
         admin_uids=[int(u) for u in _type(auth.get("admin_uids", [0]), list, "auth.admin_uids", "a list")],
         trust_tcp=bool(auth.get("trust_tcp", False)),
-        slurm=_map(raw.get("slurm"), "slurm"),
+        slurm=parse_slurm(raw.get("slurm")),
+        users=parse_users(raw.get("users")),
         devices=devices,
         policy=parse_policy(raw.get("policy")),
         source=source,
@@ -237,7 +280,10 @@ def load_config(path: str | Path | None = None, *, known_types=None) -> Config:
     return parse_config(_read_yaml(Path(path)), source=str(path), known_types=known_types)
 
 
-def load_policy_file(path: str | Path) -> PolicyConfig:
-    """A policy file is either a bare policy mapping or a full config with a `policy:` section."""
+def load_policy_file(path: str | Path, *, known_types=None) -> PolicyConfig:
+    """A policy file is either a bare policy mapping or a full config with a `policy:` section. A full
+    config is checked whole, as the daemon's SIGHUP reload reads it: a bad key anywhere refuses it."""
     raw = _map(_read_yaml(Path(path)), "policy")
-    return parse_policy(raw["policy"] if "policy" in raw else raw)
+    if "policy" in raw:
+        return parse_config(raw, source=str(path), known_types=known_types).policy
+    return parse_policy(raw)

@@ -9,6 +9,7 @@ SESSIONS = PREFIX + "sessions"                 # set of open session ids
 EVENTS = PREFIX + "events"                     # stream: task/batch completions from workers
 SECRET = PREFIX + "secret"                     # HMAC key for session tokens
 ACCOUNTING = PREFIX + "acct"                   # stream: usage records of closed sessions
+DEVICES = PREFIX + "devices"                   # set of device names the last daemon ran (finds removed ones)
 
 
 def session(sid: str) -> str:
@@ -22,6 +23,11 @@ def session_pending(sid: str) -> str:
 
 def session_usage(sid: str) -> str:
     return f"{PREFIX}session:{{{sid}}}:usage"
+
+
+def session_submit(sid: str, key: str) -> str:
+    """A submission's idempotency key -> the task ids it was answered with (a retry gets the same)."""
+    return f"{PREFIX}session:{{{sid}}}:submit:{key}"
 
 
 def task(tid: str) -> str:

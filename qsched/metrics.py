@@ -19,6 +19,14 @@ class Metrics:
                                    ["device"], registry=r)
         self.worker_restarts = Counter("qsched_worker_restarts", "Worker processes restarted after an exit",
                                        ["device"], registry=r)
+        self.workers_lost = Counter("qsched_workers_lost", "Workers whose heartbeat stopped (stopped, hung or dead)",
+                                    ["device"], registry=r)
+        self.batches_requeued = Counter("qsched_batches_requeued",
+                                        "Batches taken back and requeued to their pool (reason: recall, worker_lost)",
+                                        ["device", "reason"], registry=r)
+        self.background_errors = Counter("qsched_background_task_errors",
+                                         "Exceptions in the daemon's background tasks (each is logged and the task "
+                                         "restarted)", ["task"], registry=r)
         self.batches = Counter("qsched_batches", "Batches dispatched to a device", ["device"], registry=r)
         self.tasks_submitted = Counter("qsched_tasks_submitted", "Tasks accepted (durable in Redis)",
                                        ["pool", "kind"], registry=r)
@@ -39,8 +47,10 @@ class Metrics:
         """Export every configured device's and pool's series from the start, at 0: panels show the
         device before its first batch and `increase()` sees the first restart."""
         for d in devices:
-            for c in (self.device_busy, self.worker_restarts, self.batches, self.bindings):
+            for c in (self.device_busy, self.worker_restarts, self.workers_lost, self.batches, self.bindings):
                 c.labels(d).inc(0)
+            for reason in ("recall", "worker_lost"):
+                self.batches_requeued.labels(d, reason).inc(0)
             for status in ("DONE", "FAILED"):
                 self.tasks_completed.labels(d, status).inc(0)
             self.device_up.labels(d).set(0)

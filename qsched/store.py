@@ -37,7 +37,10 @@ return out
 # keeps what it has. Usage is charged here so it is exactly-once with the results.
 COMPLETE_LUA = """
 -- KEYS: processing, events, usage, batch, then (task, result) pairs
--- ARGV: bid, event json, ttl, exec_s, finished, then (state, payload, circuits, shots) per task
+-- ARGV: entry, event json, ttl, exec_s, finished, then (state, payload, circuits, shots) per task
+-- The entry in the processing list is the fence: a worker whose batch was taken back (it hung, and
+-- the daemon requeued the tasks) finds it gone and writes nothing, so no task is answered twice.
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return -1 end
 local ttl = tonumber(ARGV[3])
 local written = 0
 for i = 5, #KEYS, 2 do
@@ -56,7 +59,6 @@ for i = 5, #KEYS, 2 do
   end
 end
 redis.call('HINCRBYFLOAT', KEYS[3], 'device_seconds', ARGV[4])
-redis.call('LREM', KEYS[1], 1, ARGV[1])
 redis.call('EXPIRE', KEYS[4], ttl)
 -- small results ride along with the event, so the daemon can answer a waiting client without a read
 local ev = {'XADD', KEYS[2], 'MAXLEN', '~', '""" + str(EVENTS_MAXLEN) + """', '*', 'e', ARGV[2]}
@@ -77,9 +79,13 @@ TASK_FIELDS = ("id", "session", "kind", "template", "bindings", "shots", "seq", 
 
 # Daemon side: accept new tasks and dispatch batches in one atomic call (the hot path: one round trip).
 COMMIT_LUA = """
+-- ARGV: nnew, nbatch, idempotency ttl (0: no key), the ids json; the idempotency key is the last KEY
 local nnew, nbatch = tonumber(ARGV[1]), tonumber(ARGV[2])
 local names = {""" + ", ".join(f"'{f}'" for f in TASK_FIELDS) + """, 'observables'}
-local k, a = 1, 3
+local k, a = 1, 5
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[#KEYS], ARGV[4], 'EX', tonumber(ARGV[3]))
+end
 if nnew > 0 then
   local pending = KEYS[1]
   k = 2
@@ -105,6 +111,32 @@ for _ = 1, nbatch do
   -- the inbox entry is the batch itself, so a worker learns its tasks in the same round trip
   redis.call('LPUSH', inbox, entry)
 end
+return 1
+"""
+
+
+# Daemon side: take a batch back from a device's inbox (late binding, drain) or from a hung worker's
+# processing list, and put its live tasks back at the head of their session's queue, in order.
+# Atomic against the worker's BLMOVE and COMPLETE: exactly one of them gets the entry.
+RECALL_LUA = """
+-- KEYS: list, pending, batch, sessions set, then one task key per task id
+-- ARGV: entry, sid, count as an attempt (0/1), then the task ids in batch order
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local open = redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 1
+for j = #ARGV, 4, -1 do
+  local tkey = KEYS[j + 1]
+  local st = redis.call('HGET', tkey, 'state')
+  if st == 'SCHEDULED' or st == 'RUNNING' then
+    if open then
+      redis.call('HSET', tkey, 'state', 'PENDING', 'batch', '')
+      if ARGV[3] == '1' then redis.call('HINCRBY', tkey, 'attempts', 1) end
+      redis.call('LPUSH', KEYS[2], ARGV[j])
+    else
+      redis.call('HSET', tkey, 'state', 'CANCELLED')
+    end
+  end
+end
+redis.call('DEL', KEYS[3])
 return 1
 """
 
@@ -149,6 +181,7 @@ class Store:
         self.r = redis
         self.ttl = result_ttl_s
         self._commit = HotScript(redis.connection_pool, COMMIT_LUA)
+        self._recall = redis.register_script(RECALL_LUA)
 
     async def close(self) -> None:
         await self._commit.close()
@@ -208,10 +241,15 @@ class Store:
         return json.loads(raw) if raw else None
 
     # tasks ------------------------------------------------------------------------------------------
-    async def commit(self, sid: str | None, new: list[tuple[Task, str, bytes]], batches: list[Batch]) -> None:
+    async def commit(self, sid: str | None, new: list[tuple[Task, str, bytes]], batches: list[Batch],
+                     idempotency_key: str | None = None) -> None:
         """New tasks of one session, then batches for device inboxes: one atomic call, one round trip.
-        Tasks are durable (and acknowledged) only once this returns."""
-        keys_, args = [], [len(new), len(batches)]
+        Tasks are durable (and acknowledged) only once this returns; with an idempotency key, so is the
+        answer a retry of the same submission gets."""
+        keys_: list[str] = []
+        args: list = [len(new), len(batches), 0, ""]
+        if idempotency_key and new:
+            args[2:4] = [self.ttl, json.dumps([t.id for t, _, _ in new])]
         if new:
             keys_.append(keys.session_pending(sid))
             for t, observables, params in new:
@@ -222,7 +260,53 @@ class Store:
             keys_ += [keys.session_pending(b.session), keys.batch(b.id), keys.device_inbox(b.device)]
             keys_ += [keys.task(tid) for tid in b.tasks]
             args += [len(b.tasks), b.id, b.entry(), b.created, *b.tasks]
+        if args[2]:
+            keys_.append(keys.session_submit(sid, idempotency_key))
         await self._commit(keys=keys_, args=args)
+
+    async def submitted_ids(self, sid: str, idempotency_key: str) -> list[str] | None:
+        """The task ids an earlier submission with this key was answered with, if any."""
+        raw = await self.r.get(keys.session_submit(sid, idempotency_key))
+        return json.loads(raw) if raw else None
+
+    async def recall(self, batch: Batch, device: str, source: str, *, attempt: bool = False) -> bool:
+        """Take the batch back from the device's "inbox" or "processing" list and requeue its live tasks
+        at the head of their session's queue (counting a run attempt if asked). False: the entry was no
+        longer there (a worker took it, or it finished)."""
+        lst = keys.device_inbox(device) if source == "inbox" else keys.device_processing(device)
+        keys_ = [lst, keys.session_pending(batch.session), keys.batch(batch.id), keys.SESSIONS,
+                 *(keys.task(t) for t in batch.tasks)]
+        return bool(await self._recall(keys=keys_, args=[batch.entry(), batch.session, int(attempt),
+                                                         *batch.tasks]))
+
+    async def known_devices(self, configured: list[str]) -> set[str]:
+        """The devices an earlier daemon ran that the config no longer has; records the current ones."""
+        before = {_s(x) for x in await self.r.smembers(keys.DEVICES)}
+        if configured:
+            await self.r.sadd(keys.DEVICES, *configured)
+        return before - set(configured)
+
+    async def forget_device(self, device: str) -> None:
+        await self.r.srem(keys.DEVICES, device)
+
+    async def device_batches(self, device: str) -> tuple[list[Batch], list[Batch]]:
+        """A device's (processing, inbox) batches, oldest first."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.lrange(keys.device_processing(device), 0, -1)
+            p.lrange(keys.device_inbox(device), 0, -1)
+            proc, inbox = await p.execute()
+        return ([Batch.from_entry(x) for x in reversed(proc)], [Batch.from_entry(x) for x in reversed(inbox)])
+
+    async def fail_tasks(self, tids: list[str], message: str) -> None:
+        """Answer tasks that can never run with an error (written once, like a worker's result)."""
+        body = json.dumps({"error": {"code": "task_failed", "message": message}})
+        async with self.r.pipeline(transaction=True) as p:
+            for tid in tids:
+                p.lrem(keys.session_pending(tid.split(".", 1)[0]), 1, tid)
+                p.set(keys.task_result(tid), body, ex=self.ttl, nx=True)
+                p.hset(keys.task(tid), mapping={"state": TaskState.FAILED.value, "finished": time.time()})
+                p.expire(keys.task(tid), self.ttl)
+            await p.execute()
 
     async def cancel_task(self, tid: str, sid: str) -> None:
         async with self.r.pipeline(transaction=True) as p:
@@ -263,6 +347,11 @@ class Store:
             for d in devices:
                 p.llen(keys.device_processing(d))
             return await p.execute()
+
+    async def note_worker_exit(self, device: str, why: str) -> None:
+        """Record a worker's death on the batches it held, for the error their tasks fail with."""
+        for b in await self.running_batch_ids(device):
+            await self.r.hset(keys.batch(b), "last_error", why)
 
     async def secret(self) -> bytes:
         """The daemon's HMAC key for session tokens: made once, shared by restarts and replicas."""

@@ -15,9 +15,8 @@ import threading
 import time
 
 import numpy as np
-import psutil
 
-from . import keys, wire
+from . import heartbeat, keys, wire
 from .devices import TaskPayload, load_device
 from .devices.base import LRU
 from .errors import QschedError
@@ -38,13 +37,14 @@ def die_with_parent() -> None:
 
 
 class Worker:
-    def __init__(self, redis, spec: DeviceSpec, *, max_attempts: int = 3, result_ttl_s: int = 86_400,
-                 heartbeat_s: float = 1.0):
+    def __init__(self, redis, spec: DeviceSpec, *, redis_url: str, max_attempts: int = 3,
+                 result_ttl_s: int = 86_400, heartbeat_ttl_s: float = 5.0):
         self.r = redis
+        self.redis_url = redis_url
         self.spec = spec
         self.max_attempts = max_attempts
         self.ttl = result_ttl_s
-        self.heartbeat_s = heartbeat_s
+        self.heartbeat_ttl_s = heartbeat_ttl_s
         self.stopping = threading.Event()
         self.device = load_device(spec)
         self._templates = LRU()
@@ -55,32 +55,24 @@ class Worker:
 
     # lifecycle ----------------------------------------------------------------------------------------
     def serve(self) -> None:
-        hb = threading.Thread(target=self._heartbeat, daemon=True, name="heartbeat")
-        hb.start()
-        log.info("worker for %s (%s) ready", self.spec.name, self.spec.type)
-        for entry in reversed(self.r.lrange(self.processing, 0, -1)):   # a predecessor's batches, oldest first
-            self.recover(entry)
-        while not self.stopping.is_set():
-            entry = self.r.blmove(self.inbox, self.processing, 1.0, "RIGHT", "LEFT")
-            if entry is not None:
-                self.run_batch(entry)
-        self.r.delete(keys.device_heartbeat(self.spec.name))
-        self.device.close()
+        beat = heartbeat.start(self.redis_url, keys.device_heartbeat(self.spec.name), ttl_s=self.heartbeat_ttl_s,
+                               static={"type": self.spec.type, **self.device.describe()})
+        try:
+            log.info("worker for %s (%s) ready", self.spec.name, self.spec.type)
+            for entry in reversed(self.r.lrange(self.processing, 0, -1)):   # a predecessor's, oldest first
+                self.recover(entry)
+            while not self.stopping.is_set():
+                entry = self.r.blmove(self.inbox, self.processing, 1.0, "RIGHT", "LEFT")
+                if entry is not None:
+                    self.run_batch(entry)
+        finally:
+            beat.terminate()
+            beat.wait()
+            self.r.delete(keys.device_heartbeat(self.spec.name))
+            self.device.close()
 
     def stop(self, *_):
         self.stopping.set()
-
-    def _heartbeat(self):
-        me = psutil.Process()
-        static = {"pid": me.pid, "type": self.spec.type, **self.device.describe()}
-        while not self.stopping.is_set():
-            try:
-                # memory grows with the qubit count (16 bytes x 2^n per state vector): show it to admins
-                info = json.dumps({**static, "rss_bytes": me.memory_info().rss})
-                self.r.set(keys.device_heartbeat(self.spec.name), info, ex=max(5, int(self.heartbeat_s * 5)))
-            except Exception as e:  # Redis restarting: keep trying, the main loop will notice too
-                log.warning("heartbeat failed: %s", e)
-            self.stopping.wait(self.heartbeat_s)
 
     # one batch ----------------------------------------------------------------------------------------
     def recover(self, entry) -> None:
@@ -164,23 +156,27 @@ class Worker:
         event = json.dumps({"batch": batch.id, "device": self.spec.name, "session": batch.session,
                             "started": started, "finished": finished, "exec_s": exec_s,
                             "bindings": total_bindings if payloads else 0, "tasks": states})
-        self._complete(keys=[self.processing, keys.EVENTS, keys.session_usage(batch.session),
-                             keys.batch(batch.id), *tkeys],
-                       args=[entry, event, self.ttl, exec_s if payloads else 0.0, finished, *args])
+        written = self._complete(keys=[self.processing, keys.EVENTS, keys.session_usage(batch.session),
+                                       keys.batch(batch.id), *tkeys],
+                                 args=[entry, event, self.ttl, exec_s if payloads else 0.0, finished, *args])
+        if written == -1:
+            log.warning("batch %s was taken back while this worker ran it (its heartbeat had stopped); "
+                        "its results are discarded and the tasks run again elsewhere", batch.id)
 
 
 def _s(v):
     return v.decode() if isinstance(v, bytes) else v
 
 
-def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: int,
+def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: int, heartbeat_ttl_s: float,
          tie_to_parent: bool = False) -> None:
     import redis as redis_lib
     if tie_to_parent:
         die_with_parent()
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")   # spin-waiting collapsed aer 4-6x on shared VMs
     r = redis_lib.Redis.from_url(redis_url)
-    w = Worker(r, spec, max_attempts=max_attempts, result_ttl_s=result_ttl_s)
+    w = Worker(r, spec, redis_url=redis_url, max_attempts=max_attempts, result_ttl_s=result_ttl_s,
+               heartbeat_ttl_s=heartbeat_ttl_s)
     signal.signal(signal.SIGTERM, w.stop)
     signal.signal(signal.SIGINT, w.stop)
     w.serve()

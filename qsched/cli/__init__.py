@@ -97,7 +97,9 @@ def daemon_run(config_path, redis_url):
 @REDIS
 def daemon_check(config_path, redis_url):
     """Validate the config and report what the daemon would run."""
+    from ..daemon import check
     cfg = _config(config_path, redis_url)
+    check(cfg)
     click.echo(f"config {cfg.source}: ok")
     click.echo(f"  state dir {cfg.state_dir}; redis {cfg.redis_url or 'embedded'}; policy {cfg.policy.name}")
     for d in cfg.devices:
@@ -119,7 +121,7 @@ def worker(device, config_path, redis_url, die_with_parent):
                                  param_hint="--device")
     url = cfg.redis_url or f"unix://{cfg.state_dir / 'redis' / 'redis.sock'}"
     worker_main(spec, url, max_attempts=cfg.max_attempts, result_ttl_s=cfg.result_ttl_s,
-                tie_to_parent=die_with_parent)
+                heartbeat_ttl_s=cfg.heartbeat_timeout_s, tie_to_parent=die_with_parent)
 
 
 def _client(url):
@@ -202,8 +204,9 @@ def policy():
 def policy_validate(path):
     """Exit 1 with a message naming the bad field; 0 when the policy is valid."""
     from ..config import load_policy_file
+    from ..devices import device_types
     try:
-        p = load_policy_file(path)
+        p = load_policy_file(path, known_types=set(device_types()))
     except QschedError as e:
         click.echo(f"{path}: invalid: {e.message}", err=True)
         sys.exit(1)

@@ -1,4 +1,5 @@
-"""The qsched daemon: HTTP API, scheduling loop, worker supervision; `run(config)` is the entry point."""
-from .main import run, serve
+"""The qsched daemon: HTTP API, scheduling, worker supervision. `Daemon` (startup / serve / shutdown)
+is the object; `run(config)` the foreground entry point."""
+from .app import Daemon, check, run
 
-__all__ = ["run", "serve"]
+__all__ = ["Daemon", "check", "run"]

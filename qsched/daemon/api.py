@@ -12,10 +12,12 @@ import struct
 from dataclasses import dataclass
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from .. import __version__, wire
-from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, QschedError, Unauthorized
+from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, QschedError, Unauthorized, Unavailable
 from ..models import DeviceLimits, Task, TaskKind, TaskState
+from .identity import session_account, session_weight
 from .scheduler import Scheduler
 
 log = logging.getLogger("qsched.api")
@@ -26,6 +28,7 @@ HOOKS = web.AppKey("hooks", dict)
 KINDS = {k.value for k in TaskKind}
 METHODS = {None, "adjoint", "parameter-shift"}
 MAX_WAIT_S = 300.0
+MAX_IDEMPOTENCY_KEY = 128
 
 
 @dataclass
@@ -97,6 +100,9 @@ async def errors_middleware(request, handler):
         err = PayloadTooLarge(f"body: larger than the limit of {limit} bytes", field="body", limit=limit)
         request.app[SCHEDULER].metrics.rejected.labels(err.code).inc()
         return web.json_response(err.to_json(), status=413)
+    except RedisError as e:
+        err = Unavailable(f"store: Redis is unavailable ({type(e).__name__}); retry", field="store")
+        return web.json_response(err.to_json(), status=err.status)
     except web.HTTPException as e:
         if e.status >= 400:
             return web.json_response({"error": {"code": "http", "message": e.reason}}, status=e.status)
@@ -146,50 +152,61 @@ async def open_session(request):
     else:
         raise Unauthorized("authorization: opening a session over TCP needs a MUNGE credential "
                            "(X-Qsched-Munge) or the local unix socket", field="authorization")
-    # a session naming a Slurm job must be the caller's running quantum job: the reconciler closes it
-    # with that job and writes its usage into that job's AdminComment
-    verify = hooks.get("verify_job")
-    if verify and body.get("job_id") not in (None, ""):
-        await verify(str(body["job_id"]), uid)
-    return await _open(sch, body, user=user, uid=uid, job_id=str(body.get("job_id", "")))
+    return await _open(request, body, user=user, uid=uid, admin=c.admin)
 
 
-async def _open(sch, body, *, user, uid, job_id):
+async def _open(request, body, *, user: str, uid: int, admin: bool):
+    """A session naming a Slurm job must be the caller's running quantum job: the reconciler closes it
+    with that job and writes its usage into that job's AdminComment, and the job's account is the one
+    it is charged to, whatever the client claims."""
+    sch = request.app[SCHEDULER]
     weight = body.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or isinstance(weight, bool):
         raise BadRequest("weight: expected a number", field="weight")
     for f in ("pool", "class", "account", "name"):       # null means "the default"
         if body.get(f) is not None and not isinstance(body[f], str):
             raise BadRequest(f"{f}: expected a string", field=f)
+    job_id = "" if body.get("job_id") is None else str(body["job_id"])
+    job_account = None
+    verify = request.app[HOOKS].get("verify_job")
+    if verify and job_id:
+        job = await verify(job_id, uid)
+        job_account = (job or {}).get("account") or None
+    account = session_account(user=user, claimed=body.get("account") or "", job_account=job_account,
+                              users=sch.config.users, admin=admin)
     pool = body.get("pool") or next(iter(sch.pools))
     s = await sch.open_session(user=user, uid=uid, pool=pool, cls=body.get("class") or "batch",
-                               weight=float(weight), account=body.get("account") or "",
+                               weight=session_weight(float(weight), admin=admin), account=account,
                                name=body.get("name") or "", job_id=job_id)
     return web.json_response({**s.public(), "token": sch.token_for(s.id)}, status=201)
 
 
-@routes.post("/v1/admin/sessions")
+# Admin routes exist only on the admin listener (a 0600 socket; the middleware checks the peer too).
+admin_routes = web.RouteTableDef()
+
+
+@admin_routes.post("/v1/admin/sessions")
 async def admin_open(request):
-    """Used by the SPANK plugin from slurmstepd, on the admin socket only."""
-    sch = request.app[SCHEDULER]
-    if not caller(request).admin:
-        raise Forbidden("admin: only root or SlurmUser on the admin socket", field="admin")
+    """Used by the SPANK plugin from slurmstepd: opens the job's session for the job's user."""
     body = await json_body(request)
     for f, types in (("user", str), ("uid", int), ("job_id", (int, str))):
         if not isinstance(body.get(f), types) or isinstance(body.get(f), bool):
             raise BadRequest(f"{f}: required ({'an integer' if f == 'uid' else 'a string'})", field=f)
-    verify = request.app[HOOKS].get("verify_job")
-    if verify:
-        await verify(str(body["job_id"]), int(body["uid"]))
-    return await _open(sch, body, user=str(body["user"]), uid=int(body["uid"]), job_id=str(body["job_id"]))
+    # the job's account (from Slurm) is the record: the plugin names none
+    return await _open(request, body, user=str(body["user"]), uid=int(body["uid"]), admin=True)
 
 
-@routes.delete("/v1/admin/sessions/{sid}")
+@admin_routes.delete("/v1/admin/sessions/{sid}")
 async def admin_close(request):
     sch = request.app[SCHEDULER]
+    return web.json_response(await _close(request, sch, request.match_info["sid"]))
+
+
+@web.middleware
+async def admin_only(request, handler):
     if not caller(request).admin:
         raise Forbidden("admin: only root or SlurmUser on the admin socket", field="admin")
-    return web.json_response(await _close(request, sch, request.match_info["sid"]))
+    return await handler(request)
 
 
 async def _close(request, sch, sid):
@@ -341,12 +358,17 @@ async def submit(request):
     limit = pool_limits(sch, entry.session.pool)
     items = [await parse_task(sch, entry.session.id, entry, obj, f"tasks[{i}]" if many else "task", limit)
              for i, obj in enumerate(raw)]
-    ids = await sch.submit(entry.session.id, items)
+    key = body.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY):
+        raise BadRequest(f"idempotency_key: expected a string of 1..{MAX_IDEMPOTENCY_KEY} characters",
+                         field="idempotency_key", limit=MAX_IDEMPOTENCY_KEY)
+    ids, new = await sch.submit(entry.session.id, items, key)
+    status = 201 if new else 200              # 200: a retry of an accepted submission, nothing new
     wait = _wait_arg(request)
     if wait:
         ready = await sch.wait(ids, wait)
-        return await _tasks_response(sch, ids, status=201, extra={"ids": ids}, ready=ready)
-    return web.json_response({"ids": ids}, status=201)
+        return await _tasks_response(sch, ids, status=status, extra={"ids": ids}, ready=ready)
+    return web.json_response({"ids": ids}, status=status)
 
 
 def _wait_arg(request) -> float:
@@ -492,9 +514,12 @@ async def queue(request):
 
 
 def make_app(sch: Scheduler, *, admin: bool = False, hooks: dict | None = None) -> web.Application:
-    app = web.Application(client_max_size=sch.config.max_body_bytes, middlewares=[errors_middleware])
+    middlewares = [errors_middleware, admin_only] if admin else [errors_middleware]
+    app = web.Application(client_max_size=sch.config.max_body_bytes, middlewares=middlewares)
     app[SCHEDULER] = sch
     app[ADMIN] = admin
     app[HOOKS] = hooks if hooks is not None else {}
     app.add_routes(routes)
+    if admin:
+        app.add_routes(admin_routes)
     return app

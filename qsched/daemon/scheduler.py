@@ -1,27 +1,37 @@
-"""The scheduling index and loop. The index (sessions, their pending tasks, each device's outstanding
-batches) lives in memory and is rebuilt from Redis on start; payloads stay in Redis.
+"""The scheduling index and its writes. The index (sessions, their pending tasks, each device's
+outstanding batches) lives in memory and is rebuilt from Redis on start; payloads stay in Redis.
 
 Late binding: a device has at most one batch waiting in its inbox beyond the one running, so the
-policy decides as late as possible. Completions arrive on the events stream from the workers."""
+policy decides as late as possible. Completions arrive on the events stream from the workers.
+
+Memory changes first, then Redis, under one lock. If a write fails the index is marked stale and is
+rebuilt from Redis before the next write: what Redis holds is the truth."""
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import deque
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
 
 from .. import keys
 from ..config import Config
-from ..errors import BadRequest, Conflict, NotFound
+from ..errors import BadRequest, Draining, NotFound, Unavailable
 from ..metrics import Metrics
 from ..models import Batch, DeviceSpec, Session, Task, TaskState
 from ..policy import Policy
 from ..store import Store
+from .cost import CostModel
+from .dispatch import take_batch
+from .templates import TemplateIndex
 
 log = logging.getLogger("qsched.scheduler")
 
@@ -47,64 +57,9 @@ class DeviceEntry:
         self.alive = False
 
 
-class CostModel:
-    """Estimated device-seconds per binding, learned per device and task kind (EWMA of measurements),
-    saved to Redis now and then so a restarted daemon starts with good estimates."""
-
-    def __init__(self, alpha: float = 0.3, initial: float = 1e-3):
-        self.alpha, self.initial = alpha, initial
-        self.per_binding: dict[tuple[str, str], float] = {}
-        self.dirty = False
-
-    def estimate(self, device: str, kind: str, bindings: int) -> float:
-        return self.per_binding.get((device, kind), self.initial) * bindings
-
-    def observe(self, device: str, kind: str, bindings: int, seconds: float) -> None:
-        if bindings <= 0:
-            return
-        k = (device, kind)
-        x = seconds / bindings
-        self.per_binding[k] = x if k not in self.per_binding else (1 - self.alpha) * self.per_binding[k] + self.alpha * x
-        self.dirty = True
-
-
-class TemplateIndex:
-    """Template infos the API validates tasks against (QPY stays in Redis). Templates expire in Redis
-    after template_ttl_s unused; an entry older than RECHECK_S is checked (and its expiry pushed back)
-    before use, so a template in use never expires and a cached one is never stale. LRU-bounded."""
-    RECHECK_S = 3600.0
-    MAX_ENTRIES = 10_000
-
-    def __init__(self, store: Store, ttl_s: int):
-        self.store, self.ttl_s = store, ttl_s
-        self._infos: OrderedDict[str, tuple[dict, float]] = OrderedDict()
-
-    async def get(self, digest: str) -> dict | None:
-        hit = self._infos.get(digest)
-        now = time.monotonic()
-        if hit and now - hit[1] < self.RECHECK_S:
-            self._infos.move_to_end(digest)
-            return hit[0]
-        info = await self.store.template_info(digest, self.ttl_s)
-        if info is None:
-            self._infos.pop(digest, None)
-            return None
-        self.put(digest, info)
-        return info
-
-    async def add(self, digest: str, qpy: bytes, info: dict) -> None:
-        await self.store.put_template(digest, qpy, info, self.ttl_s)
-        self.put(digest, info)
-
-    def put(self, digest: str, info: dict) -> None:
-        self._infos[digest] = (info, time.monotonic())
-        self._infos.move_to_end(digest)
-        while len(self._infos) > self.MAX_ENTRIES:
-            self._infos.popitem(last=False)
-
-
 class Scheduler:
-    def __init__(self, store: Store, config: Config, policy: Policy, metrics: Metrics, secret: bytes):
+    def __init__(self, store: Store, config: Config, policy: Policy, metrics: Metrics, secret: bytes, *,
+                 on_worker_lost: Callable[[str], None] | None = None):
         self.store = store
         self.secret = secret                             # session tokens are HMACs of session ids
         self.config = config
@@ -116,21 +71,36 @@ class Scheduler:
         self.pools = config.pools()
         self.cost = CostModel()
         self.templates = TemplateIndex(store, config.template_ttl_s)
+        self.on_worker_lost = on_worker_lost             # a local worker that stopped beating: kill it
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._kick = asyncio.Event()
         self._writing = asyncio.Lock()         # one commit at a time: memory and Redis change in the same order
+        self._stale = False                    # a write failed: rebuild from Redis before the next one
         self._seq = 0
-        self._events_from = "0-0"
+        self.events_from = "0-0"
         self.accepting = True
         metrics.prelabel(self.devices, self.pools)
 
     # ------------------------------------------------------------------ recovery
     async def recover(self) -> None:
-        r = self.store.r
-        last = await r.xrevrange(keys.EVENTS, count=1)
-        self._events_from = last[0][0] if last else "0-0"
-        self.cost.per_binding.update(await self.store.load_cost_model(list(self.devices)))
+        """Startup: requeue what removed devices held, then build the index from Redis."""
+        await self._strand_removed_devices()
+        await self.resync()
+        log.info("recovered %d sessions, %d live tasks, %d outstanding batches", len(self.sessions),
+                 len(self.tasks), sum(len(d.outstanding) for d in self.devices.values()))
+
+    async def resync(self) -> None:
+        """Rebuild the index from Redis. All reads come first: if Redis fails midway, memory is as it was."""
+        last = await self.store.r.xrevrange(keys.EVENTS, count=1)
+        cost = await self.store.load_cost_model(list(self.devices))
         sessions, pending, tasks, outstanding = await self.store.load_state(list(self.devices))
+        self.sessions.clear()
+        self.tasks.clear()
+        for d in self.devices.values():
+            d.outstanding.clear()
+        self.policy = type(self.policy)(self.policy.cfg)
+        self.events_from = last[0][0] if last else "0-0"
+        self.cost.per_binding.update(cost)
         by_id = {t.id: t for t in tasks}
         for s in sessions:
             entry = self.sessions[s.id] = SessionEntry(s, self._weight(s))
@@ -153,10 +123,49 @@ class Scheduler:
         for entry in self.sessions.values():
             entry.pending = deque(sorted(entry.pending, key=lambda t: t.seq))
             self._enqueue(entry)
+        for tid in [t for t in self._waiters if t not in self.tasks]:
+            self._resolve(tid)        # ended while we could not see it: the waiter reads Redis
+        self._stale = False
         self._refresh_gauges()
-        log.info("recovered %d sessions, %d live tasks, %d outstanding batches", len(self.sessions),
-                 len(self.tasks), sum(len(d.outstanding) for d in self.devices.values()))
         self.kick()
+
+    async def _strand_removed_devices(self) -> None:
+        """A device removed from the config may still hold batches: requeue them to their pool, or fail
+        their tasks naming the device when the pool is gone too."""
+        for name in sorted(await self.store.known_devices(list(self.devices))):
+            processing, inbox = await self.store.device_batches(name)
+            for source, batches in (("processing", processing), ("inbox", inbox)):
+                for b in batches:
+                    session = await self.store.get_session(b.session)
+                    if session is not None and session.pool in self.pools:
+                        await self.store.recall(b, name, source)
+                        log.warning("device %s is no longer configured: batch %s requeued to pool %s",
+                                    name, b.id, session.pool)
+                    elif await self.store.recall(b, name, source):
+                        await self.store.fail_tasks(b.tasks, f"device {name} was removed from the config "
+                                                             "before this task ran, and its pool has no devices left")
+                        log.warning("device %s is no longer configured: batch %s failed", name, b.id)
+            await self.store.forget_device(name)
+
+    @contextlib.asynccontextmanager
+    async def _write(self):
+        """The write lock, with an index known to match Redis."""
+        async with self._writing:
+            if self._stale:
+                try:
+                    await self.resync()
+                except RedisError as e:
+                    raise Unavailable(f"store: Redis is unavailable ({e}); retry", field="store") from None
+                log.info("index rebuilt from Redis after a failed write")
+            yield
+
+    async def _commit(self, sid, items, batches, idempotency_key=None) -> None:
+        try:
+            await self.store.commit(sid, items, batches, idempotency_key)
+        except RedisError as e:
+            self._stale = True
+            log.error("write to Redis failed (%s); the index is rebuilt from Redis before the next write", e)
+            raise Unavailable(f"store: Redis refused the write ({e}); retry", field="store") from None
 
     # ------------------------------------------------------------------ sessions
     def _weight(self, s: Session) -> float:
@@ -165,7 +174,7 @@ class Scheduler:
     async def open_session(self, *, user: str, uid: int, pool: str, cls: str = "batch", weight: float = 1.0,
                            account: str = "", name: str = "", job_id: str = "") -> Session:
         if not self.accepting:
-            raise Conflict("daemon is draining; retry on the next daemon", field="session")
+            raise Draining("daemon is draining; retry on the next daemon", field="session")
         if pool not in self.pools:
             raise BadRequest(f"pool: unknown pool {pool!r} (pools: {', '.join(sorted(self.pools))})",
                              field="pool")
@@ -196,13 +205,13 @@ class Scheduler:
         return entry
 
     async def close_session(self, sid: str) -> dict:
-        async with self._writing:
+        async with self._write():
             entry = self.session(sid)
             cancelled = [t.id for t in entry.pending]
+            usage = await self.store.close_session(sid, cancelled)
             entry.pending.clear()
             self.policy.remove(sid)
             del self.sessions[sid]
-            usage = await self.store.close_session(sid, cancelled)
         for tid in cancelled:
             self.tasks.pop(tid, None)
             self._resolve(tid)
@@ -218,18 +227,26 @@ class Scheduler:
     def new_task_id(self, sid: str) -> str:
         return f"{sid}.{secrets.token_hex(5)}"
 
-    async def submit(self, sid: str, items: list[tuple[Task, str, bytes]]) -> list[str]:
-        """items are validated (api.py) tasks with their observables JSON and raw params."""
+    async def submit(self, sid: str, items: list[tuple[Task, str, bytes]],
+                     idempotency_key: str | None = None) -> tuple[list[str], bool]:
+        """items are validated (api.py) tasks with their observables JSON and raw params. Returns the
+        task ids and whether they are new: a retry of an acknowledged submission (same idempotency key)
+        gets the first answer's ids and submits nothing."""
         if not self.accepting:
-            raise Conflict("daemon is draining; no new tasks", field="tasks")
+            raise Draining("daemon is draining; no new tasks (retry on the next daemon)", field="tasks")
         entry = self.session(sid)
-        limit = self.policy.cfg.max_pending_per_session
-        if len(entry.pending) + len(items) > limit:
-            raise BadRequest(f"tasks: session would have {len(entry.pending) + len(items)} pending tasks, "
-                             f"limit {limit}", field="tasks", limit=limit)
-        async with self._writing:
+        async with self._write():
             if sid not in self.sessions:              # closed while we waited
                 raise NotFound(f"session: {sid!r} closed", field="session")
+            entry = self.sessions[sid]
+            if idempotency_key:
+                done = await self.store.submitted_ids(sid, idempotency_key)
+                if done is not None:
+                    return done, False
+            limit = self.policy.cfg.max_pending_per_session
+            if len(entry.pending) + len(items) > limit:
+                raise BadRequest(f"tasks: session would have {len(entry.pending) + len(items)} pending tasks, "
+                                 f"limit {limit}", field="tasks", limit=limit)
             now = time.time()
             was_idle = not entry.pending
             for t, _, _ in items:
@@ -241,28 +258,31 @@ class Scheduler:
                 self._enqueue(entry)
             batches = self._plan()
             _attach_payloads(batches, items)
-            await self._commit(sid, items, batches)      # durable before acknowledged
+            await self._commit(sid, items, batches, idempotency_key)      # durable before acknowledged
         for t, _, _ in items:
             self.metrics.tasks_submitted.labels(entry.session.pool, t.kind).inc()
         self.metrics.tasks_pending.labels(entry.session.pool).inc(len(items))
         self._count_dispatched(batches)
-        return [t.id for t, _, _ in items]
+        return [t.id for t, _, _ in items], True
 
     async def cancel(self, tid: str) -> str:
-        t = self.tasks.get(tid)
-        if t is None:
-            state = (await self.store.task_fields(tid, "state"))[0]
-            if state is None:
-                raise NotFound(f"task: no task {tid!r}", field="task")
-            return state
-        entry = self.sessions.get(t.session)
-        if t.state == TaskState.PENDING and entry is not None:
-            entry.pending.remove(t)       # the policy skips a session found empty at its turn
-            self.metrics.tasks_pending.labels(entry.session.pool).dec()
-        t.state = TaskState.CANCELLED
-        self.tasks.pop(tid, None)
-        async with self._writing:
+        async with self._write():
+            t = self.tasks.get(tid)
+            if t is None:
+                state = (await self.store.task_fields(tid, "state"))[0]
+                if state is None:
+                    raise NotFound(f"task: no task {tid!r}", field="task")
+                return state
             await self.store.cancel_task(tid, t.session)
+            entry = self.sessions.get(t.session)
+            if entry is not None:
+                if t.state == TaskState.PENDING:
+                    entry.pending.remove(t)       # the policy skips a session found empty at its turn
+                    self.metrics.tasks_pending.labels(entry.session.pool).dec()
+                else:
+                    entry.inflight -= 1           # scheduled: its batch's completion no longer counts it
+            t.state = TaskState.CANCELLED
+            self.tasks.pop(tid, None)
         self._resolve(tid)
         return TaskState.CANCELLED.value
 
@@ -272,13 +292,22 @@ class Scheduler:
             if not fut.done():
                 fut.set_result(payload)
 
+    def release_waiters(self) -> None:
+        """Drain: answer now every long-poll on a task that will not run before the stop (a client
+        re-polls the next daemon); those on running batches are answered as the batches end."""
+        for tid in list(self._waiters):
+            t = self.tasks.get(tid)
+            if t is None or t.state == TaskState.PENDING:
+                self._resolve(tid)
+
     async def wait(self, tids: list[str], timeout: float) -> dict[str, bytes]:
         """Wait until the tasks are final or the timeout passes. Returns the results that arrived
         inline with their completion events (the rest the caller reads from Redis)."""
         futs = []
         loop = asyncio.get_running_loop()
         for tid in tids:
-            if tid in self.tasks:
+            t = self.tasks.get(tid)
+            if t is not None and (self.accepting or t.state != TaskState.PENDING):
                 f = loop.create_future()
                 self._waiters.setdefault(tid, []).append(f)
                 futs.append((tid, f))
@@ -313,53 +342,25 @@ class Scheduler:
         if entry.pending:
             self.policy.enqueue(entry.session.id, entry.session.pool, entry.weight, entry.pending[0].seq)
 
-    def _take(self, entry: SessionEntry, spec: DeviceSpec) -> list[Task]:
-        """The head task, plus the following tasks that can share its simulator call."""
-        head = entry.pending.popleft()
-        tasks, bindings = [head], head.bindings
-        if self.policy.cfg.merge:
-            key = head.merge_key()
-            while entry.pending and entry.pending[0].merge_key() == key \
-                    and bindings + entry.pending[0].bindings <= spec.limits.max_batch_bindings:
-                t = entry.pending.popleft()
-                tasks.append(t)
-                bindings += t.bindings
-        return tasks
-
     async def run_dispatcher(self) -> None:
+        self.kick()        # (re)started: there may be work that arrived while it was down
         while True:
             await self._kick.wait()
             self._kick.clear()
-            async with self._writing:
+            async with self._write():
                 batches = self._plan()
                 if batches:
                     await self._commit(None, [], batches)
             self._count_dispatched(batches)
 
-    async def _commit(self, sid, items, batches) -> None:
-        """Memory was updated first; if Redis refuses the write, memory is rebuilt from Redis."""
-        try:
-            await self.store.commit(sid, items, batches)
-        except Exception:
-            log.exception("write to Redis failed; rebuilding the index from Redis")
-            await self.resync()
-            raise
-
-    async def resync(self) -> None:
-        self.sessions.clear()
-        self.tasks.clear()
-        for d in self.devices.values():
-            d.outstanding.clear()
-        self.policy = type(self.policy)(self.policy.cfg)
-        await self.recover()
-
     def _plan(self) -> list[Batch]:
-        """Fill every device's free slots from the policy (in memory only; the caller commits)."""
+        """Fill every live device's free slots from the policy (in memory only; the caller commits)."""
         batches, progress = [], self.accepting
+        cfg = self.policy.cfg
         while progress:
             progress = False
             for dev in self.devices.values():
-                if len(dev.outstanding) >= MAX_OUTSTANDING:
+                if not dev.alive or len(dev.outstanding) >= MAX_OUTSTANDING:
                     continue
                 sid = self.policy.pick(dev.spec.pool)
                 if sid is None:
@@ -368,11 +369,14 @@ class Scheduler:
                 entry = self.sessions.get(sid)
                 if entry is None or not entry.pending:
                     continue
-                tasks = self._take(entry, dev.spec)
-                est = self.cost.estimate(dev.spec.name, tasks[0].kind, sum(t.bindings for t in tasks))
+                name, kind = dev.spec.name, entry.pending[0].kind
+                tasks = take_batch(entry.pending, merge=cfg.merge, max_bindings=dev.spec.limits.max_batch_bindings,
+                                   max_batch_s=cfg.max_batch_s,
+                                   estimate=lambda n, name=name, kind=kind: self.cost.estimate(name, kind, n))
+                est = self.cost.estimate(name, kind, sum(t.bindings for t in tasks))
                 self.policy.charge(sid, est)
                 self._enqueue(entry)
-                batch = Batch(id="b" + secrets.token_hex(6), device=dev.spec.name, session=sid,
+                batch = Batch(id="b" + secrets.token_hex(6), device=name, session=sid,
                               tasks=[t.id for t in tasks], created=time.time())
                 for t in tasks:
                     t.state, t.batch = TaskState.SCHEDULED, batch.id
@@ -387,19 +391,72 @@ class Scheduler:
             self.metrics.tasks_pending.labels(spec.pool).dec(len(b.tasks))
             self.metrics.batches.labels(spec.name).inc()
 
+    # ------------------------------------------------------------------ taking batches back
+    async def recall_waiting(self) -> int:
+        """Take back every batch still waiting in an inbox (drain: what no worker has started stays
+        queued for the next daemon instead of holding the drain). Returns how many."""
+        n = 0
+        async with self._write():
+            for dev in self.devices.values():
+                for b, est in list(dev.outstanding.values()):
+                    if await self.store.recall(b, dev.spec.name, "inbox"):
+                        self._requeued(dev, b, est, "recall")
+                        n += 1
+        return n
+
+    async def _requeue_lost(self, dev: DeviceEntry) -> None:
+        """The device's worker stopped beating: take back what it held (from its processing list, so a
+        late result from it is refused, and from its inbox) and requeue it to the pool."""
+        async with self._write():
+            for b, est in list(dev.outstanding.values()):
+                if await self.store.recall(b, dev.spec.name, "processing", attempt=True):
+                    self._requeued(dev, b, est, "worker_lost")
+                    log.error("device %s: its worker stopped while running batch %s; requeued to pool %s",
+                              dev.spec.name, b.id, dev.spec.pool)
+                elif await self.store.recall(b, dev.spec.name, "inbox"):
+                    self._requeued(dev, b, est, "recall")
+            failed = [t for t in self.tasks.values()
+                      if t.state == TaskState.PENDING and t.attempts >= self.config.max_attempts]
+            if failed:
+                await self.store.fail_tasks([t.id for t in failed], (
+                    f"the worker of device {dev.spec.name} stopped while running this task "
+                    f"({self.config.max_attempts} attempts)"))
+                for t in failed:
+                    entry = self.sessions.get(t.session)
+                    if entry is not None and t in entry.pending:
+                        entry.pending.remove(t)
+                    self.tasks.pop(t.id, None)
+                    self._resolve(t.id)
+        self.kick()
+
+    def _requeued(self, dev: DeviceEntry, b: Batch, est: float, reason: str) -> None:
+        """Memory side of a recall: the batch's live tasks go back to the head of their session's queue,
+        in order, and the policy is un-charged."""
+        dev.outstanding.pop(b.id, None)
+        self.metrics.batches_requeued.labels(dev.spec.name, reason).inc()
+        live = [self.tasks[t] for t in b.tasks if t in self.tasks]
+        entry = self.sessions.get(b.session)
+        if entry is None:
+            for t in live:
+                self.tasks.pop(t.id, None)
+                self._resolve(t.id)
+            return
+        for t in reversed(live):
+            t.state, t.batch = TaskState.PENDING, None
+            if reason == "worker_lost":
+                t.attempts += 1
+            entry.pending.appendleft(t)
+        entry.inflight -= len(live)
+        self.metrics.tasks_pending.labels(entry.session.pool).inc(len(live))
+        self.policy.correct(b.session, est, 0.0)
+        self._enqueue(entry)
+
     # ------------------------------------------------------------------ completions
     async def run_events(self, redis) -> None:
         """Follow the workers' events stream (a dedicated connection: XREAD blocks)."""
-        last = self._events_from
+        last = self.events_from
         while True:
-            try:
-                resp = await redis.xread({keys.EVENTS: last}, block=1000, count=500)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("events stream: %s; retrying", e)
-                await asyncio.sleep(0.5)
-                continue
+            resp = await redis.xread({keys.EVENTS: last}, block=1000, count=500)
             for _, entries in resp or ():
                 for eid, fields in entries:
                     last = eid
@@ -419,6 +476,7 @@ class Scheduler:
         first_kind = None
         for tid, state in ev["tasks"].items():
             t = self.tasks.pop(tid, None)
+            self._resolve(tid, (inline or {}).get(tid))
             if t is None:
                 continue
             first_kind = first_kind or t.kind
@@ -426,7 +484,6 @@ class Scheduler:
             self.metrics.queue_wait.labels(dev.spec.pool).observe(max(0.0, ev["started"] - t.submitted))
             if sid in self.sessions:
                 self.sessions[sid].inflight -= 1
-            self._resolve(tid, (inline or {}).get(tid))
         if batch is not None:
             for tid in batch.tasks:       # cancelled while running: nothing to report, still not live
                 self.tasks.pop(tid, None)
@@ -440,29 +497,38 @@ class Scheduler:
         self.metrics.bindings.labels(dev.spec.name).inc(int(ev.get("bindings", 0)))
         self.kick()
 
-    async def run_device_watch(self, interval_s: float = 1.0) -> None:
-        """A device is up while its worker heartbeats, or while it is running a batch: aer holds the GIL
-        for a whole run, so a long batch can outlast the heartbeat's expiry. Works the same for workers
-        the daemon starts and for workers systemd runs. Also saves the learned cost model."""
-        names = list(self.devices)
+    async def run_device_watch(self, interval_s: float = 0.5) -> None:
         while True:
-            try:
-                beats = await self.store.heartbeats(names)
-                running = await self.store.running_counts(names)
-                for name, hb, n in zip(names, beats, running):
-                    up = hb is not None or n > 0
-                    self.devices[name].alive = up
-                    self.metrics.device_up.labels(name).set(1 if up else 0)
-                    if hb and "rss_bytes" in hb:
-                        self.metrics.worker_memory.labels(name).set(hb["rss_bytes"])
-                if self.cost.dirty:
-                    self.cost.dirty = False
-                    await self.store.save_cost_model(dict(self.cost.per_binding))
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("device watch: %s", e)
+            await self.watch_devices()
             await asyncio.sleep(interval_s)
+
+    async def watch_devices(self) -> None:
+        """A device is up while its worker heartbeats. The heartbeat comes from a small process beside
+        the worker that beats while the worker runs (a long aer run holds the worker's GIL) and stops
+        when it is stopped or gone: a missing heartbeat with batches outstanding means those batches
+        are lost with it. Also saves the learned cost model."""
+        names = list(self.devices)
+        for name, hb in zip(names, await self.store.heartbeats(names)):
+            dev = self.devices[name]
+            up = hb is not None
+            if up and not dev.alive:
+                log.info("device %s is up (worker pid %s)", name, hb.get("pid"))
+                self.kick()
+            elif dev.alive and not up:
+                log.error("device %s is down: no heartbeat from its worker for %.1f s", name,
+                          self.config.heartbeat_timeout_s)
+                self.metrics.workers_lost.labels(name).inc()
+                if self.on_worker_lost:
+                    self.on_worker_lost(name)      # a local worker that is stopped or hung: restart it
+            dev.alive = up
+            self.metrics.device_up.labels(name).set(1 if up else 0)
+            if hb and "rss_bytes" in hb:
+                self.metrics.worker_memory.labels(name).set(hb["rss_bytes"])
+            if not up and dev.outstanding:
+                await self._requeue_lost(dev)
+        if self.cost.dirty:
+            self.cost.dirty = False
+            await self.store.save_cost_model(dict(self.cost.per_binding))
 
     # ------------------------------------------------------------------ views
     def _refresh_gauges(self) -> None:
@@ -492,4 +558,3 @@ def _attach_payloads(batches: list[Batch], items: list[tuple[Task, str, bytes]])
                 t, obs, params = new[tid]
                 b.inline.append([t.id, t.kind, t.template, t.shots, t.method, obs, t.submitted, t.bindings,
                                  base64.b64encode(params).decode()])
-

@@ -7,19 +7,16 @@ import logging
 import signal
 import sys
 
-from .. import keys
-from ..models import Batch
-
 log = logging.getLogger("qsched.supervisor")
 
 STOP_GRACE_S = 5.0
 
 
 class WorkerSupervisor:
-    def __init__(self, config, redis_url: str, redis, metrics, config_path: str | None):
+    def __init__(self, config, redis_url: str, store, metrics, config_path: str | None):
         self.config = config
         self.redis_url = redis_url
-        self.r = redis
+        self.store = store
         self.metrics = metrics
         self.config_path = config_path
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -43,7 +40,10 @@ class WorkerSupervisor:
         while not self._stopping:
             proc = await asyncio.create_subprocess_exec(*self._argv(name), stdin=asyncio.subprocess.DEVNULL)
             self.procs[name] = proc
+            started = asyncio.get_running_loop().time()
             rc = await proc.wait()
+            if asyncio.get_running_loop().time() - started > 60:
+                backoff = 0.5              # it ran fine for a while: this is not a crash loop
             if self._stopping:
                 return
             why = f"worker for device {name} exited with " + (
@@ -51,12 +51,19 @@ class WorkerSupervisor:
             log.error("%s; restarting in %.1f s", why, backoff)
             self.metrics.worker_restarts.labels(name).inc()
             try:
-                for entry in await self.r.lrange(keys.device_processing(name), 0, -1):
-                    await self.r.hset(keys.batch(Batch.from_entry(entry).id), "last_error", why)
+                await self.store.note_worker_exit(name, why)
             except Exception as e:
                 log.warning("could not record the worker's death on its batches: %s", e)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    def lost(self, name: str) -> None:
+        """The daemon saw the device's heartbeat stop: a worker process that is still here is stopped or
+        hung. Kill it; its watch starts a successor."""
+        proc = self.procs.get(name)
+        if proc is not None and proc.returncode is None and not self._stopping:
+            log.error("worker for device %s (pid %d) stopped beating: killing it", name, proc.pid)
+            proc.kill()
 
     async def __aexit__(self, *exc):
         """SIGTERM: each worker finishes its current batch, then exits; SIGKILL after a grace period.

@@ -58,7 +58,7 @@ def test_sigterm_stops_accepting_and_drains_running_work(fresh_daemon):
     waiter.start()
     d.proc.send_signal(signal.SIGTERM)
     assert _wait_for(lambda: c.health()["status"] == "draining", 5)
-    with pytest.raises(errors.Conflict) as e:
+    with pytest.raises(errors.Draining) as e:
         s.submit("estimate", qc, np.zeros((1, qc.num_parameters)), observables="ZZ")
     assert "draining" in e.value.message
     waiter.join(30)

@@ -1,0 +1,228 @@
+"""The daemon: startup, serve, shutdown (as uvicorn's Server). Resources open in order and close in
+reverse (embedded Redis, connections, the scheduling index, workers, background tasks, listeners).
+
+Every background task is owned and supervised here: an exception is logged with its traceback,
+counted in qsched_background_task_errors_total, and the task restarts after a capped backoff; a
+background task never ends silently.
+
+SIGTERM/SIGINT: stop accepting, take back batches no worker has started, wait for the running ones
+(up to drain_timeout_s), then stop. A second SIGTERM/SIGINT stops at once. SIGHUP: reload the policy
+(an invalid config keeps the old one)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import redis.asyncio as aredis
+from aiohttp import web
+
+from ..config import Config, load_config
+from ..errors import QschedError
+from ..metrics import Metrics
+from ..policy import make_policy
+from ..store import Store
+from .api import make_app
+from .redis_server import EmbeddedRedis
+from .scheduler import Scheduler
+from .supervisor import WorkerSupervisor
+
+log = logging.getLogger("qsched.daemon")
+
+BACKOFF_MAX_S = 5.0
+
+
+def slurm_hooks(config: Config) -> dict:
+    """MUNGE identity, job checks and accounting, when the Slurm side is installed and configured."""
+    try:
+        from ..slurm import daemon_hooks
+    except ImportError:
+        return {}
+    return daemon_hooks(config)
+
+
+def check(config: Config) -> dict:
+    """Everything start-up would refuse, without starting anything: the one validation path of start,
+    `daemon check`, `policy validate` and SIGHUP (the config was parsed already). Returns the hooks."""
+    make_policy(config.policy)
+    return slurm_hooks(config)
+
+
+class Daemon:
+    def __init__(self, config: Config, *, config_path: str | None = None, hooks: dict | None = None,
+                 ready: Callable[[Scheduler], None] | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.hooks = hooks
+        self.ready = ready
+        self.metrics = Metrics()
+        self.scheduler: Scheduler | None = None
+        self.supervisor: WorkerSupervisor | None = None
+        self.redis_url = ""
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task] = []
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+
+    # ---------------------------------------------------------------- phases
+    async def startup(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.hooks is None:
+            self.hooks = check(cfg)
+        stack = self._stack
+        url = cfg.redis_url
+        if not url:
+            url = (await stack.enter_async_context(EmbeddedRedis(cfg.state_dir))).url
+        self.redis_url = url
+        r = aredis.Redis.from_url(url, max_connections=64)
+        stack.push_async_callback(r.aclose)
+        r_events = aredis.Redis.from_url(url, single_connection_client=True)   # XREAD blocks: its own
+        stack.push_async_callback(r_events.aclose)
+        store = Store(r, result_ttl_s=cfg.result_ttl_s)
+        stack.push_async_callback(store.close)
+        sch = self.scheduler = Scheduler(store, cfg, make_policy(cfg.policy), self.metrics, await store.secret(),
+                                         on_worker_lost=self._worker_lost)
+        await sch.recover()
+        if cfg.start_workers:
+            self.supervisor = await stack.enter_async_context(
+                WorkerSupervisor(cfg, url, store, self.metrics, self.config_path))
+        stack.push_async_callback(self._cancel_background)
+        self.spawn("dispatcher", sch.run_dispatcher)
+        self.spawn("events", lambda: sch.run_events(r_events))
+        self.spawn("device-watch", sch.run_device_watch)
+        for extra in self.hooks.get("background", []):
+            self.spawn(getattr(extra, "__name__", "hook"), lambda extra=extra: extra(sch))
+        await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks), tcp=cfg.tcp,
+                                                   path=cfg.socket_path))
+        await stack.enter_async_context(self._site(make_app(sch, admin=True, hooks=self.hooks),
+                                                   path=cfg.admin_socket_path, mode=0o600))
+        log.info("qsched daemon ready: tcp=%s socket=%s devices=%s policy=%s", cfg.tcp, cfg.socket_path,
+                 ",".join(d.name for d in cfg.devices), cfg.policy.name)
+        if self.ready:
+            self.ready(sch)
+
+    async def serve(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        sch = self.scheduler
+        if sch is not None:
+            await self._drain(sch)
+        await self._stack.aclose()
+        log.info("qsched daemon stopped")
+
+    async def run(self) -> None:
+        """startup / serve / shutdown with the signal handlers a foreground daemon wants."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.startup()
+            await self.serve()
+        finally:
+            await self.shutdown()
+
+    async def __aenter__(self) -> "Daemon":
+        await self.startup()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.shutdown()
+
+    # ---------------------------------------------------------------- control
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            log.warning("second stop signal: stopping now without waiting for running batches")
+            self._force.set()
+        self._stop.set()
+
+    def reload(self) -> None:
+        try:
+            fresh = load_config(self.config_path) if self.config_path else self.config
+            check(fresh)
+            assert self.scheduler is not None
+            self.scheduler.set_policy(make_policy(fresh.policy))
+            log.info("SIGHUP: policy reloaded (%s)", fresh.policy.name)
+        except QschedError as e:
+            log.error("SIGHUP: invalid policy or config kept out, the old policy stays: %s", e)
+
+    def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> asyncio.Task:
+        """Run a background task under supervision (see the module doc)."""
+        task = asyncio.create_task(self._supervise(name, factory), name=name)
+        self._tasks.append(task)
+        return task
+
+    async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await factory()
+                log.error("background task %s returned; restarting it", name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background task %s failed; restarting it in %.1f s", name, backoff)
+            self.metrics.background_errors.labels(name).inc()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _cancel_background(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _worker_lost(self, device: str) -> None:
+        if self.supervisor is not None:
+            self.supervisor.lost(device)
+
+    async def _drain(self, sch: Scheduler) -> None:
+        """Stop accepting; batches still in an inbox go back to their queues (the next daemon runs them);
+        wait for the running ones, which end on their own, up to drain_timeout_s."""
+        sch.accepting = False
+        try:
+            recalled = await sch.recall_waiting()
+        except QschedError as e:
+            log.warning("drain: could not take back waiting batches: %s", e)
+            recalled = 0
+        sch.release_waiters()
+        running = sum(len(d.outstanding) for d in sch.devices.values())
+        log.info("stopping: no new sessions or tasks; %d waiting batches requeued, %d running (timeout %.0f s)",
+                 recalled, running, self.config.drain_timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout_s
+        while not sch.idle() and loop.time() < deadline and not self._force.is_set():
+            await asyncio.sleep(0.05)
+        if not sch.idle():
+            log.warning("drain ended with %d batches still running: they stay in Redis for the next start",
+                        sum(len(d.outstanding) for d in sch.devices.values()))
+
+    @contextlib.asynccontextmanager
+    async def _site(self, app: web.Application, *, tcp: str | None = None, path: Path | None = None,
+                    mode: int = 0o666):
+        # the drain answers long-polls at once; the shutdown timeout only bounds a handler that is stuck
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await runner.setup()
+        try:
+            if tcp:
+                host, _, port = tcp.rpartition(":")
+                await web.TCPSite(runner, host, int(port)).start()
+            if path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.unlink(missing_ok=True)
+                await web.UnixSite(runner, str(path)).start()
+                os.chmod(path, mode)
+            yield runner
+        finally:
+            await runner.cleanup()
+            if path:
+                path.unlink(missing_ok=True)
+
+
+def run(config: Config, *, config_path: str | None = None, ready=None) -> None:
+    asyncio.run(Daemon(config, config_path=config_path, ready=ready).run())

@@ -1,0 +1,54 @@
+"""A worker's heartbeat, sent by a small process beside it.
+
+A long simulation holds the worker's GIL (aer at 22 qubits: 16 s in which no other thread of the
+worker ran), so a thread cannot beat for it. This process beats while the worker runs and stops
+beating when the worker is stopped (SIGSTOP), a zombie or gone; the key's expiry then tells the
+daemon within `ttl_s` that the device is down and that what its worker held is lost."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+_ALIVE_STATES = {psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING, psutil.STATUS_DISK_SLEEP, psutil.STATUS_IDLE,
+                 psutil.STATUS_WAKING}
+
+
+def start(redis_url: str, key: str, *, ttl_s: float, static: dict) -> subprocess.Popen:
+    """Start the heartbeat process for the calling worker."""
+    argv = [sys.executable, "-m", "qsched.heartbeat", redis_url, key, str(os.getpid()), str(ttl_s),
+            json.dumps(static)]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
+
+
+def beat(redis_url: str, key: str, worker_pid: int, ttl_s: float, static: dict) -> None:
+    import redis as redis_lib
+    r = redis_lib.Redis.from_url(redis_url, socket_timeout=max(1.0, ttl_s))
+    worker = psutil.Process(worker_pid)
+    interval = max(0.05, ttl_s / 4)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        try:
+            if worker.status() not in _ALIVE_STATES:
+                time.sleep(interval)       # stopped or a zombie: let the key expire
+                continue
+            rss = worker.memory_info().rss
+        except psutil.NoSuchProcess:
+            return
+        try:
+            # memory grows with the qubit count (16 bytes x 2^n per state vector): show it to admins
+            r.set(key, json.dumps({**static, "pid": worker_pid, "rss_bytes": rss, "at": time.time()}),
+                  px=int(ttl_s * 1000))
+        except redis_lib.RedisError:
+            pass                           # Redis restarting: the worker's own loop notices too
+        time.sleep(interval)
+
+
+if __name__ == "__main__":
+    url, key, pid, ttl, static_json = sys.argv[1:6]
+    beat(url, key, int(pid), float(ttl), json.loads(static_json))
