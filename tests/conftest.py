@@ -110,14 +110,27 @@ def _mirror(src: Path, dst: Path, skip=lambda rel: False) -> None:
                 _place(s, os.path.join(out, f))
 
 
-def make_portable_python(base_dir: str = "/tmp") -> PortablePython:
+def _searchable(path: Path) -> bool:
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in (path, *path.parents))
+
+
+def _base_dir() -> str:
+    """A directory every user can reach, preferably on the venv's file system (hard links, not copies:
+    /tmp is often a tmpfs in CI while the clone is on disk)."""
+    dev = os.stat(sysconfig.get_paths()["purelib"]).st_dev
+    found = [d for d in ("/tmp", "/var/tmp") if os.path.isdir(d) and _searchable(Path(d))]
+    if not found:
+        raise RuntimeError("neither /tmp nor /var/tmp is searchable by other users")
+    return next((d for d in found if os.stat(d).st_dev == dev), found[0])
+
+
+def make_portable_python(base_dir: str | None = None) -> PortablePython:
     """A private copy of the base interpreter's prefix (binary, libpython, stdlib) whose site-packages
-    holds this venv's packages and the qsched being tested. Mostly hard links: ~2 s, no disk."""
-    root = Path(tempfile.mkdtemp(prefix="qsched-python-", dir=base_dir))
+    holds this venv's packages and the qsched being tested. Hard links where it can: ~2 s, no disk."""
+    root = Path(tempfile.mkdtemp(prefix="qsched-python-", dir=base_dir or _base_dir()))
     root.chmod(0o755)
-    for p in root.parents:
-        if not os.stat(p).st_mode & stat.S_IXOTH:
-            raise RuntimeError(f"{p} is not searchable by other users: cannot place a shared Python under it")
+    if not _searchable(root):
+        raise RuntimeError(f"{root} is not reachable by other users: cannot place a shared Python there")
     ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     base_exe = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
     base_prefix = Path(sys.base_prefix)
