@@ -27,14 +27,24 @@ _AER_GATES = frozenset({
 }) | NON_GATES
 
 
+# gates whose angles aer binds per parameter row; with two or more rows, a template angle in cp, crx,
+# cry, crz, cu1, cu3 or global_phase fails the whole call ("Result for experiment 1 could not be
+# found", aer 0.18): those are flattened into these
+_AER_BINDABLE = frozenset({"cu", "p", "r", "rx", "rxx", "ry", "ryy", "rz", "rzx", "rzz", "u", "u1", "u2", "u3"})
+
+
+def _symbolic(op) -> bool:
+    return any(getattr(x, "parameters", None) for x in op.params)
+
+
 def _aer_keep(op) -> bool:
-    return op.name in _AER_GATES
+    return op.name in _AER_GATES and (op.name in _AER_BINDABLE or not _symbolic(op))
 
 
 def _shift_keep(op) -> bool:
     """Gradients by the two-term shift rule: gates with template angles must have a generator with
     eigenvalues +-1/2; everything else is flattened into such gates first (crx -> ry + cx, ...)."""
-    if not any(getattr(x, "parameters", None) for x in op.params):
+    if not _symbolic(op):
         return _aer_keep(op)
     return op.name in SHIFTABLE
 
@@ -42,6 +52,30 @@ def _shift_keep(op) -> bool:
 def _sparse(terms):
     from qiskit.quantum_info import SparsePauliOp
     return SparsePauliOp.from_list([(p, c) for p, c in terms])
+
+
+def _observables(t: TaskPayload, measured):
+    """The task's observables for aer, and which are zero: aer refuses an all-zero observable
+    ("Empty observable"), so those are estimated as the identity and zeroed afterwards (a measured
+    qubit's <X>, the zero observable a client sends for an empty sum)."""
+    terms = dephase(t.observables, measured, t.circuit.num_qubits)
+    zero = np.array([not any(c for _, c in o) for o in terms], dtype=bool)
+    ident = [["I" * t.circuit.num_qubits, 1.0]]
+    return [[_sparse(ident if z else o) for o, z in zip(terms, zero)]], zero
+
+
+def _zeroed(post, zero):
+    if not zero.any():
+        return post
+
+    def wrapped(d):
+        out = post(d)
+        for k in ("evs", "stds", "jacobian"):
+            if k in out:
+                out[k] = np.array(out[k], dtype=float)
+                out[k][:, zero] = 0.0
+        return out
+    return wrapped
 
 
 class AerDevice(Device):
@@ -113,25 +147,25 @@ class AerDevice(Device):
                                  lambda d, B=B: _registers(d, (B, -1))))
                 continue
             precision = 0.0 if not t.shots else 1.0 / np.sqrt(t.shots)
-            if t.kind == "gradient" and P:
+            if t.kind == "gradient" and P and self._gradient_program(t)[1].C.shape[0]:
                 qc, amap, measured = self._gradient_program(t)
-                obs = [[_sparse(o) for o in dephase(t.observables, measured, t.circuit.num_qubits)]]
+                obs, zero = _observables(t, measured)
                 shifted = shift_bindings(amap.angles(params))          # [B, 1+2K, K]
                 pubs.append(("estimate", (qc, [obs], shifted[:, :, None, :], precision),
-                             lambda d, amap=amap: _gradient(d, amap)))
+                             _zeroed(lambda d, amap=amap: _gradient(d, amap), zero)))
                 continue
             qc, cols, measured = self._estimate_circuit(t)
-            obs = [[_sparse(o) for o in dephase(t.observables, measured, t.circuit.num_qubits)]]
+            obs, zero = _observables(t, measured)
             if len(cols):
                 pubs.append(("estimate", (qc, obs, params[:, None, cols], precision),
-                             lambda d: {"evs": np.asarray(d.evs), "stds": np.asarray(d.stds)}))
+                             _zeroed(lambda d: {"evs": np.asarray(d.evs), "stds": np.asarray(d.stds)}, zero)))
             else:
-                def spread(d, B=B, grad=t.kind == "gradient"):
+                def spread(d, B=B, P=P, grad=t.kind == "gradient"):
                     evs = np.broadcast_to(np.asarray(d.evs).reshape(1, -1), (B, np.size(d.evs))).copy()
-                    if grad:
-                        return {"evs": evs, "jacobian": np.zeros(evs.shape + (0,))}
+                    if grad:      # no template angle reaches a gate: the derivatives are zero
+                        return {"evs": evs, "jacobian": np.zeros(evs.shape + (P,))}
                     return {"evs": evs, "stds": np.broadcast_to(np.asarray(d.stds).reshape(1, -1), evs.shape).copy()}
-                pubs.append(("estimate", (qc, obs[0], None, precision), spread))
+                pubs.append(("estimate", (qc, obs[0], None, precision), _zeroed(spread, zero)))
         return pubs
 
     def run_group(self, tasks):

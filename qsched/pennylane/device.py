@@ -58,9 +58,47 @@ def _to_computational_basis(tape):
     out, fns = [], []
     for t in split:
         (d,), fn = qml.transforms.diagonalize_measurements(t)
-        out.append(d)
-        fns.append(fn)
-    return out, lambda res: split_fn([fn([r]) for fn, r in zip(fns, res)])
+        tapes, join = _rotate_remaining(d)
+        out.extend(tapes)
+        fns.append((len(tapes), fn, join))
+
+    def post(res):
+        parts, i = [], 0
+        for n, fn, join in fns:
+            parts.append(fn([join(res[i:i + n])]))
+            i += n
+        return split_fn(parts)
+    return out, post
+
+
+def _rotate_remaining(tape):
+    """diagonalize_measurements rotates Pauli observables only; the rest (Hermitian, state-vector
+    Projector, ...) were read from Z-basis samples, which is wrong. As default.qubit does, apply each
+    observable's diagonalizing gates before sampling and keep the measurement: its process_samples
+    reads the rotated bits with eigvals() in the same order. Measurements that overlap such an
+    observable on a wire get a tape of their own."""
+    rotated = [i for i, mp in enumerate(tape.measurements)
+               if mp.obs is not None and mp.diagonalizing_gates()]
+    if not rotated:
+        return [tape], lambda res: res[0]
+    mps = tape.measurements
+    clash = any(i != j and set(mps[i].wires) & set(mps[j].wires)
+                for i in rotated for j in range(len(mps)))
+    groups = [list(range(len(mps)))] if not clash else [[i] for i in range(len(mps))]
+    tapes = []
+    for g in groups:
+        diag = [op for i in g for op in mps[i].diagonalizing_gates()]
+        tapes.append(tape.copy(operations=tape.operations + diag,
+                               measurements=[mps[i] for i in g]))
+    if len(groups) == 1:
+        return tapes, lambda res: res[0]
+
+    def join(res):
+        # one measurement per tape: reassemble the tape's result (per shot bin when partitioned)
+        if tape.shots.has_partitioned_shots:
+            return tuple(tuple(r[b] for r in res) for b in range(tape.shots.num_copies))
+        return tuple(res)
+    return tapes, join
 
 
 class TaskGroup:

@@ -24,6 +24,7 @@ from qiskit.primitives.containers.estimator_pub import EstimatorPub
 from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.quantum_info import SparseObservable
 
+from ..errors import BadRequest
 from ..wire import decode_array
 
 __all__ = [
@@ -123,12 +124,31 @@ class EstimatorPlan:
         return bi, oi
 
 
+def _check_estimator_measurements(circuit: QuantumCircuit) -> None:
+    """Final measurements are allowed and collapse the state, as on aer (the reference for the aer
+    pool): <X> of a measured qubit is 0, <Z> unchanged; the workers compute that exactly on every
+    pool. StatevectorEstimator raises instead, but code written against aer must get aer's answer,
+    not an error. A measurement followed by gates on its qubit has no exact estimate (aer samples
+    trajectories and returns shot noise for precision 0): refused here, at run()."""
+    measured: set[int] = set()
+    for inst in circuit.data:
+        name = inst.operation.name
+        qs = [circuit.find_bit(q).index for q in inst.qubits]
+        if name == "measure":
+            measured.add(qs[0])
+        elif name != "barrier" and measured.intersection(qs):
+            raise BadRequest(f"circuit: {name!r} acts on qubit {min(measured.intersection(qs))} after "
+                             f"it was measured; the estimator supports final measurements only",
+                             field="circuit")
+
+
 def estimator_pub_to_task(pub: EstimatorPub) -> EstimatorPlan:
     """EstimatorPub -> estimate task (template circuit, params [B, P], observables list of O).
 
     The task computes the outer product B x O; the broadcast PUB shape is read back by indexing.
     """
-    circuit = pub.circuit    # trailing measurements are the worker's to drop (it caches per template)
+    circuit = pub.circuit
+    _check_estimator_measurements(circuit)
     params = _flat_params(pub, circuit)
     obs_arr = pub.observables.sparse_observables_array().reshape(-1)
     observables = [observable_to_wire(o) for o in obs_arr]

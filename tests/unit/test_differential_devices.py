@@ -1,0 +1,215 @@
+"""Differential test, in process: every Qiskit standard gate on every simulator device (aer,
+lightning) against Qiskit's Statevector reference. Values exactly, gradients against finite
+differences of the reference, samples and shot estimates within 5 sigma. What a device cannot run
+must come back as a TaskError naming the instruction, never as a number.
+
+All gates go into one device.run() per kind (one template per gate), so the whole file costs a few
+seconds. The same checks through a live daemon and both SDKs are in tests/integration/
+test_differential.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+from qiskit.circuit.library import get_standard_gate_name_mapping
+from qiskit.quantum_info import SparsePauliOp, Statevector
+
+from qsched.devices import TaskError, TaskPayload, load_device
+from qsched.models import DeviceLimits, DeviceSpec
+
+DEVICES = ["aer", "lightning"]
+# not unitary gates: measure has its own tests below; delay's argument is a duration
+NOT_GATES = {"measure", "delay", "reset"}
+GATES = sorted(n for n in get_standard_gate_name_mapping() if n not in NOT_GATES)
+SHOTS = 4000
+
+
+def device(typ):
+    return load_device(DeviceSpec(name=typ, type=typ, pool=typ, limits=DeviceLimits(max_qubits=8),
+                                  options={"seed": 11}))
+
+
+def gate_circuit(name: str, linear: bool = False):
+    """A state that makes every gate matter (entangled, no symmetric amplitudes), the gate with one
+    Parameter per argument (or a linear expression of them), then a layer that mixes the result."""
+    proto = get_standard_gate_name_mapping()[name]
+    k = len(proto.params)
+    ps = [Parameter(f"{name}_{j}") for j in range(k)]
+    args = [2 * p - 0.3 if linear and j == 0 else p for j, p in enumerate(ps)]
+    gate = type(proto)(*args)
+    n = max(proto.num_qubits, 1) + 1
+    rng = np.random.default_rng(sum(map(ord, name)))
+    qc = QuantumCircuit(n)
+    for q in range(n):
+        qc.ry(rng.uniform(0.3, 2.8), q)
+        qc.rz(rng.uniform(0.3, 2.8), q)
+    for q in range(n - 1):
+        qc.cx(q, q + 1)
+    qc.append(gate, list(range(proto.num_qubits)))
+    for q in range(n):
+        qc.rx(rng.uniform(0.3, 2.8), q)
+    values = rng.uniform(-np.pi, np.pi, (2, k))
+    return qc, values
+
+
+def observables(n: int) -> list:
+    obs = []
+    for q in range(n):
+        for p in "XYZ":
+            s = ["I"] * n
+            s[n - 1 - q] = p
+            obs.append([["".join(s), 1.0]])
+    obs.append([["Z" * n, 0.5], ["X" * n, -0.25]])
+    return obs
+
+
+def reference(qc, params, obs):
+    ops = [SparsePauliOp.from_list([tuple(t) for t in o]) for o in obs]
+    out = np.empty((len(params), len(ops)))
+    for b, row in enumerate(params):
+        sv = Statevector(qc.assign_parameters(row) if qc.num_parameters else qc)
+        out[b] = [np.real(sv.expectation_value(o)) for o in ops]
+    return out
+
+
+def finite_difference(qc, params, obs, eps=1e-6):
+    out = np.zeros((params.shape[0], len(obs), params.shape[1]))
+    for j in range(params.shape[1]):
+        e = np.zeros(params.shape[1])
+        e[j] = eps
+        out[:, :, j] = (reference(qc, params + e, obs) - reference(qc, params - e, obs)) / (2 * eps)
+    return out
+
+
+def _cases(linear=False):
+    return {name: gate_circuit(name, linear) for name in GATES}
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return _cases()
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def dev(request):
+    return device(request.param)
+
+
+def _run(dev, kind, cases, shots=None, tag=""):
+    # the template digest keys the device's per-template caches: one per distinct circuit
+    tasks = [TaskPayload(name, kind, f"{name}{tag}", qc, v, shots, observables(qc.num_qubits))
+             for name, (qc, v) in cases.items()]
+    return dict(zip(cases, dev.run(tasks)))
+
+
+def test_every_standard_gate_estimates_exactly(dev, cases):
+    for name, out in _run(dev, "estimate", cases).items():
+        qc, v = cases[name]
+        assert not isinstance(out, Exception), f"{dev.type} {name}: {out!r}"
+        np.testing.assert_allclose(out["evs"], reference(qc, v, observables(qc.num_qubits)), atol=1e-9,
+                                   err_msg=f"{dev.type} {name}")
+
+
+@pytest.mark.parametrize("linear", [False, True], ids=["plain", "linear-expression"])
+def test_every_standard_gate_differentiates(dev, linear):
+    cases = _cases(linear)
+    for name, out in _run(dev, "gradient", cases, tag=f"-{linear}").items():
+        qc, v = cases[name]
+        obs = observables(qc.num_qubits)
+        assert not isinstance(out, Exception), f"{dev.type} {name}: {out!r}"
+        np.testing.assert_allclose(out["evs"], reference(qc, v, obs), atol=1e-9, err_msg=f"{dev.type} {name}")
+        np.testing.assert_allclose(out["jacobian"], finite_difference(qc, v, obs), atol=1e-6,
+                                   err_msg=f"{dev.type} {name} gradient")
+
+
+def test_every_standard_gate_estimates_with_shots(dev, cases):
+    for name, out in _run(dev, "estimate", cases, SHOTS).items():
+        qc, v = cases[name]
+        assert not isinstance(out, Exception), f"{dev.type} {name}: {out!r}"
+        exact = reference(qc, v, observables(qc.num_qubits))
+        sigma = np.sqrt(np.clip(1 - exact ** 2, 1e-4, None) / SHOTS)      # unit-norm Pauli terms
+        assert np.all(np.abs(out["evs"] - exact) <= 5 * sigma + 1e-9), f"{dev.type} {name}"
+
+
+def _probs(qc, row):
+    return Statevector(qc.assign_parameters(row) if qc.num_parameters else qc).probabilities()
+
+
+def test_every_standard_gate_samples(dev, cases):
+    measured = {}
+    for name, (qc, v) in cases.items():
+        m = qc.measure_all(inplace=False)
+        measured[name] = (m, v)
+    tasks = [TaskPayload(name, "sample", f"{name}-measured", qc, v, SHOTS) for name, (qc, v) in measured.items()]
+    for (name, (qc, v)), out in zip(measured.items(), dev.run(tasks)):
+        assert not isinstance(out, Exception), f"{dev.type} {name}: {out!r}"
+        arr = out["registers"]["meas"]["array"]                     # [B, shots, bytes], big-endian
+        n = qc.num_qubits
+        ints = np.zeros(arr.shape[:2], dtype=np.int64)
+        for byte in range(arr.shape[2]):
+            ints = ints * 256 + arr[:, :, byte]
+        for b in range(len(v)):
+            p = _probs(cases[name][0], v[b])
+            freq = np.bincount(ints[b], minlength=1 << n) / SHOTS
+            sigma = np.sqrt(p * (1 - p) / SHOTS)
+            assert np.all(np.abs(freq - p) <= 5 * sigma + 2e-3), f"{dev.type} {name} binding {b}"
+
+
+# ---------------------------------------------------------------- measurement and non-gates
+def test_final_measurements_collapse_the_state(dev):
+    """aer's estimator semantics (the reference for estimates of measured circuits), exactly: after
+    H and a measurement, <X> = 0 and <Z> = 0; the unmeasured qubit keeps <X> = 1."""
+    t = Parameter("t")
+    qc = QuantumCircuit(2, 1)
+    qc.h([0, 1])
+    qc.ry(t, 0)
+    qc.measure(0, 0)
+    obs = [[["IX", 1.0]], [["IZ", 1.0]], [["XI", 1.0]], [["XZ", 1.0]]]
+    v = np.array([[0.0], [0.7]])
+    est, grad = dev.run([TaskPayload("e", "estimate", "final-m", qc, v, None, obs),
+                         TaskPayload("g", "gradient", "final-m", qc, v, None, obs)])
+    want = np.array([[0, 0, 1, 0], [0, -np.sin(0.7), 1, -np.sin(0.7)]])
+    np.testing.assert_allclose(est["evs"], want, atol=1e-9)
+    np.testing.assert_allclose(grad["evs"], want, atol=1e-9)
+    np.testing.assert_allclose(grad["jacobian"][:, :, 0], [[0, -1, 0, -1], [0, -np.cos(0.7), 0, -np.cos(0.7)]],
+                               atol=1e-7)
+
+
+def test_mid_circuit_measurement_is_refused_by_the_estimator(dev):
+    qc = QuantumCircuit(1, 1)
+    qc.h(0)
+    qc.measure(0, 0)
+    qc.h(0)
+    out = dev.run([TaskPayload("e", "estimate", "mid-m", qc, np.zeros((1, 0)), None, [[["Z", 1.0]]])])[0]
+    assert isinstance(out, TaskError) and "after it was measured" in out.message
+
+
+def test_composite_instructions_run_everywhere(dev):
+    """to_gate() and appended circuits are decomposed once per template (aer alone fails on them)."""
+    t = Parameter("t")
+    inner = QuantumCircuit(2, name="block")
+    inner.ry(t, 0)
+    inner.cx(0, 1)
+    inner.append(get_standard_gate_name_mapping()["iswap"], [0, 1])
+    qc = QuantumCircuit(3)
+    qc.h(2)
+    qc.append(inner.to_gate(), [0, 1])
+    qc.append(inner.to_instruction(), [1, 2])
+    v = np.array([[0.4], [-1.3]])
+    obs = observables(3)
+    est, grad = dev.run([TaskPayload("e", "estimate", "composite", qc, v, None, obs),
+                         TaskPayload("g", "gradient", "composite", qc, v, None, obs)])
+    np.testing.assert_allclose(est["evs"], reference(qc, v, obs), atol=1e-9)
+    np.testing.assert_allclose(grad["jacobian"], finite_difference(qc, v, obs), atol=1e-6)
+
+
+def test_reset_runs_on_aer_and_is_refused_by_name_on_lightning(dev):
+    qc = QuantumCircuit(1)
+    qc.h(0)
+    qc.reset(0)
+    out = dev.run([TaskPayload("e", "estimate", "reset", qc, np.zeros((1, 0)), None, [[["Z", 1.0]]])])[0]
+    if dev.type == "aer":
+        np.testing.assert_allclose(out["evs"], [[1.0]], atol=1e-9)
+    else:
+        assert isinstance(out, TaskError) and "'reset'" in out.message
