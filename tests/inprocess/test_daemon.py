@@ -1,0 +1,173 @@
+"""The core, started in this process: idempotent submits, cancels, refused writes, drains, restarts,
+removed devices, accounts of record. Each test runs a real Daemon on a real embedded Redis."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aredis
+from inprocess_harness import daemon, embedded_redis, one_qubit, until
+
+from qsched.models import Batch, Task
+
+NULL = [{"name": "null0", "type": "null", "pool": "null"}]
+
+
+def slow(name="slow0", delay=0.4, pool="slow"):
+    return {"name": name, "type": "null", "pool": pool, "options": {"delay_s": delay}}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_retried_submission_is_answered_with_the_first_ids_and_runs_once(tmp_path):
+    async def body():
+        async with daemon(tmp_path, NULL) as (d, api, _):
+            s = await api.session(pool="null")
+            h = await api.template(s, one_qubit())
+            st1, first = await api.submit(s, h, 2, key="k-1")
+            st2, again = await api.submit(s, h, 2, key="k-1")
+            assert (st1, st2) == (201, 200) and again["ids"] == first["ids"]
+            st3, other = await api.submit(s, h, 1, key="k-2")
+            assert st3 == 201 and set(other["ids"]).isdisjoint(first["ids"])
+            assert all(t["state"] == "DONE" for t in await api.wait(s, first["ids"] + other["ids"]))
+            assert (await d.scheduler.store.session_usage(s["id"])).tasks == 3
+            st, err = await api.call("POST", f"/v1/sessions/{s['id']}/tasks",
+                                     {"tasks": [], "idempotency_key": "x" * 129}, token=s["token"])
+            assert st == 400
+    run(body())
+
+
+def test_cancelling_a_scheduled_task_leaves_the_session_with_nothing_in_flight(tmp_path):
+    async def body():
+        async with daemon(tmp_path, [slow()]) as (d, api, _):
+            s = await api.session(pool="slow")
+            h = await api.template(s, one_qubit())
+            ids = []
+            for _ in range(3):      # one at a time: three batches (running, waiting, pending)
+                ids += (await api.submit(s, h, 1))[1]["ids"]
+            entry = d.scheduler.sessions[s["id"]]
+            assert d.scheduler.tasks[ids[1]].state.value == "SCHEDULED"
+            status, out = await api.call("DELETE", f"/v1/tasks/{ids[1]}", token=s["token"])
+            assert status == 200 and out["state"] == "CANCELLED"
+            states = {t["id"]: t["state"] for t in await api.wait(s, ids)}
+            assert states == {ids[0]: "DONE", ids[1]: "CANCELLED", ids[2]: "DONE"}
+            await until(lambda: d.scheduler.idle())
+            assert entry.inflight == 0 and not entry.pending
+    run(body())
+
+
+def test_dispatching_resumes_after_redis_refuses_the_daemons_writes(tmp_path):
+    """Redis refuses the daemon's writes (an ACL change: real NOPERM errors, the worker unaffected)
+    while batches complete: the dispatcher's commit fails, the failure is logged and counted, the
+    dispatcher restarts, and once writes are allowed again every acknowledged task completes once."""
+    async def body():
+        async with embedded_redis(tmp_path) as redis_server:
+            root = aredis.Redis.from_url(redis_server.url)
+            await root.execute_command("ACL", "SETUSER", "qd", "on", ">pw", "~*", "&*", "+@all")
+            url = f"unix://qd:pw@{redis_server.socket}"
+            async with daemon(tmp_path, [slow(delay=0.2)], redis_url=url, worker_url=redis_server.url) as (d, api, _):
+                s = await api.session(pool="slow")
+                h = await api.template(s, one_qubit())
+                ids = (await api.submit(s, h, 1))[1]["ids"] + (await api.submit(s, h, 1))[1]["ids"]
+                ids += (await api.submit(s, h, 4))[1]["ids"]       # running, waiting, four pending
+                await root.execute_command("ACL", "SETUSER", "qd", "-@write")
+                status, err = await api.submit(s, h, 1)
+                assert status == 503 and err["error"]["field"] == "store"
+                errors = d.metrics.background_errors.labels("dispatcher")
+                await until(lambda: errors._value.get() >= 1, timeout=5)
+                await root.execute_command("ACL", "SETUSER", "qd", "+@all")
+                done = await api.wait(s, ids, timeout=20)
+                assert [t["state"] for t in done] == ["DONE"] * len(ids)
+                assert (await d.scheduler.store.session_usage(s["id"])).tasks == len(ids)
+            await root.aclose()
+    run(body())
+
+
+def test_a_drain_requeues_waiting_batches_ends_with_the_running_one_and_the_next_daemon_runs_the_rest(tmp_path):
+    async def body():
+        async with embedded_redis(tmp_path) as redis_server:
+            async with daemon(tmp_path, [slow(delay=1.0)], redis_url=redis_server.url) as (d, api, _):
+                s = await api.session(pool="slow")
+                h = await api.template(s, one_qubit())
+                ids = []
+                for _ in range(3):
+                    ids += (await api.submit(s, h, 1))[1]["ids"]
+                await until(lambda: d.scheduler.tasks[ids[0]].state.value == "SCHEDULED")
+                t0 = time.monotonic()
+                d.request_stop()
+                await d._drain(d.scheduler)
+                drained = time.monotonic() - t0
+                assert drained < 1.5, drained               # the running batch (1 s), not drain_timeout_s
+                assert d.metrics.batches_requeued.labels("slow0", "recall")._value.get() == 1
+            async with daemon(tmp_path / "2", [slow(delay=0.05)], redis_url=redis_server.url) as (d2, api2, _):
+                done = await api2.wait(s, ids)
+                assert [t["state"] for t in done] == ["DONE"] * 3
+                assert (await d2.scheduler.store.session_usage(s["id"])).tasks == 3
+    run(body())
+
+
+def test_batches_of_a_device_removed_from_the_config_are_requeued_or_failed_by_name(tmp_path):
+    async def body():
+        async with embedded_redis(tmp_path) as redis_server:
+            async with daemon(tmp_path, [slow("gone0", pool="p"), slow("a0", pool="p"),
+                                         slow("lone0", pool="lonely")], workers=False,
+                              redis_url=redis_server.url) as (d, api, _):
+                sessions = {p: await api.session(pool=p) for p in ("p", "lonely")}
+                tids = {}
+                for pool, dev in (("p", "gone0"), ("lonely", "lone0")):
+                    s = sessions[pool]
+                    h = await api.template(s, one_qubit())
+                    await api.submit(s, h, 1)                  # pending: no device is up
+                    [t] = list(d.scheduler.sessions[s["id"]].pending)
+                    tids[pool] = t.id
+                    # what a daemon killed with a batch in that device's inbox leaves behind
+                    b = Batch(id=f"b-{dev}", device=dev, session=s["id"], tasks=[t.id], created=time.time())
+                    await d.scheduler.store.commit(None, [], [b])
+            async with daemon(tmp_path / "2", [slow("a0", pool="p", delay=0.01)],
+                              redis_url=redis_server.url) as (d2, api2, _):
+                [ok] = await api2.wait(sessions["p"], [tids["p"]])
+                assert ok["state"] == "DONE"
+                [bad] = await api2.wait(sessions["lonely"], [tids["lonely"]], timeout=1)
+                assert bad["state"] == "FAILED" and "lone0" in bad["error"]["message"]
+    run(body())
+
+
+def test_the_account_comes_from_the_record_and_only_admins_raise_weights(tmp_path):
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False, auth={"admin_uids": []}, users={"root": ["chem", "phys"]},
+                          policy={"weights": {"accounts": {"chem": 2}}}) as (d, api, _):
+            s = await api.session(pool="null")
+            assert s["account"] == "chem"
+            assert d.scheduler.session_view(d.scheduler.sessions[s["id"]])["weight_effective"] == 2
+            assert (await api.session(pool="null", account="phys"))["account"] == "phys"
+            status, err = await api.call("POST", "/v1/sessions", {"pool": "null", "account": "bio"})
+            assert status == 403 and err["error"]["field"] == "account"
+            status, err = await api.call("POST", "/v1/sessions", {"pool": "null", "weight": 1000})
+            assert status == 403 and err["error"]["field"] == "weight"
+            status, err = await api.call("POST", "/v1/admin/sessions", {"user": "root", "uid": 0, "job_id": 1})
+            assert status == 404        # admin routes exist only on the admin socket
+    run(body())
+
+
+def test_a_failing_background_task_is_logged_counted_and_restarted(tmp_path, caplog):
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False) as (d, _, _):
+            runs = []
+
+            async def flaky():
+                runs.append(1)
+                if len(runs) < 3:
+                    raise RuntimeError("boom")
+                await asyncio.Event().wait()
+            d.spawn("flaky", flaky)
+            await until(lambda: len(runs) == 3)
+            assert d.metrics.background_errors.labels("flaky")._value.get() == 2
+    run(body())
+    assert caplog.text.count("background task flaky failed") == 2 and "RuntimeError: boom" in caplog.text
+
+
+def test_task_is_a_value_type_the_store_round_trips():
+    t = Task("s.1", "s", "estimate", "h", 3, None, 7, 1.5)
+    assert Task.from_redis({k: str(v) for k, v in t.to_redis().items()}).to_redis() == t.to_redis()
