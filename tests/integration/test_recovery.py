@@ -106,3 +106,54 @@ def test_daemon_killed_and_restarted_loses_nothing_and_answers_once(fresh_daemon
     # the learned cost model was saved for the next start (estimate task on the null device)
     assert float(r.hget(keys.device_model("slow0"), "estimate")) > 0.01
     s2.close()
+
+
+def test_a_stopped_worker_is_noticed_killed_and_its_batch_runs_on_another_device_once(fresh_daemon):
+    """SIGSTOP (what a hung worker looks like from outside): its heartbeat stops, the daemon takes its
+    batch back from the processing list and the pool's other device runs it; the stopped worker is
+    killed and restarted. A long run is not mistaken for a hang: the heartbeat comes from a process
+    beside the worker, which beats while the worker holds its GIL."""
+    devs = [{**SLOW, "name": "slow0"}, {**SLOW, "name": "slow1"}]
+    d = fresh_daemon(devices=devs, extra={"daemon": {"heartbeat_timeout_s": 1.0}})
+    c = d.client()
+    s = c.open_session("slow")
+    qc = efficient_su2(2, reps=1)
+    futs = [s.submit("estimate", qc, np.zeros((1, qc.num_parameters)), observables=["ZZ"]) for _ in range(2)]
+    for f in futs:
+        _wait_state(f, "RUNNING")
+    stopped = _worker_pid(d, "slow0")
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        results = [f.result(60) for f in futs]
+        assert {r.meta["device"] for r in results} == {"slow1"}      # the lost batch ran on slow1
+        assert _worker_pid(d, "slow0", old=stopped) != stopped        # killed and restarted
+    finally:
+        try:
+            os.kill(stopped, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert s.status()["usage"]["tasks"] == 2                           # each answered once
+    log = d.log()
+    assert "slow0 is down" in log and "requeued to pool slow" in log and "stopped beating: killing it" in log
+    metrics = c.metrics()
+    assert 'qsched_workers_lost_total{device="slow0"} 1.0' in metrics
+    assert 'qsched_batches_requeued_total{device="slow0",reason="worker_lost"} 1.0' in metrics
+    s.close()
+
+
+def test_a_late_result_from_a_worker_whose_batch_was_taken_back_is_refused(fresh_daemon):
+    """The fence: COMPLETE writes nothing once the batch entry left the worker's processing list."""
+    from qsched.store import COMPLETE_LUA
+    d = fresh_daemon(devices=[{"name": "null0", "type": "null", "pool": "null"}])
+    r = _redis(d)
+    entry = '{"id":"bx","device":"ghost","session":"s0","tasks":["s0.t"],"created":0}'
+    r.hset(keys.task("s0.t"), mapping={"state": "SCHEDULED"})
+    complete = r.register_script(COMPLETE_LUA)
+    args = [entry, "{}", 60, 0.1, 0.0, "DONE", '{"result":1}', 1, 0]
+    ks = [keys.device_processing("ghost"), keys.EVENTS, keys.session_usage("s0"), keys.batch("bx"),
+          keys.task("s0.t"), keys.task_result("s0.t")]
+    assert complete(keys=ks, args=args) == -1                       # not in the processing list: refused
+    assert r.get(keys.task_result("s0.t")) is None
+    r.lpush(keys.device_processing("ghost"), entry)
+    assert complete(keys=ks, args=args) == 1                        # the holder's result is written once
+    assert r.get(keys.task_result("s0.t")) == b'{"result":1}'
