@@ -255,7 +255,8 @@ def slurm_daemon(slurm):
     state.mkdir(exist_ok=True)
     state.chmod(0o755)
     tcp = f"127.0.0.1:{_free_port()}"
-    cfg = {"state_dir": str(state), "daemon": {"tcp": tcp, "drain_timeout_s": 1},
+    # drain_timeout_s as in production: a stop must end with the running batches, long before it
+    cfg = {"state_dir": str(state), "daemon": {"tcp": tcp, "drain_timeout_s": 30},
            "devices": [{"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16}],
            "policy": SLURM_POLICY,
            "slurm": {"enabled": True, "env": {"SLURM_CONF": slurm.env["SLURM_CONF"]},
