@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from qsched.config import load_config, load_policy_file, parse_config
 from qsched.errors import ConfigError
@@ -69,3 +70,42 @@ def test_policy_validate_cli(tmp_path):
     res = subprocess.run([sys.executable, "-m", "qsched", "policy", "validate", str(bad)], capture_output=True, text=True)
     assert res.returncode == 1
     assert "policy.weights.users.alice" in res.stderr
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from qsched.cli import cli
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.parametrize("slurm, field", [({"bogus": 1}, "slurm.bogus"), ({"backend": "slurmrestd"}, "slurm.backend"),
+                                          ({"reconcile_interval_s": 0}, "slurm.reconcile_interval_s")])
+def test_daemon_check_refuses_what_the_daemon_refuses(tmp_path, slurm, field):
+    path = tmp_path / "qsched.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "slurm": slurm}))
+    res = _cli("daemon", "check", "--config", str(path))
+    assert res.exit_code == 1 and field in res.output
+
+
+def test_daemon_check_refuses_pyslurm_when_it_is_not_there(tmp_path):
+    pytest.importorskip("qsched.slurm")
+    try:
+        import pyslurm  # noqa: F401
+        pytest.skip("pyslurm is installed here")
+    except ImportError:
+        pass
+    path = tmp_path / "qsched.yaml"
+    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "slurm": {"enabled": True, "backend": "pyslurm"}}))
+    res = _cli("daemon", "check", "--config", str(path))
+    # refused as start-up refuses it: pyslurm missing, or no Slurm to match it against
+    assert res.exit_code == 1 and ("pyslurm" in res.output or "sinfo" in res.output)
+
+
+def test_policy_validate_checks_a_full_config_as_the_reload_reads_it(tmp_path):
+    path = tmp_path / "qsched.yaml"
+    path.write_text(yaml.safe_dump({"daemon": {"bogus_key": 1}, "policy": {"name": "fifo"}}))
+    res = _cli("policy", "validate", str(path))
+    assert res.exit_code == 1 and "daemon.bogus_key" in res.output
+    path.write_text(yaml.safe_dump({"policy": {"name": "fifo", "max_batch_s": 0.1}}))
+    assert _cli("policy", "validate", str(path)).exit_code == 0
