@@ -1,41 +1,42 @@
-"""The Python client (sync `Client` and `AsyncClient`), used directly and by the Qiskit and PennyLane
-SDKs. Inside a Slurm job it finds the daemon and the job's session from the environment the SPANK
-plugin sets (QSCHED_URL, QSCHED_SESSION, QSCHED_POOL, QSCHED_CLASS); on a laptop, the local socket."""
+"""The client's protocol core, shared by the sync and async faces: request building, response parsing,
+results, the template cache and the retry loop. No I/O here: every operation is a generator that yields
+a `Call` and is sent the decoded answer (or has the error thrown in); `ClientCore.execute` turns those
+into effects, `Send` (one HTTP request) and `Sleep` (a backoff), that a face performs with its own I/O
+(sync.py: a blocking socket and time.sleep; aio.py: aiohttp and asyncio.sleep). So each operation, its
+retries through a daemon restart and its re-attach are written once, and both faces have the same API."""
 from __future__ import annotations
 
 import json
+import logging
 import os
-import socket
+import random
 import threading
 import time
 import urllib.parse
+import uuid
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
-from . import errors, wire
-from .config import default_state_dir
-from .errors import QschedError, TaskCancelled, TaskFailed, Timeout
+from .. import errors, wire
+from ..config import default_state_dir
+from ..errors import QschedError, TaskCancelled, TaskFailed, Timeout
+from .retry import Backoff, RetryPolicy, retry_reason
+
+log = logging.getLogger("qsched.client")
 
 POLL_S = 30.0       # one long-poll; waits longer than this poll again
+FINAL = ("DONE", "FAILED", "CANCELLED")
+T = TypeVar("T")
 
 
 def default_url() -> str:
     return os.environ.get("QSCHED_URL") or f"unix://{default_state_dir() / 'qsched.sock'}"
 
 
-def _munge_credential() -> str | None:
-    """Inside a Slurm job over TCP: a MUNGE credential proves who we are."""
-    try:
-        from .slurm.munge import encode
-    except ImportError:
-        return None
-    try:
-        return encode()
-    except Exception:
-        return None
-
-
+# ------------------------------------------------------------------------------------------- results
 @dataclass
 class TaskResult:
     id: str
@@ -70,7 +71,7 @@ class TaskResult:
         return {format(int(v), f"0{n}b"): int(c) for v, c in zip(vals, cnt)}
 
 
-def _task_outcome(d: dict):
+def task_outcome(d: dict) -> TaskResult:
     """A finished task's JSON -> TaskResult, or raise its error."""
     state = d["state"]
     if state == "DONE":
@@ -81,15 +82,26 @@ def _task_outcome(d: dict):
     raise TaskFailed(err.get("message", f"task {d['id']} failed"), field=err.get("field"), limit=err.get("limit"))
 
 
+_task_outcome = task_outcome
+
+
+def decode_response(status: int, content_type: str, data: bytes) -> Any:
+    """An HTTP answer -> its JSON (or raw bytes), or raise the daemon's error as its qsched class."""
+    obj = json.loads(data) if data and content_type.startswith("application/json") else data
+    if status >= 400:
+        raise errors.from_json(status, obj if isinstance(obj, dict) else {})
+    return obj
+
+
 def _expired_template(e: QschedError) -> bool:
-    return bool(e.field) and e.field.endswith(".template")
+    return bool(e.field) and str(e.field).endswith(".template")
 
 
 class TemplateCache:
     """Templates this session already sent: later tasks send only the digest. Circuits are re-serialized
     each call (QPY dump ~0.1 ms) because a QuantumCircuit is mutable and cannot be a cache key."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sent: set[str] = set()
 
     def qpy(self, circuit) -> tuple[str, bytes | None]:
@@ -108,462 +120,319 @@ def task_body(kind: str, template: str, params, *, observables=None, shots=None,
     return body
 
 
-# ------------------------------------------------------------------------------------------- sync
-class _Transport:
-    """HTTP/1.1 with keep-alive over a unix or TCP socket, one connection per thread. Hand-rolled because
-    http.client parses every response's headers with the email package: that alone was a fifth of a
-    null task's round trip."""
+def new_idempotency_key() -> str:
+    """One per logical submit, reused by its retries: the daemon answers a repeat with the same ids."""
+    return uuid.uuid4().hex
 
-    def __init__(self, url: str, timeout: float):
-        self.url, self.timeout = url, timeout
-        u = urllib.parse.urlparse(url)
-        self.unix = u.scheme == "unix"
-        self._addr = u.path if self.unix else (u.hostname or "127.0.0.1", u.port or 8765)
-        self._host = b"localhost" if self.unix else f"{self._addr[0]}:{self._addr[1]}".encode()
-        self._local = threading.local()       # a connection per thread: a Client can be shared by threads
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
 
-    # the calling thread's connection and its read buffer
-    _sock = property(lambda self: getattr(self._local, "sock", None),
-                     lambda self, v: setattr(self._local, "sock", v))
-    _buf = property(lambda self: getattr(self._local, "buf", b""),
-                    lambda self, v: setattr(self._local, "buf", v))
+# ------------------------------------------------------------------------------------------- calls
+@dataclass
+class Call:
+    """One request an operation wants answered."""
+    method: str
+    path: str
+    body: Any = None                       # dict/list: JSON; bytes: sent as they are
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None           # transport timeout; None: the client's
+    session: SessionCore | None = None     # its token is added at each send; a refused token re-attaches
+    idempotent: bool = True                # may be sent again after a failure that may have reached the daemon
+    rebuild: Callable[[], Call] | None = None   # a long-poll re-issued after an outage, with the time left
 
-    def _connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX if self.unix else socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._addr)
-        if not self.unix:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock, self._buf = sock, b""
-        with self._open_lock:
-            self._open.add(sock)
 
-    def _recv(self) -> None:
-        chunk = self._sock.recv(262144)
-        if not chunk:
-            raise ConnectionResetError("connection closed by the daemon")
-        self._buf += chunk
+@dataclass
+class Send:
+    """Effect: send one request; the face answers with the decoded body or throws the error in."""
+    method: str
+    path: str
+    body: Any
+    headers: dict[str, str]
+    timeout: float | None
 
-    def _read_until(self, sep: bytes) -> bytes:
-        while (i := self._buf.find(sep)) < 0:
-            self._recv()
-        line, self._buf = self._buf[:i], self._buf[i + len(sep):]
-        return line
 
-    def _read_exactly(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            self._recv()
-        data, self._buf = self._buf[:n], self._buf[n:]
-        return data
+@dataclass
+class Sleep:
+    """Effect: wait before the next attempt."""
+    seconds: float
 
-    def _response(self) -> tuple[int, dict, bytes]:
-        head = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
-        status = int(head[0].split(" ", 2)[1])
-        hdrs = {}
-        for line in head[1:]:
-            k, _, v = line.partition(":")
-            hdrs[k.strip().lower()] = v.strip()
-        if "content-length" in hdrs:
-            body = self._read_exactly(int(hdrs["content-length"]))
-        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while size := int(self._read_until(b"\r\n").split(b";")[0], 16):
-                parts.append(self._read_exactly(size))
-                self._read_until(b"\r\n")
-            self._read_until(b"\r\n")
-            body = b"".join(parts)
-        else:                                    # body until close
+
+Op = Generator[Call, Any, T]                 # an operation: yields calls, returns its value
+Run = Generator["Send | Sleep", Any, T]      # an executed operation: yields effects
+
+
+class ClientCore:
+    """What the sync Client and the AsyncClient share: the API as operations, and their execution
+    with retries. A face sets `_session_cls` and performs the effects of `execute`."""
+    _session_cls: type[SessionCore]
+
+    def __init__(self, url: str, *, retry_s: float | None, identity: Callable[[], dict[str, str]],
+                 clock: Callable[[], float] = time.monotonic, rand: Callable[[], float] = random.random):
+        self.url = url
+        self.retry_s = retry_s                   # None: QSCHED_RETRY_S, read when an outage starts
+        self._identity = identity
+        self._clock, self._rand = clock, rand
+        self._lock = threading.Lock()            # the sync Client may be shared by threads
+        self._outage: float | None = None        # when the current outage began (it is logged once)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(total_s=self.retry_s) if self.retry_s is not None else RetryPolicy.from_env()
+
+    # ------------------------------------------------------------------ execution
+    def execute(self, op: Op[T]) -> Run[T]:
+        """Run an operation: each of its calls through `_send` (retries, re-attach)."""
+        reply: Any = None
+        error: QschedError | None = None
+        while True:
             try:
-                while True:
-                    self._recv()
-            except ConnectionResetError:
-                pass
-            body, self._buf = self._buf, b""
-            hdrs["connection"] = "close"
-        return status, hdrs, body
-
-    def _drop(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            with self._open_lock:
-                self._open.discard(self._sock)
-        self._sock, self._buf = None, b""
-
-    def request(self, method: str, path: str, body=None, headers=None, timeout=None):
-        headers = dict(headers or {})
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body).encode()
-            headers.setdefault("Content-Type", "application/json")
-        body = body or b""
-        head = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + self._host, b"Content-Length: %d" % len(body)]
-        head += [f"{k}: {v}".encode() for k, v in headers.items()]
-        message = b"\r\n".join(head) + b"\r\n\r\n" + body
-        for attempt in (0, 1):
-            if self._sock is not None and self._sock.fileno() < 0:    # closed by close() in another thread
-                self._sock, self._buf = None, b""
-            fresh = self._sock is None
+                call = op.throw(error) if error is not None else op.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply, error = None, None
             try:
-                if fresh:
-                    self._connect()
-                self._sock.settimeout(timeout or self.timeout)
-                try:
-                    self._sock.sendall(message)
-                except (BrokenPipeError, ConnectionResetError):
-                    if not fresh:
-                        raise
-                    # the daemon may have answered early (413 for a body over its limit) and closed
-                status, hdrs, data = self._response()
-                break
-            except (ConnectionError, ValueError, IndexError) as e:
-                self._drop()
-                # only a kept-alive connection the daemon closed while idle is retried: the request
-                # never reached it. A fresh connection failing means the daemon is not there.
-                if fresh or attempt:
-                    raise errors.Unavailable(f"qsched daemon at {self.url}: {e}") from None
-            except OSError as e:          # no socket file, refused, timed out
-                self._drop()
-                raise errors.Unavailable(f"qsched daemon at {self.url}: {e}") from None
-        if hdrs.get("connection", "").lower() == "close":
-            self._drop()
-        obj = json.loads(data) if data and hdrs.get("content-type", "").startswith("application/json") else data
-        if status >= 400:
-            raise errors.from_json(status, obj if isinstance(obj, dict) else {})
-        return obj
+                reply = yield from self._send(call)
+            except QschedError as e:
+                error = e
 
-    def close(self):
-        """Close every thread's connection (a thread's next request opens a new one)."""
-        with self._open_lock:
-            socks, self._open = self._open, set()
-        for sock in socks:
-            sock.close()
-        self._sock, self._buf = None, b""
+    def _send(self, call: Call) -> Run[Any]:
+        backoff: Backoff | None = None
+        reattached = False
+        while True:
+            headers = {**call.headers, **(call.session._auth() if call.session else {})}
+            try:
+                reply = yield Send(call.method, call.path, call.body, headers, call.timeout)
+            except QschedError as e:
+                reason = retry_reason(e, idempotent=call.idempotent)
+                if reason is None:
+                    if not reattached and self._may_reattach(call, e):
+                        reattached = True
+                        yield from self._reattach(call.session, e)
+                        continue
+                    raise
+                now = self._clock()
+                if backoff is None:
+                    backoff = Backoff(self.retry_policy(), now)
+                delay = backoff.next_delay(now, self._rand())
+                if delay is None:
+                    if backoff.policy.enabled:
+                        log.warning("qsched daemon at %s: still %s after %.0f s (QSCHED_RETRY_S); giving up",
+                                    self.url, reason, now - backoff.start)
+                    raise
+                self._outage_began(reason, backoff.policy)
+                yield Sleep(delay)
+                if call.rebuild is not None:
+                    call = call.rebuild()
+                continue
+            if backoff is not None:          # only a call that waited out the outage may say it ended
+                self._outage_ended()
+            return reply
+
+    def _outage_began(self, reason: str, policy: RetryPolicy) -> None:
+        with self._lock:
+            first = self._outage is None
+            if first:
+                self._outage = self._clock()
+        if first:
+            log.info("qsched daemon at %s: %s; retrying for up to %.0f s (QSCHED_RETRY_S)",
+                     self.url, reason, policy.total_s)
+
+    def _outage_ended(self) -> None:
+        with self._lock:
+            began, self._outage = self._outage, None
+        if began is not None:
+            log.info("qsched daemon at %s: back after %.1f s", self.url, self._clock() - began)
+
+    @staticmethod
+    def _may_reattach(call: Call, e: QschedError) -> bool:
+        """A session token refused (a daemon restarted on a new secret): attach again, once per call."""
+        return e.status in (401, 403) and call.session is not None and bool(call.session.token) \
+            and not call.path.endswith("/attach")
+
+    def _reattach(self, session: SessionCore | None, refused: QschedError) -> Run[None]:
+        assert session is not None
+        log.info("qsched daemon at %s: session %s token refused (%s); attaching again", self.url, session.id,
+                 refused.message)
+        try:
+            info = yield from self._send(Call("POST", f"/v1/sessions/{session.id}/attach", headers=self._identity()))
+        except QschedError:
+            raise refused from None            # attach is refused too: the token's refusal is the answer
+        session.token = info.get("token")
+
+    # ------------------------------------------------------------------ operations (the API, once)
+    def _get(self, path: str) -> Op[Any]:
+        return (yield Call("GET", path))
+
+    def _op_health(self) -> Op[dict]:
+        return (yield from self._get("/v1/health"))
+
+    def _op_devices(self) -> Op[list[dict]]:
+        return (yield from self._get("/v1/devices"))["devices"]
+
+    def _op_queue(self) -> Op[dict]:
+        return (yield from self._get("/v1/queue"))
+
+    def _op_sessions(self) -> Op[list[dict]]:
+        return (yield from self._get("/v1/sessions"))["sessions"]
+
+    def _op_session_info(self, sid: str) -> Op[dict]:
+        return (yield from self._get(f"/v1/sessions/{sid}"))
+
+    def _op_close_session(self, sid: str) -> Op[dict]:
+        # a repeat of a close that reached the daemon would be a 404, not the usage record
+        return (yield Call("DELETE", f"/v1/sessions/{sid}", idempotent=False))
+
+    def _op_accounting(self, since: float = 0.0, user: str | None = None) -> Op[list[dict]]:
+        q = f"?since={since}" + (f"&user={urllib.parse.quote(user)}" if user else "")
+        return (yield from self._get(f"/v1/acct{q}"))["records"]
+
+    def _op_metrics(self) -> Op[str]:
+        return (yield from self._get("/metrics")).decode()
+
+    def _op_open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
+                         weight: float = 1.0, account: str = "") -> Op[Any]:
+        body = {"pool": pool or os.environ.get("QSCHED_POOL") or None, "name": name,
+                "class": cls or os.environ.get("QSCHED_CLASS") or "batch", "weight": weight, "account": account}
+        # not repeated after a failure that may have reached the daemon: that could open two sessions
+        info = yield Call("POST", "/v1/sessions", body=body, headers=self._identity(), idempotent=False)
+        return self._session_cls(self, info)
+
+    def _op_attach(self, sid: str) -> Op[Any]:
+        s = self._session_cls(self, (yield Call("POST", f"/v1/sessions/{sid}/attach", headers=self._identity())))
+        s.attached = True        # the job's session: Slurm closes it when the job ends
+        return s
+
+    def _op_session(self, pool: str | None = None, **kw) -> Op[Any]:
+        """The job's session when running under Slurm (QSCHED_SESSION), else a new one."""
+        sid = os.environ.get("QSCHED_SESSION")
+        return (yield from (self._op_attach(sid) if sid else self._op_open_session(pool, **kw)))
 
 
-class TaskFuture:
-    def __init__(self, session: "Session", tid: str):
-        self.session, self.id = session, tid
-        self._done: dict | None = None
+class SessionCore:
+    """A session's state and operations; the faces add the methods that run them."""
+    _future_cls: type[FutureCore]
+    attached = False
 
-    def _absorb(self, d: dict) -> None:
-        if d["state"] in ("DONE", "FAILED", "CANCELLED"):
-            self._done = d
-
-    def done(self) -> bool:
-        if self._done is None:
-            self._absorb(self.session._get(self.id, 0))
-        return self._done is not None
-
-    def state(self) -> str:
-        return self._done["state"] if self._done else self.session._get(self.id, 0)["state"]
-
-    def result(self, timeout: float | None = None) -> TaskResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._done is None:
-            left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
-            if left <= 0:
-                raise Timeout(f"task {self.id}: not finished within {timeout} s", field="timeout", limit=timeout)
-            self._absorb(self.session._get(self.id, left))
-        return _task_outcome(self._done)
-
-    def cancel(self) -> str:
-        return self.session.client._t.request("DELETE", f"/v1/tasks/{self.id}", headers=self.session._auth())["state"]
-
-
-class Session:
-    def __init__(self, client: "Client", info: dict):
+    def __init__(self, client: Any, info: dict):
         self.client = client
         self.info = info
-        self.id = info["id"]
-        self.token = info.get("token")
-        self.pool = info.get("pool")
+        self.id: str = info["id"]
+        self.token: str | None = info.get("token")
+        self.pool: str | None = info.get("pool")
         self.closed = False
         self.usage: dict | None = None
         self._templates = TemplateCache()
 
-    def _auth(self) -> dict:
+    def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def upload(self, circuit) -> str:
+    def _call(self, method: str, path: str, **kw) -> Call:
+        return Call(method, path, session=self, **kw)
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else self.client._clock() + timeout
+
+    def _left(self, deadline: float | None) -> float:
+        return POLL_S if deadline is None else min(POLL_S, deadline - self.client._clock())
+
+    def _op_upload(self, circuit) -> Op[str]:
         digest, data = self._templates.qpy(circuit)
         if data is not None:
-            self.client._t.request("POST", f"/v1/sessions/{self.id}/templates", body=data,
-                                   headers={**self._auth(), "Content-Type": "application/x-qpy"})
+            yield self._call("POST", f"/v1/sessions/{self.id}/templates", body=data,
+                             headers={"Content-Type": "application/x-qpy"})
             self._templates.sent.add(digest)
         return digest
 
-    def _template(self, circuit_or_hash) -> str:
-        return circuit_or_hash if isinstance(circuit_or_hash, str) else self.upload(circuit_or_hash)
-
-    def submit(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None) -> TaskFuture:
-        return self.submit_many([dict(kind=kind, circuit=circuit, params=params, observables=observables,
-                                      shots=shots, method=method)])[0]
-
-    def _post_tasks(self, tasks: list[dict], query: str = "", timeout: float | None = None) -> dict:
-        """All tasks in one request. A template the daemon has let expire (unused for days) is uploaded
-        again and the request retried once."""
-        for attempt in (0, 1):
-            bodies = [task_body(t["kind"], self._template(t.get("circuit", t.get("template"))), t.get("params"),
-                                observables=t.get("observables"), shots=t.get("shots"), method=t.get("method"))
-                      for t in tasks]
-            try:
-                return self.client._t.request("POST", f"/v1/sessions/{self.id}/tasks{query}",
-                                              body={"tasks": bodies}, headers=self._auth(), timeout=timeout)
-            except errors.NotFound as e:
-                if attempt or not _expired_template(e):
-                    raise
-                self._templates.sent.clear()
-
-    def submit_many(self, tasks: list[dict]) -> list[TaskFuture]:
-        """All tasks in one request (one primitive call = one request)."""
-        return [TaskFuture(self, tid) for tid in self._post_tasks(tasks)["ids"]]
-
-    def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
-            timeout: float | None = None) -> TaskResult:
-        """Submit and wait in one round trip where the task finishes within the long-poll."""
-        wait = POLL_S if timeout is None else min(timeout, POLL_S)
-        res = self._post_tasks([dict(kind=kind, circuit=circuit, params=params, observables=observables,
-                                     shots=shots, method=method)], f"?wait={wait}", timeout=wait + 30)
-        fut = TaskFuture(self, res["ids"][0])
-        fut._absorb(res["tasks"][0])
-        return fut.result(timeout)
-
-    def wait(self, futures: list[TaskFuture], timeout: float | None = None) -> list[TaskResult]:
-        """Results of many tasks with one long-poll per round, in order."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        todo = [f for f in futures if f._done is None]
-        while todo:
-            left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
-            if left <= 0:
-                raise Timeout(f"{len(todo)} tasks not finished within {timeout} s", field="timeout", limit=timeout)
-            res = self.client._t.request("POST", "/v1/tasks/wait", body={"ids": [f.id for f in todo], "timeout": left},
-                                         headers=self._auth(), timeout=left + 30)
-            for f, d in zip(todo, res["tasks"]):
-                f._absorb(d)
-            todo = [f for f in todo if f._done is None]
-        return [f.result() for f in futures]
-
-    def _get(self, tid: str, wait: float) -> dict:
-        return self.client._t.request("GET", f"/v1/tasks/{tid}?wait={wait}", headers=self._auth(),
-                                      timeout=wait + 30)
-
-    def status(self) -> dict:
-        return self.client._t.request("GET", f"/v1/sessions/{self.id}", headers=self._auth())
-
-    def close(self) -> dict:
-        if not self.closed:
-            self.usage = self.client._t.request("DELETE", f"/v1/sessions/{self.id}", headers=self._auth())
-            self.closed = True
-        return self.usage
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if not self.attached:
-            self.close()
-
-    attached = False
-
-
-class Client:
-    def __init__(self, url: str | None = None, *, timeout: float = 60.0):
-        self.url = url or default_url()
-        self._t = _Transport(self.url, timeout)
-
-    def _identity(self) -> dict:
-        if self._t.unix:
-            return {}
-        cred = _munge_credential()
-        return {"X-Qsched-Munge": cred} if cred else {}
-
-    def health(self) -> dict:
-        return self._t.request("GET", "/v1/health")
-
-    def devices(self) -> list[dict]:
-        return self._t.request("GET", "/v1/devices")["devices"]
-
-    def queue(self) -> dict:
-        return self._t.request("GET", "/v1/queue")
-
-    def sessions(self) -> list[dict]:
-        return self._t.request("GET", "/v1/sessions")["sessions"]
-
-    def session_info(self, sid: str) -> dict:
-        return self._t.request("GET", f"/v1/sessions/{sid}")
-
-    def close_session(self, sid: str) -> dict:
-        """Close any session the caller may close (its own; an admin: any); returns its usage record."""
-        return self._t.request("DELETE", f"/v1/sessions/{sid}")
-
-    def accounting(self, since: float = 0.0, user: str | None = None) -> list[dict]:
-        q = f"?since={since}" + (f"&user={urllib.parse.quote(user)}" if user else "")
-        return self._t.request("GET", f"/v1/acct{q}")["records"]
-
-    def metrics(self) -> str:
-        return self._t.request("GET", "/metrics").decode()
-
-    def open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
-                     weight: float = 1.0, account: str = "") -> Session:
-        body = {"pool": pool or os.environ.get("QSCHED_POOL") or None, "name": name,
-                "class": cls or os.environ.get("QSCHED_CLASS") or "batch", "weight": weight, "account": account}
-        return Session(self, self._t.request("POST", "/v1/sessions", body=body, headers=self._identity()))
-
-    def attach(self, sid: str) -> Session:
-        s = Session(self, self._t.request("POST", f"/v1/sessions/{sid}/attach", headers=self._identity()))
-        s.attached = True        # the job's session: Slurm closes it when the job ends
-        return s
-
-    def session(self, pool: str | None = None, **kw) -> Session:
-        """The job's session when running under Slurm (QSCHED_SESSION), else a new one."""
-        sid = os.environ.get("QSCHED_SESSION")
-        return self.attach(sid) if sid else self.open_session(pool, **kw)
-
-    def close(self):
-        self._t.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-# ------------------------------------------------------------------------------------------- async
-class AsyncTaskFuture:
-    def __init__(self, session: "AsyncSession", tid: str):
-        self.session, self.id = session, tid
-        self._done: dict | None = None
-
-    async def result(self, timeout: float | None = None) -> TaskResult:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._done is None:
-            left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())
-            if left <= 0:
-                raise Timeout(f"task {self.id}: not finished within {timeout} s", field="timeout", limit=timeout)
-            d = await self.session.client._request("GET", f"/v1/tasks/{self.id}?wait={left}",
-                                                   headers=self.session._auth())
-            if d["state"] in ("DONE", "FAILED", "CANCELLED"):
-                self._done = d
-        return _task_outcome(self._done)
-
-    def __await__(self):
-        return self.result().__await__()
-
-    async def cancel(self) -> str:
-        return (await self.session.client._request("DELETE", f"/v1/tasks/{self.id}",
-                                                   headers=self.session._auth()))["state"]
-
-
-class AsyncSession(Session):
-    async def upload(self, circuit) -> str:
-        digest, data = self._templates.qpy(circuit)
-        if data is not None:
-            await self.client._request("POST", f"/v1/sessions/{self.id}/templates", data=data,
-                                       headers={**self._auth(), "Content-Type": "application/x-qpy"})
-            self._templates.sent.add(digest)
-        return digest
-
-    async def submit(self, kind, circuit, params=None, *, observables=None, shots=None, method=None):
-        return (await self.submit_many([dict(kind=kind, circuit=circuit, params=params,
-                                             observables=observables, shots=shots, method=method)]))[0]
-
-    async def submit_many(self, tasks):
+    def _op_post_tasks(self, tasks: list[dict], wait: float | None = None) -> Op[dict]:
+        """All tasks in one request, under one idempotency key however often it is sent. A template the
+        daemon has let expire (unused for days) is uploaded again and the request sent again once."""
+        key = new_idempotency_key()
+        query, timeout = (f"?wait={wait}", wait + 30) if wait else ("", None)
         for attempt in (0, 1):
             bodies = []
             for t in tasks:
                 c = t.get("circuit", t.get("template"))
-                digest = c if isinstance(c, str) else await self.upload(c)
+                digest = c if isinstance(c, str) else (yield from self._op_upload(c))
                 bodies.append(task_body(t["kind"], digest, t.get("params"), observables=t.get("observables"),
                                         shots=t.get("shots"), method=t.get("method")))
             try:
-                res = await self.client._request("POST", f"/v1/sessions/{self.id}/tasks",
-                                                 json_body={"tasks": bodies}, headers=self._auth())
-                return [AsyncTaskFuture(self, tid) for tid in res["ids"]]
-            except errors.NotFound as e:          # an expired template: upload again, once
+                return (yield self._call("POST", f"/v1/sessions/{self.id}/tasks{query}",
+                                         body={"tasks": bodies, "idempotency_key": key}, timeout=timeout))
+            except errors.NotFound as e:
                 if attempt or not _expired_template(e):
                     raise
                 self._templates.sent.clear()
+        raise AssertionError("unreachable")
 
-    async def close(self):
+    def _op_submit_many(self, tasks: list[dict]) -> Op[list]:
+        return [self._future_cls(self, tid) for tid in (yield from self._op_post_tasks(tasks))["ids"]]
+
+    def _op_run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
+                timeout: float | None = None) -> Op[TaskResult]:
+        """Submit and wait in one round trip where the task finishes within the long-poll."""
+        deadline = self._deadline(timeout)
+        res = yield from self._op_post_tasks([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
+                                                   "shots": shots, "method": method}], wait=max(0.0, self._left(deadline)))
+        fut = self._future_cls(self, res["ids"][0])
+        fut._absorb(res["tasks"][0])
+        return (yield from fut._op_result(timeout, deadline))
+
+    def _wait_call(self, todo: list[FutureCore], deadline: float | None) -> Call:
+        left = max(0.0, self._left(deadline))
+        return self._call("POST", "/v1/tasks/wait", body={"ids": [f.id for f in todo], "timeout": left},
+                          timeout=left + 30, rebuild=lambda: self._wait_call(todo, deadline))
+
+    def _op_wait(self, futures: list, timeout: float | None = None) -> Op[list[TaskResult]]:
+        """Results of many tasks with one long-poll per round, in order."""
+        deadline = self._deadline(timeout)
+        todo = [f for f in futures if f._done is None]
+        while todo:
+            if self._left(deadline) <= 0:
+                raise Timeout(f"{len(todo)} tasks not finished within {timeout} s", field="timeout", limit=timeout)
+            res = yield self._wait_call(todo, deadline)
+            for f, d in zip(todo, res["tasks"]):
+                f._absorb(d)
+            todo = [f for f in todo if f._done is None]
+        return [task_outcome(f._done) for f in futures]
+
+    def _op_status(self) -> Op[dict]:
+        return (yield self._call("GET", f"/v1/sessions/{self.id}"))
+
+    def _op_close(self) -> Op[dict | None]:
         if not self.closed:
-            self.usage = await self.client._request("DELETE", f"/v1/sessions/{self.id}", headers=self._auth())
+            self.usage = yield self._call("DELETE", f"/v1/sessions/{self.id}", idempotent=False)
             self.closed = True
         return self.usage
 
-    async def __aenter__(self):
-        return self
 
-    async def __aexit__(self, *exc):
-        if not self.attached:
-            await self.close()
+class FutureCore:
+    """A submitted task: its id, and its final JSON once seen."""
 
+    def __init__(self, session: Any, tid: str):
+        self.session, self.id = session, tid
+        self._done: dict | None = None
 
-class AsyncClient:
-    def __init__(self, url: str | None = None, *, timeout: float = 60.0):
-        self.url = url or default_url()
-        self.timeout = timeout
-        self._http = None
+    def _absorb(self, d: dict) -> None:
+        if d["state"] in FINAL:
+            self._done = d
 
-    async def _session(self):
-        import aiohttp
-        if self._http is None:
-            u = urllib.parse.urlparse(self.url)
-            conn = aiohttp.UnixConnector(path=u.path) if u.scheme == "unix" else aiohttp.TCPConnector()
-            self._base = "http://localhost" if u.scheme == "unix" else f"http://{u.hostname}:{u.port or 8765}"
-            self._http = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None))
-        return self._http
+    def _get_call(self, deadline: float | None, poll: bool) -> Call:
+        wait = max(0.0, self.session._left(deadline)) if poll else 0
+        return self.session._call("GET", f"/v1/tasks/{self.id}?wait={wait}", timeout=wait + 30,
+                                  rebuild=lambda: self._get_call(deadline, poll))
 
-    async def _request(self, method, path, *, json_body=None, data=None, headers=None):
-        import aiohttp
-        http = await self._session()
-        try:
-            async with http.request(method, self._base + path, json=json_body, data=data, headers=headers) as resp:
-                obj = await resp.json(content_type=None) if resp.content_type == "application/json" else await resp.read()
-                if resp.status >= 400:
-                    raise errors.from_json(resp.status, obj if isinstance(obj, dict) else {})
-                return obj
-        except aiohttp.ClientConnectionError as e:
-            raise errors.Unavailable(f"qsched daemon at {self.url}: {e}") from None
+    def _op_state(self) -> Op[str]:
+        if self._done is None:
+            d = yield self._get_call(None, False)
+            self._absorb(d)
+            return d["state"]
+        return self._done["state"]
 
-    def _identity(self):
-        if self.url.startswith("unix:"):
-            return {}
-        cred = _munge_credential()
-        return {"X-Qsched-Munge": cred} if cred else {}
+    def _op_result(self, timeout: float | None = None, deadline: float | None = None) -> Op[TaskResult]:
+        if deadline is None:
+            deadline = self.session._deadline(timeout)
+        while self._done is None:
+            if self.session._left(deadline) <= 0:
+                raise Timeout(f"task {self.id}: not finished within {timeout} s", field="timeout", limit=timeout)
+            self._absorb((yield self._get_call(deadline, True)))
+        return task_outcome(self._done)
 
-    async def health(self):
-        return await self._request("GET", "/v1/health")
-
-    async def devices(self):
-        return (await self._request("GET", "/v1/devices"))["devices"]
-
-    async def open_session(self, pool=None, *, name="", cls=None, weight=1.0, account="") -> AsyncSession:
-        body = {"pool": pool or os.environ.get("QSCHED_POOL") or None, "name": name,
-                "class": cls or os.environ.get("QSCHED_CLASS") or "batch", "weight": weight, "account": account}
-        return AsyncSession(self, await self._request("POST", "/v1/sessions", json_body=body, headers=self._identity()))
-
-    async def attach(self, sid) -> AsyncSession:
-        s = AsyncSession(self, await self._request("POST", f"/v1/sessions/{sid}/attach", headers=self._identity()))
-        s.attached = True
-        return s
-
-    async def session(self, pool=None, **kw) -> AsyncSession:
-        sid = os.environ.get("QSCHED_SESSION")
-        return await self.attach(sid) if sid else await self.open_session(pool, **kw)
-
-    async def close(self):
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.close()
-
-
-__all__ = ["Client", "AsyncClient", "Session", "AsyncSession", "TaskFuture", "AsyncTaskFuture", "TaskResult",
-           "QschedError", "default_url"]
+    def _op_cancel(self) -> Op[str]:
+        return (yield self.session._call("DELETE", f"/v1/tasks/{self.id}"))["state"]

@@ -1,0 +1,158 @@
+"""The asyncio face: `AsyncClient`, `AsyncSession`, `AsyncTaskFuture`, the same API as the sync face
+(every method a coroutine), running the same core operations over aiohttp."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Self
+
+from ..errors import QschedError
+from .core import (
+    Call,
+    ClientCore,
+    FutureCore,
+    Op,
+    Send,
+    SessionCore,
+    T,
+    TaskResult,
+    default_url,
+)
+from .transport import AsyncTransport, identity_headers
+
+
+class AsyncTaskFuture(FutureCore):
+    session: AsyncSession
+
+    async def done(self) -> bool:
+        return await self.session.client._run(self._op_state()) in ("DONE", "FAILED", "CANCELLED")
+
+    async def state(self) -> str:
+        return await self.session.client._run(self._op_state())
+
+    async def result(self, timeout: float | None = None) -> TaskResult:
+        return await self.session.client._run(self._op_result(timeout))
+
+    def __await__(self):
+        return self.result().__await__()
+
+    async def cancel(self) -> str:
+        return await self.session.client._run(self._op_cancel())
+
+
+class AsyncSession(SessionCore):
+    _future_cls = AsyncTaskFuture
+    client: AsyncClient
+
+    async def upload(self, circuit) -> str:
+        return await self.client._run(self._op_upload(circuit))
+
+    async def submit(self, kind: str, circuit, params=None, *, observables=None, shots=None,
+                     method=None) -> AsyncTaskFuture:
+        return (await self.submit_many([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
+                                             "shots": shots, "method": method}]))[0]
+
+    async def submit_many(self, tasks: list[dict]) -> list[AsyncTaskFuture]:
+        return await self.client._run(self._op_submit_many(tasks))
+
+    async def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
+                  timeout: float | None = None) -> TaskResult:
+        return await self.client._run(self._op_run(kind, circuit, params, observables=observables, shots=shots,
+                                                   method=method, timeout=timeout))
+
+    async def wait(self, futures: list, timeout: float | None = None) -> list[TaskResult]:
+        return await self.client._run(self._op_wait(futures, timeout))
+
+    async def status(self) -> dict:
+        return await self.client._run(self._op_status())
+
+    async def close(self) -> dict | None:
+        return await self.client._run(self._op_close())
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if not self.attached:
+            await self.close()
+
+
+class AsyncClient(ClientCore):
+    """Coroutine client for one event loop. retry_s as for Client."""
+    _session_cls = AsyncSession
+
+    def __init__(self, url: str | None = None, *, timeout: float = 60.0, retry_s: float | None = None):
+        url = url or default_url()
+        self.timeout = timeout
+        self._t = AsyncTransport(url, timeout)
+        super().__init__(url, retry_s=retry_s, identity=lambda: identity_headers(self._t.unix))
+
+    async def _run(self, op: Op[T]) -> T:
+        run = self.execute(op)
+        reply: Any = None
+        error: QschedError | None = None
+        while True:
+            try:
+                effect = run.throw(error) if error is not None else run.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply, error = None, None
+            if not isinstance(effect, Send):
+                await asyncio.sleep(effect.seconds)
+                continue
+            try:
+                reply = await self._t.request(effect.method, effect.path, body=effect.body, headers=effect.headers,
+                                              timeout=effect.timeout)
+            except QschedError as e:
+                error = e
+
+    async def _request(self, method: str, path: str, *, json_body=None, data=None, headers=None) -> Any:
+        """One request with the client's retries (benchmarks reach the API directly with it)."""
+        call = Call(method, path, body=json_body if json_body is not None else data, headers=dict(headers or {}),
+                    idempotent=method != "POST")
+
+        def op() -> Op[Any]:
+            return (yield call)
+        return await self._run(op())
+
+    async def health(self) -> dict:
+        return await self._run(self._op_health())
+
+    async def devices(self) -> list[dict]:
+        return await self._run(self._op_devices())
+
+    async def queue(self) -> dict:
+        return await self._run(self._op_queue())
+
+    async def sessions(self) -> list[dict]:
+        return await self._run(self._op_sessions())
+
+    async def session_info(self, sid: str) -> dict:
+        return await self._run(self._op_session_info(sid))
+
+    async def close_session(self, sid: str) -> dict:
+        return await self._run(self._op_close_session(sid))
+
+    async def accounting(self, since: float = 0.0, user: str | None = None) -> list[dict]:
+        return await self._run(self._op_accounting(since, user))
+
+    async def metrics(self) -> str:
+        return await self._run(self._op_metrics())
+
+    async def open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
+                           weight: float = 1.0, account: str = "") -> AsyncSession:
+        return await self._run(self._op_open_session(pool, name=name, cls=cls, weight=weight, account=account))
+
+    async def attach(self, sid: str) -> AsyncSession:
+        return await self._run(self._op_attach(sid))
+
+    async def session(self, pool: str | None = None, **kw) -> AsyncSession:
+        return await self._run(self._op_session(pool, **kw))
+
+    async def close(self) -> None:
+        await self._t.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

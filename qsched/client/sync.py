@@ -1,0 +1,149 @@
+"""The blocking face: `Client`, `Session`, `TaskFuture`. Each method runs one core operation; the
+effects are a request on this thread's kept-alive connection and time.sleep for a backoff."""
+from __future__ import annotations
+
+import time
+from typing import Any, Self
+
+from ..errors import QschedError
+from .core import (
+    ClientCore,
+    FutureCore,
+    Op,
+    Send,
+    SessionCore,
+    T,
+    TaskResult,
+    default_url,
+)
+from .transport import SyncTransport, identity_headers
+
+
+class TaskFuture(FutureCore):
+    session: Session
+
+    def done(self) -> bool:
+        return self.session.client._run(self._op_state()) in ("DONE", "FAILED", "CANCELLED")
+
+    def state(self) -> str:
+        return self.session.client._run(self._op_state())
+
+    def result(self, timeout: float | None = None) -> TaskResult:
+        return self.session.client._run(self._op_result(timeout))
+
+    def cancel(self) -> str:
+        return self.session.client._run(self._op_cancel())
+
+
+class Session(SessionCore):
+    _future_cls = TaskFuture
+    client: Client
+
+    def upload(self, circuit) -> str:
+        return self.client._run(self._op_upload(circuit))
+
+    def submit(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None) -> TaskFuture:
+        return self.submit_many([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
+                                      "shots": shots, "method": method}])[0]
+
+    def submit_many(self, tasks: list[dict]) -> list[TaskFuture]:
+        """All tasks in one request (one primitive call = one request)."""
+        return self.client._run(self._op_submit_many(tasks))
+
+    def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
+            timeout: float | None = None) -> TaskResult:
+        """Submit and wait in one round trip where the task finishes within the long-poll."""
+        return self.client._run(self._op_run(kind, circuit, params, observables=observables, shots=shots,
+                                             method=method, timeout=timeout))
+
+    def wait(self, futures: list, timeout: float | None = None) -> list[TaskResult]:
+        """Results of many tasks with one long-poll per round, in order."""
+        return self.client._run(self._op_wait(futures, timeout))
+
+    def status(self) -> dict:
+        return self.client._run(self._op_status())
+
+    def close(self) -> dict | None:
+        return self.client._run(self._op_close())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.attached:
+            self.close()
+
+
+class Client(ClientCore):
+    """Blocking client; one may be shared by threads (each gets its own connection).
+    retry_s: how long to ride through a daemon outage (default: QSCHED_RETRY_S, else 300; 0: never)."""
+    _session_cls = Session
+
+    def __init__(self, url: str | None = None, *, timeout: float = 60.0, retry_s: float | None = None):
+        url = url or default_url()
+        self._t = SyncTransport(url, timeout)
+        super().__init__(url, retry_s=retry_s, identity=lambda: identity_headers(self._t.unix))
+
+    def _run(self, op: Op[T]) -> T:
+        run = self.execute(op)
+        reply: Any = None
+        error: QschedError | None = None
+        while True:
+            try:
+                effect = run.throw(error) if error is not None else run.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply, error = None, None
+            if not isinstance(effect, Send):
+                time.sleep(effect.seconds)
+                continue
+            try:
+                reply = self._t.request(effect.method, effect.path, body=effect.body, headers=effect.headers,
+                                        timeout=effect.timeout)
+            except QschedError as e:
+                error = e
+
+    def health(self) -> dict:
+        return self._run(self._op_health())
+
+    def devices(self) -> list[dict]:
+        return self._run(self._op_devices())
+
+    def queue(self) -> dict:
+        return self._run(self._op_queue())
+
+    def sessions(self) -> list[dict]:
+        return self._run(self._op_sessions())
+
+    def session_info(self, sid: str) -> dict:
+        return self._run(self._op_session_info(sid))
+
+    def close_session(self, sid: str) -> dict:
+        """Close any session the caller may close (its own; an admin: any); returns its usage record."""
+        return self._run(self._op_close_session(sid))
+
+    def accounting(self, since: float = 0.0, user: str | None = None) -> list[dict]:
+        return self._run(self._op_accounting(since, user))
+
+    def metrics(self) -> str:
+        return self._run(self._op_metrics())
+
+    def open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
+                     weight: float = 1.0, account: str = "") -> Session:
+        return self._run(self._op_open_session(pool, name=name, cls=cls, weight=weight, account=account))
+
+    def attach(self, sid: str) -> Session:
+        return self._run(self._op_attach(sid))
+
+    def session(self, pool: str | None = None, **kw) -> Session:
+        """The job's session when running under Slurm (QSCHED_SESSION), else a new one."""
+        return self._run(self._op_session(pool, **kw))
+
+    def close(self) -> None:
+        self._t.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

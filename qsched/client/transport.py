@@ -1,0 +1,226 @@
+"""Transports: send one HTTP request to the daemon and decode its answer; no retries here (those are
+the core's, see core.ClientCore.execute). A failure to reach the daemon raises retry.Unreachable,
+which says whether the request may have reached it."""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import threading
+import urllib.parse
+from typing import Any
+
+from ..errors import QschedError
+from .core import decode_response
+from .retry import Unreachable, os_cause
+
+
+def _munge_credential() -> str | None:
+    """Inside a Slurm job over TCP: a MUNGE credential proves who we are."""
+    try:
+        from ..slurm.munge import encode
+    except ImportError:
+        return None
+    try:
+        return encode()
+    except (QschedError, OSError, subprocess.SubprocessError):   # no munged: the daemon says what it needs
+        return None
+
+
+def identity_headers(unix: bool) -> dict[str, str]:
+    """Who we are when opening or attaching a session: the unix socket tells the daemon our uid;
+    over TCP a MUNGE credential does (encoded afresh each time: credentials expire)."""
+    if unix:
+        return {}
+    cred = _munge_credential()
+    return {"X-Qsched-Munge": cred} if cred else {}
+
+
+def _encode(body: Any, headers: dict[str, str] | None) -> tuple[bytes, dict[str, str]]:
+    headers = dict(headers or {})
+    if isinstance(body, (dict, list)):
+        headers.setdefault("Content-Type", "application/json")
+        return json.dumps(body).encode(), headers
+    return body or b"", headers
+
+
+class _Transport:
+    """HTTP/1.1 with keep-alive over a unix or TCP socket, one connection per thread. Hand-rolled because
+    http.client parses every response's headers with the email package: that alone was a fifth of a
+    null task's round trip."""
+
+    def __init__(self, url: str, timeout: float):
+        self.url, self.timeout = url, timeout
+        u = urllib.parse.urlparse(url)
+        self.unix = u.scheme == "unix"
+        self._addr: Any = u.path if self.unix else (u.hostname or "127.0.0.1", u.port or 8765)
+        self._host = b"localhost" if self.unix else f"{self._addr[0]}:{self._addr[1]}".encode()
+        self._local = threading.local()       # a connection per thread: a Client can be shared by threads
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    # the calling thread's connection and its read buffer
+    _sock = property(lambda self: getattr(self._local, "sock", None),
+                     lambda self, v: setattr(self._local, "sock", v))
+    _buf = property(lambda self: getattr(self._local, "buf", b""),
+                    lambda self, v: setattr(self._local, "buf", v))
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX if self.unix else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._addr)
+            if not self.unix:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._buf = sock, b""
+        with self._open_lock:
+            self._open.add(sock)
+
+    def _recv(self) -> None:
+        chunk = self._sock.recv(262144)
+        if not chunk:
+            raise ConnectionResetError("connection closed by the daemon")
+        self._buf += chunk
+
+    def _read_until(self, sep: bytes) -> bytes:
+        while (i := self._buf.find(sep)) < 0:
+            self._recv()
+        line, self._buf = self._buf[:i], self._buf[i + len(sep):]
+        return line
+
+    def _read_exactly(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            self._recv()
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def _response(self) -> tuple[int, dict, bytes]:
+        head = self._read_until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ", 2)[1])
+        hdrs = {}
+        for line in head[1:]:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        if "content-length" in hdrs:
+            body = self._read_exactly(int(hdrs["content-length"]))
+        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while size := int(self._read_until(b"\r\n").split(b";")[0], 16):
+                parts.append(self._read_exactly(size))
+                self._read_until(b"\r\n")
+            self._read_until(b"\r\n")
+            body = b"".join(parts)
+        else:                                    # body until close
+            try:
+                while True:
+                    self._recv()
+            except ConnectionResetError:
+                pass
+            body, self._buf = self._buf, b""
+            hdrs["connection"] = "close"
+        return status, hdrs, body
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            with self._open_lock:
+                self._open.discard(self._sock)
+        self._sock, self._buf = None, b""
+
+    def _unreachable(self, e: BaseException, *, sent: bool) -> Unreachable:
+        return Unreachable(f"qsched daemon at {self.url}: {e}", cause=os_cause(e), sent=sent)
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                timeout: float | None = None) -> Any:
+        data, headers = _encode(body, headers)
+        head = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + self._host, b"Content-Length: %d" % len(data)]
+        head += [f"{k}: {v}".encode() for k, v in headers.items()]
+        message = b"\r\n".join(head) + b"\r\n\r\n" + data
+        for attempt in (0, 1):
+            if self._sock is not None and self._sock.fileno() < 0:    # closed by close() in another thread
+                self._sock, self._buf = None, b""
+            fresh = self._sock is None
+            if fresh:
+                try:
+                    self._connect()
+                except OSError as e:        # no socket file, refused: the request never left
+                    raise self._unreachable(e, sent=False) from None
+            try:
+                self._sock.settimeout(timeout or self.timeout)
+                try:
+                    self._sock.sendall(message)
+                except (BrokenPipeError, ConnectionResetError):
+                    if not fresh:
+                        raise
+                    # the daemon may have answered early (413 for a body over its limit) and closed
+                status, hdrs, resp = self._response()
+                break
+            except (ConnectionError, ValueError, IndexError) as e:
+                self._drop()
+                # only a kept-alive connection the daemon closed while idle is retried here: the request
+                # never reached it. A fresh connection failing is the core's to retry, or not.
+                if fresh or attempt:
+                    raise self._unreachable(e, sent=True) from None
+            except OSError as e:          # timed out
+                self._drop()
+                raise self._unreachable(e, sent=True) from None
+        if hdrs.get("connection", "").lower() == "close":
+            self._drop()
+        return decode_response(status, hdrs.get("content-type", ""), resp)
+
+    def close(self) -> None:
+        """Close every thread's connection (a thread's next request opens a new one)."""
+        with self._open_lock:
+            socks, self._open = self._open, set()
+        for sock in socks:
+            sock.close()
+        self._sock, self._buf = None, b""
+
+
+SyncTransport = _Transport
+
+
+class AsyncTransport:
+    """The same requests over aiohttp (one pooled ClientSession, made on first use inside the loop)."""
+
+    def __init__(self, url: str, timeout: float):
+        self.url, self.timeout = url, timeout
+        u = urllib.parse.urlparse(url)
+        self.unix = u.scheme == "unix"
+        self._path = u.path
+        self._base = "http://localhost" if self.unix else f"http://{u.hostname or '127.0.0.1'}:{u.port or 8765}"
+        self._http: Any = None
+
+    def _session(self) -> Any:
+        import aiohttp
+        if self._http is None:
+            conn = aiohttp.UnixConnector(path=self._path) if self.unix else aiohttp.TCPConnector()
+            self._http = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None))
+        return self._http
+
+    async def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                      timeout: float | None = None) -> Any:
+        import aiohttp
+        data, headers = _encode(body, headers)
+        http = self._session()
+        try:
+            async with http.request(method, self._base + path, data=data, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as resp:
+                raw = await resp.read()
+                return decode_response(resp.status, resp.content_type, raw)
+        except aiohttp.ClientConnectorError as e:          # never connected: the request never left
+            raise Unreachable(f"qsched daemon at {self.url}: {e}", cause=os_cause(e.os_error), sent=False) from None
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+            cause = "timed out" if isinstance(e, asyncio.TimeoutError) else \
+                os_cause(e) if isinstance(e, OSError) else "connection reset"
+            raise Unreachable(f"qsched daemon at {self.url}: {e or type(e).__name__}", cause=cause,
+                              sent=True) from None
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
