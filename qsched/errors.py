@@ -83,7 +83,7 @@ class Timeout(QschedError):
     code = "timeout"
 
 
-_BY_CODE = {cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict,
+_BY_CODE: dict[str, type[QschedError]] = {cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict,
                                         PayloadTooLarge, Unavailable, Draining, ConfigError, TaskFailed,
                                         TaskCancelled, Timeout)}
 
@@ -91,7 +91,7 @@ _BY_CODE = {cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFo
 def from_json(status: int, body: dict) -> QschedError:
     """Rebuild the server's error on the client side."""
     err = (body or {}).get("error") or {}
-    cls = _BY_CODE.get(err.get("code"), QschedError)
+    cls = _BY_CODE.get(str(err.get("code")), QschedError)
     e = cls(err.get("message") or f"HTTP {status}", field=err.get("field"), limit=err.get("limit"))
     e.status = status
     return e

@@ -11,6 +11,7 @@ import hashlib
 import json
 import secrets
 import time
+from typing import Any
 
 from redis.exceptions import NoScriptError
 
@@ -149,7 +150,7 @@ class HotScript:
     def __init__(self, pool, script: str):
         self.pool, self.script = pool, script
         self.sha = hashlib.sha1(script.encode()).hexdigest()
-        self.conn = None
+        self.conn: Any = None
 
     async def __call__(self, keys: list, args: list):
         if self.conn is None:
@@ -251,6 +252,7 @@ class Store:
         if idempotency_key and new:
             args[2:4] = [self.ttl, json.dumps([t.id for t, _, _ in new])]
         if new:
+            assert sid is not None
             keys_.append(keys.session_pending(sid))
             for t, observables, params in new:
                 keys_ += [keys.task(t.id), keys.task_params(t.id)]
@@ -260,7 +262,8 @@ class Store:
             keys_ += [keys.session_pending(b.session), keys.batch(b.id), keys.device_inbox(b.device)]
             keys_ += [keys.task(tid) for tid in b.tasks]
             args += [len(b.tasks), b.id, b.entry(), b.created, *b.tasks]
-        if args[2]:
+        if idempotency_key and new:
+            assert sid is not None
             keys_.append(keys.session_submit(sid, idempotency_key))
         await self._commit(keys=keys_, args=args)
 

@@ -38,9 +38,11 @@ class Caller:
     admin: bool
 
     def user(self) -> str:
+        if self.uid is None:
+            return "None"
         try:
             return pwd.getpwuid(self.uid).pw_name
-        except (KeyError, TypeError):
+        except KeyError:
             return str(self.uid)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -96,7 +97,7 @@ class Daemon:
         self.spawn("events", lambda: sch.run_events(r_events))
         self.spawn("device-watch", sch.run_device_watch)
         for extra in self.hooks.get("background", []):
-            self.spawn(getattr(extra, "__name__", "hook"), lambda extra=extra: extra(sch))
+            self.spawn(getattr(extra, "__name__", "hook"), functools.partial(extra, sch))
         await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks), tcp=cfg.tcp,
                                                    path=cfg.socket_path))
         await stack.enter_async_context(self._site(make_app(sch, admin=True, hooks=self.hooks),

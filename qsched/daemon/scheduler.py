@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -371,8 +372,7 @@ class Scheduler:
                     continue
                 name, kind = dev.spec.name, entry.pending[0].kind
                 tasks = take_batch(entry.pending, merge=cfg.merge, max_bindings=dev.spec.limits.max_batch_bindings,
-                                   max_batch_s=cfg.max_batch_s,
-                                   estimate=lambda n, name=name, kind=kind: self.cost.estimate(name, kind, n))
+                                   max_batch_s=cfg.max_batch_s, estimate=functools.partial(self.cost.estimate, name, kind))
                 est = self.cost.estimate(name, kind, sum(t.bindings for t in tasks))
                 self.policy.charge(sid, est)
                 self._enqueue(entry)
@@ -511,7 +511,7 @@ class Scheduler:
         for name, hb in zip(names, await self.store.heartbeats(names)):
             dev = self.devices[name]
             up = hb is not None
-            if up and not dev.alive:
+            if hb is not None and not dev.alive:
                 log.info("device %s is up (worker pid %s)", name, hb.get("pid"))
                 self.kick()
             elif dev.alive and not up:

@@ -52,7 +52,7 @@ class HeapQueues:
         heap = self._heaps.get(pool)
         while heap:
             entry = heapq.heappop(heap)
-            if self._live.get(entry[2]) is entry:
+            if self._live.get(entry[2], ()) is entry:
                 del self._live[entry[2]]
                 return entry[2], entry[0]
         return None, None
