@@ -1,10 +1,10 @@
 # make demo: qsched on the embedded default (embedded Redis, local devices, no Slurm), 4 VQE clients.
-# make test: the whole suite (unit, integration against real Redis/workers/Slurm, e2e).
+# make test: ruff and mypy, then the whole suite (unit, in-process, integration against real Redis/workers/Slurm, e2e).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST ?= -q
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m qsched.demo
 
-test: $(VENV)/.installed
+test: lint
 	$(PY) -m pytest $(PYTEST)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check qsched tests benchmarks examples
+	$(PY) -m mypy
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
