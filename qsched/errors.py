@@ -83,9 +83,9 @@ class Timeout(QschedError):
     code = "timeout"
 
 
-_BY_CODE: dict[str, type[QschedError]] = {cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict,
-                                        PayloadTooLarge, Unavailable, Draining, ConfigError, TaskFailed,
-                                        TaskCancelled, Timeout)}
+_BY_CODE: dict[str, type[QschedError]] = {
+    cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge,
+                              Unavailable, Draining, ConfigError, TaskFailed, TaskCancelled, Timeout)}
 
 
 def from_json(status: int, body: dict) -> QschedError:

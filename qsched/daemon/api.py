@@ -332,7 +332,8 @@ async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
         raise BadRequest(f"{field}.params: {params.shape[0]} bindings, limit 1..{limit.max_bindings}",
                          field=f"{field}.params", limit=limit.max_bindings)
     shots = obj.get("shots")
-    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or not 1 <= shots <= limit.max_shots):
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool)
+                              or not 1 <= shots <= limit.max_shots):
         raise BadRequest(f"{field}.shots: must be an integer in 1..{limit.max_shots}, got {shots!r}",
                          field=f"{field}.shots", limit=limit.max_shots)
     if kind == "sample" and shots is None:

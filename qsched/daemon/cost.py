@@ -19,5 +19,6 @@ class CostModel:
             return
         k = (device, kind)
         x = seconds / bindings
-        self.per_binding[k] = x if k not in self.per_binding else (1 - self.alpha) * self.per_binding[k] + self.alpha * x
+        old = self.per_binding.get(k)
+        self.per_binding[k] = x if old is None else (1 - self.alpha) * old + self.alpha * x
         self.dirty = True

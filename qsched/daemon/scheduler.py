@@ -372,7 +372,8 @@ class Scheduler:
                     continue
                 name, kind = dev.spec.name, entry.pending[0].kind
                 tasks = take_batch(entry.pending, merge=cfg.merge, max_bindings=dev.spec.limits.max_batch_bindings,
-                                   max_batch_s=cfg.max_batch_s, estimate=functools.partial(self.cost.estimate, name, kind))
+                                   max_batch_s=cfg.max_batch_s,
+                                   estimate=functools.partial(self.cost.estimate, name, kind))
                 est = self.cost.estimate(name, kind, sum(t.bindings for t in tasks))
                 self.policy.charge(sid, est)
                 self._enqueue(entry)

@@ -65,9 +65,11 @@ def test_policy_validate_cli(tmp_path):
     good.write_text("name: fair-share\nweights:\n  classes: {interactive: 4, batch: 1}\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text("policy:\n  name: fair-share\n  weights:\n    users: {alice: zero}\n")
-    ok = subprocess.run([sys.executable, "-m", "qsched", "policy", "validate", str(good)], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "qsched", "policy", "validate", str(good)], capture_output=True,
+                        text=True)
     assert ok.returncode == 0, ok.stderr
-    res = subprocess.run([sys.executable, "-m", "qsched", "policy", "validate", str(bad)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "qsched", "policy", "validate", str(bad)], capture_output=True,
+                         text=True)
     assert res.returncode == 1
     assert "policy.weights.users.alice" in res.stderr
 
