@@ -25,6 +25,7 @@ class FairShare(Policy):
         self._weight: dict[str, float] = {}
         self._vtime: dict[str, float] = {}
         self._pool_of: dict[str, str] = {}
+        self._carry: dict[str, float] = {}        # corrections that arrived while the session was queued
 
     def enqueue(self, sid, pool, weight, head_seq):
         self._weight[sid] = weight
@@ -43,15 +44,23 @@ class FairShare(Policy):
         return sid
 
     def charge(self, sid, cost):
-        self._finish[sid] = self._start.get(sid, 0.0) + cost / self._weight.get(sid, 1.0)
+        self._finish[sid] = (self._start.get(sid, 0.0) + cost / self._weight.get(sid, 1.0)
+                             + self._carry.pop(sid, 0.0))
 
     def correct(self, sid, estimated, measured):
-        if sid in self._finish:
-            self._finish[sid] += (measured - estimated) / self._weight.get(sid, 1.0)
+        if sid not in self._finish:
+            return
+        delta = (measured - estimated) / self._weight.get(sid, 1.0)
+        if sid in self._q:
+            # queued again already (it stayed backlogged): its start tag came from the uncorrected
+            # finish tag, and its next charge overwrites that tag; carry the difference into it
+            self._carry[sid] = self._carry.get(sid, 0.0) + delta
+        else:
+            self._finish[sid] += delta
 
     def remove(self, sid):
         self._q.discard(sid)
-        for d in (self._finish, self._start, self._weight, self._pool_of):
+        for d in (self._finish, self._start, self._weight, self._pool_of, self._carry):
             d.pop(sid, None)
 
     def virtual_time(self, pool: str) -> float:

@@ -167,3 +167,21 @@ def test_virtual_time_never_goes_back_with_return_credit():
         last_v = p.virtual_time("p")
         idle.add(sid)
     assert last_v > 0
+
+
+def test_measured_time_counts_when_the_correction_arrives_after_the_session_is_queued_again():
+    """The daemon's order: pick, charge the estimate, re-enqueue the still-backlogged session, and
+    only when the batch ends correct with the measured time. A session whose tasks take twice their
+    estimate must still get only its share of device time."""
+    p = FairShare()
+    est, real = {"a": 1.0, "b": 1.0}, {"a": 2.0, "b": 1.0}
+    for i, sid in enumerate(est):
+        p.enqueue(sid, "p", 1.0, i)
+    used = {"a": 0.0, "b": 0.0}
+    for seq in range(2, 3000):
+        sid = p.pick("p")
+        p.charge(sid, est[sid])
+        p.enqueue(sid, "p", 1.0, seq)            # still backlogged
+        p.correct(sid, est[sid], real[sid])       # the batch ended
+        used[sid] += real[sid]
+    assert used["a"] / used["b"] == pytest.approx(1.0, rel=0.02)
