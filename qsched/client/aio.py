@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Self
+from typing import Any
 
 from ..errors import QschedError
 from .core import (
@@ -68,7 +68,7 @@ class AsyncSession(SessionCore):
     async def close(self) -> dict | None:
         return await self.client._run(self._op_close())
 
-    async def __aenter__(self) -> Self:
+    async def __aenter__(self) -> AsyncSession:  # noqa: PYI034
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -151,7 +151,7 @@ class AsyncClient(ClientCore):
     async def close(self) -> None:
         await self._t.close()
 
-    async def __aenter__(self) -> Self:
+    async def __aenter__(self) -> AsyncClient:  # noqa: PYI034
         return self
 
     async def __aexit__(self, *exc) -> None:

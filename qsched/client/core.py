@@ -137,6 +137,7 @@ class Call:
     session: SessionCore | None = None     # its token is added at each send; a refused token re-attaches
     idempotent: bool = True                # may be sent again after a failure that may have reached the daemon
     rebuild: Callable[[], Call] | None = None   # a long-poll re-issued after an outage, with the time left
+    deadline: float | None = None          # the caller's (clock): retrying stops there with a Timeout
 
 
 @dataclass
@@ -208,6 +209,9 @@ class ClientCore:
                         continue
                     raise
                 now = self._clock()
+                if call.deadline is not None and now >= call.deadline:
+                    raise Timeout(f"{call.method} {call.path.split('?')[0]}: no answer within the caller's timeout "
+                                  f"(daemon: {reason})", field="timeout") from e
                 if backoff is None:
                     backoff = Backoff(self.retry_policy(), now)
                 delay = backoff.next_delay(now, self._rand())
@@ -368,8 +372,9 @@ class SessionCore:
                 timeout: float | None = None) -> Op[TaskResult]:
         """Submit and wait in one round trip where the task finishes within the long-poll."""
         deadline = self._deadline(timeout)
-        res = yield from self._op_post_tasks([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
-                                                   "shots": shots, "method": method}], wait=max(0.0, self._left(deadline)))
+        task = {"kind": kind, "circuit": circuit, "params": params, "observables": observables, "shots": shots,
+                "method": method}
+        res = yield from self._op_post_tasks([task], wait=max(0.0, self._left(deadline)))
         fut = self._future_cls(self, res["ids"][0])
         fut._absorb(res["tasks"][0])
         return (yield from fut._op_result(timeout, deadline))
@@ -377,7 +382,7 @@ class SessionCore:
     def _wait_call(self, todo: list[FutureCore], deadline: float | None) -> Call:
         left = max(0.0, self._left(deadline))
         return self._call("POST", "/v1/tasks/wait", body={"ids": [f.id for f in todo], "timeout": left},
-                          timeout=left + 30, rebuild=lambda: self._wait_call(todo, deadline))
+                          timeout=left + 30, rebuild=lambda: self._wait_call(todo, deadline), deadline=deadline)
 
     def _op_wait(self, futures: list, timeout: float | None = None) -> Op[list[TaskResult]]:
         """Results of many tasks with one long-poll per round, in order."""
@@ -416,7 +421,7 @@ class FutureCore:
     def _get_call(self, deadline: float | None, poll: bool) -> Call:
         wait = max(0.0, self.session._left(deadline)) if poll else 0
         return self.session._call("GET", f"/v1/tasks/{self.id}?wait={wait}", timeout=wait + 30,
-                                  rebuild=lambda: self._get_call(deadline, poll))
+                                  rebuild=lambda: self._get_call(deadline, poll), deadline=deadline)
 
     def _op_state(self) -> Op[str]:
         if self._done is None:

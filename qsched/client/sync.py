@@ -3,7 +3,7 @@ effects are a request on this thread's kept-alive connection and time.sleep for 
 from __future__ import annotations
 
 import time
-from typing import Any, Self
+from typing import Any
 
 from ..errors import QschedError
 from .core import (
@@ -66,7 +66,7 @@ class Session(SessionCore):
     def close(self) -> dict | None:
         return self.client._run(self._op_close())
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Session:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
@@ -142,7 +142,7 @@ class Client(ClientCore):
     def close(self) -> None:
         self._t.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Client:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
