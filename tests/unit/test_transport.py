@@ -1,4 +1,6 @@
-"""The client's HTTP/1.1 transport against a real HTTP server on a unix socket (aiohttp)."""
+"""The client's transports (the hand-rolled sync HTTP/1.1 one and the aiohttp one) against a real HTTP
+server on a unix socket (aiohttp): keep-alive, chunked bodies, errors, and how an unreachable daemon
+is reported (the core retries on that: whether the request may have arrived decides what is resent)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from qsched import errors
-from qsched.client import _Transport
+from qsched.client import AsyncTransport, Unreachable, _Transport
 
 
 @pytest.fixture
@@ -33,7 +35,14 @@ def server(tmp_path):
         return web.json_response({"error": {"code": "bad_request", "message": "m", "field": "f", "limit": 3}},
                                  status=400)
 
+    async def drop(request):
+        await request.read()
+        request.transport.close()            # as a daemon killed mid-request
+        await asyncio.sleep(1)
+        return web.json_response({})
+
     app = web.Application(client_max_size=1024)
+    app.router.add_post("/drop", drop)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/fail", fail)
@@ -81,8 +90,58 @@ def test_body_over_the_server_limit_gets_the_answer_not_a_broken_pipe(server):
 
 
 def test_no_daemon_is_unavailable(tmp_path):
-    with pytest.raises(errors.Unavailable):
+    with pytest.raises(errors.Unavailable) as e:
         _Transport(f"unix://{tmp_path}/none.sock", 1).request("GET", "/")
+    assert isinstance(e.value, Unreachable) and e.value.cause == "socket missing" and not e.value.sent
+
+
+def _refusing_socket(tmp_path):
+    """A socket file nobody listens on (a daemon that died without removing it): connect is refused."""
+    import socket
+    path = str(tmp_path / "dead.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    return s, f"unix://{path}"
+
+
+def test_refused_and_cut_connections_say_whether_the_request_left(server, tmp_path):
+    s, dead = _refusing_socket(tmp_path)
+    with pytest.raises(Unreachable) as e:
+        _Transport(dead, 1).request("GET", "/")
+    assert (e.value.cause, e.value.sent) == ("connection refused", False)
+    s.close()
+    url, _ = server
+    with pytest.raises(Unreachable) as e:
+        _Transport(url, 5).request("POST", "/drop", body={"k": 1})
+    assert (e.value.cause, e.value.sent) == ("connection reset", True)
+
+
+def test_async_transport_json_errors_and_unreachable(server, tmp_path):
+    url, _ = server
+    s, dead = _refusing_socket(tmp_path)
+
+    async def main():
+        t = AsyncTransport(url, 5)
+        try:
+            assert await t.request("POST", "/echo?x=1", body={"k": "v"}) == {"method": "POST", "len": 10, "q": "1"}
+            assert await t.request("GET", "/chunked") == {"a": [1, 2, 3]}
+            with pytest.raises(errors.BadRequest) as e:
+                await t.request("GET", "/fail")
+            assert (e.value.field, e.value.limit) == ("f", 3)
+            with pytest.raises(Unreachable) as e:
+                await t.request("POST", "/drop", body={})
+            assert e.value.sent
+        finally:
+            await t.close()
+        for bad, cause in ((f"unix://{tmp_path}/none.sock", "socket missing"), (dead, "connection refused")):
+            t = AsyncTransport(bad, 1)
+            with pytest.raises(Unreachable) as e:
+                await t.request("GET", "/")
+            await t.close()
+            assert (e.value.cause, e.value.sent) == (cause, False)
+
+    asyncio.run(main())
+    s.close()
 
 
 def test_threads_get_their_own_connections_and_close_reaches_all(server):
