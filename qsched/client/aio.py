@@ -65,8 +65,9 @@ class AsyncSession(SessionCore):
     async def status(self) -> dict:
         return await self.client._run(self._op_status())
 
-    async def close(self) -> dict | None:
-        return await self.client._run(self._op_close())
+    async def close(self, *, retry_s: float | None = None) -> dict | None:
+        """retry_s: this close's own retry budget (a finalizer closing after the daemon is gone wants a short one)."""
+        return await self.client._run(self._op_close(retry_s))
 
     async def __aenter__(self) -> AsyncSession:  # noqa: PYI034
         return self

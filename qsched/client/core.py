@@ -138,6 +138,7 @@ class Call:
     idempotent: bool = True                # may be sent again after a failure that may have reached the daemon
     rebuild: Callable[[], Call] | None = None   # a long-poll re-issued after an outage, with the time left
     deadline: float | None = None          # the caller's (clock): retrying stops there with a Timeout
+    retry_s: float | None = None           # this call's own retry budget (None: the client's)
 
 
 @dataclass
@@ -213,7 +214,8 @@ class ClientCore:
                     raise Timeout(f"{call.method} {call.path.split('?')[0]}: no answer within the caller's timeout "
                                   f"(daemon: {reason})", field="timeout") from e
                 if backoff is None:
-                    backoff = Backoff(self.retry_policy(), now)
+                    policy = self.retry_policy() if call.retry_s is None else RetryPolicy(total_s=call.retry_s)
+                    backoff = Backoff(policy, now)
                 delay = backoff.next_delay(now, self._rand())
                 if delay is None:
                     if backoff.policy.enabled:
@@ -400,9 +402,9 @@ class SessionCore:
     def _op_status(self) -> Op[dict]:
         return (yield self._call("GET", f"/v1/sessions/{self.id}"))
 
-    def _op_close(self) -> Op[dict | None]:
+    def _op_close(self, retry_s: float | None = None) -> Op[dict | None]:
         if not self.closed:
-            self.usage = yield self._call("DELETE", f"/v1/sessions/{self.id}", idempotent=False)
+            self.usage = yield self._call("DELETE", f"/v1/sessions/{self.id}", idempotent=False, retry_s=retry_s)
             self.closed = True
         return self.usage
 

@@ -63,8 +63,9 @@ class Session(SessionCore):
     def status(self) -> dict:
         return self.client._run(self._op_status())
 
-    def close(self) -> dict | None:
-        return self.client._run(self._op_close())
+    def close(self, *, retry_s: float | None = None) -> dict | None:
+        """retry_s: this close's own retry budget (a finalizer closing after the daemon is gone wants a short one)."""
+        return self.client._run(self._op_close(retry_s))
 
     def __enter__(self) -> Session:  # noqa: PYI034
         return self

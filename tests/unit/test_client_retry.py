@@ -289,3 +289,11 @@ def test_an_expired_template_is_uploaded_again_under_the_same_key(monkeypatch):
 def test_call_defaults_are_safe_to_repeat():
     c = Call("GET", "/v1/health")
     assert c.idempotent and c.session is None and c.rebuild is None
+
+
+def test_a_close_may_bring_its_own_short_budget():
+    d = Daemon(*[gone() for _ in range(100)], retry_s=300.0)
+    s = _session(d)
+    with pytest.raises(Unreachable):
+        d.run(s._op_close(retry_s=2.0))
+    assert sum(d.slept) <= 2.0 and not s.closed
