@@ -1,8 +1,9 @@
 """Weighted shares with merging on, against a real daemon: two sessions (accounts chem, weight 2, and
 phys, weight 1), one template each, K tasks outstanding (aer, 10 qubits, 200 bindings a task), both
-backlogged until a common deadline. Prints the device-seconds ratio chem / phys for each K.
+backlogged until a common deadline, when both close. Prints the ratio of their usage records'
+device-seconds, chem / phys, for each K.
 
-    .venv/bin/python benchmarks/shares.py [--seconds 20] [--outstanding 8 16 24]
+    .venv/bin/python benchmarks/shares.py [--seconds 30] [--outstanding 8 16 24]
 
 The client loop is also run by tests/integration/test_shares.py as two real Unix users."""
 from __future__ import annotations
@@ -22,22 +23,20 @@ import qsched
 from qiskit.circuit.library import efficient_su2
 
 def client_loop(url, outstanding, deadline, account=None, qubits=10, bindings=200):
-    """Keep `outstanding` tasks in the system until `deadline` (Unix time); device-seconds of the
-    batches that finished before it."""
+    """Keep `outstanding` tasks in the system until `deadline` (Unix time), then close the session:
+    its usage record (what `qsched acct` shows) holds the device-seconds of the batches that ran."""
     qc = efficient_su2(qubits, reps=2)
     rng = np.random.default_rng(len(account or "") + outstanding)
-    with qsched.Client(url) as c, c.session("aer", account=account) as s:
-        obs = "Z" * qubits
+    obs = "Z" * qubits
+    with qsched.Client(url) as c:
+        s = c.open_session("aer", account=account)
         futs = deque(s.submit("estimate", qc, rng.random((bindings, qc.num_parameters)), observables=obs)
                      for _ in range(outstanding))
-        used = 0.0
         while time.time() < deadline:
-            r = futs.popleft().result(120)
-            if r.meta["finished_at"] <= deadline:
-                used += r.meta["exec_s"]
+            futs.popleft().result(120)
             futs.append(s.submit("estimate", qc, rng.random((bindings, qc.num_parameters)), observables=obs))
-        info = s.status()
-    return {"account": info["account"], "user": info["user"], "device_s": used}
+        rec = s.close()
+    return {"account": rec["account"], "user": rec["user"], "device_s": rec["device_seconds"]}
 
 if __name__ == "__main__":
     print(json.dumps(client_loop(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]),
@@ -64,7 +63,7 @@ def measure(url: str, outstanding: int, seconds: float, run_other=None) -> float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--outstanding", type=int, nargs="+", default=[8, 16, 24])
     a = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))

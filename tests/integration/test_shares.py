@@ -44,6 +44,6 @@ def test_two_users_get_device_time_in_the_ratio_of_their_accounts_weights(fresh_
         assert (out["user"], out["account"]) == ("nobody", "phys")      # the account of record
         return out
 
-    ratio = shares.measure(d.url, 8, 15.0, run_other=as_nobody)
+    ratio = shares.measure(d.url, 8, 25.0, run_other=as_nobody)
     print(f"device-seconds chem/phys = {ratio:.3f} (weights 2:1, merge on, K=8)")
     assert ratio == pytest.approx(2.0, rel=0.05)
