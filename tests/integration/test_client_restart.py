@@ -145,3 +145,94 @@ def test_a_repeated_submit_key_returns_the_same_ids_and_runs_once(fresh_daemon):
         assert fut.result(30).evs.shape == (1, 1)
         assert s.status()["usage"]["tasks"] == 1
         s.close()
+
+
+class CuttingProxy:
+    """A unix-socket proxy to the daemon that can swallow the answer to the next N submits and cut the
+    connection: the daemon took the tasks, the client never heard (a daemon killed mid-reply)."""
+
+    def __init__(self, upstream: str, path: str):
+        import socket
+        self.upstream, self.path, self.cut = upstream, path, 0
+        self.lock = threading.Lock()
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(path)
+        self.listener.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def _serve(self):
+        import socket
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.socket(socket.AF_UNIX)
+            up.connect(self.upstream)
+            state = {"swallow": False}
+            threading.Thread(target=self._down, args=(up, client, state), daemon=True).start()
+            threading.Thread(target=self._up, args=(client, up, state), daemon=True).start()
+
+    def _up(self, client, up, state):
+        try:
+            while data := client.recv(1 << 20):
+                with self.lock:
+                    if self.cut and data.startswith(b"POST /v1/sessions/") and b"/tasks" in data.split(b"\r\n")[0]:
+                        self.cut -= 1
+                        state["swallow"] = True
+                up.sendall(data)
+        except OSError:
+            pass
+
+    def _down(self, up, client, state):
+        import socket
+        try:
+            while data := up.recv(1 << 20):
+                if state["swallow"]:                 # the daemon answered; the client never hears it
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        for s in (client, up):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_submit_whose_answer_is_lost_runs_once(fresh_daemon, tmp_path):
+    d = fresh_daemon(devices=[SLOW], policy=POLICY)
+    proxy = CuttingProxy(str(d.state_dir / "qsched.sock"), str(tmp_path / "proxy.sock"))
+    qc = efficient_su2(2, reps=1)
+    p = np.zeros((1, qc.num_parameters))
+    try:
+        with qsched.Client(proxy.url, retry_s=30) as c:          # a kept-alive connection: resent at once
+            s = c.open_session("slow")
+            s.upload(qc)
+            proxy.cut = 1
+            fut = s.submit("estimate", qc, p, observables="ZZ")
+            assert proxy.cut == 0 and fut.result(30).evs.shape == (1, 1)
+            st = s.status()
+            assert (st["usage"]["tasks"], st["pending"], st["inflight"]) == (1, 0, 0)     # no twin anywhere
+
+        async def main():                          # aiohttp does not resend a POST: the core's retry does
+            async with qsched.AsyncClient(proxy.url, retry_s=30) as c:
+                s = await c.open_session("slow")
+                await s.upload(qc)
+                proxy.cut = 1
+                futs = await s.submit_many([{"kind": "estimate", "circuit": qc, "params": p, "observables": "ZZ"}] * 3)
+                assert proxy.cut == 0
+                await s.wait(futs, timeout=30)
+                return await s.status()
+        status = asyncio.run(main())
+        assert (status["usage"]["tasks"], status["pending"], status["inflight"]) == (3, 0, 0)
+    finally:
+        proxy.close()
