@@ -254,13 +254,13 @@ class ClientCore:
 
     def _reattach(self, session: SessionCore | None, refused: QschedError) -> Run[None]:
         assert session is not None
-        log.info("qsched daemon at %s: session %s token refused (%s); attaching again", self.url, session.id,
-                 refused.message)
         try:
             info = yield from self._send(Call("POST", f"/v1/sessions/{session.id}/attach", headers=self._identity()))
         except QschedError:
             raise refused from None            # attach is refused too: the token's refusal is the answer
         session.token = info.get("token")
+        log.info("qsched daemon at %s: session %s token refused (%s); attached again", self.url, session.id,
+                 refused.message)
 
     # ------------------------------------------------------------------ operations (the API, once)
     def _get(self, path: str) -> Op[Any]:
@@ -378,7 +378,8 @@ class SessionCore:
                 "method": method}
         res = yield from self._op_post_tasks([task], wait=max(0.0, self._left(deadline)))
         fut = self._future_cls(self, res["ids"][0])
-        fut._absorb(res["tasks"][0])
+        if res.get("tasks"):                   # absent when asked not to wait (timeout <= 0)
+            fut._absorb(res["tasks"][0])
         return (yield from fut._op_result(timeout, deadline))
 
     def _wait_call(self, todo: list[FutureCore], deadline: float | None) -> Call:
