@@ -230,7 +230,8 @@ def start_daemon(state_dir: Path, devices=None, policy=None, extra=None, wait_de
         if proc.poll() is not None:
             raise RuntimeError(f"daemon exited ({proc.returncode}):\n{d.log()}")
         try:
-            devs = d.client().devices()
+            import qsched
+            devs = qsched.Client(d.url, retry_s=0).devices()     # a daemon that died must show at once
             if not wait_devices or all(x["up"] for x in devs):
                 return d
         except Exception:

@@ -125,8 +125,11 @@ def worker(device, config_path, redis_url, die_with_parent):
 
 
 def _client(url):
+    import os
+
     from ..client import Client
-    return Client(url)
+    # a command at a prompt should say soon that the daemon is down; jobs ride out restarts (300 s)
+    return Client(url, retry_s=float(os.environ.get("QSCHED_RETRY_S", 10)))
 
 
 @cli.command()

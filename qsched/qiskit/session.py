@@ -47,7 +47,7 @@ def _close_quietly(session, client, owns_client):
     # an attached session is the Slurm job's: the plugin closes it when the job ends
     if not getattr(session, "attached", False):
         try:
-            session.close()
+            session.close(retry_s=5)      # at exit: do not wait out a long outage
         except Exception:
             pass
     if owns_client:

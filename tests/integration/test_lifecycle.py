@@ -10,6 +10,7 @@ import pytest
 import yaml
 from qiskit.circuit.library import efficient_su2
 
+import qsched
 from qsched import errors
 
 
@@ -48,7 +49,7 @@ def test_sighup_reloads_policy_and_keeps_the_old_one_when_invalid(fresh_daemon):
 
 def test_sigterm_stops_accepting_and_drains_running_work(fresh_daemon):
     d = fresh_daemon(devices=[{"name": "slow0", "type": "null", "pool": "slow", "options": {"delay_s": 1.5}}])
-    c = d.client()
+    c = qsched.Client(d.url, retry_s=0)      # see the Draining error rather than retry it
     s = c.open_session("slow")
     qc = efficient_su2(2, reps=1)
     fut = s.submit("estimate", qc, np.zeros((1, qc.num_parameters)), observables="ZZ")
