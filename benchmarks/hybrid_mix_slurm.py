@@ -82,7 +82,8 @@ def run_exclusive(ctx, specs, workdir: Path, env: dict, qpus: int, timeout_s: fl
     time.sleep(max(0.0, t0 - time.time()))
     ids = []
     for s in specs:
-        cmd = f"exec {sys.executable} {HERE / 'hybrid_mix_slurm.py'} job {d / 'ctx.json'} {s.idx} {d / f'out-{s.idx}.json'}"
+        out = d / f"out-{s.idx}.json"
+        cmd = f"exec {sys.executable} {HERE / 'hybrid_mix_slurm.py'} job {d / 'ctx.json'} {s.idx} {out}"
         r = _run(["sbatch", "--parsable", "-J", f"hybrid-mix-{s.idx}", "-o", str(d / f"slurm-{s.idx}.log"),
                   "-c", "1", f"--gres=qpu:{qpus}", "--wrap", cmd], env)
         if r.returncode != 0:

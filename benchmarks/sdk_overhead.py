@@ -131,7 +131,7 @@ def bench_qiskit(client, reps: int) -> dict:
     qc = real_amplitudes(N_QUBITS, reps=N_PARAMS // N_QUBITS - 1, entanglement="linear")
     assert qc.num_parameters == N_PARAMS
     labels = []
-    for p, w in hamiltonian_terms():
+    for _, w in hamiltonian_terms():
         chars = ["I"] * N_QUBITS
         for q in w:
             chars[N_QUBITS - 1 - q] = "Z"

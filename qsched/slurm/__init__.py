@@ -11,7 +11,8 @@ from .verify import job_facts, parse_job_id, verify_job_for_session
 
 __all__ = [
     "CliSlurmAdapter", "EndedSession", "JobInfo", "QpuRequest", "SessionRef", "SlurmAdapter", "SlurmError",
-    "SubmitRejected", "daemon_hooks", "ended_sessions", "format_admin_comment", "get_adapter", "job_facts", "job_from_scontrol",
+    "SubmitRejected", "daemon_hooks", "ended_sessions", "format_admin_comment", "get_adapter", "job_facts",
+    "job_from_scontrol",
     "job_from_squeue_json", "parse_job_id", "parse_sbatch_parsable", "parse_scontrol_record",
     "verify_job_for_session", "write_usage",
 ]

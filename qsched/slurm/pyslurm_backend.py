@@ -32,7 +32,7 @@ def _job_from_pyslurm(j) -> JobInfo:
         job_id=int(j.id),
         state=base_state(getattr(j, "state", "")),
         user=getattr(j, "user_name", "") or "",
-        uid=int(getattr(j, "user_id")),
+        uid=int(j.user_id),
         gid=getattr(j, "group_id", None),
         name=getattr(j, "name", "") or "",
         partition=getattr(j, "partition", "") or "",

@@ -303,9 +303,11 @@ def test_dashboard_queries_return_data(fresh_daemon, prometheus):
     busy = prom.value('rate(qsched_device_busy_seconds_total{device="null0"}[1m])')
     assert busy is not None and 0 < busy <= 1
     for q in ("0.5", "0.95", "0.99"):
-        p = prom.value(f'histogram_quantile({q}, sum by (le, pool) (rate(qsched_queue_wait_seconds_bucket{{pool="null"}}[5m])))')
+        p = prom.value(f'histogram_quantile({q}, sum by (le, pool) '
+                       f'(rate(qsched_queue_wait_seconds_bucket{{pool="null"}}[5m])))')
         assert p is not None and 0 <= p < 30, (q, p)
-        e = prom.value(f'histogram_quantile({q}, sum by (le, device) (rate(qsched_batch_execution_seconds_bucket{{device="null0"}}[5m])))')
+        e = prom.value(f'histogram_quantile({q}, sum by (le, device) '
+                       f'(rate(qsched_batch_execution_seconds_bucket{{device="null0"}}[5m])))')
         assert e is not None and 0.001 <= e < 5, (q, e)       # null0 holds the device 5 ms per batch
     done = prom.value('sum(qsched_tasks_completed_total{status="DONE"})')
     assert done == 50
