@@ -184,10 +184,10 @@ def job_from_squeue_json(j: dict) -> JobInfo:
         # 22.05 reports the raw wait status here (exit 3 -> 768)
         exit_code = (n >> 8) & 0xFF if n is not None else None
     return JobInfo(
-        job_id=int(_num(j.get("job_id"))),
+        job_id=int(_num(j.get("job_id")) or 0),
         state=base_state(j.get("job_state")),
         user=j.get("user_name") or "",
-        uid=int(_num(j.get("user_id"))),
+        uid=int(_num(j.get("user_id")) or 0),
         gid=_num(j.get("group_id")),
         name=j.get("name") or "",
         partition=j.get("partition") or "",

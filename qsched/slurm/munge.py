@@ -99,6 +99,8 @@ class _Lib:
             rc = self.lib.munge_encode(ctypes.byref(cred), ctx, buf, len(payload))
             if rc != 0:
                 raise MungeUnavailable(f"munge_encode: {self.strerror(rc)}")
+            if not cred.value:
+                raise MungeUnavailable("munge_encode returned no credential")
             return ctypes.string_at(cred.value).decode("ascii")
         finally:
             if cred.value:
