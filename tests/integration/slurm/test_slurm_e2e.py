@@ -467,6 +467,7 @@ print(json.dumps({"done": iters, "session": s.id, "worst_error": worst, "wall_s"
 '''
 
 
+@pytest.mark.slow
 def test_daemon_restarts_during_a_job_leave_it_completed(slurm, slurm_daemon, users, user_python):
     """Issue 12 item 6: SIGTERM the daemon and start it again, twice, while a hybrid sbatch job runs its
     loop. The job's client rides through (retry with backoff, re-attach, no task submitted twice), the
