@@ -324,8 +324,8 @@ def read_jacobian(plan: AnalyticPlan, evs_row: np.ndarray, jac_row: np.ndarray, 
         d = np.asarray(r.deriv(e, J), dtype=np.float64)   # [*shape, P]
         parts = tuple(d[..., c] if c >= 0 else np.zeros(d.shape[:-1]) for c in tcols)
         per_mp.append(parts[0] if len(parts) == 1 else parts)
-    if not tcols:
-        return ()
+    if not tcols:     # as default.qubit: () per measurement (PennyLane's vjp indexes into it)
+        return () if len(plan.readouts) == 1 else tuple(() for _ in plan.readouts)
     return per_mp[0] if len(per_mp) == 1 else tuple(per_mp)
 
 

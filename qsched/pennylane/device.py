@@ -54,7 +54,14 @@ def _to_computational_basis(tape):
     if not tape.shots or all(mp.obs is None or isinstance(mp.obs, (qml.Z, qml.Identity))
                              for mp in tape.measurements):
         return (tape,), lambda res: res[0]
-    split, split_fn = qml.transforms.split_non_commuting(tape)
+    tape = _pauli_expand_undiagonalizable(tape)
+    try:
+        split, split_fn = qml.transforms.split_non_commuting(tape)
+    except RuntimeError:
+        # it cannot split var(sum of terms): measure each measurement on a tape of its own, rotated
+        # by the observable's own diagonalizing gates (PennyLane raises if it has none)
+        split = [_with(tape, tape.operations, [mp]) for mp in tape.measurements]
+        split_fn = _stack_single_measurements(tape)
     out, fns = [], []
     for t in split:
         (d,), fn = qml.transforms.diagonalize_measurements(t)
@@ -71,12 +78,55 @@ def _to_computational_basis(tape):
     return out, post
 
 
+def _pauli_expand_undiagonalizable(tape):
+    """Observables without diagonalizing gates (Exp, ...) but with a small matrix are measured as
+    their Pauli decomposition, which split_non_commuting then groups; the rest is refused by name."""
+    mps = []
+    for mp in tape.measurements:
+        obs = mp.obs
+        symbolic = isinstance(obs, qml.ops.op_math.SymbolicOp) and not isinstance(obs, qml.ops.SProd)
+        if symbolic and obs.pauli_rep is not None:
+            # Exp and other symbolic ops: diagonalize_measurements rebuilds them and fails (0.45)
+            mps.append(type(mp)(obs.pauli_rep.operation(wire_order=obs.wires)))
+            continue
+        if symbolic and obs.has_matrix and len(obs.wires) <= 8:
+            mps.append(type(mp)(qml.pauli_decompose(qml.matrix(obs), wire_order=obs.wires)))
+            continue
+        if obs is None or obs.has_diagonalizing_gates or obs.pauli_rep is not None:
+            mps.append(mp)
+            continue
+        if not obs.has_matrix or len(obs.wires) > 8:
+            raise DeviceError(f"qsched.qubit: observable {obs.name} cannot be measured with shots "
+                              f"(no diagonalizing gates, no matrix on <= 8 wires)")
+        mps.append(type(mp)(qml.pauli_decompose(qml.matrix(obs), wire_order=obs.wires)))
+    return _with(tape, tape.operations, mps)
+
+
+def _with(tape, ops, mps):
+    # (tape.copy(measurements=...) re-creates observables through their constructors; Exp fails)
+    return qml.tape.QuantumScript(ops, mps, shots=tape.shots, trainable_params=tape.trainable_params)
+
+
+def _stack_single_measurements(tape):
+    def join(res):
+        if len(res) == 1:
+            return res[0]
+        if tape.shots.has_partitioned_shots:
+            return tuple(tuple(r[b] for r in res) for b in range(tape.shots.num_copies))
+        return tuple(res)
+    return join
+
+
 def _rotate_remaining(tape):
     """diagonalize_measurements rotates Pauli observables only; the rest (Hermitian, state-vector
     Projector, ...) were read from Z-basis samples, which is wrong. As default.qubit does, apply each
     observable's diagonalizing gates before sampling and keep the measurement: its process_samples
     reads the rotated bits with eigvals() in the same order. Measurements that overlap such an
     observable on a wire get a tape of their own."""
+    for mp in tape.measurements:
+        if mp.obs is not None and not mp.obs.has_diagonalizing_gates:
+            raise DeviceError(f"qsched.qubit: {mp} cannot be measured with shots: its observable "
+                              f"has no diagonalizing gates (measure its terms separately)")
     rotated = [i for i, mp in enumerate(tape.measurements)
                if mp.obs is not None and mp.diagonalizing_gates()]
     if not rotated:
@@ -88,17 +138,11 @@ def _rotate_remaining(tape):
     tapes = []
     for g in groups:
         diag = [op for i in g for op in mps[i].diagonalizing_gates()]
-        tapes.append(tape.copy(operations=tape.operations + diag,
-                               measurements=[mps[i] for i in g]))
+        tapes.append(_with(tape, tape.operations + diag, [mps[i] for i in g]))
     if len(groups) == 1:
         return tapes, lambda res: res[0]
 
-    def join(res):
-        # one measurement per tape: reassemble the tape's result (per shot bin when partitioned)
-        if tape.shots.has_partitioned_shots:
-            return tuple(tuple(r[b] for r in res) for b in range(tape.shots.num_copies))
-        return tuple(res)
-    return tapes, join
+    return tapes, _stack_single_measurements(tape)
 
 
 class TaskGroup:

@@ -127,13 +127,15 @@ def test_errors(client):
     with pytest.raises(BadRequest) as e:
         EstimatorV2(client=client).run([(big, "Z" * 17)])
     assert e.value.field and e.value.limit == 16
-    # a gate the lightning worker cannot convert fails the task: a Qiskit JobError
+    # an instruction the lightning worker cannot run (every gate decomposes; reset does not) fails
+    # the task: a Qiskit JobError naming it
     qc = QuantumCircuit(2)
-    qc.rzx(0.3, 0, 1)
+    qc.h(0)
+    qc.reset(0)
     job = EstimatorV2(client=client, pool="lightning").run([(qc, "ZZ")])
     with pytest.raises(JobError) as e:
         job.result(timeout=60)
-    assert isinstance(e.value, QschedJobError) and "rzx" in str(e.value)
+    assert isinstance(e.value, QschedJobError) and "'reset'" in str(e.value)
     assert job.status() == JobStatus.ERROR
 
 

@@ -1,0 +1,440 @@
+"""Differential test through a live daemon: the answers users get from qsched equal the ones their own
+simulator gives, on every pool.
+
+- PennyLane: every operation lightning.qubit declares (plus the ones qsched converts natively) and
+  every observable it declares, through `qsched.qubit` on pools aer and lightning, against
+  default.qubit in process: values, and jacobians by every diff method the device offers (adjoint /
+  device on the server, parameter-shift and finite-diff by PennyLane), exactly without shots and
+  within 5 sigma with shots. An operation the device cannot run is refused before anything is sent,
+  with a DeviceError naming it.
+- Qiskit: every standard gate through EstimatorV2 / SamplerV2 / gradient tasks on both pools against
+  Statevector; estimator circuits with final measurements get aer's (the aer pool's reference)
+  answer on every pool, mid-circuit measurements are refused at run().
+
+Every check batches all operations into one `qml.execute` / `run()` call, so each is a handful of
+daemon round trips. The in-process half (devices without a daemon) is tests/unit/
+test_differential_devices.py.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pennylane as qml
+import pytest
+from pennylane.exceptions import DeviceError
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+from qiskit.circuit.library import get_standard_gate_name_mapping
+from qiskit.primitives import StatevectorEstimator
+from qiskit.quantum_info import SparsePauliOp, Statevector
+from scipy.stats import unitary_group
+
+from qsched.errors import BadRequest
+from qsched.qiskit import EstimatorV2, SamplerV2
+
+POOLS = ["aer", "lightning"]
+WIRES = 4
+SHOTS = 40_000
+
+# ------------------------------------------------------------------------------------ PennyLane
+_U4 = unitary_group.rvs(4, random_state=1)
+_U2 = unitary_group.rvs(2, random_state=3)
+# ops whose constructor is not (params..., wires=range(num_wires)); value: (factory, trainable count)
+_SPECIAL = {
+    "BlockEncode": (lambda p: qml.BlockEncode(np.array([[0.2, 0.1], [0.3, -0.4]]), wires=[0, 1]), 0),
+    "DiagonalQubitUnitary": (lambda p: qml.DiagonalQubitUnitary(
+        np.exp(1j * np.array([0.1, 0.7, -0.4, 1.2])), wires=[0, 1]), 0),
+    "GlobalPhase": (lambda p: qml.GlobalPhase(p[0], wires=[0]), 1),
+    "Identity": (lambda p: qml.Identity(0), 0),
+    "MultiControlledX": (lambda p: qml.MultiControlledX(wires=[0, 1, 2]), 0),
+    "MultiRZ": (lambda p: qml.MultiRZ(p[0], wires=[0, 1, 2]), 1),
+    "PCPhase": (lambda p: qml.PCPhase(p[0], dim=3, wires=[0, 1]), 1),
+    "PauliRot": (lambda p: qml.PauliRot(p[0], "XYZ", wires=[0, 1, 2]), 1),
+    "QubitUnitary": (lambda p: qml.QubitUnitary(_U4, wires=[0, 1]), 0),
+    "ControlledQubitUnitary": (lambda p: qml.ControlledQubitUnitary(_U2, wires=[0, 1]), 0),
+    "Adjoint(S)": (lambda p: qml.adjoint(qml.S(0)), 0),
+    "Adjoint(T)": (lambda p: qml.adjoint(qml.T(0)), 0),
+    "Adjoint(SX)": (lambda p: qml.adjoint(qml.SX(0)), 0),
+}
+# matrix-only operations without a decomposition: refused by name (no silent answer)
+REFUSED_OPS = {"BlockEncode", "DoubleExcitationMinus", "DoubleExcitationPlus"}
+
+
+def _op_names():
+    declared = set(qml.device("lightning.qubit", wires=WIRES).capabilities.operations)
+    from qsched.pennylane import convert
+    return sorted(declared | set(convert.GATES) | {"U2", "CH", "CCZ", "ControlledQubitUnitary"})
+
+
+OP_NAMES = _op_names()
+
+
+def _factory(name):
+    if name in _SPECIAL:
+        return _SPECIAL[name]
+    cls = getattr(qml, name)
+    return (lambda p: cls(*p, wires=range(cls.num_wires))), cls.num_params
+
+
+def _prep():
+    rng = np.random.default_rng(7)
+    ops = []
+    for w in range(WIRES):
+        ops += [qml.RY(rng.uniform(0.3, 2.8), w), qml.RZ(rng.uniform(0.3, 2.8), w)]
+    ops += [qml.CNOT([w, w + 1]) for w in range(WIRES - 1)]
+    return ops
+
+
+def _mix():
+    return [qml.RX(0.4 + 0.3 * w, w) for w in range(WIRES)]
+
+
+def _gate_measurements():
+    return [qml.expval(qml.Z(0)), qml.expval(qml.X(1) @ qml.Y(2)), qml.expval(qml.Z(2) + 0.5 * qml.X(3)),
+            qml.var(qml.Y(0)), qml.probs(wires=[0, 1])]
+
+
+def _norms(mps):
+    """An upper bound of each measurement's per-shot standard deviation (for the 5 sigma bounds)."""
+    out = []
+    for mp in mps:
+        if isinstance(mp, qml.measurements.ProbabilityMP):
+            out.append(np.full(1 << len(mp.wires), 0.5))
+            continue
+        norm = float(np.max(np.abs(np.linalg.eigvalsh(qml.matrix(mp.obs)))))
+        out.append(np.array([2 * norm ** 2 if isinstance(mp, qml.measurements.VarianceMP) else norm]))
+    return np.concatenate(out)
+
+
+def _gate_tapes(names, x, shots=None):
+    """One tape per operation; x holds all trainable parameters, consumed in order."""
+    tapes, k = [], 0
+    for name in names:
+        make, npar = _factory(name)
+        op = make([x[k + j] for j in range(npar)])
+        k += npar
+        tapes.append(qml.tape.QuantumScript(_prep() + [op] + _mix(), _gate_measurements(), shots=shots))
+    return tapes
+
+
+def _num_params(names):
+    return sum(_factory(n)[1] for n in names)
+
+
+def _flat(results):
+    return qml.math.hstack([qml.math.reshape(v, (-1,)) for r in results
+                            for v in ((r,) if hasattr(r, "shape") else r)])  # autograd boxes tuples
+
+
+def _run(device, tapes_fn, diff_method, x0, jac=True):
+    """Values (and the jacobian) of every tape, in one qml.execute per evaluation."""
+    def f(x):
+        return _flat(qml.execute(tapes_fn(x), device, diff_method=diff_method))
+    x = qml.numpy.array(x0, requires_grad=True)
+    value = np.asarray(f(x))
+    return value, (np.asarray(qml.jacobian(f)(x)) if jac else None)
+
+
+@pytest.fixture(scope="module")
+def diff_client(qsched_daemon):
+    c = qsched_daemon.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module", params=POOLS)
+def pl_device(request, diff_client):
+    dev = qml.device("qsched.qubit", wires=WIRES, client=diff_client, pool=request.param)
+    yield dev
+    dev.close()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return qml.device("default.qubit", wires=WIRES)
+
+
+SUPPORTED_OPS = [n for n in OP_NAMES if n not in REFUSED_OPS]
+# jacobians over the tapes with trainable parameters: PennyLane's own vjp cannot take a tape of
+# several differently shaped measurements and no trainable parameter (lightning.qubit fails too),
+# and its param_shift fails (UnboundLocalError, 0.45) on a tape whose every parameter has a zero
+# gradient: GlobalPhase alone (its value is checked)
+TRAINABLE_OPS = [n for n in SUPPORTED_OPS if _factory(n)[1] and n != "GlobalPhase"]
+X0 = np.random.default_rng(3).uniform(-np.pi, np.pi, _num_params(SUPPORTED_OPS))
+TX0 = X0[:_num_params(TRAINABLE_OPS)]
+
+
+@pytest.fixture(scope="module")
+def gate_reference(reference):
+    return _run(reference, lambda x: _gate_tapes(TRAINABLE_OPS, x), "backprop", TX0)
+
+
+def test_every_operation_value(pl_device, reference):
+    want, _ = _run(reference, lambda x: _gate_tapes(SUPPORTED_OPS, x), None, X0, jac=False)
+    got, _ = _run(pl_device, lambda x: _gate_tapes(SUPPORTED_OPS, x), None, X0, jac=False)
+    bad = _report(SUPPORTED_OPS, lambda x: _gate_tapes(SUPPORTED_OPS, x), got, want, 1e-9)
+    assert not bad, f"{pl_device.pool}: values differ for {bad}"
+
+
+def _report(names, tapes_fn, got, want, tol):
+    """Which operation's tape differs (results are concatenated in tape order)."""
+    sizes = [len(_flat([r])) for r in qml.execute(tapes_fn(X0), qml.device("default.qubit", wires=WIRES))]
+    sizes = sizes[:len(names)]
+    bad, start = [], 0
+    for name, size in zip(names, sizes):
+        sl = slice(start, start + size)
+        if not np.all(np.abs(got[sl] - want[sl]) <= (tol[sl] if np.ndim(tol) else tol)):
+            bad.append(name)
+        start += size
+    return bad
+
+
+@pytest.mark.parametrize("diff_method", ["adjoint", "device", "parameter-shift", "finite-diff"])
+def test_every_operation_value_and_jacobian(pl_device, gate_reference, diff_method):
+    want_v, want_j = gate_reference
+    got_v, got_j = _run(pl_device, lambda x: _gate_tapes(TRAINABLE_OPS, x), diff_method, TX0)
+    bad = _report(TRAINABLE_OPS, lambda x: _gate_tapes(TRAINABLE_OPS, x), got_v, want_v, 1e-9)
+    assert not bad, f"{pl_device.pool}: values differ for {bad}"
+    tol = 1e-5 if diff_method == "finite-diff" else 1e-7
+    rows = np.abs(got_j - want_j).max(axis=1)
+    bad = _report(TRAINABLE_OPS, lambda x: _gate_tapes(TRAINABLE_OPS, x), rows, 0 * rows, tol)
+    assert not bad, f"{pl_device.pool} {diff_method}: jacobians differ for {bad}, max {rows.max():.2g}"
+
+
+def test_every_operation_with_shots(pl_device, gate_reference):
+    """Values and parameter-shift jacobians from samples, within 5 sigma (bounds from each
+    observable's norm; a gradient adds at most 3 shift terms of weight <= 1 here)."""
+    want_v, want_j = gate_reference
+    tapes_fn = lambda x: _gate_tapes(TRAINABLE_OPS, x, shots=SHOTS)  # noqa: E731
+    got_v, got_j = _run(pl_device, tapes_fn, "parameter-shift", TX0)
+    sigma = np.concatenate([_norms(_gate_measurements())] * len(TRAINABLE_OPS)) / np.sqrt(SHOTS)
+    bad = _report(TRAINABLE_OPS, tapes_fn, got_v, want_v, 5 * sigma)
+    assert not bad, f"{pl_device.pool}: sampled values differ for {bad}"
+    err = np.abs(got_j - want_j) - 5 * 3 * sigma[:, None]
+    bad = _report(TRAINABLE_OPS, tapes_fn, np.maximum(err.max(axis=1), 0), 0 * sigma, 0.0)
+    assert not bad, f"{pl_device.pool}: sampled jacobians differ for {bad}"
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_OPS))
+def test_operations_without_a_decomposition_are_refused_by_name(pl_device, name):
+    make, npar = _factory(name)
+    x = qml.numpy.array([0.3] * npar)
+    tape = qml.tape.QuantumScript(_prep() + [make(x)], [qml.expval(qml.Z(0))])
+    with pytest.raises(DeviceError, match=name):
+        qml.execute([tape], pl_device, diff_method="adjoint")
+
+
+# observables lightning.qubit declares, each measured by expval and var
+_H2 = np.array([[1, 2 - 1j, 0, 0], [2 + 1j, 0, 0, 1], [0, 0, -1, 0.5], [0, 1, 0.5, 2]])
+
+
+def _observables():
+    psi = np.array([1, 1j, -1, 0.5]) / np.linalg.norm([1, 1j, -1, 0.5])
+    return {
+        "PauliX": qml.X(1), "PauliY": qml.Y(2), "PauliZ": qml.Z(3), "Hadamard": qml.Hadamard(0),
+        "Identity": qml.Identity(2),
+        "Hermitian": qml.Hermitian(_H2, wires=[1, 2]),
+        "Projector(basis)": qml.Projector([1, 0], wires=[0, 2]),
+        "Projector(state)": qml.Projector(psi, wires=[1, 3]),
+        "Prod": qml.X(0) @ qml.Hermitian(np.array([[1, 0.3], [0.3, -2]]), wires=3),
+        "SProd": 0.7 * qml.Y(1),
+        "Sum": qml.Z(0) + 0.3 * qml.X(1) @ qml.X(2),
+        "LinearCombination": qml.Hamiltonian([0.4, -1.2], [qml.Y(0) @ qml.Z(1), qml.X(3)]),
+        "SparseHamiltonian": qml.SparseHamiltonian(
+            qml.Hamiltonian([0.5, 0.25], [qml.X(0) @ qml.X(1), qml.Z(1)]).sparse_matrix(wire_order=[0, 1]),
+            wires=[0, 1]),
+        "Exp": qml.exp(qml.X(0) @ qml.Z(2), 0.4),
+    }
+
+
+OBSERVABLES = _observables()
+
+
+def _obs_mps(name):
+    o = OBSERVABLES[name]
+    # default.qubit (the reference) has no analytic var of a SparseHamiltonian
+    return [qml.expval(o)] if name == "SparseHamiltonian" else [qml.expval(o), qml.var(o)]
+
+
+def _obs_tapes(x, shots=None):
+    ops = _prep() + [qml.RX(x[0], 0), qml.RY(x[1], 1), qml.IsingXY(x[2], [2, 3]), qml.CRZ(x[3], [3, 0])] + _mix()
+    return [qml.tape.QuantumScript(ops, _obs_mps(n), shots=shots) for n in OBSERVABLES]
+
+
+def _obs_slices():
+    out, start = {}, 0
+    for n in OBSERVABLES:
+        k = len(_obs_mps(n))
+        out[n] = slice(start, start + k)
+        start += k
+    return out
+
+
+OX0 = np.array([0.3, -1.1, 0.8, 1.7])
+
+
+@pytest.fixture(scope="module")
+def obs_reference(reference):
+    """default.qubit by backprop, except where default.qubit itself disagrees with finite
+    differences: backprop gives zero jacobians for SparseHamiltonian (taken by parameter shift), and
+    PennyLane 0.45's parameter-shift rule for var of a non-involutory Sum/Exp is off (qsched's
+    parameter-shift jacobians are compared with default.qubit's parameter shift)."""
+    value, backprop = _run(reference, _obs_tapes, "backprop", OX0)
+    _, shift = _run(reference, _obs_tapes, "parameter-shift", OX0)
+    sparse = _obs_slices()["SparseHamiltonian"]
+    backprop[sparse] = shift[sparse]
+    return value, {"adjoint": backprop, "parameter-shift": shift}
+
+
+@pytest.mark.parametrize("diff_method", ["adjoint", "parameter-shift"])
+def test_every_observable_value_and_jacobian(pl_device, obs_reference, diff_method):
+    want_v, want = obs_reference
+    want_j = want[diff_method]
+    got_v, got_j = _run(pl_device, _obs_tapes, diff_method, OX0)
+    sl = _obs_slices()
+    bad = [n for n, s in sl.items() if not np.allclose(got_v[s], want_v[s], atol=1e-9)]
+    assert not bad, f"{pl_device.pool}: values differ for {bad}"
+    bad = [n for n, s in sl.items() if not np.allclose(got_j[s], want_j[s], atol=1e-7)]
+    assert not bad, f"{pl_device.pool} {diff_method}: jacobians differ for {bad}"
+
+
+def test_every_observable_with_shots(pl_device, obs_reference):
+    """(default.qubit refuses SparseHamiltonian with shots; qsched measures its Pauli terms, and the
+    result is checked against the analytic value.)"""
+    want_v, _ = obs_reference
+    names = list(OBSERVABLES)
+    got_v, _ = _run(pl_device, lambda x: [t for n, t in zip(OBSERVABLES, _obs_tapes(x, SHOTS)) if n in names],
+                    None, OX0, jac=False)
+    want_v = np.concatenate([want_v[s] for n, s in _obs_slices().items() if n in names])
+    bad, start = [], 0
+    for n in names:
+        s = slice(start, start + len(_obs_mps(n)))
+        start = s.stop
+        norm = float(np.max(np.abs(np.linalg.eigvals(qml.matrix(OBSERVABLES[n])))))
+        sigma = np.array([norm, 2 * norm ** 2])[:s.stop - s.start] / np.sqrt(SHOTS)
+        if not np.all(np.abs(got_v[s] - want_v[s]) <= 5 * sigma):
+            bad.append(n)
+    assert not bad, f"{pl_device.pool}: sampled values differ for {bad}"
+
+
+# ------------------------------------------------------------------------------------ Qiskit
+QISKIT_GATES = sorted(n for n in get_standard_gate_name_mapping() if n not in {"measure", "delay", "reset"})
+
+
+def _qiskit_case(name):
+    proto = get_standard_gate_name_mapping()[name]
+    ps = [Parameter(f"{name}_{j}") for j in range(len(proto.params))]
+    n = max(proto.num_qubits, 1) + 1
+    rng = np.random.default_rng(sum(map(ord, name)))
+    qc = QuantumCircuit(n)
+    for q in range(n):
+        qc.ry(rng.uniform(0.3, 2.8), q)
+        qc.rz(rng.uniform(0.3, 2.8), q)
+    for q in range(n - 1):
+        qc.cx(q, q + 1)
+    qc.append(type(proto)(*ps), list(range(proto.num_qubits)))
+    for q in range(n):
+        qc.rx(rng.uniform(0.3, 2.8), q)
+    obs = [SparsePauliOp("I" * (n - 1 - q) + p + "I" * q) for q in range(n) for p in "XYZ"]
+    obs.append(SparsePauliOp.from_list([("Z" * n, 0.5), ("X" * n, -0.25)]))
+    return qc, rng.uniform(-np.pi, np.pi, (2, len(ps))), obs
+
+
+QISKIT_CASES = {n: _qiskit_case(n) for n in QISKIT_GATES}
+
+
+def _estimator_pubs():
+    return [(qc, [obs], v[:, None, :]) for qc, v, obs in QISKIT_CASES.values()]
+
+
+@pytest.fixture(scope="module")
+def qiskit_reference():
+    return StatevectorEstimator().run(_estimator_pubs()).result()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_every_standard_gate_through_the_estimator(diff_client, pool, qiskit_reference):
+    est = EstimatorV2(client=diff_client, pool=pool)
+    got = est.run(_estimator_pubs()).result(timeout=120)
+    bad = [n for n, g, w in zip(QISKIT_GATES, got, qiskit_reference)
+           if not np.allclose(g.data.evs, w.data.evs, atol=1e-9)]
+    assert not bad, f"{pool}: EstimatorV2 differs for {bad}"
+    shots = est.run(_estimator_pubs(), precision=0.01).result(timeout=120)
+    bad = [n for n, g, w in zip(QISKIT_GATES, shots, qiskit_reference)
+           if not np.all(np.abs(g.data.evs - w.data.evs) <= 5 * 0.01 * 1.25 + 1e-9)]
+    assert not bad, f"{pool}: EstimatorV2 with precision 0.01 differs for {bad}"
+    est.close()
+
+
+def _finite_difference(qc, v, obs, eps=1e-6):
+    def evs(vals):
+        return StatevectorEstimator().run([(qc, [obs], vals[:, None, :])]).result()[0].data.evs
+    out = np.zeros((v.shape[0], len(obs), v.shape[1]))
+    for j in range(v.shape[1]):
+        e = np.zeros(v.shape[1])
+        e[j] = eps
+        out[:, :, j] = (evs(v + e) - evs(v - e)) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_every_standard_gate_through_gradient_tasks(diff_client, pool):
+    from qsched.qiskit.convert import observable_to_wire
+    from qiskit.quantum_info import SparseObservable
+    session = diff_client.open_session(pool)
+    try:
+        tasks = [dict(kind="gradient", circuit=qc, params=v,
+                      observables=[observable_to_wire(SparseObservable.from_sparse_pauli_op(o)) for o in obs],
+                      method="adjoint" if pool == "lightning" else "parameter-shift")
+                 for qc, v, obs in QISKIT_CASES.values() if v.shape[1]]
+        names = [n for n, (_, v, _) in QISKIT_CASES.items() if v.shape[1]]
+        results = session.wait(session.submit_many(tasks), 120)
+        bad = [n for n, r in zip(names, results)
+               if not np.allclose(r.jacobian, _finite_difference(*QISKIT_CASES[n]), atol=1e-6)]
+        assert not bad, f"{pool}: gradients differ for {bad}"
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_every_standard_gate_through_the_sampler(diff_client, pool):
+    shots = 4000
+    pubs = [(qc.measure_all(inplace=False), v) for qc, v, _ in QISKIT_CASES.values()]
+    smp = SamplerV2(client=diff_client, pool=pool)
+    got = smp.run(pubs, shots=shots).result(timeout=120)
+    bad = []
+    for (name, (qc, v, _)), res in zip(QISKIT_CASES.items(), got):
+        for b in range(len(v)):
+            p = Statevector(qc.assign_parameters(v[b]) if qc.num_parameters else qc).probabilities()
+            meas = res.data.meas
+            counts = (meas[b] if meas.shape else meas).get_int_counts()
+            freq = np.zeros_like(p)
+            for k, c in counts.items():
+                freq[k] = c / shots
+            if not np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / shots) + 2e-3):
+                bad.append(name)
+    assert not bad, f"{pool}: SamplerV2 differs for {bad}"
+    smp.close()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_estimator_final_measurement_is_aers_answer(diff_client, pool):
+    """After H and a measurement <X> = 0 (aer's value; StatevectorEstimator raises instead), on
+    every pool; a gate after a measurement is refused at run(), before anything is sent."""
+    from qiskit_aer.primitives import EstimatorV2 as AerEstimator
+    qc = QuantumCircuit(2, 1)
+    qc.h([0, 1])
+    qc.measure(0, 0)
+    est = EstimatorV2(client=diff_client, pool=pool)
+    got = est.run([(qc, ["IX", "XI", "IZ"])]).result(timeout=60)[0].data.evs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        aer = AerEstimator().run([(qc, ["IX", "XI", "IZ"])], precision=0.005).result()[0].data.evs
+    np.testing.assert_allclose(got, [0.0, 1.0, 0.0], atol=1e-9)
+    # aer samples a measured circuit (1024 shots) whatever the precision
+    np.testing.assert_allclose(got, aer, atol=5 / np.sqrt(1024))
+    qc.h(0)
+    with pytest.raises(BadRequest, match="after it was measured"):
+        est.run([(qc, ["IX"])])
+    est.close()
