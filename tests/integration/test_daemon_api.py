@@ -173,8 +173,8 @@ def test_another_users_session_is_invisible_and_untouchable(qsched_daemon, clien
         os.chmod(d, os.stat(d).st_mode | 0o005)
     # the portable Python: nobody may not reach this clone or the venv's interpreter (a 0700 home)
     res = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-                          portable_python.exe, "-c", script], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, **portable_python.env, "HOME": "/tmp"}, cwd="/")
+                          portable_python.exe, "-c", script], capture_output=True, text=True, timeout=180,
+                         env={**os.environ, **portable_python.env, "HOME": "/tmp", "QSCHED_RETRY_S": "10"}, cwd="/")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert s.id not in out["listed"]
