@@ -35,7 +35,7 @@ from qsched.qiskit import EstimatorV2, SamplerV2
 
 POOLS = ["aer", "lightning"]
 WIRES = 4
-SHOTS = 40_000
+SHOTS = 10_000
 
 # ------------------------------------------------------------------------------------ PennyLane
 _U4 = unitary_group.rvs(4, random_state=1)
