@@ -12,6 +12,7 @@ import redis
 from qiskit.circuit.library import efficient_su2
 
 from qsched import errors, keys
+from qsched.models import Batch
 
 SLOW = {"name": "slow0", "type": "null", "pool": "slow", "options": {"delay_s": 1.5}}
 
@@ -113,7 +114,8 @@ def test_a_stopped_worker_is_noticed_killed_and_its_batch_runs_on_another_device
     batch back from the processing list and the pool's other device runs it; the stopped worker is
     killed and restarted. A long run is not mistaken for a hang: the heartbeat comes from a process
     beside the worker, which beats while the worker holds its GIL."""
-    devs = [{**SLOW, "name": "slow0"}, {**SLOW, "name": "slow1"}]
+    slow = {**SLOW, "options": {"delay_s": 4.0}}
+    devs = [{**slow, "name": "slow0"}, {**slow, "name": "slow1"}]
     d = fresh_daemon(devices=devs, extra={"daemon": {"heartbeat_timeout_s": 1.0}})
     c = d.client()
     s = c.open_session("slow")
@@ -124,8 +126,10 @@ def test_a_stopped_worker_is_noticed_killed_and_its_batch_runs_on_another_device
     stopped = _worker_pid(d, "slow0")
     os.kill(stopped, signal.SIGSTOP)
     try:
-        results = [f.result(60) for f in futs]
-        assert {r.meta["device"] for r in results} == {"slow1"}      # the lost batch ran on slow1
+        held = [Batch.from_entry(e) for e in _redis(d).lrange(keys.device_processing("slow0"), 0, -1)]
+        assert len(held) == 1, "slow0 finished its batch before it was stopped: raise delay_s"
+        lost = {f.id: f.result(60) for f in futs}[held[0].tasks[0]]
+        assert lost.meta["device"] == "slow1"                         # the lost batch ran on slow1
         assert _worker_pid(d, "slow0", old=stopped) != stopped        # killed and restarted
     finally:
         try:
