@@ -291,7 +291,9 @@ async def upload_template(request):
         raise BadRequest(f"template: {circuit.num_qubits} qubits, pool {entry.session.pool!r} has at most "
                          f"{limit.max_qubits}", field="template", limit=limit.max_qubits)
     digest = wire.digest(qpy)
-    info = wire.template_info(circuit)
+    # the instruction names go with the template: a task on another pool is checked against them too
+    info = {**wire.template_info(circuit), "instructions": sorted(circuit.count_ops())}
+    _check_runnable(sch, info, entry.session.pool, "template")
     await sch.templates.add(digest, qpy, info)      # (re)written: an upload also renews its expiry
     return web.json_response({"hash": digest, **info}, status=201)
 
@@ -301,6 +303,15 @@ async def get_template(request):
     sch = request.app[SCHEDULER]
     info = await _template_info(sch, request.match_info["digest"], "template")
     return web.json_response({"hash": request.match_info["digest"], **info})
+
+
+def _check_runnable(sch, info: dict, pool: str, field: str) -> None:
+    """Refuse now what the pool's devices say they cannot run, rather than fail the task later."""
+    unsupported = sch.unsupported(pool)
+    for name in info.get("instructions", ()):
+        if name in unsupported:
+            raise BadRequest(f"{field}: instruction {name!r} cannot run on pool {pool!r} (device "
+                             f"{unsupported[name]}); use another pool or remove it", field=field)
 
 
 async def _template_info(sch, digest, field):
@@ -319,6 +330,7 @@ async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
     if kind not in KINDS:
         raise BadRequest(f"{field}.kind: one of {', '.join(sorted(KINDS))}", field=f"{field}.kind")
     info = await _template_info(sch, obj.get("template"), f"{field}.template")
+    _check_runnable(sch, info, entry.session.pool, f"{field}.template")
     if info["num_qubits"] > limit.max_qubits:
         raise BadRequest(f"{field}.template: {info['num_qubits']} qubits, pool has at most {limit.max_qubits}",
                          field=f"{field}.template", limit=limit.max_qubits)

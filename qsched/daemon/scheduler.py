@@ -50,12 +50,13 @@ class SessionEntry:
 
 
 class DeviceEntry:
-    __slots__ = ("spec", "outstanding", "alive")
+    __slots__ = ("spec", "outstanding", "alive", "described")
 
     def __init__(self, spec: DeviceSpec):
         self.spec = spec
         self.outstanding: dict[str, tuple[Batch, float]] = {}   # bid -> (batch, estimated seconds)
         self.alive = False
+        self.described: dict = {}      # what its worker last said of the device (its heartbeat)
 
 
 class Scheduler:
@@ -522,6 +523,8 @@ class Scheduler:
                 if self.on_worker_lost:
                     self.on_worker_lost(name)      # a local worker that is stopped or hung: restart it
             dev.alive = up
+            if hb is not None:
+                dev.described = hb
             self.metrics.device_up.labels(name).set(1 if up else 0)
             if hb and "rss_bytes" in hb:
                 self.metrics.worker_memory.labels(name).set(hb["rss_bytes"])
@@ -543,6 +546,15 @@ class Scheduler:
     def session_view(self, entry: SessionEntry) -> dict:
         return {**entry.session.public(), "pending": len(entry.pending), "inflight": entry.inflight,
                 "weight_effective": entry.weight}
+
+    def unsupported(self, pool: str) -> dict[str, str]:
+        """Instructions some device of the pool says it cannot run -> that device (devices of a pool are
+        interchangeable, so one that cannot run it is enough to refuse it)."""
+        out: dict[str, str] = {}
+        for d in self.pools.get(pool, ()):
+            for name in self.devices[d.name].described.get("unsupported_instructions", ()):
+                out.setdefault(name, d.name)
+        return out
 
     def idle(self) -> bool:
         return not any(d.outstanding for d in self.devices.values())
