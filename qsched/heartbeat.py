@@ -19,16 +19,18 @@ _ALIVE_STATES = {psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING, psutil.STATUS_DI
                  psutil.STATUS_WAKING}
 
 
-def start(redis_url: str, key: str, *, ttl_s: float, static: dict) -> subprocess.Popen:
+def start(redis_url: str, device: str, *, ttl_s: float, static: dict) -> subprocess.Popen:
     """Start the heartbeat process for the calling worker."""
-    argv = [sys.executable, "-m", "qsched.heartbeat", redis_url, key, str(os.getpid()), str(ttl_s),
+    argv = [sys.executable, "-m", "qsched.heartbeat", redis_url, device, str(os.getpid()), str(ttl_s),
             json.dumps(static)]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
 
 
-def beat(redis_url: str, key: str, worker_pid: int, ttl_s: float, static: dict) -> None:
+def beat(redis_url: str, device: str, worker_pid: int, ttl_s: float, static: dict) -> None:
     import redis as redis_lib
-    r = redis_lib.Redis.from_url(redis_url, socket_timeout=max(1.0, ttl_s))
+
+    from .store import DeviceQueue
+    queue = DeviceQueue(redis_lib.Redis.from_url(redis_url, socket_timeout=max(1.0, ttl_s)), device)
     worker = psutil.Process(worker_pid)
     interval = max(0.05, ttl_s / 4)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -42,13 +44,12 @@ def beat(redis_url: str, key: str, worker_pid: int, ttl_s: float, static: dict) 
             return
         try:
             # memory grows with the qubit count (16 bytes x 2^n per state vector): show it to admins
-            r.set(key, json.dumps({**static, "pid": worker_pid, "rss_bytes": rss, "at": time.time()}),
-                  px=int(ttl_s * 1000))
+            queue.beat({**static, "pid": worker_pid, "rss_bytes": rss, "at": time.time()}, ttl_s)
         except redis_lib.RedisError:
             pass                           # Redis restarting: the worker's own loop notices too
         time.sleep(interval)
 
 
 if __name__ == "__main__":
-    url, key, pid, ttl, static_json = sys.argv[1:6]
-    beat(url, key, int(pid), float(ttl), json.loads(static_json))
+    url, device, pid, ttl, static_json = sys.argv[1:6]
+    beat(url, device, int(pid), float(ttl), json.loads(static_json))

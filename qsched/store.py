@@ -394,6 +394,67 @@ class Store:
         return sessions, pending, tasks, outstanding
 
 
+class DeviceQueue:
+    """The worker's side of the repository, for one device (sync: a worker does one thing at a time).
+    The daemon fills the device's inbox; this takes from it, reads payloads and templates, and writes
+    results once."""
+
+    def __init__(self, redis, device: str, *, result_ttl_s: int = 86_400):
+        self.r = redis
+        self.device = device
+        self.ttl = result_ttl_s
+        self.inbox = keys.device_inbox(device)
+        self.processing = keys.device_processing(device)
+        self._fetch = redis.register_script(FETCH_LUA)
+        self._complete = redis.register_script(COMPLETE_LUA)
+
+    def take(self, timeout_s: float):
+        """The next batch's entry, moved atomically to the processing list; None after the timeout."""
+        return self.r.blmove(self.inbox, self.processing, timeout_s, "RIGHT", "LEFT")
+
+    def held(self) -> list:
+        """Entries a predecessor left in the processing list, oldest first."""
+        return list(reversed(self.r.lrange(self.processing, 0, -1)))
+
+    def count_death(self, bid: str) -> tuple[int, str]:
+        """One more death of the worker running this batch; returns the count and the last recorded error."""
+        deaths = self.r.hincrby(keys.batch(bid), "deaths", 1)
+        return deaths, _s(self.r.hget(keys.batch(bid), "last_error") or b"")
+
+    def template_qpy(self, digest: str) -> bytes | None:
+        return self.r.hget(keys.template(digest), "qpy") or None
+
+    def payloads(self, tids: list[str]) -> list[dict]:
+        """Payloads of tasks still to run (not cancelled or answered meanwhile), in one round trip."""
+        res = self._fetch(keys=[k for tid in tids for k in (keys.task(tid), keys.task_params(tid))])
+        out = []
+        for fields_raw, params in zip(res[0::2], res[1::2]):
+            values = [None if v is False else v for v in json.loads(fields_raw)]
+            d = dict(zip(INLINE_FIELDS[:-1], values[:-1]))
+            if d["id"] is not None and values[-1] in (TaskState.SCHEDULED.value, TaskState.RUNNING.value):
+                out.append(d | {"params": params})
+        return out
+
+    def complete(self, entry, batch: Batch, event: str, exec_s: float, finished: float,
+                 rows: list[tuple[str, str, str, int, int]]) -> int:
+        """Write each task's (id, state, body, circuits, shots) once, charge usage, announce the batch.
+        -1: the entry had left the processing list (the batch was taken back), nothing was written."""
+        tkeys: list[str] = []
+        args: list = []
+        for tid, state, body, circuits, shots in rows:
+            tkeys += [keys.task(tid), keys.task_result(tid)]
+            args += [state, body, circuits, shots]
+        return self._complete(keys=[self.processing, keys.EVENTS, keys.session_usage(batch.session),
+                                    keys.batch(batch.id), *tkeys],
+                              args=[entry, event, self.ttl, exec_s, finished, *args])
+
+    def beat(self, info: dict, ttl_s: float) -> None:
+        self.r.set(keys.device_heartbeat(self.device), json.dumps(info), px=int(ttl_s * 1000))
+
+    def clear_heartbeat(self) -> None:
+        self.r.delete(keys.device_heartbeat(self.device))
+
+
 def _s(v):
     return v.decode() if isinstance(v, bytes) else v
 

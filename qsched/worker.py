@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 
-from . import heartbeat, keys, wire
+from . import heartbeat, wire
 from .devices import TaskPayload, load_device
 from .devices.base import LRU
 from .errors import QschedError
 from .models import Batch, DeviceSpec, TaskState
-from .store import COMPLETE_LUA, FETCH_LUA, INLINE_FIELDS
+from .store import INLINE_FIELDS, DeviceQueue
 
 log = logging.getLogger("qsched.worker")
 
@@ -39,36 +39,31 @@ def die_with_parent() -> None:
 class Worker:
     def __init__(self, redis, spec: DeviceSpec, *, redis_url: str, max_attempts: int = 3,
                  result_ttl_s: int = 86_400, heartbeat_ttl_s: float = 5.0):
-        self.r = redis
+        self.queue = DeviceQueue(redis, spec.name, result_ttl_s=result_ttl_s)
         self.redis_url = redis_url
         self.spec = spec
         self.max_attempts = max_attempts
-        self.ttl = result_ttl_s
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.stopping = threading.Event()
         self.device = load_device(spec)
         self._templates = LRU()
-        self._fetch = redis.register_script(FETCH_LUA)
-        self._complete = redis.register_script(COMPLETE_LUA)
-        self.inbox = keys.device_inbox(spec.name)
-        self.processing = keys.device_processing(spec.name)
 
     # lifecycle ----------------------------------------------------------------------------------------
     def serve(self) -> None:
-        beat = heartbeat.start(self.redis_url, keys.device_heartbeat(self.spec.name), ttl_s=self.heartbeat_ttl_s,
+        beat = heartbeat.start(self.redis_url, self.spec.name, ttl_s=self.heartbeat_ttl_s,
                                static={"type": self.spec.type, **self.device.describe()})
         try:
             log.info("worker for %s (%s) ready", self.spec.name, self.spec.type)
-            for entry in reversed(self.r.lrange(self.processing, 0, -1)):   # a predecessor's, oldest first
+            for entry in self.queue.held():          # a predecessor's, oldest first
                 self.recover(entry)
             while not self.stopping.is_set():
-                entry = self.r.blmove(self.inbox, self.processing, 1.0, "RIGHT", "LEFT")
+                entry = self.queue.take(1.0)
                 if entry is not None:
                     self.run_batch(entry)
         finally:
             beat.terminate()
             beat.wait()
-            self.r.delete(keys.device_heartbeat(self.spec.name))
+            self.queue.clear_heartbeat()
             self.device.close()
 
     def stop(self, *_):
@@ -79,13 +74,12 @@ class Worker:
         """A batch left in our processing list: the worker running it died. Counting deaths here keeps
         the normal path free of bookkeeping; after max_attempts runs in all, its tasks fail."""
         bid = Batch.from_entry(entry).id
-        deaths = self.r.hincrby(keys.batch(bid), "deaths", 1)
+        deaths, last = self.queue.count_death(bid)
         if deaths < self.max_attempts:
             log.warning("re-running batch %s after its worker died (%d of %d runs)", bid, deaths + 1,
                         self.max_attempts)
             self.run_batch(entry)
             return
-        last = _s(self.r.hget(keys.batch(bid), "last_error") or b"")
         self.run_batch(entry, fail={"code": "task_failed", "message": (
             f"worker for device {self.spec.name} died {deaths} times running this batch"
             + (f"; last: {last}" if last else ""))})
@@ -93,7 +87,7 @@ class Worker:
     def _template(self, digest: str):
         """Decoded once per worker (LRU); None when the template is gone from Redis."""
         if digest not in self._templates:
-            qpy = self.r.hget(keys.template(digest), "qpy")
+            qpy = self.queue.template_qpy(digest)
             if not qpy:
                 return None
             self._templates.get_or(digest, lambda: wire.load_qpy(qpy))
@@ -104,14 +98,7 @@ class Worker:
         cancelled or answered meanwhile)."""
         if batch.inline:
             return [dict(zip(INLINE_FIELDS, row)) | {"params": base64.b64decode(row[-1])} for row in batch.inline]
-        res = self._fetch(keys=[k for tid in batch.tasks for k in (keys.task(tid), keys.task_params(tid))])
-        specs = []
-        for fields_raw, params in zip(res[0::2], res[1::2]):
-            values = [None if v is False else v for v in json.loads(fields_raw)]
-            d = dict(zip(INLINE_FIELDS[:-1], values[:-1]))
-            if d["id"] is not None and values[-1] in (TaskState.SCHEDULED.value, TaskState.RUNNING.value):
-                specs.append(d | {"params": params})
-        return specs
+        return self.queue.payloads(batch.tasks)
 
     def run_batch(self, entry, fail: dict | None = None) -> None:
         batch = Batch.from_entry(entry)
@@ -135,7 +122,7 @@ class Worker:
         exec_s = time.perf_counter() - t0
         finished = time.time()
         total_bindings = sum(p.bindings for p in payloads) or 1
-        args, tkeys, states = [], [], {}
+        rows: list[tuple[str, str, str, int, int]] = []
         for p, out in zip(payloads, outputs):
             meta = {"device": self.spec.name, "batch": batch.id, "exec_s": exec_s * p.bindings / total_bindings,
                     "queue_wait_s": max(0.0, started - submitted[p.id]), "batch_exec_s": exec_s,
@@ -146,26 +133,15 @@ class Worker:
                 state, body = TaskState.FAILED.value, json.dumps({"error": err, "meta": meta})
             else:
                 state, body = TaskState.DONE.value, json.dumps({"result": wire.encode_tree(out), "meta": meta})
-            tkeys += [keys.task(p.id), keys.task_result(p.id)]
-            args += [state, body, p.bindings, p.bindings * (p.shots or 0)]
-            states[p.id] = state
-        for tid, err in failures.items():
-            tkeys += [keys.task(tid), keys.task_result(tid)]
-            args += [TaskState.FAILED.value, json.dumps({"error": err}), 0, 0]
-            states[tid] = TaskState.FAILED.value
+            rows.append((p.id, state, body, p.bindings, p.bindings * (p.shots or 0)))
+        rows += [(tid, TaskState.FAILED.value, json.dumps({"error": err}), 0, 0) for tid, err in failures.items()]
         event = json.dumps({"batch": batch.id, "device": self.spec.name, "session": batch.session,
                             "started": started, "finished": finished, "exec_s": exec_s,
-                            "bindings": total_bindings if payloads else 0, "tasks": states})
-        written = self._complete(keys=[self.processing, keys.EVENTS, keys.session_usage(batch.session),
-                                       keys.batch(batch.id), *tkeys],
-                                 args=[entry, event, self.ttl, exec_s if payloads else 0.0, finished, *args])
+                            "bindings": total_bindings if payloads else 0, "tasks": {r[0]: r[1] for r in rows}})
+        written = self.queue.complete(entry, batch, event, exec_s if payloads else 0.0, finished, rows)
         if written == -1:
             log.warning("batch %s was taken back while this worker ran it (its heartbeat had stopped); "
                         "its results are discarded and the tasks run again elsewhere", batch.id)
-
-
-def _s(v):
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: int, heartbeat_ttl_s: float,
