@@ -267,6 +267,15 @@ class Store:
             keys_.append(keys.session_submit(sid, idempotency_key))
         await self._commit(keys=keys_, args=args)
 
+    async def last_event_id(self) -> str:
+        last = await self.r.xrevrange(keys.EVENTS, count=1)
+        return _s(last[0][0]) if last else "0-0"
+
+    async def read_events(self, conn, after: str, *, block_ms: int = 1000, count: int = 500) -> list:
+        """Completion events after `after`, as (id, fields); `conn` is a connection of its own (XREAD blocks)."""
+        resp = await conn.xread({keys.EVENTS: after}, block=block_ms, count=count)
+        return [e for _, entries in resp or () for e in entries]
+
     async def submitted_ids(self, sid: str, idempotency_key: str) -> list[str] | None:
         """The task ids an earlier submission with this key was answered with, if any."""
         raw = await self.r.get(keys.session_submit(sid, idempotency_key))

@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from .. import keys
 from ..config import Config
 from ..errors import BadRequest, Draining, NotFound, Unavailable
 from ..metrics import Metrics
@@ -93,7 +92,7 @@ class Scheduler:
 
     async def resync(self) -> None:
         """Rebuild the index from Redis. All reads come first: if Redis fails midway, memory is as it was."""
-        last = await self.store.r.xrevrange(keys.EVENTS, count=1)
+        last = await self.store.last_event_id()
         cost = await self.store.load_cost_model(list(self.devices))
         sessions, pending, tasks, outstanding = await self.store.load_state(list(self.devices))
         self.sessions.clear()
@@ -101,7 +100,7 @@ class Scheduler:
         for d in self.devices.values():
             d.outstanding.clear()
         self.policy = type(self.policy)(self.policy.cfg)
-        self.events_from = last[0][0] if last else "0-0"
+        self.events_from = last
         self.cost.per_binding.update(cost)
         by_id = {t.id: t for t in tasks}
         for s in sessions:
@@ -458,15 +457,13 @@ class Scheduler:
         """Follow the workers' events stream (a dedicated connection: XREAD blocks)."""
         last = self.events_from
         while True:
-            resp = await redis.xread({keys.EVENTS: last}, block=1000, count=500)
-            for _, entries in resp or ():
-                for eid, fields in entries:
-                    last = eid
-                    try:
-                        inline = {k.decode().rsplit(":", 1)[-1]: v for k, v in fields.items() if k != b"e"}
-                        self.on_batch_done(json.loads(fields[b"e"]), inline)
-                    except Exception:
-                        log.exception("bad event %s", eid)
+            for eid, fields in await self.store.read_events(redis, last):
+                last = eid
+                try:
+                    inline = {k.decode().rsplit(":", 1)[-1]: v for k, v in fields.items() if k != b"e"}
+                    self.on_batch_done(json.loads(fields[b"e"]), inline)
+                except Exception:
+                    log.exception("bad event %s", eid)
 
     def on_batch_done(self, ev: dict, inline: dict[str, bytes] | None = None) -> None:
         dev = self.devices.get(ev["device"])
