@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
@@ -39,13 +39,24 @@ MAX_OUTSTANDING = 2          # running + one in the inbox
 
 
 class SessionEntry:
-    __slots__ = ("session", "pending", "inflight", "weight")
+    __slots__ = ("session", "pending", "inflight", "weight", "submits", "knows_all_submits")
+    MAX_SUBMITS = 1024
 
-    def __init__(self, session: Session, weight: float):
+    def __init__(self, session: Session, weight: float, *, new: bool = False):
         self.session = session
         self.pending: deque[Task] = deque()
         self.inflight = 0
         self.weight = weight
+        # recent idempotency keys -> ids; while it holds every key the session used (a session this
+        # daemon opened, nothing evicted), a key missing here is new without asking Redis
+        self.submits: OrderedDict[str, list[str]] = OrderedDict()
+        self.knows_all_submits = new
+
+    def remember(self, key: str, ids: list[str]) -> None:
+        self.submits[key] = ids
+        if len(self.submits) > self.MAX_SUBMITS:
+            self.submits.popitem(last=False)
+            self.knows_all_submits = False
 
 
 class DeviceEntry:
@@ -187,7 +198,7 @@ class Scheduler:
         s = Session(id=secrets.token_hex(6), user=user, uid=uid, pool=pool, cls=cls, weight=weight,
                     account=account, name=name[:100], job_id=str(job_id), created=time.time())
         await self.store.create_session(s)
-        self.sessions[s.id] = SessionEntry(s, self._weight(s))
+        self.sessions[s.id] = SessionEntry(s, self._weight(s), new=True)
         self.metrics.sessions_open.set(len(self.sessions))
         return s
 
@@ -241,7 +252,9 @@ class Scheduler:
                 raise NotFound(f"session: {sid!r} closed", field="session")
             entry = self.sessions[sid]
             if idempotency_key:
-                done = await self.store.submitted_ids(sid, idempotency_key)
+                done = entry.submits.get(idempotency_key)
+                if done is None and not entry.knows_all_submits:
+                    done = await self.store.submitted_ids(sid, idempotency_key)
                 if done is not None:
                     return done, False
             limit = self.policy.cfg.max_pending_per_session
@@ -260,6 +273,8 @@ class Scheduler:
             batches = self._plan()
             _attach_payloads(batches, items)
             await self._commit(sid, items, batches, idempotency_key)      # durable before acknowledged
+            if idempotency_key:
+                entry.remember(idempotency_key, [t.id for t, _, _ in items])
         for t, _, _ in items:
             self.metrics.tasks_submitted.labels(entry.session.pool, t.kind).inc()
         self.metrics.tasks_pending.labels(entry.session.pool).inc(len(items))

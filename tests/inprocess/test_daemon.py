@@ -171,3 +171,19 @@ def test_a_failing_background_task_is_logged_counted_and_restarted(tmp_path, cap
 def test_task_is_a_value_type_the_store_round_trips():
     t = Task("s.1", "s", "estimate", "h", 3, None, 7, 1.5)
     assert Task.from_redis({k: str(v) for k, v in t.to_redis().items()}).to_redis() == t.to_redis()
+
+
+def test_a_submission_retried_on_the_next_daemon_gets_the_first_answer(tmp_path):
+    async def body():
+        async with embedded_redis(tmp_path) as redis_server:
+            async with daemon(tmp_path, NULL, redis_url=redis_server.url) as (_, api, _):
+                s = await api.session(pool="null")
+                h = await api.template(s, one_qubit())
+                status, first = await api.submit(s, h, 2, key="once")
+                assert status == 201
+            async with daemon(tmp_path / "2", NULL, redis_url=redis_server.url) as (d2, api2, _):
+                status, again = await api2.submit(s, h, 2, key="once")      # this daemon never saw the key
+                assert (status, again["ids"]) == (200, first["ids"])
+                await api2.wait(s, first["ids"])
+                assert (await d2.scheduler.store.session_usage(s["id"])).tasks == 2
+    run(body())
