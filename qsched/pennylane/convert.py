@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pennylane as qml
 from pennylane.exceptions import DeviceError
-from pennylane.measurements import ExpectationMP, ProbabilityMP, VarianceMP
+from pennylane.measurements import ExpectationMP, ProbabilityMP, StateMeasurement, StateMP, VarianceMP
 from pennylane.pauli import PauliSentence
 from pennylane.wires import Wires
 
@@ -34,9 +34,22 @@ GATES: dict[str, str] = {
 }
 # Ops with no observable effect on measurement statistics; their parameters get zero derivative.
 DROPPED = frozenset({"Identity", "GlobalPhase", "Barrier", "Snapshot"})
-SUPPORTED_OPS = frozenset(GATES) | DROPPED
-
 MAX_PROBS_WIRES = 12  # analytic probs use 2^k - 1 observables
+MAX_DENSITY_WIRES = 6  # analytic density matrices (and what is computed from them) use 4^k - 1
+MAX_MATRIX_WIRES = 6   # operations without a decomposition travel as their matrix up to this size
+
+
+class MatrixGate(qml.QubitUnitary):
+    """An operation that PennyLane cannot decompose (BlockEncode, DoubleExcitationPlus, ...), sent
+    to the daemon as its unitary matrix (a Qiskit ``unitary`` instruction; the worker synthesizes it
+    into its own gates once per template). Its data is a matrix: device derivatives refuse it."""
+
+    def __init__(self, U, wires, source: str = "QubitUnitary", id=None):
+        super().__init__(U, wires=wires, unitary_check=False, id=id)
+        self.hyperparameters["source"] = source
+
+
+SUPPORTED_OPS = frozenset(GATES) | DROPPED | {"MatrixGate"}
 
 
 def stopping_condition(op: qml.operation.Operator) -> bool:
@@ -105,6 +118,8 @@ def decomposer(op: qml.operation.Operator):
     if isinstance(op, qml.BasisState):
         bits = op.data[0]
         return [qml.RX(np.pi * bits[..., i], wires=w) for i, w in enumerate(op.wires)]
+    if not op.has_decomposition and op.has_matrix and len(op.wires) <= MAX_MATRIX_WIRES:
+        return [MatrixGate(op.matrix(), wires=op.wires, source=op.name)]
     return op.decomposition()
 
 
@@ -125,15 +140,33 @@ class TapeCircuit:
     wire_order: Wires                  # qubit i of the template is wire_order[i]
 
 
+MATRIX_COLUMN = -2   # columns entry of a MatrixGate's data: no template parameter, not differentiable
+
+
 def tape_structure(tape, wire_order: Wires) -> tuple[tuple, list, list, list]:
-    """(structure key, gates [(qiskit name, qubits, nparams)], values, columns) for a tape."""
+    """(structure key, gates [(qiskit name, qubits, nparams[, matrix bytes])], values, columns) for a
+    tape. A MatrixGate's matrix is part of the structure (each matrix is its own template)."""
     index = {w: i for i, w in enumerate(wire_order)}
-    gates, values, columns = [], [], []
+    gates: list[tuple] = []
+    values: list[float] = []
+    columns: list[int] = []
     col = 0
     for op in tape.operations:
         name = op.name
         if name in DROPPED:
             columns.extend([-1] * op.num_params)
+            continue
+        if isinstance(op, MatrixGate):
+            try:
+                qubits = tuple(index[w] for w in op.wires)
+            except KeyError as e:
+                raise DeviceError(f"qsched.qubit: wire {e.args[0]!r} is not a device wire") from None
+            mat = np.asarray(qml.math.toarray(qml.math.unwrap(op.data[0])), dtype=np.complex128)
+            if mat.shape != (1 << len(qubits), 1 << len(qubits)):
+                raise DeviceError(f"qsched.qubit: {op.hyperparameters['source']} has a matrix of shape "
+                                  f"{mat.shape} (broadcast tapes are expanded before execution)")
+            columns.append(MATRIX_COLUMN)
+            gates.append(("unitary", qubits, 0, mat.tobytes()))
             continue
         qname = GATES.get(name)
         if qname is None:
@@ -157,11 +190,18 @@ def tape_structure(tape, wire_order: Wires) -> tuple[tuple, list, list, list]:
 
 def build_circuit(num_qubits: int, gates: list):
     from qiskit.circuit import ParameterVector, QuantumCircuit
+    from qiskit.circuit.library import UnitaryGate
     nparams = sum(g[2] for g in gates)
     theta = ParameterVector("θ", nparams)
     qc = QuantumCircuit(num_qubits)
     k = 0
-    for qname, qubits, npar in gates:
+    for qname, qubits, npar, *extra in gates:
+        if qname == "unitary":
+            dim = 1 << len(qubits)
+            mat = np.frombuffer(extra[0], dtype=np.complex128).reshape(dim, dim)
+            # PennyLane: wires[0] is the most significant bit; Qiskit: qargs[0] the least
+            qc.append(UnitaryGate(mat, check_input=False), list(reversed(qubits)))
+            continue
         getattr(qc, qname)(*theta[k:k + npar], *qubits)
         k += npar
     return qc
@@ -237,6 +277,7 @@ class Readout:
     rows: list[int]
     value: Callable[[np.ndarray], Any]
     deriv: Callable[[np.ndarray, np.ndarray], np.ndarray]   # (e, J[rows]) -> [*value_shape, P]
+    dtype: Any = np.float64                                 # None: as the value comes (complex, ...)
 
 
 @dataclass
@@ -289,9 +330,67 @@ def analytic_plan(tape, wire_order: Wires) -> AnalyticPlan:
                 rows,
                 lambda e, hm=hm: hm[:, 0] + hm[:, 1:] @ e,
                 lambda e, J, hm=hm: hm[:, 1:] @ J))
+        elif isinstance(mp, StateMeasurement) and type(mp) is not StateMP:
+            # density_matrix, vn_entropy, purity, mutual_info, custom state measurements: the
+            # reduced density matrix from its Pauli expectation values, then PennyLane's own process
+            wires = Wires(mp.wires if len(mp.wires) else wire_order)
+            k = len(wires)
+            if k > MAX_DENSITY_WIRES:
+                raise DeviceError(f"qsched.qubit: {type(mp).__name__} is supported without shots on at most "
+                                  f"{MAX_DENSITY_WIRES} wires (4^k - 1 Pauli estimates); got {k}")
+            rows = []
+            for s in range(1, 1 << (2 * k)):
+                chars = ["I"] * n
+                for pos, w in enumerate(wires):
+                    chars[n - 1 - index[w]] = "IXYZ"[(s >> (2 * (k - 1 - pos))) & 3]
+                rows.append(plan.add([["".join(chars), 1.0]]))
+            # on wires 0..k-1: some processes (mutual_info) index wire labels as positions
+            local = mp.map_wires({w: i for i, w in enumerate(wires)})
+            plan.readouts.append(Readout(
+                rows,
+                lambda e, local=local, k=k: local.process_density_matrix(density_from_paulis(e, k),
+                                                                         Wires(range(k))),
+                _no_state_derivative(mp), dtype=None))
+        elif isinstance(mp, StateMP):
+            raise DeviceError("qsched.qubit: qml.state() is not supported: a qsched device returns measured "
+                              "quantities, and a state vector's global phase is not one; use "
+                              "qml.density_matrix(wires) (analytic, up to "
+                              f"{MAX_DENSITY_WIRES} wires) or expectation values")
         else:
             raise DeviceError(f"qsched.qubit: measurement {mp} is not supported without shots")
     return plan
+
+
+def _no_state_derivative(mp):
+    def deriv(e, J):
+        raise DeviceError(f"qsched.qubit: device derivatives of {type(mp).__name__} are not supported; "
+                          "use diff_method='parameter-shift'")
+    return deriv
+
+
+def density_from_paulis(e: np.ndarray, k: int) -> np.ndarray:
+    """rho = (I + sum_S <P_S> P_S) / 2^k from the 4^k - 1 Pauli expectation values, S in base 4 with
+    digits I, X, Y, Z and the first wire as the most significant digit (and bit of the index)."""
+    dim = 1 << k
+    coeff = np.concatenate([[1.0], np.asarray(e, dtype=np.float64)])
+    rho = np.zeros((dim, dim), dtype=np.complex128)
+    a = np.arange(dim)
+    parity = np.array([bin(v).count("1") & 1 for v in range(dim)])
+    for s in range(1 << (2 * k)):
+        x = z = ny = 0
+        for pos in range(k):
+            d = (s >> (2 * (k - 1 - pos))) & 3
+            bit = 1 << (k - 1 - pos)
+            if d in (1, 2):
+                x |= bit
+            if d in (2, 3):
+                z |= bit
+            ny += d == 2
+        b = a ^ x
+        # P = i^nY X^x Z^z: <a|P|b> = i^nY (-1)^popcount(z & b) [a = b ^ x]
+        sign = 1 - 2 * parity[z & b]
+        rho[a, b] += coeff[s] * (1j ** ny) * sign
+    return rho / dim
 
 
 def read_analytic(plan: AnalyticPlan, evs_row: np.ndarray, cols: np.ndarray):
@@ -299,7 +398,7 @@ def read_analytic(plan: AnalyticPlan, evs_row: np.ndarray, cols: np.ndarray):
     out = []
     for r in plan.readouts:
         v = r.value(evs_row[cols[r.rows]])
-        out.append(np.asarray(v, dtype=np.float64))
+        out.append(np.asarray(v, dtype=r.dtype) if r.dtype is not None else v)
     return out[0] if len(out) == 1 else tuple(out)
 
 
@@ -314,9 +413,18 @@ def read_jacobian(plan: AnalyticPlan, evs_row: np.ndarray, jac_row: np.ndarray, 
     tcols = []
     for t in tape.trainable_params:
         if t >= nop:
-            raise DeviceError("qsched.qubit: device derivatives with trainable observable parameters "
-                              "are not supported; use diff_method='parameter-shift'")
-        tcols.append(int(tc.columns[t]))
+            # as lightning.qubit (and PennyLane's adjoint validation): observable data is not
+            # differentiated; its derivative is 0, with PennyLane's own warning
+            _warn_trainable_observables(tape)
+            tcols.append(-1)
+            continue
+        c = int(tc.columns[t])
+        if c == MATRIX_COLUMN:
+            op = _op_of_parameter(tape, t)
+            raise DeviceError(f"qsched.qubit: {op.hyperparameters.get('source', op.name)} has no decomposition "
+                              f"and runs as a matrix, which device derivatives do not differentiate; "
+                              f"use diff_method='parameter-shift'")
+        tcols.append(c)
     per_mp = []
     for r in plan.readouts:
         e = evs_row[cols[r.rows]]
@@ -327,6 +435,24 @@ def read_jacobian(plan: AnalyticPlan, evs_row: np.ndarray, jac_row: np.ndarray, 
     if not tcols:     # as default.qubit: () per measurement (PennyLane's vjp indexes into it)
         return () if len(plan.readouts) == 1 else tuple(() for _ in plan.readouts)
     return per_mp[0] if len(per_mp) == 1 else tuple(per_mp)
+
+
+def _op_of_parameter(tape, index: int):
+    k = 0
+    for op in tape.operations:
+        if index < k + op.num_params:
+            return op
+        k += op.num_params
+    raise IndexError(index)
+
+
+def _warn_trainable_observables(tape) -> None:
+    import warnings
+    names = sorted({mp.obs.name for mp in tape.measurements if mp.obs is not None and mp.obs.num_params})
+    warnings.warn(f"Differentiating with respect to the input parameters of {', '.join(names)} is not "
+                  "supported with the adjoint differentiation method. Gradients are computed only with "
+                  "regards to the trainable parameters of the circuit.\n\n Mark the parameters of the "
+                  "measured observables as non-trainable to silence this warning.", UserWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- samples

@@ -20,7 +20,7 @@ from pennylane.devices.preprocess import (
     validate_observables,
 )
 from pennylane.exceptions import DeviceError
-from pennylane.measurements import ExpectationMP, ProbabilityMP, VarianceMP
+from pennylane.measurements import ExpectationMP, ProbabilityMP, StateMeasurement, VarianceMP
 from pennylane.transforms import broadcast_expand, defer_measurements
 from pennylane.transforms.core import CompilePipeline, transform
 from pennylane.wires import Wires
@@ -32,10 +32,20 @@ from . import convert
 _DEVICE_GRADIENTS = {"adjoint", "device", "best"}
 
 
-def _analytic_ok(mp) -> bool:
+def _derivable_ok(mp) -> bool:
+    """Analytic measurements that device derivatives cover (probs(op=...) after its rotation)."""
     if isinstance(mp, (ExpectationMP, VarianceMP)):
         return mp.obs is not None
-    return isinstance(mp, ProbabilityMP) and mp.obs is None and mp.mv is None
+    return isinstance(mp, ProbabilityMP) and mp.mv is None
+
+
+def _analytic_ok(mp) -> bool:
+    """Analytic measurements the device estimates: expval/var/probs as Pauli sums; state measurements
+    (density_matrix, vn_entropy, ...) from the reduced density matrix. qml.state() is let through
+    here to be refused by name (convert.analytic_plan) rather than as 'not accepted'."""
+    if isinstance(mp, ProbabilityMP):
+        return mp.obs is None and mp.mv is None
+    return _derivable_ok(mp) or isinstance(mp, StateMeasurement)
 
 
 def _sample_ok(mp) -> bool:
@@ -48,10 +58,66 @@ def _observable_ok(obs) -> bool:
 
 
 @transform
+def _drop_snapshots(tape):
+    """Snapshots do nothing in an execution (qml.snapshots replaces them before the device sees
+    the tape); their default state() measurement must not make validation refuse the tape."""
+    if not any(isinstance(op, qml.Snapshot) for op in tape.operations):
+        return (tape,), lambda res: res[0]
+    ops, trainable, k, drop = [], [], 0, set()
+    for op in tape.operations:
+        if isinstance(op, qml.Snapshot):
+            drop.update(range(k, k + op.num_params))
+        else:
+            ops.append(op)
+        k += op.num_params
+    trainable = [t - sum(1 for d in drop if d < t) for t in tape.trainable_params if t not in drop]
+    return (qml.tape.QuantumScript(ops, tape.measurements, shots=tape.shots, trainable_params=trainable),), \
+        lambda res: res[0]
+
+
+def _obs_param_offsets(tape) -> tuple[int, list[int]]:
+    """(number of operation parameters, first parameter index of each measurement's observable)."""
+    nop = sum(op.num_params for op in tape.operations)
+    offsets, k = [], nop
+    for mp in tape.measurements:
+        offsets.append(k)
+        k += mp.obs.num_params if mp.obs is not None else 0
+    return nop, offsets
+
+
+def _rotate_analytic_probs(tape):
+    """Analytic probs(op=O): O's diagonalizing gates, then probs on O's wires (what default.qubit
+    computes). With other measurements present each measurement gets a tape of its own."""
+    mps = tape.measurements
+    rot = {i for i, mp in enumerate(mps) if isinstance(mp, ProbabilityMP) and mp.obs is not None}
+    if not rot:
+        return [tape], lambda res: res[0]
+    nop, offsets = _obs_param_offsets(tape)
+    tapes = []
+    for i, mp in enumerate(mps):
+        if i in rot:
+            diag = mp.obs.diagonalizing_gates()
+            ops, new_mp = tape.operations + diag, qml.probs(wires=mp.obs.wires)
+            own = []
+        else:
+            ops, new_mp = tape.operations, mp
+            n = mp.obs.num_params if mp.obs is not None else 0
+            own = [nop + t - offsets[i] for t in tape.trainable_params if offsets[i] <= t < offsets[i] + n]
+        trainable = [t for t in tape.trainable_params if t < nop] + own
+        tapes.append(qml.tape.QuantumScript(ops, [new_mp], shots=tape.shots, trainable_params=trainable))
+    if len(tapes) == 1:
+        return tapes, lambda res: res[0]
+    return tapes, _stack_single_measurements(tape)
+
+
+@transform
 def _to_computational_basis(tape):
     """Finite-shot tapes: split non-commuting measurements and rotate them to Z, so one sample
-    task per tape serves every measurement. Analytic tapes pass through (they are estimated)."""
-    if not tape.shots or all(mp.obs is None or isinstance(mp.obs, (qml.Z, qml.Identity))
+    task per tape serves every measurement. Analytic tapes are estimated: only probs(op=...) is
+    rotated (the diagonalizing gates, then probs on its wires)."""
+    if not tape.shots:
+        return _rotate_analytic_probs(tape)
+    if all(mp.obs is None or isinstance(mp.obs, (qml.Z, qml.Identity))
                              for mp in tape.measurements):
         return (tape,), lambda res: res[0]
     tape = _pauli_expand_undiagonalizable(tape)
@@ -246,7 +312,7 @@ class QschedDevice(Device):
             return False
         if circuit is None:
             return True
-        return not circuit.shots and all(_analytic_ok(mp) for mp in circuit.measurements)
+        return not circuit.shots and all(_derivable_ok(mp) for mp in circuit.measurements)
 
     def setup_execution_config(self, config: ExecutionConfig | None = None, circuit=None) -> ExecutionConfig:
         config = config or ExecutionConfig()
@@ -275,6 +341,7 @@ class QschedDevice(Device):
 
     def preprocess_transforms(self, execution_config: ExecutionConfig | None = None) -> CompilePipeline:
         program = CompilePipeline()
+        program.add_transform(_drop_snapshots)
         program.add_transform(defer_measurements, allow_postselect=False)
         program.add_transform(decompose, stopping_condition=convert.stopping_condition,
                               skip_initial_state_prep=False, decomposer=convert.decomposer,
