@@ -2,21 +2,12 @@
 there is no NVIDIA GPU or no GPU build installed (CI has neither)."""
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 from qiskit.circuit.library import efficient_su2
 
 from qsched.devices import TaskPayload, load_device
 from qsched.models import DeviceLimits, DeviceSpec
-
-
-def _gpu_present() -> bool:
-    if not shutil.which("nvidia-smi"):
-        return False
-    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
 def _aer_gpu() -> bool:
@@ -36,7 +27,7 @@ def _lightning_gpu() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _gpu_present(), reason="no NVIDIA GPU here")
+pytestmark = pytest.mark.gpu          # tests/conftest.py skips it where no NVIDIA GPU answers
 OBS = [[["ZZIIII", 1.0], ["IIIXXI", 0.5]]]
 
 
