@@ -25,9 +25,11 @@ from pennylane.transforms import broadcast_expand, defer_measurements
 from pennylane.transforms.core import CompilePipeline, transform
 from pennylane.wires import Wires
 
+from ..errors import QschedError
 from ..qiskit.convert import result_field
-from ..qiskit.session import SessionHandle, wait_all
+from ..qiskit.session import SessionHandle
 from . import convert
+from .errors import as_device_error
 
 _DEVICE_GRADIENTS = {"adjoint", "device", "best"}
 
@@ -280,6 +282,10 @@ class QschedDevice(Device):
             from the environment (``QSCHED_URL``, ``QSCHED_SESSION``, ``QSCHED_TOKEN``, or the local
             daemon socket).
         timeout: seconds to wait for one batch of results.
+
+    Errors from the daemon or its tasks (a refused request, a failed or cancelled task, a timeout,
+    an unreachable daemon) are raised as :class:`qsched.pennylane.errors.QschedDeviceError`
+    subclasses: PennyLane ``DeviceError`` s that are also the qsched error they were.
     """
 
     name = "qsched.qubit"
@@ -391,9 +397,19 @@ class QschedDevice(Device):
         tapes = list(tapes)
         groups, plans = self._plan(tapes, gradient)
         if groups:
-            session = self._handle.get()
-            tasks = [g.to_task(self._handle, method="adjoint" if gradient else None) for g in groups]
-            results = wait_all(session.submit_many(tasks), self.timeout, session)
+            try:
+                session = self._handle.get()
+                tasks = [g.to_task(self._handle, method="adjoint" if gradient else None) for g in groups]
+                futures = session.submit_many(tasks)
+                waiter = getattr(session, "wait", None)    # one long-poll for all of them
+                if callable(waiter) and len(futures) > 1:
+                    results = waiter(futures, self.timeout)
+                else:
+                    results = [f.result(timeout=self.timeout) for f in futures]
+            except QschedError as e:
+                # refusals, task failures, timeouts, an unreachable daemon: PennyLane's DeviceError
+                # (and still the qsched error it was), never the Qiskit layer's JobError
+                raise as_device_error(e) from e
             for g, r in zip(groups, results):
                 g.result = r
         if self.tracker.active:

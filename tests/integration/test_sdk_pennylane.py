@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pennylane as qml
 import pytest
+from pennylane.exceptions import DeviceError
 
 from qsched.pennylane import QschedDevice
 
@@ -122,3 +123,80 @@ def test_torch_layer_amplitude_embedding_adjoint(client):
     assert np.allclose(grad, want_grad, atol=1e-7)
     assert tracker.totals["tasks"] == 1               # 4 inputs -> 4 rows of one gradient task
     dev.close()
+
+
+# --------------------------------------------------------------------------- errors, PennyLane's side
+def _expval_z(wire):
+    return lambda: qml.expval(qml.Z(wire))
+
+
+def _not_qiskit(e):
+    from qiskit.providers import JobError
+    import qsched.errors
+    assert isinstance(e, DeviceError) and isinstance(e, qsched.errors.QschedError)
+    assert not isinstance(e, JobError)
+
+
+def test_refusal_is_a_device_error(client):
+    import qsched.errors
+    from qsched.pennylane.errors import DeviceRequestRefused
+    dev = QschedDevice(wires=17, client=client)            # pool lightning: at most 16 qubits
+    with pytest.raises(DeviceError, match="17 qubits") as info:
+        qml.QNode(_expval_z(16), dev)()
+    _not_qiskit(info.value)
+    assert isinstance(info.value, (DeviceRequestRefused, qsched.errors.BadRequest))
+    assert info.value.status == 400 and info.value.field == "template"
+
+
+def test_timeout_is_a_device_error(client):
+    import qsched.errors
+    dev = QschedDevice(wires=14, client=client, timeout=1e-3)
+
+    def f(x):
+        for i in range(14):
+            qml.RY(x, i)
+        for i in range(13):
+            qml.CNOT([i, i + 1])
+        return qml.expval(qml.Z(0))
+    with pytest.raises(DeviceError, match="not finished within") as info:
+        qml.QNode(f, dev)(np.linspace(0, 1, 500))
+    _not_qiskit(info.value)
+    assert isinstance(info.value, qsched.errors.Timeout)
+
+
+class _FailingSession:
+    """A session whose tasks fail as a worker's would (TaskFailed / TaskCancelled from the client)."""
+    pool = "lightning"
+
+    def __init__(self, err):
+        self.err = err
+
+    def upload(self, circuit):
+        return "0" * 64
+
+    def submit_many(self, tasks):
+        err = self.err
+
+        class Future:
+            def result(self, timeout=None):
+                raise err
+        return [Future() for _ in tasks]
+
+
+@pytest.mark.parametrize("name", ["TaskFailed", "TaskCancelled", "Timeout", "Unavailable", "QschedJobError"])
+def test_task_errors_are_device_errors(name):
+    import qsched.errors
+    from qsched.pennylane import errors as plerr
+    if name == "QschedJobError":      # what the Qiskit layer raises: mapped back by its code
+        from qsched.qiskit.session import QschedJobError
+        err, want = QschedJobError("task x: worker said no", field="template"), qsched.errors.TaskFailed
+    else:
+        want = getattr(qsched.errors, name)
+        err = want("task x: worker said no", field="template")
+    dev = QschedDevice(wires=1, session=_FailingSession(err))
+    with pytest.raises(DeviceError, match="worker said no") as info:
+        qml.QNode(_expval_z(0), dev)()
+    e = info.value
+    _not_qiskit(e)
+    assert isinstance(e, want) and isinstance(e, plerr.QschedDeviceError)
+    assert e.field == "template" and e.__cause__ is err
