@@ -13,6 +13,7 @@ transforms and sampled; PennyLane's measurement processes then read the bitstrin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -326,10 +327,7 @@ def analytic_plan(tape, wire_order: Wires) -> AnalyticPlan:
                         chars[n - 1 - index[w]] = "Z"
                 rows.append(plan.add([["".join(chars), 1.0]]))
             hm = walsh_matrix(k) / (1 << k)
-            plan.readouts.append(Readout(
-                rows,
-                lambda e, hm=hm: hm[:, 0] + hm[:, 1:] @ e,
-                lambda e, J, hm=hm: hm[:, 1:] @ J))
+            plan.readouts.append(Readout(rows, partial(_probs_value, hm), partial(_probs_deriv, hm)))
         elif isinstance(mp, StateMeasurement) and type(mp) is not StateMP:
             # density_matrix, vn_entropy, purity, mutual_info, custom state measurements: the
             # reduced density matrix from its Pauli expectation values, then PennyLane's own process
@@ -346,11 +344,8 @@ def analytic_plan(tape, wire_order: Wires) -> AnalyticPlan:
                 rows.append(plan.add([["".join(chars), 1.0]]))
             # on wires 0..k-1: some processes (mutual_info) index wire labels as positions
             local = mp.map_wires({w: i for i, w in enumerate(wires)})
-            plan.readouts.append(Readout(
-                rows,
-                lambda e, local=local, k=k: local.process_density_matrix(density_from_paulis(e, k),
-                                                                         Wires(range(k))),
-                _no_state_derivative(mp), dtype=None))
+            plan.readouts.append(Readout(rows, partial(_state_value, local, k), _no_state_derivative(mp),
+                                         dtype=None))
         elif isinstance(mp, StateMP):
             raise DeviceError("qsched.qubit: qml.state() is not supported: a qsched device returns measured "
                               "quantities, and a state vector's global phase is not one; use "
@@ -359,6 +354,18 @@ def analytic_plan(tape, wire_order: Wires) -> AnalyticPlan:
         else:
             raise DeviceError(f"qsched.qubit: measurement {mp} is not supported without shots")
     return plan
+
+
+def _probs_value(hm: np.ndarray, e: np.ndarray) -> np.ndarray:
+    return hm[:, 0] + hm[:, 1:] @ e
+
+
+def _probs_deriv(hm: np.ndarray, e: np.ndarray, J: np.ndarray) -> np.ndarray:
+    return hm[:, 1:] @ J
+
+
+def _state_value(mp, k: int, e: np.ndarray):
+    return mp.process_density_matrix(density_from_paulis(e, k), Wires(range(k)))
 
 
 def _no_state_derivative(mp):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pennylane as qml
@@ -241,7 +242,7 @@ class TaskGroup:
 
     def to_task(self, handle: SessionHandle, method: str | None = None) -> dict:
         params = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), self.template.num_params)
-        task = {"kind": self.kind, "template": handle.upload(self.template.circuit, self.template.key),
+        task: dict[str, Any] = {"kind": self.kind, "template": handle.upload(self.template.circuit, self.template.key),
                 "params": params, "shots": self.shots}
         if self.kind != "sample":
             task["observables"] = self.observables
@@ -322,7 +323,7 @@ class QschedDevice(Device):
 
     def setup_execution_config(self, config: ExecutionConfig | None = None, circuit=None) -> ExecutionConfig:
         config = config or ExecutionConfig()
-        updates = {}
+        updates: dict[str, Any] = {}
         method = config.gradient_method
         if method == "best":
             # server-side derivatives when exact; parameter shift (batched into one task) with shots
@@ -370,7 +371,7 @@ class QschedDevice(Device):
     def _plan(self, tapes, gradient: bool):
         """Tapes -> TaskGroups (one per template/kind/shots) and, per tape, where to read its result."""
         groups: dict[tuple, TaskGroup] = {}
-        plans = []
+        plans: list[tuple] = []
         for tape in tapes:
             wires = self._wire_order(tape)
             tc = self._templates.convert(tape, wires)
