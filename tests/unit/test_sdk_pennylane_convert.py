@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pennylane as qml
 import pytest
+from pennylane.exceptions import DeviceError
 from pennylane.wires import Wires
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
@@ -341,3 +342,42 @@ def test_broadcast_amplitude_embedding_becomes_rows_of_one_template():
     want = qml.device("default.qubit").execute(tape)
     for g, w in zip(got, want):
         assert np.allclose(g, w, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- issue 8 item 5 helpers
+def test_density_from_paulis_equals_the_reduced_density_matrix():
+    rng = np.random.default_rng(7)
+    for k in (1, 2, 3):
+        psi = rng.normal(size=2 ** k) + 1j * rng.normal(size=2 ** k)
+        psi /= np.linalg.norm(psi)
+        rho = np.outer(psi, psi.conj())
+        evs = []
+        for s in range(1, 4 ** k):
+            word = [("I", "X", "Y", "Z")[(s >> (2 * (k - 1 - p))) & 3] for p in range(k)]
+            op = qml.prod(*[getattr(qml, w)(p) if w != "I" else qml.Identity(p) for p, w in enumerate(word)])
+            evs.append(np.real(np.trace(rho @ qml.matrix(op, wire_order=range(k)))))
+        assert np.allclose(convert.density_from_paulis(np.array(evs), k), rho, atol=1e-12)
+
+
+def test_operation_without_decomposition_is_a_unitary_template():
+    op = qml.DoubleExcitationPlus(0.7, wires=[0, 1, 2, 3])
+    (mg,) = convert.decomposer(op)
+    assert isinstance(mg, convert.MatrixGate) and mg.hyperparameters["source"] == "DoubleExcitationPlus"
+    tape = qml.tape.QuantumScript([qml.RX(0.2, 1), mg], [qml.expval(qml.Z(0))])
+    tc = convert.TemplateCache().convert(tape, qml.wires.Wires(range(4)))
+    assert [g.operation.name for g in tc.template.circuit.data] == ["rx", "unitary"]
+    assert list(tc.columns) == [0, convert.MATRIX_COLUMN]
+    from qiskit.quantum_info import Operator
+    got = Operator(tc.template.circuit.assign_parameters(tc.values)).data
+    want = qml.matrix(qml.tape.QuantumScript([qml.RX(0.2, 1), op]), wire_order=range(4))
+    # Qiskit orders qubit 0 as the least significant bit: reverse PennyLane's wire order
+    perm = qml.matrix(qml.tape.QuantumScript([qml.SWAP([0, 3]), qml.SWAP([1, 2])]), wire_order=range(4))
+    assert np.allclose(perm @ got @ perm, want, atol=1e-12)
+
+
+def test_state_is_refused_by_name_and_density_matrix_planned():
+    wires = qml.wires.Wires(range(3))
+    with pytest.raises(DeviceError, match=r"qml.state\(\) is not supported"):
+        convert.analytic_plan(qml.tape.QuantumScript([], [qml.state()]), wires)
+    plan = convert.analytic_plan(qml.tape.QuantumScript([], [qml.density_matrix([2, 0])]), wires)
+    assert len(plan.observables) == 15
