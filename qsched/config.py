@@ -44,6 +44,13 @@ class Config:
     drain_timeout_s: float = 30.0
     max_attempts: int = 3
     heartbeat_timeout_s: float = 5.0
+    # untrusted circuits are parsed in a child process with these bounds (daemon/parsing.py)
+    parse_timeout_s: float = 10.0
+    parse_memory_bytes: int = 2 << 30
+    max_template_instructions: int = 1_000_000
+    max_template_parameters: int = 100_000
+    max_template_clbits: int = 10_000
+    max_terms_per_task: int = 100_000
     start_workers: bool = True
     result_ttl_s: int = 86_400
     template_ttl_s: int = 7 * 86_400
@@ -218,7 +225,9 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     redis_url = os.environ.get("QSCHED_REDIS_URL") or redis_cfg.get("url")
     dm = _map(raw.get("daemon"), "daemon")
     _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
-                  "heartbeat_timeout_s", "start_workers", "result_ttl_s", "template_ttl_s"}, "daemon")
+                  "heartbeat_timeout_s", "start_workers", "result_ttl_s", "template_ttl_s", "parse_timeout_s",
+                  "parse_memory_bytes", "max_template_instructions", "max_template_parameters",
+                  "max_template_clbits", "max_terms_per_task"}, "daemon")
     tcp = dm.get("tcp", "127.0.0.1:8765")
     if tcp is not None:
         host, _, port = str(tcp).rpartition(":")
@@ -248,6 +257,12 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         drain_timeout_s=_num(dm, "drain_timeout_s", "daemon", 30.0, lo=0),
         max_attempts=_num(dm, "max_attempts", "daemon", 3, lo=1, hi=100, integer=True),
         heartbeat_timeout_s=_num(dm, "heartbeat_timeout_s", "daemon", 5.0, lo=0.5),
+        parse_timeout_s=_num(dm, "parse_timeout_s", "daemon", 10.0, lo=0.1, hi=600),
+        parse_memory_bytes=_num(dm, "parse_memory_bytes", "daemon", 2 << 30, lo=512 << 20, integer=True),
+        max_template_instructions=_num(dm, "max_template_instructions", "daemon", 1_000_000, lo=1, integer=True),
+        max_template_parameters=_num(dm, "max_template_parameters", "daemon", 100_000, lo=1, integer=True),
+        max_template_clbits=_num(dm, "max_template_clbits", "daemon", 10_000, lo=0, integer=True),
+        max_terms_per_task=_num(dm, "max_terms_per_task", "daemon", 100_000, lo=1, integer=True),
         start_workers=start_workers,
         result_ttl_s=_num(dm, "result_ttl_s", "daemon", 86_400, lo=1, integer=True),
         template_ttl_s=_num(dm, "template_ttl_s", "daemon", 7 * 86_400, lo=7200, integer=True),

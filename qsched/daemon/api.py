@@ -11,6 +11,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+import numpy as np
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -18,6 +19,7 @@ from .. import __version__, wire
 from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, QschedError, Unauthorized, Unavailable
 from ..models import DeviceLimits, Task, TaskKind, TaskState
 from .identity import session_account, session_weight
+from .parsing import Limits, TemplateParser
 from .scheduler import Scheduler
 
 log = logging.getLogger("qsched.api")
@@ -25,6 +27,7 @@ log = logging.getLogger("qsched.api")
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 ADMIN = web.AppKey("admin", bool)
 HOOKS = web.AppKey("hooks", dict)
+PARSER = web.AppKey("parser", TemplateParser)
 KINDS = {k.value for k in TaskKind}
 METHODS = {None, "adjoint", "parameter-shift"}
 MAX_WAIT_S = 300.0
@@ -275,24 +278,21 @@ async def upload_template(request):
     raw = await request.read()
     if request.content_type == "application/json":
         try:
-            body = json.loads(raw)
-            text = body["qasm3"]
-            assert isinstance(text, str)
-        except Exception:
-            raise BadRequest("qasm3: expected {\"qasm3\": \"OPENQASM 3.0; ...\"}", field="qasm3") from None
-        circuit = wire.load_qasm3(text)
-        qpy = wire.dump_qpy(circuit)
+            text = json.loads(raw)["qasm3"]
+        except (ValueError, KeyError, TypeError):
+            text = None
+        if not isinstance(text, str):
+            raise BadRequest("qasm3: expected {\"qasm3\": \"OPENQASM 3.0; ...\"}", field="qasm3")
+        kind, data = "qasm3", text.encode(errors="replace")
     else:
         if not raw:
             raise BadRequest("template: empty body; send QPY bytes", field="template")
-        circuit = wire.load_qpy(raw)
-        qpy = raw
-    if circuit.num_qubits > limit.max_qubits:
-        raise BadRequest(f"template: {circuit.num_qubits} qubits, pool {entry.session.pool!r} has at most "
-                         f"{limit.max_qubits}", field="template", limit=limit.max_qubits)
+        kind, data = "qpy", raw
+    cfg = sch.config
+    qpy, info = await request.app[PARSER].parse(kind, data, Limits(
+        max_qubits=limit.max_qubits, max_clbits=cfg.max_template_clbits,
+        max_instructions=cfg.max_template_instructions, max_parameters=cfg.max_template_parameters))
     digest = wire.digest(qpy)
-    # the instruction names go with the template: a task on another pool is checked against them too
-    info = {**wire.template_info(circuit), "instructions": sorted(circuit.count_ops())}
     _check_runnable(sch, info, entry.session.pool, "template")
     await sch.templates.add(digest, qpy, info)      # (re)written: an upload also renews its expiry
     return web.json_response({"hash": digest, **info}, status=201)
@@ -337,6 +337,8 @@ async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
     P = len(info["parameters"])
     params = wire.decode_array(obj.get("params") or {"dtype": "float64", "shape": [1, 0], "data": ""},
                                f"{field}.params", dtype="float64", ndim=2)
+    if not np.isfinite(params).all():
+        raise BadRequest(f"{field}.params: parameters must be finite (no NaN or infinity)", field=f"{field}.params")
     if params.shape[1] != P:
         raise BadRequest(f"{field}.params: the template has {P} parameters, got {params.shape[1]} columns",
                          field=f"{field}.params", limit=P)
@@ -352,8 +354,12 @@ async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
         raise BadRequest(f"{field}.shots: sample tasks need shots", field=f"{field}.shots")
     observables = "[]"
     if kind != "sample":
-        observables = json.dumps(wire.check_observables(obj.get("observables"), info["num_qubits"],
-                                                        f"{field}.observables"))
+        checked = wire.check_observables(obj.get("observables"), info["num_qubits"], f"{field}.observables")
+        terms = sum(len(o) for o in checked)
+        if terms > sch.config.max_terms_per_task:
+            raise BadRequest(f"{field}.observables: {terms} Pauli terms, at most {sch.config.max_terms_per_task} "
+                             "per task", field=f"{field}.observables", limit=sch.config.max_terms_per_task)
+        observables = json.dumps(checked)
     method = obj.get("method")
     if method not in METHODS or (method and kind != "gradient"):
         raise BadRequest(f"{field}.method: gradient tasks take 'adjoint' or 'parameter-shift'",
@@ -528,12 +534,15 @@ async def queue(request):
     return web.json_response({"policy": sch.policy.name, "pools": pools, "sessions": sessions})
 
 
-def make_app(sch: Scheduler, *, admin: bool = False, hooks: dict | None = None) -> web.Application:
+def make_app(sch: Scheduler, *, admin: bool = False, hooks: dict | None = None,
+             parser: TemplateParser | None = None) -> web.Application:
     middlewares = [errors_middleware, admin_only] if admin else [errors_middleware]
     app = web.Application(client_max_size=sch.config.max_body_bytes, middlewares=middlewares)
     app[SCHEDULER] = sch
     app[ADMIN] = admin
     app[HOOKS] = hooks if hooks is not None else {}
+    app[PARSER] = parser or TemplateParser(timeout_s=sch.config.parse_timeout_s,
+                                           memory_bytes=sch.config.parse_memory_bytes)
     app.add_routes(routes)
     if admin:
         app.add_routes(admin_routes)

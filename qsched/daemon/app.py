@@ -28,6 +28,7 @@ from ..metrics import Metrics
 from ..policy import make_policy
 from ..store import Store
 from .api import make_app
+from .parsing import TemplateParser
 from .redis_server import EmbeddedRedis
 from .scheduler import Scheduler
 from .supervisor import WorkerSupervisor
@@ -98,9 +99,12 @@ class Daemon:
         self.spawn("device-watch", sch.run_device_watch)
         for extra in self.hooks.get("background", []):
             self.spawn(getattr(extra, "__name__", "hook"), functools.partial(extra, sch))
-        await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks), tcp=cfg.tcp,
+        parser = TemplateParser(timeout_s=cfg.parse_timeout_s, memory_bytes=cfg.parse_memory_bytes)
+        await parser.start()
+        stack.push_async_callback(parser.close)
+        await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks, parser=parser), tcp=cfg.tcp,
                                                    path=cfg.socket_path))
-        await stack.enter_async_context(self._site(make_app(sch, admin=True, hooks=self.hooks),
+        await stack.enter_async_context(self._site(make_app(sch, admin=True, hooks=self.hooks, parser=parser),
                                                    path=cfg.admin_socket_path, mode=0o600))
         log.info("qsched daemon ready: tcp=%s socket=%s devices=%s policy=%s", cfg.tcp, cfg.socket_path,
                  ",".join(d.name for d in cfg.devices), cfg.policy.name)
