@@ -1,14 +1,15 @@
 """The `qsched` command: up | daemon | worker | submit | queue | session | device | policy | acct | top."""
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 
 import click
 
-from ..errors import QschedError
+from .. import __version__
+from ..errors import NotFound, QschedError
+from . import fmt
 
 CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="QSCHED_CONFIG",
                       help="qsched.yaml (default: built-in: embedded Redis, local aer/lightning/null devices)")
@@ -27,18 +28,13 @@ def _config(config_path, redis_url=None):
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[str(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    """A padded table with an upper-case header (printed also when there are no rows)."""
+    return fmt.render(rows, cols)
 
 
 def emit(obj, as_json: bool, rows_key: str | None, cols: list[str]):
     if as_json:
-        click.echo(json.dumps(obj, indent=2))
+        click.echo(fmt.dump_json(obj))
     else:
         click.echo(table(obj[rows_key] if rows_key else obj, cols))
 
@@ -53,7 +49,9 @@ class Group(click.Group):
 
 
 @click.group(cls=Group)
-@click.option("-v", "--verbose", count=True)
+@click.version_option(__version__, "-V", "--version", prog_name="qsched", message="%(prog)s %(version)s",
+                      help="print the version and exit")
+@click.option("-v", "--verbose", count=True, help="more log output on stderr (-vv: debug)")
 def cli(verbose):
     """qsched: the quantum half of a two-level scheduler for hybrid jobs."""
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
@@ -132,56 +130,186 @@ def _client(url):
     return Client(url, retry_s=float(os.environ.get("QSCHED_RETRY_S", 10)))
 
 
+def _top_client(url, retry_s):
+    """top's client: the CLI's usual one for --once, or one that never retries (top shows the outage)."""
+    if retry_s is None:
+        return _client(url)
+    from ..client import Client
+    return Client(url, retry_s=retry_s)
+
+
+SESSION_COLS = ["id", "job_id", "user", "account", "name", "pool", "class", "state", "pending", "inflight", "time"]
+SESSION_KNOWN = ["uid", "weight", "weight_effective", "created", "activity"]
+POOL_COLS = ["pool", "devices", "pending", "running"]
+DEVICE_COLS = ["name", "type", "pool", "state", "outstanding", "max_qubits", "max_shots", "worker_rss_mb"]
+DEVICE_KNOWN = ["up", "max_bindings"]
+ACCT_COLS = ["session", "job_id", "user", "account", "pool", "class", "opened", "closed", "device_seconds", "tasks",
+             "circuits", "shots"]
+ACCT_KNOWN = ["cancelled", "elapsed"]
+
+
+def session_rows(sessions: list[dict], now: float | None = None) -> list[dict]:
+    """The daemon's session views with what squeue would show: `activity` (RUNNING, PENDING, IDLE) and
+    `time` (open for, D-HH:MM:SS). In tables `state` shows the activity."""
+    now = time.time() if now is None else now
+    out = []
+    for s in sessions:
+        act = fmt.session_activity(s)
+        out.append({**s, "activity": act,
+                    "time": fmt.elapsed(now - s["created"]) if s.get("created") else ""})
+    return out
+
+
+def _table_sessions(rows: list[dict]) -> list[dict]:
+    return [{**r, "state": r["activity"]} for r in rows]
+
+
+def _json_sessions(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+
 @cli.command()
 @URL
-@JSON
-def queue(url, as_json):
-    """Pending work per pool and per session."""
+@fmt.listing_options("user", "account", "job", "pool", "state")
+def queue(url, **kw):
+    """Pending work per pool and per session (as squeue).
+
+    With -o, -n or -P only the session table is printed, for scripts; --state matches a session's
+    RUNNING / PENDING / IDLE as well as OPEN."""
+    lst = fmt.Listing.pop(kw)
     q = _client(url).queue()
-    if as_json:
-        click.echo(json.dumps(q, indent=2))
+    sessions = lst.select(session_rows(q["sessions"]))
+    pools = {p: v for p, v in q["pools"].items() if lst.keep({"pool": p}, only=("pool",))}
+    if lst.as_json:
+        click.echo(fmt.dump_json({**q, "pools": pools, "sessions": _json_sessions(sessions)}))
+        return
+    if lst.format or lst.noheader or lst.parsable:
+        click.echo(lst.render(_table_sessions(sessions), SESSION_COLS, SESSION_KNOWN))
         return
     click.echo(f"policy: {q['policy']}")
-    click.echo(table([{"pool": p, **v, "devices": ",".join(v["devices"])} for p, v in q["pools"].items()],
-                     ["pool", "devices", "pending", "running"]))
+    click.echo(table([{"pool": p, **v, "devices": ",".join(v["devices"])} for p, v in pools.items()], POOL_COLS))
     click.echo()
-    click.echo(table(q["sessions"], ["id", "user", "job_id", "pool", "class", "pending", "inflight"]))
+    click.echo(table(_table_sessions(sessions), SESSION_COLS))
 
 
 @cli.group()
 def session():
-    """List, show and cancel sessions."""
+    """List, show and cancel sessions (by session id or Slurm job id)."""
 
 
 @session.command("list")
 @URL
-@JSON
-def session_list(url, as_json):
-    emit({"sessions": _client(url).sessions()}, as_json, "sessions",
-         ["id", "user", "job_id", "name", "pool", "class", "pending", "inflight"])
+@fmt.listing_options("user", "account", "job", "pool", "state")
+def session_list(url, **kw):
+    """Open sessions you may see (root and admins: all), one line each, as squeue."""
+    lst = fmt.Listing.pop(kw)
+    rows = lst.select(session_rows(_client(url).sessions()))
+    if lst.as_json:
+        click.echo(fmt.dump_json({"sessions": _json_sessions(rows)}))
+    else:
+        click.echo(lst.render(_table_sessions(rows), SESSION_COLS, SESSION_KNOWN))
+
+
+JOB = click.option("-j", "--job", "job", default=None, metavar="JOBID",
+                   help="the session(s) of this Slurm job instead of a session id")
+
+
+def _target(sid: str | None, job: str | None) -> None:
+    if (sid is None) == (job is None):
+        raise click.UsageError("give a session id or -j/--job JOBID (one of them)")
+
+
+def _job_sessions(c, job: str) -> list[dict]:
+    return [s for s in c.sessions() if str(s.get("job_id") or "") == str(job)]
+
+
+def _ledger(c, *, sid: str | None = None, job: str | None = None) -> list[dict]:
+    """The accounting records of a closed session or of a job's closed sessions, newest first. The
+    last hour first (a just-closed session is there), then the last week."""
+    now = time.time()
+    for since in (now - 3600, now - 7 * 86400):
+        rows = [r for r in c.accounting(since=since)
+                if (sid is not None and r.get("session") == sid)
+                or (job is not None and str(r.get("job_id") or "") == str(job))]
+        if rows:
+            return sorted(rows, key=lambda r: -(r.get("closed") or 0))
+    return []
+
+
+def _closed_view(rec: dict) -> dict:
+    """A ledger record shaped like a session view: the session's id, state CLOSED, its usage."""
+    usage_keys = ("device_seconds", "tasks", "circuits", "shots", "cancelled")
+    view = {"id": rec.get("session"), "state": "CLOSED", "source": "accounting ledger"}
+    view.update({k: v for k, v in rec.items() if k != "session" and k not in usage_keys})
+    view["usage"] = {k: rec[k] for k in usage_keys if k in rec}
+    return view
+
+
+def _print_record(info: dict) -> None:
+    flat: list[tuple[str, object]] = []
+    for k, v in info.items():
+        if isinstance(v, dict):
+            flat += [(f"{k}.{k2}", v2) for k2, v2 in v.items()]
+        else:
+            flat.append((k, v))
+    for k, v in flat:
+        click.echo(f"{k:>22}: {fmt.cell(k.rsplit('.', 1)[-1], v)}")
 
 
 @session.command("show")
-@click.argument("sid")
+@click.argument("sid", required=False)
+@JOB
 @URL
-@JSON
-def session_show(sid, url, as_json):
-    info = _client(url).session_info(sid)
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable JSON (with *_iso times)")
+def session_show(sid, job, url, as_json):
+    """One session in detail, by SID or -j JOBID (as scontrol show job).
+
+    A session closed recently (the last week of the ledger) shows its accounting record, state CLOSED."""
+    _target(sid, job)
+    c = _client(url)
+    infos: list[dict] = []
+    if sid is not None:
+        try:
+            infos = [c.session_info(sid)]
+        except NotFound:
+            infos = [_closed_view(r) for r in _ledger(c, sid=sid)[:1]]
+            if not infos:
+                raise
     else:
-        for k, v in info.items():
-            click.echo(f"{k:>16}: {v}")
+        infos = [c.session_info(s["id"]) for s in _job_sessions(c, job)]
+        infos += [_closed_view(r) for r in _ledger(c, job=job)]
+        if not infos:
+            raise click.ClickException(f"job {job}: no open session, and none closed in the last week")
+    for info in infos:
+        if info.get("state") != "CLOSED":
+            info["activity"] = fmt.session_activity(info)
+    if as_json:
+        click.echo(fmt.dump_json(infos[0] if sid is not None else {"sessions": infos}))
+        return
+    for i, info in enumerate(infos):
+        if i:
+            click.echo()
+        _print_record(info)
 
 
 @session.command("cancel")
-@click.argument("sid")
+@click.argument("sid", required=False)
+@JOB
 @URL
-def session_cancel(sid, url):
-    """Close a session: its pending tasks are cancelled."""
-    rec = _client(url).close_session(sid)
-    click.echo(f"closed {sid}: {rec.get('cancelled', 0)} pending tasks cancelled, "
-               f"{rec.get('device_seconds', 0):.3f} device-seconds used")
+def session_cancel(sid, job, url):
+    """Close a session (SID, or every open session of -j JOBID): its pending tasks are cancelled."""
+    _target(sid, job)
+    c = _client(url)
+    if sid is not None:
+        sids = [sid]
+    else:
+        sids = [s["id"] for s in _job_sessions(c, job)]
+        if not sids:
+            raise click.ClickException(f"job {job}: no open session")
+    for one in sids:
+        rec = c.close_session(one)
+        click.echo(f"closed {one}{f' (job {job})' if job else ''}: {rec.get('cancelled', 0)} pending tasks "
+                   f"cancelled, {rec.get('device_seconds', 0):.3f} device-seconds used")
 
 
 @cli.group()
@@ -189,12 +317,23 @@ def device():
     """Devices and their workers."""
 
 
+def device_rows(devs: list[dict], draining: bool = False) -> list[dict]:
+    return [{**d, "state": fmt.device_state(d, draining=draining)} for d in devs]
+
+
 @device.command("list")
 @URL
-@JSON
-def device_list(url, as_json):
-    emit({"devices": _client(url).devices()}, as_json, "devices",
-         ["name", "type", "pool", "up", "outstanding", "max_qubits", "max_shots", "worker_rss_mb"])
+@fmt.listing_options("pool", "state")
+def device_list(url, **kw):
+    """Devices with their state as sinfo says it (up, down, drain), load and limits."""
+    lst = fmt.Listing.pop(kw)
+    c = _client(url)
+    draining = c.health().get("status") == "draining"
+    rows = lst.select(device_rows(c.devices(), draining))
+    if lst.as_json:
+        click.echo(fmt.dump_json({"devices": rows}))
+    else:
+        click.echo(lst.render(rows, DEVICE_COLS, DEVICE_KNOWN))
 
 
 @cli.group()
@@ -218,14 +357,30 @@ def policy_validate(path):
 
 @cli.command()
 @URL
-@JSON
-@click.option("--since", default="24h", show_default=True, help="how far back: 30m, 24h, 7d, or 0 for all")
-@click.option("--user", default=None, help="one user's records (admins; users always see their own)")
-@click.option("--by", type=click.Choice(["session", "user", "account"]), default="session", show_default=True)
-def acct(url, as_json, since, user, by):
-    """Quantum usage of closed sessions (device-seconds, tasks, circuits, shots) from the ledger."""
-    seconds = _duration(since)
-    rows = _client(url).accounting(since=time.time() - seconds if seconds else 0.0, user=user)
+@fmt.listing_options("user", "account", "job", "pool")
+@click.option("-S", "--since", "--starttime", "since", default=None, metavar="TIME",
+              help="records closed at or after: YYYY-MM-DD[THH:MM[:SS]], HH:MM[:SS], now-2hours, today, or an "
+                   "age: 30m, 24h, 7d; 0 for all (default 24h, or all with -j)")
+@click.option("-E", "--until", "--endtime", "until", default=None, metavar="TIME",
+              help="records closed before this (same formats; default now)")
+@click.option("--by", type=click.Choice(["session", "user", "account"]), default="session", show_default=True,
+              help="one line per session, or totals per user or account")
+def acct(url, since, until, by, **kw):
+    """Quantum usage of closed sessions (device-seconds, tasks, circuits, shots) from the ledger (as sacct).
+
+    Users see their own records, root and admins everyone's."""
+    lst = fmt.Listing.pop(kw)
+    now = time.time()
+    if since is None:
+        since = "0" if "job" in lst.filters else "24h"
+    start = fmt.parse_time(since, now=now, param="--since")
+    end = fmt.parse_time(until, now=now, param="--until") if until else None
+    users = lst.filters.get("user", set())
+    rows = _client(url).accounting(since=start, user=next(iter(users)) if len(users) == 1 else None)
+    rows = [r for r in lst.select(rows) if end is None or (r.get("closed") or 0) < end]
+    for r in rows:
+        if r.get("opened") and r.get("closed"):
+            r["elapsed"] = fmt.elapsed(r["closed"] - r["opened"])
     if by != "session":
         totals: dict[str, dict] = {}
         for r in rows:
@@ -236,39 +391,39 @@ def acct(url, as_json, since, user, by):
                 t[k] += r.get(k, 0)
         rows = sorted(totals.values(), key=lambda t: -t["device_seconds"])
         cols = [by, "sessions", "device_seconds", "tasks", "circuits", "shots"]
+        known: list[str] = []
     else:
-        cols = ["session", "user", "account", "job_id", "pool", "device_seconds", "tasks", "circuits", "shots"]
+        cols, known = ACCT_COLS, ACCT_KNOWN
     for r in rows:
-        r["device_seconds"] = round(r["device_seconds"], 3)
-    emit({"records": rows}, as_json, "records", cols)
+        r["device_seconds"] = round(r.get("device_seconds", 0.0), 3)
+    if lst.as_json:
+        click.echo(fmt.dump_json({"records": rows}))
+    else:
+        click.echo(lst.render(rows, cols, known))
 
 
 def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except (ValueError, IndexError):
-        raise click.BadParameter(f"{text!r}: expected a number with s, m, h or d", param_hint="--since") from None
+    """How far back a --since goes, in seconds (kept for callers of the old name)."""
+    now = time.time()
+    start = fmt.parse_time(text, now=now)
+    return 0.0 if start == 0 else now - start
 
 
 @cli.command()
 @URL
-@click.option("--interval", default=1.0, show_default=True)
-@click.option("--once", is_flag=True, help="one frame, then exit")
+@click.option("--interval", "-d", "--delay", "interval", type=click.FloatRange(min=0.1), default=1.0,
+              show_default=True, help="seconds between polls")
+@click.option("--once", is_flag=True, help="one frame, then exit (no colour unless a terminal; for scripts and tests)")
 def top(url, interval, once):
-    """Live view of devices and sessions."""
-    c = _client(url)
-    while True:
-        q, devs = c.queue(), c.devices()
-        frame = [time.strftime("qsched top  %H:%M:%S") + f"   policy {q['policy']}", "",
-                 table(devs, ["name", "type", "pool", "up", "outstanding"]), "",
-                 table(q["sessions"], ["id", "user", "job_id", "pool", "class", "pending", "inflight"])]
-        if not once:
-            click.clear()
-        click.echo("\n".join(frame))
-        if once:
-            return
-        time.sleep(interval)
+    """Live view of devices (state, busy %), pools (pending, queue-wait p95) and sessions.
+
+    Keeps polling across a daemon restart (shows "reconnecting"); q quits, as does Ctrl-C. Colour on a
+    terminal unless NO_COLOR is set."""
+    from . import top as top_view
+    try:
+        top_view.run(url, interval, once, _top_client)
+    except KeyboardInterrupt:
+        pass
 
 
 def _register_optional():

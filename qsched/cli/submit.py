@@ -11,6 +11,7 @@ Options qsched does not know go to sbatch unchanged (e.g. --partition=debug, -A 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,16 +68,56 @@ def split_passthrough(args: list[str]) -> tuple[list[str], str | None, list[str]
     return sbatch, args[i], args[i + 1:]
 
 
+def script_sbatch_options(text: str) -> list[str]:
+    """The options of a batch script's `#SBATCH` lines, read as sbatch reads them: from the top, up to
+    the first line that is neither blank nor a comment."""
+    opts: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("#"):
+            break
+        if stripped.startswith("#SBATCH"):
+            rest = stripped[len("#SBATCH"):]
+            if rest and not rest[0].isspace():
+                continue                      # e.g. #SBATCHX: not a directive
+            try:
+                opts += shlex.split(rest, comments=True)
+            except ValueError:
+                opts += rest.split()
+    return opts
+
+
+def asks_for_qpu(opts: list[str]) -> bool:
+    """Do these sbatch options already ask for quantum access (--qpu, --qpu=POOL, --gres=...qpu...)?"""
+    for i, o in enumerate(opts):
+        name, eq, value = o.partition("=")
+        if name == "--qpu":
+            return True
+        if name == "--gres":
+            gres = value if eq else (opts[i + 1] if i + 1 < len(opts) else "")
+            if any(g.split(":")[0] == "qpu" for g in gres.split(",")):
+                return True
+    return False
+
+
 def build_sbatch_argv(script: str, script_args: list[str], *, nodes: int | None, time_limit: str | None,
-                      pool: str | None, klass: str | None, extra: list[str]) -> list[str]:
+                      pool: str | None, klass: str | None, extra: list[str],
+                      script_opts: list[str] | None = None) -> list[str]:
     """The sbatch argument list (without --parsable). The SPANK plugin's --qpu asks for the session;
-    job_submit.lua adds the license and defaults."""
+    job_submit.lua adds the license and defaults. Without `pool`, a bare --qpu is added only when
+    neither the script's #SBATCH lines (`script_opts`) nor `extra` ask for quantum access already: a
+    command-line --qpu would override the script's `#SBATCH --qpu=POOL` (sbatch's command line wins)."""
     argv: list[str] = []
     if nodes is not None:
         argv.append(f"--nodes={nodes}")
     if time_limit:
         argv.append(f"--time={time_limit}")
-    argv.append(f"--qpu={pool}" if pool else "--qpu")
+    if pool:
+        argv.append(f"--qpu={pool}")
+    elif not asks_for_qpu(list(script_opts or [])) and not asks_for_qpu(extra):
+        argv.append("--qpu")
     if klass:
         argv.append(f"--qpu-class={klass}")
     argv += extra
@@ -90,8 +131,12 @@ def build_sbatch_argv(script: str, script_args: list[str], *, nodes: int | None,
 def _submit_slurm(script, script_args, *, nodes, time_limit, pool, klass, extra, wait) -> int:
     from ..slurm.adapter import CliSlurmAdapter
     adapter = CliSlurmAdapter()
+    try:
+        script_opts = script_sbatch_options(Path(script).read_text(errors="replace"))
+    except OSError:
+        script_opts = []
     argv = build_sbatch_argv(script, script_args, nodes=nodes, time_limit=time_limit, pool=pool, klass=klass,
-                             extra=extra)
+                             extra=extra, script_opts=script_opts)
     job_id = adapter.submit_argv(argv)
     click.echo(job_id)
     if not wait:
@@ -275,4 +320,5 @@ if __name__ == "__main__":  # pragma: no cover
     _main()
 
 
-__all__ = ["submit", "split_passthrough", "build_sbatch_argv", "run_local_job"]
+__all__ = ["submit", "split_passthrough", "build_sbatch_argv", "script_sbatch_options", "asks_for_qpu",
+           "run_local_job"]
