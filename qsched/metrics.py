@@ -35,6 +35,7 @@ class Metrics:
         self.bindings = Counter("qsched_bindings", "Parameter bindings (circuits) executed", ["device"],
                                 registry=r)
         self.tasks_pending = Gauge("qsched_tasks_pending", "Tasks waiting for a device", ["pool"], registry=r)
+        self.store_up = Gauge("qsched_store_up", "1 while Redis answers the daemon", registry=r)
         self.sessions_open = Gauge("qsched_sessions_open", "Open sessions", registry=r)
         self.queue_wait = Histogram("qsched_queue_wait_seconds", "Submission to start of execution",
                                     ["pool"], buckets=_LATENCY_BUCKETS, registry=r)

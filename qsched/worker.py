@@ -15,6 +15,7 @@ import threading
 import time
 
 import numpy as np
+from redis import exceptions as redis_exceptions
 
 from . import heartbeat, wire
 from .devices import TaskPayload, load_device
@@ -54,10 +55,10 @@ class Worker:
                                static={"type": self.spec.type, **self.device.describe()})
         try:
             log.info("worker for %s (%s) ready", self.spec.name, self.spec.type)
-            for entry in self.queue.held():          # a predecessor's, oldest first
+            for entry in self._redis_retry(self.queue.held):          # a predecessor's, oldest first
                 self.recover(entry)
             while not self.stopping.is_set():
-                entry = self.queue.take(1.0)
+                entry = self._redis_retry(lambda: self.queue.take(1.0))
                 if entry is not None:
                     self.run_batch(entry)
         finally:
@@ -69,12 +70,30 @@ class Worker:
     def stop(self, *_):
         self.stopping.set()
 
+    def _redis_retry(self, call):
+        """Redis restarting (or failing over): wait for it rather than exit, so a batch already run is
+        still answered once it is back. Logged once per outage."""
+        down = None
+        while True:
+            try:
+                out = call()
+            except redis_exceptions.RedisError as e:
+                if down is None:
+                    down = time.monotonic()
+                    log.error("store unavailable (%s); retrying", e)
+                if self.stopping.wait(0.2):
+                    raise
+                continue
+            if down is not None:
+                log.info("store is back after %.1f s", time.monotonic() - down)
+            return out
+
     # one batch ----------------------------------------------------------------------------------------
     def recover(self, entry) -> None:
         """A batch left in our processing list: the worker running it died. Counting deaths here keeps
         the normal path free of bookkeeping; after max_attempts runs in all, its tasks fail."""
         bid = Batch.from_entry(entry).id
-        deaths, last = self.queue.count_death(bid)
+        deaths, last = self._redis_retry(lambda: self.queue.count_death(bid))
         if deaths < self.max_attempts:
             log.warning("re-running batch %s after its worker died (%d of %d runs)", bid, deaths + 1,
                         self.max_attempts)
@@ -87,7 +106,7 @@ class Worker:
     def _template(self, digest: str):
         """Decoded once per worker (LRU); None when the template is gone from Redis."""
         if digest not in self._templates:
-            qpy = self.queue.template_qpy(digest)
+            qpy = self._redis_retry(lambda: self.queue.template_qpy(digest))
             if not qpy:
                 return None
             self._templates.get_or(digest, lambda: wire.load_qpy(qpy))
@@ -98,7 +117,7 @@ class Worker:
         cancelled or answered meanwhile)."""
         if batch.inline:
             return [dict(zip(INLINE_FIELDS, row)) | {"params": base64.b64decode(row[-1])} for row in batch.inline]
-        return self.queue.payloads(batch.tasks)
+        return self._redis_retry(lambda: self.queue.payloads(batch.tasks))
 
     def run_batch(self, entry, fail: dict | None = None) -> None:
         batch = Batch.from_entry(entry)
@@ -138,7 +157,8 @@ class Worker:
         event = json.dumps({"batch": batch.id, "device": self.spec.name, "session": batch.session,
                             "started": started, "finished": finished, "exec_s": exec_s,
                             "bindings": total_bindings if payloads else 0, "tasks": {r[0]: r[1] for r in rows}})
-        written = self.queue.complete(entry, batch, event, exec_s if payloads else 0.0, finished, rows)
+        written = self._redis_retry(lambda: self.queue.complete(entry, batch, event, exec_s if payloads else 0.0,
+                                                                finished, rows))
         if written == -1:
             log.warning("batch %s was taken back while this worker ran it (its heartbeat had stopped); "
                         "its results are discarded and the tasks run again elsewhere", batch.id)

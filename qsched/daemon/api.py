@@ -132,7 +132,8 @@ routes = web.RouteTableDef()
 @routes.get("/v1/health")
 async def health(request):
     sch = request.app[SCHEDULER]
-    return web.json_response({"status": "ok" if sch.accepting else "draining", "version": __version__,
+    status = "draining" if not sch.accepting else "ok" if sch.store_ok else "degraded"
+    return web.json_response({"status": status, "redis": "ok" if sch.store_ok else "down", "version": __version__,
                               "devices": len(sch.devices), "sessions": len(sch.sessions)})
 
 

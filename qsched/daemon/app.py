@@ -64,6 +64,7 @@ class Daemon:
         self.metrics = Metrics()
         self.scheduler: Scheduler | None = None
         self.supervisor: WorkerSupervisor | None = None
+        self.embedded_redis: EmbeddedRedis | None = None
         self.redis_url = ""
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task] = []
@@ -78,8 +79,10 @@ class Daemon:
             self.hooks = check(cfg)
         stack = self._stack
         url = cfg.redis_url
+        embedded = None
         if not url:
-            url = (await stack.enter_async_context(EmbeddedRedis(cfg.state_dir))).url
+            embedded = self.embedded_redis = await stack.enter_async_context(EmbeddedRedis(cfg.state_dir))
+            url = embedded.url
         self.redis_url = url
         r = aredis.Redis.from_url(url, max_connections=64)
         stack.push_async_callback(r.aclose)
@@ -97,6 +100,8 @@ class Daemon:
         self.spawn("dispatcher", sch.run_dispatcher)
         self.spawn("events", lambda: sch.run_events(r_events))
         self.spawn("device-watch", sch.run_device_watch)
+        if embedded is not None:
+            self.spawn("embedded-redis", embedded.watch)
         for extra in self.hooks.get("background", []):
             self.spawn(getattr(extra, "__name__", "hook"), functools.partial(extra, sch))
         parser = TemplateParser(timeout_s=cfg.parse_timeout_s, memory_bytes=cfg.parse_memory_bytes)

@@ -31,6 +31,11 @@ def redis_server_binary() -> str:
     return path
 
 
+def _private_child() -> None:
+    os.umask(0o077)             # the AOF and its rewrites: 0600
+    die_with_parent()
+
+
 class EmbeddedRedis:
     def __init__(self, state_dir: Path):
         self.dir = Path(state_dir) / "redis"
@@ -50,25 +55,48 @@ class EmbeddedRedis:
         finally:
             await r.aclose()
 
-    async def __aenter__(self) -> "EmbeddedRedis":
+    def _private(self) -> None:
+        """The AOF holds the token-signing secret: 0700 on the directory and 0600 on its files at every
+        start, whatever mode a directory made beforehand had."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+        for p in self.dir.rglob("*"):
+            if p.is_dir():
+                os.chmod(p, 0o700)
+            elif not p.is_socket():
+                os.chmod(p, 0o600)
+
+    async def __aenter__(self) -> EmbeddedRedis:
+        self._private()
         if self.socket.exists() and await self._ping():
             raise Unavailable(f"redis: {self.socket} is served by a running Redis: another qsched daemon "
                               f"uses state dir {self.dir.parent}", field="state_dir")
+        await self._spawn()
+        return self
+
+    async def watch(self) -> None:
+        """Restart the embedded Redis if it dies (its AOF brings the data back); a background task."""
+        assert self.proc is not None
+        rc = await self.proc.wait()
+        log.error("embedded redis exited (%s); restarting it from its AOF", rc)
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        self._private()
         self.socket.unlink(missing_ok=True)
         args = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
                 "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
                 "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.dir / "redis.log")]
         # if the daemon dies, Redis gets SIGTERM: it flushes the AOF and frees the state dir for a restart
         self.proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
-                                                         preexec_fn=die_with_parent)
+                                                         preexec_fn=_private_child)
         for _ in range(500):
             if self.proc.returncode is not None:
                 raise Unavailable(f"redis: embedded redis-server exited ({self.proc.returncode}); see "
                                   f"{self.dir / 'redis.log'}", field="redis")
             if self.socket.exists() and await self._ping():
                 log.info("embedded redis on %s (AOF everysec)", self.socket)
-                return self
+                return
             await asyncio.sleep(0.01)
         raise Unavailable("redis: embedded redis-server did not answer within 5 s", field="redis")
 

@@ -91,6 +91,7 @@ class Scheduler:
         self._seq = 0
         self.events_from = "0-0"
         self.accepting = True
+        self.store_ok = True
         metrics.prelabel(self.devices, self.pools)
 
     # ------------------------------------------------------------------ recovery
@@ -512,8 +513,23 @@ class Scheduler:
         self.kick()
 
     async def run_device_watch(self, interval_s: float = 0.5) -> None:
+        """Also watches the store: while Redis does not answer, health says so and the gauge reads 0."""
+        down_since = None
         while True:
-            await self.watch_devices()
+            try:
+                await self.watch_devices()
+            except RedisError as e:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.error("store unavailable (%s): writes get 503 until it is back", e)
+                self.store_ok = False
+            else:
+                if down_since is not None:
+                    log.info("store is back after %.1f s", time.monotonic() - down_since)
+                    down_since = None
+                    self.kick()            # the dispatcher rebuilds the index if a write failed meanwhile
+                self.store_ok = True
+            self.metrics.store_up.set(1 if self.store_ok else 0)
             await asyncio.sleep(interval_s)
 
     async def watch_devices(self) -> None:

@@ -187,3 +187,34 @@ def test_a_submission_retried_on_the_next_daemon_gets_the_first_answer(tmp_path)
                 await api2.wait(s, first["ids"])
                 assert (await d2.scheduler.store.session_usage(s["id"])).tasks == 2
     run(body())
+
+
+def test_the_embedded_redis_is_restarted_and_open_sessions_carry_on(tmp_path):
+    """kill -9 of the embedded Redis: the daemon restarts it from its AOF, and the open session
+    (acknowledged more than a second before: AOF fsync is every second) keeps working, its tasks
+    answered; writes get 503 until the index is fresh, never 404 or 500."""
+    async def body():
+        async with daemon(tmp_path, [slow(delay=0.05)]) as (d, api, _):
+            s = await api.session(pool="slow")
+            h = await api.template(s, one_qubit())
+            first = (await api.submit(s, h, 3))[1]["ids"]
+            assert [t["state"] for t in await api.wait(s, first)] == ["DONE"] * 3
+            await asyncio.sleep(1.2)                      # the AOF's fsync interval
+            server = d.embedded_redis
+            old_pid = server.proc.pid
+            server.proc.kill()
+            await until(lambda: server.proc.pid != old_pid and server.proc.returncode is None, timeout=10)
+            await until(lambda: d.scheduler.store_ok, timeout=10)
+            more = None
+            for _ in range(50):                           # writes answer 503 until the index is fresh
+                status, out = await api.submit(s, h, 2, key="after-restart")
+                if status in (200, 201):
+                    more = out["ids"]
+                    break
+                assert status == 503, out
+                await asyncio.sleep(0.1)
+            assert more, "no submission accepted after the restart"
+            assert [t["state"] for t in await api.wait(s, first + more)] == ["DONE"] * 5
+            status, health = await api.call("GET", "/v1/health")
+            assert health["redis"] == "ok"
+    run(body())
