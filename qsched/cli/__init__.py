@@ -419,9 +419,9 @@ def top(url, interval, once):
 
     Keeps polling across a daemon restart (shows "reconnecting"); q quits, as does Ctrl-C. Colour on a
     terminal unless NO_COLOR is set."""
-    from . import top as top_view
+    from . import topview
     try:
-        top_view.run(url, interval, once, _top_client)
+        topview.run(url, interval, once, _top_client)
     except KeyboardInterrupt:
         pass
 
