@@ -37,6 +37,7 @@ class PolicyConfig:
 class Config:
     state_dir: Path
     redis_url: str | None = None
+    redis_max_connections: int = 64
     tcp: str | None = "127.0.0.1:8765"
     socket: Path | None = None
     admin_socket: Path | None = None
@@ -221,7 +222,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users"}, "config")
     state_dir = Path(os.path.expanduser(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
     redis_cfg = _map(raw.get("redis"), "redis")
-    _unknown(redis_cfg, {"url"}, "redis")
+    _unknown(redis_cfg, {"url", "max_connections"}, "redis")
     redis_url = os.environ.get("QSCHED_REDIS_URL") or redis_cfg.get("url")
     dm = _map(raw.get("daemon"), "daemon")
     _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
@@ -250,6 +251,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     return Config(
         state_dir=state_dir,
         redis_url=redis_url,
+        redis_max_connections=_num(redis_cfg, "max_connections", "redis", 64, lo=4, hi=10_000, integer=True),
         tcp=tcp,
         socket=Path(dm["socket"]) if dm.get("socket") else None,
         admin_socket=Path(dm["admin_socket"]) if dm.get("admin_socket") else None,

@@ -99,15 +99,16 @@ async def errors_middleware(request, handler):
     except QschedError as e:
         if e.status < 500:
             request.app[SCHEDULER].metrics.rejected.labels(e.code).inc()
-        return web.json_response(e.to_json(), status=e.status)
+        headers = {"Retry-After": "1"} if e.status == 503 else None
+        return web.json_response(e.to_json(), status=e.status, headers=headers)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SCHEDULER].config.max_body_bytes
         err = PayloadTooLarge(f"body: larger than the limit of {limit} bytes", field="body", limit=limit)
         request.app[SCHEDULER].metrics.rejected.labels(err.code).inc()
         return web.json_response(err.to_json(), status=413)
     except RedisError as e:
-        err = Unavailable(f"store: Redis is unavailable ({type(e).__name__}); retry", field="store")
-        return web.json_response(err.to_json(), status=err.status)
+        err = Unavailable(f"store: Redis is unavailable or saturated ({type(e).__name__}); retry", field="store")
+        return web.json_response(err.to_json(), status=err.status, headers={"Retry-After": "1"})
     except web.HTTPException as e:
         if e.status >= 400:
             return web.json_response({"error": {"code": "http", "message": e.reason}}, status=e.status)

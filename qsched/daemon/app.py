@@ -84,8 +84,11 @@ class Daemon:
             embedded = self.embedded_redis = await stack.enter_async_context(EmbeddedRedis(cfg.state_dir))
             url = embedded.url
         self.redis_url = url
-        r = aredis.Redis.from_url(url, max_connections=64)
+        # a request waits for a free connection (up to 5 s, then 503) instead of failing when many arrive
+        pool = aredis.BlockingConnectionPool.from_url(url, max_connections=cfg.redis_max_connections, timeout=5)
+        r = aredis.Redis(connection_pool=pool)
         stack.push_async_callback(r.aclose)
+        stack.push_async_callback(pool.disconnect)
         r_events = aredis.Redis.from_url(url, single_connection_client=True)   # XREAD blocks: its own
         stack.push_async_callback(r_events.aclose)
         store = Store(r, result_ttl_s=cfg.result_ttl_s)

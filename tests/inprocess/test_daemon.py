@@ -218,3 +218,13 @@ def test_the_embedded_redis_is_restarted_and_open_sessions_carry_on(tmp_path):
             status, health = await api.call("GET", "/v1/health")
             assert health["redis"] == "ok"
     run(body())
+
+
+def test_two_hundred_simultaneous_session_opens_all_succeed(tmp_path):
+    """More requests than Redis connections wait for one (they got 500 from a full pool before)."""
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False, redis={"max_connections": 8}) as (_, api, _):
+            results = await asyncio.gather(*(api.call("POST", "/v1/sessions", {"pool": "null"})
+                                             for _ in range(200)))
+            assert [status for status, _ in results] == [201] * 200
+    run(body())
