@@ -9,6 +9,10 @@ import numpy as np
 from ..errors import QschedError
 from ..models import DeviceSpec
 
+# A task's seed (int) travels in its template's circuit metadata under this key: the SDK primitives'
+# `seed`; a worker seeds its simulator with it for that task alone.
+SEED_METADATA_KEY = "qsched.seed"
+
 
 class TaskError(QschedError):
     """The task cannot run on this device (unsupported gate, bad observable, ...): fails the task only."""
@@ -25,6 +29,12 @@ class TaskPayload:
     shots: int | None = None
     observables: list = field(default_factory=list)   # wire form [[["ZZ", 1.0], ...], ...]
     method: str | None = None
+    seed: int | None = None         # from the template (SEED_METADATA_KEY) unless given
+
+    def __post_init__(self):
+        if self.seed is None:
+            seed = (getattr(self.circuit, "metadata", None) or {}).get(SEED_METADATA_KEY)
+            self.seed = int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
 
     @property
     def bindings(self) -> int:
@@ -32,10 +42,11 @@ class TaskPayload:
 
 
 def group_mergeable(tasks: list[TaskPayload]) -> list[list[TaskPayload]]:
-    """Tasks that can share one simulator call (same template, kind, shots, observables, method)."""
+    """Tasks that can share one simulator call (same template, kind, shots, observables, method).
+    A seeded task runs alone: its samples must not depend on what it was batched with."""
     groups: dict[tuple, list[TaskPayload]] = {}
     for t in tasks:
-        key = (t.template, t.kind, t.shots, t.method, repr(t.observables))
+        key = (t.template, t.kind, t.shots, t.method, repr(t.observables), None if t.seed is None else t.id)
         groups.setdefault(key, []).append(t)
     return list(groups.values())
 
@@ -77,13 +88,17 @@ class Device:
     """Subclasses implement `run_group` for tasks that share one call; `run` handles grouping."""
     type = "base"
     kinds = ("sample", "estimate", "gradient")
+    # Qiskit instruction names this device refuses (after flattening composites into what it runs):
+    # published in describe(), so the daemon refuses such a template at upload, naming the pool
+    unsupported_instructions: tuple[str, ...] = ()
 
     def __init__(self, spec: DeviceSpec):
         self.spec = spec
         self.options = dict(spec.options)
 
     def describe(self) -> dict:
-        return {"type": self.type, "kinds": list(self.kinds), "num_qubits": self.spec.limits.max_qubits}
+        return {"type": self.type, "kinds": list(self.kinds), "num_qubits": self.spec.limits.max_qubits,
+                "unsupported_instructions": sorted(self.unsupported_instructions)}
 
     def run(self, tasks: list[TaskPayload]) -> list[dict | Exception]:
         results: dict[str, dict | Exception] = {}

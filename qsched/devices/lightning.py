@@ -44,6 +44,10 @@ def bits_to_bitarray(bits: np.ndarray) -> np.ndarray:
 
 class LightningDevice(Device):
     type = "lightning"
+    # published by describe(): the daemon refuses these at upload (lightning applies unitaries and
+    # final measurements only; initialize decomposes into a reset)
+    unsupported_instructions = ("reset", "initialize", "if_else", "for_loop", "while_loop", "switch_case",
+                                "store")
 
     def __init__(self, spec):
         super().__init__(spec)
