@@ -6,6 +6,7 @@ import numpy as np
 
 from .base import LRU, Device, TaskError, TaskPayload, split_rows
 from .circuits import (
+    CONTROL_FLOW,
     NON_GATES,
     SHIFTABLE,
     analyse,
@@ -24,7 +25,7 @@ _AER_GATES = frozenset({
     "ccx", "ccz", "cp", "crx", "cry", "crz", "cswap", "csx", "cu", "cu1", "cu3", "cx", "cy", "cz",
     "ecr", "h", "p", "r", "rx", "rxx", "ry", "ryy", "rz", "rzx", "rzz", "s", "sdg", "swap", "sx",
     "sxdg", "t", "tdg", "u", "u1", "u2", "u3", "x", "y", "z", "reset", "unitary", "diagonal", "mcx",
-}) | NON_GATES
+}) | NON_GATES | CONTROL_FLOW
 
 
 # gates whose angles aer binds per parameter row; with two or more rows, a template angle in cp, crx,
@@ -185,12 +186,43 @@ class AerDevice(Device):
         return [results[t.id] for t in tasks]
 
     def run_groups(self, groups):
+        """Unseeded groups share one estimator and one sampler call; a seeded group (one task, see
+        group_mergeable) gets calls of its own with the task's seed."""
         pubs = self._pubs(groups)
-        est = [p[1] for p in pubs if p[0] == "estimate"]
-        smp = [p[1] for p in pubs if p[0] == "sample"]
-        results = {"estimate": iter(self.estimator.run(est).result()) if est else iter(()),
-                   "sample": iter(self.sampler.run(smp).result()) if smp else iter(())}
-        return [split_rows(post(next(results[prim]).data), g) for g, (prim, _, post) in zip(groups, pubs)]
+        out: list = [None] * len(groups)
+        unseeded = [i for i, g in enumerate(groups) if g[0].seed is None]
+        calls = [(unseeded, None)] + [([i], groups[i][0].seed) for i, g in enumerate(groups) if g[0].seed is not None]
+        for idx, seed in calls:
+            if not idx:
+                continue
+            est = [pubs[i][1] for i in idx if pubs[i][0] == "estimate"]
+            smp = [pubs[i][1] for i in idx if pubs[i][0] == "sample"]
+            results = {"estimate": iter(self._call(self.estimator, est, seed)),
+                       "sample": iter(self._call(self.sampler, smp, seed))}
+            for i in idx:
+                prim, _, post = pubs[i]
+                out[i] = split_rows(post(next(results[prim]).data), groups[i])
+        return out
+
+    @staticmethod
+    def _call(primitive, pubs, seed):
+        if not pubs:
+            return []
+        if seed is None:
+            return primitive.run(pubs).result()
+        run_options = primitive.options.run_options
+        saved = run_options.get("seed_simulator", _UNSET)
+        run_options["seed_simulator"] = seed
+        try:
+            return primitive.run(pubs).result()
+        finally:
+            if saved is _UNSET:
+                run_options.pop("seed_simulator", None)
+            else:
+                run_options["seed_simulator"] = saved
+
+
+_UNSET = object()
 
 
 def _columns(qc, template) -> np.ndarray:
@@ -201,7 +233,9 @@ def _columns(qc, template) -> np.ndarray:
 def _registers(data, shape=None) -> dict:
     regs = {}
     for name, ba in data.items():
-        arr = ba.array if shape is None else ba.array.reshape(shape[0], -1, ba.array.shape[-1])
+        arr = ba.array
+        if shape is not None:      # [1, B * shots, bytes] -> [B, shots, bytes] (bytes may be 0)
+            arr = arr.reshape(shape[0], arr.shape[-2] // shape[0] if arr.ndim > 1 else 1, arr.shape[-1])
         regs[name] = {"num_bits": ba.num_bits, "array": arr}
     return {"registers": regs}
 

@@ -54,6 +54,8 @@ def analyse(circuit, parameters=None) -> AngleMap:
 
 # instructions that are not unitary gates but that every device understands or ignores
 NON_GATES = frozenset({"barrier", "measure", "delay", "id", "global_phase"})
+# Qiskit's control-flow instructions (aer runs them; lightning does not)
+CONTROL_FLOW = frozenset({"if_else", "for_loop", "while_loop", "switch_case"})
 
 
 def flatten(circuit, keep, device: str):
@@ -64,7 +66,7 @@ def flatten(circuit, keep, device: str):
     U(theta, phi, lam) = e^{i(phi+lam)/2} RZ(phi) RY(theta) RZ(lam): each angle in a one-parameter
     rotation, which the adjoint method and the two-term shift rule need (lightning's own adjoint
     preprocessing decomposes U3 the same way). Returns the circuit itself when nothing changes."""
-    if all(keep(inst.operation) for inst in circuit.data) and not _has_params(circuit.global_phase):
+    if not _needs_flattening(circuit, keep):
         return circuit
     from qiskit.circuit.library import RYGate, RZGate
     out = circuit.copy_empty_like()
@@ -72,12 +74,22 @@ def flatten(circuit, keep, device: str):
 
     def emit(op, qubits, clbits, depth):
         if keep(op):
+            blocks = getattr(op, "blocks", None)
+            if blocks:        # control flow a device runs: flatten what its bodies hold
+                op = op.replace_blocks([flatten(b, keep, device) for b in blocks])
             out.append(op, qubits, clbits, copy=False)
             return
         if op.name in ("u", "u3") and len(op.params) == 3:
             theta, phi, lam = op.params
             for g in (RZGate(lam), RYGate(theta), RZGate(phi)):
                 emit(g, qubits, (), depth + 1)
+            return
+        if op.name == "box" and getattr(op, "blocks", None):      # a box is its body, inline
+            body = op.blocks[0]
+            qmap = dict(zip(body.qubits, qubits))
+            cmap = dict(zip(body.clbits, clbits))
+            for inst in body.data:
+                emit(inst.operation, [qmap[q] for q in inst.qubits], [cmap[c] for c in inst.clbits], depth + 1)
             return
         definition = getattr(op, "definition", None)
         if definition is None or depth > 64:
@@ -91,6 +103,16 @@ def flatten(circuit, keep, device: str):
     for inst in circuit.data:
         emit(inst.operation, list(inst.qubits), list(inst.clbits), 0)
     return out
+
+
+def _needs_flattening(circuit, keep) -> bool:
+    if _has_params(circuit.global_phase):
+        return True
+    for inst in circuit.data:
+        op = inst.operation
+        if not keep(op) or any(_needs_flattening(b, keep) for b in getattr(op, "blocks", ()) or ()):
+            return True
+    return False
 
 
 def _has_params(x) -> bool:

@@ -6,6 +6,7 @@ import time
 
 from .aer import AerDevice, _columns
 from .base import TaskError
+from .circuits import CONTROL_FLOW
 
 
 def _fake_backend(name: str, num_qubits: int, seed: int):
@@ -45,7 +46,11 @@ class EmulatedQPUDevice(AerDevice):
 
     def describe(self):
         d = super().describe()
-        d.update(setup_s=self.setup_s, rep_s=self.rep_s, default_shots=self.default_shots)
+        # the device's transpiler cannot map what its target lacks (the generic backend has no
+        # control flow)
+        names = set(self.backend.target.operation_names)
+        d.update(setup_s=self.setup_s, rep_s=self.rep_s, default_shots=self.default_shots,
+                 unsupported_instructions=sorted(n for n in ("reset", *CONTROL_FLOW) if n not in names))
         return d
 
     # transpiled once per template for the device (40-65 ms each time otherwise)
