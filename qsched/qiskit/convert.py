@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from qiskit.circuit import QuantumCircuit
+from qiskit.exceptions import QiskitError
 from qiskit.primitives.containers import (
     BitArray,
     DataBin,
@@ -27,6 +28,11 @@ from qiskit.quantum_info import SparseObservable
 from ..errors import BadRequest
 from ..wire import decode_array
 
+
+class CircuitError(BadRequest, QiskitError):
+    """A circuit no qsched device can run, refused at run(): a BadRequest, and a QiskitError for code
+    that catches Qiskit's."""
+
 __all__ = [
     "EstimatorPlan",
     "SamplerPlan",
@@ -38,6 +44,8 @@ __all__ = [
     "precision_to_shots",
     "result_field",
     "registers_to_memory",
+    "check_runnable",
+    "CircuitError",
 ]
 
 
@@ -63,6 +71,45 @@ def result_field(result: Any, name: str, default=None):
 def _meta(result: Any) -> dict:
     m = result_field(result, "meta", None)
     return dict(m) if m else {}
+
+
+# --------------------------------------------------------------------------- circuits
+def _known_names() -> frozenset:
+    from qiskit.circuit.library import get_standard_gate_name_mapping
+    return frozenset(get_standard_gate_name_mapping()) | {
+        "measure", "barrier", "reset", "delay", "unitary", "diagonal", "mcx", "if_else", "for_loop",
+        "while_loop", "switch_case", "box", "store"}
+
+
+_KNOWN: frozenset | None = None
+
+
+def check_runnable(circuit: QuantumCircuit) -> None:
+    """Refuse at run() what no worker can run: an instruction that is neither one the simulators
+    know nor defined in terms of them (an opaque Gate). Composite instructions (`to_gate()`,
+    appended library circuits) are fine: each worker flattens them once per template. What one pool
+    cannot run (reset or control flow on lightning) the daemon refuses at upload, from what the
+    pool's devices declare."""
+    global _KNOWN
+    known = _KNOWN if _KNOWN is not None else (_KNOWN := _known_names())
+    seen: set[str] = set()
+
+    def walk(qc, depth):
+        for inst in qc.data:
+            op = inst.operation
+            name = op.name
+            if name in known or name in seen:
+                for block in getattr(op, "blocks", ()):
+                    walk(block, depth + 1)
+                continue
+            definition = getattr(op, "definition", None)
+            if definition is None or depth > 64:
+                raise CircuitError(f"circuit: instruction {name!r} has no definition in terms of gates "
+                                   f"the simulators run; give it a definition or decompose it",
+                                   field="circuit")
+            walk(definition, depth + 1)
+            seen.add(name)
+    walk(circuit, 0)
 
 
 # --------------------------------------------------------------------------- observables
@@ -191,10 +238,21 @@ class SamplerPlan:
     task: dict = field(repr=False)
 
 
+def _without_empty_registers(circuit: QuantumCircuit) -> QuantumCircuit:
+    """The template to send: a ClassicalRegister(0) holds no bits and has no samples to return (the
+    result still carries it, as an empty BitArray)."""
+    if all(c.size for c in circuit.cregs):
+        return circuit
+    out = circuit.copy()
+    out.cregs = [c for c in circuit.cregs if c.size]
+    return out
+
+
 def sampler_pub_to_task(pub: SamplerPub) -> SamplerPlan:
     circuit = pub.circuit
     params = _flat_params(pub, circuit)
-    task = {"kind": "sample", "circuit": circuit, "params": params, "shots": int(pub.shots)}
+    task = {"kind": "sample", "circuit": _without_empty_registers(circuit), "params": params,
+            "shots": int(pub.shots)}
     return SamplerPlan(circuit=circuit, shape=tuple(pub.shape), shots=int(pub.shots), task=task)
 
 

@@ -81,8 +81,11 @@ class QschedPrimitiveJob(_FutureJobMixin, BasePrimitiveJob):
     """Returned by SamplerV2/EstimatorV2.run: every PUB of the call is one task of one request."""
 
     def __init__(self, futures: list, finalize: Callable[[list], Any], job_id: str | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, owner: object = None):
         super().__init__(job_id or (getattr(futures[0], "id", None) if futures else None) or uuid.uuid4().hex)
+        # the primitive's session handle: a primitive dropped right after run() (Sampler().run(pubs))
+        # must not close its session, cancelling the job, before the job is done
+        self._owner = owner
         self._futures = list(futures)
         self._finalize = finalize
         self._timeout = timeout

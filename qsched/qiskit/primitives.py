@@ -3,24 +3,62 @@
 One `run()` call is one request: every PUB becomes one task (template + [bindings, params] array),
 all submitted together with the session's submit_many, so the scheduler sees the whole burst at once
 and the simulator gets each PUB's bindings in one call.
+
+`seed` makes results reproducible as Qiskit's reference primitives' `seed` does: an int gives every
+run the same samples (and shot noise); a numpy Generator draws each run's seeds from itself. Each
+PUB's seed travels with its template (the workers read it there and seed the simulator with it for
+that task alone, so the result does not depend on what the scheduler batches it with).
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
+import numpy as np
+from qiskit.circuit import QuantumCircuit
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2, PrimitiveResult
 from qiskit.primitives.containers.estimator_pub import EstimatorPub, EstimatorPubLike
 from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 
-from .convert import estimator_pub_to_task, estimator_result, sampler_pub_to_task, sampler_result
+from ..devices.base import SEED_METADATA_KEY
+from ..errors import QschedError
+from .convert import (
+    check_runnable,
+    estimator_pub_to_task,
+    estimator_result,
+    sampler_pub_to_task,
+    sampler_result,
+)
 from .jobs import QschedPrimitiveJob
 from .session import SessionHandle, as_sdk_error
-from ..errors import QschedError
 
 
-def _submit(handle: SessionHandle, plans):
+
+def _pub_seeds(seed, n: int) -> list[int | None]:
+    """One seed per PUB of a run: distinct PUBs get distinct streams; the same int seed gives every
+    run the same ones."""
+    if seed is None:
+        return [None] * n
+    if isinstance(seed, np.random.Generator):
+        return [int(x) for x in seed.integers(0, 2**31 - 1, size=n)]
+    base = int(seed)
+    if base < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return [base if i == 0 else int(np.random.default_rng([base, i]).integers(0, 2**31 - 1))
+            for i in range(n)]
+
+
+def _seeded(circuit: QuantumCircuit, seed: int | None) -> QuantumCircuit:
+    if seed is None:
+        return circuit
+    out = circuit.copy()
+    out.metadata = {**(circuit.metadata or {}), SEED_METADATA_KEY: seed}
+    return out
+
+
+def _submit(handle: SessionHandle, plans, seeds):
     tasks = []
-    hashes = [handle.upload(plan.task["circuit"]) for plan in plans]
+    hashes = [handle.upload(_seeded(plan.task["circuit"], s)) for plan, s in zip(plans, seeds)]
     for plan, h in zip(plans, hashes):
         task = dict(plan.task)
         del task["circuit"]
@@ -37,10 +75,12 @@ class EstimatorV2(BaseEstimatorV2):
     sampled with shots = ceil(1 / precision^2)."""
 
     def __init__(self, *, pool: str | None = None, client=None, session=None,
-                 default_precision: float = 0.0, timeout: float | None = None):
+                 default_precision: float = 0.0, seed: int | np.random.Generator | None = None,
+                 timeout: float | None = None):
         self._handle = SessionHandle(pool=pool, client=client, session=session, default_pool="aer",
                                      name="qiskit-estimator")
         self._default_precision = float(default_precision)
+        self.seed = seed
         self._timeout = timeout
 
     @property
@@ -58,25 +98,33 @@ class EstimatorV2(BaseEstimatorV2):
         if precision is None:
             precision = self._default_precision
         coerced = [EstimatorPub.coerce(pub, precision) for pub in pubs]
+        for i, pub in enumerate(coerced):
+            if pub.precision < 0:
+                raise ValueError(f"The {i}-th pub has precision less than 0 ({pub.precision}); precision "
+                                 "must be 0 (exact) or larger")
+            check_runnable(pub.circuit)
         plans = [estimator_pub_to_task(pub) for pub in coerced]
-        futures = _submit(self._handle, plans) if plans else []
+        seeds = _pub_seeds(self.seed, len(plans))
+        futures = _submit(self._handle, plans, seeds) if plans else []
 
         def finalize(results):
             return PrimitiveResult([estimator_result(plan, r, pub.circuit)
                                     for plan, pub, r in zip(plans, coerced, results)],
                                    metadata={"version": 2})
 
-        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout)
+        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout, owner=self._handle)
 
 
 class SamplerV2(BaseSamplerV2):
     """Sampler V2 on qsched: bitstrings per classical register as BitArrays, shots per PUB."""
 
     def __init__(self, *, pool: str | None = None, client=None, session=None,
-                 default_shots: int = 1024, timeout: float | None = None):
+                 default_shots: int = 1024, seed: int | np.random.Generator | None = None,
+                 timeout: float | None = None):
         self._handle = SessionHandle(pool=pool, client=client, session=session, default_pool="aer",
                                      name="qiskit-sampler")
         self._default_shots = int(default_shots)
+        self.seed = seed
         self._timeout = timeout
 
     @property
@@ -94,11 +142,21 @@ class SamplerV2(BaseSamplerV2):
         if shots is None:
             shots = self._default_shots
         coerced = [SamplerPub.coerce(pub, shots) for pub in pubs]
+        for i, pub in enumerate(coerced):
+            if pub.shots <= 0:
+                raise ValueError(f"The {i}-th pub has shots {pub.shots}; shots must be at least 1")
+            if not pub.circuit.cregs:
+                # as Qiskit's StatevectorSampler and BackendSamplerV2 warn
+                warnings.warn(f"The {i}-th pub's circuit has no output classical registers and so the "
+                              "result will be empty. Did you mean to add measurement instructions?",
+                              UserWarning, stacklevel=2)
+            check_runnable(pub.circuit)
         plans = [sampler_pub_to_task(pub) for pub in coerced]
-        futures = _submit(self._handle, plans) if plans else []
+        seeds = _pub_seeds(self.seed, len(plans))
+        futures = _submit(self._handle, plans, seeds) if plans else []
 
         def finalize(results):
             return PrimitiveResult([sampler_result(plan, r) for plan, r in zip(plans, results)],
                                    metadata={"version": 2})
 
-        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout)
+        return QschedPrimitiveJob(futures, finalize, timeout=self._timeout, owner=self._handle)
