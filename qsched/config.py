@@ -57,6 +57,7 @@ class Config:
     template_ttl_s: int = 7 * 86_400
     admin_uids: list[int] = field(default_factory=lambda: [0])
     trust_tcp: bool = False
+    metrics_public: bool = True          # /metrics without a credential (Prometheus scrapes over TCP)
     slurm: dict = field(default_factory=dict)
     users: dict[str, list[str]] = field(default_factory=dict)     # user -> accounts; the first is the default
     devices: list[DeviceSpec] = field(default_factory=list)
@@ -235,7 +236,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         if not host or not port.isdigit():
             raise ConfigError(f"daemon.tcp: expected HOST:PORT, got {tcp!r}", field="daemon.tcp")
     auth = _map(raw.get("auth"), "auth")
-    _unknown(auth, {"admin_uids", "trust_tcp"}, "auth")
+    _unknown(auth, {"admin_uids", "trust_tcp", "metrics_public"}, "auth")
     devs_raw = raw.get("devices")
     if devs_raw is None:
         devs_raw = [{"name": "aer0", "type": "aer"}, {"name": "lightning0", "type": "lightning"},
@@ -270,6 +271,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         template_ttl_s=_num(dm, "template_ttl_s", "daemon", 7 * 86_400, lo=7200, integer=True),
         admin_uids=[int(u) for u in _type(auth.get("admin_uids", [0]), list, "auth.admin_uids", "a list")],
         trust_tcp=bool(auth.get("trust_tcp", False)),
+        metrics_public=_type(auth.get("metrics_public", True), bool, "auth.metrics_public", "true or false"),
         slurm=parse_slurm(raw.get("slurm")),
         users=parse_users(raw.get("users")),
         devices=devices,

@@ -140,6 +140,8 @@ async def health(request):
 
 @routes.get("/metrics")
 async def metrics(request):
+    if not request.app[SCHEDULER].config.metrics_public:
+        require_identity(request)
     return web.Response(body=request.app[SCHEDULER].metrics.render(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -153,7 +155,7 @@ async def open_session(request):
     if c.uid is not None:
         user, uid = c.user(), c.uid
     elif "munge" in hooks and request.headers.get("X-Qsched-Munge"):
-        uid, user = await hooks["munge"](request.headers["X-Qsched-Munge"])
+        uid, user = await hooks["munge"](request.headers["X-Qsched-Munge"], "open")
     elif sch.config.trust_tcp:
         user, uid = str(body.get("user", "anonymous")), -1
     else:
@@ -170,9 +172,16 @@ async def _open(request, body, *, user: str, uid: int, admin: bool):
     weight = body.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or isinstance(weight, bool):
         raise BadRequest("weight: expected a number", field="weight")
-    for f in ("pool", "class", "account", "name"):       # null means "the default"
-        if body.get(f) is not None and not isinstance(body[f], str):
+    for f in ("pool", "class", "account", "name", "job_id"):       # null means "the default"
+        v = body.get(f)
+        if f == "job_id" and isinstance(v, int) and not isinstance(v, bool):
+            continue
+        if v is not None and not isinstance(v, str):
             raise BadRequest(f"{f}: expected a string", field=f)
+        if isinstance(v, str) and not _printable(v):
+            # names reach admins' terminals (qsched session list) and Slurm's AdminComment
+            raise BadRequest(f"{f}: printable characters only (no control characters or lone surrogates)",
+                             field=f)
     job_id = "" if body.get("job_id") is None else str(body["job_id"])
     job_account = None
     verify = request.app[HOOKS].get("verify_job")
@@ -186,6 +195,14 @@ async def _open(request, body, *, user: str, uid: int, admin: bool):
                                weight=session_weight(float(weight), admin=admin), account=account,
                                name=body.get("name") or "", job_id=job_id)
     return web.json_response({**s.public(), "token": sch.token_for(s.id)}, status=201)
+
+
+def _printable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return s.isprintable()
 
 
 # Admin routes exist only on the admin listener (a 0600 socket; the middleware checks the peer too).
@@ -228,12 +245,22 @@ async def _close(request, sch, sid):
 async def list_sessions(request):
     sch = request.app[SCHEDULER]
     c = caller(request)
-    out = []
-    for e in sch.sessions.values():
-        s = e.session
-        if c.admin or (c.uid is not None and c.uid == s.uid) or (c.token and sch.check_token(s.id, c.token)):
-            out.append(sch.session_view(e))
-    return web.json_response({"sessions": out})
+    if c.admin:
+        entries = list(sch.sessions.values())
+    elif c.uid is not None:
+        entries = [e for e in sch.sessions.values() if e.session.uid == c.uid]
+    else:                 # a bearer token names one session: no per-session HMAC for whoever asks
+        sid = sch.session_for_token(c.token) if c.token else None
+        entries = [sch.sessions[sid]] if sid in sch.sessions else []
+    return web.json_response({"sessions": [sch.session_view(e) for e in entries]})
+
+
+def require_identity(request: web.Request) -> Caller:
+    """A local user (peer uid), an admin, or a session's bearer token; over TCP nothing else is answered."""
+    c = caller(request)
+    if c.uid is None and not c.admin and not (c.token and request.app[SCHEDULER].session_for_token(c.token)):
+        raise Unauthorized("authorization: this needs the local unix socket or a session token", field="authorization")
+    return c
 
 
 async def _session_entry(request):
@@ -258,7 +285,7 @@ async def attach(request):
     c = caller(request)
     uid = c.uid
     if uid is None and "munge" in request.app[HOOKS] and request.headers.get("X-Qsched-Munge"):
-        uid, _ = await request.app[HOOKS]["munge"](request.headers["X-Qsched-Munge"])
+        uid, _ = await request.app[HOOKS]["munge"](request.headers["X-Qsched-Munge"], "attach")
     if uid is None:
         raise Unauthorized("authorization: attach needs a MUNGE credential or the local unix socket",
                            field="authorization")
@@ -302,6 +329,7 @@ async def upload_template(request):
 
 @routes.get("/v1/templates/{digest}")
 async def get_template(request):
+    require_identity(request)
     sch = request.app[SCHEDULER]
     info = await _template_info(sch, request.match_info["digest"], "template")
     return web.json_response({"hash": request.match_info["digest"], **info})
@@ -509,6 +537,7 @@ async def accounting(request):
 
 @routes.get("/v1/devices")
 async def devices(request):
+    require_identity(request)
     sch = request.app[SCHEDULER]
     out = []
     heartbeats = await sch.store.heartbeats(list(sch.devices))
@@ -525,7 +554,7 @@ async def devices(request):
 @routes.get("/v1/queue")
 async def queue(request):
     sch = request.app[SCHEDULER]
-    c = caller(request)
+    c = require_identity(request)
     pools = {}
     for pool, devs in sch.pools.items():
         pools[pool] = {"devices": [d.name for d in devs],

@@ -85,6 +85,7 @@ class Scheduler:
         self.templates = TemplateIndex(store, config.template_ttl_s)
         self.on_worker_lost = on_worker_lost             # a local worker that stopped beating: kill it
         self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._by_token: dict[str, str] = {}     # bearer token -> open session id
         self._kick = asyncio.Event()
         self._writing = asyncio.Lock()         # one commit at a time: memory and Redis change in the same order
         self._stale = False                    # a write failed: rebuild from Redis before the next one
@@ -115,6 +116,7 @@ class Scheduler:
         self.events_from = last
         self.cost.per_binding.update(cost)
         by_id = {t.id: t for t in tasks}
+        self._by_token = {self.token_for(s.id): s.id for s in sessions}
         for s in sessions:
             entry = self.sessions[s.id] = SessionEntry(s, self._weight(s))
             for tid in pending.get(s.id, []):
@@ -200,6 +202,7 @@ class Scheduler:
                     account=account, name=name[:100], job_id=str(job_id), created=time.time())
         await self.store.create_session(s)
         self.sessions[s.id] = SessionEntry(s, self._weight(s), new=True)
+        self._by_token[self.token_for(s.id)] = s.id
         self.metrics.sessions_open.set(len(self.sessions))
         return s
 
@@ -210,6 +213,10 @@ class Scheduler:
 
     def check_token(self, sid: str, token: str) -> bool:
         return hmac.compare_digest(self.token_for(sid), token)
+
+    def session_for_token(self, token: str) -> str | None:
+        """The open session a bearer token belongs to (a dict lookup: tokens are kept per open session)."""
+        return self._by_token.get(token)
 
     def session(self, sid: str) -> SessionEntry:
         entry = self.sessions.get(sid)
@@ -225,6 +232,7 @@ class Scheduler:
             entry.pending.clear()
             self.policy.remove(sid)
             del self.sessions[sid]
+            self._by_token.pop(self.token_for(sid), None)
         for tid in cancelled:
             self.tasks.pop(tid, None)
             self._resolve(tid)

@@ -1,6 +1,6 @@
 """The daemon's Slurm hooks: `daemon_hooks(config)` -> the dict qsched.daemon.api expects.
 
-    "munge":      async (credential) -> (uid, user)        X-Qsched-Munge on TCP open/attach
+    "munge":      async (credential, purpose) -> (uid, user)  X-Qsched-Munge on TCP open ("open") / attach
     "verify_job": async (job_id: str, uid: int) -> dict     admin open (SPANK plugin): job RUNNING, owned
                                                              by uid, asked for quantum access; returns the
                                                              job's facts from Slurm (job_facts: account,
@@ -60,12 +60,16 @@ def _job_id_of(session) -> int | None:
 
 
 def munge_hook(socket: str | None = None):
-    async def munge_identity(credential: str) -> tuple[int, str]:
+    async def munge_identity(credential: str, purpose: str) -> tuple[int, str]:
         ident = await asyncio.to_thread(munge.decode, credential, socket=socket)
-        # a qsched payload names its purpose; an empty one is `munge -n` (still single-use: munged
+        # a qsched payload names its purpose, which must be this request's (a credential minted for
+        # attach does not open a session); an empty one is `munge -n` (still single-use: munged
         # refuses a replay)
         if ident.payload:
-            munge.parse_payload(ident.payload)
+            claims = munge.parse_payload(ident.payload)
+            if claims["purpose"] != purpose:
+                raise munge.MungeError(f"MUNGE credential is for {claims['purpose']!r}, not {purpose!r}",
+                                       field=munge.HEADER)
         return ident.uid, _user_name(ident.uid)
     return munge_identity
 

@@ -94,3 +94,47 @@ def test_non_finite_parameters_and_too_many_terms_are_refused(tmp_path):
             status, err = await api.call("POST", f"/v1/sessions/{s['id']}/tasks", task, token=s["token"])
             assert status == 400 and err["error"]["limit"] == 10
     asyncio.run(body())
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_over_tcp_without_a_credential_only_health_and_metrics_answer(tmp_path):
+    import aiohttp
+    port = _free_port()
+
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False, daemon={"tcp": f"127.0.0.1:{port}"}) as (d, api, _):
+            s = await api.session(pool="null")
+            h = await api.template(s, one_qubit())
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as tcp:
+                for path in ("/v1/queue", "/v1/devices", f"/v1/templates/{h}"):
+                    async with tcp.get(path) as r:
+                        assert r.status == 401, path
+                for path in ("/v1/health", "/metrics"):
+                    async with tcp.get(path) as r:
+                        assert r.status == 200, path
+                async with tcp.get("/v1/sessions", headers={"Authorization": "Bearer " + "A" * 43}) as r:
+                    assert (await r.json())["sessions"] == []
+                async with tcp.get("/v1/sessions", headers={"Authorization": f"Bearer {s['token']}"}) as r:
+                    assert [x["id"] for x in (await r.json())["sessions"]] == [s["id"]]
+                async with tcp.get("/v1/queue", headers={"Authorization": f"Bearer {s['token']}"}) as r:
+                    assert r.status == 200
+    asyncio.run(body())
+
+
+def test_names_with_terminal_escapes_or_lone_surrogates_are_refused(tmp_path):
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False) as (_, api, _):
+            for name in ("\x1b[2J\x1b[31mroot", "a\nb"):
+                status, err = await api.call("POST", "/v1/sessions", {"pool": "null", "name": name})
+                assert status == 400 and err["error"]["field"] == "name"
+            raw = b'{"pool": "null", "account": "\\udc80"}'
+            async with api.http.post("http://qsched/v1/sessions", data=raw,
+                                     headers={"Content-Type": "application/json"}) as r:
+                assert r.status == 400 and (await r.json())["error"]["field"] == "account"
+    asyncio.run(body())
