@@ -2,6 +2,8 @@
 simulator once per PUB, so bindings batch 5-10x better than separate PUBs (notes/SIMULATORS.md)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .base import LRU, Device, TaskError, TaskPayload, split_rows
@@ -132,7 +134,7 @@ class AerDevice(Device):
         Aer 0.18 mishandles several bindings of a circuit without parameters (the second comes back
         zeros, or the estimator raises): such groups run once, with the shots or values spread over the
         bindings."""
-        pubs = []
+        pubs: list[tuple[str, tuple, Callable[..., dict]]] = []
         for g in groups:
             t = g[0]
             params = np.concatenate([x.params for x in g]) if len(g) > 1 else t.params

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ class TaskPayload:
     id: str
     kind: str                       # sample | estimate | gradient
     template: str                   # digest
-    circuit: object                 # qiskit QuantumCircuit (decoded once per template per worker)
+    circuit: Any                    # qiskit QuantumCircuit (decoded once per template per worker)
     params: np.ndarray              # [bindings, num_parameters] float64
     shots: int | None = None
     observables: list = field(default_factory=list)   # wire form [[["ZZ", 1.0], ...], ...]

@@ -215,8 +215,8 @@ class PennyLaneProgram:
         cidx = {c: i for i, c in enumerate(circuit.clbits)}
         slot = {w: k for k, w in enumerate(amap.where)}
         self.num_qubits = circuit.num_qubits
-        self.steps = []            # (op class, wires, [("angle", k) | ("const", value)], adjoint)
-        self.measures = []         # (qubit, clbit)
+        self.steps: list[tuple] = []   # (op class, wires, [("angle", k) | ("const", value)], adjoint)
+        self.measures: list[tuple[int, int]] = []   # (qubit, clbit)
         for i, inst in enumerate(circuit.data):
             name = inst.operation.name
             wires = [qidx[q] for q in inst.qubits]

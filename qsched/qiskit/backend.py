@@ -22,6 +22,7 @@ from qiskit.transpiler import Target
 
 from .convert import memory_to_hex, registers_to_memory, result_field
 from .jobs import QschedJob
+from .primitives import pub_seeds, with_seed
 from .session import SessionHandle, as_sdk_error
 from ..errors import BadRequest, QschedError
 
@@ -70,11 +71,11 @@ def target_for_pool(devices: list, pool: str) -> Target:
         raise BadRequest(f"pool: no devices found for pool {pool!r}", field="pool")
     nq = min(int(d.get("num_qubits") or d.get("max_qubits") or (d.get("worker") or {}).get("num_qubits") or 0)
              for d in devs)
-    basis = None
+    basis: set[str] | None = None
     for d in devs:
         b = d.get("basis_gates") or (LIGHTNING_BASIS if d.get("type") == "lightning" else AER_BASIS)
         basis = set(b) if basis is None else basis & set(b)
-    return build_target(nq, sorted(basis), control_flow=all(d.get("type") != "lightning" for d in devs),
+    return build_target(nq, sorted(basis or ()), control_flow=all(d.get("type") != "lightning" for d in devs),
                         description=f"qsched pool {pool}")
 
 
@@ -123,7 +124,7 @@ class QschedBackend(BackendV2):
                 raise as_sdk_error(e) from e
             if isinstance(devices, dict):
                 devices = devices.get("devices", [])
-            self._target = target_for_pool(devices, self._handle.pool)
+            self._target = target_for_pool(devices, self._handle.pool or "aer")
         return self._target
 
     @property
@@ -138,19 +139,21 @@ class QschedBackend(BackendV2):
         self._handle.close()
 
     def run(self, run_input, **options) -> QschedJob:
-        """Sample bound circuits. Options: shots, memory. `seed_simulator` is accepted for
-        compatibility but not forwarded (the daemon's API has no per-task seed)."""
+        """Sample bound circuits. Options: shots, memory, seed_simulator (the same seed gives the
+        same counts; each circuit of a call gets its own stream)."""
         circuits = [run_input] if isinstance(run_input, QuantumCircuit) else list(run_input)
         shots = int(options.get("shots") or self.options.shots)
         memory = bool(options.get("memory", self.options.memory))
+        seed = options.get("seed_simulator", self.options.seed_simulator)
         for qc in circuits:
             if qc.parameters:
                 raise BadRequest(f"circuit {qc.name!r} has unbound parameters "
                                  f"({', '.join(p.name for p in qc.parameters)}); bind them, or use "
                                  "qsched.qiskit.SamplerV2 with parameter values", field="parameters")
         try:
-            tasks = [{"kind": "sample", "template": self._handle.upload(qc), "params": np.zeros((1, 0)),
-                      "shots": shots} for qc in circuits]
+            seeds = pub_seeds(seed, len(circuits))
+            tasks = [{"kind": "sample", "template": self._handle.upload(with_seed(qc, s)), "params": np.zeros((1, 0)),
+                      "shots": shots} for qc, s in zip(circuits, seeds)]
             futures = self._handle.get().submit_many(tasks) if tasks else []
         except QschedError as e:
             raise as_sdk_error(e) from e

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from qiskit.primitives import BasePrimitiveJob
 from qiskit.providers import JobStatus, JobV1
@@ -47,6 +47,8 @@ def combined_status(futures) -> JobStatus:
 class _FutureJobMixin:
     _futures: list
     _finalize: Callable[[list], Any]
+    _result: Any
+    _result_lock: threading.Lock
 
     def _collect(self, timeout: float | None):
         with self._result_lock:
@@ -60,7 +62,8 @@ class _FutureJobMixin:
             except QschedError as e:
                 raise as_sdk_error(e) from e
             except TimeoutError as e:
-                raise QschedJobTimeoutError(f"job {self.job_id()}: results not ready within {timeout} s") from e
+                job_id = cast(Any, self).job_id()      # JobV1 / BasePrimitiveJob, beside this mixin
+                raise QschedJobTimeoutError(f"job {job_id}: results not ready within {timeout} s") from e
             self._result = self._finalize(results)
             return self._result
 
@@ -93,7 +96,7 @@ class QschedPrimitiveJob(_FutureJobMixin, BasePrimitiveJob):
         self._result_lock = threading.Lock()
 
     @property
-    def task_ids(self) -> list[str]:
+    def task_ids(self) -> list[str | None]:
         return [getattr(f, "id", None) for f in self._futures]
 
     def result(self, timeout: float | None = None):

@@ -34,7 +34,7 @@ from .session import SessionHandle, as_sdk_error
 
 
 
-def _pub_seeds(seed, n: int) -> list[int | None]:
+def pub_seeds(seed, n: int) -> list[int | None]:
     """One seed per PUB of a run: distinct PUBs get distinct streams; the same int seed gives every
     run the same ones."""
     if seed is None:
@@ -48,7 +48,7 @@ def _pub_seeds(seed, n: int) -> list[int | None]:
             for i in range(n)]
 
 
-def _seeded(circuit: QuantumCircuit, seed: int | None) -> QuantumCircuit:
+def with_seed(circuit: QuantumCircuit, seed: int | None) -> QuantumCircuit:
     if seed is None:
         return circuit
     out = circuit.copy()
@@ -58,7 +58,7 @@ def _seeded(circuit: QuantumCircuit, seed: int | None) -> QuantumCircuit:
 
 def _submit(handle: SessionHandle, plans, seeds):
     tasks = []
-    hashes = [handle.upload(_seeded(plan.task["circuit"], s)) for plan, s in zip(plans, seeds)]
+    hashes = [handle.upload(with_seed(plan.task["circuit"], s)) for plan, s in zip(plans, seeds)]
     for plan, h in zip(plans, hashes):
         task = dict(plan.task)
         del task["circuit"]
@@ -104,7 +104,7 @@ class EstimatorV2(BaseEstimatorV2):
                                  "must be 0 (exact) or larger")
             check_runnable(pub.circuit)
         plans = [estimator_pub_to_task(pub) for pub in coerced]
-        seeds = _pub_seeds(self.seed, len(plans))
+        seeds = pub_seeds(self.seed, len(plans))
         futures = _submit(self._handle, plans, seeds) if plans else []
 
         def finalize(results):
@@ -152,7 +152,7 @@ class SamplerV2(BaseSamplerV2):
                               UserWarning, stacklevel=2)
             check_runnable(pub.circuit)
         plans = [sampler_pub_to_task(pub) for pub in coerced]
-        seeds = _pub_seeds(self.seed, len(plans))
+        seeds = pub_seeds(self.seed, len(plans))
         futures = _submit(self._handle, plans, seeds) if plans else []
 
         def finalize(results):
