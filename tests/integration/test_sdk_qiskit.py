@@ -8,7 +8,7 @@ from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import ClassicalRegister, Parameter, QuantumRegister
 from qiskit.circuit.library import efficient_su2
 from qiskit.primitives import BackendEstimatorV2, BackendSamplerV2, StatevectorEstimator
-from qiskit.providers import JobError, JobStatus
+from qiskit.providers import JobStatus
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from qsched.errors import BadRequest
@@ -127,16 +127,79 @@ def test_errors(client):
     with pytest.raises(BadRequest) as e:
         EstimatorV2(client=client).run([(big, "Z" * 17)])
     assert e.value.field and e.value.limit == 16
-    # an instruction the lightning worker cannot run (every gate decomposes; reset does not) fails
-    # the task: a Qiskit JobError naming it
+    # an instruction pool lightning cannot run (every gate decomposes; reset does not) is refused at
+    # run(), not at result(): the daemon checks the template against what the pool's devices declare
     qc = QuantumCircuit(2)
     qc.h(0)
     qc.reset(0)
-    job = EstimatorV2(client=client, pool="lightning").run([(qc, "ZZ")])
-    with pytest.raises(JobError) as e:
-        job.result(timeout=60)
-    assert isinstance(e.value, QschedJobError) and "'reset'" in str(e.value)
-    assert job.status() == JobStatus.ERROR
+    with pytest.raises(BadRequest) as e:
+        EstimatorV2(client=client, pool="lightning").run([(qc, "ZZ")])
+    assert e.value.field == "template" and "'reset'" in str(e.value) and "lightning" in str(e.value)
+    qc.measure_all()
+    with pytest.raises(BadRequest) as e:
+        SamplerV2(client=client, pool="lightning").run([qc])
+    assert e.value.field == "template" and "'reset'" in str(e.value)
+    # pool aer runs it
+    assert SamplerV2(client=client, pool="aer").run([qc], shots=10).result()[0].data.meas.num_shots == 10
+
+
+def test_unrunnable_instruction_refused_at_run(client):
+    """An instruction with no definition (an opaque gate) cannot run anywhere: refused at run(),
+    before anything is sent, as a BadRequest that is also a QiskitError."""
+    from qiskit.circuit import Gate
+    from qiskit.exceptions import QiskitError
+    qc = QuantumCircuit(1)
+    qc.append(Gate("mystery", 1, []), [0])
+    qc.measure_all()
+    for prim, pub in ((SamplerV2(client=client), qc), (EstimatorV2(client=client), (qc.remove_final_measurements(
+            inplace=False), "Z"))):
+        with pytest.raises(BadRequest) as e:
+            prim.run([pub])
+        assert isinstance(e.value, QiskitError) and "'mystery'" in str(e.value) and e.value.field == "circuit"
+
+
+def test_composite_instructions_run_on_every_pool(client):
+    """real_amplitudes appended as one instruction, and a to_gate() composite: decomposed by each
+    worker once per template, results equal the reference."""
+    from qiskit.circuit.library import real_amplitudes
+    inner = QuantumCircuit(2)
+    inner.h(0)
+    inner.cx(0, 1)
+    qc = QuantumCircuit(2)
+    qc.append(real_amplitudes(2, reps=1), [0, 1])
+    qc.append(inner.to_gate(), [0, 1])
+    params = np.array([[0.1, 0.2, 0.3, 0.4], [1.0, -0.5, 0.25, 2.0]])
+    want = StatevectorEstimator().run([(qc, ["ZZ", "XI"], params[:, None, :])]).result()[0].data.evs
+    for pool in ("aer", "lightning"):
+        got = EstimatorV2(client=client, pool=pool).run([(qc, ["ZZ", "XI"], params[:, None, :])]).result()[0]
+        assert np.allclose(got.data.evs, want, atol=1e-9), pool
+
+
+def test_seed_makes_samples_reproducible(client):
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.ry(0.7, 1)
+    qc.measure_all()
+    s = SamplerV2(client=client, seed=7)
+    a, b = (s.run([qc, qc], shots=500).result() for _ in range(2))
+    assert a[0].data.meas == b[0].data.meas and a[1].data.meas == b[1].data.meas
+    assert a[0].data.meas != a[1].data.meas            # PUBs of one run draw distinct streams
+    assert SamplerV2(client=client, seed=7).seed == 7
+    unseeded = SamplerV2(client=client).run([qc], shots=500).result()[0].data.meas
+    assert unseeded != a[0].data.meas
+
+
+def test_empty_classical_register_and_no_registers(client):
+    qc = QuantumCircuit(QuantumRegister(1, "q"), ClassicalRegister(0, "c1"), ClassicalRegister(1, "c2"))
+    qc.h(0)
+    qc.measure(0, 0)
+    for pool in ("aer", "lightning"):
+        res = SamplerV2(client=client, pool=pool).run([qc], shots=50).result()[0]
+        assert res.data.c1.array.shape == (50, 0) and res.data.c2.num_shots == 50
+    with pytest.warns(UserWarning, match="no output classical registers"):
+        res = SamplerV2(client=client).run([QuantumCircuit(2)]).result()
+    assert len(res[0].data) == 0
 
 
 def test_cancel_queued_job(client):

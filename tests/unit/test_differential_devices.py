@@ -213,3 +213,70 @@ def test_reset_runs_on_aer_and_is_refused_by_name_on_lightning(dev):
         np.testing.assert_allclose(out["evs"], [[1.0]], atol=1e-9)
     else:
         assert isinstance(out, TaskError) and "'reset'" in out.message
+
+
+def test_describe_declares_what_the_daemon_must_refuse(dev):
+    """What describe() declares unsupported is what the device refuses by name (the daemon refuses
+    those templates at upload); everything else runs."""
+    declared = set(dev.describe()["unsupported_instructions"])
+    if dev.type == "aer":
+        assert declared == set()
+    else:
+        assert {"reset", "if_else", "for_loop", "while_loop", "switch_case"} <= declared
+    qc = QuantumCircuit(1, 1)
+    qc.h(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.x(0)
+    qc.measure(0, 0)
+    out = dev.run([TaskPayload("s", "sample", "cf", qc, np.zeros((1, 0)), 200)])[0]
+    if "if_else" in declared:
+        assert isinstance(out, TaskError) and "'if_else'" in out.message
+    else:                          # measured 1 then flipped: always 0
+        assert not np.asarray(out["registers"]["c"]["array"]).any()
+    assert isinstance(load_device(DeviceSpec(name="n", type="null", pool="n")).describe()["unsupported_instructions"],
+                      list)
+
+
+def test_box_and_control_flow_bodies_are_flattened_on_aer():
+    dev = device("aer")
+    inner = QuantumCircuit(1, name="inner")
+    inner.x(0)
+    qc = QuantumCircuit(1, 1)
+    with qc.box():
+        qc.append(inner.to_gate(), [0])          # a composite inside a box
+    with qc.for_loop(range(2)):
+        qc.append(inner.to_gate(), [0])          # ... and inside a loop body: x x x = x
+    qc.measure(0, 0)
+    out = dev.run([TaskPayload("s", "sample", "box", qc, np.zeros((1, 0)), 100)])[0]
+    assert not isinstance(out, Exception), out
+    bits = np.unpackbits(np.asarray(out["registers"]["c"]["array"]), axis=-1)[..., -1]
+    assert bits.all()
+
+
+def test_a_seeded_task_is_reproducible_whatever_it_is_batched_with():
+    dev = device("aer")
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    seeded = qc.copy()
+    seeded.metadata = {"qsched.seed": 5}
+    alone = dev.run([TaskPayload("a", "sample", "t5", seeded, np.zeros((1, 0)), 300)])[0]
+    batch = dev.run([TaskPayload("x", "sample", "t5", seeded, np.zeros((1, 0)), 300),
+                     TaskPayload("y", "sample", "t5", seeded, np.zeros((1, 0)), 300),
+                     TaskPayload("z", "sample", "plain", qc, np.zeros((1, 0)), 300)])
+    for r in batch[:2]:
+        np.testing.assert_array_equal(r["registers"]["meas"]["array"], alone["registers"]["meas"]["array"])
+    assert TaskPayload("q", "sample", "t5", seeded, np.zeros((1, 0)), 1).seed == 5
+
+
+def test_zero_width_register_on_aer():
+    from qiskit.circuit import ClassicalRegister, QuantumRegister
+    qc = QuantumCircuit(QuantumRegister(1, "q"), ClassicalRegister(0, "c1"), ClassicalRegister(1, "c2"))
+    qc.h(0)
+    qc.measure(0, 0)
+    out = device("aer").run([TaskPayload("s", "sample", "z", qc, np.zeros((2, 0)), 50)])[0]
+    assert not isinstance(out, Exception), out
+    assert out["registers"]["c1"]["array"].shape == (2, 50, 0)
+    assert out["registers"]["c2"]["array"].shape == (2, 50, 1)
