@@ -108,10 +108,15 @@ def daemon_check(config_path, redis_url):
 @click.option("--device", required=True, help="device name from the config")
 @CONFIG
 @REDIS
+@click.option("--redis-url-file", type=click.Path(dir_okay=False, exists=True),
+              help="read the Redis URL from this file (keeps a password out of ps)")
 @click.option("--die-with-parent", is_flag=True, hidden=True)
-def worker(device, config_path, redis_url, die_with_parent):
+def worker(device, config_path, redis_url, redis_url_file, die_with_parent):
     """Run the worker process for one device (systemd: qsched-worker@DEVICE)."""
     from ..worker import main as worker_main
+    if redis_url_file:
+        with open(redis_url_file) as f:
+            redis_url = f.read().strip()
     cfg = _config(config_path, redis_url)
     spec = next((d for d in cfg.devices if d.name == device), None)
     if spec is None:
@@ -357,7 +362,7 @@ def policy_validate(path):
 
 @cli.command()
 @URL
-@fmt.listing_options("user", "account", "job", "pool")
+@fmt.listing_options("user", "account", "job", "pool", "state")
 @click.option("-S", "--since", "--starttime", "since", default=None, metavar="TIME",
               help="records closed at or after: YYYY-MM-DD[THH:MM[:SS]], HH:MM[:SS], now-2hours, today, or an "
                    "age: 30m, 24h, 7d; 0 for all (default 24h, or all with -j)")
@@ -377,7 +382,8 @@ def acct(url, since, until, by, **kw):
     end = fmt.parse_time(until, now=now, param="--until") if until else None
     users = lst.filters.get("user", set())
     rows = _client(url).accounting(since=start, user=next(iter(users)) if len(users) == 1 else None)
-    rows = [r for r in lst.select(rows) if end is None or (r.get("closed") or 0) < end]
+    # every ledger record is of a closed session: --state closed keeps them, another state none
+    rows = [r for r in rows if lst.keep({"state": "CLOSED", **r}) and (end is None or (r.get("closed") or 0) < end)]
     for r in rows:
         if r.get("opened") and r.get("closed"):
             r["elapsed"] = fmt.elapsed(r["closed"] - r["opened"])

@@ -144,6 +144,7 @@ NULL_ONLY = [{"name": "null0", "type": "null", "pool": "null", "max_qubits": 20,
               "max_bindings": 5000}]
 
 
+@pytest.mark.slow
 def test_top_keeps_polling_across_a_daemon_restart(fresh_daemon, tmp_path):
     d = fresh_daemon(devices=NULL_ONLY)
     out_path = tmp_path / "top.out"

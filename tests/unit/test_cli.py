@@ -463,3 +463,8 @@ def test_top_reconnects_and_q_quits(monkeypatch):
     frames = res.output.count("policy fair-share")
     assert frames == 2 and res.output.count("reconnecting") == 2 and "connection refused" in res.output
     assert factory_args == [0.0]          # top polls without the client's own retries
+
+
+def test_acct_state_filter(fake):
+    assert lines(run("acct", "--state", "closed", "-n", "-o", "session").output) == ["s-old", "s-gone"]
+    assert run("acct", "--state", "running", "-n").output.strip() == ""
