@@ -32,13 +32,6 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return fmt.render(rows, cols)
 
 
-def emit(obj, as_json: bool, rows_key: str | None, cols: list[str]):
-    if as_json:
-        click.echo(fmt.dump_json(obj))
-    else:
-        click.echo(table(obj[rows_key] if rows_key else obj, cols))
-
-
 class Group(click.Group):
     def invoke(self, ctx):
         try:
@@ -269,7 +262,8 @@ def _print_record(info: dict) -> None:
 def session_show(sid, job, url, as_json):
     """One session in detail, by SID or -j JOBID (as scontrol show job).
 
-    A session closed recently (the last week of the ledger) shows its accounting record, state CLOSED."""
+    A session closed recently (the last week of the ledger) shows its accounting record, state CLOSED.
+    With --json: the session's object for SID; {"sessions": [...]} for -j (a job may have several)."""
     _target(sid, job)
     c = _client(url)
     infos: list[dict] = []
@@ -406,13 +400,6 @@ def acct(url, since, until, by, **kw):
         click.echo(fmt.dump_json({"records": rows}))
     else:
         click.echo(lst.render(rows, cols, known))
-
-
-def _duration(text: str) -> float:
-    """How far back a --since goes, in seconds (kept for callers of the old name)."""
-    now = time.time()
-    start = fmt.parse_time(text, now=now)
-    return 0.0 if start == 0 else now - start
 
 
 @cli.command()
