@@ -21,9 +21,13 @@ _ALIVE_STATES = {psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING, psutil.STATUS_DI
 
 def start(redis_url: str, device: str, *, ttl_s: float, static: dict) -> subprocess.Popen:
     """Start the heartbeat process for the calling worker."""
-    argv = [sys.executable, "-m", "qsched.heartbeat", redis_url, device, str(os.getpid()), str(ttl_s),
-            json.dumps(static)]
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
+    # the URL may hold a password: over a pipe, not in argv (which every local user can read)
+    argv = [sys.executable, "-m", "qsched.heartbeat", device, str(os.getpid()), str(ttl_s), json.dumps(static)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, close_fds=True)
+    assert proc.stdin is not None
+    proc.stdin.write(redis_url.encode() + b"\n")
+    proc.stdin.close()
+    return proc
 
 
 def beat(redis_url: str, device: str, worker_pid: int, ttl_s: float, static: dict) -> None:
@@ -51,5 +55,5 @@ def beat(redis_url: str, device: str, worker_pid: int, ttl_s: float, static: dic
 
 
 if __name__ == "__main__":
-    url, device, pid, ttl, static_json = sys.argv[1:6]
-    beat(url, device, int(pid), float(ttl), json.loads(static_json))
+    device, pid, ttl, static_json = sys.argv[1:5]
+    beat(sys.stdin.readline().strip(), device, int(pid), float(ttl), json.loads(static_json))

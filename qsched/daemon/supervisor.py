@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -23,8 +24,18 @@ class WorkerSupervisor:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
 
+    def _url_file(self) -> str:
+        """The Redis URL may hold a password: it goes to the workers in a 0600 file, never in argv (ps
+        shows argv to every local user) or the environment."""
+        path = self.config.state_dir / "worker-redis-url"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.redis_url)
+        return str(path)
+
     def _argv(self, device: str) -> list[str]:
-        argv = [sys.executable, "-m", "qsched", "worker", "--device", device, "--redis-url", self.redis_url,
+        argv = [sys.executable, "-m", "qsched", "worker", "--device", device, "--redis-url-file", self._url_file(),
                 "--die-with-parent"]
         if self.config_path:
             argv += ["--config", self.config_path]
