@@ -215,7 +215,8 @@ def _ensure_worker(redis_url: str, queue) -> None:
         return
     rq = shutil.which("rq", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     argv = ([rq] if rq else [sys.executable, "-m", "rq.cli"]) + [
-        "worker", "--burst", "--url", redis_url, "--worker-class", "rq.worker.SimpleWorker", keys.RQ_QUEUE]
+        "worker", "--burst", "--url", redis_url, "--worker-class", "rq.worker.SimpleWorker",
+        "--serializer", "rq.serializers.JSONSerializer", keys.RQ_QUEUE]
     subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                      cwd=os.getcwd())
 
@@ -223,6 +224,7 @@ def _ensure_worker(redis_url: str, queue) -> None:
 def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_path) -> int:
     import redis
     from rq import Queue
+    from rq.serializers import JSONSerializer
 
     from ..config import load_config
     config = load_config(config_path)
@@ -233,7 +235,7 @@ def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_
         raise click.ClickException(f"{script}: not an executable file")
     session = _open_local_session(socket_path, pool, klass, name=Path(script).name)
     conn = redis.Redis.from_url(url)
-    q = Queue(keys.RQ_QUEUE, connection=conn)
+    q = Queue(keys.RQ_QUEUE, connection=conn, serializer=JSONSerializer)   # nothing in the store is unpickled
     cwd = os.getcwd()
     env = {"QSCHED_URL": f"unix://{socket_path}", "QSCHED_SESSION": session["id"],
            "QSCHED_POOL": session.get("pool") or pool or "", "QSCHED_CLASS": session.get("class") or klass or ""}
