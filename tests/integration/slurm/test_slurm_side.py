@@ -317,5 +317,13 @@ def test_qsched_submit_builds_sbatch_and_waits(slurm, users, tmp_path, monkeypat
         assert out.read_text().strip() == "pool=aer class=debug args=x y"
         res = CliRunner().invoke(submit, ["--class", "nope", str(script)])
         assert res.exit_code != 0 and "unknown qpu class" in res.output
+        # without --qpu the script's own #SBATCH --qpu=POOL holds (sbatch's command line would override it)
+        script.write_text(f"#!/bin/bash\n#SBATCH --qpu=lightning\n#SBATCH --time=2\n"
+                          f"echo \"pool=$QSCHED_POOL\" > {out}\n")
+        res = CliRunner().invoke(submit, ["--wait", "-o", "/dev/null", str(script)])
+        assert res.exit_code == 0, res.output
+        j = slurm.job(int(res.output.strip().splitlines()[0]))
+        assert j["AdminComment"].startswith("qsched:qpu=1,pool=lightning"), j["AdminComment"]
+        assert out.read_text().strip() == "pool=lightning"
     finally:
         slurm.set_plugstack()
