@@ -34,9 +34,11 @@ from .session import SessionHandle, as_sdk_error
 
 
 
-def pub_seeds(seed, n: int) -> list[int | None]:
-    """One seed per PUB of a run: distinct PUBs get distinct streams; the same int seed gives every
-    run the same ones."""
+def pub_seeds(seed, n: int, distinct: bool = True) -> list[int | None]:
+    """One seed per PUB of a run; the same int seed gives every run the same ones. `distinct`: each
+    PUB its own stream (the samplers: Qiskit's StatevectorSampler draws the PUBs of a run from one
+    stream); otherwise every PUB the seed itself (StatevectorEstimator seeds each PUB's noise
+    afresh). A Generator gives each PUB a seed drawn from it."""
     if seed is None:
         return [None] * n
     if isinstance(seed, np.random.Generator):
@@ -44,7 +46,7 @@ def pub_seeds(seed, n: int) -> list[int | None]:
     base = int(seed)
     if base < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    return [base if i == 0 else int(np.random.default_rng([base, i]).integers(0, 2**31 - 1))
+    return [base if i == 0 or not distinct else int(np.random.default_rng([base, i]).integers(0, 2**31 - 1))
             for i in range(n)]
 
 
@@ -104,7 +106,7 @@ class EstimatorV2(BaseEstimatorV2):
                                  "must be 0 (exact) or larger")
             check_runnable(pub.circuit)
         plans = [estimator_pub_to_task(pub) for pub in coerced]
-        seeds = pub_seeds(self.seed, len(plans))
+        seeds = pub_seeds(self.seed, len(plans), distinct=False)
         futures = _submit(self._handle, plans, seeds) if plans else []
 
         def finalize(results):

@@ -83,9 +83,6 @@ DIFFERENCES = {
                     "StatevectorSampler refuses it (pool lightning refuses it at upload)",
     "SEED_STREAMS": "with a seed, one PUB of k bindings and k PUBs of one binding draw different "
                     "samples (aer seeds each binding of a PUB itself); each is reproducible on its own",
-    "PRECISION_NOISE": "with precision > 0 the shot noise is sampled on the simulator (shots = "
-                       "ceil(1/precision^2)), not numpy's normal(ev, precision) from the seed, so the "
-                       "seeded value differs from StatevectorEstimator's while staying reproducible",
     "LEVEL1": "qsched returns classified (meas_level 2) bits only; kerneled level-1 data and a "
               "backend's run_options are not offered",
     "BACKEND_RUN": "the test counts the calls that BackendEstimatorV2 makes to its backend's run(); "

@@ -275,7 +275,6 @@ class TestStatevectorEstimator(QiskitTestCase):
             self.assertEqual(len(result[0].data.evs), k)
             np.testing.assert_allclose(result[0].data.evs, target[0].data.evs)
 
-    @xfail_because("PRECISION_NOISE")  # qsched
     def test_precision_seed(self):
         """Test for precision and seed"""
         estimator = StatevectorEstimator(default_precision=1.0, seed=1)
