@@ -213,3 +213,61 @@ def test_errors_inherit_qiskit_and_qsched():
     assert e.field == "template" and "boom" in str(e)
     t = as_sdk_error(Timeout("slow"))
     assert isinstance(t, QschedJobTimeoutError) and isinstance(t, JobTimeoutError)
+
+
+def test_check_runnable_refuses_only_what_nothing_can_run():
+    from qiskit.circuit import Gate
+    from qiskit.circuit.library import real_amplitudes
+    from qiskit.exceptions import QiskitError
+
+    from qsched.qiskit.convert import CircuitError, check_runnable
+    inner = QuantumCircuit(1)
+    inner.h(0)
+    ok = QuantumCircuit(2, 1)
+    ok.append(real_amplitudes(2, reps=1), [0, 1])
+    ok.append(inner.to_gate(), [1])
+    ok.reset(0)
+    with ok.for_loop(range(2)):
+        ok.append(inner.to_gate(), [0])
+    ok.measure(0, 0)
+    check_runnable(ok)
+    for where in ("top", "nested", "loop body"):
+        bad = QuantumCircuit(1, 1)
+        mystery = Gate("mystery", 1, [])
+        if where == "top":
+            bad.append(mystery, [0])
+        elif where == "nested":
+            wrap = QuantumCircuit(1)
+            wrap.append(mystery, [0])
+            bad.append(wrap.to_gate(), [0])
+        else:
+            with bad.for_loop(range(2)):
+                bad.append(mystery, [0])
+        with pytest.raises(CircuitError) as e:
+            check_runnable(bad)
+        assert isinstance(e.value, QiskitError) and e.value.field == "circuit" and "'mystery'" in str(e.value)
+
+
+def test_empty_registers_are_not_sent_and_come_back_empty():
+    qc = QuantumCircuit(QuantumRegister(1, "q"), ClassicalRegister(0, "c1"), ClassicalRegister(1, "c2"))
+    qc.measure(0, 0)
+    plan = sampler_pub_to_task(SamplerPub.coerce(qc, 4))
+    assert [c.name for c in plan.task["circuit"].cregs] == ["c2"] and [c.name for c in qc.cregs] == ["c1", "c2"]
+    res = sampler_result(plan, {"registers": {"c2": {"num_bits": 1, "array": np.ones((1, 4, 1), np.uint8)}}})
+    assert res.data.c1.array.shape == (4, 0) and res.data.c2.get_counts() == {"1": 4}
+
+
+def test_pub_seeds():
+    from qsched.qiskit.primitives import pub_seeds, with_seed
+    assert pub_seeds(None, 3) == [None] * 3
+    a = pub_seeds(5, 3)
+    assert a == pub_seeds(5, 3) and a[0] == 5 and len(set(a)) == 3
+    assert pub_seeds(5, 3, distinct=False) == [5, 5, 5]
+    g1, g2 = np.random.default_rng(1), np.random.default_rng(1)
+    assert pub_seeds(g1, 2) == pub_seeds(g2, 2) and pub_seeds(g1, 2) != pub_seeds(np.random.default_rng(1), 2)
+    with pytest.raises(ValueError):
+        pub_seeds(-1, 1)
+    qc = QuantumCircuit(1)
+    qc.metadata = {"mine": 1}
+    s = with_seed(qc, 9)
+    assert s.metadata == {"mine": 1, "qsched.seed": 9} and qc.metadata == {"mine": 1} and with_seed(qc, None) is qc
