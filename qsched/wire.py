@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import io
+import math
 
 import numpy as np
 
@@ -29,11 +30,12 @@ def decode_array(obj, field: str, *, dtype: str | None = None, ndim: int | None 
     if not isinstance(obj, dict) or not {"dtype", "shape", "data"} <= obj.keys():
         raise BadRequest(f"{field}: expected an array object {{dtype, shape, data}}", field=field)
     name = obj["dtype"]
-    if name not in _DTYPES or (dtype and name != dtype):
+    if not isinstance(name, str) or name not in _DTYPES or (dtype and name != dtype):
         raise BadRequest(f"{field}: dtype must be {dtype or ' or '.join(_DTYPES)}, got {name!r}", field=field)
     shape = obj["shape"]
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise BadRequest(f"{field}.shape: expected a list of non-negative integers", field=f"{field}.shape")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31
+                                              for s in shape) or len(shape) > 8:
+        raise BadRequest(f"{field}.shape: expected at most 8 integers in 0..2^31-1", field=f"{field}.shape")
     if ndim is not None and len(shape) != ndim:
         raise BadRequest(f"{field}.shape: expected {ndim} dimensions, got {len(shape)}",
                          field=f"{field}.shape", limit=ndim)
@@ -42,7 +44,7 @@ def decode_array(obj, field: str, *, dtype: str | None = None, ndim: int | None 
     except (binascii.Error, TypeError, ValueError):
         raise BadRequest(f"{field}.data: not valid base64", field=f"{field}.data") from None
     dt = np.dtype(_DTYPES[name])
-    if len(raw) != dt.itemsize * int(np.prod(shape, dtype=np.int64)):
+    if len(raw) != dt.itemsize * math.prod(shape):         # exact: numpy's product could wrap
         raise BadRequest(f"{field}.data: {len(raw)} bytes do not match shape {shape} of {name}",
                          field=f"{field}.data")
     return np.frombuffer(raw, dtype=dt).reshape(shape)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pwd
+import re
 import socket
 import struct
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ KINDS = {k.value for k in TaskKind}
 METHODS = {None, "adjoint", "parameter-shift"}
 MAX_WAIT_S = 300.0
 MAX_IDEMPOTENCY_KEY = 128
+_SURROGATE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+_TASK_ID = re.compile(r"[0-9a-f]{1,32}\.[0-9a-z]{1,32}")
 
 
 @dataclass
@@ -85,10 +89,15 @@ async def json_body(request: web.Request) -> dict:
         return {}
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"body: invalid JSON ({e})", field="body") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise BadRequest(f"body: invalid JSON ({type(e).__name__})", field="body") from None
     if not isinstance(obj, dict):
         raise BadRequest("body: expected a JSON object", field="body")
+    if _SURROGATE.search(raw):          # rare, so the whole body is checked only then
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("body: lone UTF-16 surrogates are not text", field="body") from None
     return obj
 
 
@@ -357,7 +366,7 @@ async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
     if not isinstance(obj, dict):
         raise BadRequest(f"{field}: expected an object", field=field)
     kind = obj.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise BadRequest(f"{field}.kind: one of {', '.join(sorted(KINDS))}", field=f"{field}.kind")
     info = await _template_info(sch, obj.get("template"), f"{field}.template")
     _check_runnable(sch, info, entry.session.pool, f"{field}.template")
@@ -391,7 +400,7 @@ async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
                              "per task", field=f"{field}.observables", limit=sch.config.max_terms_per_task)
         observables = json.dumps(checked)
     method = obj.get("method")
-    if method not in METHODS or (method and kind != "gradient"):
+    if not (method is None or isinstance(method, str)) or method not in METHODS or (method and kind != "gradient"):
         raise BadRequest(f"{field}.method: gradient tasks take 'adjoint' or 'parameter-shift'",
                          field=f"{field}.method")
     t = Task(sch.new_task_id(sid), sid, kind, obj["template"], params.shape[0], shots, 0, 0.0, method=method)
@@ -424,12 +433,17 @@ async def submit(request):
 
 def _wait_arg(request) -> float:
     try:
-        return min(MAX_WAIT_S, max(0.0, float(request.query.get("wait", 0))))
+        wait = float(request.query.get("wait", 0))
     except ValueError:
-        raise BadRequest("wait: expected seconds", field="wait") from None
+        wait = math.nan
+    if not math.isfinite(wait):
+        raise BadRequest("wait: expected seconds", field="wait")
+    return min(MAX_WAIT_S, max(0.0, wait))
 
 
 async def _authorize_task(request, sch, tid: str):
+    if not _TASK_ID.fullmatch(tid):
+        raise NotFound(f"task: no task {tid[:80]!r}", field="task")
     sid = tid.split(".", 1)[0]
     entry = sch.sessions.get(sid)
     session = entry.session if entry else await sch.store.get_session(sid)
@@ -520,9 +534,11 @@ async def accounting(request):
     c = caller(request)
     try:
         since = float(request.query.get("since", 0))
-        limit = min(100_000, int(request.query.get("limit", 10_000)))
+        limit = int(request.query.get("limit", 10_000))
     except ValueError:
         raise BadRequest("since/limit: expected numbers", field="since") from None
+    if not math.isfinite(since) or not 1 <= limit <= 100_000:
+        raise BadRequest("since/limit: since a finite Unix time, limit in 1..100000", field="since", limit=100_000)
     user = request.query.get("user")
     rows = await sch.store.accounting(since, limit)
     if not c.admin:
