@@ -213,11 +213,32 @@ class Store:
     async def record_accounting(self, record: dict) -> None:
         await self.r.xadd(keys.ACCOUNTING, {"e": json.dumps(record)}, maxlen=1_000_000, approximate=True)
 
-    async def accounting(self, since: float, limit: int) -> list[dict]:
-        """Usage records of sessions closed since `since` (Unix time), oldest first."""
-        start = f"{int(since * 1000)}-0" if since > 0 else "-"
-        rows = await self.r.xrange(keys.ACCOUNTING, min=start, max="+", count=limit)
-        return [json.loads(fields[b"e"]) for _, fields in rows]
+    async def accounting(self, since: float, limit: int, *, newest_first: bool = False,
+                         match=lambda record: True, page: int = 1000) -> list[dict]:
+        """Up to `limit` usage records of sessions closed since `since` (Unix time) that `match`, oldest
+        (or newest) first. The ledger is read a page at a time, so a filter never hides older matches."""
+        lo = f"{int(since * 1000)}-0" if since > 0 else "-"
+        hi = "+"
+        out: list[dict] = []
+        while len(out) < limit:
+            if newest_first:
+                rows = await self.r.xrevrange(keys.ACCOUNTING, max=hi, min=lo, count=page)
+            else:
+                rows = await self.r.xrange(keys.ACCOUNTING, min=lo, max=hi, count=page)
+            for _, fields in rows:
+                record = json.loads(fields[b"e"])
+                if match(record):
+                    out.append(record)
+                    if len(out) == limit:
+                        break
+            if len(rows) < page:
+                break
+            last = _s(rows[-1][0])
+            if newest_first:
+                hi = "(" + last
+            else:
+                lo = "(" + last
+        return out
 
     async def session_usage(self, sid: str) -> Usage:
         return Usage.from_redis(_str(await self.r.hgetall(keys.session_usage(sid))))

@@ -539,15 +539,15 @@ async def accounting(request):
         raise BadRequest("since/limit: expected numbers", field="since") from None
     if not math.isfinite(since) or not 1 <= limit <= 100_000:
         raise BadRequest("since/limit: since a finite Unix time, limit in 1..100000", field="since", limit=100_000)
-    user = request.query.get("user")
-    rows = await sch.store.accounting(since, limit)
+    wanted = {f: request.query[f] for f in ("user", "account", "session", "job_id") if request.query.get(f)}
     if not c.admin:
         if c.uid is None:
             raise Unauthorized("authorization: the ledger is read over the unix socket", field="authorization")
-        mine = c.user()
-        rows = [r for r in rows if r.get("user") == mine]
-    if user:
-        rows = [r for r in rows if r.get("user") == user]
+        if wanted.setdefault("user", c.user()) != c.user():
+            return web.json_response({"records": []})          # a user sees only their own records
+    rows = await sch.store.accounting(
+        since, limit, newest_first=request.query.get("order") == "desc",
+        match=lambda r: all(str(r.get(f, "")) == v for f, v in wanted.items()))
     return web.json_response({"records": rows})
 
 

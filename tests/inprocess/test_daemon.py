@@ -228,3 +228,23 @@ def test_two_hundred_simultaneous_session_opens_all_succeed(tmp_path):
                                              for _ in range(200)))
             assert [status for status, _ in results] == [201] * 200
     run(body())
+
+
+def test_the_ledger_filters_on_the_server_newest_first_across_pages(tmp_path):
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False, users={"root": ["chem", "phys"]}) as (d, api, _):
+            sids = []
+            for account in ("chem", "phys", "chem", "phys", "chem"):
+                s = await api.session(pool="null", account=account)
+                await api.call("DELETE", f"/v1/sessions/{s['id']}", token=s["token"])
+                sids.append(s["id"])
+            status, out = await api.call("GET", f"/v1/acct?session={sids[1]}")
+            assert status == 200 and [r["session"] for r in out["records"]] == [sids[1]]
+            status, out = await api.call("GET", "/v1/acct?account=chem&order=desc&limit=2")
+            assert [r["session"] for r in out["records"]] == [sids[4], sids[2]]
+            store = d.scheduler.store         # a filter spanning several pages still finds every match
+            got = await store.accounting(0, 10, match=lambda r: r["account"] == "phys", page=2)
+            assert [r["session"] for r in got] == [sids[1], sids[3]]
+            got = await store.accounting(0, 10, newest_first=True, match=lambda r: r["account"] == "chem", page=2)
+            assert [r["session"] for r in got] == [sids[4], sids[2], sids[0]]
+    run(body())
