@@ -225,10 +225,17 @@ class Scheduler:
         return entry
 
     async def close_session(self, sid: str) -> dict:
+        """Cancel what has not started (pending tasks, and batches still waiting in an inbox), wait for
+        the session's running batches to end (up to drain_timeout_s), then write its ledger record, so
+        the record holds all the device time the session used."""
         async with self._write():
             entry = self.session(sid)
+            for dev in self.devices.values():
+                for b, est in list(dev.outstanding.values()):
+                    if b.session == sid and await self.store.recall(b, dev.spec.name, "inbox"):
+                        self._requeued(dev, b, est, "recall")
             cancelled = [t.id for t in entry.pending]
-            usage = await self.store.close_session(sid, cancelled)
+            await self.store.close_session(sid, cancelled)
             entry.pending.clear()
             self.policy.remove(sid)
             del self.sessions[sid]
@@ -236,6 +243,14 @@ class Scheduler:
         for tid in cancelled:
             self.tasks.pop(tid, None)
             self._resolve(tid)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout_s
+        while self._running_for(sid) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._running_for(sid):
+            log.warning("session %s closed with batches still running after %.0f s: their usage is not in "
+                        "its ledger record", sid, self.config.drain_timeout_s)
+        usage = await self.store.session_usage(sid)
         s = entry.session
         record = {"session": sid, "user": s.user, "account": s.account, "job_id": s.job_id, "pool": s.pool,
                   "class": s.cls, "opened": s.created, "closed": time.time(), "cancelled": len(cancelled),
@@ -591,6 +606,9 @@ class Scheduler:
             for name in self.devices[d.name].described.get("unsupported_instructions", ()):
                 out.setdefault(name, d.name)
         return out
+
+    def _running_for(self, sid: str) -> bool:
+        return any(b.session == sid for d in self.devices.values() for b, _ in d.outstanding.values())
 
     def idle(self) -> bool:
         return not any(d.outstanding for d in self.devices.values())

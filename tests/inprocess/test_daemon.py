@@ -248,3 +248,23 @@ def test_the_ledger_filters_on_the_server_newest_first_across_pages(tmp_path):
             got = await store.accounting(0, 10, newest_first=True, match=lambda r: r["account"] == "chem", page=2)
             assert [r["session"] for r in got] == [sids[4], sids[2], sids[0]]
     run(body())
+
+
+def test_closing_a_session_while_its_batch_runs_keeps_that_usage_in_the_ledger(tmp_path):
+    async def body():
+        async with daemon(tmp_path, [slow(delay=0.8)]) as (d, api, _):
+            s = await api.session(pool="slow")
+            h = await api.template(s, one_qubit())
+            ran = (await api.submit(s, h, 1))[1]["ids"]
+            waiting = (await api.submit(s, h, 1))[1]["ids"]           # in the inbox behind it
+            await until(lambda: d.scheduler.tasks[ran[0]].state.value == "SCHEDULED")
+            await asyncio.sleep(0.2)                                  # the worker has taken the first
+            status, record = await api.call("DELETE", f"/v1/sessions/{s['id']}", token=s["token"])
+            assert status == 200
+            assert record["tasks"] == 1 and record["device_seconds"] >= 0.7, record
+            assert record["cancelled"] == 1
+            status, out = await api.call("GET", f"/v1/acct?session={s['id']}")
+            assert out["records"][0]["device_seconds"] == record["device_seconds"]
+            status, task = await api.call("GET", f"/v1/tasks/{waiting[0]}", token=s["token"])
+            assert task["state"] == "CANCELLED"
+    run(body())
