@@ -2,6 +2,9 @@
 
   pennylane_adjoint_ratio  12-qubit, 60-parameter adjoint gradient (qml.jacobian of a QNode):
                            qsched.qubit (lightning worker) / lightning.qubit in this process
+  pennylane_qcnn_ratio     seed 002's QCNN (12 wires, AmplitudeEmbedding of 256 features, U3/CNOT/RY/RZ
+                           convolutions, CRZ/CRX pooling, Toffolis, TorchLayer with 357 weights, adjoint,
+                           Adam), one training batch of 32: qsched.qubit / lightning.qubit here
   qiskit_estimator_ratio   one EstimatorV2 PUB with 120 bindings of a 12-qubit, 60-parameter circuit:
                            qsched.qiskit.EstimatorV2 (aer worker) / qiskit_aer EstimatorV2 here
 
@@ -122,6 +125,111 @@ def bench_pennylane(client, reps: int) -> dict:
     return med
 
 
+QCNN_WIRES, QCNN_DATA, QCNN_BATCH, QCNN_CLASSES = 12, 8, 32, 4
+
+
+def qcnn_weight_shapes() -> dict:
+    """357 weights: two 15-parameter convolution layers on the 8 data wires (7 neighbouring pairs
+    each), pooling (CRZ, CRX per pair) 8 -> 4, two convolution layers on those 4 (3 pairs each),
+    pooling 4 -> 2, and one convolution layer on the 4 ancillas after the Toffolis."""
+    return {"conv1": (2, 7, 15), "pool1": (4, 2), "conv2": (2, 3, 15), "pool2": (2, 2), "conv3": (3, 15)}
+
+
+def _conv2(w, a, b):
+    """The 15-parameter two-qubit unitary (U3, CNOT, RY, RZ) of seed 002."""
+    import pennylane as qml
+    qml.U3(w[0], w[1], w[2], wires=a)
+    qml.U3(w[3], w[4], w[5], wires=b)
+    qml.CNOT([a, b])
+    qml.RY(w[6], wires=a)
+    qml.RZ(w[7], wires=b)
+    qml.CNOT([b, a])
+    qml.RY(w[8], wires=a)
+    qml.CNOT([a, b])
+    qml.U3(w[9], w[10], w[11], wires=a)
+    qml.U3(w[12], w[13], w[14], wires=b)
+
+
+def _conv_layer(w, wires):
+    pairs = list(zip(wires[0::2], wires[1::2])) + list(zip(wires[1::2], wires[2::2]))
+    for k, (a, b) in enumerate(pairs):
+        _conv2(w[k], a, b)
+
+
+def _pool(w, wires):
+    import pennylane as qml
+    kept = wires[1::2]
+    for k, (drop, keep) in enumerate(zip(wires[0::2], kept)):
+        qml.CRZ(w[k][0], [drop, keep])
+        qml.PauliX(drop)
+        qml.CRX(w[k][1], [drop, keep])
+    return kept
+
+
+def qcnn_circuit(inputs, conv1, pool1, conv2, pool2, conv3):
+    """Seed 002's QCNN: 12 wires (8 data, 4 ancilla), AmplitudeEmbedding of 256 features."""
+    import pennylane as qml
+    data = list(range(QCNN_DATA))
+    anc = list(range(QCNN_DATA, QCNN_WIRES))
+    qml.AmplitudeEmbedding(inputs, wires=data, normalize=True)
+    for layer in range(2):
+        _conv_layer(conv1[layer], data)
+    wires = _pool(pool1, data)                            # 8 -> 4
+    for layer in range(2):
+        _conv_layer(conv2[layer], wires)
+    _pool(pool2, wires)                                   # 4 -> 2 (the rotations act on the kept wires)
+    for i, a in enumerate(anc):                           # Toffolis onto the ancillas
+        qml.Toffoli(wires=[wires[i % 4], wires[(i + 2) % 4], a])
+    _conv_layer(conv3, anc)
+    return [qml.expval(qml.Z(a)) for a in anc]
+
+
+def qcnn_step_fn(dev, x, y):
+    """One training batch (forward, backward, Adam step) of a TorchLayer model on `dev`."""
+    import pennylane as qml
+    import torch
+    torch.manual_seed(0)
+    qnode = qml.QNode(qcnn_circuit, dev, interface="torch", diff_method="adjoint")
+    layer = qml.qnn.TorchLayer(qnode, qcnn_weight_shapes(),
+                               init_method=lambda t: torch.nn.init.uniform_(t, -np.pi, np.pi))
+    model = torch.nn.Sequential(layer, torch.nn.Linear(QCNN_CLASSES, QCNN_CLASSES).double())
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    assert sum(int(np.prod(s)) for s in qcnn_weight_shapes().values()) == 357
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        grads = [p.grad.detach().clone() for p in layer.parameters()]
+        opt.step()
+        return loss.item(), grads
+    return step, model
+
+
+def qcnn_data():
+    import torch
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.random((QCNN_BATCH, 1 << QCNN_DATA)) + 0.1)
+    y = torch.tensor(rng.integers(0, QCNN_CLASSES, QCNN_BATCH))
+    return x, y
+
+
+def bench_qcnn(client, reps: int) -> dict:
+    import pennylane as qml
+    from qsched.pennylane import QschedDevice
+    x, y = qcnn_data()
+    ours_dev = QschedDevice(wires=QCNN_WIRES, pool="lightning", client=client)
+    direct, _ = qcnn_step_fn(qml.device("lightning.qubit", wires=QCNN_WIRES), x, y)
+    ours, _ = qcnn_step_fn(ours_dev, x, y)
+    (la, ga), (lb, gb) = direct(), ours()             # same start (seeded init): same loss and grads
+    assert abs(la - lb) < 1e-8 and all(np.allclose(a, b, atol=1e-7) for a, b in zip(ga, gb)), \
+        "qsched and lightning.qubit QCNN gradients differ"
+    med = interleave({"direct": direct, "qsched": ours}, reps)
+    ours_dev.close()
+    return med
+
+
 def bench_qiskit(client, reps: int) -> dict:
     from qiskit.circuit.library import real_amplitudes
     from qiskit.quantum_info import SparsePauliOp
@@ -153,6 +261,7 @@ def bench_qiskit(client, reps: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=15, help="interleaved repetitions per side (default 15)")
+    ap.add_argument("--qcnn-reps", type=int, default=5, help="interleaved QCNN training batches per side")
     ap.add_argument("--keep-state", action="store_true", help="keep the daemon's state directory")
     args = ap.parse_args(argv)
 
@@ -164,6 +273,9 @@ def main(argv=None) -> int:
             pl = bench_pennylane(client, args.reps)
             print(f"pennylane adjoint gradient ({N_QUBITS} qubits, {N_PARAMS} params): "
                   f"lightning.qubit {pl['direct'] * 1e3:.2f} ms, qsched {pl['qsched'] * 1e3:.2f} ms")
+            qc = bench_qcnn(client, args.qcnn_reps)
+            print(f"pennylane QCNN training batch ({QCNN_WIRES} wires, batch {QCNN_BATCH}, 357 weights, "
+                  f"adjoint): lightning.qubit {qc['direct'] * 1e3:.0f} ms, qsched {qc['qsched'] * 1e3:.0f} ms")
             qk = bench_qiskit(client, max(5, args.reps // 2))
             print(f"qiskit EstimatorV2 ({N_BINDINGS} bindings, {N_QUBITS} qubits, {N_PARAMS} params): "
                   f"aer {qk['direct'] * 1e3:.1f} ms, qsched {qk['qsched'] * 1e3:.1f} ms")
@@ -173,9 +285,12 @@ def main(argv=None) -> int:
             shutil.rmtree(state_dir, ignore_errors=True)
     out = {"pennylane_adjoint_ratio": round(pl["qsched"] / pl["direct"], 3),
            "qiskit_estimator_ratio": round(qk["qsched"] / qk["direct"], 3),
+           "pennylane_qcnn_ratio": round(qc["qsched"] / qc["direct"], 3),
+           "pennylane_qcnn_ms": {"direct": round(qc["direct"] * 1e3, 1), "qsched": round(qc["qsched"] * 1e3, 1)},
            "pennylane_adjoint_ms": {"direct": round(pl["direct"] * 1e3, 3), "qsched": round(pl["qsched"] * 1e3, 3)},
            "qiskit_estimator_ms": {"direct": round(qk["direct"] * 1e3, 3), "qsched": round(qk["qsched"] * 1e3, 3)},
-           "budgets": {"pennylane_adjoint_ratio": 2.0, "qiskit_estimator_ratio": 1.3}}
+           "budgets": {"pennylane_adjoint_ratio": 2.0, "qiskit_estimator_ratio": 1.3,
+                       "pennylane_qcnn_ratio": 1.3}}
     print(json.dumps(out))
     return 0
 

@@ -33,6 +33,39 @@ def _keep_for(gradient: bool):
     return keep
 
 
+STATE_SLOT = "qsched_state"   # a template's first instruction: the input state, amplitudes per binding
+
+
+def split_state_slot(circuit):
+    """(circuit without its state slot, slot qubits in PennyLane order (first = most significant),
+    indices of the slot's amplitudes among the template's parameters) or (circuit, None, None).
+
+    A client that sends input states as data (the PennyLane device's AmplitudeEmbedding/StatePrep of
+    non-trainable real amplitudes) puts a `qsched_state` gate first whose parameters are the 2^k
+    amplitudes; the worker prepares that state directly instead of walking a 2^k-gate tree."""
+    if not circuit.data or circuit.data[0].operation.name != STATE_SLOT:
+        if any(inst.operation.name == STATE_SLOT for inst in circuit.data):
+            raise TaskError(f"template: {STATE_SLOT} must be the first instruction", field="template")
+        return circuit, None, None
+    if any(inst.operation.name == STATE_SLOT for inst in circuit.data[1:]):
+        raise TaskError(f"template: at most one {STATE_SLOT} instruction", field="template")
+    inst = circuit.data[0]
+    qubits = [circuit.find_bit(q).index for q in inst.qubits]
+    if len(inst.operation.params) != 1 << len(qubits):
+        raise TaskError(f"template: {STATE_SLOT} on {len(qubits)} qubits needs {1 << len(qubits)} amplitudes",
+                        field="template")
+    index = {p: j for j, p in enumerate(circuit.parameters)}
+    try:
+        cols = [index[x] for x in inst.operation.params]
+    except (KeyError, TypeError):
+        raise TaskError(f"template: the {STATE_SLOT} amplitudes must be plain parameters", field="template") \
+            from None
+    rest = circuit.copy_empty_like()
+    for other in circuit.data[1:]:
+        rest.append(other)
+    return rest, qubits, np.array(cols, dtype=np.int64)
+
+
 def bits_to_bitarray(bits: np.ndarray) -> np.ndarray:
     """[shots, n] bits (column i = clbit i) -> Qiskit BitArray bytes [shots, ceil(n/8)], big-endian."""
     shots, n = bits.shape
@@ -58,6 +91,10 @@ class LightningDevice(Device):
         self._devs: dict[int, object] = {}
         self._programs = LRU()
 
+    def describe(self) -> dict:
+        # clients may send input states as data (see split_state_slot)
+        return {**super().describe(), "state_prep_slot": STATE_SLOT}
+
     def _dev(self, n):
         if n not in self._devs:
             kw = {"seed": self.seed} if self.seed is not None else {}
@@ -68,33 +105,44 @@ class LightningDevice(Device):
         gradient = t.kind == "gradient"
 
         def make():
-            flat = flatten(t.circuit, _keep_for(gradient), self.name)
+            body, slot_wires, slot_cols = split_state_slot(t.circuit)
+            flat = flatten(body, _keep_for(gradient), self.name)
             measured = final_measurements(flat)
             amap = analyse(flat, t.circuit.parameters)
             prog = PennyLaneProgram(flat, amap)
+            slot = (slot_wires, slot_cols) if slot_wires is not None else None
             if gradient:
                 for cls, _, args, _ in prog.steps:
                     if any(kind == "angle" for kind, _ in args) and not (cls.num_params == 1 and
                                                                            cls.has_generator):
                         raise TaskError(f"template: {cls.__name__} cannot be differentiated by "
                                         f"lightning's adjoint method", field="template")
-            return prog, amap, measured
+            return prog, amap, measured, slot
         return self._programs.get_or((t.template, gradient), make)
 
     def run_group(self, tasks):
         return [self._run_task(t) for t in tasks]
 
+    def _ops(self, prog, slot, angles, params, b):
+        """Ops of binding b, the tape indices of its template angles, and their order (k)."""
+        ops, trainable, order = prog.ops(angles[b])
+        if slot is None:
+            return ops, trainable, order
+        wires, cols = slot
+        state = self.qml.StatePrep(params[b, cols], wires=wires)     # checks the norm
+        return [state, *ops], [i + 1 for i in trainable], order
+
     def _run_task(self, t):
         qml = self.qml
-        prog, amap, measured = self._program(t)
+        prog, amap, measured, slot = self._program(t)
         n = prog.num_qubits
         dev = self._dev(n)
         angles = amap.angles(t.params)
         if t.kind == "sample":
             if not t.shots:
                 raise TaskError("shots: sample tasks need shots >= 1", field="shots")
-            tapes = [qml.tape.QuantumScript(prog.ops(a)[0], [qml.sample(wires=range(n))], shots=t.shots)
-                     for a in angles]
+            tapes = [qml.tape.QuantumScript(self._ops(prog, slot, angles, t.params, b)[0], [qml.sample(wires=range(n))],
+                                            shots=t.shots) for b in range(len(angles))]
             samples = [np.asarray(r, dtype=np.uint8).reshape(t.shots, n) for r in dev.execute(tapes)]
             if prog.measures:
                 regs = {}
@@ -116,8 +164,8 @@ class LightningDevice(Device):
         evs = np.empty((B, O))
         jac = np.zeros((B, O, P)) if t.kind == "gradient" else None
         tapes, orders = [], []
-        for a in angles:
-            ops, trainable, order = prog.ops(a)
+        for b in range(len(angles)):
+            ops, trainable, order = self._ops(prog, slot, angles, t.params, b)
             tape = qml.tape.QuantumScript(ops, [qml.expval(o) for o in obs], shots=t.shots)
             tape.trainable_params = trainable
             tapes.append(tape)

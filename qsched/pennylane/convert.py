@@ -50,7 +50,22 @@ class MatrixGate(qml.QubitUnitary):
         self.hyperparameters["source"] = source
 
 
-SUPPORTED_OPS = frozenset(GATES) | DROPPED | {"MatrixGate"}
+class StateSlot(qml.operation.Operation):
+    """The tape's initial state as data: non-trainable real amplitudes (AmplitudeEmbedding,
+    StatePrep) that a pool whose workers prepare states directly (``state_prep_slot`` in their
+    description: lightning) receives per binding, instead of a 2^k-gate RY/CNOT tree in the
+    template. Broadcast over a leading axis like StatePrep; not differentiable."""
+    num_wires = None
+    num_params = 1
+    ndim_params = (1,)
+    grad_method = None
+
+    def __init__(self, state, wires, id=None):
+        super().__init__(state, wires=wires, id=id)
+
+
+STATE_SLOT = "qsched_state"   # its Qiskit instruction (qsched.devices.lightning.split_state_slot)
+SUPPORTED_OPS = frozenset(GATES) | DROPPED | {"MatrixGate", "StateSlot"}
 
 
 def stopping_condition(op: qml.operation.Operator) -> bool:
@@ -124,6 +139,17 @@ def decomposer(op: qml.operation.Operator):
     return op.decomposition()
 
 
+def expand_state_slot(tape):
+    """A tape whose first operation is a StateSlot -> the same tape with the RY/CNOT tree instead
+    (for pools whose workers do not prepare states from data). The slot is never trainable; the
+    trainable indices after it move by the tree's extra parameters."""
+    slot, rest = tape.operations[0], tape.operations[1:]
+    tree = real_state_prep_ops(slot.data[0], slot.wires)
+    shift = sum(op.num_params for op in tree) - slot.num_params
+    trainable = [t + shift for t in tape.trainable_params if t >= slot.num_params]
+    return qml.tape.QuantumScript(tree + list(rest), tape.measurements, shots=tape.shots, trainable_params=trainable)
+
+
 # --------------------------------------------------------------------------- templates
 @dataclass
 class Template:
@@ -142,6 +168,7 @@ class TapeCircuit:
 
 
 MATRIX_COLUMN = -2   # columns entry of a MatrixGate's data: no template parameter, not differentiable
+STATE_COLUMN = -3    # columns entry of a StateSlot's data: amplitudes after the angles, not differentiable
 
 
 def tape_structure(tape, wire_order: Wires) -> tuple[tuple, list, list, list]:
@@ -151,11 +178,27 @@ def tape_structure(tape, wire_order: Wires) -> tuple[tuple, list, list, list]:
     gates: list[tuple] = []
     values: list[float] = []
     columns: list[int] = []
+    amplitudes: list[float] = []
     col = 0
-    for op in tape.operations:
+    for i, op in enumerate(tape.operations):
         name = op.name
         if name in DROPPED:
             columns.extend([-1] * op.num_params)
+            continue
+        if isinstance(op, StateSlot):
+            if i != 0:
+                raise DeviceError("qsched.qubit: a state slot must be the tape's first operation")
+            state = np.asarray(qml.math.toarray(qml.math.unwrap(op.data[0])), dtype=np.float64)
+            if state.shape != (1 << len(op.wires),):
+                raise DeviceError(f"qsched.qubit: state of shape {state.shape} on {len(op.wires)} wires "
+                                  "(broadcast tapes are expanded before execution)")
+            try:
+                qubits = tuple(index[w] for w in op.wires)
+            except KeyError as e:
+                raise DeviceError(f"qsched.qubit: wire {e.args[0]!r} is not a device wire") from None
+            amplitudes.extend(state.tolist())
+            columns.append(STATE_COLUMN)
+            gates.append((STATE_SLOT, qubits, 0))
             continue
         if isinstance(op, MatrixGate):
             try:
@@ -186,7 +229,8 @@ def tape_structure(tape, wire_order: Wires) -> tuple[tuple, list, list, list]:
             col += 1
         gates.append((qname, qubits, npar))
     key = (len(wire_order), tuple(gates))
-    return key, gates, values, columns
+    # the template's parameters sort θ[...] before ψ[...]: the amplitudes are the last columns
+    return key, gates, values + amplitudes, columns
 
 
 def build_circuit(num_qubits: int, gates: list):
@@ -197,6 +241,11 @@ def build_circuit(num_qubits: int, gates: list):
     qc = QuantumCircuit(num_qubits)
     k = 0
     for qname, qubits, npar, *extra in gates:
+        if qname == STATE_SLOT:
+            from qiskit.circuit import Gate
+            psi = ParameterVector("ψ", 1 << len(qubits))
+            qc.append(Gate(STATE_SLOT, len(qubits), list(psi)), list(qubits))   # PennyLane wire order
+            continue
         if qname == "unitary":
             dim = 1 << len(qubits)
             mat = np.frombuffer(extra[0], dtype=np.complex128).reshape(dim, dim)
@@ -426,6 +475,9 @@ def read_jacobian(plan: AnalyticPlan, evs_row: np.ndarray, jac_row: np.ndarray, 
             tcols.append(-1)
             continue
         c = int(tc.columns[t])
+        if c == STATE_COLUMN:
+            raise DeviceError("qsched.qubit: differentiating with respect to the input state is not "
+                              "supported with device derivatives (as lightning's adjoint method)")
         if c == MATRIX_COLUMN:
             op = _op_of_parameter(tape, t)
             raise DeviceError(f"qsched.qubit: {op.hyperparameters.get('source', op.name)} has no decomposition "

@@ -78,6 +78,31 @@ def _drop_snapshots(tape):
         lambda res: res[0]
 
 
+@transform
+def _use_state_slot(tape):
+    """A first StatePrep/AmplitudeEmbedding with non-trainable real amplitudes -> a StateSlot: the
+    amplitudes travel as data and the worker prepares the state, where the pool's workers offer it
+    (decided at execution, see QschedDevice._slot_fallback); a trainable one is decomposed as before
+    (the RY tree, differentiable)."""
+    ops = tape.operations
+    if not ops or not isinstance(ops[0], qml.StatePrep) or qml.math.is_abstract(ops[0].data[0]):
+        return (tape,), lambda res: res[0]
+    op = ops[0]
+    state = op.data[0]
+    if qml.math.requires_grad(state):
+        return (tape,), lambda res: res[0]
+    if "complex" in qml.math.get_dtype_name(state):
+        if not np.allclose(qml.math.imag(qml.math.toarray(state)), 0):
+            return (tape,), lambda res: res[0]
+        state = qml.math.real(state)
+    if qml.math.shape(state)[-1] != 1 << len(op.wires):
+        return (tape,), lambda res: res[0]
+    slot = convert.StateSlot(qml.math.cast(qml.math.unwrap(state), "float64"), wires=op.wires)
+    new = qml.tape.QuantumScript([slot, *ops[1:]], tape.measurements, shots=tape.shots,
+                                 trainable_params=tape.trainable_params)
+    return (new,), lambda res: res[0]
+
+
 def _obs_param_offsets(tape) -> tuple[int, list[int]]:
     """(number of operation parameters, first parameter index of each measurement's observable)."""
     nop = sum(op.num_params for op in tape.operations)
@@ -283,6 +308,9 @@ class QschedDevice(Device):
             from the environment (``QSCHED_URL``, ``QSCHED_SESSION``, ``QSCHED_TOKEN``, or the local
             daemon socket).
         timeout: seconds to wait for one batch of results.
+        state_slots: send a non-trainable initial AmplitudeEmbedding/StatePrep as data (the worker
+            prepares the state) instead of as a 2^k-gate RY/CNOT tree. None (default): where every
+            device of the pool offers it (lightning), asked once; False: never.
 
     Errors from the daemon or its tasks (a refused request, a failed or cancelled task, a timeout,
     an unreachable daemon) are raised as :class:`qsched.pennylane.errors.QschedDeviceError`
@@ -295,17 +323,30 @@ class QschedDevice(Device):
     author = "qsched"
 
     def __init__(self, wires=None, shots=None, *, pool: str | None = None, client=None, session=None,
-                 timeout: float = 600.0, name: str | None = None):
+                 timeout: float = 600.0, name: str | None = None, state_slots: bool | None = None):
         super().__init__(wires=wires, shots=shots)
         self._handle = SessionHandle(pool=pool, client=client, session=session, default_pool="lightning",
                                      name=name or "pennylane")
         self.timeout = timeout
         self._templates = convert.TemplateCache()
         self._lock = threading.Lock()
+        self._state_slot: bool | None = state_slots
 
     @property
     def pool(self) -> str | None:
         return self._handle.pool
+
+    def _state_slot_supported(self) -> bool:
+        """Whether every device of the pool prepares input states from data (its workers describe
+        `state_prep_slot`): asked once per device object, when it first executes such a tape."""
+        if self._state_slot is None:
+            try:
+                devices = [d for d in self._handle.client.devices() if d.get("pool") == self.pool]
+                self._state_slot = bool(devices) and all(
+                    (d.get("worker") or {}).get("state_prep_slot") == convert.STATE_SLOT for d in devices)
+            except (AttributeError, TypeError, KeyError):   # an older daemon, a stand-in session
+                self._state_slot = False
+        return self._state_slot
 
     def close(self):
         """Close the session this device opened (a session passed in or attached stays open)."""
@@ -350,6 +391,7 @@ class QschedDevice(Device):
         program = CompilePipeline()
         program.add_transform(_drop_snapshots)
         program.add_transform(defer_measurements, allow_postselect=False)
+        program.add_transform(_use_state_slot)
         program.add_transform(decompose, stopping_condition=convert.stopping_condition,
                               skip_initial_state_prep=False, decomposer=convert.decomposer,
                               name=self.name)
@@ -374,6 +416,9 @@ class QschedDevice(Device):
         plans: list[tuple] = []
         for tape in tapes:
             wires = self._wire_order(tape)
+            if tape.operations and isinstance(tape.operations[0], convert.StateSlot) and \
+                    not self._state_slot_supported():
+                tape = convert.expand_state_slot(tape)
             tc = self._templates.convert(tape, wires)
             if tape.shots:
                 if gradient:
@@ -396,7 +441,10 @@ class QschedDevice(Device):
 
     def _run(self, tapes, gradient: bool):
         tapes = list(tapes)
-        groups, plans = self._plan(tapes, gradient)
+        try:
+            groups, plans = self._plan(tapes, gradient)
+        except QschedError as e:         # asking the pool about state slots reaches the daemon
+            raise as_device_error(e) from e
         if groups:
             try:
                 session = self._handle.get()

@@ -200,3 +200,38 @@ def test_task_errors_are_device_errors(name):
     _not_qiskit(e)
     assert isinstance(e, want) and isinstance(e, plerr.QschedDeviceError)
     assert e.field == "template" and e.__cause__ is err
+
+
+def test_amplitude_embedding_travels_as_data_on_lightning(client):
+    """On a pool whose workers prepare states (lightning), a non-trainable AmplitudeEmbedding is sent
+    as data: one template of the circuit's own gates, the amplitudes as the rows' last columns;
+    elsewhere (aer) the RY tree. Values and weight gradients equal lightning.qubit's either way."""
+    import torch
+    from qsched.pennylane import convert
+
+    def qf(inputs, w):
+        qml.AmplitudeEmbedding(inputs, wires=[1, 2, 0], normalize=True)
+        qml.RY(w[0], 0)
+        qml.CNOT([0, 3])
+        qml.U3(w[1], w[2], w[0], wires=3)
+        qml.CRZ(w[2], [1, 3])
+        return qml.expval(qml.Z(3)), qml.expval(qml.X(0) @ qml.Z(2))
+
+    x = torch.tensor(np.random.default_rng(4).random((6, 8)) - 0.3)
+    results = {}
+    for name, dev in [("lightning", QschedDevice(wires=4, client=client)),
+                      ("aer", QschedDevice(wires=4, pool="aer", client=client)),
+                      ("ref", qml.device("lightning.qubit", wires=4))]:
+        w = torch.tensor([0.3, -0.4, 0.9], requires_grad=True)
+        diff = "adjoint" if name != "aer" else "parameter-shift"
+        r = qml.QNode(qf, dev, interface="torch", diff_method=diff)(x, w)
+        (r[0].sum() + (r[1] ** 2).sum()).backward()
+        results[name] = (r[0].detach().numpy(), r[1].detach().numpy(), w.grad.numpy())
+        if name != "ref":
+            (tpl,) = dev._templates._items.values()
+            first = tpl.circuit.data[0].operation.name
+            assert (first == convert.STATE_SLOT) == (name == "lightning"), (name, first)
+            dev.close()
+    for name in ("lightning", "aer"):
+        for got, want in zip(results[name], results["ref"]):
+            assert np.allclose(got, want, atol=1e-8), name

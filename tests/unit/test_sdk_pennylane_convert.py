@@ -331,7 +331,7 @@ def test_device_is_registered_and_configures_derivatives():
 def test_broadcast_amplitude_embedding_becomes_rows_of_one_template():
     rng = np.random.default_rng(5)
     feats = rng.normal(size=(4, 8))
-    dev = QschedDevice(wires=3)
+    dev = QschedDevice(wires=3, state_slots=False)     # the RY tree (what pools without state slots get)
     ops = [qml.AmplitudeEmbedding(feats, wires=[0, 1, 2], normalize=True), qml.RY(0.3, 1), qml.CNOT([1, 2])]
     tape = qml.tape.QuantumScript(ops, [qml.expval(qml.Z(2)), qml.probs(wires=[0])])
     tapes, fn = preprocess(dev, tape, gradient_method="adjoint")
@@ -381,3 +381,93 @@ def test_state_is_refused_by_name_and_density_matrix_planned():
         convert.analytic_plan(qml.tape.QuantumScript([], [qml.state()]), wires)
     plan = convert.analytic_plan(qml.tape.QuantumScript([], [qml.density_matrix([2, 0])]), wires)
     assert len(plan.observables) == 15
+
+
+# --------------------------------------------------------------------------- input states as data
+def _lightning_worker():
+    from qsched.devices import load_device
+    from qsched.models import DeviceLimits, DeviceSpec
+    return load_device(DeviceSpec(name="l", type="lightning", pool="l", limits=DeviceLimits(max_qubits=6)))
+
+
+def _slot_tapes(batch=4, seed=5):
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch, 8)) - 0.3
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    w = [0.3, -0.4, 0.9]
+
+    def ops(state):
+        return [convert.StateSlot(state, wires=[1, 2, 0]), qml.RY(w[0], 0), qml.CNOT([0, 3]),
+                qml.RX(w[1], 3), qml.CRZ(w[2], [1, 3])]
+
+    def ref_ops(state):
+        return [qml.StatePrep(state, wires=[1, 2, 0])] + ops(state)[1:]
+    mps = [qml.expval(qml.Z(3)), qml.expval(qml.X(0) @ qml.Z(2))]
+    return ([qml.tape.QuantumScript(ops(s), mps) for s in x], [qml.tape.QuantumScript(ref_ops(s), mps) for s in x])
+
+
+def test_state_slot_template_runs_on_the_lightning_worker():
+    """A StateSlot becomes one `qsched_state` instruction whose parameters (after the angles) are the
+    amplitudes; all inputs share one template; the worker prepares the state: values and angle
+    derivatives equal lightning.qubit's with StatePrep."""
+    from qsched.devices import TaskPayload
+    tapes, refs = _slot_tapes()
+    wires = Wires(range(4))
+    cache = convert.TemplateCache()
+    tcs = [cache.convert(t, wires) for t in tapes]
+    assert len(cache) == 1
+    qc = tcs[0].template.circuit
+    assert qc.data[0].operation.name == convert.STATE_SLOT and len(qc.data) == 5
+    assert [p.name for p in qc.parameters][:3] == ["θ[0]", "θ[1]", "θ[2]"] and qc.num_parameters == 3 + 8
+    assert list(tcs[0].columns) == [convert.STATE_COLUMN, 0, 1, 2]
+    params = np.array([tc.values for tc in tcs])
+    obs = [convert.sentence_to_wire(convert.pauli_rep(mp.obs), {w: i for i, w in enumerate(wires)}, 4)
+           for mp in tapes[0].measurements]
+    out = _lightning_worker().run([TaskPayload("g", "gradient", "h", qc, params, None, obs, "adjoint")])[0]
+    assert not isinstance(out, Exception), out
+    ref = qml.device("lightning.qubit", wires=4)
+    for b, r in enumerate(refs):
+        r.trainable_params = [1, 2, 3]
+        val, jac = ref.execute_and_compute_derivatives(r, qml.devices.ExecutionConfig(gradient_method="adjoint"))
+        assert np.allclose(out["evs"][b], np.asarray(val).ravel(), atol=1e-10)
+        assert np.allclose(out["jacobian"][b][:, :3], np.asarray(jac).reshape(2, 3), atol=1e-10)
+        assert np.allclose(out["jacobian"][b][:, 3:], 0)                  # no gradient w.r.t. the input
+
+
+def test_state_slot_is_not_differentiated():
+    tapes, _ = _slot_tapes(batch=1)
+    tc = convert.TemplateCache().convert(tapes[0], Wires(range(4)))
+    plan = convert.analytic_plan(tapes[0], Wires(range(4)))
+    t = tapes[0].copy()
+    t.trainable_params = [0, 1]
+    with pytest.raises(DeviceError, match="input state"):
+        convert.read_jacobian(plan, np.zeros(2), np.zeros((2, 11)), np.arange(2), t, tc)
+
+
+def test_split_state_slot_refuses_a_misplaced_slot():
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Gate, ParameterVector
+
+    from qsched.devices import TaskError
+    from qsched.devices.lightning import split_state_slot
+    psi = ParameterVector("ψ", 4)
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.append(Gate(convert.STATE_SLOT, 2, list(psi)), [0, 1])
+    with pytest.raises(TaskError, match="first instruction"):
+        split_state_slot(qc)
+
+
+def test_state_slot_falls_back_to_the_tree_for_other_pools():
+    """A pool without state slots: the same tapes as the RY tree, with the jacobian layout kept."""
+    tapes, refs = _slot_tapes(batch=3)
+    dev = QschedDevice(wires=4, state_slots=False)
+    for t in tapes:
+        t.trainable_params = [1, 3]
+    (vals, jacs) = run_local(dev, tapes, gradient=True)
+    ref = qml.device("default.qubit", wires=4)
+    for v, j, r in zip(vals, jacs, refs):
+        r.trainable_params = [1, 3]
+        rv, rj = ref.execute_and_compute_derivatives(r, qml.devices.ExecutionConfig(gradient_method="adjoint"))
+        assert np.allclose(np.ravel(v), np.ravel(rv), atol=1e-10)
+        assert np.allclose(np.ravel(j), np.ravel(rj), atol=1e-10)
