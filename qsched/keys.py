@@ -65,6 +65,11 @@ def device_heartbeat(device: str) -> str:
     return f"{PREFIX}device:{device}:heartbeat"
 
 
+def device_state(device: str) -> str:
+    """Hash: the admin's state for the device (online, draining, paused, maintenance), reason, since."""
+    return f"{PREFIX}device:{device}:state"
+
+
 def device_model(device: str) -> str:
     """Learned cost model: hash of task kind -> estimated device-seconds per binding."""
     return f"{PREFIX}device:{device}:model"

@@ -381,6 +381,16 @@ class Store:
                 p.llen(keys.device_processing(d))
             return await p.execute()
 
+    async def device_states(self, devices: list[str]) -> dict[str, dict]:
+        async with self.r.pipeline(transaction=False) as p:
+            for d in devices:
+                p.hgetall(keys.device_state(d))
+            res = await p.execute()
+        return {d: _str(h) for d, h in zip(devices, res) if h}
+
+    async def set_device_state(self, device: str, state: str, reason: str, since: float) -> None:
+        await self.r.hset(keys.device_state(device), mapping={"state": state, "reason": reason, "since": since})
+
     async def note_worker_exit(self, device: str, why: str) -> None:
         """Record a worker's death on the batches it held, for the error their tasks fail with."""
         for b in await self.running_batch_ids(device):

@@ -335,6 +335,27 @@ def device_list(url, **kw):
         click.echo(lst.render(rows, DEVICE_COLS, DEVICE_KNOWN))
 
 
+def _device_state_command(verb: str, state: str, doc: str):
+    @device.command(verb, help=doc)
+    @click.argument("name")
+    @click.option("--reason", default="", help="shown in device list and the daemon's log")
+    @CONFIG
+    @URL
+    def command(name, reason, config_path, url):
+        from ..client import Client
+        # admin routes exist only on the admin socket (root or SlurmUser)
+        target = url or f"unix://{_config(config_path).admin_socket_path}"
+        out = Client(target, retry_s=10).set_device_state(name, state, reason)
+        click.echo(f"device {out['name']}: {out['state']}" + (f" ({out['reason']})" if out["reason"] else ""))
+    return command
+
+
+_device_state_command("drain", "draining", "Send the device no new batches; the outstanding ones finish.")
+_device_state_command("pause", "paused", "Send the device nothing; its waiting batch goes back to the pool.")
+_device_state_command("maintenance", "maintenance", "Like pause, for a maintenance window.")
+_device_state_command("resume", "online", "Put the device back online.")
+
+
 @cli.group()
 def policy():
     """Scheduling policy files."""

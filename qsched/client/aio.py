@@ -130,6 +130,9 @@ class AsyncClient(ClientCore):
     async def session_info(self, sid: str) -> dict:
         return await self._run(self._op_session_info(sid))
 
+    async def set_device_state(self, name: str, state: str, reason: str = "") -> dict:
+        return await self._run(self._op_set_device_state(name, state, reason))
+
     async def close_session(self, sid: str) -> dict:
         return await self._run(self._op_close_session(sid))
 

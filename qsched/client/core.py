@@ -281,6 +281,10 @@ class ClientCore:
     def _op_session_info(self, sid: str) -> Op[dict]:
         return (yield from self._get(f"/v1/sessions/{sid}"))
 
+    def _op_set_device_state(self, name: str, state: str, reason: str = "") -> Op[dict]:
+        path = f"/v1/admin/devices/{urllib.parse.quote(name, safe='')}/state"
+        return (yield Call("POST", path, body={"state": state, "reason": reason}))
+
     def _op_close_session(self, sid: str) -> Op[dict]:
         # a repeat of a close that reached the daemon would be a 404, not the usage record
         return (yield Call("DELETE", f"/v1/sessions/{sid}", idempotent=False))

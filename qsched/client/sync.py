@@ -119,6 +119,10 @@ class Client(ClientCore):
     def session_info(self, sid: str) -> dict:
         return self._run(self._op_session_info(sid))
 
+    def set_device_state(self, name: str, state: str, reason: str = "") -> dict:
+        """Admin socket only: online, draining, paused or maintenance."""
+        return self._run(self._op_set_device_state(name, state, reason))
+
     def close_session(self, sid: str) -> dict:
         """Close any session the caller may close (its own; an admin: any); returns its usage record."""
         return self._run(self._op_close_session(sid))

@@ -235,6 +235,17 @@ async def admin_close(request):
     return web.json_response(await _close(request, sch, request.match_info["sid"]))
 
 
+@admin_routes.post("/v1/admin/devices/{name}/state")
+async def set_device_state(request):
+    sch = request.app[SCHEDULER]
+    body = await json_body(request)
+    state, reason = body.get("state"), body.get("reason", "")
+    if not isinstance(state, str) or not isinstance(reason, str) or not _printable(reason) or len(reason) > 200:
+        raise BadRequest("state: a string; reason: printable text of at most 200 characters", field="state")
+    dev = await sch.set_device_state(request.match_info["name"], state, reason)
+    return web.json_response({"name": dev.spec.name, "state": dev.public_state(), "reason": dev.reason})
+
+
 @web.middleware
 async def admin_only(request, handler):
     if not caller(request).admin:
@@ -560,6 +571,7 @@ async def devices(request):
     for (name, d), hb in zip(sch.devices.items(), heartbeats):
         lim = d.spec.limits
         out.append({"name": name, "type": d.spec.type, "pool": d.spec.pool, "up": hb is not None,
+                    "state": d.public_state(), "reason": d.reason, "state_since": d.since or None,
                     "outstanding": len(d.outstanding), "max_qubits": lim.max_qubits, "max_shots": lim.max_shots,
                     "max_bindings": lim.max_bindings,
                     "worker_rss_mb": round(hb["rss_bytes"] / 2**20) if hb and "rss_bytes" in hb else None,

@@ -59,14 +59,24 @@ class SessionEntry:
             self.knows_all_submits = False
 
 
+ADMIN_STATES = ("online", "draining", "paused", "maintenance")
+
+
 class DeviceEntry:
-    __slots__ = ("spec", "outstanding", "alive", "described")
+    __slots__ = ("spec", "outstanding", "alive", "described", "state", "reason", "since")
 
     def __init__(self, spec: DeviceSpec):
         self.spec = spec
         self.outstanding: dict[str, tuple[Batch, float]] = {}   # bid -> (batch, estimated seconds)
         self.alive = False
         self.described: dict = {}      # what its worker last said of the device (its heartbeat)
+        # the admin's state: only an online device is sent work; draining lets outstanding batches end,
+        # paused and maintenance also take back the one waiting in the inbox
+        self.state, self.reason, self.since = "online", "", 0.0
+
+    def public_state(self) -> str:
+        """online, draining, paused, maintenance, or offline (no worker heartbeat)."""
+        return self.state if self.state != "online" or self.alive else "offline"
 
 
 class Scheduler:
@@ -107,6 +117,7 @@ class Scheduler:
         """Rebuild the index from Redis. All reads come first: if Redis fails midway, memory is as it was."""
         last = await self.store.last_event_id()
         cost = await self.store.load_cost_model(list(self.devices))
+        states = await self.store.device_states(list(self.devices))
         sessions, pending, tasks, outstanding = await self.store.load_state(list(self.devices))
         self.sessions.clear()
         self.tasks.clear()
@@ -115,6 +126,9 @@ class Scheduler:
         self.policy = type(self.policy)(self.policy.cfg)
         self.events_from = last
         self.cost.per_binding.update(cost)
+        for name, st in states.items():
+            d = self.devices[name]
+            d.state, d.reason, d.since = st.get("state", "online"), st.get("reason", ""), float(st.get("since", 0))
         by_id = {t.id: t for t in tasks}
         self._by_token = {self.token_for(s.id): s.id for s in sessions}
         for s in sessions:
@@ -400,7 +414,7 @@ class Scheduler:
         while progress:
             progress = False
             for dev in self.devices.values():
-                if not dev.alive or len(dev.outstanding) >= MAX_OUTSTANDING:
+                if not dev.alive or dev.state != "online" or len(dev.outstanding) >= MAX_OUTSTANDING:
                     continue
                 sid = self.policy.pick(dev.spec.pool)
                 if sid is None:
@@ -430,6 +444,24 @@ class Scheduler:
             spec = self.devices[b.device].spec
             self.metrics.tasks_pending.labels(spec.pool).dec(len(b.tasks))
             self.metrics.batches.labels(spec.name).inc()
+
+    async def set_device_state(self, name: str, state: str, reason: str = "") -> DeviceEntry:
+        """The admin's `qsched device drain|pause|resume|maintenance`; kept in Redis across restarts."""
+        dev = self.devices.get(name)
+        if dev is None:
+            raise NotFound(f"device: no device {name!r} (devices: {', '.join(self.devices)})", field="device")
+        if state not in ADMIN_STATES:
+            raise BadRequest(f"state: one of {', '.join(ADMIN_STATES)}, got {state!r}", field="state")
+        async with self._write():
+            await self.store.set_device_state(name, state, reason, time.time())
+            dev.state, dev.reason, dev.since = state, reason, time.time()
+            if state in ("paused", "maintenance"):
+                for b, est in list(dev.outstanding.values()):
+                    if await self.store.recall(b, name, "inbox"):
+                        self._requeued(dev, b, est, "recall")
+        log.warning("device %s is %s%s", name, state, f": {reason}" if reason else "")
+        self.kick()
+        return dev
 
     # ------------------------------------------------------------------ taking batches back
     async def recall_waiting(self) -> int:

@@ -268,3 +268,41 @@ def test_closing_a_session_while_its_batch_runs_keeps_that_usage_in_the_ledger(t
             status, task = await api.call("GET", f"/v1/tasks/{waiting[0]}", token=s["token"])
             assert task["state"] == "CANCELLED"
     run(body())
+
+
+def test_a_paused_device_gets_nothing_and_its_state_survives_a_restart(tmp_path):
+    from inprocess_harness import Api
+
+    async def body():
+        async with embedded_redis(tmp_path) as redis_server:
+            devs = [slow("a0", pool="p", delay=0.3), slow("a1", pool="p", delay=0.3)]
+            async with daemon(tmp_path, devs, redis_url=redis_server.url) as (d, api, _):
+                admin = Api(d.config.admin_socket_path)
+                status, out = await admin.call("POST", "/v1/admin/devices/a0/state",
+                                               {"state": "paused", "reason": "recalibration"})
+                assert status == 200 and out["state"] == "paused"
+                status, _ = await api.call("POST", "/v1/admin/devices/a0/state", {"state": "online"})
+                assert status == 404                        # not on the user socket
+                status, err = await admin.call("POST", "/v1/admin/devices/a0/state", {"state": "asleep"})
+                assert status == 400 and err["error"]["field"] == "state"
+                s = await api.session(pool="p")
+                h = await api.template(s, one_qubit())
+                ids = []
+                for _ in range(4):
+                    ids += (await api.submit(s, h, 1))[1]["ids"]
+                done = await api.wait(s, ids)
+                assert {t["meta"]["device"] for t in done} == {"a1"}
+                _, devices = await api.call("GET", "/v1/devices")
+                assert {x["name"]: x["state"] for x in devices["devices"]} == {"a0": "paused", "a1": "online"}
+                await admin.close()
+            async with daemon(tmp_path / "2", devs, redis_url=redis_server.url) as (d2, api2, _):
+                assert d2.scheduler.devices["a0"].state == "paused"
+                admin = Api(d2.config.admin_socket_path)
+                await admin.call("POST", "/v1/admin/devices/a0/state", {"state": "online"})
+                await admin.close()
+                ids = []
+                for _ in range(4):
+                    ids += (await api2.submit(s, h, 1))[1]["ids"]
+                done = await api2.wait(s, ids)
+                assert "a0" in {t["meta"]["device"] for t in done}
+    run(body())
