@@ -5,8 +5,9 @@ simulator gives, on every pool.
   every observable it declares, through `qsched.qubit` on pools aer and lightning, against
   default.qubit in process: values, and jacobians by every diff method the device offers (adjoint /
   device on the server, parameter-shift and finite-diff by PennyLane), exactly without shots and
-  within 5 sigma with shots. An operation the device cannot run is refused before anything is sent,
-  with a DeviceError naming it.
+  within 5 sigma with shots. Operations without a decomposition travel as their matrix; what the
+  device cannot do (device derivatives of such a matrix's parameter) is refused before anything is
+  sent, with a DeviceError naming it.
 - Qiskit: every standard gate through EstimatorV2 / SamplerV2 / gradient tasks on both pools against
   Statevector; estimator circuits with final measurements get aer's (the aer pool's reference)
   answer on every pool, mid-circuit measurements are refused at run().
@@ -57,8 +58,9 @@ _SPECIAL = {
     "Adjoint(T)": (lambda p: qml.adjoint(qml.T(0)), 0),
     "Adjoint(SX)": (lambda p: qml.adjoint(qml.SX(0)), 0),
 }
-# matrix-only operations without a decomposition: refused by name (no silent answer)
-REFUSED_OPS = {"BlockEncode", "DoubleExcitationMinus", "DoubleExcitationPlus"}
+# matrix-only operations without a decomposition: sent as their matrix; their parameters cannot be
+# differentiated by device derivatives (refused by name), parameter shift works
+MATRIX_OPS = {"BlockEncode", "DoubleExcitationMinus", "DoubleExcitationPlus"}
 
 
 def _op_names():
@@ -155,12 +157,12 @@ def reference():
     return qml.device("default.qubit", wires=WIRES)
 
 
-SUPPORTED_OPS = [n for n in OP_NAMES if n not in REFUSED_OPS]
+SUPPORTED_OPS = list(OP_NAMES)
 # jacobians over the tapes with trainable parameters: PennyLane's own vjp cannot take a tape of
 # several differently shaped measurements and no trainable parameter (lightning.qubit fails too),
 # and its param_shift fails (UnboundLocalError, 0.45) on a tape whose every parameter has a zero
 # gradient: GlobalPhase alone (its value is checked)
-TRAINABLE_OPS = [n for n in SUPPORTED_OPS if _factory(n)[1] and n != "GlobalPhase"]
+TRAINABLE_OPS = [n for n in SUPPORTED_OPS if _factory(n)[1] and n != "GlobalPhase" and n not in MATRIX_OPS]
 X0 = np.random.default_rng(3).uniform(-np.pi, np.pi, _num_params(SUPPORTED_OPS))
 TX0 = X0[:_num_params(TRAINABLE_OPS)]
 
@@ -216,13 +218,20 @@ def test_every_operation_with_shots(pl_device, gate_reference):
     assert not bad, f"{pl_device.pool}: sampled jacobians differ for {bad}"
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED_OPS))
-def test_operations_without_a_decomposition_are_refused_by_name(pl_device, name):
-    make, npar = _factory(name)
-    x = qml.numpy.array([0.3] * npar)
-    tape = qml.tape.QuantumScript(_prep() + [make(x)], [qml.expval(qml.Z(0))])
-    with pytest.raises(DeviceError, match=name):
-        qml.execute([tape], pl_device, diff_method="adjoint")
+TRAINABLE_MATRIX_OPS = sorted(n for n in MATRIX_OPS if _factory(n)[1])
+
+
+@pytest.mark.parametrize("name", TRAINABLE_MATRIX_OPS)
+def test_matrix_operations_parameters(pl_device, reference, name):
+    """Values are in test_every_operation_value; here: device derivatives refuse the matrix's
+    parameter by name, parameter shift differentiates it exactly."""
+    x0 = np.array([0.3, -0.7][:_factory(name)[1]])
+    tapes_fn = lambda x: _gate_tapes([name], x)  # noqa: E731
+    with pytest.raises(DeviceError, match=f"{name} has no decomposition and runs as a matrix"):
+        _run(pl_device, tapes_fn, "adjoint", x0)
+    got_v, got_j = _run(pl_device, tapes_fn, "parameter-shift", x0)
+    want_v, want_j = _run(reference, tapes_fn, "backprop", x0)
+    assert np.allclose(got_v, want_v, atol=1e-9) and np.allclose(got_j, want_j, atol=1e-7)
 
 
 # observables lightning.qubit declares, each measured by expval and var
