@@ -339,14 +339,18 @@ class QschedDevice(Device):
     def _state_slot_supported(self) -> bool:
         """Whether every device of the pool prepares input states from data (its workers describe
         `state_prep_slot`): asked once per device object, when it first executes such a tape."""
-        if self._state_slot is None:
-            try:
-                devices = [d for d in self._handle.client.devices() if d.get("pool") == self.pool]
-                self._state_slot = bool(devices) and all(
-                    (d.get("worker") or {}).get("state_prep_slot") == convert.STATE_SLOT for d in devices)
-            except (AttributeError, TypeError, KeyError):   # an older daemon, a stand-in session
-                self._state_slot = False
-        return self._state_slot
+        if self._state_slot is not None:
+            return self._state_slot
+        try:
+            devices = [d for d in self._handle.client.devices() if d.get("pool") == self.pool]
+        except (AttributeError, TypeError, KeyError):   # an older daemon, a stand-in session
+            self._state_slot = False
+            return False
+        described = [d["worker"] for d in devices if d.get("worker")]
+        ok = bool(described) and all(w.get("state_prep_slot") == convert.STATE_SLOT for w in described)
+        if len(described) == len(devices):
+            self._state_slot = ok     # every worker has described itself: decided for good
+        return ok and len(described) == len(devices)
 
     def close(self):
         """Close the session this device opened (a session passed in or attached stays open)."""
