@@ -46,6 +46,9 @@ class Config:
     max_attempts: int = 3
     heartbeat_timeout_s: float = 5.0
     # untrusted circuits are parsed in a child process with these bounds (daemon/parsing.py)
+    # connections: idle or half-sent requests are closed, slow readers of large answers are dropped
+    idle_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
     parse_timeout_s: float = 10.0
     parse_memory_bytes: int = 2 << 30
     max_template_instructions: int = 1_000_000
@@ -228,6 +231,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     dm = _map(raw.get("daemon"), "daemon")
     _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
                   "heartbeat_timeout_s", "start_workers", "result_ttl_s", "template_ttl_s", "parse_timeout_s",
+                  "idle_timeout_s", "body_timeout_s",
                   "parse_memory_bytes", "max_template_instructions", "max_template_parameters",
                   "max_template_clbits", "max_terms_per_task"}, "daemon")
     tcp = dm.get("tcp", "127.0.0.1:8765")
@@ -261,6 +265,8 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         max_attempts=_num(dm, "max_attempts", "daemon", 3, lo=1, hi=100, integer=True),
         heartbeat_timeout_s=_num(dm, "heartbeat_timeout_s", "daemon", 5.0, lo=0.5),
         parse_timeout_s=_num(dm, "parse_timeout_s", "daemon", 10.0, lo=0.1, hi=600),
+        idle_timeout_s=_num(dm, "idle_timeout_s", "daemon", 30.0, lo=0.5, hi=3600),
+        body_timeout_s=_num(dm, "body_timeout_s", "daemon", 60.0, lo=0.5, hi=3600),
         parse_memory_bytes=_num(dm, "parse_memory_bytes", "daemon", 2 << 30, lo=512 << 20, integer=True),
         max_template_instructions=_num(dm, "max_template_instructions", "daemon", 1_000_000, lo=1, integer=True),
         max_template_parameters=_num(dm, "max_template_parameters", "daemon", 100_000, lo=1, integer=True),

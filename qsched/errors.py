@@ -45,6 +45,11 @@ class NotFound(QschedError):
     code = "not_found"
 
 
+class RequestTimeout(QschedError):
+    status = 408
+    code = "request_timeout"
+
+
 class Conflict(QschedError):
     status = 409
     code = "conflict"
@@ -84,7 +89,7 @@ class Timeout(QschedError):
 
 
 _BY_CODE: dict[str, type[QschedError]] = {
-    cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge,
+    cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict, PayloadTooLarge,
                               Unavailable, Draining, ConfigError, TaskFailed, TaskCancelled, Timeout)}
 
 

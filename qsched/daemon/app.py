@@ -219,7 +219,8 @@ class Daemon:
     async def _site(self, app: web.Application, *, tcp: str | None = None, path: Path | None = None,
                     mode: int = 0o666):
         # the drain answers long-polls at once; the shutdown timeout only bounds a handler that is stuck
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                               keepalive_timeout=self.config.idle_timeout_s)    # idle and half-sent requests
         await runner.setup()
         try:
             if tcp:

@@ -630,9 +630,15 @@ class Scheduler:
         return {**entry.session.public(), "pending": len(entry.pending), "inflight": entry.inflight,
                 "weight_effective": entry.weight}
 
-    def unsupported(self, pool: str) -> dict[str, str]:
+    async def unsupported(self, pool: str) -> dict[str, str]:
         """Instructions some device of the pool says it cannot run -> that device (devices of a pool are
-        interchangeable, so one that cannot run it is enough to refuse it)."""
+        interchangeable, so one that cannot run it is enough to refuse it). A device not yet described
+        (its worker beat before the device watch looked) is asked now."""
+        unknown = [d.name for d in self.pools.get(pool, ()) if not self.devices[d.name].described]
+        if unknown:
+            for name, hb in zip(unknown, await self.store.heartbeats(unknown)):
+                if hb is not None:
+                    self.devices[name].described = hb
         out: dict[str, str] = {}
         for d in self.pools.get(pool, ()):
             for name in self.devices[d.name].described.get("unsupported_instructions", ()):

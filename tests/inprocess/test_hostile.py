@@ -139,3 +139,62 @@ def test_names_with_terminal_escapes_or_lone_surrogates_are_refused(tmp_path):
                 # refused with the body: a lone surrogate is not text anywhere in a request
                 assert r.status == 400 and (await r.json())["error"]["field"] == "body"
     asyncio.run(body())
+
+
+def _raw(path, data: bytes, *, read: bool = True, timeout: float = 10.0):
+    import socket
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(str(path))
+    s.sendall(data)
+    if not read:
+        return s
+    t0 = time.perf_counter()
+    try:
+        got = s.recv(200)
+    except TimeoutError:
+        got = None
+    s.close()
+    return time.perf_counter() - t0, got
+
+
+def test_idle_half_sent_and_slow_body_requests_are_cut(tmp_path):
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False,
+                          daemon={"idle_timeout_s": 1.0, "body_timeout_s": 1.0}) as (d, _, _):
+            sock = d.config.socket_path
+            took, got = await asyncio.to_thread(_raw, sock, b"")                       # idle
+            assert got == b"" and took < 3
+            took, got = await asyncio.to_thread(_raw, sock, b"GET /v1/health HTTP/1.1\r\nHost:")   # slowloris
+            assert got == b"" and took < 3
+            short = b"POST /v1/sessions HTTP/1.1\r\nHost: q\r\nContent-Length: 100\r\n\r\n{\"po"
+            took, got = await asyncio.to_thread(_raw, sock, short)                    # a body that never ends
+            assert got is not None and got.startswith(b"HTTP/1.1 408") and took < 3
+    asyncio.run(body())
+
+
+def test_a_client_that_stops_reading_a_large_answer_is_dropped(tmp_path):
+    devices = [{"name": "null0", "type": "null", "pool": "null", "max_bindings": 100_000}]
+
+    async def body():
+        async with daemon(tmp_path, devices, daemon={"body_timeout_s": 1.0}) as (d, api, _):
+            s = await api.session(pool="null")
+            h = await api.template(s, one_qubit())
+            _, out = await api.submit(s, h, 1, bindings=100_000)
+            [tid] = out["ids"]
+            [done] = await api.wait(s, [tid])
+            assert done["state"] == "DONE"                                 # a reader gets all of it
+            request = (f"GET /v1/tasks/{tid} HTTP/1.1\r\nHost: q\r\nAuthorization: Bearer {s['token']}\r\n\r\n")
+            sleeper = await asyncio.to_thread(_raw, d.config.socket_path, request.encode(), read=False)
+            sleeper.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+            await asyncio.sleep(3)                                         # it never reads
+            received, chunk = 0, b"x"
+            sleeper.settimeout(5)
+            while chunk:
+                chunk = sleeper.recv(1 << 20)
+                received += len(chunk)
+            sleeper.close()
+            assert received < 1 << 20, received                            # cut off, not sent whole
+            status, health = await api.call("GET", "/v1/health")
+            assert status == 200
+    asyncio.run(body())
