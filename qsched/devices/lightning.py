@@ -34,6 +34,9 @@ def _keep_for(gradient: bool):
 
 
 STATE_SLOT = "qsched_state"   # a template's first instruction: the input state, amplitudes per binding
+# a template whose metadata sets this key true asks estimate tasks for each binding's state vector too
+# (complex, [B, 2^n], qubit 0 = the most significant bit: PennyLane's order), with its global phase
+STATE_METADATA_KEY = "qsched.state"
 
 
 def split_state_slot(circuit):
@@ -93,7 +96,7 @@ class LightningDevice(Device):
 
     def describe(self) -> dict:
         # clients may send input states as data (see split_state_slot)
-        return {**super().describe(), "state_prep_slot": STATE_SLOT}
+        return {**super().describe(), "state_prep_slot": STATE_SLOT, "state_results": STATE_METADATA_KEY}
 
     def _dev(self, n):
         if n not in self._devs:
@@ -111,13 +114,15 @@ class LightningDevice(Device):
             amap = analyse(flat, t.circuit.parameters)
             prog = PennyLaneProgram(flat, amap)
             slot = (slot_wires, slot_cols) if slot_wires is not None else None
+            # flattening drops the definitions' global phases: a state is exact only without it
+            exact_phase = flat is body and not body.global_phase
             if gradient:
                 for cls, _, args, _ in prog.steps:
                     if any(kind == "angle" for kind, _ in args) and not (cls.num_params == 1 and
                                                                            cls.has_generator):
                         raise TaskError(f"template: {cls.__name__} cannot be differentiated by "
                                         f"lightning's adjoint method", field="template")
-            return prog, amap, measured, slot
+            return prog, amap, measured, slot, exact_phase
         return self._programs.get_or((t.template, gradient), make)
 
     def run_group(self, tasks):
@@ -132,9 +137,21 @@ class LightningDevice(Device):
         state = self.qml.StatePrep(params[b, cols], wires=wires)     # checks the norm
         return [state, *ops], [i + 1 for i in trainable], order
 
+    def _states(self, t, prog, slot, angles, exact_phase) -> np.ndarray:
+        if t.shots:
+            raise TaskError("shots: state vectors are exact; send shots=null", field="shots")
+        if not exact_phase or prog.measures:
+            raise TaskError("template: its state is known only up to a global phase here (instructions "
+                            "that lightning decomposes, or measurements); not returned", field="template")
+        qml = self.qml
+        n = prog.num_qubits
+        tapes = [qml.tape.QuantumScript(self._ops(prog, slot, angles, t.params, b)[0], [qml.state()])
+                 for b in range(len(angles))]
+        return np.stack([np.asarray(r, dtype=np.complex128).reshape(1 << n) for r in self._dev(n).execute(tapes)])
+
     def _run_task(self, t):
         qml = self.qml
-        prog, amap, measured, slot = self._program(t)
+        prog, amap, measured, slot, exact_phase = self._program(t)
         n = prog.num_qubits
         dev = self._dev(n)
         angles = amap.angles(t.params)
@@ -174,7 +191,10 @@ class LightningDevice(Device):
             for b, r in enumerate(dev.execute(tapes)):
                 evs[b] = np.asarray(r, dtype=float).reshape(O)
             stds = np.zeros_like(evs) if not t.shots else np.sqrt(np.clip(1 - evs ** 2, 0, None) / t.shots)
-            return {"evs": evs, "stds": stds}
+            out = {"evs": evs, "stds": stds}
+            if (getattr(t.circuit, "metadata", None) or {}).get(STATE_METADATA_KEY) is True:
+                out["state"] = self._states(t, prog, slot, angles, exact_phase)
+            return out
         if t.shots:
             raise TaskError("shots: adjoint gradients are exact; send shots=null", field="shots")
         config = qml.devices.ExecutionConfig(gradient_method="adjoint")

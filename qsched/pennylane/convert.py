@@ -65,6 +65,7 @@ class StateSlot(qml.operation.Operation):
 
 
 STATE_SLOT = "qsched_state"   # its Qiskit instruction (qsched.devices.lightning.split_state_slot)
+STATE_METADATA_KEY = "qsched.state"   # template metadata: estimate results carry each row's state vector
 SUPPORTED_OPS = frozenset(GATES) | DROPPED | {"MatrixGate", "StateSlot"}
 
 
@@ -233,12 +234,12 @@ def tape_structure(tape, wire_order: Wires) -> tuple[tuple, list, list, list]:
     return key, gates, values + amplitudes, columns
 
 
-def build_circuit(num_qubits: int, gates: list):
+def build_circuit(num_qubits: int, gates: list, metadata: dict | None = None):
     from qiskit.circuit import ParameterVector, QuantumCircuit
     from qiskit.circuit.library import UnitaryGate
     nparams = sum(g[2] for g in gates)
     theta = ParameterVector("θ", nparams)
-    qc = QuantumCircuit(num_qubits)
+    qc = QuantumCircuit(num_qubits, metadata=metadata)
     k = 0
     for qname, qubits, npar, *extra in gates:
         if qname == STATE_SLOT:
@@ -267,13 +268,17 @@ class TemplateCache:
     def __len__(self):
         return len(self._items)
 
-    def convert(self, tape, wire_order: Wires) -> TapeCircuit:
+    def convert(self, tape, wire_order: Wires, want_state: bool = False) -> TapeCircuit:
+        """`want_state`: a template whose estimate results also carry each row's state vector."""
         key, gates, values, columns = tape_structure(tape, wire_order)
+        if want_state:
+            key = (*key, "state")
         tpl = self._items.get(key)
         if tpl is None:
             if len(self._items) >= self.maxsize:
                 self._items.pop(next(iter(self._items)))
-            tpl = Template(key=key, circuit=build_circuit(len(wire_order), gates), num_params=len(values))
+            meta = {STATE_METADATA_KEY: True} if want_state else None
+            tpl = Template(key=key, circuit=build_circuit(len(wire_order), gates, meta), num_params=len(values))
             self._items[key] = tpl
         return TapeCircuit(tpl, np.asarray(values, dtype=np.float64), np.asarray(columns, dtype=np.int64),
                            wire_order)
@@ -328,6 +333,7 @@ class Readout:
     value: Callable[[np.ndarray], Any]
     deriv: Callable[[np.ndarray, np.ndarray], np.ndarray]   # (e, J[rows]) -> [*value_shape, P]
     dtype: Any = np.float64                                 # None: as the value comes (complex, ...)
+    state: bool = False                                     # value(state vector) instead of value(e)
 
 
 @dataclass
@@ -335,6 +341,10 @@ class AnalyticPlan:
     observables: list = field(default_factory=list)   # wire form, unique
     readouts: list = field(default_factory=list)
     _index: dict = field(default_factory=dict)
+
+    @property
+    def needs_state(self) -> bool:
+        return any(r.state for r in self.readouts)
 
     def add(self, terms: list) -> int:
         key = _obs_key(terms)
@@ -396,10 +406,10 @@ def analytic_plan(tape, wire_order: Wires) -> AnalyticPlan:
             plan.readouts.append(Readout(rows, partial(_state_value, local, k), _no_state_derivative(mp),
                                          dtype=None))
         elif isinstance(mp, StateMP):
-            raise DeviceError("qsched.qubit: qml.state() is not supported: a qsched device returns measured "
-                              "quantities, and a state vector's global phase is not one; use "
-                              "qml.density_matrix(wires) (analytic, up to "
-                              f"{MAX_DENSITY_WIRES} wires) or expectation values")
+            # qml.state(): the worker's own state vector (pools whose workers return states); the
+            # device checks the pool and multiplies in the tape's GlobalPhase
+            plan.readouts.append(Readout([], partial(_state_vector, mp, wire_order), _no_state_derivative(mp),
+                                         dtype=None, state=True))
         else:
             raise DeviceError(f"qsched.qubit: measurement {mp} is not supported without shots")
     return plan
@@ -411,6 +421,10 @@ def _probs_value(hm: np.ndarray, e: np.ndarray) -> np.ndarray:
 
 def _probs_deriv(hm: np.ndarray, e: np.ndarray, J: np.ndarray) -> np.ndarray:
     return hm[:, 1:] @ J
+
+
+def _state_vector(mp, wire_order: Wires, state: np.ndarray):
+    return mp.process_state(state, wire_order)
 
 
 def _state_value(mp, k: int, e: np.ndarray):
@@ -449,11 +463,12 @@ def density_from_paulis(e: np.ndarray, k: int) -> np.ndarray:
     return rho / dim
 
 
-def read_analytic(plan: AnalyticPlan, evs_row: np.ndarray, cols: np.ndarray):
-    """evs of this tape's task row, at the plan's observables (cols maps plan index -> task column)."""
+def read_analytic(plan: AnalyticPlan, evs_row: np.ndarray, cols: np.ndarray, state_row=None):
+    """evs of this tape's task row, at the plan's observables (cols maps plan index -> task column);
+    `state_row`: the row's state vector, for qml.state()."""
     out = []
     for r in plan.readouts:
-        v = r.value(evs_row[cols[r.rows]])
+        v = r.value(state_row) if r.state else r.value(evs_row[cols[r.rows]])
         out.append(np.asarray(v, dtype=r.dtype) if r.dtype is not None else v)
     return out[0] if len(out) == 1 else tuple(out)
 

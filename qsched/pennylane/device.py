@@ -270,7 +270,9 @@ class TaskGroup:
         task: dict[str, Any] = {"kind": self.kind, "template": handle.upload(self.template.circuit, self.template.key),
                 "params": params, "shots": self.shots}
         if self.kind != "sample":
-            task["observables"] = self.observables
+            # (a task for qml.state() alone still needs one observable)
+            n = self.template.circuit.num_qubits
+            task["observables"] = self.observables or [[["I" * n, 1.0]]]
         if self.kind == "gradient":
             task["method"] = method
         return task
@@ -285,6 +287,15 @@ class TaskGroup:
 
     def jacobian(self) -> np.ndarray:
         return self._array("jacobian")
+
+    def state(self) -> np.ndarray:
+        if "state" not in self._cache:
+            v = result_field(self.result, "state")
+            if v is None:
+                raise DeviceError("qsched.qubit: the estimate result has no state vector (the pool's "
+                                  "worker does not return states)")
+            self._cache["state"] = np.asarray(v, dtype=np.complex128)
+        return self._cache["state"]
 
     def register(self, name: str) -> np.ndarray:
         key = ("reg", name)
@@ -331,6 +342,7 @@ class QschedDevice(Device):
         self._templates = convert.TemplateCache()
         self._lock = threading.Lock()
         self._state_slot: bool | None = state_slots
+        self._features: dict[str, bool] = {}
 
     @property
     def pool(self) -> str | None:
@@ -338,18 +350,27 @@ class QschedDevice(Device):
 
     def _state_slot_supported(self) -> bool:
         """Whether every device of the pool prepares input states from data (its workers describe
-        `state_prep_slot`): asked once per device object, when it first executes such a tape."""
+        `state_prep_slot`), unless `state_slots` decided it."""
         if self._state_slot is not None:
             return self._state_slot
+        return self._offers("state_prep_slot", convert.STATE_SLOT)
+
+    def _offers(self, feature: str, value) -> bool:
+        """Whether every worker of the pool describes `feature` as `value`: asked when a tape first
+        needs it; kept once every worker of the pool has described itself (a worker that is down
+        does not decide it for the device's life)."""
+        known = self._features.get(feature)
+        if known is not None:
+            return known
         try:
             devices = [d for d in self._handle.client.devices() if d.get("pool") == self.pool]
         except (AttributeError, TypeError, KeyError):   # an older daemon, a stand-in session
-            self._state_slot = False
+            self._features[feature] = False
             return False
         described = [d["worker"] for d in devices if d.get("worker")]
-        ok = bool(described) and all(w.get("state_prep_slot") == convert.STATE_SLOT for w in described)
+        ok = bool(described) and all(w.get(feature) == value for w in described)
         if len(described) == len(devices):
-            self._state_slot = ok     # every worker has described itself: decided for good
+            self._features[feature] = ok
         return ok and len(described) == len(devices)
 
     def close(self):
@@ -423,8 +444,8 @@ class QschedDevice(Device):
             if tape.operations and isinstance(tape.operations[0], convert.StateSlot) and \
                     not self._state_slot_supported():
                 tape = convert.expand_state_slot(tape)
-            tc = self._templates.convert(tape, wires)
             if tape.shots:
+                tc = self._templates.convert(tape, wires)
                 if gradient:
                     raise DeviceError("qsched.qubit: device derivatives need shots=None; use "
                                       "diff_method='parameter-shift' with shots")
@@ -435,6 +456,9 @@ class QschedDevice(Device):
                 plans.append(("sample", tape, tc, g, row, None))
             else:
                 ap = convert.analytic_plan(tape, wires)
+                if ap.needs_state:
+                    self._check_state(tape, gradient)
+                tc = self._templates.convert(tape, wires, want_state=ap.needs_state)
                 kind = "gradient" if gradient else "estimate"
                 key = (tc.template.key, kind, None)
                 g = groups.get(key) or groups.setdefault(key, TaskGroup(tc.template, kind, None))
@@ -442,6 +466,21 @@ class QschedDevice(Device):
                 cols = np.array([g.add_observable(o) for o in ap.observables], dtype=np.int64)
                 plans.append(("analytic", tape, tc, g, row, (ap, cols)))
         return list(groups.values()), plans
+
+    def _check_state(self, tape, gradient: bool) -> None:
+        """qml.state() comes from the worker's own state vector: pools whose workers return states
+        with their global phase (lightning), templates that keep it, no device derivatives."""
+        if gradient:
+            raise DeviceError("qsched.qubit: device derivatives of qml.state() are not supported")
+        if not self._offers("state_results", convert.STATE_METADATA_KEY):
+            raise DeviceError(f"qsched.qubit: qml.state() is not supported on pool {self.pool!r} (its workers "
+                              "do not return state vectors; lightning pools do); use qml.density_matrix(wires) "
+                              f"(up to {convert.MAX_DENSITY_WIRES} wires) or expectation values")
+        for op in tape.operations:
+            if isinstance(op, convert.MatrixGate):
+                raise DeviceError(f"qsched.qubit: qml.state() is not supported with "
+                                  f"{op.hyperparameters['source']} (it runs as a matrix that the worker "
+                                  "decomposes up to a global phase); use qml.density_matrix(wires)")
 
     def _run(self, tapes, gradient: bool):
         tapes = list(tapes)
@@ -478,7 +517,13 @@ class QschedDevice(Device):
             samples = convert.unpack_register(reg[row], len(tc.wire_order))
             return convert.read_samples(tape, samples, tc.wire_order)
         ap, cols = extra
-        return convert.read_analytic(ap, g.evs()[row], cols)
+        state = None
+        if ap.needs_state:
+            # the template drops GlobalPhase ops (no effect on measured values): multiply it back in
+            phi = sum(float(qml.math.toarray(qml.math.unwrap(op.data[0]))) for op in tape.operations
+                      if isinstance(op, qml.GlobalPhase))
+            state = g.state()[row] * np.exp(-1j * phi)
+        return convert.read_analytic(ap, g.evs()[row], cols, state)
 
     @staticmethod
     def _jacobian(plan):

@@ -235,3 +235,33 @@ def test_amplitude_embedding_travels_as_data_on_lightning(client):
     for name in ("lightning", "aer"):
         for got, want in zip(results[name], results["ref"]):
             assert np.allclose(got, want, atol=1e-8), name
+
+
+def test_state_with_its_global_phase_on_lightning_refused_on_aer(client):
+    """qml.state() is the lightning worker's own state vector: equal to default.qubit's, global
+    phase included (RZ, U3, GlobalPhase, complex Mottonen, an embedded input); aer: refused by name."""
+    rng = np.random.default_rng(1)
+    st = rng.normal(size=8) + 1j * rng.normal(size=8)
+    st /= np.linalg.norm(st)
+
+    def f(x):
+        qml.AmplitudeEmbedding(np.arange(1.0, 9.0), wires=[2, 0, 1], normalize=True)
+        qml.Hadamard(0)
+        qml.RZ(x, 0)
+        qml.CRX(0.4, [0, 1])
+        qml.U3(0.3, 0.5, -0.2, wires=2)
+        qml.GlobalPhase(0.37)
+        qml.adjoint(qml.MottonenStatePreparation(st, wires=[0, 1, 2]))
+        qml.S(1)
+        return qml.state(), qml.density_matrix([0, 2]), qml.expval(qml.Z(1))
+
+    dev = QschedDevice(wires=3, client=client)
+    got = qml.QNode(f, dev)(0.7)
+    want = qml.QNode(f, qml.device("default.qubit", wires=3))(0.7)
+    for g, w in zip(got, want):
+        assert np.allclose(g, w, atol=1e-9)
+    dev.close()
+    aer = QschedDevice(wires=3, pool="aer", client=client)
+    with pytest.raises(DeviceError, match=r"qml.state\(\) is not supported on pool 'aer'"):
+        qml.QNode(f, aer)(0.7)
+    aer.close()

@@ -375,12 +375,27 @@ def test_operation_without_decomposition_is_a_unitary_template():
     assert np.allclose(perm @ got @ perm, want, atol=1e-12)
 
 
-def test_state_is_refused_by_name_and_density_matrix_planned():
+def test_state_is_read_from_the_worker_and_density_matrix_planned():
     wires = qml.wires.Wires(range(3))
-    with pytest.raises(DeviceError, match=r"qml.state\(\) is not supported"):
-        convert.analytic_plan(qml.tape.QuantumScript([], [qml.state()]), wires)
+    plan = convert.analytic_plan(qml.tape.QuantumScript([], [qml.state()]), wires)
+    assert plan.needs_state and not plan.observables
     plan = convert.analytic_plan(qml.tape.QuantumScript([], [qml.density_matrix([2, 0])]), wires)
-    assert len(plan.observables) == 15
+    assert len(plan.observables) == 15 and not plan.needs_state
+    tpl = convert.TemplateCache().convert(qml.tape.QuantumScript([qml.RX(0.1, 0)], [qml.state()]), wires,
+                                          want_state=True).template
+    assert tpl.circuit.metadata == {convert.STATE_METADATA_KEY: True} and tpl.key[-1] == "state"
+
+
+def test_state_is_refused_where_the_pool_cannot_return_it():
+    dev = QschedDevice(wires=2, state_slots=False)
+    dev._features["state_results"] = False            # as for a pool of aer workers
+    tape = qml.tape.QuantumScript([qml.RX(0.1, 0)], [qml.state()])
+    with pytest.raises(DeviceError, match=r"qml.state\(\) is not supported on pool"):
+        dev._plan([tape], False)
+    dev._features["state_results"] = True
+    tape = qml.tape.QuantumScript([convert.MatrixGate(np.eye(2), wires=[0], source="BlockEncode")], [qml.state()])
+    with pytest.raises(DeviceError, match="not supported with BlockEncode"):
+        dev._plan([tape], False)
 
 
 # --------------------------------------------------------------------------- input states as data

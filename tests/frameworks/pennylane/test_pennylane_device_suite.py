@@ -1,12 +1,10 @@
 """PennyLane's own device test suite (``pennylane/devices/tests``, as ``pl-device-test --device
-qsched.qubit --skip-ops`` runs it) against a live daemon, analytic and with 10,000 shots: 0 failures.
+qsched.qubit`` runs it) against a live daemon, analytic and with 10,000 shots: 0 failures.
 
-``--skip-ops`` is the suite's own switch for features a device declares it does not support: a test
-marked ``skip_unsupported`` that raises a DeviceError saying "not supported" (here: analytic
-``qml.state()``, whose global phase a qsched device cannot measure) counts as skipped (xfailed in
-pytest's summary), not failed. Every other outcome is the suite's own. Counts at this commit
-(2-core machine): analytic 383 passed, 45 skipped, 15 xfailed in ~11 s; 10k shots 374 passed, 60
-skipped, 9 xfailed in ~12 s. lightning.qubit in process: 389/45/9 and 374/60/9.
+Run strictly: without ``--skip-ops``, the suite's switch that turns a "not supported" DeviceError
+into a skip, so a feature the device stops supporting fails here. Counts at this commit (2-core
+machine), equal to lightning.qubit's in process: analytic 389 passed, 45 skipped, 9 xfailed in
+~12 s; 10k shots 374 passed, 60 skipped, 9 xfailed in ~14 s (lightning.qubit: 5 s each).
 """
 from __future__ import annotations
 
@@ -53,7 +51,7 @@ def run_suite(url: str | None, device: str, mode: str, cwd: Path, timeout: float
     env = {k: v for k, v in os.environ.items() if k not in ("QSCHED_SESSION", "PYTEST_ADDOPTS")}
     if url:
         env["QSCHED_URL"] = url
-    cmd = [sys.executable, "-m", "pytest", str(_suite_dir()), f"--device={device}", "--skip-ops",
+    cmd = [sys.executable, "-m", "pytest", str(_suite_dir()), f"--device={device}",
            *MODES[mode], "-q", "-rfE", "--tb=short", "-p", "no:cacheprovider", "--no-flaky-report"]
     cp = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     out = cp.stdout + cp.stderr
