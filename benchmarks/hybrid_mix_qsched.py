@@ -68,8 +68,8 @@ def start(infra, p) -> tuple[str, str]:
             h = json.loads(r.read())
         if h.get("status") != "ok":
             return False
-        with urllib.request.urlopen(health.replace("/health", "/devices"), timeout=2) as r:
-            return _devices_ready(json.loads(r.read()))
+        import qsched          # devices over the unix socket: over TCP they need a credential
+        return _devices_ready({"devices": qsched.Client(f"unix://{state / 'qsched.sock'}", retry_s=0).devices()})
 
     infra.log(f"starting qsched: {' '.join(qsched_command())} up --config {cfg}")
     t = time.time()

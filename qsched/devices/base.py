@@ -91,7 +91,8 @@ class Device:
     kinds = ("sample", "estimate", "gradient")
     # Qiskit instruction names this device refuses (after flattening composites into what it runs):
     # published in describe(), so the daemon refuses such a template at upload, naming the pool
-    unsupported_instructions: tuple[str, ...] = ()
+    # the input-state slot (a state sent as data) is for devices that advertise it (lightning)
+    unsupported_instructions: tuple[str, ...] = ("qsched_state",)
 
     def __init__(self, spec: DeviceSpec):
         self.spec = spec

@@ -50,7 +50,8 @@ class EmulatedQPUDevice(AerDevice):
         # control flow)
         names = set(self.backend.target.operation_names)
         d.update(setup_s=self.setup_s, rep_s=self.rep_s, default_shots=self.default_shots,
-                 unsupported_instructions=sorted(n for n in ("reset", *CONTROL_FLOW) if n not in names))
+                 unsupported_instructions=sorted({*self.unsupported_instructions,
+                                                  *(n for n in ("reset", *CONTROL_FLOW) if n not in names)}))
         return d
 
     # transpiled once per template for the device (40-65 ms each time otherwise)

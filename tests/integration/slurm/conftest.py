@@ -250,14 +250,16 @@ SLURM_POLICY = {"name": "fair-share", "weights": {"accounts": {"chem": 2}}}
 @pytest.fixture(scope="session")
 def slurm_daemon(slurm):
     """`qsched up` as root in the state dir the plugstack's admin_socket points at, with one aer device
-    (so jobs' tasks must share it) and the Slurm hooks on. A test may stop and start it (same state)."""
+    (so jobs' tasks must share it), a lightning pool (scripts that name it), and the Slurm hooks on.
+    A test may stop and start it (same state)."""
     state = slurm.dir / "qsched"
     state.mkdir(exist_ok=True)
     state.chmod(0o755)
     tcp = f"127.0.0.1:{_free_port()}"
     # drain_timeout_s as in production: a stop must end with the running batches, long before it
     cfg = {"state_dir": str(state), "daemon": {"tcp": tcp, "drain_timeout_s": 30},
-           "devices": [{"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16}],
+           "devices": [{"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16},
+                       {"name": "lightning0", "type": "lightning", "pool": "lightning", "max_qubits": 16}],
            "policy": SLURM_POLICY,
            "slurm": {"enabled": True, "env": {"SLURM_CONF": slurm.env["SLURM_CONF"]},
                      "reconcile_interval_s": 0.5}}
