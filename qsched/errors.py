@@ -92,6 +92,8 @@ _BY_CODE: dict[str, type[QschedError]] = {
     cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict, PayloadTooLarge,
                               Unavailable, Draining, ConfigError, TaskFailed, TaskCancelled, Timeout)}
 
+CLIENT_ERROR_CODES = sorted(code for code, cls in _BY_CODE.items() if cls.status < 500)
+
 
 def from_json(status: int, body: dict) -> QschedError:
     """Rebuild the server's error on the client side."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .errors import CLIENT_ERROR_CODES
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
                     60, 300, 1800)
 
@@ -55,8 +57,16 @@ class Metrics:
             for status in ("DONE", "FAILED"):
                 self.tasks_completed.labels(d, status).inc(0)
             self.device_up.labels(d).set(0)
+            self.execution.labels(d)
         for p in pools:
             self.tasks_pending.labels(p).set(0)
+            self.queue_wait.labels(p)
+            for kind in ("sample", "estimate", "gradient"):
+                self.tasks_submitted.labels(p, kind).inc(0)
+        for code in CLIENT_ERROR_CODES:
+            self.rejected.labels(code).inc(0)
+        for task in ("dispatcher", "events", "device-watch"):
+            self.background_errors.labels(task).inc(0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,6 @@
 """The `qsched` command: up | daemon | worker | submit | queue | session | device | policy | acct | top."""
 from __future__ import annotations
 
-import logging
 import sys
 import time
 
@@ -45,12 +44,15 @@ class Group(click.Group):
 @click.version_option(__version__, "-V", "--version", prog_name="qsched", message="%(prog)s %(version)s",
                       help="print the version and exit")
 @click.option("-v", "--verbose", count=True, help="more log output on stderr (-vv: debug)")
-def cli(verbose):
+@click.option("--log-format", type=click.Choice(["text", "json"]), envvar="QSCHED_LOG_FORMAT", default="text",
+              show_default=True, help="json: one object per line (ts, level, logger, msg), for log shippers")
+def cli(verbose, log_format):
     """qsched: the quantum half of a two-level scheduler for hybrid jobs."""
-    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    for noisy in ("qiskit", "pennylane", "stevedore", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    import os
+
+    from ..logs import configure
+    configure(verbose=verbose, fmt=log_format)
+    os.environ["QSCHED_LOG_FORMAT"] = log_format          # the daemon's workers log the same way
 
 
 @cli.command()

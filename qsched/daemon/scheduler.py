@@ -217,6 +217,8 @@ class Scheduler:
         await self.store.create_session(s)
         self.sessions[s.id] = SessionEntry(s, self._weight(s), new=True)
         self._by_token[self.token_for(s.id)] = s.id
+        log.info("session %s opened: user=%s account=%s job=%s pool=%s class=%s", s.id, s.user, s.account,
+                 s.job_id or "-", s.pool, s.cls)
         self.metrics.sessions_open.set(len(self.sessions))
         return s
 
@@ -271,6 +273,8 @@ class Scheduler:
                   **usage.__dict__}
         await self.store.record_accounting(record)
         self._refresh_gauges()
+        log.info("session %s closed: user=%s job=%s tasks=%d device_s=%.3f cancelled=%d", sid, s.user,
+                 s.job_id or "-", record["tasks"], record["device_seconds"], len(cancelled))
         return record
 
     # ------------------------------------------------------------------ tasks

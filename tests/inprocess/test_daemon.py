@@ -306,3 +306,17 @@ def test_a_paused_device_gets_nothing_and_its_state_survives_a_restart(tmp_path)
                 done = await api2.wait(s, ids)
                 assert "a0" in {t["meta"]["device"] for t in done}
     run(body())
+
+
+def test_every_series_is_exported_at_zero_from_the_start(tmp_path):
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False) as (_, api, _):
+            async with api.http.get("http://qsched/metrics") as r:
+                text = await r.text()
+            for series in ('qsched_tasks_submitted_total{kind="sample",pool="null"} 0.0',
+                           'qsched_requests_rejected_total{code="bad_request"} 0.0',
+                           'qsched_queue_wait_seconds_count{pool="null"} 0.0',
+                           'qsched_batch_execution_seconds_count{device="null0"} 0.0',
+                           'qsched_background_task_errors_total{task="dispatcher"} 0.0'):
+                assert series in text, series
+    run(body())

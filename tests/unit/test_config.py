@@ -111,3 +111,12 @@ def test_policy_validate_checks_a_full_config_as_the_reload_reads_it(tmp_path):
     assert res.exit_code == 1 and "daemon.bogus_key" in res.output
     path.write_text(yaml.safe_dump({"policy": {"name": "fifo", "max_batch_s": 0.1}}))
     assert _cli("policy", "validate", str(path)).exit_code == 0
+
+
+def test_json_logs_are_one_object_per_line():
+    import json as json_lib
+    env_res = subprocess.run([sys.executable, "-c", "import logging, qsched.logs as l; l.configure(fmt='json'); "
+                              "logging.getLogger('qsched.test').warning('hello %s', 'there')"],
+                             capture_output=True, text=True)
+    line = json_lib.loads(env_res.stderr.strip().splitlines()[-1])
+    assert line["msg"] == "hello there" and line["level"] == "warning" and line["logger"] == "qsched.test"
