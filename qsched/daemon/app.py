@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -45,6 +46,20 @@ def slurm_hooks(config: Config) -> dict:
     except ImportError:
         return {}
     return daemon_hooks(config)
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) when the daemon is ready and when it stops: `After=qsched` then means
+    Redis, workers and listeners are up. No-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    addr = "\0" + path[1:] if path.startswith("@") else path          # '@': the abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(state.encode(), addr)
+    except OSError as e:
+        log.warning("sd_notify %s: %s", state, e)
 
 
 def check(config: Config) -> dict:
@@ -116,6 +131,7 @@ class Daemon:
                                                    path=cfg.admin_socket_path, mode=0o600))
         log.info("qsched daemon ready: tcp=%s socket=%s devices=%s policy=%s", cfg.tcp, cfg.socket_path,
                  ",".join(d.name for d in cfg.devices), cfg.policy.name)
+        sd_notify("READY=1")
         if self.ready:
             self.ready(sch)
 
@@ -123,6 +139,7 @@ class Daemon:
         await self._stop.wait()
 
     async def shutdown(self) -> None:
+        sd_notify("STOPPING=1")
         sch = self.scheduler
         if sch is not None:
             await self._drain(sch)

@@ -320,3 +320,19 @@ def test_every_series_is_exported_at_zero_from_the_start(tmp_path):
                            'qsched_background_task_errors_total{task="dispatcher"} 0.0'):
                 assert series in text, series
     run(body())
+
+
+def test_systemd_is_told_when_the_daemon_is_ready_and_stopping(tmp_path, monkeypatch):
+    import socket as socket_lib
+    path = tmp_path / "notify.sock"
+    rx = socket_lib.socket(socket_lib.AF_UNIX, socket_lib.SOCK_DGRAM)
+    rx.bind(str(path))
+    rx.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False):
+            assert rx.recv(100) == b"READY=1"
+    run(body())
+    assert rx.recv(100) == b"STOPPING=1"
+    rx.close()
