@@ -63,6 +63,7 @@ class Config:
     metrics_public: bool = True          # /metrics without a credential (Prometheus scrapes over TCP)
     slurm: dict = field(default_factory=dict)
     users: dict[str, list[str]] = field(default_factory=dict)     # user -> accounts; the first is the default
+    local_workers: int = field(default_factory=lambda: os.cpu_count() or 1)   # `qsched submit --local` jobs at once
     devices: list[DeviceSpec] = field(default_factory=list)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: str = "<defaults>"
@@ -223,7 +224,9 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
 
 def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     raw = _map(raw, "config")
-    _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users"}, "config")
+    _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users", "local"}, "config")
+    local = _map(raw.get("local"), "local")
+    _unknown(local, {"workers"}, "local")
     state_dir = Path(os.path.expanduser(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
     redis_cfg = _map(raw.get("redis"), "redis")
     _unknown(redis_cfg, {"url", "max_connections"}, "redis")
@@ -280,6 +283,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         metrics_public=_type(auth.get("metrics_public", True), bool, "auth.metrics_public", "true or false"),
         slurm=parse_slurm(raw.get("slurm")),
         users=parse_users(raw.get("users")),
+        local_workers=_num(local, "workers", "local", os.cpu_count() or 1, lo=1, hi=1024, integer=True),
         devices=devices,
         policy=parse_policy(raw.get("policy")),
         source=source,

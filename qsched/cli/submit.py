@@ -89,6 +89,22 @@ def script_sbatch_options(text: str) -> list[str]:
     return opts
 
 
+def directive(opts: list[str], *names: str) -> str | None:
+    """The last value of an sbatch option among `opts` (`--name=V`, `--name V`, or `-x V`), as sbatch
+    takes the last one given."""
+    value = None
+    for i, o in enumerate(opts):
+        name, eq, v = o.partition("=")
+        if name in names:
+            if eq:
+                value = v
+            elif i + 1 < len(opts) and not opts[i + 1].startswith("-"):
+                value = opts[i + 1]
+            elif name == "--qpu":
+                value = ""                    # a bare --qpu: the default pool
+    return value
+
+
 def asks_for_qpu(opts: list[str]) -> bool:
     """Do these sbatch options already ask for quantum access (--qpu, --qpu=POOL, --gres=...qpu...)?"""
     for i, o in enumerate(opts):
@@ -164,25 +180,59 @@ def local_redis_url(config) -> str:
     if config.redis_url:
         return config.redis_url
     sock = Path(config.state_dir) / "redis" / "redis.sock"
-    if not sock.exists():
+    try:
+        found = sock.exists()
+    except PermissionError:
+        found = True
+    if not found:
         raise click.ClickException(f"no local qsched daemon: {sock} does not exist (start one with `qsched up`)")
+    if not os.access(sock, os.R_OK | os.W_OK):
+        raise click.ClickException(f"local mode queues jobs in the daemon's Redis ({sock}), which this user "
+                                   "cannot open: a daemon run by root keeps it private. Use Slurm (qsched "
+                                   "submit without --local), or run your own `qsched up` for local mode.")
     return f"unix://{sock}"
 
 
 def run_local_job(script: str, args: list[str], env: dict, cwd: str, out_path: str, session_id: str | None,
-                  socket_path: str | None) -> int:
-    """The RQ job: run the script as a subprocess with the session env, then close the session (the job
-    ended, so its pending quantum tasks go too). Returns the script's exit status."""
+                  socket_path: str | None, time_limit_s: int = -1) -> int:
+    """The RQ job: run the script in a process group of its own with the session env, kill the whole
+    group at the time limit (saying so in the output file, as Slurm does), then close the session (the
+    job ended, so its pending quantum tasks go too). Returns the script's exit status."""
     full_env = dict(os.environ)
     full_env.update(env)
     try:
         with open(out_path, "ab") as out:
-            cp = subprocess.run([script, *args], cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        return cp.returncode
+            proc = subprocess.Popen([script, *args], cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                return proc.wait(timeout=time_limit_s if time_limit_s > 0 else None)
+            except subprocess.TimeoutExpired:
+                out.write(f"qsched: job {env.get('QSCHED_JOB_ID', '')} CANCELLED DUE TO TIME LIMIT "
+                          f"({time_limit_s} s)\n".encode())
+                out.flush()
+                _kill_group(proc)
+                return TIMEOUT_EXIT
     finally:
         if session_id and socket_path:
             _close_local_session(socket_path, session_id)
+
+
+TIMEOUT_EXIT = 124             # what timeout(1) returns
+
+
+def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM to the script's whole process group (its children too), SIGKILL to what is left."""
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _client(socket_path: str):
@@ -207,18 +257,18 @@ def _close_local_session(socket_path: str, session_id: str) -> None:
         pass  # closed already (by the user's code or the daemon)
 
 
-def _ensure_worker(redis_url: str, queue) -> None:
-    """Local mode needs a worker on the queue: start a burst worker (exits when the queue is empty)
-    when none is registered."""
+def _ensure_workers(redis_url: str, queue, workers: int) -> None:
+    """Local jobs run concurrently up to `local.workers`: start burst workers (each exits when the queue
+    is empty) until that many are registered."""
     from rq import Worker
-    if Worker.all(queue=queue):
-        return
+    missing = workers - len(Worker.all(queue=queue))
     rq = shutil.which("rq", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     argv = ([rq] if rq else [sys.executable, "-m", "rq.cli"]) + [
         "worker", "--burst", "--url", redis_url, "--worker-class", "rq.worker.SimpleWorker",
         "--serializer", "rq.serializers.JSONSerializer", keys.RQ_QUEUE]
-    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                     cwd=os.getcwd())
+    for _ in range(max(0, missing)):
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                         cwd=os.getcwd())
 
 
 def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_path) -> int:
@@ -233,7 +283,13 @@ def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_
     script_path = str(Path(script).resolve())
     if not os.access(script_path, os.X_OK):
         raise click.ClickException(f"{script}: not an executable file")
-    session = _open_local_session(socket_path, pool, klass, name=Path(script).name)
+    # the script's own #SBATCH lines hold where the command line says nothing, as sbatch reads them
+    opts = script_sbatch_options(Path(script_path).read_text(errors="replace"))
+    pool = pool or directive(opts, "--qpu") or None
+    klass = klass or directive(opts, "--qpu-class") or None
+    time_limit = time_limit or directive(opts, "--time", "-t")
+    name = directive(opts, "--job-name", "-J") or Path(script).name
+    session = _open_local_session(socket_path, pool, klass, name=name)
     conn = redis.Redis.from_url(url)
     q = Queue(keys.RQ_QUEUE, connection=conn, serializer=JSONSerializer)   # nothing in the store is unpickled
     cwd = os.getcwd()
@@ -242,10 +298,12 @@ def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_
     job_id = f"local-{uuid.uuid4().hex[:12]}"
     env["QSCHED_JOB_ID"] = job_id
     out_path = os.path.join(cwd, f"qsched-{job_id}.out")
-    timeout = _seconds(time_limit) if time_limit else -1
+    limit = _seconds(time_limit) if time_limit else -1
+    # the job kills its own script at the limit; RQ's timeout is only a backstop for a stuck job
     job = q.enqueue(run_local_job, script_path, list(script_args), env, cwd, out_path, session["id"], socket_path,
-                    job_id=job_id, job_timeout=timeout, result_ttl=86400, failure_ttl=86400)
-    _ensure_worker(url, q)
+                    limit, job_id=job_id, job_timeout=limit + 60 if limit > 0 else -1, result_ttl=86400,
+                    failure_ttl=86400)
+    _ensure_workers(url, q, config.local_workers)
     click.echo(job.id)
     if not wait:
         return 0
@@ -254,7 +312,7 @@ def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_
         if status == "finished":
             return int(job.return_value() or 0)
         if status in ("failed", "stopped", "canceled"):
-            click.echo(f"job {job.id} {status}", err=True)
+            click.echo(f"job {job.id} {getattr(status, 'value', status).upper()}", err=True)
             return 1
         time.sleep(0.2)
 

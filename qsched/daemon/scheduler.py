@@ -268,7 +268,8 @@ class Scheduler:
                         "its ledger record", sid, self.config.drain_timeout_s)
         usage = await self.store.session_usage(sid)
         s = entry.session
-        record = {"session": sid, "user": s.user, "account": s.account, "job_id": s.job_id, "pool": s.pool,
+        record = {"session": sid, "name": s.name, "user": s.user, "account": s.account, "job_id": s.job_id,
+                  "pool": s.pool,
                   "class": s.cls, "opened": s.created, "closed": time.time(), "cancelled": len(cancelled),
                   **usage.__dict__}
         await self.store.record_accounting(record)

@@ -25,3 +25,54 @@ def test_a_local_job_runs_and_rq_stores_it_as_json(fresh_daemon, tmp_path, monke
     r = redis.Redis(unix_socket_path=str(d.state_dir / "redis" / "redis.sock"))
     data = zlib.decompress(r.hget(f"rq:job:{job_id}", "data"))          # RQ compresses job data
     assert data[:1] in (b"[", b"{"), data[:20]                           # JSON, not a pickle (b"\x80...")
+
+
+def _clean_env(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    for k in ("QSCHED_URL", "QSCHED_SESSION", "QSCHED_POOL", "QSCHED_CLASS", "QSCHED_REDIS_URL"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def test_the_scripts_directives_hold_and_the_time_limit_kills_the_whole_job(fresh_daemon, tmp_path, monkeypatch):
+    import subprocess
+    d = fresh_daemon(devices=[{"name": "null0", "type": "null", "pool": "null"},
+                              {"name": "null1", "type": "null", "pool": "other"}])
+    script = tmp_path / "long.sh"
+    marker = "61.25"                                   # a sleep nobody else runs
+    script.write_text("#!/bin/bash\n#SBATCH --qpu=other\n#SBATCH --qpu-class=debug\n#SBATCH --time=0:02\n"
+                      "#SBATCH --job-name=limited\n"
+                      f"echo \"pool=$QSCHED_POOL class=$QSCHED_CLASS\"\nsleep {marker} &\nsleep {marker}\n")
+    script.chmod(0o755)
+    _clean_env(monkeypatch, tmp_path)
+    res = CliRunner().invoke(submit, ["--local", "--wait", "--config", str(d.config_path), str(script)])
+    assert res.exit_code == 124, res.output
+    job_id = res.output.strip().splitlines()[0]
+    out = (tmp_path / f"qsched-{job_id}.out").read_text()
+    assert "pool=other class=debug" in out and "CANCELLED DUE TO TIME LIMIT" in out
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout.split()
+    assert left == [], "a child of the job survived its time limit"
+    names = [r.get("name") for r in d.client().accounting()]
+    assert "limited" in names                          # --job-name named the session
+
+
+def test_local_jobs_run_concurrently_up_to_local_workers(fresh_daemon, tmp_path, monkeypatch):
+    import threading
+    import time
+    d = fresh_daemon(devices=[{"name": "null0", "type": "null", "pool": "null"}], extra={"local": {"workers": 2}})
+    script = tmp_path / "nap.sh"
+    script.write_text("#!/bin/bash\nsleep 2\n")
+    script.chmod(0o755)
+    _clean_env(monkeypatch, tmp_path)
+    codes = []
+
+    def one():
+        codes.append(CliRunner().invoke(submit, ["--local", "--wait", "--config", str(d.config_path),
+                                                 str(script)]).exit_code)
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    took = time.monotonic() - t0
+    assert codes == [0, 0] and took < 3.9, took       # one after the other would take 4 s and more
