@@ -38,6 +38,9 @@ class Metrics:
                                 registry=r)
         self.tasks_pending = Gauge("qsched_tasks_pending", "Tasks waiting for a device", ["pool"], registry=r)
         self.store_up = Gauge("qsched_store_up", "1 while Redis answers the daemon", registry=r)
+        self.store_writable = Gauge("qsched_store_writable", "0 after a write failed (full disk, refused), until "
+                                    "one succeeds", registry=r)
+        self.store_writable.set(1)
         self.sessions_open = Gauge("qsched_sessions_open", "Open sessions", registry=r)
         self.queue_wait = Histogram("qsched_queue_wait_seconds", "Submission to start of execution",
                                     ["pool"], buckets=_LATENCY_BUCKETS, registry=r)

@@ -193,8 +193,9 @@ routes = web.RouteTableDef()
 @routes.get("/v1/health")
 async def health(request):
     sch = request.app[SCHEDULER]
-    status = "draining" if not sch.accepting else "ok" if sch.store_ok else "degraded"
-    return web.json_response({"status": status, "redis": "ok" if sch.store_ok else "down", "version": __version__,
+    status = "draining" if not sch.accepting else "ok" if sch.store_ok and sch.store_writable else "degraded"
+    redis = "down" if not sch.store_ok else "ok" if sch.store_writable else "read-only"
+    return web.json_response({"status": status, "redis": redis, "version": __version__,
                               "devices": len(sch.devices), "sessions": len(sch.sessions)})
 
 

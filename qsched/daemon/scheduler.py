@@ -99,6 +99,8 @@ class Scheduler:
         self._kick = asyncio.Event()
         self._writing = asyncio.Lock()         # one commit at a time: memory and Redis change in the same order
         self._stale = False                    # a write failed: rebuild from Redis before the next one
+        self._write_failed_at = 0.0
+        self.store_writable = True
         self._seq = 0
         self.events_from = "0-0"
         self.accepting = True
@@ -181,6 +183,9 @@ class Scheduler:
         """The write lock, with an index known to match Redis."""
         async with self._writing:
             if self._stale:
+                # while writes keep failing (a full disk), answer at once rather than rebuild per request
+                if time.monotonic() - self._write_failed_at < 1.0:
+                    raise Unavailable("store: Redis is refusing writes; retry", field="store")
                 try:
                     await self.resync()
                 except RedisError as e:
@@ -192,9 +197,14 @@ class Scheduler:
         try:
             await self.store.commit(sid, items, batches, idempotency_key)
         except RedisError as e:
-            self._stale = True
+            self._stale, self._write_failed_at, self.store_writable = True, time.monotonic(), False
+            self.metrics.store_writable.set(0)
             log.error("write to Redis failed (%s); the index is rebuilt from Redis before the next write", e)
             raise Unavailable(f"store: Redis refused the write ({e}); retry", field="store") from None
+        if not self.store_writable:
+            self.store_writable = True
+            self.metrics.store_writable.set(1)
+            log.info("Redis accepts writes again")
 
     # ------------------------------------------------------------------ sessions
     def _weight(self, s: Session) -> float:

@@ -75,12 +75,16 @@ def test_dispatching_resumes_after_redis_refuses_the_daemons_writes(tmp_path):
                 await root.execute_command("ACL", "SETUSER", "qd", "-@write")
                 status, err = await api.submit(s, h, 1)
                 assert status == 503 and err["error"]["field"] == "store"
+                _, health = await api.call("GET", "/v1/health")
+                assert (health["status"], health["redis"]) == ("degraded", "read-only")   # visibly
                 errors = d.metrics.background_errors.labels("dispatcher")
                 await until(lambda: errors._value.get() >= 1, timeout=5)
                 await root.execute_command("ACL", "SETUSER", "qd", "+@all")
                 done = await api.wait(s, ids, timeout=20)
                 assert [t["state"] for t in done] == ["DONE"] * len(ids)
                 assert (await d.scheduler.store.session_usage(s["id"])).tasks == len(ids)
+                _, health = await api.call("GET", "/v1/health")
+                assert health["redis"] == "ok"                                          # by itself
             await root.aclose()
     run(body())
 
