@@ -10,9 +10,25 @@ import yaml
 from .errors import ConfigError
 from .models import DeviceLimits, DeviceSpec
 
-POLICIES = ("fifo", "round-robin", "fair-share")
 DEVICE_TYPES_BUILTIN = ("aer", "lightning", "emulated-qpu", "null")
 CLASSES_DEFAULT = {"interactive": 4.0, "batch": 1.0, "debug": 2.0}
+CLASS_LIMITS = ("max_sessions_per_user", "max_pending_per_user", "max_task_device_s", "max_session_device_s")
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """A class like a Slurm QOS: a priority tier (higher first, strictly, up to policy.max_wait_s), a
+    weight within the tier, limits (None: none), and who may use it (empty lists: everyone; else a
+    session's account must be listed in `accounts` or its user in `users`)."""
+    name: str
+    tier: int = 0
+    weight: float = 1.0
+    max_sessions_per_user: int | None = None
+    max_pending_per_user: int | None = None
+    max_task_device_s: float | None = None
+    max_session_device_s: float | None = None
+    accounts: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
 
 
 @dataclass
@@ -31,6 +47,18 @@ class PolicyConfig:
     # the policy's quantum: one pick takes at most this many estimated device-seconds of a session's
     # merged tasks (a single larger task still runs whole), so weighted shares hold with merging on
     max_batch_s: float = 0.05
+    # classes by name (ClassSpec); a class only in class_weights is tier 0 without limits
+    classes: dict[str, ClassSpec] = field(default_factory=dict)
+    # anti-starvation: a session of a lower tier waiting this long is picked before higher tiers
+    max_wait_s: float | None = 300.0
+    # usage per user and account decays with this half-life (PriorityDecayHalfLife); 0: no decay
+    decay_half_life_s: float = 7 * 86_400.0
+    # the policy's own options (its OPTIONS, validated against the registry in qsched.policy)
+    options: dict = field(default_factory=dict)
+
+    def class_spec(self, name: str) -> ClassSpec:
+        spec = self.classes.get(name)
+        return spec if spec is not None else ClassSpec(name, weight=self.class_weights.get(name, 1.0))
 
 
 @dataclass
@@ -134,28 +162,76 @@ def _weights(d, path) -> dict[str, float]:
     return out
 
 
-def parse_policy(d, path: str = "policy") -> PolicyConfig:
+POLICY_KEYS = {"name", "weights", "classes", "max_pending_per_session", "merge", "return_credit_s", "max_batch_s",
+               "max_wait_s", "decay_half_life_s"}
+CLASS_KEYS = {"tier", "weight", *CLASS_LIMITS, "accounts", "users"}
+
+
+def _names(v, path) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    lst = [v] if isinstance(v, str) else v
+    if not isinstance(lst, list) or not all(isinstance(x, str) and x for x in lst):
+        raise ConfigError(f"{path}: expected a name or a list of names, got {v!r}", field=path)
+    return tuple(lst)
+
+
+def _parse_class(name: str, d, path: str, weight: float) -> ClassSpec:
     d = _map(d, path)
-    _unknown(d, {"name", "weights", "max_pending_per_session", "merge", "return_credit_s", "max_batch_s"}, path)
+    _unknown(d, CLASS_KEYS, path)
+    return ClassSpec(
+        name=name,
+        tier=_num(d, "tier", path, 0, lo=-1000, hi=1000, integer=True),
+        weight=_num(d, "weight", path, weight, lo=1e-6),
+        max_sessions_per_user=_num(d, "max_sessions_per_user", path, None, lo=1, integer=True),
+        max_pending_per_user=_num(d, "max_pending_per_user", path, None, lo=1, integer=True),
+        max_task_device_s=_num(d, "max_task_device_s", path, None, lo=0.0),
+        max_session_device_s=_num(d, "max_session_device_s", path, None, lo=0.0),
+        accounts=_names(d.get("accounts"), f"{path}.accounts"),
+        users=_names(d.get("users"), f"{path}.users"),
+    )
+
+
+def parse_policy(d, path: str = "policy") -> PolicyConfig:
+    from .policy import policy_class          # the registry of policies (imports this module)
+    d = _map(d, path)
     name = d.get("name", "fair-share")
-    if name not in POLICIES:
-        raise ConfigError(f"{path}.name: unknown policy {name!r} (one of {', '.join(POLICIES)})",
-                          field=f"{path}.name")
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}.name: expected a policy name, got {name!r}", field=f"{path}.name")
+    cls = policy_class(name, f"{path}.name")
+    _unknown(d, POLICY_KEYS | {o.name for o in cls.OPTIONS}, path)
+    options = {o.name: o.parse(d[o.name], path) for o in cls.OPTIONS if o.name in d}
     w = _map(d.get("weights"), f"{path}.weights")
     _unknown(w, {"accounts", "users", "classes"}, f"{path}.weights")
-    classes = dict(CLASSES_DEFAULT)
-    classes.update(_weights(w.get("classes"), f"{path}.weights.classes"))
+    class_w = dict(CLASSES_DEFAULT)
+    legacy = _weights(w.get("classes"), f"{path}.weights.classes")
+    class_w.update(legacy)
+    raw_classes = _map(d.get("classes"), f"{path}.classes")
+    classes = {}
+    for cname, spec in raw_classes.items():
+        cname = str(cname)
+        cpath = f"{path}.classes.{cname}"
+        if cname in legacy and isinstance(spec, dict) and "weight" in spec:
+            raise ConfigError(f"{cpath}.weight: the class's weight is also set in {path}.weights.classes; "
+                              "set it in one place", field=f"{cpath}.weight")
+        classes[cname] = _parse_class(cname, spec, cpath, class_w.get(cname, 1.0))
+    for cname, weight in class_w.items():
+        classes.setdefault(cname, ClassSpec(cname, weight=weight))
     merge = d.get("merge", True)
     _type(merge, bool, f"{path}.merge", "true or false")
     return PolicyConfig(
         name=name,
         account_weights=_weights(w.get("accounts"), f"{path}.weights.accounts"),
         user_weights=_weights(w.get("users"), f"{path}.weights.users"),
-        class_weights=classes,
+        class_weights={n: c.weight for n, c in classes.items()},
         max_pending_per_session=_num(d, "max_pending_per_session", path, 10_000, lo=1, integer=True),
         merge=merge,
         return_credit_s=_num(d, "return_credit_s", path, 0.5, lo=0.0, hi=3600.0),
         max_batch_s=_num(d, "max_batch_s", path, 0.05, lo=0.0, hi=3600.0),
+        classes=classes,
+        max_wait_s=_num(d, "max_wait_s", path, 300.0, lo=1e-3),
+        decay_half_life_s=_num(d, "decay_half_life_s", path, 7 * 86_400.0, lo=0.0),
+        options=options,
     )
 
 

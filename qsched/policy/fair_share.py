@@ -1,48 +1,122 @@
 from __future__ import annotations
 
-from .base import HeapQueues, Policy
+from .base import Option, Policy, SessionInfo
+
+WEIGHTS = ("priority_weight_age", "priority_weight_fairshare", "priority_weight_qos", "priority_weight_job_size")
 
 
 class FairShare(Policy):
-    """Weighted start-time fair queuing (Goyal et al., SFQ) on device-seconds.
+    """Weighted start-time fair queuing (Goyal et al., SFQ) on device-seconds, optionally ordered first by
+    a multifactor priority in Slurm's vocabulary.
 
     Each session has a finish tag F. When it becomes backlogged its start tag is S = max(v - c / w, F),
-    where v is the pool's virtual time (the start tag of the last pick) and c the policy's
-    return_credit_s: a session back from a classical phase re-enters at (about) the current virtual
-    time, so the credit it could bank while idle is at most c device-seconds. That small credit lets a
-    returning session's burst run next rather than queue behind sessions that never stopped: a hybrid
-    job's critical path is its own alternation, and waiting at every return stretches it. A pick advances
-    v to the picked start tag and charges F = S + cost / weight with the estimated cost; the measured
-    cost corrects F when the batch ends.
+    where v is the virtual time of the session's pool and tier (the start tag of the last pick) and c the
+    policy's return_credit_s: a session back from a classical phase re-enters at (about) the current
+    virtual time, so the credit it could bank while idle is at most c device-seconds. That small credit
+    lets a returning session's burst run next rather than queue behind sessions that never stopped: a
+    hybrid job's critical path is its own alternation, and waiting at every return stretches it. A pick
+    advances v to the picked start tag and charges F = S + cost / weight with the estimated cost; the
+    measured cost corrects F when the batch ends.
+
+    Multifactor (any priority_weight_* above 0): within a tier the session with the highest
+      P = w_age x age + w_fairshare x fairshare + w_qos x qos + w_job_size x job_size
+    goes first, SFQ breaking ties. Factors are in [0, 1] as in Slurm:
+      age       the wait of the session's current turn / priority_max_age_s (not capped, so the order
+                of waiting sessions never goes stale between decisions);
+      fairshare 2^(-U/S) for the account times the same for the user, U the decayed usage as a fraction
+                of all decayed usage, S the configured share as a fraction of the shares of everyone
+                with usage (PriorityDecayHalfLife is policy.decay_half_life_s);
+      qos       the class's weight / the largest class weight;
+      job_size  pending tasks / (pending + priority_job_size_ref), or 1 minus that with
+                priority_favor_small.
+    All weights 0 (the default) is plain SFQ.
     """
     name = "fair-share"
+    OPTIONS = (
+        Option("priority_weight_age", 0.0, "weight of the age factor (PriorityWeightAge)", lo=0.0),
+        Option("priority_weight_fairshare", 0.0, "weight of the decayed fair-share factor (PriorityWeightFairshare)",
+               lo=0.0),
+        Option("priority_weight_qos", 0.0, "weight of the class factor (PriorityWeightQOS)", lo=0.0),
+        Option("priority_weight_job_size", 0.0, "weight of the job-size factor (PriorityWeightJobSize)", lo=0.0),
+        Option("priority_max_age_s", 300.0, "wait at which the age factor reaches 1 (PriorityMaxAge)", lo=1e-3),
+        Option("priority_job_size_ref", 100, "pending tasks at which the job-size factor is 0.5", lo=1,
+               kind="integer"),
+        Option("priority_favor_small", False, "smaller backlogs first (PriorityFavorSmall)", kind="bool"),
+    )
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
-        self._q = HeapQueues()
+        o = self.options
+        self._w = [float(o[k]) for k in WEIGHTS]
+        self._multifactor = any(w > 0 for w in self._w)
+        self._max_class_w = max(self.cfg.class_weights.values(), default=1.0) or 1.0
         self._finish: dict[str, float] = {}
         self._start: dict[str, float] = {}
         self._weight: dict[str, float] = {}
-        self._vtime: dict[str, float] = {}
-        self._pool_of: dict[str, str] = {}
+        self._slot: dict[str, tuple[str, int]] = {}
+        self._vtime: dict[tuple[str, int], float] = {}
         self._carry: dict[str, float] = {}        # corrections that arrived while the session was queued
+        self._share_cache: dict[str, tuple[int, float]] = {}
+        self._epoch: float | None = None
 
-    def enqueue(self, sid, pool, weight, head_seq):
-        self._weight[sid] = weight
-        self._pool_of[sid] = pool
-        v = self._vtime.get(pool, 0.0) - self.cfg.return_credit_s / weight
+    def _key(self, sid, pool, info, head_seq, now, size):
+        w = self.weight_of(info) if info.cls else info.weight
+        self._weight[sid] = w
+        slot = self._slot[sid] = (pool, self.tier_of(info))
+        v = self._vtime.get(slot, 0.0) - self.cfg.return_credit_s / w
         s = max(v, self._finish.get(sid, 0.0))
         self._start[sid] = s
-        self._q.push(pool, (s, head_seq), sid)
+        if not self._multifactor:
+            return (s, head_seq)
+        return (-self.priority(info, now, size), s, head_seq)
 
-    def pick(self, pool):
-        sid, key = self._q.pop(pool)
-        if sid is not None:
-            # monotone: a returning session's credited start tag lies below v, and letting v follow it
-            # down would push everyone served recently behind it, again and again
-            self._vtime[pool] = max(self._vtime.get(pool, 0.0), key[0])
-        return sid
+    def _picked(self, sid, pool, key):
+        s = self._start[sid]
+        slot = self._slot[sid]
+        # monotone: a returning session's credited start tag lies below v, and letting v follow it
+        # down would push everyone served recently behind it, again and again
+        self._vtime[slot] = max(self._vtime.get(slot, 0.0), s)
 
+    # ------------------------------------------------------------------ multifactor
+    def factors(self, info: SessionInfo, now: float, size: int = 0) -> dict[str, float]:
+        """The session's factors now (each in [0, 1]; age grows past 1, see the class docstring)."""
+        if self._epoch is None:
+            self._epoch = now
+        o = self.options
+        ref = float(o["priority_job_size_ref"])
+        job = size / (size + ref)
+        return {"age": 0.0, "fairshare": self.fairshare_factor(info, now),
+                "qos": self.cfg.class_weights.get(info.cls, 1.0) / self._max_class_w,
+                "job_size": 1.0 - job if o["priority_favor_small"] else job}
+
+    def priority(self, info: SessionInfo, now: float, size: int = 0) -> float:
+        """The static part of the priority plus the age term written as -enqueue time / max_age: every
+        waiting session's age grows at the same rate, so ordering by this is ordering by P at any time."""
+        f = self.factors(info, now, size)
+        w_age, w_fs, w_qos, w_size = self._w
+        assert self._epoch is not None
+        age_term = -w_age * (now - self._epoch) / float(self.options["priority_max_age_s"])
+        return age_term + w_fs * f["fairshare"] + w_qos * f["qos"] + w_size * f["job_size"]
+
+    def _share(self, kind: str, name: str, weights: dict[str, float]) -> float:
+        cached = self._share_cache.get(kind)
+        if cached is None or cached[0] != self.usage.version:
+            cached = (self.usage.version, sum(weights.get(n, 1.0) for n in self.usage.names(kind)))
+            self._share_cache[kind] = cached
+        total = cached[1] + (0.0 if name in self.usage.names(kind) else weights.get(name, 1.0))
+        return weights.get(name, 1.0) / total if total > 0 else 1.0
+
+    def fairshare_factor(self, info: SessionInfo, now: float) -> float:
+        f = 1.0
+        for kind, name, weights in (("account", info.account, self.cfg.account_weights),
+                                    ("user", info.user, self.cfg.user_weights)):
+            total = self.usage.total(kind, now)
+            if not name or total <= 0:
+                continue
+            f *= 2.0 ** (-(self.usage.get(kind, name, now) / total) / self._share(kind, name, weights))
+        return f
+
+    # ------------------------------------------------------------------ charges
     def charge(self, sid, cost):
         self._finish[sid] = (self._start.get(sid, 0.0) + cost / self._weight.get(sid, 1.0)
                              + self._carry.pop(sid, 0.0))
@@ -58,10 +132,9 @@ class FairShare(Policy):
         else:
             self._finish[sid] += delta
 
-    def remove(self, sid):
-        self._q.discard(sid)
-        for d in (self._finish, self._start, self._weight, self._pool_of, self._carry):
+    def _forget(self, sid):
+        for d in (self._finish, self._start, self._weight, self._slot, self._carry):
             d.pop(sid, None)
 
-    def virtual_time(self, pool: str) -> float:
-        return self._vtime.get(pool, 0.0)
+    def virtual_time(self, pool: str, tier: int = 0) -> float:
+        return self._vtime.get((pool, tier), 0.0)
