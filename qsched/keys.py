@@ -75,4 +75,10 @@ def device_model(device: str) -> str:
     return f"{PREFIX}device:{device}:model"
 
 
+def usage(kind: str) -> str:
+    """Hash: decayed usage of each user (kind "user") or account ("account"): name -> "value t", the
+    device-seconds as of Unix time t (they decay with policy.decay_half_life_s from there)."""
+    return f"{PREFIX}usage:{kind}"
+
+
 RQ_QUEUE = "qsched-jobs"     # RQ's own keys derive from it (rq:queue:qsched-jobs): `qsched submit --local`

@@ -371,6 +371,38 @@ class Store:
             res = await p.execute()
         return {(d, _s(k)): float(v) for d, h in zip(devices, res) for k, v in h.items()}
 
+    async def save_usage(self, entries: dict[str, dict[str, tuple[float, float]]]) -> None:
+        """Decayed usage entries (kind -> name -> (device-seconds, as of Unix time)), see keys.usage."""
+        async with self.r.pipeline(transaction=False) as p:
+            for kind, names in entries.items():
+                if names:
+                    p.hset(keys.usage(kind), mapping={n: f"{v!r} {t!r}" for n, (v, t) in names.items()})
+            await p.execute()
+
+    async def load_usage(self, kinds=("user", "account")) -> dict[str, dict[str, tuple[float, float]]]:
+        async with self.r.pipeline(transaction=False) as p:
+            for kind in kinds:
+                p.hgetall(keys.usage(kind))
+            res = await p.execute()
+        out: dict[str, dict[str, tuple[float, float]]] = {}
+        for kind, h in zip(kinds, res):
+            d = out[kind] = {}
+            for n, raw in h.items():
+                try:
+                    v, t = _s(raw).split()
+                    d[_s(n)] = (float(v), float(t))
+                except ValueError:
+                    continue             # not ours; never fatal
+        return out
+
+    async def sessions_device_seconds(self, sids: list[str]) -> dict[str, float]:
+        """Device-seconds each session has used (its usage hash, charged by the workers)."""
+        async with self.r.pipeline(transaction=False) as p:
+            for sid in sids:
+                p.hget(keys.session_usage(sid), "device_seconds")
+            res = await p.execute()
+        return {sid: float(v or 0) for sid, v in zip(sids, res)}
+
     async def running_batch_ids(self, device: str) -> set[str]:
         """Batches a device's worker has taken (its processing list: one, or a dead predecessor's too)."""
         return {Batch.from_entry(e).id for e in await self.r.lrange(keys.device_processing(device), 0, -1)}

@@ -27,8 +27,9 @@ from ..config import Config
 from ..errors import BadRequest, Draining, NotFound, Unavailable
 from ..metrics import Metrics
 from ..models import Batch, DeviceSpec, Session, Task, TaskState
-from ..policy import Policy
+from ..policy import Policy, SessionInfo, UsageLedger
 from ..store import Store
+from . import limits
 from .cost import CostModel
 from .dispatch import take_batch
 from .templates import TemplateIndex
@@ -39,7 +40,7 @@ MAX_OUTSTANDING = 2          # running + one in the inbox
 
 
 class SessionEntry:
-    __slots__ = ("session", "pending", "inflight", "weight", "submits", "knows_all_submits")
+    __slots__ = ("session", "pending", "inflight", "weight", "submits", "knows_all_submits", "info", "used_s")
     MAX_SUBMITS = 1024
 
     def __init__(self, session: Session, weight: float, *, new: bool = False):
@@ -51,6 +52,9 @@ class SessionEntry:
         # daemon opened, nothing evicted), a key missing here is new without asking Redis
         self.submits: OrderedDict[str, list[str]] = OrderedDict()
         self.knows_all_submits = new
+        self.info = SessionInfo(id=session.id, pool=session.pool, cls=session.cls, account=session.account,
+                                user=session.user, weight=session.weight, created=session.created)
+        self.used_s = 0.0              # device-seconds measured (class limit max_session_device_s)
 
     def remember(self, key: str, ids: list[str]) -> None:
         self.submits[key] = ids
@@ -92,6 +96,11 @@ class Scheduler:
         self.devices = {d.name: DeviceEntry(d) for d in config.devices}
         self.pools = config.pools()
         self.cost = CostModel()
+        # decayed usage per user and account (fair share with memory): charged with measured time in
+        # on_batch_done, written to Redis by the device watch, read back in resync
+        self.usage = UsageLedger(config.policy.decay_half_life_s)
+        policy.usage = self.usage
+        self._closing: dict[str, Session] = {}       # closed, batches may still end: charged to them
         self.templates = TemplateIndex(store, config.template_ttl_s)
         self.on_worker_lost = on_worker_lost             # a local worker that stopped beating: kill it
         self._waiters: dict[str, list[asyncio.Future]] = {}
@@ -121,11 +130,16 @@ class Scheduler:
         cost = await self.store.load_cost_model(list(self.devices))
         states = await self.store.device_states(list(self.devices))
         sessions, pending, tasks, outstanding = await self.store.load_state(list(self.devices))
+        usage = await self.store.load_usage()
+        used = (await self.store.sessions_device_seconds([s.id for s in sessions])
+                if any(c.max_session_device_s is not None for c in self.policy.cfg.classes.values()) else {})
         self.sessions.clear()
         self.tasks.clear()
         for d in self.devices.values():
             d.outstanding.clear()
         self.policy = type(self.policy)(self.policy.cfg)
+        self.policy.usage = self.usage
+        self.usage.load(usage, time.time())
         self.events_from = last
         self.cost.per_binding.update(cost)
         for name, st in states.items():
@@ -135,6 +149,7 @@ class Scheduler:
         self._by_token = {self.token_for(s.id): s.id for s in sessions}
         for s in sessions:
             entry = self.sessions[s.id] = SessionEntry(s, self._weight(s))
+            entry.used_s = used.get(s.id, 0.0)
             for tid in pending.get(s.id, []):
                 t = by_id.get(tid)
                 if t and t.state == TaskState.PENDING:
@@ -222,6 +237,10 @@ class Scheduler:
                              field="class")
         if not (0 < weight <= 1000):
             raise BadRequest("weight: must be in (0, 1000]", field="weight", limit=1000)
+        spec = self.policy.cfg.class_spec(cls)
+        limits.check_open(spec, user=user, account=account, open_sessions=(
+            sum(1 for e in self.sessions.values() if e.session.user == user and e.session.cls == cls)
+            if spec.max_sessions_per_user is not None else 0))
         s = Session(id=secrets.token_hex(6), user=user, uid=uid, pool=pool, cls=cls, weight=weight,
                     account=account, name=name[:100], job_id=str(job_id), created=time.time())
         await self.store.create_session(s)
@@ -265,6 +284,7 @@ class Scheduler:
             entry.pending.clear()
             self.policy.remove(sid)
             del self.sessions[sid]
+            self._closing[sid] = entry.session
             self._by_token.pop(self.token_for(sid), None)
         for tid in cancelled:
             self.tasks.pop(tid, None)
@@ -276,6 +296,9 @@ class Scheduler:
         if self._running_for(sid):
             log.warning("session %s closed with batches still running after %.0f s: their usage is not in "
                         "its ledger record", sid, self.config.drain_timeout_s)
+        self._closing.pop(sid, None)
+        with contextlib.suppress(RedisError):       # else the device watch writes it
+            await self._save_usage()
         usage = await self.store.session_usage(sid)
         s = entry.session
         record = {"session": sid, "name": s.name, "user": s.user, "account": s.account, "job_id": s.job_id,
@@ -314,6 +337,7 @@ class Scheduler:
             if len(entry.pending) + len(items) > limit:
                 raise BadRequest(f"tasks: session would have {len(entry.pending) + len(items)} pending tasks, "
                                  f"limit {limit}", field="tasks", limit=limit)
+            self._check_class_limits(entry, items)
             now = time.time()
             was_idle = not entry.pending
             for t, _, _ in items:
@@ -333,6 +357,30 @@ class Scheduler:
         self.metrics.tasks_pending.labels(entry.session.pool).inc(len(items))
         self._count_dispatched(batches)
         return [t.id for t, _, _ in items], True
+
+    def _check_class_limits(self, entry: SessionEntry, items: list[tuple[Task, str, bytes]]) -> None:
+        """The session's class limits at submit (limits.py); counts only what a set limit needs."""
+        s = entry.session
+        spec = self.policy.cfg.class_spec(s.cls)
+        pending = (sum(len(e.pending) for e in self.sessions.values() if e.session.user == s.user
+                       and e.session.cls == s.cls) if spec.max_pending_per_user is not None else 0)
+        estimates: list[float] = []
+        if limits.needs_estimates(spec):
+            devices = [d.name for d in self.pools.get(s.pool, ())]
+            estimates = [min(self.cost.estimate(d, t.kind, t.bindings) for d in devices) for t, _, _ in items]
+        limits.check_submit(spec, user=s.user, pending_for_user=pending, new_tasks=len(items),
+                            task_estimates_s=estimates, session_used_s=entry.used_s)
+
+    async def _save_usage(self) -> None:
+        """Write the usage entries changed since the last write (kept dirty if Redis refuses)."""
+        if not self.usage.dirty:
+            return
+        dirty = self.usage.take_dirty()
+        try:
+            await self.store.save_usage(dirty)
+        except RedisError:
+            self.usage.dirty.update((kind, n) for kind, names in dirty.items() for n in names)
+            raise
 
     async def cancel(self, tid: str) -> str:
         async with self._write():
@@ -398,6 +446,8 @@ class Scheduler:
     def set_policy(self, policy: Policy) -> None:
         """Swap the policy (SIGHUP): backlogged sessions re-enter the new one in their current order."""
         self.policy = policy
+        policy.usage = self.usage
+        self.usage.half_life_s = policy.cfg.decay_half_life_s
         for entry in self.sessions.values():
             entry.weight = self._weight(entry.session)
             self._enqueue(entry)
@@ -409,7 +459,8 @@ class Scheduler:
 
     def _enqueue(self, entry: SessionEntry) -> None:
         if entry.pending:
-            self.policy.enqueue(entry.session.id, entry.session.pool, entry.weight, entry.pending[0].seq)
+            self.policy.enqueue(entry.session.id, entry.session.pool, entry.info, entry.pending[0].seq,
+                                now=time.time(), size=len(entry.pending))
 
     async def run_dispatcher(self) -> None:
         self.kick()        # (re)started: there may be work that arrived while it was down
@@ -426,12 +477,13 @@ class Scheduler:
         """Fill every live device's free slots from the policy (in memory only; the caller commits)."""
         batches, progress = [], self.accepting
         cfg = self.policy.cfg
+        now = time.time()
         while progress:
             progress = False
             for dev in self.devices.values():
                 if not dev.alive or dev.state != "online" or len(dev.outstanding) >= MAX_OUTSTANDING:
                     continue
-                sid = self.policy.pick(dev.spec.pool)
+                sid = self.policy.pick(dev.spec.pool, now=now)
                 if sid is None:
                     continue
                 progress = True
@@ -575,6 +627,11 @@ class Scheduler:
                 self._resolve(tid)
             if sid in self.sessions:
                 self.policy.correct(sid, est, exec_s)
+            owner = self.sessions[sid].session if sid in self.sessions else self._closing.get(sid)
+            if owner is not None:
+                self.usage.charge(owner.user, owner.account, exec_s, time.time())
+                if sid in self.sessions:
+                    self.sessions[sid].used_s += exec_s
         if first_kind:
             self.cost.observe(dev.spec.name, first_kind, int(ev.get("bindings", 0)), exec_s)
         self.metrics.device_busy.labels(dev.spec.name).inc(exec_s)
@@ -631,6 +688,7 @@ class Scheduler:
         if self.cost.dirty:
             self.cost.dirty = False
             await self.store.save_cost_model(dict(self.cost.per_binding))
+        await self._save_usage()
 
     # ------------------------------------------------------------------ views
     def _refresh_gauges(self) -> None:
