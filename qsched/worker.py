@@ -46,6 +46,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.heartbeat_ttl_s = heartbeat_ttl_s
         self.stopping = threading.Event()
+        self.parent_pid: int | None = None      # set when tied to the daemon that started us
         self.device = load_device(spec)
         self._templates = LRU()
 
@@ -139,6 +140,13 @@ class Worker:
         t0 = time.perf_counter()
         outputs = self.device.run(payloads) if payloads else []
         exec_s = time.perf_counter() - t0
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            # the daemon that started us is gone (we were stopped while it was restarted, say): our
+            # successor runs this batch again, so neither answer nor charge it here
+            log.warning("batch %s: the daemon that started this worker is gone; leaving the batch to the "
+                        "next worker", batch.id)
+            self.stopping.set()
+            return
         finished = time.time()
         total_bindings = sum(p.bindings for p in payloads) or 1
         rows: list[tuple[str, str, str, int, int]] = []
@@ -173,6 +181,8 @@ def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: i
     r = redis_lib.Redis.from_url(redis_url)
     w = Worker(r, spec, redis_url=redis_url, max_attempts=max_attempts, result_ttl_s=result_ttl_s,
                heartbeat_ttl_s=heartbeat_ttl_s)
+    if tie_to_parent:
+        w.parent_pid = os.getppid()
     signal.signal(signal.SIGTERM, w.stop)
     signal.signal(signal.SIGINT, w.stop)
     w.serve()

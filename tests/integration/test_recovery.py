@@ -21,8 +21,8 @@ def _redis(d):
     return redis.Redis(unix_socket_path=str(d.state_dir / "redis" / "redis.sock"))
 
 
-def _worker_pid(d, device="slow0", old=None, timeout=30):
-    r = _redis(d)
+def _worker_pid(d, device="slow0", old=None, timeout=30, r=None):
+    r = r or _redis(d)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         hb = r.get(keys.device_heartbeat(device))
@@ -161,3 +161,59 @@ def test_a_late_result_from_a_worker_whose_batch_was_taken_back_is_refused(fresh
     r.lpush(keys.device_processing("ghost"), entry)
     assert complete(keys=ks, args=args) == 1                        # the holder's result is written once
     assert r.get(keys.task_result("s0.t")) == b'{"result":1}'
+
+
+def test_an_orphaned_stopped_worker_neither_answers_nor_charges_after_sigcont(fresh_daemon, tmp_path):
+    """A worker stopped mid-batch survives its daemon's kill -9 (SIGSTOP holds the PDEATHSIG). The next
+    daemon's worker runs the batch; when the orphan is continued it finds its daemon gone and leaves the
+    batch alone: the task is answered and charged once, with the successor's measured time."""
+    import subprocess
+
+    from qsched.daemon.redis_server import redis_server_binary
+    dev = {"name": "slow0", "type": "null", "pool": "slow", "options": {"delay_s": 1.0}}
+    state = tmp_path / "state"
+    # an external Redis: the orphan's connection survives the daemon (with the embedded one it would not)
+    sock = tmp_path / "redis.sock"
+    redis_proc = subprocess.Popen([redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+                                   "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    extra = {"redis": {"url": f"unix://{sock}"}}
+    d = fresh_daemon(state_dir=state, devices=[dev], extra=extra)
+    s = d.client().open_session("slow")
+    qc = efficient_su2(2, reps=1)
+    fut = s.submit("estimate", qc, np.zeros((1, qc.num_parameters)), observables=["ZZ"])
+    _wait_state(fut, "RUNNING")
+    orphan = _worker_pid(d, r=redis.Redis(unix_socket_path=str(sock)))
+    os.kill(orphan, signal.SIGSTOP)
+    try:
+        d.stop(signal.SIGKILL)
+        time.sleep(1.0)
+        time.sleep(2.0)                                   # stopped long enough to show in a wall-clock charge
+        d2 = fresh_daemon(state_dir=state, devices=[dev], extra=extra)
+        os.kill(orphan, signal.SIGCONT)                   # it would finish first: it was mid-batch
+        s2 = d2.client().attach(s.id)
+        res = type(fut)(s2, fut.id).result(60)
+        assert res.meta["exec_s"] < 2.5                   # the successor's run, not the orphan's stopped time
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and psutil_alive(orphan):
+            time.sleep(0.1)
+        assert not psutil_alive(orphan), "the orphan kept running after SIGCONT"
+        usage = s2.status()["usage"]
+        assert usage["tasks"] == 1 and usage["device_seconds"] < 2.5, usage
+    finally:
+        try:
+            os.kill(orphan, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        redis_proc.kill()
+        redis_proc.wait()
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
