@@ -379,7 +379,7 @@ class Store:
                     p.hset(keys.usage(kind), mapping={n: f"{v!r} {t!r}" for n, (v, t) in names.items()})
             await p.execute()
 
-    async def load_usage(self, kinds=("user", "account")) -> dict[str, dict[str, tuple[float, float]]]:
+    async def load_usage(self, kinds=("user", "account", "assoc")) -> dict[str, dict[str, tuple[float, float]]]:
         async with self.r.pipeline(transaction=False) as p:
             for kind in kinds:
                 p.hgetall(keys.usage(kind))

@@ -23,9 +23,10 @@ class FairShare(Policy):
     goes first, SFQ breaking ties. Factors are in [0, 1] as in Slurm:
       age       the wait of the session's current turn / priority_max_age_s (not capped, so the order
                 of waiting sessions never goes stale between decisions);
-      fairshare 2^(-U/S) for the account times the same for the user, U the decayed usage as a fraction
-                of all decayed usage, S the configured share as a fraction of the shares of everyone
-                with usage (PriorityDecayHalfLife is policy.decay_half_life_s);
+      fairshare 2^(-U/S) for the account times the same for the user within its account, U the decayed
+                usage as a fraction of its level's (all accounts', the account's), S the configured
+                share as a fraction of the shares at that level of everyone with usage
+                (PriorityDecayHalfLife is policy.decay_half_life_s);
       qos       the class's weight / the largest class weight;
       job_size  pending tasks / (pending + priority_job_size_ref), or 1 minus that with
                 priority_favor_small.
@@ -56,8 +57,10 @@ class FairShare(Policy):
         self._slot: dict[str, tuple[str, int]] = {}
         self._vtime: dict[tuple[str, int], float] = {}
         self._carry: dict[str, float] = {}        # corrections that arrived while the session was queued
-        self._share_cache: dict[str, tuple[int, float]] = {}
+        self._share_cache: tuple[int, float, dict[str, float]] | None = None
         self._epoch: float | None = None
+        self._args: dict[str, tuple] = {}             # multifactor: what each queued session's key came from
+        self._since_refresh = 0
 
     def _key(self, sid, pool, info, head_seq, now, size):
         w = self.weight_of(info) if info.cls else info.weight
@@ -68,7 +71,27 @@ class FairShare(Policy):
         self._start[sid] = s
         if not self._multifactor:
             return (s, head_seq)
-        return (-self.priority(info, now, size), s, head_seq)
+        old = self._args.get(sid)
+        since = old[4] if old is not None and sid in self._q and old[0] == slot else now
+        self._args[sid] = (slot, info, head_seq, size, since)
+        return (-self.priority(info, now, size, since), s, head_seq)
+
+    def pick(self, pool, *, now=None):
+        # a waiting session's fair-share factor rises as the others use the device, but its key was
+        # computed when it was queued: re-key everyone queued once per as many picks as there are
+        # queued sessions (Slurm's PriorityCalcPeriod, amortized O(log S) per decision)
+        if self._w[1] > 0 and len(self._q) > 1:
+            self._since_refresh += 1
+            if self._since_refresh >= len(self._q):
+                self._since_refresh = 0
+                self._refresh(self._clock(now))
+        return super().pick(pool, now=now)
+
+    def _refresh(self, now: float) -> None:
+        for sid, (slot, info, head_seq, size, since) in list(self._args.items()):
+            if sid in self._q:
+                key = (-self.priority(info, now, size, since), self._start[sid], head_seq)
+                self._q.push(slot[0], slot[1], key, sid, since)
 
     def _picked(self, sid, pool, key):
         s = self._start[sid]
@@ -89,31 +112,51 @@ class FairShare(Policy):
                 "qos": self.cfg.class_weights.get(info.cls, 1.0) / self._max_class_w,
                 "job_size": 1.0 - job if o["priority_favor_small"] else job}
 
-    def priority(self, info: SessionInfo, now: float, size: int = 0) -> float:
+    def priority(self, info: SessionInfo, now: float, size: int = 0, since: float | None = None) -> float:
         """The static part of the priority plus the age term written as -enqueue time / max_age: every
         waiting session's age grows at the same rate, so ordering by this is ordering by P at any time."""
         f = self.factors(info, now, size)
         w_age, w_fs, w_qos, w_size = self._w
         assert self._epoch is not None
-        age_term = -w_age * (now - self._epoch) / float(self.options["priority_max_age_s"])
+        since = now if since is None else since
+        age_term = -w_age * (since - self._epoch) / float(self.options["priority_max_age_s"])
         return age_term + w_fs * f["fairshare"] + w_qos * f["qos"] + w_size * f["job_size"]
 
-    def _share(self, kind: str, name: str, weights: dict[str, float]) -> float:
-        cached = self._share_cache.get(kind)
-        if cached is None or cached[0] != self.usage.version:
-            cached = (self.usage.version, sum(weights.get(n, 1.0) for n in self.usage.names(kind)))
-            self._share_cache[kind] = cached
-        total = cached[1] + (0.0 if name in self.usage.names(kind) else weights.get(name, 1.0))
-        return weights.get(name, 1.0) / total if total > 0 else 1.0
+    def _sums(self) -> tuple[float, dict[str, float]]:
+        """Shares of every account with usage, and per account of its users with usage (cached until a
+        name appears in the ledger)."""
+        if self._share_cache is None or self._share_cache[0] != self.usage.version:
+            aw, uw = self.cfg.account_weights, self.cfg.user_weights
+            per_account: dict[str, float] = {}
+            for assoc in self.usage.names("assoc"):
+                acct, _, user = assoc.partition("/")
+                per_account[acct] = per_account.get(acct, 0.0) + uw.get(user, 1.0)
+            self._share_cache = (self.usage.version, sum(aw.get(a, 1.0) for a in self.usage.names("account")),
+                                 per_account)
+        return self._share_cache[1], self._share_cache[2]
 
     def fairshare_factor(self, info: SessionInfo, now: float) -> float:
+        """2^(-U/S) for the account among accounts, times 2^(-U/S) for the user among the users of its
+        account (a two-level tree as sshare's: a user's usage competes with its account's users only)."""
+        u, aw, uw = self.usage, self.cfg.account_weights, self.cfg.user_weights
+        acct_sum, per_account = self._sums()
         f = 1.0
-        for kind, name, weights in (("account", info.account, self.cfg.account_weights),
-                                    ("user", info.user, self.cfg.user_weights)):
-            total = self.usage.total(kind, now)
-            if not name or total <= 0:
-                continue
-            f *= 2.0 ** (-(self.usage.get(kind, name, now) / total) / self._share(kind, name, weights))
+        a, user = info.account, info.user
+        total = u.total("account", now)
+        if a and total > 0:
+            share = aw.get(a, 1.0) / (acct_sum + (0.0 if a in u.names("account") else aw.get(a, 1.0)))
+            f *= 2.0 ** (-(u.get("account", a, now) / total) / share)
+        if user:
+            if a:
+                used, within = u.get("assoc", f"{a}/{user}", now), u.get("account", a, now)
+                known = f"{a}/{user}" in u.names("assoc")
+                sibling_sum = per_account.get(a, 0.0) + (0.0 if known else uw.get(user, 1.0))
+            else:
+                used, within = u.get("user", user, now), u.total("user", now)
+                sibling_sum = sum(uw.get(n, 1.0) for n in u.names("user")) + (
+                    0.0 if user in u.names("user") else uw.get(user, 1.0))
+            if within > 0:
+                f *= 2.0 ** (-(used / within) / (uw.get(user, 1.0) / sibling_sum))
         return f
 
     # ------------------------------------------------------------------ charges
@@ -133,7 +176,7 @@ class FairShare(Policy):
             self._finish[sid] += delta
 
     def _forget(self, sid):
-        for d in (self._finish, self._start, self._weight, self._slot, self._carry):
+        for d in (self._finish, self._start, self._weight, self._slot, self._carry, self._args):
             d.pop(sid, None)
 
     def virtual_time(self, pool: str, tier: int = 0) -> float:

@@ -1,11 +1,12 @@
 """Decayed usage per user and per account (Slurm's PriorityDecayHalfLife): pure, time given by the caller.
 
-Each entry is (value, t): device-seconds as of Unix time t. At time now it is worth
-value x 2^-((now - t) / half_life). A half-life of 0 means no decay. The scheduler charges measured
-device time when a batch completes and keeps the entries in Redis (store.save_usage / load_usage)."""
+Each entry is (value, t): device-seconds as of Unix time t, per user, per account and per (account, user)
+association. At time now it is worth value x 2^-((now - t) / half_life). A half-life of 0 means no
+decay. The scheduler charges measured device time when a batch completes and keeps the entries in Redis
+(store.save_usage / load_usage)."""
 from __future__ import annotations
 
-KINDS = ("user", "account")
+KINDS = ("user", "account", "assoc")      # assoc: "account/user", a user's usage within an account
 
 
 class UsageLedger:
@@ -22,7 +23,8 @@ class UsageLedger:
         return value * 2.0 ** (-(now - t) / self.half_life_s)
 
     def charge(self, user: str, account: str, seconds: float, now: float) -> None:
-        for kind, name in (("user", user), ("account", account)):
+        for kind, name in (("user", user), ("account", account),
+                           ("assoc", f"{account}/{user}" if account and user else "")):
             if not name:
                 continue
             d = self._v[kind]
