@@ -59,6 +59,11 @@ class AsyncSession(SessionCore):
         return await self.client._run(self._op_run(kind, circuit, params, observables=observables, shots=shots,
                                                    method=method, timeout=timeout))
 
+    async def submit_wait(self, tasks: list[dict], timeout: float | None = None) -> list[TaskResult]:
+        """Submit all tasks in one request and return their results, in order (one round trip where
+        they finish within the long-poll)."""
+        return await self.client._run(self._op_submit_wait(tasks, timeout))
+
     async def wait(self, futures: list, timeout: float | None = None) -> list[TaskResult]:
         return await self.client._run(self._op_wait(futures, timeout))
 

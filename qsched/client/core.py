@@ -386,14 +386,26 @@ class SessionCore:
             fut._absorb(res["tasks"][0])
         return (yield from fut._op_result(timeout, deadline))
 
+    def _op_submit_wait(self, tasks: list[dict], timeout: float | None = None) -> Op[list[TaskResult]]:
+        """Submit many tasks and wait for all of them, in one round trip where they finish within the
+        long-poll (POST .../tasks?wait=): a small task pays one request, not a submit and a wait."""
+        deadline = self._deadline(timeout)
+        res = yield from self._op_post_tasks(tasks, wait=max(0.0, self._left(deadline)))
+        futures = [self._future_cls(self, tid) for tid in res["ids"]]
+        for f, d in zip(futures, res.get("tasks") or ()):     # absent when asked not to wait
+            f._absorb(d)
+        return (yield from self._op_wait(futures, timeout, deadline))
+
     def _wait_call(self, todo: list[FutureCore], deadline: float | None) -> Call:
         left = max(0.0, self._left(deadline))
         return self._call("POST", "/v1/tasks/wait", body={"ids": [f.id for f in todo], "timeout": left},
                           timeout=left + 30, rebuild=lambda: self._wait_call(todo, deadline), deadline=deadline)
 
-    def _op_wait(self, futures: list, timeout: float | None = None) -> Op[list[TaskResult]]:
+    def _op_wait(self, futures: list, timeout: float | None = None,
+                 deadline: float | None = None) -> Op[list[TaskResult]]:
         """Results of many tasks with one long-poll per round, in order."""
-        deadline = self._deadline(timeout)
+        if deadline is None:
+            deadline = self._deadline(timeout)
         todo = [f for f in futures if f._done is None]
         while todo:
             if self._left(deadline) <= 0:

@@ -56,6 +56,11 @@ class Session(SessionCore):
         return self.client._run(self._op_run(kind, circuit, params, observables=observables, shots=shots,
                                              method=method, timeout=timeout))
 
+    def submit_wait(self, tasks: list[dict], timeout: float | None = None) -> list[TaskResult]:
+        """Submit all tasks in one request and return their results, in order: one round trip where
+        they finish within the long-poll (a failed task raises its error, as TaskFuture.result does)."""
+        return self.client._run(self._op_submit_wait(tasks, timeout))
+
     def wait(self, futures: list, timeout: float | None = None) -> list[TaskResult]:
         """Results of many tasks with one long-poll per round, in order."""
         return self.client._run(self._op_wait(futures, timeout))

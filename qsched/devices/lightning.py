@@ -93,6 +93,7 @@ class LightningDevice(Device):
         self.seed = self.options.get("seed")
         self._devs: dict[int, object] = {}
         self._programs = LRU()
+        self._obs = LRU(64)
 
     def describe(self) -> dict:
         # clients may send input states as data (see split_state_slot)
@@ -124,6 +125,15 @@ class LightningDevice(Device):
                                         f"lightning's adjoint method", field="template")
             return prog, amap, measured, slot, exact_phase
         return self._programs.get_or((t.template, gradient), make)
+
+    def _measurements(self, observables, measured, n) -> list:
+        """expval measurements of the task's observables, built once per distinct observable list
+        (a Hamiltonian of 10 terms costs ~0.3 ms to build; an optimizer sends the same one each step).
+        The measurements are only read, so every tape of the task (and later tasks) shares them."""
+        key = (n, tuple(sorted(measured.items())),
+               tuple(tuple((p, c) for p, c in o) for o in observables))
+        return self._obs.get_or(key, lambda: [self.qml.expval(pauli_sum_pennylane(o, n))
+                                              for o in dephase(observables, measured, n)])
 
     def run_group(self, tasks):
         return [self._run_task(t) for t in tasks]
@@ -176,15 +186,14 @@ class LightningDevice(Device):
             else:
                 regs = {"meas": {"num_bits": n, "array": np.stack([bits_to_bitarray(s) for s in samples])}}
             return {"registers": regs}
-        obs = [pauli_sum_pennylane(o, n) for o in dephase(t.observables, measured, n)]
-        O, B, P = len(obs), t.bindings, t.params.shape[1]
+        mps = self._measurements(t.observables, measured, n)
+        O, B, P = len(mps), t.bindings, t.params.shape[1]
         evs = np.empty((B, O))
         jac = np.zeros((B, O, P)) if t.kind == "gradient" else None
         tapes, orders = [], []
         for b in range(len(angles)):
             ops, trainable, order = self._ops(prog, slot, angles, t.params, b)
-            tape = qml.tape.QuantumScript(ops, [qml.expval(o) for o in obs], shots=t.shots)
-            tape.trainable_params = trainable
+            tape = qml.tape.QuantumScript(ops, mps, shots=t.shots, trainable_params=trainable)
             tapes.append(tape)
             orders.append(order)
         if t.kind == "estimate":

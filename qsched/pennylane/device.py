@@ -492,12 +492,17 @@ class QschedDevice(Device):
             try:
                 session = self._handle.get()
                 tasks = [g.to_task(self._handle, method="adjoint" if gradient else None) for g in groups]
-                futures = session.submit_many(tasks)
-                waiter = getattr(session, "wait", None)    # one long-poll for all of them
-                if callable(waiter) and len(futures) > 1:
-                    results = waiter(futures, self.timeout)
+                submit_wait = getattr(session, "submit_wait", None)
+                if callable(submit_wait):
+                    # one request that submits and waits: a small tape pays one round trip, not two
+                    results = submit_wait(tasks, self.timeout)
                 else:
-                    results = [f.result(timeout=self.timeout) for f in futures]
+                    futures = session.submit_many(tasks)
+                    waiter = getattr(session, "wait", None)    # one long-poll for all of them
+                    if callable(waiter) and len(futures) > 1:
+                        results = waiter(futures, self.timeout)
+                    else:
+                        results = [f.result(timeout=self.timeout) for f in futures]
             except QschedError as e:
                 # refusals, task failures, timeouts, an unreachable daemon: PennyLane's DeviceError
                 # (and still the qsched error it was), never the Qiskit layer's JobError

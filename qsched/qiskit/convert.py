@@ -181,6 +181,8 @@ def _check_estimator_measurements(circuit: QuantumCircuit) -> None:
     pool. StatevectorEstimator raises instead, but code written against aer must get aer's answer,
     not an error. A measurement followed by gates on its qubit has no exact estimate (aer samples
     trajectories and returns shot noise for precision 0): refused here, at run()."""
+    if "measure" not in circuit.count_ops():     # ~2 us; the walk below ~5 us per instruction
+        return
     measured: set[int] = set()
     for inst in circuit.data:
         name = inst.operation.name
