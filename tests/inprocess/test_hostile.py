@@ -74,7 +74,7 @@ def test_bombs_are_refused_fast_while_others_are_served(tmp_path):
             await bystander
             p99 = float(np.percentile(latencies, 99))
             print(f"bystander: {len(latencies)} requests, p99 {p99 * 1000:.1f} ms")
-            assert p99 < 0.25            # 50 ms on a quiet machine; the bound leaves room for a loaded CI
+            assert p99 < 0.5             # 5 ms measured on a quiet machine; the bound leaves room for a loaded CI
             assert me.memory_info().rss - rss_before < 50 << 20
     asyncio.run(body())
 
