@@ -103,6 +103,51 @@ def _use_state_slot(tape):
     return (new,), lambda res: res[0]
 
 
+def _scalar_params_only(tape) -> bool:
+    """Every operation parameter is a scalar (ndim 0: floats, 0-d numpy/autograd/torch values), so
+    the tape is not broadcast. ~10x cheaper than tape.batch_size, which asks every op for its own."""
+    for op in tape.operations:
+        for x in op.data:
+            if getattr(x, "ndim", 0) != 0:
+                return False
+    return True
+
+
+@transform
+def _broadcast_expand(tape):
+    """broadcast_expand, after a cheap check that the tape has no broadcast parameter at all."""
+    if _scalar_params_only(tape):
+        return (tape,), lambda res: res[0]
+    return broadcast_expand(tape)
+
+
+_PLAIN_WIRE_TYPES = (int, str)
+
+
+@transform
+def _validate_device_wires(tape, wires=None, name: str = "device"):
+    """validate_device_wires, answered without building tape.wires where nothing is to be done: every
+    wire a plain int/str label of the device, no Snapshot, every measurement on wires or an observable.
+    Anything else (or a wire off the device, for its error) goes to PennyLane's own transform."""
+    if wires:
+        allowed = set(wires.labels)
+        ok = all(type(w) in _PLAIN_WIRE_TYPES for w in allowed)
+        if ok:
+            for op in tape.operations:
+                tp = type(op)
+                if tp is qml.Snapshot or not allowed.issuperset(convert._wire_labels(op, convert._op_flags(tp)[2])):
+                    ok = False
+                    break
+        if ok:
+            for mp in tape.measurements:
+                if (not mp.obs and not mp.wires) or not allowed.issuperset(mp.wires.labels):
+                    ok = False
+                    break
+        if ok:
+            return (tape,), lambda res: res[0]
+    return validate_device_wires(tape, wires, name=name)
+
+
 def _obs_param_offsets(tape) -> tuple[int, list[int]]:
     """(number of operation parameters, first parameter index of each measurement's observable)."""
     nop = sum(op.num_params for op in tape.operations)
@@ -424,11 +469,11 @@ class QschedDevice(Device):
         program.add_transform(decompose, stopping_condition=convert.stopping_condition,
                               skip_initial_state_prep=False, decomposer=convert.decomposer,
                               name=self.name)
-        program.add_transform(validate_device_wires, self.wires, name=self.name)
+        program.add_transform(_validate_device_wires, self.wires, name=self.name)
         program.add_transform(validate_measurements, analytic_measurements=_analytic_ok,
                               sample_measurements=_sample_ok, name=self.name)
         program.add_transform(validate_observables, stopping_condition=_observable_ok, name=self.name)
-        program.add_transform(broadcast_expand)
+        program.add_transform(_broadcast_expand)
         return program
 
     # ------------------------------------------------------------------ execution
