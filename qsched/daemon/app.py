@@ -48,10 +48,9 @@ def slurm_hooks(config: Config) -> dict:
     return daemon_hooks(config)
 
 
-def sd_notify(state: str) -> None:
+def sd_notify(path: str | None, state: str) -> None:
     """Tell systemd (Type=notify) when the daemon is ready and when it stops: `After=qsched` then means
     Redis, workers and listeners are up. No-op outside systemd."""
-    path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return
     addr = "\0" + path[1:] if path.startswith("@") else path          # '@': the abstract namespace
@@ -83,8 +82,11 @@ class Daemon:
         self.redis_url = ""
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task] = []
+        self._stopping_tasks = False
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
+        # ours alone (NotifyAccess=main): children (Redis, workers, the parser) must not inherit it
+        self._notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
 
     # ---------------------------------------------------------------- phases
     async def startup(self) -> None:
@@ -131,7 +133,7 @@ class Daemon:
                                                    path=cfg.admin_socket_path, mode=0o600))
         log.info("qsched daemon ready: tcp=%s socket=%s devices=%s policy=%s", cfg.tcp, cfg.socket_path,
                  ",".join(d.name for d in cfg.devices), cfg.policy.name)
-        sd_notify("READY=1")
+        sd_notify(self._notify_socket, "READY=1")
         if self.ready:
             self.ready(sch)
 
@@ -139,7 +141,7 @@ class Daemon:
         await self._stop.wait()
 
     async def shutdown(self) -> None:
-        sd_notify("STOPPING=1")
+        sd_notify(self._notify_socket, "STOPPING=1")
         sch = self.scheduler
         if sch is not None:
             await self._drain(sch)
@@ -197,15 +199,24 @@ class Daemon:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._stopping_tasks:
+                    return        # redis-py can turn a cancelled read into a ConnectionError: it is ours
                 log.exception("background task %s failed; restarting it in %.1f s", name, backoff)
             self.metrics.background_errors.labels(name).inc()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def _cancel_background(self) -> None:
+        self._stopping_tasks = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._tasks:
+            return
+        # a task cancelled inside a blocking Redis read (XREAD) can hang in redis-py's clean-up: do not
+        # wait for it past a bound; closing its connection next ends the read
+        _, stuck = await asyncio.wait(self._tasks, timeout=3.0)
+        if stuck:
+            log.warning("background tasks still stopping at shutdown: %s", ", ".join(t.get_name() for t in stuck))
 
     def _worker_lost(self, device: str) -> None:
         if self.supervisor is not None:
