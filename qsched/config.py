@@ -77,6 +77,11 @@ class Config:
     # connections: idle or half-sent requests are closed, slow readers of large answers are dropped
     idle_timeout_s: float = 30.0
     body_timeout_s: float = 60.0
+    # open connections per peer (uid on the socket, address on TCP) and in all (None: the fd limit)
+    max_connections_per_peer: int = 512
+    max_connections: int | None = None
+    # a session no Slurm job owns, with nothing queued or running, is closed after this long idle (0: never)
+    session_idle_timeout_s: float = 86_400.0
     parse_timeout_s: float = 10.0
     parse_memory_bytes: int = 2 << 30
     max_template_instructions: int = 1_000_000
@@ -310,7 +315,8 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     dm = _map(raw.get("daemon"), "daemon")
     _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
                   "heartbeat_timeout_s", "start_workers", "result_ttl_s", "template_ttl_s", "parse_timeout_s",
-                  "idle_timeout_s", "body_timeout_s",
+                  "idle_timeout_s", "body_timeout_s", "max_connections_per_peer", "max_connections",
+                  "session_idle_timeout_s",
                   "parse_memory_bytes", "max_template_instructions", "max_template_parameters",
                   "max_template_clbits", "max_terms_per_task"}, "daemon")
     tcp = dm.get("tcp", "127.0.0.1:8765")
@@ -346,6 +352,9 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         parse_timeout_s=_num(dm, "parse_timeout_s", "daemon", 10.0, lo=0.1, hi=600),
         idle_timeout_s=_num(dm, "idle_timeout_s", "daemon", 30.0, lo=0.5, hi=3600),
         body_timeout_s=_num(dm, "body_timeout_s", "daemon", 60.0, lo=0.5, hi=3600),
+        max_connections_per_peer=_num(dm, "max_connections_per_peer", "daemon", 512, lo=1, integer=True),
+        max_connections=_num(dm, "max_connections", "daemon", None, lo=8, integer=True),
+        session_idle_timeout_s=_num(dm, "session_idle_timeout_s", "daemon", 86_400.0, lo=0),
         parse_memory_bytes=_num(dm, "parse_memory_bytes", "daemon", 2 << 30, lo=512 << 20, integer=True),
         max_template_instructions=_num(dm, "max_template_instructions", "daemon", 1_000_000, lo=1, integer=True),
         max_template_parameters=_num(dm, "max_template_parameters", "daemon", 100_000, lo=1, integer=True),

@@ -48,6 +48,10 @@ class Metrics:
                                    buckets=_LATENCY_BUCKETS, registry=r)
         self.rejected = Counter("qsched_requests_rejected", "Requests answered with a 4xx error", ["code"],
                                 registry=r)
+        self.connections_refused = Counter("qsched_connections_refused", "Connections answered 503 at accept: "
+                                           "a connection cap was reached", ["limit"], registry=r)
+        self.sessions_expired = Counter("qsched_sessions_expired", "Sessions closed after "
+                                        "daemon.session_idle_timeout_s idle", registry=r)
 
     def prelabel(self, devices, pools) -> None:
         """Export every configured device's and pool's series from the start, at 0: panels show the
@@ -68,7 +72,9 @@ class Metrics:
                 self.tasks_submitted.labels(p, kind).inc(0)
         for code in CLIENT_ERROR_CODES:
             self.rejected.labels(code).inc(0)
-        for task in ("dispatcher", "events", "device-watch"):
+        for limit in ("max_connections_per_peer", "max_connections"):
+            self.connections_refused.labels(limit).inc(0)
+        for task in ("dispatcher", "events", "device-watch", "session-expiry"):
             self.background_errors.labels(task).inc(0)
 
     def render(self) -> bytes:

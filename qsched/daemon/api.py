@@ -396,6 +396,7 @@ async def upload_template(request):
     digest = wire.digest(qpy)
     await _check_runnable(sch, info, entry.session.pool, "template")
     await sch.templates.add(digest, qpy, info)      # (re)written: an upload also renews its expiry
+    sch.session(entry.session.id)                   # active until now: parsing can take seconds
     return web.json_response({"hash": digest, **info}, status=201)
 
 

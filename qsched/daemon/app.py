@@ -29,6 +29,7 @@ from ..metrics import Metrics
 from ..policy import make_policy
 from ..store import Store
 from .api import make_app
+from .connections import FD_RESERVE, AcceptErrorLog, ConnectionLimiter, LimitedRunner, raise_fd_limit
 from .parsing import TemplateParser
 from .redis_server import EmbeddedRedis
 from .scheduler import Scheduler
@@ -79,6 +80,7 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.supervisor: WorkerSupervisor | None = None
         self.embedded_redis: EmbeddedRedis | None = None
+        self.limiter = ConnectionLimiter(0, 0)
         self.redis_url = ""
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task] = []
@@ -92,6 +94,10 @@ class Daemon:
     async def startup(self) -> None:
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
+        fds = raise_fd_limit() - FD_RESERVE
+        self.limiter = ConnectionLimiter(cfg.max_connections_per_peer, min(cfg.max_connections or fds, fds))
+        self.limiter.on_refuse = lambda limit: self.metrics.connections_refused.labels(limit).inc()
         if self.hooks is None:
             self.hooks = check(cfg)
         stack = self._stack
@@ -120,6 +126,8 @@ class Daemon:
         self.spawn("dispatcher", sch.run_dispatcher)
         self.spawn("events", lambda: sch.run_events(r_events))
         self.spawn("device-watch", sch.run_device_watch)
+        if cfg.session_idle_timeout_s:
+            self.spawn("session-expiry", sch.run_session_expiry)
         if embedded is not None:
             self.spawn("embedded-redis", embedded.watch)
         for extra in self.hooks.get("background", []):
@@ -129,8 +137,9 @@ class Daemon:
         stack.push_async_callback(parser.close)
         await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks, parser=parser), tcp=cfg.tcp,
                                                    path=cfg.socket_path))
+        # the admin socket (0600) is not capped: an admin must get in while users hold every connection
         await stack.enter_async_context(self._site(make_app(sch, admin=True, hooks=self.hooks, parser=parser),
-                                                   path=cfg.admin_socket_path, mode=0o600))
+                                                   path=cfg.admin_socket_path, mode=0o600, limited=False))
         log.info("qsched daemon ready: tcp=%s socket=%s devices=%s policy=%s", cfg.tcp, cfg.socket_path,
                  ",".join(d.name for d in cfg.devices), cfg.policy.name)
         sd_notify(self._notify_socket, "READY=1")
@@ -245,10 +254,11 @@ class Daemon:
 
     @contextlib.asynccontextmanager
     async def _site(self, app: web.Application, *, tcp: str | None = None, path: Path | None = None,
-                    mode: int = 0o666):
+                    mode: int = 0o666, limited: bool = True):
         # the drain answers long-polls at once; the shutdown timeout only bounds a handler that is stuck
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
-                               keepalive_timeout=self.config.idle_timeout_s)    # idle and half-sent requests
+        opts: dict = dict(access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                          keepalive_timeout=self.config.idle_timeout_s)     # idle and half-sent requests
+        runner = LimitedRunner(app, self.limiter, **opts) if limited else web.AppRunner(app, **opts)
         await runner.setup()
         try:
             if tcp:

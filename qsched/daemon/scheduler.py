@@ -40,7 +40,8 @@ MAX_OUTSTANDING = 2          # running + one in the inbox
 
 
 class SessionEntry:
-    __slots__ = ("session", "pending", "inflight", "weight", "submits", "knows_all_submits", "info", "used_s")
+    __slots__ = ("session", "pending", "inflight", "weight", "submits", "knows_all_submits", "info", "used_s",
+                 "last_active")
     MAX_SUBMITS = 1024
 
     def __init__(self, session: Session, weight: float, *, new: bool = False):
@@ -55,6 +56,7 @@ class SessionEntry:
         self.info = SessionInfo(id=session.id, pool=session.pool, cls=session.cls, account=session.account,
                                 user=session.user, weight=session.weight, created=session.created)
         self.used_s = 0.0              # device-seconds measured (class limit max_session_device_s)
+        self.last_active = time.monotonic()      # the last request naming it (daemon.session_idle_timeout_s)
 
     def remember(self, key: str, ids: list[str]) -> None:
         self.submits[key] = ids
@@ -267,7 +269,25 @@ class Scheduler:
         entry = self.sessions.get(sid)
         if entry is None:
             raise NotFound(f"session: no open session {sid!r}", field="session")
+        entry.last_active = time.monotonic()
         return entry
+
+    async def run_session_expiry(self) -> None:
+        """Close sessions idle past daemon.session_idle_timeout_s that no Slurm job owns (the job's end
+        closes those) and that have nothing queued or running: a client that never closes its session
+        must not hold its memory and index entry forever."""
+        limit = self.config.session_idle_timeout_s
+        while True:
+            await asyncio.sleep(min(60.0, max(limit / 4, 0.25)))
+            now = time.monotonic()
+            for sid, e in list(self.sessions.items()):
+                idle = now - e.last_active
+                if e.session.job_id or e.pending or e.inflight or idle <= limit or sid not in self.sessions:
+                    continue
+                log.info("session %s expired: idle %.0f s > daemon.session_idle_timeout_s, no Slurm job", sid, idle)
+                with contextlib.suppress(NotFound):         # closed by its owner meanwhile
+                    await self.close_session(sid)
+                    self.metrics.sessions_expired.inc()
 
     async def close_session(self, sid: str) -> dict:
         """Cancel what has not started (pending tasks, and batches still waiting in an inbox), wait for

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import struct
 import time
 
+import aiohttp
 import numpy as np
 import psutil
-from inprocess_harness import daemon, one_qubit
+from inprocess_harness import daemon, one_qubit, until
 from qiskit import QuantumCircuit, qpy
 
 from qsched import wire
@@ -141,8 +143,7 @@ def test_names_with_terminal_escapes_or_lone_surrogates_are_refused(tmp_path):
     asyncio.run(body())
 
 
-def _raw(path, data: bytes, *, read: bool = True, timeout: float = 10.0):
-    import socket
+def _raw(path, data: bytes, *, read: bool = True, timeout: float = 10.0, size: int = 200):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(timeout)
     s.connect(str(path))
@@ -151,7 +152,7 @@ def _raw(path, data: bytes, *, read: bool = True, timeout: float = 10.0):
         return s
     t0 = time.perf_counter()
     try:
-        got = s.recv(200)
+        got = s.recv(size)
     except TimeoutError:
         got = None
     s.close()
@@ -186,7 +187,7 @@ def test_a_client_that_stops_reading_a_large_answer_is_dropped(tmp_path):
             assert done["state"] == "DONE"                                 # a reader gets all of it
             request = (f"GET /v1/tasks/{tid} HTTP/1.1\r\nHost: q\r\nAuthorization: Bearer {s['token']}\r\n\r\n")
             sleeper = await asyncio.to_thread(_raw, d.config.socket_path, request.encode(), read=False)
-            sleeper.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+            sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             await asyncio.sleep(3)                                         # it never reads
             received, chunk = 0, b"x"
             sleeper.settimeout(5)
@@ -197,4 +198,57 @@ def test_a_client_that_stops_reading_a_large_answer_is_dropped(tmp_path):
             assert received < 1 << 20, received                            # cut off, not sent whole
             status, health = await api.call("GET", "/v1/health")
             assert status == 200
+    asyncio.run(body())
+
+
+def test_one_peer_cannot_take_every_connection(tmp_path):
+    """Issue 14 item 2: a local user holding connections open hits daemon.max_connections_per_peer and
+    gets 503 naming it; the admin socket still answers; a closed connection frees its place."""
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False,
+                          daemon={"max_connections_per_peer": 4, "idle_timeout_s": 30}) as (d, api, _):
+            held = []
+            for _ in range(4):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(str(d.config.socket_path))
+                held.append(s)
+            await until(lambda: sum(d.limiter.open.values()) >= 4)
+            _, got = await asyncio.to_thread(_raw, d.config.socket_path, b"GET /v1/health HTTP/1.1\r\n\r\n",
+                                             size=4096)
+            assert got is not None and got.startswith(b"HTTP/1.1 503"), got
+            assert b"daemon.max_connections_per_peer" in got and b"Retry-After: 1" in got
+            admin = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(d.config.admin_socket_path)))
+            async with admin.get("http://qsched/v1/health") as r:
+                assert r.status == 200
+            await admin.close()
+            refused = d.metrics.connections_refused.labels("max_connections_per_peer")._value.get()
+            assert refused >= 1
+            held.pop().close()
+            await until(lambda: sum(d.limiter.open.values()) <= 3)
+            status, _ = await api.call("GET", "/v1/health")                 # a place again
+            assert status == 200
+            for s in held:
+                s.close()
+    asyncio.run(body())
+
+
+def test_idle_sessions_without_a_job_expire(tmp_path):
+    """Issue 14 item 14: a session nobody touches for daemon.session_idle_timeout_s is closed (its
+    ledger record written); one that is used stays open."""
+    async def body():
+        async with daemon(tmp_path, NULL, daemon={"session_idle_timeout_s": 2.0}) as (d, api, _):
+            busy = await api.session(pool="null", name="busy")
+            h = await api.template(busy, one_qubit())
+            idle = await api.session(pool="null", name="forgotten")
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 5.0:       # used all along: never idle 2 s
+                status, out = await api.submit(busy, h, 1)
+                assert status == 201, out
+                await api.wait(busy, out["ids"])
+                await asyncio.sleep(0.1)
+            assert idle["id"] not in d.scheduler.sessions
+            assert busy["id"] in d.scheduler.sessions
+            assert d.metrics.sessions_expired._value.get() == 1
+            records = await d.scheduler.store.accounting(0, 10)
+            assert [r["name"] for r in records] == ["forgotten"]
     asyncio.run(body())
