@@ -277,10 +277,14 @@ def parse_users(d, path: str = "users") -> dict[str, list[str]]:
     return out
 
 
+# cross-session batching by default where a device call has a fixed per-job overhead
+MERGE_BATCHES = {"emulated-qpu": 8}
+
+
 def _parse_device(d, path: str, known_types) -> DeviceSpec:
     d = _map(d, path)
     _unknown(d, {"name", "type", "pool", "max_qubits", "max_shots", "max_bindings",
-                 "max_batch_bindings", "options"}, path)
+                 "max_batch_bindings", "merge_batches", "merge_wait_s", "options"}, path)
     for req in ("name", "type"):
         if req not in d:
             raise ConfigError(f"{path}.{req}: required", field=f"{path}.{req}")
@@ -300,7 +304,10 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
         max_batch_bindings=_num(d, "max_batch_bindings", path, 20_000, lo=1, integer=True),
     )
     return DeviceSpec(name=name, type=typ, pool=str(d.get("pool") or typ), limits=limits,
-                      options=_map(d.get("options"), f"{path}.options"))
+                      options=_map(d.get("options"), f"{path}.options"),
+                      merge_batches=_num(d, "merge_batches", path, MERGE_BATCHES.get(typ, 1), lo=1, hi=64,
+                                         integer=True),
+                      merge_wait_s=_num(d, "merge_wait_s", path, 0.0, lo=0, hi=60))
 
 
 def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:

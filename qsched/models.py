@@ -102,7 +102,9 @@ class Session:
 
 @dataclass
 class Batch:
-    """What a worker executes at once: tasks of one session for one device."""
+    """What the daemon dispatches at once: tasks of one session for one device. A worker of a device
+    with merge_batches > 1 runs waiting batches of other sessions with the same `merge` key in the same
+    device call (cross-session batching), and still answers and charges each batch on its own."""
     id: str
     device: str
     session: str
@@ -111,12 +113,16 @@ class Batch:
     # the tasks' payloads, when the batch was dispatched in the same commit that accepted them: the
     # worker then needs no read before it runs (fields in store.INLINE_FIELDS order)
     inline: list | None = None
+    merge: str = ""          # the tasks' merge key, set where the device merges across sessions
+    bindings: int = 0
 
     def to_json(self) -> dict:
         d = {"id": self.id, "device": self.device, "session": self.session, "tasks": self.tasks,
              "created": self.created}
         if self.inline:
             d["inline"] = self.inline
+        if self.merge:
+            d["merge"], d["bindings"] = self.merge, self.bindings
         return d
 
     def entry(self) -> str:
@@ -157,3 +163,7 @@ class DeviceSpec:
     pool: str
     limits: DeviceLimits = field(default_factory=DeviceLimits)
     options: dict = field(default_factory=dict)
+    # batches (of any sessions) one device call may take: > 1 where a job has a fixed overhead (a QPU)
+    merge_batches: int = 1
+    # how long a call that could take more batches waits for them (0: run what is waiting now)
+    merge_wait_s: float = 0.0

@@ -142,6 +142,27 @@ return 1
 """
 
 
+# Worker side: after taking one batch, take waiting batches (of any session) with the same merge key,
+# oldest first, within a bindings budget, for one device call (cross-session batching). Atomic against
+# the daemon's RECALL: each entry is taken by exactly one of them.
+TAKE_MATCHING_LUA = """
+-- KEYS: inbox, processing; ARGV: merge key, max batches, bindings budget
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local taken, n, budget = {}, tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = #entries, 1, -1 do
+  if #taken >= n then break end
+  local ok, b = pcall(cjson.decode, entries[i])
+  if ok and b['merge'] == ARGV[1] and (b['bindings'] or 0) <= budget then
+    redis.call('LREM', KEYS[1], 1, entries[i])
+    redis.call('LPUSH', KEYS[2], entries[i])
+    budget = budget - (b['bindings'] or 0)
+    taken[#taken + 1] = entries[i]
+  end
+end
+return taken
+"""
+
+
 class HotScript:
     """A Lua script on a connection of its own, called without redis-py's client layers (pool, retry,
     observability hooks): on the daemon's per-request path they cost more than Redis itself. Calls must
@@ -479,10 +500,15 @@ class DeviceQueue:
         self.processing = keys.device_processing(device)
         self._fetch = redis.register_script(FETCH_LUA)
         self._complete = redis.register_script(COMPLETE_LUA)
+        self._take_matching = redis.register_script(TAKE_MATCHING_LUA)
 
     def take(self, timeout_s: float):
         """The next batch's entry, moved atomically to the processing list; None after the timeout."""
         return self.r.blmove(self.inbox, self.processing, timeout_s, "RIGHT", "LEFT")
+
+    def take_matching(self, merge: str, max_batches: int, max_bindings: int) -> list:
+        """Waiting entries with this merge key (any session), oldest first, moved to the processing list."""
+        return self._take_matching(keys=[self.inbox, self.processing], args=[merge, max_batches, max_bindings])
 
     def held(self) -> list:
         """Entries a predecessor left in the processing list, oldest first."""

@@ -7,6 +7,7 @@ a SCHEDULED task whose batch is in a processing list is running."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
@@ -61,7 +62,7 @@ class Worker:
             while not self.stopping.is_set():
                 entry = self._redis_retry(lambda: self.queue.take(1.0))
                 if entry is not None:
-                    self.run_batch(entry)
+                    self.run_batches([entry, *self._merge_with(entry)])
         finally:
             beat.terminate()
             beat.wait()
@@ -98,9 +99,9 @@ class Worker:
         if deaths < self.max_attempts:
             log.warning("re-running batch %s after its worker died (%d of %d runs)", bid, deaths + 1,
                         self.max_attempts)
-            self.run_batch(entry)
+            self.run_batches([entry])
             return
-        self.run_batch(entry, fail={"code": "task_failed", "message": (
+        self.run_batches([entry], fail={"code": "task_failed", "message": (
             f"worker for device {self.spec.name} died {deaths} times running this batch"
             + (f"; last: {last}" if last else ""))})
 
@@ -120,9 +121,23 @@ class Worker:
             return [dict(zip(INLINE_FIELDS, row)) | {"params": base64.b64decode(row[-1])} for row in batch.inline]
         return self._redis_retry(lambda: self.queue.payloads(batch.tasks))
 
-    def run_batch(self, entry, fail: dict | None = None) -> None:
+    def _merge_with(self, entry) -> list:
+        """Cross-session batching: the waiting batches that can share the device call of this one."""
+        if self.spec.merge_batches <= 1:
+            return []
         batch = Batch.from_entry(entry)
-        started = time.time()
+        if not batch.merge:
+            return []
+        budget, want = self.spec.limits.max_batch_bindings - batch.bindings, self.spec.merge_batches - 1
+        taken = self._redis_retry(lambda: self.queue.take_matching(batch.merge, want, budget))
+        if len(taken) < want and self.spec.merge_wait_s and not self.stopping.wait(self.spec.merge_wait_s):
+            # jobs whose results came back together submit again together: waiting a moment for them
+            # keeps one job from always running alone (and paying the whole overhead)
+            budget -= sum(Batch.from_entry(e).bindings for e in taken)
+            taken += self._redis_retry(lambda: self.queue.take_matching(batch.merge, want - len(taken), budget))
+        return taken
+
+    def _payloads(self, batch: Batch, started: float, fail: dict | None):
         payloads, failures, submitted = [], {}, {}
         for d in self._specs(batch):
             tid = d["id"]
@@ -137,40 +152,52 @@ class Worker:
                                         int(d["shots"]) if d["shots"] else None,
                                         json.loads(d["observables"]) if d["observables"] else [],
                                         d["method"] or None))
+        return payloads, failures, submitted
+
+    def run_batches(self, entries: list, fail: dict | None = None) -> None:
+        """Run the batches in one device call; answer and charge each on its own, with its share of the
+        measured time (by bindings)."""
+        batches = [Batch.from_entry(e) for e in entries]
+        started = time.time()
+        prepared = [self._payloads(b, started, fail) for b in batches]
+        every = [p for payloads, _, _ in prepared for p in payloads]
         t0 = time.perf_counter()
-        outputs = self.device.run(payloads) if payloads else []
+        outputs = iter(self.device.run(every) if every else [])
         exec_s = time.perf_counter() - t0
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             # the daemon that started us is gone (we were stopped while it was restarted, say): our
-            # successor runs this batch again, so neither answer nor charge it here
-            log.warning("batch %s: the daemon that started this worker is gone; leaving the batch to the "
-                        "next worker", batch.id)
+            # successor runs these batches again, so neither answer nor charge them here
+            log.warning("batches %s: the daemon that started this worker is gone; leaving them to the next "
+                        "worker", ", ".join(b.id for b in batches))
             self.stopping.set()
             return
         finished = time.time()
-        total_bindings = sum(p.bindings for p in payloads) or 1
-        rows: list[tuple[str, str, str, int, int]] = []
-        for p, out in zip(payloads, outputs):
-            meta = {"device": self.spec.name, "batch": batch.id, "exec_s": exec_s * p.bindings / total_bindings,
-                    "queue_wait_s": max(0.0, started - submitted[p.id]), "batch_exec_s": exec_s,
-                    "started_at": started, "finished_at": finished}
-            if isinstance(out, Exception):
-                err = out.to_json()["error"] if isinstance(out, QschedError) else {
-                    "code": "task_failed", "message": f"{type(out).__name__}: {out}"[:2000]}
-                state, body = TaskState.FAILED.value, json.dumps({"error": err, "meta": meta})
-            else:
-                state, body = TaskState.DONE.value, json.dumps({"result": wire.encode_tree(out), "meta": meta})
-            rows.append((p.id, state, body, p.bindings, p.bindings * (p.shots or 0)))
-        rows += [(tid, TaskState.FAILED.value, json.dumps({"error": err}), 0, 0) for tid, err in failures.items()]
-        event = json.dumps({"batch": batch.id, "device": self.spec.name, "session": batch.session,
-                            "started": started, "finished": finished, "exec_s": exec_s,
-                            "bindings": total_bindings if payloads else 0, "tasks": {r[0]: r[1] for r in rows}})
-        written = self._redis_retry(lambda: self.queue.complete(entry, batch, event, exec_s if payloads else 0.0,
-                                                                finished, rows))
-        if written == -1:
-            log.warning("batch %s was taken back while this worker ran it (its heartbeat had stopped); "
-                        "its results are discarded and the tasks run again elsewhere", batch.id)
-
+        total_bindings = sum(p.bindings for p in every) or 1
+        for entry, batch, (payloads, failures, submitted) in zip(entries, batches, prepared):
+            rows: list[tuple[str, str, str, int, int]] = []
+            for p in payloads:
+                out = next(outputs)
+                meta = {"device": self.spec.name, "batch": batch.id, "exec_s": exec_s * p.bindings / total_bindings,
+                        "queue_wait_s": max(0.0, started - submitted[p.id]), "batch_exec_s": exec_s,
+                        "batches_merged": len(batches), "started_at": started, "finished_at": finished}
+                if isinstance(out, Exception):
+                    err = out.to_json()["error"] if isinstance(out, QschedError) else {
+                        "code": "task_failed", "message": f"{type(out).__name__}: {out}"[:2000]}
+                    state, body = TaskState.FAILED.value, json.dumps({"error": err, "meta": meta})
+                else:
+                    state, body = TaskState.DONE.value, json.dumps({"result": wire.encode_tree(out), "meta": meta})
+                rows.append((p.id, state, body, p.bindings, p.bindings * (p.shots or 0)))
+            rows += [(tid, TaskState.FAILED.value, json.dumps({"error": err}), 0, 0) for tid, err in failures.items()]
+            bindings = sum(p.bindings for p in payloads)
+            share = exec_s * bindings / total_bindings
+            event = json.dumps({"batch": batch.id, "device": self.spec.name, "session": batch.session,
+                                "started": started, "finished": finished, "exec_s": share, "bindings": bindings,
+                                "tasks": {r[0]: r[1] for r in rows}})
+            written = self._redis_retry(functools.partial(self.queue.complete, entry, batch, event, share,
+                                                          finished, rows))
+            if written == -1:
+                log.warning("batch %s was taken back while this worker ran it (its heartbeat had stopped); "
+                            "its results are discarded and the tasks run again elsewhere", batch.id)
 
 def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: int, heartbeat_ttl_s: float,
          tie_to_parent: bool = False) -> None:

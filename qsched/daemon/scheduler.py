@@ -36,7 +36,7 @@ from .templates import TemplateIndex
 
 log = logging.getLogger("qsched.scheduler")
 
-MAX_OUTSTANDING = 2          # running + one in the inbox
+MAX_OUTSTANDING = 2          # running + one in the inbox (+ merge_batches - 1 where a device merges)
 
 
 class SessionEntry:
@@ -501,7 +501,8 @@ class Scheduler:
         while progress:
             progress = False
             for dev in self.devices.values():
-                if not dev.alive or dev.state != "online" or len(dev.outstanding) >= MAX_OUTSTANDING:
+                if not dev.alive or dev.state != "online" or \
+                        len(dev.outstanding) >= MAX_OUTSTANDING + dev.spec.merge_batches - 1:
                     continue
                 sid = self.policy.pick(dev.spec.pool, now=now)
                 if sid is None:
@@ -519,6 +520,11 @@ class Scheduler:
                 self._enqueue(entry)
                 batch = Batch(id="b" + secrets.token_hex(6), device=name, session=sid,
                               tasks=[t.id for t in tasks], created=time.time())
+                if dev.spec.merge_batches > 1:
+                    # the worker may run it in one device call (one job) with other sessions' batches of
+                    # the same kind, shots and method: a job carries several circuits, so any template
+                    batch.merge = json.dumps(tasks[0].merge_key()[1:])
+                    batch.bindings = sum(t.bindings for t in tasks)
                 for t in tasks:
                     t.state, t.batch = TaskState.SCHEDULED, batch.id
                 entry.inflight += len(tasks)
