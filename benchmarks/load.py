@@ -61,9 +61,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--merge-batches", type=int, default=1,
+                    help="the null device's merge_batches (cross-session batching)")
     a = ap.parse_args()
     rows = []
-    with private_daemon(DEVICES) as url:
+    with private_daemon([{**DEVICES[0], "merge_batches": a.merge_batches}]) as url:
         for n in a.clients:
             r = asyncio.run(step(url, n, a.seconds))
             rows.append(r)
