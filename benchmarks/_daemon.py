@@ -13,10 +13,10 @@ import yaml
 
 
 @contextlib.contextmanager
-def private_daemon(devices: list[dict], policy: dict | None = None):
+def private_daemon(devices: list[dict], policy: dict | None = None, *, daemon: dict | None = None):
     import qsched
     state = tempfile.mkdtemp(prefix="qsched-bench-")
-    cfg = {"state_dir": state, "daemon": {"tcp": None}, "devices": devices,
+    cfg = {"state_dir": state, "daemon": {"tcp": None, **(daemon or {})}, "devices": devices,
            "policy": policy or {"name": "fair-share"}}
     path = os.path.join(state, "qsched.yaml")
     with open(path, "w") as f:

@@ -77,6 +77,7 @@ class Config:
     # connections: idle or half-sent requests are closed, slow readers of large answers are dropped
     idle_timeout_s: float = 30.0
     body_timeout_s: float = 60.0
+    max_answer_bytes: int = 256 << 20        # large results held for sending at once (daemon/answers.py)
     # open connections per peer (uid on the socket, address on TCP) and in all (None: the fd limit)
     max_connections_per_peer: int = 512
     max_connections: int | None = None
@@ -88,6 +89,7 @@ class Config:
     max_template_parameters: int = 100_000
     max_template_clbits: int = 10_000
     max_terms_per_task: int = 100_000
+    max_terms_per_request: int = 200_000     # bounds the event loop's JSON parse (~0.1 s at the limit)
     start_workers: bool = True
     result_ttl_s: int = 86_400
     template_ttl_s: int = 7 * 86_400
@@ -323,9 +325,9 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
                   "heartbeat_timeout_s", "start_workers", "result_ttl_s", "template_ttl_s", "parse_timeout_s",
                   "idle_timeout_s", "body_timeout_s", "max_connections_per_peer", "max_connections",
-                  "session_idle_timeout_s",
+                  "session_idle_timeout_s", "max_answer_bytes",
                   "parse_memory_bytes", "max_template_instructions", "max_template_parameters",
-                  "max_template_clbits", "max_terms_per_task"}, "daemon")
+                  "max_template_clbits", "max_terms_per_task", "max_terms_per_request"}, "daemon")
     tcp = dm.get("tcp", "127.0.0.1:8765")
     if tcp is not None:
         host, _, port = str(tcp).rpartition(":")
@@ -362,11 +364,13 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         max_connections_per_peer=_num(dm, "max_connections_per_peer", "daemon", 512, lo=1, integer=True),
         max_connections=_num(dm, "max_connections", "daemon", None, lo=8, integer=True),
         session_idle_timeout_s=_num(dm, "session_idle_timeout_s", "daemon", 86_400.0, lo=0),
+        max_answer_bytes=_num(dm, "max_answer_bytes", "daemon", 256 << 20, lo=1 << 20, integer=True),
         parse_memory_bytes=_num(dm, "parse_memory_bytes", "daemon", 2 << 30, lo=512 << 20, integer=True),
         max_template_instructions=_num(dm, "max_template_instructions", "daemon", 1_000_000, lo=1, integer=True),
         max_template_parameters=_num(dm, "max_template_parameters", "daemon", 100_000, lo=1, integer=True),
         max_template_clbits=_num(dm, "max_template_clbits", "daemon", 10_000, lo=0, integer=True),
         max_terms_per_task=_num(dm, "max_terms_per_task", "daemon", 100_000, lo=1, integer=True),
+        max_terms_per_request=_num(dm, "max_terms_per_request", "daemon", 200_000, lo=1, integer=True),
         start_workers=start_workers,
         result_ttl_s=_num(dm, "result_ttl_s", "daemon", 86_400, lo=1, integer=True),
         template_ttl_s=_num(dm, "template_ttl_s", "daemon", 7 * 86_400, lo=7200, integer=True),

@@ -375,6 +375,12 @@ class Store:
     async def results(self, tids: list[str]) -> list[bytes | None]:
         return await self.r.mget([keys.task_result(t) for t in tids]) if tids else []
 
+    async def result_sizes(self, tids: list[str]) -> list[int]:
+        async with self.r.pipeline(transaction=False) as p:
+            for t in tids:
+                p.strlen(keys.task_result(t))
+            return await p.execute()
+
     async def heartbeats(self, devices: list[str]) -> list[dict | None]:
         raw = await self.r.mget([keys.device_heartbeat(d) for d in devices]) if devices else []
         return [json.loads(x) if x else None for x in raw]

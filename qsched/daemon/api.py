@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..models import DeviceLimits, Task, TaskKind, TaskState
 from .identity import session_account, session_weight
+from .answers import AnswerBudget
 from .parsing import Limits, TemplateParser
 from .scheduler import Scheduler
 
@@ -40,6 +41,8 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 ADMIN = web.AppKey("admin", bool)
 HOOKS = web.AppKey("hooks", dict)
 PARSER = web.AppKey("parser", TemplateParser)
+ANSWERS = web.AppKey("answers", AnswerBudget)
+RESERVED = web.ResponseKey("answer_bytes", int)      # its share of the AnswerBudget, given back once sent
 KINDS = {k.value for k in TaskKind}
 METHODS = {None, "adjoint", "parameter-shift"}
 MAX_WAIT_S = 300.0
@@ -103,10 +106,18 @@ async def read_body(request: web.Request) -> bytes:
         raise RequestTimeout(f"body: not received within {limit:g} s", field="body", limit=limit) from None
 
 
-async def json_body(request: web.Request) -> dict:
+async def json_body(request: web.Request, *, max_terms: int | None = None) -> dict:
+    """The body as a JSON object. With max_terms (a task submission), a body that must hold more Pauli
+    terms than that is refused before it is parsed: a 24 MB body of 2,000,000 terms took json.loads
+    1.9 s of the event loop. Every term is a JSON array and so is every observable, and a task adds a
+    few more, so a body with more '[' than 2 x max_terms + 4 per object cannot be within the limit."""
     raw = await read_body(request)
     if not raw:
         return {}
+    if max_terms is not None and len(raw) > TERMS_PRESCAN_ABOVE and \
+            raw.count(b"[") > 2 * max_terms + 4 * raw.count(b"{") + 256:
+        raise PayloadTooLarge(f"observables: more than daemon.max_terms_per_request = {max_terms} Pauli terms in "
+                              "one request; send fewer tasks per request", field="observables", limit=max_terms)
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -122,6 +133,7 @@ async def json_body(request: web.Request) -> dict:
 
 
 STREAM_ABOVE = 1 << 20
+TERMS_PRESCAN_ABOVE = 1 << 20         # smaller bodies parse in well under a millisecond
 STREAM_CHUNK = 256 << 10
 
 
@@ -152,10 +164,13 @@ async def _stream(request: web.Request, resp: web.Response) -> web.StreamRespons
 async def errors_middleware(request, handler):
     try:
         resp = await handler(request)
-        if isinstance(resp, web.Response) and isinstance(resp.body, (bytes, bytearray)) \
-                and len(resp.body) > STREAM_ABOVE:
-            return await _stream(request, resp)
-        return resp
+        try:
+            if isinstance(resp, web.Response) and isinstance(resp.body, (bytes, bytearray)) \
+                    and len(resp.body) > STREAM_ABOVE:
+                return await _stream(request, resp)
+            return resp
+        finally:
+            await request.app[ANSWERS].release(resp.get(RESERVED, 0))
     except QschedError as e:
         if e.status < 500:
             request.app[SCHEDULER].metrics.rejected.labels(e.code).inc()
@@ -426,6 +441,12 @@ async def _template_info(sch, digest, field):
     return info
 
 
+def _check_terms(terms: int, limit: int, field: str) -> None:
+    if terms > limit:
+        raise BadRequest(f"{field}.observables: {terms} Pauli terms, at most daemon.max_terms_per_task = {limit}",
+                         field=f"{field}.observables", limit=limit)
+
+
 async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
     if not isinstance(obj, dict):
         raise BadRequest(f"{field}: expected an object", field=field)
@@ -457,11 +478,11 @@ async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
         raise BadRequest(f"{field}.shots: sample tasks need shots", field=f"{field}.shots")
     observables = "[]"
     if kind != "sample":
-        checked = wire.check_observables(obj.get("observables"), info["num_qubits"], f"{field}.observables")
-        terms = sum(len(o) for o in checked)
-        if terms > sch.config.max_terms_per_task:
-            raise BadRequest(f"{field}.observables: {terms} Pauli terms, at most {sch.config.max_terms_per_task} "
-                             "per task", field=f"{field}.observables", limit=sch.config.max_terms_per_task)
+        raw_obs = obj.get("observables")
+        if isinstance(raw_obs, list) and all(isinstance(o, list) for o in raw_obs):
+            _check_terms(sum(len(o) for o in raw_obs), sch.config.max_terms_per_task, field)   # before the walk
+        checked = wire.check_observables(raw_obs, info["num_qubits"], f"{field}.observables")
+        _check_terms(sum(len(o) for o in checked), sch.config.max_terms_per_task, field)
         observables = json.dumps(checked)
     method = obj.get("method")
     if not (method is None or isinstance(method, str)) or method not in METHODS or (method and kind != "gradient"):
@@ -474,7 +495,8 @@ async def parse_task(sch, sid, entry, obj, field, limit: DeviceLimits):
 @routes.post("/v1/sessions/{sid}/tasks")
 async def submit(request):
     sch, entry = await _session_entry(request)
-    body = await json_body(request)
+    cap = sch.config.max_terms_per_request
+    body = await json_body(request, max_terms=cap)
     many = "tasks" in body
     raw = body["tasks"] if many else [body]
     if not isinstance(raw, list) or not raw:
@@ -482,6 +504,11 @@ async def submit(request):
     limit = pool_limits(sch, entry.session.pool)
     items = [await parse_task(sch, entry.session.id, entry, obj, f"tasks[{i}]" if many else "task", limit)
              for i, obj in enumerate(raw)]
+    terms = sum(len(o) for (t, _, _), obj in zip(items, raw) if t.kind != "sample" for o in obj["observables"])
+    if terms > cap:
+        raise PayloadTooLarge(f"observables: {terms} Pauli terms in one request, at most "
+                              f"daemon.max_terms_per_request = {cap}; send fewer tasks per request",
+                              field="observables", limit=cap)
     key = body.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY):
         raise BadRequest(f"idempotency_key: expected a string of 1..{MAX_IDEMPOTENCY_KEY} characters",
@@ -491,7 +518,7 @@ async def submit(request):
     wait = _wait_arg(request)
     if wait:
         ready = await sch.wait(ids, wait)
-        return await _tasks_response(sch, ids, status=status, extra={"ids": ids}, ready=ready)
+        return await _tasks_response(request, ids, status=status, extra={"ids": ids}, ready=ready)
     return web.json_response({"ids": ids}, status=status)
 
 
@@ -516,20 +543,39 @@ async def _authorize_task(request, sch, tid: str):
     authorize(request, session)
 
 
-async def _tasks_response(sch, tids, *, status=200, extra=None, ready=None):
+async def _tasks_response(request, tids, *, status=200, extra=None, ready=None):
     """Results are stored as JSON fragments; splice them in without decoding (they can be large).
-    `ready` holds results that came inline with completion events: no need to read them again."""
+    `ready` holds results that came inline with completion events: no need to read them again. Large
+    ones are read only within the AnswerBudget (answers.py)."""
+    sch = request.app[SCHEDULER]
     ready = ready or {}
     missing = [t for t in tids if t not in ready]
+    reserved = 0
+    if missing and (size := sum(await sch.store.result_sizes(missing))) > STREAM_ABOVE:
+        # held twice while the body is built (Redis's copy and the body), once while it is sent
+        reserved = await request.app[ANSWERS].reserve(2 * size, sch.config.body_timeout_s)
+    try:
+        resp = await _splice(sch, tids, ready, missing, status, extra)
+    except BaseException:
+        await request.app[ANSWERS].release(reserved)
+        raise
+    resp[RESERVED] = reserved
+    return resp
+
+
+async def _splice(sch, tids, ready, missing, status, extra) -> web.Response:
     found = dict(zip(missing, await sch.store.results(missing))) if missing else {}
-    results = [ready.get(t) or found.get(t) for t in tids]
-    parts = []
-    for tid, res in zip(tids, results):
-        t = sch.tasks.get(tid)
+    head = json.dumps(extra)[:-1].encode() + b',' if extra else b'{'
+    out: list = [head, b'"tasks":[']          # one join: a large result is copied once, into the body
+    for i, tid in enumerate(tids):
+        if i:
+            out.append(b",")
+        res = ready.get(tid) or found.get(tid)
         if res is not None:
             state = TaskState.DONE.value if res.startswith(b'{"result"') else TaskState.FAILED.value
-            parts.append(b'{"id":"%s","state":"%s",%s' % (tid.encode(), state.encode(), res[1:]))
+            out += [b'{"id":"', tid.encode(), b'","state":"', state.encode(), b'",', memoryview(res)[1:]]
             continue
+        t = sch.tasks.get(tid)
         if t is not None:
             state, error = t.state.value, None
             if t.state == TaskState.SCHEDULED and t.batch in await _running(sch, t.batch):
@@ -541,10 +587,9 @@ async def _tasks_response(sch, tids, *, status=200, extra=None, ready=None):
         d = {"id": tid, "state": state}
         if error:
             d["error"] = {"code": "task_failed", "message": error}
-        parts.append(json.dumps(d).encode())
-    head = json.dumps(extra)[:-1].encode() + b',' if extra else b'{'
-    return web.Response(body=head + b'"tasks":[' + b",".join(parts) + b"]}", status=status,
-                        content_type="application/json")
+        out.append(json.dumps(d).encode())
+    out.append(b"]}")
+    return web.Response(body=b"".join(out), status=status, content_type="application/json")
 
 
 async def _running(sch, bid: str) -> set[str]:
@@ -562,7 +607,7 @@ async def get_task(request):
     await _authorize_task(request, sch, tid)
     wait = _wait_arg(request)
     ready = await sch.wait([tid], wait) if wait else None
-    resp = await _tasks_response(sch, [tid], ready=ready)
+    resp = await _tasks_response(request, [tid], ready=ready)
     resp.body = resp.body[len(b'{"tasks":['):-2]        # one task: unwrap the list
     return resp
 
@@ -580,7 +625,7 @@ async def wait_tasks(request):
     if not isinstance(timeout, (int, float)) or timeout < 0:
         raise BadRequest("timeout: expected seconds >= 0", field="timeout")
     ready = await sch.wait(ids, min(float(timeout), MAX_WAIT_S))
-    return await _tasks_response(sch, ids, ready=ready)
+    return await _tasks_response(request, ids, ready=ready)
 
 
 @routes.delete("/v1/tasks/{tid}")
@@ -647,7 +692,7 @@ async def queue(request):
 
 
 def make_app(sch: Scheduler, *, admin: bool = False, hooks: dict | None = None,
-             parser: TemplateParser | None = None) -> web.Application:
+             parser: TemplateParser | None = None, answers: AnswerBudget | None = None) -> web.Application:
     middlewares = [errors_middleware, admin_only] if admin else [errors_middleware]
     app = web.Application(client_max_size=sch.config.max_body_bytes, middlewares=middlewares)
     app[SCHEDULER] = sch
@@ -655,6 +700,7 @@ def make_app(sch: Scheduler, *, admin: bool = False, hooks: dict | None = None,
     app[HOOKS] = hooks if hooks is not None else {}
     app[PARSER] = parser or TemplateParser(timeout_s=sch.config.parse_timeout_s,
                                            memory_bytes=sch.config.parse_memory_bytes)
+    app[ANSWERS] = answers or AnswerBudget(sch.config.max_answer_bytes)
     app.add_routes(routes)
     if admin:
         app.add_routes(admin_routes)

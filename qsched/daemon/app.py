@@ -28,6 +28,7 @@ from ..errors import QschedError
 from ..metrics import Metrics
 from ..policy import make_policy
 from ..store import Store
+from .answers import AnswerBudget
 from .api import make_app
 from .connections import FD_RESERVE, AcceptErrorLog, ConnectionLimiter, LimitedRunner, raise_fd_limit
 from .parsing import TemplateParser
@@ -81,6 +82,7 @@ class Daemon:
         self.supervisor: WorkerSupervisor | None = None
         self.embedded_redis: EmbeddedRedis | None = None
         self.limiter = ConnectionLimiter(0, 0)
+        self.answers: AnswerBudget | None = None
         self.redis_url = ""
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task] = []
@@ -135,10 +137,12 @@ class Daemon:
         parser = TemplateParser(timeout_s=cfg.parse_timeout_s, memory_bytes=cfg.parse_memory_bytes)
         await parser.start()
         stack.push_async_callback(parser.close)
-        await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks, parser=parser), tcp=cfg.tcp,
-                                                   path=cfg.socket_path))
+        answers = self.answers = AnswerBudget(cfg.max_answer_bytes)       # one for both listeners
+        await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks, parser=parser, answers=answers),
+                                                   tcp=cfg.tcp, path=cfg.socket_path))
         # the admin socket (0600) is not capped: an admin must get in while users hold every connection
-        await stack.enter_async_context(self._site(make_app(sch, admin=True, hooks=self.hooks, parser=parser),
+        await stack.enter_async_context(self._site(make_app(sch, admin=True, hooks=self.hooks, parser=parser,
+                                                            answers=answers),
                                                    path=cfg.admin_socket_path, mode=0o600, limited=False))
         log.info("qsched daemon ready: tcp=%s socket=%s devices=%s policy=%s", cfg.tcp, cfg.socket_path,
                  ",".join(d.name for d in cfg.devices), cfg.policy.name)
