@@ -1,6 +1,6 @@
 """Replays issue 14's attacks against a private `qsched up` (embedded Redis, a real null worker) and
 prints, per attack, what the attacker got, how long it took, the p99 latency a bystander client saw
-meanwhile (health requests every 5 ms) and the daemon's RSS after against before. The issue's own
+meanwhile (health requests every 5 ms, from its own process) and the daemon's RSS after against before. The issue's own
 "before" figures are printed beside them.
 
     .venv/bin/python benchmarks/attacks.py
@@ -25,7 +25,8 @@ import psutil
 sys.path.insert(0, os.path.dirname(__file__))
 from _daemon import private_daemon  # noqa: E402
 
-DEVICES = [{"name": "null0", "type": "null", "pool": "null", "max_qubits": 20, "max_bindings": 1_000_000}]
+DEVICES = [{"name": "null0", "type": "null", "pool": "null", "max_qubits": 20, "max_bindings": 2_000_000,
+            "max_batch_bindings": 2_000_000}]
 DAEMON = {"idle_timeout_s": 2.0, "body_timeout_s": 2.0, "max_connections_per_peer": 256}
 
 BEFORE = {
@@ -61,35 +62,51 @@ def daemon_process(state: str) -> psutil.Process:
     raise RuntimeError("daemon process not found")
 
 
-class Bystander:
-    """Another user's client: a health request every 5 ms; its latencies during one attack."""
+BYSTANDER = """
+import asyncio, json, sys, time
+import aiohttp
 
-    def __init__(self, http: aiohttp.ClientSession):
-        self.http, self.lat, self.failed, self._stop = http, [], 0, asyncio.Event()
-
-    async def _loop(self) -> None:
-        while not self._stop.is_set():
+async def main(sock):
+    lat, failed = [], 0
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_reader(sys.stdin, stop.set)
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as http:
+        print("ready", flush=True)
+        while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                async with self.http.get("http://q/v1/health") as r:
+                async with http.get("http://q/v1/health") as r:
                     await r.read()
-                    self.failed += r.status != 200
+                    failed += r.status != 200
             except aiohttp.ClientError:
-                self.failed += 1
-            self.lat.append(time.perf_counter() - t0)
+                failed += 1
+            lat.append(time.perf_counter() - t0)
             await asyncio.sleep(0.005)
+    lat.sort()
+    print(json.dumps({"p99_ms": lat[int(0.99 * (len(lat) - 1))] * 1000 if lat else None, "failed": failed}))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+class Bystander:
+    """Another user's client, in its own process: a health request every 5 ms while an attack runs."""
+
+    def __init__(self, sock: str):
+        self.sock, self.p99_ms, self.failed = sock, float("nan"), 0
 
     async def __aenter__(self):
-        self._task = asyncio.create_task(self._loop())
+        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-c", BYSTANDER, self.sock,
+                                                         stdin=asyncio.subprocess.PIPE,
+                                                         stdout=asyncio.subprocess.PIPE)
+        assert self.proc.stdout is not None
+        await self.proc.stdout.readline()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        self._stop.set()
-        await self._task
-
-    @property
-    def p99_ms(self) -> float:
-        return float(np.percentile(self.lat, 99) * 1000) if self.lat else float("nan")
+        out, _ = await self.proc.communicate(b"stop\n")
+        got = json.loads(out.decode().strip().splitlines()[-1])
+        self.p99_ms, self.failed = got["p99_ms"], got["failed"]
 
 
 def raw(path: str, data: bytes, timeout: float = 15.0) -> tuple[float, bytes]:
@@ -115,7 +132,6 @@ async def run(url: str) -> list[dict]:
     state = os.path.dirname(sock)
     proc = daemon_process(state)
     http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock, limit=0))
-    bystander_http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock))
     async with http.post("http://q/v1/sessions", json={"pool": "null"}) as r:
         s = await r.json()
     auth = {"Authorization": f"Bearer {s['token']}"}
@@ -127,7 +143,7 @@ async def run(url: str) -> list[dict]:
 
     async def attack(name: str, coro_fn):
         rss0 = proc.memory_info().rss
-        async with Bystander(bystander_http) as b:
+        async with Bystander(sock) as b:
             t0 = time.perf_counter()
             got = await coro_fn()
             took = time.perf_counter() - t0
@@ -139,8 +155,8 @@ async def run(url: str) -> list[dict]:
               f"(failed {b.failed})  RSS {rss0 / 2**20:5.0f} -> {proc.memory_info().rss / 2**20:5.0f} MB",
               flush=True)
 
-    async def status_of(method, path, **kw) -> str:
-        async with http.request(method, f"http://q{path}", headers=auth, **kw) as r:
+    async def status_of(method, path, headers=auth, **kw) -> str:
+        async with http.request(method, f"http://q{path}", headers=headers, **kw) as r:
             body = await r.json()
             err = body.get("error", {})
             return f"{r.status} {err.get('field', '')} limit={err.get('limit')}" if r.status >= 400 else str(r.status)
@@ -151,9 +167,9 @@ async def run(url: str) -> list[dict]:
     await attack("QPY declaring 2^31-1 qubits (135 B)",
                  lambda: status_of("POST", tpl, data=qpy_declaring(2**31 - 1)))
     task = {"kind": "estimate", "template": h, "params": wire.encode_array(np.zeros((1, 1)))}
-    terms = [["Z", 1.0]] * 2_000_000
+    bomb = json.dumps({"tasks": [{**task, "observables": [[["Z", 1.0]] * 2_000_000]}]}).encode()  # 24 MB
     await attack("observable of 2,000,000 terms", lambda: status_of(
-        "POST", f"/v1/sessions/{s['id']}/tasks", json={"tasks": [{**task, "observables": [terms]}]}))
+        "POST", f"/v1/sessions/{s['id']}/tasks", data=bomb, headers={**auth, "Content-Type": "application/json"}))
     nan = {**task, "observables": [[["Z", 1.0]]], "params": wire.encode_array(np.array([[np.nan]]))}
     await attack("NaN parameter", lambda: status_of("POST", f"/v1/sessions/{s['id']}/tasks", json={"tasks": [nan]}))
 
@@ -214,10 +230,9 @@ async def run(url: str) -> list[dict]:
             async with http.post("http://q/v1/sessions", json={"pool": "null"}) as r:
                 return r.status
         codes = await asyncio.gather(*(one() for _ in range(200)))
-        return ", ".join(f"{c} x{codes.count(c)}" for c in sorted(set(codes)))
+        return ", ".join(f"{codes.count(c)} x {c}" for c in sorted(set(codes)))
     await attack("200 simultaneous session opens", opens)
     await http.close()
-    await bystander_http.close()
     return rows
 
 
