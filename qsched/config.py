@@ -53,6 +53,9 @@ class PolicyConfig:
     max_wait_s: float | None = 300.0
     # usage per user and account decays with this half-life (PriorityDecayHalfLife); 0: no decay
     decay_half_life_s: float = 7 * 86_400.0
+    # a batch of a lower tier still waiting in a device's inbox is taken back when a higher tier has
+    # work (preemption at batch boundaries; a running batch is never interrupted)
+    preempt: bool = True
     # the policy's own options (its OPTIONS, validated against the registry in qsched.policy)
     options: dict = field(default_factory=dict)
 
@@ -168,7 +171,7 @@ def _weights(d, path) -> dict[str, float]:
 
 
 POLICY_KEYS = {"name", "weights", "classes", "max_pending_per_session", "merge", "return_credit_s", "max_batch_s",
-               "max_wait_s", "decay_half_life_s"}
+               "max_wait_s", "decay_half_life_s", "preempt"}
 CLASS_KEYS = {"tier", "weight", *CLASS_LIMITS, "accounts", "users"}
 
 
@@ -224,6 +227,8 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         classes.setdefault(cname, ClassSpec(cname, weight=weight))
     merge = d.get("merge", True)
     _type(merge, bool, f"{path}.merge", "true or false")
+    preempt = d.get("preempt", True)
+    _type(preempt, bool, f"{path}.preempt", "true or false")
     return PolicyConfig(
         name=name,
         account_weights=_weights(w.get("accounts"), f"{path}.weights.accounts"),
@@ -236,6 +241,7 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         classes=classes,
         max_wait_s=_num(d, "max_wait_s", path, 300.0, lo=1e-3),
         decay_half_life_s=_num(d, "decay_half_life_s", path, 7 * 86_400.0, lo=0.0),
+        preempt=preempt,
         options=options,
     )
 

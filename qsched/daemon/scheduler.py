@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import secrets
@@ -28,6 +29,7 @@ from ..errors import BadRequest, Draining, NotFound, Unavailable
 from ..metrics import Metrics
 from ..models import Batch, DeviceSpec, Session, Task, TaskState
 from ..policy import Policy, SessionInfo, UsageLedger
+from ..policy.preempt import Dispatched, Recaller, candidates
 from ..store import Store
 from . import limits
 from .cost import CostModel
@@ -113,6 +115,11 @@ class Scheduler:
         self._write_failed_at = 0.0
         self.store_writable = True
         self._seq = 0
+        # per outstanding batch: (dispatch order, tier, picked by an anti-starvation promotion, the
+        # session's wait start): what preemption needs to choose and to requeue without a fresh wait
+        self._dispatched: dict[str, tuple[int, int, bool, float]] = {}
+        self._order = itertools.count()
+        self._started: set[str] = set()      # batches a recall found taken by their worker: not tried again
         self.events_from = "0-0"
         self.accepting = True
         self.store_ok = True
@@ -137,6 +144,8 @@ class Scheduler:
                 if any(c.max_session_device_s is not None for c in self.policy.cfg.classes.values()) else {})
         self.sessions.clear()
         self.tasks.clear()
+        self._dispatched.clear()
+        self._started.clear()
         for d in self.devices.values():
             d.outstanding.clear()
         self.policy = type(self.policy)(self.policy.cfg)
@@ -167,6 +176,9 @@ class Scheduler:
                 kind = live[0].kind if live else "estimate"
                 est = self.cost.estimate(dev, kind, sum(t.bindings for t in live))
                 self.devices[dev].outstanding[b.id] = (b, est)
+                owner = self.sessions.get(b.session)
+                tier = self.policy.tier_of(owner.info) if owner is not None else 0
+                self._dispatched[b.id] = (next(self._order), tier, False, time.time())
         self._seq = max((t.seq for t in self.tasks.values()), default=0)
         for entry in self.sessions.values():
             entry.pending = deque(sorted(entry.pending, key=lambda t: t.seq))
@@ -477,10 +489,10 @@ class Scheduler:
     def kick(self) -> None:
         self._kick.set()
 
-    def _enqueue(self, entry: SessionEntry) -> None:
+    def _enqueue(self, entry: SessionEntry, since: float | None = None) -> None:
         if entry.pending:
             self.policy.enqueue(entry.session.id, entry.session.pool, entry.info, entry.pending[0].seq,
-                                now=time.time(), size=len(entry.pending))
+                                now=time.time(), size=len(entry.pending), since=since)
 
     async def run_dispatcher(self) -> None:
         self.kick()        # (re)started: there may be work that arrived while it was down
@@ -488,6 +500,8 @@ class Scheduler:
             await self._kick.wait()
             self._kick.clear()
             async with self._write():
+                if self.policy.cfg.preempt:
+                    await self._preempt()
                 batches = self._plan()
                 if batches:
                     await self._commit(None, [], batches)
@@ -508,6 +522,7 @@ class Scheduler:
                 if sid is None:
                     continue
                 progress = True
+                promoted, since = self.policy.last_promoted, self.policy.last_since
                 entry = self.sessions.get(sid)
                 if entry is None or not entry.pending:
                     continue
@@ -529,8 +544,52 @@ class Scheduler:
                     t.state, t.batch = TaskState.SCHEDULED, batch.id
                 entry.inflight += len(tasks)
                 dev.outstanding[batch.id] = (batch, est)
+                self._dispatched[batch.id] = (next(self._order), self.policy.tier_of(entry.info), promoted, since)
                 batches.append(batch)
         return batches
+
+    async def _preempt(self) -> int:
+        """Take back lower-tier batches still waiting in an inbox when a higher tier of their pool has
+        work that no free slot serves (policy/preempt.py has the rules). In memory first, to decide;
+        Redis only for a batch that is a candidate. Returns how many were taken back."""
+        top = {pool: self.policy.top_tier(pool) for pool in self.pools}
+        if all(t is None for t in top.values()):
+            return 0
+        free: dict[str, int] = {}
+        waiting: list[Dispatched] = []
+        for dev in self.devices.values():
+            pool = dev.spec.pool
+            if top.get(pool) is None:
+                continue
+            if dev.alive and dev.state == "online":
+                free[pool] = free.get(pool, 0) + max(0, MAX_OUTSTANDING - len(dev.outstanding))
+            for b, _ in dev.outstanding.values():
+                order, tier, promoted, _since = self._dispatched.get(b.id, (0, 0, False, 0.0))
+                waiting.append(Dispatched(b.id, dev.spec.name, b.session, pool, tier, order, promoted,
+                                          b.id in self._started))
+        ordered = candidates(waiting, top)
+        if not ordered:
+            return 0
+        walk = Recaller(ordered, backlog_above=self.policy.backlogged_above, free_slots=free)
+        n = 0
+        for c in walk:
+            dev = self.devices[c.device]
+            b, est = dev.outstanding[c.batch]
+            try:
+                taken = await self.store.recall(b, c.device, "inbox")
+            except RedisError:
+                self._stale, self._write_failed_at = True, time.monotonic()
+                raise
+            walk.done(c, taken)
+            if not taken:
+                self._started.add(c.batch)
+            else:
+                self._requeued(dev, b, est, "preempt")
+                self.metrics.preemptions.labels(c.pool).inc()
+                n += 1
+        if n:
+            log.debug("preempted %d lower-tier batches waiting in inboxes", n)
+        return n
 
     def _count_dispatched(self, batches: list[Batch]) -> None:
         for b in batches:
@@ -598,6 +657,8 @@ class Scheduler:
         """Memory side of a recall: the batch's live tasks go back to the head of their session's queue,
         in order, and the policy is un-charged."""
         dev.outstanding.pop(b.id, None)
+        since = self._dispatched.pop(b.id, (0, 0, False, None))[3]
+        self._started.discard(b.id)
         self.metrics.batches_requeued.labels(dev.spec.name, reason).inc()
         live = [self.tasks[t] for t in b.tasks if t in self.tasks]
         entry = self.sessions.get(b.session)
@@ -614,7 +675,8 @@ class Scheduler:
         entry.inflight -= len(live)
         self.metrics.tasks_pending.labels(entry.session.pool).inc(len(live))
         self.policy.correct(b.session, est, 0.0)
-        self._enqueue(entry)
+        # preempted: the session keeps the wait it had (anti-starvation counts from then)
+        self._enqueue(entry, since if reason == "preempt" else None)
 
     # ------------------------------------------------------------------ completions
     async def run_events(self, redis) -> None:
@@ -634,6 +696,8 @@ class Scheduler:
         if dev is None:
             return
         batch, est = dev.outstanding.pop(ev["batch"], (None, 0.0))
+        self._dispatched.pop(ev["batch"], None)
+        self._started.discard(ev["batch"])
         exec_s = float(ev["exec_s"])
         sid = ev["session"]
         first_kind = None
