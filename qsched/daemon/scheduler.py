@@ -384,6 +384,8 @@ class Scheduler:
             await self._commit(sid, items, batches, idempotency_key)      # durable before acknowledged
             if idempotency_key:
                 entry.remember(idempotency_key, [t.id for t, _, _ in items])
+            if entry.pending and self._may_preempt_for(entry):
+                self.kick()              # the dispatcher takes back a lower tier's waiting batch
         for t, _, _ in items:
             self.metrics.tasks_submitted.labels(entry.session.pool, t.kind).inc()
         self.metrics.tasks_pending.labels(entry.session.pool).inc(len(items))
@@ -547,6 +549,15 @@ class Scheduler:
                 self._dispatched[batch.id] = (next(self._order), self.policy.tier_of(entry.info), promoted, since)
                 batches.append(batch)
         return batches
+
+    def _may_preempt_for(self, entry: SessionEntry) -> bool:
+        """A lower tier's batch is outstanding on a device of the session's pool (cheap: at most two
+        per device)."""
+        if not self.policy.cfg.preempt:
+            return False
+        tier = self.policy.tier_of(entry.info)
+        return any(self._dispatched.get(b.id, (0, tier))[1] < tier for d in self.pools.get(entry.session.pool, ())
+                   for b, _ in self.devices[d.name].outstanding.values())
 
     async def _preempt(self) -> int:
         """Take back lower-tier batches still waiting in an inbox when a higher tier of their pool has
