@@ -31,6 +31,18 @@ class ClassSpec:
     users: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class QuotaSpec:
+    """Device-seconds an account (kind "account") or a user ("user") may use per period. Periods are
+    fixed windows aligned to the Unix epoch (a 1d quota resets at 00:00 UTC), like Slurm's
+    PriorityUsageResetPeriod; `key` is how the config names it: "chem" or "user:alice"."""
+    key: str
+    kind: str
+    name: str
+    device_s: float
+    period_s: float
+
+
 @dataclass
 class PolicyConfig:
     name: str = "fair-share"
@@ -56,6 +68,8 @@ class PolicyConfig:
     # a batch of a lower tier still waiting in a device's inbox is taken back when a higher tier has
     # work (preemption at batch boundaries; a running batch is never interrupted)
     preempt: bool = True
+    # device-second quotas per account or user and period, by key ("chem", "user:alice")
+    quotas: dict[str, QuotaSpec] = field(default_factory=dict)
     # the policy's own options (its OPTIONS, validated against the registry in qsched.policy)
     options: dict = field(default_factory=dict)
 
@@ -171,7 +185,7 @@ def _weights(d, path) -> dict[str, float]:
 
 
 POLICY_KEYS = {"name", "weights", "classes", "max_pending_per_session", "merge", "return_credit_s", "max_batch_s",
-               "max_wait_s", "decay_half_life_s", "preempt"}
+               "max_wait_s", "decay_half_life_s", "preempt", "quotas"}
 CLASS_KEYS = {"tier", "weight", *CLASS_LIMITS, "accounts", "users"}
 
 
@@ -198,6 +212,43 @@ def _parse_class(name: str, d, path: str, weight: float) -> ClassSpec:
         accounts=_names(d.get("accounts"), f"{path}.accounts"),
         users=_names(d.get("users"), f"{path}.users"),
     )
+
+
+PERIOD_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 7 * 86_400.0}
+
+
+def parse_period(v, path: str) -> float:
+    """Seconds, or a number with a unit: 90s, 30m, 12h, 30d, 2w."""
+    if isinstance(v, str) and v[-1:] in PERIOD_UNITS:
+        try:
+            v = float(v[:-1]) * PERIOD_UNITS[v[-1]]
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{path}: expected seconds or a duration like 12h, 30d, 2w, got {v!r}", field=path)
+    if not 60 <= v <= 366 * 86_400:
+        raise ConfigError(f"{path}: must be between 60 s and 366 days, got {v:g} s", field=path, limit=366 * 86_400)
+    return float(v)
+
+
+def _parse_quotas(d, path: str) -> dict[str, QuotaSpec]:
+    """`quotas: {chem: {device_s: 36000, period: 30d}, "user:alice": {device_s: 3600, period: 1d}}`."""
+    out = {}
+    for key, spec in _map(d, path).items():
+        key = str(key)
+        qpath = f"{path}.{key}"
+        kind, _, name = key.partition(":") if key.startswith("user:") else ("account", "", key)
+        if not name:
+            raise ConfigError(f"{qpath}: a quota is keyed by an account name or user:NAME", field=qpath)
+        spec = _map(spec, qpath)
+        _unknown(spec, {"device_s", "period"}, qpath)
+        for req in ("device_s", "period"):
+            if req not in spec:
+                raise ConfigError(f"{qpath}.{req}: required", field=f"{qpath}.{req}")
+        out[key] = QuotaSpec(key=key, kind=kind, name=name,
+                             device_s=float(_num(spec, "device_s", qpath, None, lo=0.0)),
+                             period_s=parse_period(spec["period"], f"{qpath}.period"))
+    return out
 
 
 def parse_policy(d, path: str = "policy") -> PolicyConfig:
@@ -242,6 +293,7 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         max_wait_s=_num(d, "max_wait_s", path, 300.0, lo=1e-3),
         decay_half_life_s=_num(d, "decay_half_life_s", path, 7 * 86_400.0, lo=0.0),
         preempt=preempt,
+        quotas=_parse_quotas(d.get("quotas"), f"{path}.quotas"),
         options=options,
     )
 

@@ -29,6 +29,9 @@ class Metrics:
         self.preemptions = Counter("qsched_preemptions", "Lower-tier batches taken back from a device's inbox "
                                    "because a higher tier had work (preemption at batch boundaries)", ["pool"],
                                    registry=r)
+        self.quota_used_ratio = Gauge("qsched_quota_used_ratio", "Device time used in the current period / the "
+                                      "quota (label: the quota's key in policy.quotas: an account, or user:NAME)",
+                                      ["account"], registry=r)
         self.background_errors = Counter("qsched_background_task_errors",
                                          "Exceptions in the daemon's background tasks (each is logged and the task "
                                          "restarted)", ["task"], registry=r)

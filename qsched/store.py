@@ -416,6 +416,25 @@ class Store:
                     continue             # not ours; never fatal
         return out
 
+    async def save_quota_usage(self, entries: dict[str, tuple[float, float]]) -> None:
+        """Quota usage (key -> (device-seconds, window start)), see keys.QUOTA_USED."""
+        if entries:
+            await self.r.hset(keys.QUOTA_USED, mapping={k: f"{v!r} {w!r}" for k, (v, w) in entries.items()})
+
+    async def load_quota_usage(self) -> dict[str, tuple[float, float]]:
+        out = {}
+        for k, raw in (await self.r.hgetall(keys.QUOTA_USED)).items():
+            try:
+                v, w = _s(raw).split()
+                out[_s(k)] = (float(v), float(w))
+            except ValueError:
+                continue             # not ours; never fatal
+        return out
+
+    async def update_session(self, sid: str, fields: dict) -> None:
+        """Change an open session's class, weight or hold (the admin's `qsched session update`)."""
+        await self.r.hset(keys.session(sid), mapping=fields)
+
     async def sessions_device_seconds(self, sids: list[str]) -> dict[str, float]:
         """Device-seconds each session has used (its usage hash, charged by the workers)."""
         async with self.r.pipeline(transaction=False) as p:

@@ -25,11 +25,12 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from ..config import Config
-from ..errors import BadRequest, Draining, NotFound, Unavailable
+from ..errors import BadRequest, Draining, NotFound, QuotaExceeded, Unavailable
 from ..metrics import Metrics
 from ..models import Batch, DeviceSpec, Session, Task, TaskState
 from ..policy import Policy, SessionInfo, UsageLedger
 from ..policy.preempt import Dispatched, Recaller, candidates
+from ..policy.quota import QuotaLedger
 from ..store import Store
 from . import limits
 from .cost import CostModel
@@ -43,7 +44,7 @@ MAX_OUTSTANDING = 2          # running + one in the inbox (+ merge_batches - 1 w
 
 class SessionEntry:
     __slots__ = ("session", "pending", "inflight", "weight", "submits", "knows_all_submits", "info", "used_s",
-                 "last_active")
+                 "last_active", "held")
     MAX_SUBMITS = 1024
 
     def __init__(self, session: Session, weight: float, *, new: bool = False):
@@ -59,6 +60,15 @@ class SessionEntry:
                                 user=session.user, weight=session.weight, created=session.created)
         self.used_s = 0.0              # device-seconds measured (class limit max_session_device_s)
         self.last_active = time.monotonic()      # the last request naming it (daemon.session_idle_timeout_s)
+        # why the session is not dispatched, by cause ("admin": `qsched session update --hold`, kept in
+        # Redis; "quota": its account's or user's quota is used up, rechecked by the device watch)
+        self.held: dict[str, str] = {"admin": session.hold} if session.hold else {}
+
+    def refresh_info(self) -> None:
+        """After an admin changed the session's class or weight."""
+        s = self.session
+        self.info = SessionInfo(id=s.id, pool=s.pool, cls=s.cls, account=s.account, user=s.user, weight=s.weight,
+                                created=s.created)
 
     def remember(self, key: str, ids: list[str]) -> None:
         self.submits[key] = ids
@@ -104,6 +114,7 @@ class Scheduler:
         # on_batch_done, written to Redis by the device watch, read back in resync
         self.usage = UsageLedger(config.policy.decay_half_life_s)
         policy.usage = self.usage
+        self.quota = QuotaLedger(policy.cfg.quotas)       # device-seconds per period (policy.quotas)
         self._closing: dict[str, Session] = {}       # closed, batches may still end: charged to them
         self.templates = TemplateIndex(store, config.template_ttl_s)
         self.on_worker_lost = on_worker_lost             # a local worker that stopped beating: kill it
@@ -140,6 +151,7 @@ class Scheduler:
         states = await self.store.device_states(list(self.devices))
         sessions, pending, tasks, outstanding = await self.store.load_state(list(self.devices))
         usage = await self.store.load_usage()
+        quota_used = await self.store.load_quota_usage()
         used = (await self.store.sessions_device_seconds([s.id for s in sessions])
                 if any(c.max_session_device_s is not None for c in self.policy.cfg.classes.values()) else {})
         self.sessions.clear()
@@ -151,6 +163,7 @@ class Scheduler:
         self.policy = type(self.policy)(self.policy.cfg)
         self.policy.usage = self.usage
         self.usage.load(usage, time.time())
+        self.quota.load(quota_used)
         self.events_from = last
         self.cost.per_binding.update(cost)
         for name, st in states.items():
@@ -371,6 +384,10 @@ class Scheduler:
                                  f"limit {limit}", field="tasks", limit=limit)
             self._check_class_limits(entry, items)
             now = time.time()
+            spent = self.quota.exhausted(entry.session.user, entry.session.account, now)
+            if spent is not None:
+                raise QuotaExceeded(f"quota: {self.quota.describe(spent, now)}", field=f"quota.{spent.key}",
+                                    limit=spent.device_s)
             was_idle = not entry.pending
             for t, _, _ in items:
                 self._seq += 1
@@ -406,7 +423,14 @@ class Scheduler:
                             task_estimates_s=estimates, session_used_s=entry.used_s)
 
     async def _save_usage(self) -> None:
-        """Write the usage entries changed since the last write (kept dirty if Redis refuses)."""
+        """Write the usage and quota entries changed since the last write (kept dirty if Redis refuses)."""
+        if self.quota.dirty:
+            used = self.quota.take_dirty()
+            try:
+                await self.store.save_quota_usage(used)
+            except RedisError:
+                self.quota.dirty.update(used)
+                raise
         if not self.usage.dirty:
             return
         dirty = self.usage.take_dirty()
@@ -482,6 +506,8 @@ class Scheduler:
         self.policy = policy
         policy.usage = self.usage
         self.usage.half_life_s = policy.cfg.decay_half_life_s
+        self.quota.set_specs(policy.cfg.quotas)
+        self.release_quota_holds()
         for entry in self.sessions.values():
             entry.weight = self._weight(entry.session)
             self._enqueue(entry)
@@ -492,6 +518,9 @@ class Scheduler:
         self._kick.set()
 
     def _enqueue(self, entry: SessionEntry, since: float | None = None) -> None:
+        if entry.held:
+            self.policy.remove(entry.session.id)          # a held session is not dispatched
+            return
         if entry.pending:
             self.policy.enqueue(entry.session.id, entry.session.pool, entry.info, entry.pending[0].seq,
                                 now=time.time(), size=len(entry.pending), since=since)
@@ -528,6 +557,8 @@ class Scheduler:
                 entry = self.sessions.get(sid)
                 if entry is None or not entry.pending:
                     continue
+                if self.quota.specs and self._hold_if_over_quota(entry, now):
+                    continue
                 name, kind = dev.spec.name, entry.pending[0].kind
                 tasks = take_batch(entry.pending, merge=cfg.merge, max_bindings=dev.spec.limits.max_batch_bindings,
                                    max_batch_s=cfg.max_batch_s,
@@ -549,6 +580,38 @@ class Scheduler:
                 self._dispatched[batch.id] = (next(self._order), self.policy.tier_of(entry.info), promoted, since)
                 batches.append(batch)
         return batches
+
+    # ------------------------------------------------------------------ holds and quotas
+    def _hold_if_over_quota(self, entry: SessionEntry, now: float) -> bool:
+        spent = self.quota.exhausted(entry.session.user, entry.session.account, now)
+        if spent is None:
+            return False
+        reason = f"quota: {self.quota.describe(spent, now)}"
+        if "quota" not in entry.held:
+            log.warning("session %s held: %s", entry.session.id, reason)
+        entry.held["quota"] = reason
+        self.policy.remove(entry.session.id)
+        return True
+
+    def release_quota_holds(self, now: float | None = None) -> int:
+        """Sessions held by a quota whose window rolled over (or whose quota was raised) go back to the
+        policy. Called by the device watch; returns how many were released."""
+        now = time.time() if now is None else now
+        n = 0
+        for entry in self.sessions.values():
+            if "quota" in entry.held and self.quota.exhausted(entry.session.user, entry.session.account, now) is None:
+                del entry.held["quota"]
+                log.info("session %s: quota hold released", entry.session.id)
+                self._enqueue(entry)
+                n += 1
+        if n:
+            self.kick()
+        return n
+
+    def _quota_gauges(self, now: float) -> None:
+        self.metrics.quota_used_ratio.clear()            # a quota removed by a reload leaves no series
+        for key in self.quota.specs:
+            self.metrics.quota_used_ratio.labels(key).set(self.quota.ratio(key, now))
 
     def _may_preempt_for(self, entry: SessionEntry) -> bool:
         """A lower tier's batch is outstanding on a device of the session's pool (cheap: at most two
@@ -731,6 +794,7 @@ class Scheduler:
             owner = self.sessions[sid].session if sid in self.sessions else self._closing.get(sid)
             if owner is not None:
                 self.usage.charge(owner.user, owner.account, exec_s, time.time())
+                self.quota.charge(owner.user, owner.account, exec_s, time.time())
                 if sid in self.sessions:
                     self.sessions[sid].used_s += exec_s
         if first_kind:
@@ -790,6 +854,10 @@ class Scheduler:
             self.cost.dirty = False
             await self.store.save_cost_model(dict(self.cost.per_binding))
         await self._save_usage()
+        if self.quota.specs:
+            now = time.time()
+            self.release_quota_holds(now)
+            self._quota_gauges(now)
 
     # ------------------------------------------------------------------ views
     def _refresh_gauges(self) -> None:
@@ -799,10 +867,12 @@ class Scheduler:
             per_pool[e.session.pool] = per_pool.get(e.session.pool, 0) + len(e.pending)
         for p, n in per_pool.items():
             self.metrics.tasks_pending.labels(p).set(n)
+        self._quota_gauges(time.time())
 
     def session_view(self, entry: SessionEntry) -> dict:
         return {**entry.session.public(), "pending": len(entry.pending), "inflight": entry.inflight,
-                "weight_effective": entry.weight}
+                "weight_effective": entry.weight, "held": bool(entry.held),
+                "reason": "; ".join(entry.held[k] for k in sorted(entry.held))}
 
     async def unsupported(self, pool: str) -> dict[str, str]:
         """Instructions some device of the pool says it cannot run -> that device (devices of a pool are
