@@ -31,6 +31,7 @@ from ..models import Batch, DeviceSpec, Session, Task, TaskState
 from ..policy import Policy, SessionInfo, UsageLedger
 from ..policy.preempt import Dispatched, Recaller, candidates
 from ..policy.quota import QuotaLedger
+from ..policy.report import policy_doc, prio_row, share_rows
 from ..store import Store
 from . import limits
 from .cost import CostModel
@@ -320,10 +321,7 @@ class Scheduler:
         the record holds all the device time the session used."""
         async with self._write():
             entry = self.session(sid)
-            for dev in self.devices.values():
-                for b, est in list(dev.outstanding.values()):
-                    if b.session == sid and await self.store.recall(b, dev.spec.name, "inbox"):
-                        self._requeued(dev, b, est, "recall")
+            await self._recall_waiting_of(sid)
             cancelled = [t.id for t in entry.pending]
             await self.store.close_session(sid, cancelled)
             entry.pending.clear()
@@ -581,6 +579,71 @@ class Scheduler:
                 batches.append(batch)
         return batches
 
+    # ------------------------------------------------------------------ admin changes
+    async def update_session(self, sid: str, *, who: str, cls: str | None = None, weight: float | None = None,
+                             hold: str | None = None, release: bool = False) -> SessionEntry:
+        """The admin's `qsched session update`: class, weight, hold (with a reason) or release. Kept in
+        Redis (the session's hash) and logged with who made the change. A hold also takes back the
+        session's batches still waiting in an inbox; running ones finish."""
+        if hold is not None and release:
+            raise BadRequest("hold: give hold or release, not both", field="hold")
+        if cls is not None and cls not in self.policy.cfg.class_weights:
+            raise BadRequest(f"class: unknown class {cls!r} (classes: {', '.join(self.policy.cfg.class_weights)})",
+                             field="class")
+        if weight is not None and not (0 < weight <= 1000):
+            raise BadRequest("weight: must be in (0, 1000]", field="weight", limit=1000)
+        async with self._write():
+            entry = self.session(sid)
+            s = entry.session
+            changes: dict = {}
+            if cls is not None and cls != s.cls:
+                changes["class"] = cls
+            if weight is not None and weight != s.weight:
+                changes["weight"] = weight
+            if hold is not None:
+                changes["hold"] = f"held by {who}" + (f": {hold}" if hold else "")
+            elif release and s.hold:
+                changes["hold"] = ""
+            if not changes:
+                return entry
+            await self.store.update_session(sid, changes)
+            before = {"class": s.cls, "weight": s.weight, "hold": s.hold}
+            s.cls = changes.get("class", s.cls)
+            s.weight = changes.get("weight", s.weight)
+            s.hold = changes.get("hold", s.hold)
+            entry.refresh_info()
+            entry.weight = self._weight(s)
+            if s.hold:
+                entry.held["admin"] = s.hold
+                await self._recall_waiting_of(sid)
+            else:
+                entry.held.pop("admin", None)
+            self.policy.remove(sid)          # re-entered with its new tier and weight (or not, if held)
+            self._enqueue(entry)
+        log.warning("session %s updated by %s: %s", sid, who,
+                    ", ".join(f"{k} {before[k]!r} -> {v!r}" for k, v in changes.items()))
+        self.kick()
+        return entry
+
+    def share_view(self) -> list[dict]:
+        """sshare: accounts and users with their shares, decayed usage and fair-share factor."""
+        open_pairs = {(e.session.account, e.session.user) for e in self.sessions.values()}
+        return share_rows(self.policy, time.time(), open_pairs)
+
+    def prio_view(self) -> list[dict]:
+        """sprio: each backlogged (or held) session's priority factors, highest tier and priority first."""
+        now = time.time()
+        rows = []
+        for e in self.sessions.values():
+            if e.pending:
+                row = prio_row(self.policy, e.info, now, pending=len(e.pending),
+                               since=self.policy.waiting_since(e.session.id))
+                rows.append({**row, "held": bool(e.held), "reason": "; ".join(e.held[k] for k in sorted(e.held))})
+        return sorted(rows, key=lambda r: (-r["tier"], -r["priority"], -r["waiting_s"]))
+
+    def policy_view(self) -> dict:
+        return {"name": self.policy.name, **policy_doc(self.policy, self.quota, time.time())}
+
     # ------------------------------------------------------------------ holds and quotas
     def _hold_if_over_quota(self, entry: SessionEntry, now: float) -> bool:
         spent = self.quota.exhausted(entry.session.user, entry.session.account, now)
@@ -701,6 +764,13 @@ class Scheduler:
                         self._requeued(dev, b, est, "recall")
                         n += 1
         return n
+
+    async def _recall_waiting_of(self, sid: str) -> None:
+        """Take back the session's batches still waiting in an inbox (its running ones finish)."""
+        for dev in self.devices.values():
+            for b, est in list(dev.outstanding.values()):
+                if b.session == sid and await self.store.recall(b, dev.spec.name, "inbox"):
+                    self._requeued(dev, b, est, "recall")
 
     async def _requeue_lost(self, dev: DeviceEntry) -> None:
         """The device's worker stopped beating: take back what it held (from its processing list, so a

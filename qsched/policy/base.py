@@ -121,6 +121,10 @@ class Policy:
         """The highest tier of the pool with a backlogged session, or None."""
         return self._q.top_tier(pool)
 
+    def waiting_since(self, sid: str) -> float | None:
+        """When the session's current wait began (None: not queued)."""
+        return self._q.since(sid)
+
     def backlogged_above(self, pool: str, tier: int) -> int:
         """How many sessions of the pool are backlogged in tiers above `tier`."""
         return self._q.count_above(pool, tier)
@@ -209,6 +213,10 @@ class TieredQueues:
 
     def top_tier(self, pool: str) -> int | None:
         return next((t for t in self._tiers.get(pool, ()) if self._count[(pool, t)]), None)
+
+    def since(self, sid: str) -> float | None:
+        live = self._live.get(sid)
+        return live[2][0] if live is not None else None
 
     def count_above(self, pool: str, tier: int) -> int:
         return sum(self._count[(pool, t)] for t in self._tiers.get(pool, ()) if t > tier)

@@ -52,7 +52,7 @@ class QuotaLedger:
         spec = self.specs[key]
         used = self.used(key, now)
         if spec.device_s <= 0:
-            return math.inf if used > 0 else 1.0
+            return 1.0                      # a zero quota is used up from the start
         return used / spec.device_s
 
     def exhausted(self, user: str, account: str, now: float) -> QuotaSpec | None:
