@@ -68,6 +68,8 @@ class PolicyConfig:
     # a batch of a lower tier still waiting in a device's inbox is taken back when a higher tier has
     # work (preemption at batch boundaries; a running batch is never interrupted)
     preempt: bool = True
+    # parent/child account shares (an account tree like sshare's): account -> its parent account
+    account_parents: dict[str, str] = field(default_factory=dict)
     # device-second quotas per account or user and period, by key ("chem", "user:alice")
     quotas: dict[str, QuotaSpec] = field(default_factory=dict)
     # the policy's own options (its OPTIONS, validated against the registry in qsched.policy)
@@ -185,7 +187,7 @@ def _weights(d, path) -> dict[str, float]:
 
 
 POLICY_KEYS = {"name", "weights", "classes", "max_pending_per_session", "merge", "return_credit_s", "max_batch_s",
-               "max_wait_s", "decay_half_life_s", "preempt", "quotas"}
+               "max_wait_s", "decay_half_life_s", "preempt", "quotas", "account_parents"}
 CLASS_KEYS = {"tier", "weight", *CLASS_LIMITS, "accounts", "users"}
 
 
@@ -229,6 +231,30 @@ def parse_period(v, path: str) -> float:
     if not 60 <= v <= 366 * 86_400:
         raise ConfigError(f"{path}: must be between 60 s and 366 days, got {v:g} s", field=path, limit=366 * 86_400)
     return float(v)
+
+
+MAX_ACCOUNT_DEPTH = 16
+
+
+def _parse_parents(d, path: str) -> dict[str, str]:
+    """`account_parents: {chem: science, phys: science, science: root-org}`: a tree, no cycles."""
+    out = {}
+    for child, parent in _map(d, path).items():
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"{path}.{child}: expected the parent account's name, got {parent!r}",
+                              field=f"{path}.{child}")
+        out[str(child)] = parent
+    for child in out:
+        seen = [child]
+        while seen[-1] in out:
+            seen.append(out[seen[-1]])
+            if seen[-1] in seen[:-1]:
+                raise ConfigError(f"{path}.{child}: the account tree has a cycle ({' -> '.join(seen)})",
+                                  field=f"{path}.{child}")
+            if len(seen) > MAX_ACCOUNT_DEPTH:
+                raise ConfigError(f"{path}.{child}: the account tree is deeper than {MAX_ACCOUNT_DEPTH} levels",
+                                  field=f"{path}.{child}", limit=MAX_ACCOUNT_DEPTH)
+    return out
 
 
 def _parse_quotas(d, path: str) -> dict[str, QuotaSpec]:
@@ -294,6 +320,7 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         decay_half_life_s=_num(d, "decay_half_life_s", path, 7 * 86_400.0, lo=0.0),
         preempt=preempt,
         quotas=_parse_quotas(d.get("quotas"), f"{path}.quotas"),
+        account_parents=_parse_parents(d.get("account_parents"), f"{path}.account_parents"),
         options=options,
     )
 

@@ -352,6 +352,7 @@ def session_update(sid, job, cls, weight, hold, release, reason, config_path, ur
                    + (f", held ({out['reason']})" if out["held"] else ""))
 
 
+SHARE_KNOWN = ["parent"]
 SHARE_COLS = ["account", "user", "raw_shares", "norm_shares", "usage_s", "effective_usage", "fairshare"]
 PRIO_COLS = ["id", "user", "account", "class", "tier", "pending", "priority", "age", "fairshare", "job_size", "qos"]
 PRIO_KNOWN = ["pool", "waiting_s", "held", "reason"]
@@ -371,7 +372,7 @@ def share(url, **kw):
     if lst.as_json:
         click.echo(fmt.dump_json({"shares": rows}))
     else:
-        click.echo(lst.render(rows, SHARE_COLS))
+        click.echo(lst.render(rows, SHARE_COLS, SHARE_KNOWN))
 
 
 @cli.command()

@@ -25,12 +25,21 @@ def share_rows(policy: Policy, now: float, assocs: Iterable[tuple[str, str]] = (
     """As sshare: one row per account, then one per user within it, with the configured shares
     (raw_shares), the share among those with usage at that level (norm_shares), the decayed usage
     (usage_s, device-seconds), its fraction of the level's (effective_usage) and the fair-share factor.
-    `assocs`: (account, user) pairs to show even without usage (open sessions')."""
+    With an account tree (policy.account_parents) every node is shown, a parent before its children,
+    with its subtree's usage; an account's norm_shares is then its fraction of the whole (the product
+    down the tree) and effective_usage its fraction of everyone's usage. `assocs`: (account, user) pairs to show even without usage (open sessions')."""
     u, cfg = policy.usage, policy.cfg
     aw, uw = cfg.account_weights, cfg.user_weights
     fs = _factors_policy(policy)
     pairs = {tuple(a.partition("/")[::2]) for a in u.names("assoc")} | {(a, us) for a, us in assocs if a}
-    accounts = sorted(set(u.names("account")) | set(aw) | {a for a, _ in pairs})
+    names = set(u.names("account")) | set(aw) | {a for a, _ in pairs}
+    tree = fs.tree
+    agg = tree.aggregate(u, now) if tree is not None else {}
+    if tree is not None:                    # every node of the tree, each parent before its children
+        names |= set(tree.parents) | set(tree.parents.values())
+        accounts = sorted(names, key=tree.chain)
+    else:
+        accounts = sorted(names)
     used_accounts = set(u.names("account"))
     total = u.total("account", now)
     rows = []
@@ -40,16 +49,21 @@ def share_rows(policy: Policy, now: float, assocs: Iterable[tuple[str, str]] = (
         return weights.get(name, 1.0) / sum(weights.get(n, 1.0) for n in names)
 
     for a in accounts:
-        used = u.get("account", a, now)
-        rows.append({"account": a, "user": "", "raw_shares": aw.get(a, 1.0),
-                     "norm_shares": norm(a, aw, used_accounts), "usage_s": used,
-                     "effective_usage": used / total if total > 0 else 0.0,
+        if tree is not None:
+            sub, everyone = agg.get(a, 0.0), sum(v for n, v in agg.items() if tree.parent(n) is None)
+            row = {"usage_s": sub, "norm_shares": tree.norm_share(a, agg, aw),
+                   "effective_usage": sub / everyone if everyone else 0.0, "parent": tree.parent(a) or ""}
+        else:
+            row = {"usage_s": u.get("account", a, now), "norm_shares": norm(a, aw, used_accounts), "parent": "",
+                   "effective_usage": u.get("account", a, now) / total if total > 0 else 0.0}
+        rows.append({"account": a, "user": "", "raw_shares": aw.get(a, 1.0), **row,
                      "fairshare": fs.fairshare_factor(SessionInfo("", "", account=a), now)})
+        used = u.get("account", a, now)            # the account's own (its users share it)
         users = sorted(us for acct, us in pairs if acct == a and us)
         with_usage = [us for acct, us in pairs if acct == a and f"{a}/{us}" in u.names("assoc")]
         for us in users:
             uused = u.get("assoc", f"{a}/{us}", now)
-            rows.append({"account": a, "user": us, "raw_shares": uw.get(us, 1.0),
+            rows.append({"account": a, "user": us, "parent": a, "raw_shares": uw.get(us, 1.0),
                          "norm_shares": norm(us, uw, with_usage), "usage_s": uused,
                          "effective_usage": uused / used if used > 0 else 0.0,
                          "fairshare": fs.fairshare_factor(SessionInfo("", "", account=a, user=us), now)})
