@@ -27,7 +27,8 @@ def share_rows(policy: Policy, now: float, assocs: Iterable[tuple[str, str]] = (
     (usage_s, device-seconds), its fraction of the level's (effective_usage) and the fair-share factor.
     With an account tree (policy.account_parents) every node is shown, a parent before its children,
     with its subtree's usage; an account's norm_shares is then its fraction of the whole (the product
-    down the tree) and effective_usage its fraction of everyone's usage. `assocs`: (account, user) pairs to show even without usage (open sessions')."""
+    down the tree) and effective_usage its fraction of everyone's usage. `assocs`: (account, user)
+    pairs to show even without usage (open sessions')."""
     u, cfg = policy.usage, policy.cfg
     aw, uw = cfg.account_weights, cfg.user_weights
     fs = _factors_policy(policy)
