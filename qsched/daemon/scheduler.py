@@ -699,7 +699,8 @@ class Scheduler:
             if top.get(pool) is None:
                 continue
             if dev.alive and dev.state == "online":
-                free[pool] = free.get(pool, 0) + max(0, MAX_OUTSTANDING - len(dev.outstanding))
+                room = MAX_OUTSTANDING + dev.spec.merge_batches - 1 - len(dev.outstanding)
+                free[pool] = free.get(pool, 0) + max(0, room)
             for b, _ in dev.outstanding.values():
                 order, tier, promoted, _since = self._dispatched.get(b.id, (0, 0, False, 0.0))
                 waiting.append(Dispatched(b.id, dev.spec.name, b.session, pool, tier, order, promoted,
