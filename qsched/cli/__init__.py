@@ -368,11 +368,7 @@ def share(url, **kw):
     EFFECTIVE_USAGE the usage as a fraction of that level's, FAIRSHARE the factor 2^(-usage/share)
     (for a user: its account's factor times its own within the account)."""
     lst = fmt.Listing.pop(kw)
-    rows = lst.select(_client(url).share())
-    if lst.as_json:
-        click.echo(fmt.dump_json({"shares": rows}))
-    else:
-        click.echo(lst.render(rows, SHARE_COLS, SHARE_KNOWN))
+    click.echo(lst.output("shares", lst.select(_client(url).share()), SHARE_COLS, SHARE_KNOWN))
 
 
 @cli.command()

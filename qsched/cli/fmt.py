@@ -254,6 +254,10 @@ class Listing:
     def render(self, rows: list[dict], default: list[str], known: Iterable[str] = ()) -> str:
         return render(rows, self.columns(default, known, rows), header=not self.noheader, parsable=self.parsable)
 
+    def output(self, key: str, rows: list[dict], default: list[str], known: Iterable[str] = ()) -> str:
+        """The listing as asked: `{key: rows}` as JSON with --json, else the table."""
+        return dump_json({key: rows}) if self.as_json else self.render(rows, default, known)
+
 
 def _norm(name: str) -> str:
     return name.lower().replace("_", "").replace("-", "")
