@@ -31,6 +31,18 @@ class ClassSpec:
     users: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class QuotaSpec:
+    """Device-seconds an account (kind "account") or a user ("user") may use per period. Periods are
+    fixed windows aligned to the Unix epoch (a 1d quota resets at 00:00 UTC), like Slurm's
+    PriorityUsageResetPeriod; `key` is how the config names it: "chem" or "user:alice"."""
+    key: str
+    kind: str
+    name: str
+    device_s: float
+    period_s: float
+
+
 @dataclass
 class PolicyConfig:
     name: str = "fair-share"
@@ -53,6 +65,13 @@ class PolicyConfig:
     max_wait_s: float | None = 300.0
     # usage per user and account decays with this half-life (PriorityDecayHalfLife); 0: no decay
     decay_half_life_s: float = 7 * 86_400.0
+    # a batch of a lower tier still waiting in a device's inbox is taken back when a higher tier has
+    # work (preemption at batch boundaries; a running batch is never interrupted)
+    preempt: bool = True
+    # parent/child account shares (an account tree like sshare's): account -> its parent account
+    account_parents: dict[str, str] = field(default_factory=dict)
+    # device-second quotas per account or user and period, by key ("chem", "user:alice")
+    quotas: dict[str, QuotaSpec] = field(default_factory=dict)
     # the policy's own options (its OPTIONS, validated against the registry in qsched.policy)
     options: dict = field(default_factory=dict)
 
@@ -170,7 +189,7 @@ def _weights(d, path) -> dict[str, float]:
 
 
 POLICY_KEYS = {"name", "weights", "classes", "max_pending_per_session", "merge", "return_credit_s", "max_batch_s",
-               "max_wait_s", "decay_half_life_s"}
+               "max_wait_s", "decay_half_life_s", "preempt", "quotas", "account_parents"}
 CLASS_KEYS = {"tier", "weight", *CLASS_LIMITS, "accounts", "users"}
 
 
@@ -197,6 +216,67 @@ def _parse_class(name: str, d, path: str, weight: float) -> ClassSpec:
         accounts=_names(d.get("accounts"), f"{path}.accounts"),
         users=_names(d.get("users"), f"{path}.users"),
     )
+
+
+PERIOD_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 7 * 86_400.0}
+
+
+def parse_period(v, path: str) -> float:
+    """Seconds, or a number with a unit: 90s, 30m, 12h, 30d, 2w."""
+    if isinstance(v, str) and v[-1:] in PERIOD_UNITS:
+        try:
+            v = float(v[:-1]) * PERIOD_UNITS[v[-1]]
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{path}: expected seconds or a duration like 12h, 30d, 2w, got {v!r}", field=path)
+    if not 60 <= v <= 366 * 86_400:
+        raise ConfigError(f"{path}: must be between 60 s and 366 days, got {v:g} s", field=path, limit=366 * 86_400)
+    return float(v)
+
+
+MAX_ACCOUNT_DEPTH = 16
+
+
+def _parse_parents(d, path: str) -> dict[str, str]:
+    """`account_parents: {chem: science, phys: science, science: root-org}`: a tree, no cycles."""
+    out = {}
+    for child, parent in _map(d, path).items():
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"{path}.{child}: expected the parent account's name, got {parent!r}",
+                              field=f"{path}.{child}")
+        out[str(child)] = parent
+    for child in out:
+        seen = [child]
+        while seen[-1] in out:
+            seen.append(out[seen[-1]])
+            if seen[-1] in seen[:-1]:
+                raise ConfigError(f"{path}.{child}: the account tree has a cycle ({' -> '.join(seen)})",
+                                  field=f"{path}.{child}")
+            if len(seen) > MAX_ACCOUNT_DEPTH:
+                raise ConfigError(f"{path}.{child}: the account tree is deeper than {MAX_ACCOUNT_DEPTH} levels",
+                                  field=f"{path}.{child}", limit=MAX_ACCOUNT_DEPTH)
+    return out
+
+
+def _parse_quotas(d, path: str) -> dict[str, QuotaSpec]:
+    """`quotas: {chem: {device_s: 36000, period: 30d}, "user:alice": {device_s: 3600, period: 1d}}`."""
+    out = {}
+    for key, spec in _map(d, path).items():
+        key = str(key)
+        qpath = f"{path}.{key}"
+        kind, _, name = key.partition(":") if key.startswith("user:") else ("account", "", key)
+        if not name:
+            raise ConfigError(f"{qpath}: a quota is keyed by an account name or user:NAME", field=qpath)
+        spec = _map(spec, qpath)
+        _unknown(spec, {"device_s", "period"}, qpath)
+        for req in ("device_s", "period"):
+            if req not in spec:
+                raise ConfigError(f"{qpath}.{req}: required", field=f"{qpath}.{req}")
+        out[key] = QuotaSpec(key=key, kind=kind, name=name,
+                             device_s=float(_num(spec, "device_s", qpath, None, lo=0.0)),
+                             period_s=parse_period(spec["period"], f"{qpath}.period"))
+    return out
 
 
 def parse_policy(d, path: str = "policy") -> PolicyConfig:
@@ -226,6 +306,8 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         classes.setdefault(cname, ClassSpec(cname, weight=weight))
     merge = d.get("merge", True)
     _type(merge, bool, f"{path}.merge", "true or false")
+    preempt = d.get("preempt", True)
+    _type(preempt, bool, f"{path}.preempt", "true or false")
     return PolicyConfig(
         name=name,
         account_weights=_weights(w.get("accounts"), f"{path}.weights.accounts"),
@@ -238,6 +320,9 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         classes=classes,
         max_wait_s=_num(d, "max_wait_s", path, 300.0, lo=1e-3),
         decay_half_life_s=_num(d, "decay_half_life_s", path, 7 * 86_400.0, lo=0.0),
+        preempt=preempt,
+        quotas=_parse_quotas(d.get("quotas"), f"{path}.quotas"),
+        account_parents=_parse_parents(d.get("account_parents"), f"{path}.account_parents"),
         options=options,
     )
 

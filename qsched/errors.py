@@ -55,6 +55,12 @@ class Conflict(QschedError):
     code = "conflict"
 
 
+class QuotaExceeded(QschedError):
+    """An account's or user's device-second quota for the period is used up (policy.quotas)."""
+    status = 429
+    code = "quota_exceeded"
+
+
 class PayloadTooLarge(QschedError):
     status = 413
     code = "payload_too_large"
@@ -90,7 +96,7 @@ class Timeout(QschedError):
 
 _BY_CODE: dict[str, type[QschedError]] = {
     cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict, PayloadTooLarge,
-                              Unavailable, Draining, ConfigError, TaskFailed, TaskCancelled, Timeout)}
+                              QuotaExceeded, Unavailable, Draining, ConfigError, TaskFailed, TaskCancelled, Timeout)}
 
 CLIENT_ERROR_CODES = sorted(code for code, cls in _BY_CODE.items() if cls.status < 500)
 

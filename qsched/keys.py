@@ -81,4 +81,7 @@ def usage(kind: str) -> str:
     return f"{PREFIX}usage:{kind}"
 
 
+QUOTA_USED = PREFIX + "quota:used"            # hash: quota key ("chem", "user:alice") -> "device-s window-start"
+
+
 RQ_QUEUE = "qsched-jobs"     # RQ's own keys derive from it (rq:queue:qsched-jobs): `qsched submit --local`

@@ -26,6 +26,12 @@ class Metrics:
         self.batches_requeued = Counter("qsched_batches_requeued",
                                         "Batches taken back and requeued to their pool (reason: recall, worker_lost)",
                                         ["device", "reason"], registry=r)
+        self.preemptions = Counter("qsched_preemptions", "Lower-tier batches taken back from a device's inbox "
+                                   "because a higher tier had work (preemption at batch boundaries)", ["pool"],
+                                   registry=r)
+        self.quota_used_ratio = Gauge("qsched_quota_used_ratio", "Device time used in the current period / the "
+                                      "quota (label: the quota's key in policy.quotas: an account, or user:NAME)",
+                                      ["account"], registry=r)
         self.background_errors = Counter("qsched_background_task_errors",
                                          "Exceptions in the daemon's background tasks (each is logged and the task "
                                          "restarted)", ["task"], registry=r)
@@ -59,13 +65,14 @@ class Metrics:
         for d in devices:
             for c in (self.device_busy, self.worker_restarts, self.workers_lost, self.batches, self.bindings):
                 c.labels(d).inc(0)
-            for reason in ("recall", "worker_lost"):
+            for reason in ("recall", "worker_lost", "preempt"):
                 self.batches_requeued.labels(d, reason).inc(0)
             for status in ("DONE", "FAILED"):
                 self.tasks_completed.labels(d, status).inc(0)
             self.device_up.labels(d).set(0)
             self.execution.labels(d)
         for p in pools:
+            self.preemptions.labels(p).inc(0)
             self.tasks_pending.labels(p).set(0)
             self.queue_wait.labels(p)
             for kind in ("sample", "estimate", "gradient"):

@@ -84,17 +84,19 @@ class Session:
     job_id: str = ""
     created: float = 0.0
     state: SessionState = SessionState.OPEN
+    hold: str = ""            # an admin's hold ("" when none): why, and who set it
 
     def to_redis(self) -> dict:
         return {"id": self.id, "user": self.user, "uid": self.uid, "pool": self.pool, "class": self.cls,
                 "weight": self.weight, "account": self.account, "name": self.name,
-                "job_id": self.job_id, "created": self.created, "state": self.state.value}
+                "job_id": self.job_id, "created": self.created, "state": self.state.value, "hold": self.hold}
 
     @classmethod
     def from_redis(cls, h: dict) -> "Session":
         return cls(id=h["id"], user=h["user"], uid=int(h["uid"]), pool=h["pool"], cls=h["class"],
                    weight=float(h["weight"]), account=h.get("account", ""), name=h.get("name", ""),
-                   job_id=h.get("job_id", ""), created=float(h["created"]), state=SessionState(h["state"]))
+                   job_id=h.get("job_id", ""), created=float(h["created"]), state=SessionState(h["state"]),
+                   hold=h.get("hold", ""))
 
     def public(self) -> dict:
         return self.to_redis()

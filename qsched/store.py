@@ -411,16 +411,19 @@ class Store:
             for kind in kinds:
                 p.hgetall(keys.usage(kind))
             res = await p.execute()
-        out: dict[str, dict[str, tuple[float, float]]] = {}
-        for kind, h in zip(kinds, res):
-            d = out[kind] = {}
-            for n, raw in h.items():
-                try:
-                    v, t = _s(raw).split()
-                    d[_s(n)] = (float(v), float(t))
-                except ValueError:
-                    continue             # not ours; never fatal
-        return out
+        return {kind: _pairs(h) for kind, h in zip(kinds, res)}
+
+    async def save_quota_usage(self, entries: dict[str, tuple[float, float]]) -> None:
+        """Quota usage (key -> (device-seconds, window start)), see keys.QUOTA_USED."""
+        if entries:
+            await self.r.hset(keys.QUOTA_USED, mapping={k: f"{v!r} {w!r}" for k, (v, w) in entries.items()})
+
+    async def load_quota_usage(self) -> dict[str, tuple[float, float]]:
+        return _pairs(await self.r.hgetall(keys.QUOTA_USED))
+
+    async def update_session(self, sid: str, fields: dict) -> None:
+        """Change an open session's class, weight or hold (the admin's `qsched session update`)."""
+        await self.r.hset(keys.session(sid), mapping=fields)
 
     async def sessions_device_seconds(self, sids: list[str]) -> dict[str, float]:
         """Device-seconds each session has used (its usage hash, charged by the workers)."""
@@ -557,6 +560,18 @@ class DeviceQueue:
 
     def clear_heartbeat(self) -> None:
         self.r.delete(keys.device_heartbeat(self.device))
+
+
+def _pairs(h: dict) -> dict[str, tuple[float, float]]:
+    """A hash of name -> "number number" (usage as of a time, quota use in a window), as floats."""
+    out = {}
+    for n, raw in h.items():
+        try:
+            a, b = _s(raw).split()
+            out[_s(n)] = (float(a), float(b))
+        except ValueError:
+            continue             # not ours; never fatal
+    return out
 
 
 def _s(v):

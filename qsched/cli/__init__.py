@@ -139,7 +139,7 @@ def _top_client(url, retry_s):
 
 
 SESSION_COLS = ["id", "job_id", "user", "account", "name", "pool", "class", "state", "pending", "inflight", "time"]
-SESSION_KNOWN = ["uid", "weight", "weight_effective", "created", "activity"]
+SESSION_KNOWN = ["uid", "weight", "weight_effective", "created", "activity", "held", "reason"]
 POOL_COLS = ["pool", "devices", "pending", "running"]
 DEVICE_COLS = ["name", "type", "pool", "state", "outstanding", "max_qubits", "max_shots", "worker_rss_mb"]
 DEVICE_KNOWN = ["up", "max_bindings"]
@@ -313,6 +313,80 @@ def session_cancel(sid, job, url):
                    f"cancelled, {rec.get('device_seconds', 0):.3f} device-seconds used")
 
 
+def _admin_client(config_path, url):
+    """Admin routes exist only on the admin socket (root or SlurmUser)."""
+    import os
+
+    from ..client import Client
+    return Client(url or f"unix://{_config(config_path).admin_socket_path}",
+                  retry_s=float(os.environ.get("QSCHED_RETRY_S", 10)))
+
+
+@session.command("update")
+@click.argument("sid", required=False)
+@JOB
+@click.option("--class", "cls", default=None, help="move the session to this class (its tier and weight)")
+@click.option("--weight", type=click.FloatRange(min=0, min_open=True, max=1000), default=None,
+              help="the session's own weight")
+@click.option("--hold", is_flag=True, help="dispatch nothing more of it (as scontrol hold); running batches finish")
+@click.option("--release", is_flag=True, help="lift an admin's hold (as scontrol release)")
+@click.option("--reason", default="", help="why, shown with the hold in session show / prio")
+@CONFIG
+@URL
+def session_update(sid, job, cls, weight, hold, release, reason, config_path, url):
+    """Change a session's class or weight, hold or release it (admins: the admin socket). Every change is
+    logged by the daemon with who made it."""
+    _target(sid, job)
+    if hold and release:
+        raise click.UsageError("--hold and --release exclude each other")
+    if cls is None and weight is None and not hold and not release:
+        raise click.UsageError("nothing to change: give --class, --weight, --hold or --release")
+    c = _admin_client(config_path, url)
+    sids = [sid] if sid is not None else [s["id"] for s in _job_sessions(c, job)]
+    if not sids:
+        raise click.ClickException(f"job {job}: no open session")
+    for one in sids:
+        out = c.update_session(one, **{"class": cls}, weight=weight, hold=hold or None, release=release or None,
+                               reason=reason or None)
+        click.echo(f"session {one}: class {out['class']}, weight {out['weight']:g}"
+                   + (f", held ({out['reason']})" if out["held"] else ""))
+
+
+SHARE_KNOWN = ["parent"]
+SHARE_COLS = ["account", "user", "raw_shares", "norm_shares", "usage_s", "effective_usage", "fairshare"]
+PRIO_COLS = ["id", "user", "account", "class", "tier", "pending", "priority", "age", "fairshare", "job_size", "qos"]
+PRIO_KNOWN = ["pool", "waiting_s", "held", "reason"]
+
+
+@cli.command()
+@URL
+@fmt.listing_options("account", "user")
+def share(url, **kw):
+    """Accounts and their users: shares, decayed usage (device-seconds) and fair-share factor (as sshare).
+
+    NORM_SHARES is the share among those with usage at its level (accounts; an account's users),
+    EFFECTIVE_USAGE the usage as a fraction of that level's, FAIRSHARE the factor 2^(-usage/share)
+    (for a user: its account's factor times its own within the account)."""
+    lst = fmt.Listing.pop(kw)
+    click.echo(lst.output("shares", lst.select(_client(url).share()), SHARE_COLS, SHARE_KNOWN))
+
+
+@cli.command()
+@URL
+@click.option("--norm", is_flag=True, help="the factors themselves (each in [0, 1]), not weighted (as sprio -n)")
+@fmt.listing_options("user", "account", "pool")
+def prio(url, norm, **kw):
+    """Each backlogged session's priority factors (as sprio): weighted by the policy's priority_weight_*
+    (their sum is PRIORITY), highest tier first; users see their own sessions."""
+    lst = fmt.Listing.pop(kw)
+    rows = lst.select(_client(url).prio())
+    if lst.as_json:
+        click.echo(fmt.dump_json({"sessions": rows}))
+        return
+    flat = [{**r, **(r["factors"] if norm else r["weighted"])} for r in rows]
+    click.echo(lst.render(flat, PRIO_COLS, PRIO_KNOWN))
+
+
 @cli.group()
 def device():
     """Devices and their workers."""
@@ -344,10 +418,7 @@ def _device_state_command(verb: str, state: str, doc: str):
     @CONFIG
     @URL
     def command(name, reason, config_path, url):
-        from ..client import Client
-        # admin routes exist only on the admin socket (root or SlurmUser)
-        target = url or f"unix://{_config(config_path).admin_socket_path}"
-        out = Client(target, retry_s=10).set_device_state(name, state, reason)
+        out = _admin_client(config_path, url).set_device_state(name, state, reason)
         click.echo(f"device {out['name']}: {out['state']}" + (f" ({out['reason']})" if out["reason"] else ""))
     return command
 
@@ -361,6 +432,33 @@ _device_state_command("resume", "online", "Put the device back online.")
 @cli.group()
 def policy():
     """Scheduling policy files."""
+
+
+@policy.command("show")
+@URL
+@click.option("--json", "as_json", is_flag=True, help="machine-readable JSON")
+def policy_show(url, as_json):
+    """The daemon's effective policy: every weight, class, limit and quota (with its use this period)."""
+    doc = _client(url).policy()
+    if as_json:
+        click.echo(fmt.dump_json(doc))
+        return
+    classes = doc.pop("classes")
+    quotas = doc.pop("quotas")
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                click.echo(f"{k}.{k2}: {fmt.cell(k2, v2)}")
+        else:
+            click.echo(f"{k}: {fmt.cell(k, v)}")
+    click.echo()
+    click.echo(table([{**c, "accounts": c["accounts"] or "", "users": c["users"] or ""} for c in classes.values()],
+                     ["name", "tier", "weight", "max_sessions_per_user", "max_pending_per_user", "max_task_device_s",
+                      "max_session_device_s", "accounts", "users"]))
+    if quotas:
+        click.echo()
+        click.echo(table([{"quota": k, **q} for k, q in quotas.items()],
+                         ["quota", "kind", "name", "device_s", "period_s", "used_s", "ratio", "window_end"]))
 
 
 @policy.command("validate")

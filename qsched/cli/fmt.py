@@ -16,7 +16,8 @@ import click
 
 # epoch-float fields that get an ISO-8601 twin (`created` -> `created_iso`) in --json, and that tables
 # print as local date-times
-TIME_KEYS = frozenset({"created", "opened", "closed", "submitted", "started", "finished", "at"})
+TIME_KEYS = frozenset({"created", "opened", "closed", "submitted", "started", "finished", "at", "window_start",
+                       "window_end"})
 
 
 # --- time --------------------------------------------------------------------------------------------
@@ -159,12 +160,14 @@ def device_state(d: dict, *, draining: bool = False) -> str:
 
 
 def session_activity(s: dict) -> str:
-    """What squeue's ST would say of a session: RUNNING (tasks on a device), PENDING (tasks waiting),
-    IDLE (open, in a classical phase), CLOSED."""
+    """What squeue's ST would say of a session: RUNNING (tasks on a device), HELD (an admin's hold or a
+    used-up quota: see its reason), PENDING (tasks waiting), IDLE (open, in a classical phase), CLOSED."""
     if str(s.get("state", "OPEN")).upper() == "CLOSED":
         return "CLOSED"
     if s.get("inflight"):
         return "RUNNING"
+    if s.get("held"):
+        return "HELD"
     if s.get("pending"):
         return "PENDING"
     return "IDLE"
@@ -250,6 +253,10 @@ class Listing:
 
     def render(self, rows: list[dict], default: list[str], known: Iterable[str] = ()) -> str:
         return render(rows, self.columns(default, known, rows), header=not self.noheader, parsable=self.parsable)
+
+    def output(self, key: str, rows: list[dict], default: list[str], known: Iterable[str] = ()) -> str:
+        """The listing as asked: `{key: rows}` as JSON with --json, else the table."""
+        return dump_json({key: rows}) if self.as_json else self.render(rows, default, known)
 
 
 def _norm(name: str) -> str:

@@ -135,6 +135,18 @@ class AsyncClient(ClientCore):
     async def session_info(self, sid: str) -> dict:
         return await self._run(self._op_session_info(sid))
 
+    async def share(self) -> list[dict]:
+        return await self._run(self._op_share())
+
+    async def prio(self) -> list[dict]:
+        return await self._run(self._op_prio())
+
+    async def policy(self) -> dict:
+        return await self._run(self._op_policy())
+
+    async def update_session(self, sid: str, **changes) -> dict:
+        return await self._run(self._op_update_session(sid, **changes))
+
     async def set_device_state(self, name: str, state: str, reason: str = "") -> dict:
         return await self._run(self._op_set_device_state(name, state, reason))
 

@@ -285,6 +285,20 @@ class ClientCore:
         path = f"/v1/admin/devices/{urllib.parse.quote(name, safe='')}/state"
         return (yield Call("POST", path, body={"state": state, "reason": reason}))
 
+    def _op_share(self) -> Op[list[dict]]:
+        return (yield from self._get("/v1/share"))["shares"]
+
+    def _op_prio(self) -> Op[list[dict]]:
+        return (yield from self._get("/v1/prio"))["sessions"]
+
+    def _op_policy(self) -> Op[dict]:
+        return (yield from self._get("/v1/policy"))
+
+    def _op_update_session(self, sid: str, **changes) -> Op[dict]:
+        """Admin socket: class=, weight=, hold=True with reason=, or release=True."""
+        path = f"/v1/admin/sessions/{urllib.parse.quote(sid, safe='')}"
+        return (yield Call("POST", path, body={k: v for k, v in changes.items() if v is not None}))
+
     def _op_close_session(self, sid: str) -> Op[dict]:
         # a repeat of a close that reached the daemon would be a 404, not the usage record
         return (yield Call("DELETE", f"/v1/sessions/{sid}", idempotent=False))

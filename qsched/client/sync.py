@@ -124,6 +124,18 @@ class Client(ClientCore):
     def session_info(self, sid: str) -> dict:
         return self._run(self._op_session_info(sid))
 
+    def share(self) -> list[dict]:
+        return self._run(self._op_share())
+
+    def prio(self) -> list[dict]:
+        return self._run(self._op_prio())
+
+    def policy(self) -> dict:
+        return self._run(self._op_policy())
+
+    def update_session(self, sid: str, **changes) -> dict:
+        return self._run(self._op_update_session(sid, **changes))
+
     def set_device_state(self, name: str, state: str, reason: str = "") -> dict:
         """Admin socket only: online, draining, paused or maintenance."""
         return self._run(self._op_set_device_state(name, state, reason))

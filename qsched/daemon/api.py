@@ -313,6 +313,36 @@ async def set_device_state(request):
     return web.json_response({"name": dev.spec.name, "state": dev.public_state(), "reason": dev.reason})
 
 
+@admin_routes.post("/v1/admin/sessions/{sid}")
+async def admin_update_session(request):
+    """`qsched session update SID --class C --weight W --hold [--reason R] | --release` (as scontrol
+    update / hold / release): logged with the admin who made the change."""
+    sch = request.app[SCHEDULER]
+    body = await json_body(request)
+    _unknown_fields(body, {"class", "weight", "hold", "reason", "release"})
+    cls, weight, hold, reason, release = (body.get(k) for k in ("class", "weight", "hold", "reason", "release"))
+    if cls is not None and not isinstance(cls, str):
+        raise BadRequest("class: expected a class name", field="class")
+    if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool)):
+        raise BadRequest("weight: expected a number", field="weight")
+    for f, v in (("hold", hold), ("release", release)):
+        if v is not None and not isinstance(v, bool):
+            raise BadRequest(f"{f}: expected true or false", field=f)
+    reason = "" if reason is None else reason
+    if not isinstance(reason, str) or not _printable(reason) or len(reason) > 200:
+        raise BadRequest("reason: printable text of at most 200 characters", field="reason", limit=200)
+    entry = await sch.update_session(request.match_info["sid"], who=caller(request).user(), cls=cls,
+                                     weight=None if weight is None else float(weight),
+                                     hold=reason if hold else None, release=bool(release))
+    return web.json_response(sch.session_view(entry))
+
+
+def _unknown_fields(body: dict, allowed: set[str]) -> None:
+    extra = sorted(set(body) - allowed)
+    if extra:
+        raise BadRequest(f"{extra[0]}: unknown field (allowed: {', '.join(sorted(allowed))})", field=extra[0])
+
+
 @web.middleware
 async def admin_only(request, handler):
     if not caller(request).admin:
@@ -677,6 +707,30 @@ async def devices(request):
     return web.json_response({"devices": out})
 
 
+@routes.get("/v1/share")
+async def share(request):
+    """As sshare: every account and user with shares, decayed usage and fair-share factor."""
+    require_identity(request)
+    return web.json_response({"shares": request.app[SCHEDULER].share_view()})
+
+
+@routes.get("/v1/prio")
+async def prio(request):
+    """As sprio: the priority factors of each backlogged session (users see their own, admins all)."""
+    sch = request.app[SCHEDULER]
+    c = require_identity(request)
+    mine = {sid for sid, e in sch.sessions.items() if c.admin or (c.uid is not None and c.uid == e.session.uid)
+            or (c.token and sch.session_for_token(c.token) == sid)}
+    return web.json_response({"sessions": [r for r in sch.prio_view() if r["id"] in mine]})
+
+
+@routes.get("/v1/policy")
+async def policy(request):
+    """The effective policy: every weight, class, limit and quota."""
+    require_identity(request)
+    return web.json_response(request.app[SCHEDULER].policy_view())
+
+
 @routes.get("/v1/queue")
 async def queue(request):
     sch = request.app[SCHEDULER]
@@ -704,4 +758,12 @@ def make_app(sch: Scheduler, *, admin: bool = False, hooks: dict | None = None,
     app.add_routes(routes)
     if admin:
         app.add_routes(admin_routes)
+    else:
+        app.router.add_route("*", "/v1/admin/{tail:.*}", not_admin_listener)
     return app
+
+
+async def not_admin_listener(request):
+    """An admin route asked on the user listener: not here (404, as before), and the answer says where."""
+    raise NotFound("admin: admin requests go to the admin socket (daemon.admin_socket), for root or SlurmUser "
+                   "only", field="admin")

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import secrets
@@ -24,10 +25,13 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from ..config import Config
-from ..errors import BadRequest, Draining, NotFound, Unavailable
+from ..errors import BadRequest, Draining, NotFound, QuotaExceeded, Unavailable
 from ..metrics import Metrics
 from ..models import Batch, DeviceSpec, Session, Task, TaskState
 from ..policy import Policy, SessionInfo, UsageLedger
+from ..policy.preempt import Dispatched, Recaller, candidates
+from ..policy.quota import QuotaLedger
+from ..policy.report import policy_doc, prio_row, share_rows
 from ..store import Store
 from . import limits
 from .cost import CostModel
@@ -41,7 +45,7 @@ MAX_OUTSTANDING = 2          # running + one in the inbox (+ merge_batches - 1 w
 
 class SessionEntry:
     __slots__ = ("session", "pending", "inflight", "weight", "submits", "knows_all_submits", "info", "used_s",
-                 "last_active")
+                 "last_active", "held")
     MAX_SUBMITS = 1024
 
     def __init__(self, session: Session, weight: float, *, new: bool = False):
@@ -57,6 +61,15 @@ class SessionEntry:
                                 user=session.user, weight=session.weight, created=session.created)
         self.used_s = 0.0              # device-seconds measured (class limit max_session_device_s)
         self.last_active = time.monotonic()      # the last request naming it (daemon.session_idle_timeout_s)
+        # why the session is not dispatched, by cause ("admin": `qsched session update --hold`, kept in
+        # Redis; "quota": its account's or user's quota is used up, rechecked by the device watch)
+        self.held: dict[str, str] = {"admin": session.hold} if session.hold else {}
+
+    def refresh_info(self) -> None:
+        """After an admin changed the session's class or weight."""
+        s = self.session
+        self.info = SessionInfo(id=s.id, pool=s.pool, cls=s.cls, account=s.account, user=s.user, weight=s.weight,
+                                created=s.created)
 
     def remember(self, key: str, ids: list[str]) -> None:
         self.submits[key] = ids
@@ -102,6 +115,7 @@ class Scheduler:
         # on_batch_done, written to Redis by the device watch, read back in resync
         self.usage = UsageLedger(config.policy.decay_half_life_s)
         policy.usage = self.usage
+        self.quota = QuotaLedger(policy.cfg.quotas)       # device-seconds per period (policy.quotas)
         self._closing: dict[str, Session] = {}       # closed, batches may still end: charged to them
         self.templates = TemplateIndex(store, config.template_ttl_s)
         self.on_worker_lost = on_worker_lost             # a local worker that stopped beating: kill it
@@ -113,6 +127,11 @@ class Scheduler:
         self._write_failed_at = 0.0
         self.store_writable = True
         self._seq = 0
+        # per outstanding batch: (dispatch order, tier, picked by an anti-starvation promotion, the
+        # session's wait start): what preemption needs to choose and to requeue without a fresh wait
+        self._dispatched: dict[str, tuple[int, int, bool, float]] = {}
+        self._order = itertools.count()
+        self._started: set[str] = set()      # batches a recall found taken by their worker: not tried again
         self.events_from = "0-0"
         self.accepting = True
         self.store_ok = True
@@ -133,15 +152,19 @@ class Scheduler:
         states = await self.store.device_states(list(self.devices))
         sessions, pending, tasks, outstanding = await self.store.load_state(list(self.devices))
         usage = await self.store.load_usage()
+        quota_used = await self.store.load_quota_usage()
         used = (await self.store.sessions_device_seconds([s.id for s in sessions])
                 if any(c.max_session_device_s is not None for c in self.policy.cfg.classes.values()) else {})
         self.sessions.clear()
         self.tasks.clear()
+        self._dispatched.clear()
+        self._started.clear()
         for d in self.devices.values():
             d.outstanding.clear()
         self.policy = type(self.policy)(self.policy.cfg)
         self.policy.usage = self.usage
         self.usage.load(usage, time.time())
+        self.quota.load(quota_used)
         self.events_from = last
         self.cost.per_binding.update(cost)
         for name, st in states.items():
@@ -167,6 +190,9 @@ class Scheduler:
                 kind = live[0].kind if live else "estimate"
                 est = self.cost.estimate(dev, kind, sum(t.bindings for t in live))
                 self.devices[dev].outstanding[b.id] = (b, est)
+                owner = self.sessions.get(b.session)
+                tier = self.policy.tier_of(owner.info) if owner is not None else 0
+                self._dispatched[b.id] = (next(self._order), tier, False, time.time())
         self._seq = max((t.seq for t in self.tasks.values()), default=0)
         for entry in self.sessions.values():
             entry.pending = deque(sorted(entry.pending, key=lambda t: t.seq))
@@ -295,10 +321,7 @@ class Scheduler:
         the record holds all the device time the session used."""
         async with self._write():
             entry = self.session(sid)
-            for dev in self.devices.values():
-                for b, est in list(dev.outstanding.values()):
-                    if b.session == sid and await self.store.recall(b, dev.spec.name, "inbox"):
-                        self._requeued(dev, b, est, "recall")
+            await self._recall_waiting_of(sid)
             cancelled = [t.id for t in entry.pending]
             await self.store.close_session(sid, cancelled)
             entry.pending.clear()
@@ -359,6 +382,10 @@ class Scheduler:
                                  f"limit {limit}", field="tasks", limit=limit)
             self._check_class_limits(entry, items)
             now = time.time()
+            spent = self.quota.exhausted(entry.session.user, entry.session.account, now)
+            if spent is not None:
+                raise QuotaExceeded(f"quota: {self.quota.describe(spent, now)}", field=f"quota.{spent.key}",
+                                    limit=spent.device_s)
             was_idle = not entry.pending
             for t, _, _ in items:
                 self._seq += 1
@@ -372,6 +399,8 @@ class Scheduler:
             await self._commit(sid, items, batches, idempotency_key)      # durable before acknowledged
             if idempotency_key:
                 entry.remember(idempotency_key, [t.id for t, _, _ in items])
+            if entry.pending and self._may_preempt_for(entry):
+                self.kick()              # the dispatcher takes back a lower tier's waiting batch
         for t, _, _ in items:
             self.metrics.tasks_submitted.labels(entry.session.pool, t.kind).inc()
         self.metrics.tasks_pending.labels(entry.session.pool).inc(len(items))
@@ -392,7 +421,14 @@ class Scheduler:
                             task_estimates_s=estimates, session_used_s=entry.used_s)
 
     async def _save_usage(self) -> None:
-        """Write the usage entries changed since the last write (kept dirty if Redis refuses)."""
+        """Write the usage and quota entries changed since the last write (kept dirty if Redis refuses)."""
+        if self.quota.dirty:
+            used = self.quota.take_dirty()
+            try:
+                await self.store.save_quota_usage(used)
+            except RedisError:
+                self.quota.dirty.update(used)
+                raise
         if not self.usage.dirty:
             return
         dirty = self.usage.take_dirty()
@@ -468,6 +504,8 @@ class Scheduler:
         self.policy = policy
         policy.usage = self.usage
         self.usage.half_life_s = policy.cfg.decay_half_life_s
+        self.quota.set_specs(policy.cfg.quotas)
+        self.release_quota_holds()
         for entry in self.sessions.values():
             entry.weight = self._weight(entry.session)
             self._enqueue(entry)
@@ -477,10 +515,13 @@ class Scheduler:
     def kick(self) -> None:
         self._kick.set()
 
-    def _enqueue(self, entry: SessionEntry) -> None:
+    def _enqueue(self, entry: SessionEntry, since: float | None = None) -> None:
+        if entry.held:
+            self.policy.remove(entry.session.id)          # a held session is not dispatched
+            return
         if entry.pending:
             self.policy.enqueue(entry.session.id, entry.session.pool, entry.info, entry.pending[0].seq,
-                                now=time.time(), size=len(entry.pending))
+                                now=time.time(), size=len(entry.pending), since=since)
 
     async def run_dispatcher(self) -> None:
         self.kick()        # (re)started: there may be work that arrived while it was down
@@ -488,6 +529,8 @@ class Scheduler:
             await self._kick.wait()
             self._kick.clear()
             async with self._write():
+                if self.policy.cfg.preempt:
+                    await self._preempt()
                 batches = self._plan()
                 if batches:
                     await self._commit(None, [], batches)
@@ -508,8 +551,11 @@ class Scheduler:
                 if sid is None:
                     continue
                 progress = True
+                promoted, since = self.policy.last_promoted, self.policy.last_since
                 entry = self.sessions.get(sid)
                 if entry is None or not entry.pending:
+                    continue
+                if self.quota.specs and self._hold_if_over_quota(entry, now):
                     continue
                 name, kind = dev.spec.name, entry.pending[0].kind
                 tasks = take_batch(entry.pending, merge=cfg.merge, max_bindings=dev.spec.limits.max_batch_bindings,
@@ -529,8 +575,159 @@ class Scheduler:
                     t.state, t.batch = TaskState.SCHEDULED, batch.id
                 entry.inflight += len(tasks)
                 dev.outstanding[batch.id] = (batch, est)
+                self._dispatched[batch.id] = (next(self._order), self.policy.tier_of(entry.info), promoted, since)
                 batches.append(batch)
         return batches
+
+    # ------------------------------------------------------------------ admin changes
+    async def update_session(self, sid: str, *, who: str, cls: str | None = None, weight: float | None = None,
+                             hold: str | None = None, release: bool = False) -> SessionEntry:
+        """The admin's `qsched session update`: class, weight, hold (with a reason) or release. Kept in
+        Redis (the session's hash) and logged with who made the change. A hold also takes back the
+        session's batches still waiting in an inbox; running ones finish."""
+        if hold is not None and release:
+            raise BadRequest("hold: give hold or release, not both", field="hold")
+        if cls is not None and cls not in self.policy.cfg.class_weights:
+            raise BadRequest(f"class: unknown class {cls!r} (classes: {', '.join(self.policy.cfg.class_weights)})",
+                             field="class")
+        if weight is not None and not (0 < weight <= 1000):
+            raise BadRequest("weight: must be in (0, 1000]", field="weight", limit=1000)
+        async with self._write():
+            entry = self.session(sid)
+            s = entry.session
+            changes: dict = {}
+            if cls is not None and cls != s.cls:
+                changes["class"] = cls
+            if weight is not None and weight != s.weight:
+                changes["weight"] = weight
+            if hold is not None:
+                changes["hold"] = f"held by {who}" + (f": {hold}" if hold else "")
+            elif release and s.hold:
+                changes["hold"] = ""
+            if not changes:
+                return entry
+            await self.store.update_session(sid, changes)
+            before = {"class": s.cls, "weight": s.weight, "hold": s.hold}
+            s.cls = changes.get("class", s.cls)
+            s.weight = changes.get("weight", s.weight)
+            s.hold = changes.get("hold", s.hold)
+            entry.refresh_info()
+            entry.weight = self._weight(s)
+            if s.hold:
+                entry.held["admin"] = s.hold
+                await self._recall_waiting_of(sid)
+            else:
+                entry.held.pop("admin", None)
+            self.policy.remove(sid)          # re-entered with its new tier and weight (or not, if held)
+            self._enqueue(entry)
+        log.warning("session %s updated by %s: %s", sid, who,
+                    ", ".join(f"{k} {before[k]!r} -> {v!r}" for k, v in changes.items()))
+        self.kick()
+        return entry
+
+    def share_view(self) -> list[dict]:
+        """sshare: accounts and users with their shares, decayed usage and fair-share factor."""
+        open_pairs = {(e.session.account, e.session.user) for e in self.sessions.values()}
+        return share_rows(self.policy, time.time(), open_pairs)
+
+    def prio_view(self) -> list[dict]:
+        """sprio: each backlogged (or held) session's priority factors, highest tier and priority first."""
+        now = time.time()
+        rows = []
+        for e in self.sessions.values():
+            if e.pending:
+                row = prio_row(self.policy, e.info, now, pending=len(e.pending),
+                               since=self.policy.waiting_since(e.session.id))
+                rows.append({**row, "held": bool(e.held), "reason": "; ".join(e.held[k] for k in sorted(e.held))})
+        return sorted(rows, key=lambda r: (-r["tier"], -r["priority"], -r["waiting_s"]))
+
+    def policy_view(self) -> dict:
+        return {"name": self.policy.name, **policy_doc(self.policy, self.quota, time.time())}
+
+    # ------------------------------------------------------------------ holds and quotas
+    def _hold_if_over_quota(self, entry: SessionEntry, now: float) -> bool:
+        spent = self.quota.exhausted(entry.session.user, entry.session.account, now)
+        if spent is None:
+            return False
+        reason = f"quota: {self.quota.describe(spent, now)}"
+        if "quota" not in entry.held:
+            log.warning("session %s held: %s", entry.session.id, reason)
+        entry.held["quota"] = reason
+        self.policy.remove(entry.session.id)
+        return True
+
+    def release_quota_holds(self, now: float | None = None) -> int:
+        """Sessions held by a quota whose window rolled over (or whose quota was raised) go back to the
+        policy. Called by the device watch; returns how many were released."""
+        now = time.time() if now is None else now
+        n = 0
+        for entry in self.sessions.values():
+            if "quota" in entry.held and self.quota.exhausted(entry.session.user, entry.session.account, now) is None:
+                del entry.held["quota"]
+                log.info("session %s: quota hold released", entry.session.id)
+                self._enqueue(entry)
+                n += 1
+        if n:
+            self.kick()
+        return n
+
+    def _quota_gauges(self, now: float) -> None:
+        self.metrics.quota_used_ratio.clear()            # a quota removed by a reload leaves no series
+        for key in self.quota.specs:
+            self.metrics.quota_used_ratio.labels(key).set(self.quota.ratio(key, now))
+
+    def _may_preempt_for(self, entry: SessionEntry) -> bool:
+        """A lower tier's batch is outstanding on a device of the session's pool (cheap: at most two
+        per device)."""
+        if not self.policy.cfg.preempt:
+            return False
+        tier = self.policy.tier_of(entry.info)
+        return any(self._dispatched.get(b.id, (0, tier))[1] < tier for d in self.pools.get(entry.session.pool, ())
+                   for b, _ in self.devices[d.name].outstanding.values())
+
+    async def _preempt(self) -> int:
+        """Take back lower-tier batches still waiting in an inbox when a higher tier of their pool has
+        work that no free slot serves (policy/preempt.py has the rules). In memory first, to decide;
+        Redis only for a batch that is a candidate. Returns how many were taken back."""
+        top = {pool: self.policy.top_tier(pool) for pool in self.pools}
+        if all(t is None for t in top.values()):
+            return 0
+        free: dict[str, int] = {}
+        waiting: list[Dispatched] = []
+        for dev in self.devices.values():
+            pool = dev.spec.pool
+            if top.get(pool) is None:
+                continue
+            if dev.alive and dev.state == "online":
+                room = MAX_OUTSTANDING + dev.spec.merge_batches - 1 - len(dev.outstanding)
+                free[pool] = free.get(pool, 0) + max(0, room)
+            for b, _ in dev.outstanding.values():
+                order, tier, promoted, _since = self._dispatched.get(b.id, (0, 0, False, 0.0))
+                waiting.append(Dispatched(b.id, dev.spec.name, b.session, pool, tier, order, promoted,
+                                          b.id in self._started))
+        ordered = candidates(waiting, top)
+        if not ordered:
+            return 0
+        walk = Recaller(ordered, backlog_above=self.policy.backlogged_above, free_slots=free)
+        n = 0
+        for c in walk:
+            dev = self.devices[c.device]
+            b, est = dev.outstanding[c.batch]
+            try:
+                taken = await self.store.recall(b, c.device, "inbox")
+            except RedisError:
+                self._stale, self._write_failed_at = True, time.monotonic()
+                raise
+            walk.done(c, taken)
+            if not taken:
+                self._started.add(c.batch)
+            else:
+                self._requeued(dev, b, est, "preempt")
+                self.metrics.preemptions.labels(c.pool).inc()
+                n += 1
+        if n:
+            log.debug("preempted %d lower-tier batches waiting in inboxes", n)
+        return n
 
     def _count_dispatched(self, batches: list[Batch]) -> None:
         for b in batches:
@@ -569,6 +766,13 @@ class Scheduler:
                         n += 1
         return n
 
+    async def _recall_waiting_of(self, sid: str) -> None:
+        """Take back the session's batches still waiting in an inbox (its running ones finish)."""
+        for dev in self.devices.values():
+            for b, est in list(dev.outstanding.values()):
+                if b.session == sid and await self.store.recall(b, dev.spec.name, "inbox"):
+                    self._requeued(dev, b, est, "recall")
+
     async def _requeue_lost(self, dev: DeviceEntry) -> None:
         """The device's worker stopped beating: take back what it held (from its processing list, so a
         late result from it is refused, and from its inbox) and requeue it to the pool."""
@@ -598,6 +802,8 @@ class Scheduler:
         """Memory side of a recall: the batch's live tasks go back to the head of their session's queue,
         in order, and the policy is un-charged."""
         dev.outstanding.pop(b.id, None)
+        since = self._dispatched.pop(b.id, (0, 0, False, None))[3]
+        self._started.discard(b.id)
         self.metrics.batches_requeued.labels(dev.spec.name, reason).inc()
         live = [self.tasks[t] for t in b.tasks if t in self.tasks]
         entry = self.sessions.get(b.session)
@@ -614,7 +820,8 @@ class Scheduler:
         entry.inflight -= len(live)
         self.metrics.tasks_pending.labels(entry.session.pool).inc(len(live))
         self.policy.correct(b.session, est, 0.0)
-        self._enqueue(entry)
+        # preempted: the session keeps the wait it had (anti-starvation counts from then)
+        self._enqueue(entry, since if reason == "preempt" else None)
 
     # ------------------------------------------------------------------ completions
     async def run_events(self, redis) -> None:
@@ -634,6 +841,8 @@ class Scheduler:
         if dev is None:
             return
         batch, est = dev.outstanding.pop(ev["batch"], (None, 0.0))
+        self._dispatched.pop(ev["batch"], None)
+        self._started.discard(ev["batch"])
         exec_s = float(ev["exec_s"])
         sid = ev["session"]
         first_kind = None
@@ -656,6 +865,7 @@ class Scheduler:
             owner = self.sessions[sid].session if sid in self.sessions else self._closing.get(sid)
             if owner is not None:
                 self.usage.charge(owner.user, owner.account, exec_s, time.time())
+                self.quota.charge(owner.user, owner.account, exec_s, time.time())
                 if sid in self.sessions:
                     self.sessions[sid].used_s += exec_s
         if first_kind:
@@ -715,6 +925,10 @@ class Scheduler:
             self.cost.dirty = False
             await self.store.save_cost_model(dict(self.cost.per_binding))
         await self._save_usage()
+        if self.quota.specs:
+            now = time.time()
+            self.release_quota_holds(now)
+            self._quota_gauges(now)
 
     # ------------------------------------------------------------------ views
     def _refresh_gauges(self) -> None:
@@ -724,10 +938,12 @@ class Scheduler:
             per_pool[e.session.pool] = per_pool.get(e.session.pool, 0) + len(e.pending)
         for p, n in per_pool.items():
             self.metrics.tasks_pending.labels(p).set(n)
+        self._quota_gauges(time.time())
 
     def session_view(self, entry: SessionEntry) -> dict:
         return {**entry.session.public(), "pending": len(entry.pending), "inflight": entry.inflight,
-                "weight_effective": entry.weight}
+                "weight_effective": entry.weight, "held": bool(entry.held),
+                "reason": "; ".join(entry.held[k] for k in sorted(entry.held))}
 
     async def unsupported(self, pool: str) -> dict[str, str]:
         """Instructions some device of the pool says it cannot run -> that device (devices of a pool are

@@ -74,6 +74,10 @@ class Policy:
         self._q = TieredQueues()
         self._now = 0.0
         self.promotions = 0
+        # of the last pick: whether it was an anti-starvation promotion, and since when the session had
+        # waited (a batch taken back by preemption re-enters with that wait, not a fresh one)
+        self.last_promoted = False
+        self.last_since = 0.0
 
     def weight(self, *, account: str = "", user: str = "", cls: str = "batch", own: float = 1.0) -> float:
         """Slurm-like share tree flattened: account x user x class x the session's own weight."""
@@ -95,21 +99,35 @@ class Policy:
 
     # event interface; see the package docstring
     def enqueue(self, sid: str, pool: str, session: SessionInfo | float, head_seq: int, *,
-                now: float | None = None, size: int = 0) -> None:
+                now: float | None = None, size: int = 0, since: float | None = None) -> None:
         """`session` is the session's SessionInfo; a bare number is taken as a tier-0 session of that
-        effective weight (the interface before classes, kept for simulations)."""
+        effective weight (the interface before classes, kept for simulations). `since`: the session has
+        waited since then (a preempted batch's session keeps its wait for the anti-starvation bound)."""
         info = session if isinstance(session, SessionInfo) else SessionInfo(sid, pool, cls="", weight=float(session))
         t = self._clock(now)
         key = self._key(sid, pool, info, head_seq, t, size)
         if key is not None:
-            self._q.push(pool, self.tier_of(info), key, sid, t)
+            self._q.push(pool, self.tier_of(info), key, sid, t, since=since)
 
     def pick(self, pool: str, *, now: float | None = None) -> str | None:
         sid, key, promoted = self._q.pop(pool, self._clock(now), self.cfg.max_wait_s)
         if sid is not None:
             self.promotions += promoted
+            self.last_promoted, self.last_since = promoted, self._q.last_since
             self._picked(sid, pool, key)
         return sid
+
+    def top_tier(self, pool: str) -> int | None:
+        """The highest tier of the pool with a backlogged session, or None."""
+        return self._q.top_tier(pool)
+
+    def waiting_since(self, sid: str) -> float | None:
+        """When the session's current wait began (None: not queued)."""
+        return self._q.since(sid)
+
+    def backlogged_above(self, pool: str, tier: int) -> int:
+        """How many sessions of the pool are backlogged in tiers above `tier`."""
+        return self._q.count_above(pool, tier)
 
     def charge(self, sid: str, cost: float) -> None:
         pass
@@ -152,14 +170,18 @@ class TieredQueues:
         self._tiers: dict[str, list[int]] = {}          # pool -> its tiers, highest first
         self._live: dict[str, tuple] = {}               # sid -> (slot, entry, age entry)
         self._tie = itertools.count()
+        self.last_since = 0.0                           # the wait start of the session popped last
 
-    def push(self, pool: str, tier: int, key, sid: str, since: float) -> None:
+    def push(self, pool: str, tier: int, key, sid: str, now: float, *, since: float | None = None) -> None:
+        """since: the session has waited since then (default: now, or its current wait if queued)."""
         slot = (pool, tier)
         old = self._live.pop(sid, None)
+        if since is None:
+            since = now
+            if old is not None and old[0] == slot:
+                since = old[2][0]                     # re-keyed, still waiting since then
         if old is not None:
             self._count[old[0]] -= 1
-            if old[0] == slot:
-                since = old[2][0]                     # re-keyed, still waiting since then
         if slot not in self._heaps:
             self._heaps[slot], self._ages[slot], self._count[slot] = [], [], 0
             self._tiers[pool] = sorted({*self._tiers.get(pool, ()), tier}, reverse=True)
@@ -184,9 +206,20 @@ class TieredQueues:
                 heapq.heapify(h)
 
     def _take(self, sid: str) -> tuple:
-        slot, entry, _ = self._live.pop(sid)
+        slot, entry, age = self._live.pop(sid)
         self._count[slot] -= 1
+        self.last_since = age[0]
         return entry
+
+    def top_tier(self, pool: str) -> int | None:
+        return next((t for t in self._tiers.get(pool, ()) if self._count[(pool, t)]), None)
+
+    def since(self, sid: str) -> float | None:
+        live = self._live.get(sid)
+        return live[2][0] if live is not None else None
+
+    def count_above(self, pool: str, tier: int) -> int:
+        return sum(self._count[(pool, t)] for t in self._tiers.get(pool, ()) if t > tier)
 
     def pop(self, pool: str, now: float, max_wait_s: float | None):
         """(sid, key, promoted) of the next session, or (None, None, False)."""

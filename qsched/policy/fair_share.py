@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from .base import Option, Policy, SessionInfo
+from .tree import AccountTree
 
 WEIGHTS = ("priority_weight_age", "priority_weight_fairshare", "priority_weight_qos", "priority_weight_job_size")
 
@@ -61,6 +62,7 @@ class FairShare(Policy):
         self._epoch: float | None = None
         self._args: dict[str, tuple] = {}             # multifactor: what each queued session's key came from
         self._since_refresh = 0
+        self.tree = AccountTree(self.cfg.account_parents) if self.cfg.account_parents else None
 
     def _key(self, sid, pool, info, head_seq, now, size):
         w = self.weight_of(info) if info.cls else info.weight
@@ -137,13 +139,16 @@ class FairShare(Policy):
 
     def fairshare_factor(self, info: SessionInfo, now: float) -> float:
         """2^(-U/S) for the account among accounts, times 2^(-U/S) for the user among the users of its
-        account (a two-level tree as sshare's: a user's usage competes with its account's users only)."""
+        account (a two-level tree as sshare's: a user's usage competes with its account's users only).
+        With policy.account_parents the account part is the product down the account tree (tree.py)."""
         u, aw, uw = self.usage, self.cfg.account_weights, self.cfg.user_weights
         acct_sum, per_account = self._sums()
         f = 1.0
         a, user = info.account, info.user
         total = u.total("account", now)
-        if a and total > 0:
+        if a and self.tree is not None:
+            f = self.tree.factor(a, u, aw, now)          # parent/child accounts: the product down the tree
+        elif a and total > 0:
             share = aw.get(a, 1.0) / (acct_sum + (0.0 if a in u.names("account") else aw.get(a, 1.0)))
             f *= 2.0 ** (-(u.get("account", a, now) / total) / share)
         if user:
