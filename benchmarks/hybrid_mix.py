@@ -17,9 +17,10 @@ costing T_q of device time), share one device under these strategies, on the sam
 Scenarios (--scenario, default uniform; `all` runs the four in one invocation):
   uniform   K alike hybrid jobs (T_c, T_q spread by U(1 +- spread))
   flood     job 0 submits 2M bursts at once (no classical phase), beside uniform's jobs 1..K-1
-  mixed     K//3 interactive jobs (bursts T_q/2, think 2 T_q, 1.5M iterations, class interactive) and
-            the rest batch jobs (bursts 2 T_q, classical T_q/2, M/2 iterations, class batch)
-  weighted  K jobs alternately of accounts chem (weight 2) and phys (weight 1), T_c/T_q = 0.25
+  mixed     K//3 interactive jobs (bursts T_q/2, think 2 T_q, 2M iterations, class interactive) and
+            the rest batch jobs (bursts 2 T_q, classical T_q/2, M iterations, class batch)
+  weighted  K jobs alternately of accounts chem (weight 2) and phys (weight 1), T_c/T_q = 0.25, 4 bursts
+            in flight (the next submitted while one runs), 2M iterations
 
 Usage:  python benchmarks/hybrid_mix.py [--scenario S] [--quick] [--device aer] [--sweep] [--plot PNG]
 The last line printed is one JSON object {"scenarios": {S: {"strategies", "params"}}, "targets": {...}};
@@ -113,18 +114,18 @@ def make_workload(p: Params, calibrated_tq: list[float] | None = None, scenario:
     for j in range(p.k):
         if scenario == "mixed":
             inter = j < max(1, p.k // 3)
-            shape.append((p.tq / 2, 4.0, max(3, round(1.5 * p.m)), "interactive", "interactive", "", 1)
-                         if inter else (2 * p.tq, 0.25, max(2, p.m // 2), "batch", "batch", "", 1))
+            shape.append((p.tq / 2, 4.0, 2 * p.m, "interactive", "interactive", "", 1)
+                         if inter else (2 * p.tq, 0.25, p.m, "batch", "batch", "", 1))
         elif scenario == "flood" and j == 0:
             shape.append((p.tq, 0.0, 2 * p.m, "flood", "batch", "", 2 * p.m))
         elif scenario == "flood":
             shape.append((p.tq, p.ratio, p.m, "hybrid", "batch", "", 1))
         elif scenario == "weighted":
-            # 3 bursts in flight (the next ones submitted while one runs): a session stays backlogged, as
+            # 4 bursts in flight (the next ones submitted while one runs): a session stays backlogged, as
             # shares need; a hybrid loop with one burst is idle at every return and is served first then
             # whatever its weight (return_credit_s), so weights would not show
             acct = "chem" if j % 2 == 0 else "phys"
-            shape.append((p.tq, 0.25, p.m, acct, "batch", acct, 3))
+            shape.append((p.tq, 0.25, p.m, acct, "batch", acct, 4))
         elif scenario == "uniform":
             shape.append((p.tq, p.ratio, p.m, "all", "batch", "", 1))
         else:
@@ -268,6 +269,7 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
 
     waits: list[float] = []
     pending: collections.deque = collections.deque()
+    last_submit = t0
 
     def collect(keep: int):
         """Wait for the oldest bursts until at most `keep` are outstanding."""
@@ -285,7 +287,8 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
             if spec.tc_s > 0:
                 _classical(p.classical, spec.tc_s)
             params = hd.random_bindings(rng, p.b, nparam)
-            pending.append((it, time.time(), submit(it, params)))
+            last_submit = time.time()
+            pending.append((it, last_submit, submit(it, params)))
             collect(spec.inflight - 1)   # a hybrid loop (inflight 1) waits for each burst before the next
         collect(0)
         end = time.time()
@@ -301,7 +304,7 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
         for fn in cleanup:
             with contextlib.suppress(Exception):
                 fn()
-    return {"idx": spec.idx, "end": end, "waits": waits, "records": records, "hold": hold,
+    return {"idx": spec.idx, "end": end, "last_submit": last_submit, "waits": waits, "records": records, "hold": hold,
             "session": str(getattr(sess, "id", "")) if ctx.strategy in QSCHED_VARIANTS else None}
 
 
@@ -400,7 +403,11 @@ def summarize(p: Params, specs: list[JobSpec], t0: float, results: list[dict]) -
         groups.setdefault(sp.group, []).append(sp.idx)
     s["groups"] = metrics.group_summaries(
         groups, t0=t0, job_ends=ends, alone_s=alone, waits_per_job=[r["waits"] for r in results],
-        intervals_per_job=[[(a, b) for a, b, j, _ in records if j == sp.idx] for sp in specs])
+        intervals_per_job=[[(a, b) for a, b, j, _ in records if j == sp.idx] for sp in specs],
+        # contended: until the first job has submitted its last burst; after that its backlog drains
+        # (a job with bursts in flight holds fewer and fewer) and the others get what it leaves. A job
+        # that submitted all its bursts at once stays backlogged until it ends
+        window_end=min(r["end"] if sp.inflight >= sp.m else r["last_submit"] for r, sp in zip(results, specs)))
     if {"chem", "phys"} <= set(groups):
         s["share_ratio"] = metrics.share_ratio(s["groups"], "chem", "phys")
     tl = [(a - t0, b - t0, j, it) for a, b, j, it in records]
@@ -776,7 +783,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="uniform")
     ap.add_argument("--k", type=int, help="jobs (default 4, mixed 6; quick 3, mixed 5, weighted 4)")
-    ap.add_argument("--m", type=int, help="iterations per job (default 8, weighted 16; quick 3, mixed 4, weighted 8)")
+    ap.add_argument("--m", type=int, help="iterations per job (default 8, weighted 16; quick 3, weighted 8)")
     ap.add_argument("--b", type=int, help="circuits per quantum burst (default 8; quick 2)")
     ap.add_argument("--tq", type=float, help="device seconds per burst (default 0.25; quick 0.15)")
     ap.add_argument("--ratio", type=float, default=1.0, help="T_c/T_q (default 1)")
@@ -817,7 +824,7 @@ def main(argv=None) -> int:
     scenarios = list(SCENARIOS) if a.scenario == "all" else [a.scenario]
     # mixed needs more batch jobs than the 2 bursts qsched may have on the device (running, inbox), or
     # a FIFO would be no worse; weighted needs enough bursts in the contended window to count shares
-    per_scenario = {"mixed": dict(k=5, m=4) if quick else dict(k=6),
+    per_scenario = {"mixed": dict(k=5) if quick else dict(k=6),
                     "weighted": dict(k=4, m=8) if quick else dict(m=2 * p.m)}
 
     def params_for(sc: str) -> Params:
