@@ -13,6 +13,7 @@ costing T_q of device time), share one device under these strategies, on the sam
                fair share with class interactive a tier above batch and accounts chem:phys = 2:1,
                each burst one task of B bindings
   qsched-flat  the same without the tiers (plain fair share): the mixed scenario's baseline
+  qsched-nopreempt  qsched with policy.preempt false (where qsched has preemption): tiers alone
 
 Scenarios (--scenario, default uniform; `all` runs the four in one invocation):
   uniform   K alike hybrid jobs (T_c, T_q spread by U(1 +- spread))
@@ -52,12 +53,12 @@ sys.path.insert(0, str(HERE))
 
 import hybrid_mix_metrics as metrics  # noqa: E402
 
-STRATEGIES = ("exclusive", "per-circuit", "fifo-bursts", "qsched", "qsched-flat")
+STRATEGIES = ("exclusive", "per-circuit", "fifo-bursts", "qsched", "qsched-flat", "qsched-nopreempt")
 SCENARIOS = ("uniform", "flood", "mixed", "weighted")
-QSCHED_VARIANTS = ("qsched", "qsched-flat")
+QSCHED_VARIANTS = ("qsched", "qsched-flat", "qsched-nopreempt")
 # what runs when --strategies is not given: qsched-flat only where it is the baseline of a target
 DEFAULT_STRATEGIES = {sc: ("exclusive", "per-circuit", "fifo-bursts", "qsched") for sc in SCENARIOS}
-DEFAULT_STRATEGIES["mixed"] = (*DEFAULT_STRATEGIES["mixed"], "qsched-flat")
+DEFAULT_STRATEGIES["mixed"] = (*DEFAULT_STRATEGIES["mixed"], "qsched-flat", "qsched-nopreempt")
 SWEEP_RATIOS = (0.25, 1.0, 4.0)
 SWEEP_KS = (2, 4, 8)
 
@@ -426,7 +427,8 @@ class Infra(contextlib.ExitStack):
         self.p, self.workdir, self.verbose = p, workdir, verbose
         self.redis_url: str | None = None
         self.rq_queue: str | None = None
-        self._qsched: dict[str, tuple[str, str, Path]] = {}   # variant -> (url, pool, state dir)
+        self._qsched: dict[str, tuple] = {}   # variant -> (url, pool, state dir, process)
+        self._qsched_runs = 0
         self._slurm = None
         self._procs: list[subprocess.Popen] = []
         self.t_created = time.time()
@@ -515,8 +517,25 @@ class Infra(contextlib.ExitStack):
         if variant not in self._qsched:
             import hybrid_mix_qsched
 
-            self._qsched[variant] = hybrid_mix_qsched.start(self, self.p, variant)
-        return self._qsched[variant]
+            self._qsched_runs += 1
+            self._qsched[variant] = hybrid_mix_qsched.start(self, self.p, variant, self._qsched_runs)
+        return self._qsched[variant][:3]
+
+    def fresh_qsched(self):
+        """Stop the qsched daemons: the next scenario starts its own. Fair share's virtual time only
+        grows, and once it is past return_credit_s every new session starts with that credit; a daemon
+        fresh for each scenario makes a scenario measure the same in `all` as alone."""
+        for *_, proc in self._qsched.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for *_, proc in self._qsched.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._qsched.clear()
 
 
 def _dead(proc, what):
@@ -726,6 +745,10 @@ def targets(res: dict) -> dict:
         out["mixed: interactive p99 wait s <= 1.1 x one batch"] = {
             "value": v, "limit": lim, "met": bool(v <= lim),
             "fifo-bursts": fb["groups"]["interactive"]["wait_p99_s"] if fb else None}
+        if nop := get("mixed", "qsched-nopreempt"):
+            v = nop["groups"]["interactive"]["wait_p99_s"]
+            out["mixed: the same, tiers without preemption"] = {"value": v, "limit": lim, "met": bool(v <= lim),
+                                                                "fifo-bursts": None}
         if flat := get("mixed", "qsched-flat"):
             v = q["makespan_s"] / flat["makespan_s"] - 1
             out["mixed: makespan cost vs plain fair share"] = {"value": v, "limit": 0.02, "met": bool(v <= 0.02),
@@ -836,7 +859,12 @@ def main(argv=None) -> int:
         for s in strategies:
             if s not in STRATEGIES:
                 ap.error(f"unknown strategy {s!r}")
-    strat_for = {sc: strategies if a.strategies else list(DEFAULT_STRATEGIES[sc]) for sc in scenarios}
+    import hybrid_mix_qsched
+
+    # without preemption in this qsched, qsched-nopreempt is qsched: not run unless asked for (then an error)
+    strat_for = {sc: strategies if a.strategies else [
+        st for st in DEFAULT_STRATEGIES[sc] if st != "qsched-nopreempt" or hybrid_mix_qsched.preemption_available()]
+        for sc in scenarios}
     # the parent only imports qiskit (no circuit runs), so forked jobs start without re-importing it
     import qiskit  # noqa: F401
     import qiskit_aer  # noqa: F401
@@ -849,6 +877,7 @@ def main(argv=None) -> int:
             if not a.sweep:
                 res, plots = {}, {}
                 for sc in scenarios:
+                    infra.fresh_qsched()
                     pc = params_for(sc)
                     summaries, timelines, specs = run_config(pc, strat_for[sc], infra, a.slurm, sc)
                     res[sc] = {"strategies": summaries, "params": params_dict(pc, specs)}

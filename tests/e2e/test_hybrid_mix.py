@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import hybrid_mix_qsched  # noqa: E402
 KEYS = {"makespan_s", "lower_bound_s", "ratio_to_bound", "busy_fraction", "mean_slowdown", "p95_slowdown",
         "jain", "wait_p50_s", "wait_p99_s"}
 GROUP_KEYS = {"jobs", "makespan_s", "mean_slowdown", "p95_slowdown", "jain", "wait_p50_s", "wait_p99_s",
@@ -56,7 +58,9 @@ def test_every_scenario_and_strategy_reports_every_key(quick_study):
     assert set(out["scenarios"]) == set(SCENARIOS)
     for sc, groups in SCENARIOS.items():
         res = out["scenarios"][sc]
-        want = {"exclusive", "per-circuit", "fifo-bursts", "qsched"} | ({"qsched-flat"} if sc == "mixed" else set())
+        want = {"exclusive", "per-circuit", "fifo-bursts", "qsched"}
+        if sc == "mixed":  # the baselines of its targets: plain fair share, and tiers without preemption
+            want |= {"qsched-flat"} | ({"qsched-nopreempt"} if hybrid_mix_qsched.preemption_available() else set())
         assert set(res["strategies"]) == want, sc
         for name, s in res["strategies"].items():
             assert KEYS <= set(s), (sc, name, KEYS - set(s))
@@ -72,7 +76,7 @@ def test_every_scenario_and_strategy_reports_every_key(quick_study):
                 assert sum(gs["device_share"] for gs in s["groups"].values()) == pytest.approx(1.0, abs=1e-6)
         assert (tmp / f"timeline_{sc}.png").stat().st_size > 1000
     # every target of the issue is computed from this one run, and printed as a table
-    assert len(out["targets"]) == 5 and "| target | qsched |" in stdout
+    assert len(out["targets"]) == 5 + hybrid_mix_qsched.preemption_available() and "| target | qsched |" in stdout
 
 
 @pytest.mark.slow
@@ -88,12 +92,11 @@ def test_mixed_interactive_jobs_wait_less_under_qsched_than_under_a_fifo_of_burs
 
 @pytest.mark.slow
 @pytest.mark.timeout(450)
-def test_weighted_accounts_get_about_their_2_to_1_share_under_qsched_only(quick_study):
+def test_weighted_accounts_get_about_their_2_to_1_share_under_qsched(quick_study):
     w = quick_study[1]["scenarios"]["weighted"]["strategies"]
-    # generous: a quick run's contended window holds about a dozen bursts per account
-    assert 1.5 <= w["qsched"]["share_ratio"] <= 2.8, w["qsched"]["share_ratio"]
-    # the FIFO serves bursts in arrival order: the weights mean nothing to it
-    assert w["fifo-bursts"]["share_ratio"] < w["qsched"]["share_ratio"]
+    # generous: a quick run's contended window holds about a dozen bursts per account (the FIFO's ratio
+    # is whatever the arrival order and the bursts' sizes make it: nothing to assert)
+    assert 1.5 <= w["qsched"]["share_ratio"] <= 2.6, w["qsched"]["share_ratio"]
 
 
 @pytest.mark.slow
