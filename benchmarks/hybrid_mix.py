@@ -1,21 +1,36 @@
-"""Hybrid-mix study: the two-level claim in numbers.
+"""Hybrid-mix study: the two-level claim in numbers, against the strongest peer.
 
 K hybrid jobs, each M iterations of a classical phase (T_c s) followed by a quantum burst (B circuits
-costing T_q of device time), share one device under three strategies, on the same workload in one run:
+costing T_q of device time), share one device under these strategies, on the same workload in one run:
 
   exclusive    each job holds the device for its whole life (real Slurm with a qpu GRES of count 1
                when a Slurm is up and --slurm allows it; else a FIFO Redis lock held for the job's life)
   per-circuit  every circuit is its own RQ job in one FIFO queue shared by all jobs, one RQ worker
                owning the device: a queue round trip per circuit, no sessions, no batching
+  fifo-bursts  every burst is one RQ job (B bindings, one batch) in one FIFO queue shared by all jobs,
+               one RQ worker owning the device: Pasqal's Warden / cloud job mode, the strongest peer
   qsched       one session per job through qsched.Client against a qsched this script starts,
-               default fair-share policy, each burst one task of B bindings
+               fair share with class interactive a tier above batch and accounts chem:phys = 2:1,
+               each burst one task of B bindings
+  qsched-flat  the same without the tiers (plain fair share): the mixed scenario's baseline
+  qsched-nopreempt  qsched with policy.preempt false (where qsched has preemption): tiers alone
 
-Usage:  python benchmarks/hybrid_mix.py [--quick] [--device aer] [--sweep] [--plot PNG]
-The last line printed is one JSON object {"strategies": {...}, "params": {...}}.
+Scenarios (--scenario, default uniform; `all` runs the four in one invocation):
+  uniform   K alike hybrid jobs (T_c, T_q spread by U(1 +- spread))
+  flood     job 0 submits 2M bursts at once (no classical phase), beside uniform's jobs 1..K-1
+  mixed     K//3 interactive jobs (bursts T_q/2, think 2 T_q, 2M iterations, class interactive) and
+            the rest batch jobs (bursts 2 T_q, classical T_q/2, M iterations, class batch)
+  weighted  K jobs alternately of accounts chem (weight 2) and phys (weight 1), T_c/T_q = 0.25, 4 bursts
+            in flight (the next submitted while one runs), 2M iterations
+
+Usage:  python benchmarks/hybrid_mix.py [--scenario S] [--quick] [--device aer] [--sweep] [--plot PNG]
+The last line printed is one JSON object {"scenarios": {S: {"strategies", "params"}}, "targets": {...}};
+with one scenario, its "strategies" and "params" are also at the top level.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import multiprocessing as mp
@@ -38,7 +53,12 @@ sys.path.insert(0, str(HERE))
 
 import hybrid_mix_metrics as metrics  # noqa: E402
 
-STRATEGIES = ("exclusive", "per-circuit", "qsched")
+STRATEGIES = ("exclusive", "per-circuit", "fifo-bursts", "qsched", "qsched-flat", "qsched-nopreempt")
+SCENARIOS = ("uniform", "flood", "mixed", "weighted")
+QSCHED_VARIANTS = ("qsched", "qsched-flat", "qsched-nopreempt")
+# what runs when --strategies is not given: qsched-flat only where it is the baseline of a target
+DEFAULT_STRATEGIES = {sc: ("exclusive", "per-circuit", "fifo-bursts", "qsched") for sc in SCENARIOS}
+DEFAULT_STRATEGIES["mixed"] = (*DEFAULT_STRATEGIES["mixed"], "qsched-flat", "qsched-nopreempt")
 SWEEP_RATIOS = (0.25, 1.0, 4.0)
 SWEEP_KS = (2, 4, 8)
 
@@ -52,9 +72,16 @@ class JobSpec:
     shots: int           # per circuit
     tq_s: float          # device time of one burst run as one batch (the unit the bound counts)
     seed: int
+    m: int = 8           # iterations (bursts)
+    group: str = "all"   # the row of the per-class table: a class, an account, or the flooder
+    cls: str = "batch"   # qsched session class
+    account: str = ""    # qsched session account ("" the user's default)
+    inflight: int = 1    # bursts outstanding at once: 1 for a hybrid loop, more for a sweep or flood
 
-    def alone_s(self, m: int) -> float:
-        return m * (self.tc_s + self.tq_s)
+    def alone_s(self) -> float:
+        if self.inflight > 1:  # pipelined: the next classical phase overlaps the burst on the device
+            return self.m * max(self.tc_s, self.tq_s) + min(self.tc_s, self.tq_s)
+        return self.m * (self.tc_s + self.tq_s)
 
 
 @dataclass
@@ -75,21 +102,47 @@ class Params:
     jobs: list = field(default_factory=list)
 
 
-def make_workload(p: Params, calibrated_tq: list[float] | None = None) -> list[JobSpec]:
+def _shots_for(p: Params, tq: float) -> int:
+    return max(1, round((tq - p.setup_s) / (p.b * p.rep_s)))
+
+
+def make_workload(p: Params, calibrated_tq: list[float] | None = None, scenario: str = "uniform") -> list[JobSpec]:
     rng = np.random.default_rng(p.seed)
     uc = 1 + p.spread * (2 * rng.random(p.k) - 1)
     uq = 1 + p.spread * (2 * rng.random(p.k) - 1)
-    specs = []
+    # per job: (T_q target, T_c as a multiple of the mean T_q, iterations, group, class, account, in flight)
+    shape = []
     for j in range(p.k):
-        target = p.tq * uq[j]
-        shots = max(1, round((target - p.setup_s) / (p.b * p.rep_s)))
+        if scenario == "mixed":
+            inter = j < max(1, p.k // 3)
+            shape.append((p.tq / 2, 4.0, 2 * p.m, "interactive", "interactive", "", 1)
+                         if inter else (2 * p.tq, 0.25, p.m, "batch", "batch", "", 1))
+        elif scenario == "flood" and j == 0:
+            shape.append((p.tq, 0.0, 2 * p.m, "flood", "batch", "", 2 * p.m))
+        elif scenario == "flood":
+            shape.append((p.tq, p.ratio, p.m, "hybrid", "batch", "", 1))
+        elif scenario == "weighted":
+            # 4 bursts in flight (the next ones submitted while one runs): a session stays backlogged, as
+            # shares need; a hybrid loop with one burst is idle at every return and is served first then
+            # whatever its weight (return_credit_s), so weights would not show
+            acct = "chem" if j % 2 == 0 else "phys"
+            shape.append((p.tq, 0.25, p.m, acct, "batch", acct, 4))
+        elif scenario == "uniform":
+            shape.append((p.tq, p.ratio, p.m, "all", "batch", "", 1))
+        else:
+            raise ValueError(scenario)
+    specs = []
+    for j, (tq_t, _r, m, group, cls, acct, inflight) in enumerate(shape):
+        shots = _shots_for(p, tq_t * uq[j])
         tq = p.setup_s + p.b * shots * p.rep_s
         if calibrated_tq is not None:  # aer: the burst costs what it costs; measured alone beforehand
             tq = calibrated_tq[j]
-        specs.append(JobSpec(j, tc_s=0.0, shots=shots, tq_s=tq, seed=p.seed * 1000 + j))
-    mean_tq = float(np.mean([s.tq_s for s in specs]))
-    for s, u in zip(specs, uc):
-        s.tc_s = p.ratio * mean_tq * u
+        specs.append(JobSpec(j, tc_s=0.0, shots=shots, tq_s=tq, seed=p.seed * 1000 + j, m=m, group=group,
+                             cls=cls, account=acct, inflight=inflight))
+    # T_c relative to the mean burst of the job's own kind (mixed: interactive and batch differ 4x)
+    for s, u, (_t, r, *_rest) in zip(specs, uc, shape):
+        kind = [x.tq_s for x in specs if x.group == s.group] if scenario == "mixed" else [x.tq_s for x in specs]
+        s.tc_s = r * float(np.mean(kind)) * u
     return specs
 
 
@@ -152,10 +205,11 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
 
             conn = Redis.from_url(ctx.redis_url)
 
-        def burst(it, params):
-            s, e = dev.run(params, spec.shots, circuit)
-            return [(s, e)]
-    elif ctx.strategy == "per-circuit":
+        # submit(it, params) returns a function that waits for the burst and gives its device intervals
+        def submit(it, params):
+            iv = [dev.run(params, spec.shots, circuit)]
+            return lambda: iv
+    elif ctx.strategy in ("per-circuit", "fifo-bursts"):
         from redis import Redis
         from rq import Queue
         from rq.serializers import JSONSerializer
@@ -163,8 +217,8 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
         conn = Redis.from_url(ctx.redis_url)
         q = Queue(ctx.rq_queue, connection=conn, serializer=JSONSerializer)
 
-        def one(it, row):
-            return Queue.prepare_data("hybrid_mix_device.rq_execute", args=(spec.idx, it, row.tolist(), spec.shots),
+        def one(it, row, fn="hybrid_mix_device.rq_execute"):
+            return Queue.prepare_data(fn, args=(spec.idx, it, row.tolist(), spec.shots),
                                       result_ttl=600, failure_ttl=600)
 
         def wait(job):
@@ -175,26 +229,31 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
                 raise RuntimeError(f"RQ job {job.id} failed: {getattr(r, 'exc_string', None)}")
             return (r.return_value["start"], r.return_value["end"])
 
-        def burst(it, params):
-            if p.per_circuit_submit == "sequential":  # blocking call per circuit, like backend.run().result()
-                return [wait(q.enqueue_many([one(it, row)])[0]) for row in params]
-            jobs = q.enqueue_many([one(it, row) for row in params])  # the whole burst at once, pipelined
-            return [wait(j) for j in jobs]
-    elif ctx.strategy == "qsched":
+        def submit(it, params):
+            if ctx.strategy == "fifo-bursts":  # the whole burst one queued job, run as one batch
+                jobs = q.enqueue_many([one(it, params, "hybrid_mix_device.rq_execute_burst")])
+            elif p.per_circuit_submit == "sequential":  # blocking call per circuit, like backend.run().result()
+                iv = [wait(q.enqueue_many([one(it, row)])[0]) for row in params]
+                return lambda: iv
+            else:
+                jobs = q.enqueue_many([one(it, row) for row in params])  # the whole burst at once, pipelined
+            return lambda: [wait(j) for j in jobs]
+    elif ctx.strategy in QSCHED_VARIANTS:
         import qsched
 
         client = qsched.Client(ctx.qsched_url) if ctx.qsched_url else qsched.Client()
         cleanup.append(client.close)
         # a new session per job, whatever QSCHED_SESSION the caller's environment holds
-        sess = client.open_session(ctx.qsched_pool, name=f"hybrid-mix-{spec.idx}")
+        sess = client.open_session(ctx.qsched_pool, name=f"hybrid-mix-{spec.idx}", cls=spec.cls,
+                                   account=spec.account)
         cleanup.insert(0, sess.close)
         sess.upload(circuit)
         # warm the worker (template decode, transpile) before t0, as the other strategies warm theirs
         sess.submit("sample", circuit, hd.random_bindings(rng, 1, nparam), shots=1).result(timeout=120)
 
-        def burst(it, params):
-            res = sess.submit("sample", circuit, params, shots=spec.shots).result(timeout=600)
-            return [_qsched_interval(res.meta)]
+        def submit(it, params):
+            fut = sess.submit("sample", circuit, params, shots=spec.shots)
+            return lambda: [_qsched_interval(fut.result(timeout=600).meta)]
     else:
         raise ValueError(ctx.strategy)
 
@@ -209,18 +268,30 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
             pass
         lock_wait = time.time() - t0
 
-    waits = []
-    try:
-        for it in range(p.m):
-            _classical(p.classical, spec.tc_s)
-            params = hd.random_bindings(rng, p.b, nparam)
-            q0 = time.time()
-            iv = burst(it, params)
+    waits: list[float] = []
+    pending: collections.deque = collections.deque()
+    last_submit = t0
+
+    def collect(keep: int):
+        """Wait for the oldest bursts until at most `keep` are outstanding."""
+        while len(pending) > keep:
+            it, q0, get = pending.popleft()
+            iv = get()
             q1 = time.time()
-            records += [(s, e, spec.idx, it) for s, e in iv]
+            records.extend((s, e, spec.idx, it) for s, e in iv)
             # quantum wait: the burst's latency less the device time it used; in exclusive mode the
             # job waited for the device once, before its first iteration: charged to iteration 0
             waits.append(max(0.0, (q1 - q0) - sum(e - s for s, e in iv)) + (lock_wait if it == 0 else 0.0))
+
+    try:
+        for it in range(spec.m):
+            if spec.tc_s > 0:
+                _classical(p.classical, spec.tc_s)
+            params = hd.random_bindings(rng, p.b, nparam)
+            last_submit = time.time()
+            pending.append((it, last_submit, submit(it, params)))
+            collect(spec.inflight - 1)   # a hybrid loop (inflight 1) waits for each burst before the next
+        collect(0)
         end = time.time()
         if ctx.strategy == "exclusive-slurm":
             hold = (started_at, end)
@@ -234,17 +305,17 @@ def _job_body(ctx: Ctx, spec: JobSpec, start_sync, started_at: float | None = No
         for fn in cleanup:
             with contextlib.suppress(Exception):
                 fn()
-    return {"idx": spec.idx, "end": end, "waits": waits, "records": records, "hold": hold,
-            "session": str(getattr(sess, "id", "")) if ctx.strategy == "qsched" else None}
+    return {"idx": spec.idx, "end": end, "last_submit": last_submit, "waits": waits, "records": records, "hold": hold,
+            "session": str(getattr(sess, "id", "")) if ctx.strategy in QSCHED_VARIANTS else None}
 
 
-def _qsched_device_records(infra, results, t0):
+def _qsched_device_records(infra, state: Path, results, t0):
     """Swap the intervals the jobs derived from result meta for the worker's own batch records."""
     import hybrid_mix_qsched as hq
 
     sessions = {r["session"]: r["idx"] for r in results if r.get("session")}
     try:
-        ev = hq.device_records(infra.qsched_state, sessions, t0 - 1.0)
+        ev = hq.device_records(state, sessions, t0 - 1.0)
     except Exception as e:  # keep the meta-derived intervals, and say so
         infra.log(f"qsched: no device records from the worker's events ({e!r}); using result meta")
         return
@@ -317,14 +388,29 @@ def summarize(p: Params, specs: list[JobSpec], t0: float, results: list[dict]) -
     s = metrics.summarize(
         t0=t0,
         job_ends=[r["end"] for r in results],
-        alone_s=[sp.alone_s(p.m) for sp in specs],
-        device_work_per_job=[p.m * sp.tq_s for sp in specs],
+        alone_s=[sp.alone_s() for sp in specs],
+        device_work_per_job=[sp.m * sp.tq_s for sp in specs],
         device_intervals=[(a, b) for a, b, _, _ in records],
         waits_s=[w for r in results for w in r["waits"]],
         first_classical_per_job=[sp.tc_s for sp in specs],
     )
     # what the device actually ran (per-circuit pays setup per circuit, so it exceeds the workload's)
     s["device_work_s"] = metrics.busy_time([(a, b) for a, b, _, _ in records], t0)  # warm-ups precede t0
+    ends = [r["end"] for r in results]
+    alone = [sp.alone_s() for sp in specs]
+    s["slowdowns"] = metrics.slowdowns([e - t0 for e in ends], alone)
+    groups: dict[str, list[int]] = {}
+    for sp in specs:
+        groups.setdefault(sp.group, []).append(sp.idx)
+    s["groups"] = metrics.group_summaries(
+        groups, t0=t0, job_ends=ends, alone_s=alone, waits_per_job=[r["waits"] for r in results],
+        intervals_per_job=[[(a, b) for a, b, j, _ in records if j == sp.idx] for sp in specs],
+        # contended: until the first job has submitted its last burst; after that its backlog drains
+        # (a job with bursts in flight holds fewer and fewer) and the others get what it leaves. A job
+        # that submitted all its bursts at once stays backlogged until it ends
+        window_end=min(r["end"] if sp.inflight >= sp.m else r["last_submit"] for r, sp in zip(results, specs)))
+    if {"chem", "phys"} <= set(groups):
+        s["share_ratio"] = metrics.share_ratio(s["groups"], "chem", "phys")
     tl = [(a - t0, b - t0, j, it) for a, b, j, it in records]
     # the device reserved for a job but not running its circuits: drawn light, iteration -1
     tl += [(r["hold"][0] - t0, r["hold"][1] - t0, r["idx"], -1) for r in results if r.get("hold")]
@@ -341,12 +427,11 @@ class Infra(contextlib.ExitStack):
         self.p, self.workdir, self.verbose = p, workdir, verbose
         self.redis_url: str | None = None
         self.rq_queue: str | None = None
-        self.qsched_url: str | None = None
-        self.qsched_pool = "emulated"
+        self._qsched: dict[str, tuple] = {}   # variant -> (url, pool, state dir, process)
+        self._qsched_runs = 0
         self._slurm = None
         self._procs: list[subprocess.Popen] = []
         self.t_created = time.time()
-        self.qsched_state: Path | None = None
 
     def log(self, *a):
         if self.verbose:
@@ -427,13 +512,30 @@ class Infra(contextlib.ExitStack):
                     self.log(f"a Slurm is up with {n} qpu license(s): exclusive jobs ask for all {n}")
         return self._slurm or None
 
-    def qsched(self) -> str:
-        if self.qsched_url:
-            return self.qsched_url
-        import hybrid_mix_qsched
+    def qsched(self, variant: str = "qsched") -> tuple[str, str, Path]:
+        """(url, pool, state dir) of the private qsched running `variant`'s policy, started once."""
+        if variant not in self._qsched:
+            import hybrid_mix_qsched
 
-        self.qsched_url, self.qsched_pool = hybrid_mix_qsched.start(self, self.p)
-        return self.qsched_url
+            self._qsched_runs += 1
+            self._qsched[variant] = hybrid_mix_qsched.start(self, self.p, variant, self._qsched_runs)
+        return self._qsched[variant][:3]
+
+    def fresh_qsched(self):
+        """Stop the qsched daemons: the next scenario starts its own. Fair share's virtual time only
+        grows, and once it is past return_credit_s every new session starts with that credit; a daemon
+        fresh for each scenario makes a scenario measure the same in `all` as alone."""
+        for *_, proc in self._qsched.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for *_, proc in self._qsched.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._qsched.clear()
 
 
 def _dead(proc, what):
@@ -465,7 +567,7 @@ def run_strategy(name: str, p: Params, specs: list[JobSpec], infra: Infra, slurm
         env, qpus = sl
         try:
             t0, results = hs.run_exclusive(ctx, specs, infra.workdir, env, qpus,
-                                           timeout_s=120 + 3 * sum(sp.alone_s(p.m) for sp in specs))
+                                           timeout_s=120 + 3 * sum(sp.alone_s() for sp in specs))
             s, tl = summarize(p, specs, t0, results)
             s["mode"] = "slurm"
             return s, tl
@@ -480,15 +582,15 @@ def run_strategy(name: str, p: Params, specs: list[JobSpec], infra: Infra, slurm
         ctx.redis_url = infra.redis()
         ctx.lock_key = f"hybrid-mix:lock:{uuid.uuid4().hex[:8]}"
         Redis.from_url(ctx.redis_url).rpush(f"{ctx.lock_key}:0", "token")
-    elif name == "per-circuit":
+    elif name in ("per-circuit", "fifo-bursts"):
         ctx.redis_url, ctx.rq_queue = infra.redis(), infra.rq_worker()
-    elif name == "qsched":
-        ctx.qsched_url, ctx.qsched_pool = infra.qsched(), infra.qsched_pool
+    elif name in QSCHED_VARIANTS:
+        ctx.qsched_url, ctx.qsched_pool, state = infra.qsched(name)
     infra.log(f"{name}: {len(specs)} jobs starting")
     t0, results = run_jobs(ctx, specs)
     infra.log(f"{name}: jobs done")
-    if name == "qsched":
-        _qsched_device_records(infra, results, t0)
+    if name in QSCHED_VARIANTS:
+        _qsched_device_records(infra, state, results, t0)
     s, tl = summarize(p, specs, t0, results)
     if name == "exclusive":
         s["mode"] = "lock"
@@ -526,7 +628,8 @@ def calibrate(p: Params, specs) -> list[float]:
 
 # --- plot -------------------------------------------------------------------------------------------
 
-def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, title: str | None = None):
+def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, title: str | None = None,
+                   labels: list[str] | None = None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -544,7 +647,7 @@ def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, titl
             bars = [(a, b - a) for a, b, jj, it in recs if jj == j and it >= 0]
             if bars:
                 ax.broken_barh(bars, (0.1, 0.8), facecolors=cmap(j % cmap.N), edgecolor="none",
-                               label=f"job {j}")
+                               label=labels[j] if labels else f"job {j}")
         s = summaries[name]
         ax.axvline(s["lower_bound_s"], color="k", ls="--", lw=1)
         ax.axvline(s["makespan_s"], color="r", lw=1)
@@ -574,17 +677,19 @@ def plot_timelines(path: Path, timelines: dict, summaries: dict, p: Params, titl
 
 # --- one configuration, the sweep, the CLI ---------------------------------------------------------
 
-def run_config(p: Params, strategies, infra: Infra, slurm_mode: str = "off") -> tuple[dict, dict, list[JobSpec]]:
-    specs = make_workload(p)
+def run_config(p: Params, strategies, infra: Infra, slurm_mode: str = "off",
+               scenario: str = "uniform") -> tuple[dict, dict, list[JobSpec]]:
+    specs = make_workload(p, scenario=scenario)
     if p.device == "aer":
-        specs = make_workload(p, calibrate(p, specs))
+        specs = make_workload(p, calibrate(p, specs), scenario=scenario)
     summaries, timelines = {}, {}
     for name in strategies:
-        infra.log(f"{name}: K={p.k} M={p.m} B={p.b} T_c/T_q={p.ratio:g} ...")
+        infra.log(f"{scenario}/{name}: K={p.k} M={p.m} B={p.b} T_c/T_q={p.ratio:g} ...")
         t = time.time()
         summaries[name], timelines[name] = run_strategy(name, p, specs, infra, slurm_mode)
-        infra.log(f"{name}: done in {time.time() - t:.1f} s: makespan {summaries[name]['makespan_s']:.2f} s, "
-                  f"ratio {summaries[name]['ratio_to_bound']:.3f}, busy {summaries[name]['busy_fraction']:.3f}")
+        sm = summaries[name]
+        infra.log(f"{scenario}/{name}: done in {time.time() - t:.1f} s: makespan {sm['makespan_s']:.2f} s, "
+                  f"ratio {sm['ratio_to_bound']:.3f}, busy {sm['busy_fraction']:.3f}")
     return summaries, timelines, specs
 
 
@@ -604,6 +709,85 @@ def table(summaries: dict) -> str:
     return "\n".join(lines)
 
 
+def group_table(summaries: dict) -> str:
+    """Per strategy and class (or account, or flooder): the rows the scenarios' targets read."""
+    head = ("| strategy | class | jobs | makespan / bound | busy | wait p50 s | wait p99 s | mean slowdown | "
+            "p95 slowdown | Jain | device share | share ratio |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, s in summaries.items():
+        lines.append(f"| {name} | all | {len(s['slowdowns'])} | {s['ratio_to_bound']:.3f} | {s['busy_fraction']:.3f} | "
+                     f"{s['wait_p50_s']:.3f} | {s['wait_p99_s']:.3f} | {s['mean_slowdown']:.2f} | "
+                     f"{s['p95_slowdown']:.2f} | {s['jain']:.3f} | 1.000 | "
+                     + (f"{s['share_ratio']:.3f} |" if "share_ratio" in s else "|"))
+        if len(s["groups"]) < 2:
+            continue
+        for g, gs in s["groups"].items():
+            lines.append(f"| {name} | {g} | {gs['jobs']} | | | {gs['wait_p50_s']:.3f} | {gs['wait_p99_s']:.3f} | "
+                         f"{gs['mean_slowdown']:.2f} | {gs['p95_slowdown']:.2f} | {gs['jain']:.3f} | "
+                         f"{gs['device_share']:.3f} | |")
+    return "\n".join(lines)
+
+
+def targets(res: dict) -> dict:
+    """Issue 9's targets for qsched, from the scenarios that ran (a target whose scenario or baseline did
+    not run is left out). Each: qsched's value, the limit, met, and fifo-bursts' value beside it."""
+    def get(sc, st):
+        return res.get(sc, {}).get("strategies", {}).get(st)
+
+    def mean(xs):
+        return sum(xs) / len(xs)
+
+    out: dict = {}
+    if q := get("mixed", "qsched"):
+        batch_tq = max(j["tq_s"] for j in res["mixed"]["params"]["jobs"] if j["group"] == "batch")
+        v, lim = q["groups"]["interactive"]["wait_p99_s"], 1.1 * batch_tq
+        fb = get("mixed", "fifo-bursts")
+        out["mixed: interactive p99 wait s <= 1.1 x one batch"] = {
+            "value": v, "limit": lim, "met": bool(v <= lim),
+            "fifo-bursts": fb["groups"]["interactive"]["wait_p99_s"] if fb else None}
+        if nop := get("mixed", "qsched-nopreempt"):
+            v = nop["groups"]["interactive"]["wait_p99_s"]
+            out["mixed: the same, tiers without preemption"] = {"value": v, "limit": lim, "met": bool(v <= lim),
+                                                                "fifo-bursts": None}
+        if flat := get("mixed", "qsched-flat"):
+            v = q["makespan_s"] / flat["makespan_s"] - 1
+            out["mixed: makespan cost vs plain fair share"] = {"value": v, "limit": 0.02, "met": bool(v <= 0.02),
+                                                               "fifo-bursts": None}
+    if get("flood", "qsched") and get("uniform", "qsched"):
+        hyb = [j["idx"] for j in res["flood"]["params"]["jobs"] if j["group"] == "hybrid"]
+
+        def ratio(st):
+            f, un = get("flood", st), get("uniform", st)
+            if not (f and un):
+                return None
+            return mean([f["slowdowns"][i] for i in hyb]) / mean([un["slowdowns"][i] for i in hyb])
+
+        v = ratio("qsched")
+        out["flood: hybrid jobs' slowdown / uniform's"] = {"value": v, "limit": 1.2, "met": bool(v <= 1.2),
+                                                          "fifo-bursts": ratio("fifo-bursts")}
+    if q := get("weighted", "qsched"):
+        fb = get("weighted", "fifo-bursts")
+        v = q["share_ratio"]
+        out["weighted: share ratio chem/phys (weights 2:1)"] = {
+            "value": v, "limit": "2 +- 5%", "met": bool(abs(v / 2 - 1) <= 0.05),
+            "fifo-bursts": fb and fb["share_ratio"]}
+    if (q := get("uniform", "qsched")) and (fb := get("uniform", "fifo-bursts")):
+        out["uniform: makespan / bound, no worse than fifo-bursts"] = {
+            "value": q["ratio_to_bound"], "limit": fb["ratio_to_bound"],
+            "met": bool(q["ratio_to_bound"] <= fb["ratio_to_bound"]), "fifo-bursts": fb["ratio_to_bound"]}
+    return out
+
+
+def targets_table(t: dict) -> str:
+    def f(x):
+        return "" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+    lines = ["| target | qsched | limit | met | fifo-bursts |", "|---|---|---|---|---|"]
+    lines += [f"| {k} | {f(v['value'])} | {f(v['limit'])} | {'yes' if v['met'] else 'NO'} | {f(v['fifo-bursts'])} |"
+              for k, v in t.items()]
+    return "\n".join(lines)
+
+
 def sweep_table(rows: list[dict]) -> str:
     head = ("| T_c/T_q | K | load | strategy | makespan s | bound s | ratio | ratio (tight) | busy | device work s | "
             "mean slowdown | p95 slowdown | Jain | wait p50 s | wait p99 s |")
@@ -620,8 +804,9 @@ def sweep_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--k", type=int, help="jobs (default 4; quick 3)")
-    ap.add_argument("--m", type=int, help="iterations per job (default 8; quick 3)")
+    ap.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="uniform")
+    ap.add_argument("--k", type=int, help="jobs (default 4, mixed 6; quick 3, mixed 5, weighted 4)")
+    ap.add_argument("--m", type=int, help="iterations per job (default 8, weighted 16; quick 3, weighted 8)")
     ap.add_argument("--b", type=int, help="circuits per quantum burst (default 8; quick 2)")
     ap.add_argument("--tq", type=float, help="device seconds per burst (default 0.25; quick 0.15)")
     ap.add_argument("--ratio", type=float, default=1.0, help="T_c/T_q (default 1)")
@@ -637,10 +822,12 @@ def main(argv=None) -> int:
     ap.add_argument("--slurm", choices=["auto", "up", "off"], default="auto",
                     help="exclusive strategy: through a Slurm that answers (auto, falling back to the lock), "
                          "through a Slurm this script brings up with one qpu license (up), or the lock (off)")
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--strategies", help=f"comma-separated, of {', '.join(STRATEGIES)} (default: all but "
+                                         "qsched-flat; mixed also runs qsched-flat)")
     ap.add_argument("--quick", action="store_true", help="a small run (< 30 s) for CI")
     ap.add_argument("--sweep", action="store_true", help=f"T_c/T_q in {SWEEP_RATIOS} x K in {SWEEP_KS}")
-    ap.add_argument("--plot", type=Path, help="timeline PNG (default: in --workdir)")
+    ap.add_argument("--plot", type=Path, help="timeline PNG (default: in --workdir); with several scenarios "
+                                              "one each, the scenario's name before the suffix")
     ap.add_argument("--workdir", type=Path, help="logs, sockets, state (default: a fresh temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep --workdir")
     ap.add_argument("--out-json", type=Path, help="also write the result JSON here")
@@ -655,10 +842,29 @@ def main(argv=None) -> int:
     p = Params(k=a.k or dflt["k"], m=a.m or dflt["m"], b=a.b or dflt["b"], tq=a.tq or dflt["tq"],
                ratio=a.ratio, spread=a.spread, seed=a.seed, setup_s=a.setup_s, rep_s=a.rep_s,
                qubits=a.qubits, device=a.device, classical=a.classical, per_circuit_submit=a.per_circuit_submit)
-    strategies = [s for s in a.strategies.split(",") if s]
-    for s in strategies:
-        if s not in STRATEGIES:
-            ap.error(f"unknown strategy {s!r}")
+    if a.sweep and a.scenario != "uniform":
+        ap.error("--sweep varies the uniform scenario only")
+    scenarios = list(SCENARIOS) if a.scenario == "all" else [a.scenario]
+    # mixed needs more batch jobs than the 2 bursts qsched may have on the device (running, inbox), or
+    # a FIFO would be no worse; weighted needs enough bursts in the contended window to count shares
+    per_scenario = {"mixed": dict(k=5) if quick else dict(k=6),
+                    "weighted": dict(k=4, m=8) if quick else dict(m=2 * p.m)}
+
+    def params_for(sc: str) -> Params:
+        d = {key: v for key, v in per_scenario.get(sc, {}).items() if getattr(a, key) is None}
+        return Params(**{**asdict(p), **d, "jobs": []})
+
+    if a.strategies:
+        strategies = [s for s in a.strategies.split(",") if s]
+        for s in strategies:
+            if s not in STRATEGIES:
+                ap.error(f"unknown strategy {s!r}")
+    import hybrid_mix_qsched
+
+    # without preemption in this qsched, qsched-nopreempt is qsched: not run unless asked for (then an error)
+    strat_for = {sc: strategies if a.strategies else [
+        st for st in DEFAULT_STRATEGIES[sc] if st != "qsched-nopreempt" or hybrid_mix_qsched.preemption_available()]
+        for sc in scenarios}
     # the parent only imports qiskit (no circuit runs), so forked jobs start without re-importing it
     import qiskit  # noqa: F401
     import qiskit_aer  # noqa: F401
@@ -669,13 +875,28 @@ def main(argv=None) -> int:
     try:
         with Infra(p, workdir) as infra:
             if not a.sweep:
-                summaries, timelines, specs = run_config(p, strategies, infra, a.slurm)
+                res, plots = {}, {}
+                for sc in scenarios:
+                    infra.fresh_qsched()
+                    pc = params_for(sc)
+                    summaries, timelines, specs = run_config(pc, strat_for[sc], infra, a.slurm, sc)
+                    res[sc] = {"strategies": summaries, "params": params_dict(pc, specs)}
+                    plots[sc] = (timelines, summaries, pc, specs)
                 infra.begin_stop()
-                plot = a.plot or workdir / "hybrid_mix_timeline.png"
-                plot_timelines(plot, timelines, summaries, p)
-                print(table(summaries))
-                print(f"# timeline: {plot}; wall {time.time() - t_start:.1f} s")
-                out = {"strategies": summaries, "params": params_dict(p, specs)}
+                base = a.plot or workdir / "hybrid_mix_timeline.png"
+                for sc, (timelines, summaries, pc, specs) in plots.items():
+                    plot = base if len(scenarios) == 1 else base.with_name(f"{base.stem}_{sc}{base.suffix}")
+                    plot_timelines(plot, timelines, summaries, pc, labels=[f"job {x.idx} ({x.group})" for x in specs],
+                                   title=None if sc == "uniform" else
+                                   f"{sc}: device timeline, K={pc.k} jobs, B={pc.b} circuits/burst, device {pc.device}")
+                    print(f"## {sc}\n\n{table(summaries)}\n\n{group_table(summaries)}\n\n# timeline: {plot}\n")
+                tg = targets(res)
+                if tg:
+                    print(targets_table(tg))
+                print(f"# wall {time.time() - t_start:.1f} s")
+                out = {"scenarios": res, "targets": tg}
+                if len(scenarios) == 1:
+                    out.update(res[scenarios[0]])
             else:
                 ks = (2, 4) if quick else SWEEP_KS
                 ratios = (1.0, 4.0) if quick else SWEEP_RATIOS
@@ -683,7 +904,7 @@ def main(argv=None) -> int:
                 for ratio in ratios:
                     for k in ks:
                         pc = Params(**{**asdict(p), "k": k, "ratio": ratio, "jobs": []})
-                        summaries, timelines, specs = run_config(pc, strategies, infra, a.slurm)
+                        summaries, timelines, specs = run_config(pc, strat_for["uniform"], infra, a.slurm)
                         pd_ = params_dict(pc, specs)
                         rows.append({"ratio": ratio, "k": k, "offered_load": pd_["offered_load"],
                                      "strategies": summaries, "params": pd_})

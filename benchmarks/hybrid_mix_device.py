@@ -136,12 +136,18 @@ def make_device(kind: str, *, setup_s: float, rep_s: float, num_qubits: int):
     return HoldModelDevice(kind, setup_s=setup_s, rep_s=rep_s, num_qubits=num_qubits)
 
 
-# --- per-circuit strategy: the function each RQ job runs, in the one worker process owning the device --
+# --- per-circuit and fifo-bursts strategies: what each RQ job runs, in the one worker owning the device --
 
 _WORKER_DEVICE = None  # set by hybrid_mix_rqworker.py before it starts working
 
 
 def rq_execute(job: int, iteration: int, params: list, shots: int) -> dict:
     """One circuit, one RQ job: record start/end here, in the process that owns the device."""
+    start, end = _WORKER_DEVICE.run(np.asarray(params, dtype=float), int(shots))
+    return {"job": job, "iteration": iteration, "start": start, "end": end}
+
+
+def rq_execute_burst(job: int, iteration: int, params: list, shots: int) -> dict:
+    """fifo-bursts: a whole burst, one RQ job, run as one batch (as a Warden / cloud job-mode job is)."""
     start, end = _WORKER_DEVICE.run(np.asarray(params, dtype=float), int(shots))
     return {"job": job, "iteration": iteration, "start": start, "end": end}

@@ -111,3 +111,38 @@ def summarize(*, t0: float, job_ends: Sequence[float], alone_s: Sequence[float],
 def offered_load(classical_s: Sequence[float], quantum_s: Sequence[float]) -> float:
     """Sum over jobs of the device share each would use running alone: >= 1 saturates one device."""
     return sum(q / (c + q) for c, q in zip(classical_s, quantum_s) if c + q > 0)
+
+
+def group_summaries(groups: dict[str, Sequence[int]], *, t0: float, job_ends: Sequence[float],
+                    alone_s: Sequence[float], waits_per_job: Sequence[Sequence[float]],
+                    intervals_per_job: Sequence[Iterable[Interval]], window_end: float | None = None) -> dict:
+    """Per group of jobs (a class, an account, the flooder): its slowdowns, waits, Jain among its jobs,
+    and its share of the device-seconds run in the contended window [t0, window_end] (default: until
+    the first job ends; after that the others have less competition, so shares there say nothing)."""
+    end = min(job_ends) if window_end is None else window_end
+    per_job = [list(iv) for iv in intervals_per_job]
+    total = busy_time([iv for ivs in per_job for iv in ivs], t0, end)
+    out = {}
+    for g, idx in groups.items():
+        sd = slowdowns([job_ends[i] - t0 for i in idx], [alone_s[i] for i in idx])
+        waits = [w for i in idx for w in waits_per_job[i]]
+        dev = busy_time([iv for i in idx for iv in per_job[i]], t0, end)
+        out[g] = {
+            "jobs": len(idx),
+            "makespan_s": max(job_ends[i] for i in idx) - t0,
+            "mean_slowdown": sum(sd) / len(sd),
+            "p95_slowdown": percentile(sd, 95),
+            "jain": jain(sd),
+            "wait_p50_s": percentile(waits, 50),
+            "wait_p99_s": percentile(waits, 99),
+            "contended_device_s": dev,
+            "device_share": dev / total if total > 0 else float("nan"),
+        }
+    return out
+
+
+def share_ratio(groups: dict, a: str, b: str) -> float:
+    """Device-seconds of group a over group b's in the contended window (2.0 when a has twice b's weight
+    and the scheduler honours it)."""
+    da, db = groups[a]["contended_device_s"], groups[b]["contended_device_s"]
+    return da / db if db > 0 else float("inf")

@@ -1,4 +1,5 @@
-"""The per-circuit strategy's one RQ worker: owns the device, runs one circuit per RQ job, FIFO.
+"""The per-circuit and fifo-bursts strategies' one RQ worker: owns the device, runs RQ jobs in FIFO order
+(one circuit per job for per-circuit, one whole burst per job for fifo-bursts).
 
 Started by hybrid_mix.py; a SimpleWorker (no fork per job) so the device is built once and the
 queue round trip is RQ's own (~3 ms per job here), not a fork's.

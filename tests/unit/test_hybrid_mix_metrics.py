@@ -66,3 +66,27 @@ def test_tight_lower_bound_adds_the_shortest_first_classical_phase():
     # path-bound workloads keep the plain bound
     assert m.tight_lower_bound([1, 1], [10, 3], [0.2, 0.2]) == 10
     assert m.tight_lower_bound([1, 1], [3, 3], []) == 3
+
+
+def test_group_summaries_shares_in_the_contended_window():
+    # jobs 0, 1 (chem) and 2 (phys); job 0 ends first at 3.0 s: shares count only [0, 3]
+    g = m.group_summaries({"chem": [0, 1], "phys": [2]}, t0=0.0, job_ends=[3.0, 6.0, 6.0], alone_s=[1.5, 2.0, 3.0],
+                          waits_per_job=[[0.1, 0.3], [0.2], [1.0, 2.0]],
+                          intervals_per_job=[[(0, 1)], [(1, 2), (4, 6)], [(2, 3), (3, 4)]])
+    assert g["chem"]["contended_device_s"] == pytest.approx(2.0)      # (4, 6) is after the window
+    assert g["phys"]["contended_device_s"] == pytest.approx(1.0)      # (3, 4) starts at its end
+    assert g["chem"]["device_share"] == pytest.approx(2 / 3)
+    assert m.share_ratio(g, "chem", "phys") == pytest.approx(2.0)
+    assert g["chem"]["jobs"] == 2 and g["chem"]["makespan_s"] == 6.0
+    assert g["chem"]["mean_slowdown"] == pytest.approx((2.0 + 3.0) / 2)
+    assert g["phys"]["wait_p50_s"] == pytest.approx(1.5)
+    assert g["chem"]["wait_p99_s"] == pytest.approx(m.percentile([0.1, 0.3, 0.2], 99))
+    assert g["chem"]["jain"] == pytest.approx(m.jain([2.0, 3.0]))
+
+
+def test_share_ratio_without_the_other_group_is_infinite():
+    g = m.group_summaries({"a": [0], "b": [1]}, t0=0.0, job_ends=[2.0, 2.0], alone_s=[1.0, 1.0],
+                          waits_per_job=[[0.0], [0.0]], intervals_per_job=[[(0, 2)], []])
+    assert m.share_ratio(g, "a", "b") == float("inf")
+    assert math.isnan(m.group_summaries({"a": [0]}, t0=0.0, job_ends=[1.0], alone_s=[1.0], waits_per_job=[[]],
+                                        intervals_per_job=[[]])["a"]["device_share"])
