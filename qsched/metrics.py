@@ -10,11 +10,16 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
                     60, 300, 1800)
 
 
+DEVICE_STATES = ("online", "draining", "paused", "maintenance", "offline")
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
         self.device_busy = Counter("qsched_device_busy_seconds", "Seconds a device spent executing batches",
                                    ["device"], registry=r)
+        self.device_state = Gauge("qsched_device_state", "1 for the device's current state (online, draining, "
+                                  "paused, maintenance, offline), 0 for the others", ["device", "state"], registry=r)
         self.device_up = Gauge("qsched_device_up", "1 while the device's worker process is running",
                                ["device"], registry=r)
         self.worker_memory = Gauge("qsched_worker_resident_memory_bytes", "Resident memory of the device's worker",
@@ -70,6 +75,7 @@ class Metrics:
             for status in ("DONE", "FAILED"):
                 self.tasks_completed.labels(d, status).inc(0)
             self.device_up.labels(d).set(0)
+            self.set_device_state(d, "offline")
             self.execution.labels(d)
         for p in pools:
             self.preemptions.labels(p).inc(0)
@@ -83,6 +89,10 @@ class Metrics:
             self.connections_refused.labels(limit).inc(0)
         for task in ("dispatcher", "events", "device-watch", "session-expiry"):
             self.background_errors.labels(task).inc(0)
+
+    def set_device_state(self, device: str, state: str) -> None:
+        for s in DEVICE_STATES:
+            self.device_state.labels(device, s).set(1 if s == state else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -917,6 +917,7 @@ class Scheduler:
             if hb is not None:
                 dev.described = hb
             self.metrics.device_up.labels(name).set(1 if up else 0)
+            self.metrics.set_device_state(name, dev.public_state())
             if hb and "rss_bytes" in hb:
                 self.metrics.worker_memory.labels(name).set(hb["rss_bytes"])
             if not up and dev.outstanding:

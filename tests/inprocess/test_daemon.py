@@ -298,6 +298,10 @@ def test_a_paused_device_gets_nothing_and_its_state_survives_a_restart(tmp_path)
                 assert {t["meta"]["device"] for t in done} == {"a1"}
                 _, devices = await api.call("GET", "/v1/devices")
                 assert {x["name"]: x["state"] for x in devices["devices"]} == {"a0": "paused", "a1": "online"}
+                state = d.metrics.device_state                  # the metric says it too, one state at a time
+                await until(lambda: state.labels("a0", "paused")._value.get() == 1)
+                assert [state.labels("a0", x)._value.get() for x in ("online", "offline")] == [0, 0]
+                assert state.labels("a1", "online")._value.get() == 1
                 await admin.close()
             async with daemon(tmp_path / "2", devs, redis_url=redis_server.url) as (d2, api2, _):
                 assert d2.scheduler.devices["a0"].state == "paused"
