@@ -309,7 +309,7 @@ async def set_device_state(request):
     state, reason = body.get("state"), body.get("reason", "")
     if not isinstance(state, str) or not isinstance(reason, str) or not _printable(reason) or len(reason) > 200:
         raise BadRequest("state: a string; reason: printable text of at most 200 characters", field="state")
-    dev = await sch.set_device_state(request.match_info["name"], state, reason)
+    dev = await sch.set_device_state(request.match_info["name"], state, reason, who=caller(request).user())
     return web.json_response({"name": dev.spec.name, "state": dev.public_state(), "reason": dev.reason})
 
 

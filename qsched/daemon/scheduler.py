@@ -735,7 +735,7 @@ class Scheduler:
             self.metrics.tasks_pending.labels(spec.pool).dec(len(b.tasks))
             self.metrics.batches.labels(spec.name).inc()
 
-    async def set_device_state(self, name: str, state: str, reason: str = "") -> DeviceEntry:
+    async def set_device_state(self, name: str, state: str, reason: str = "", *, who: str = "qsched") -> DeviceEntry:
         """The admin's `qsched device drain|pause|resume|maintenance`; kept in Redis across restarts."""
         dev = self.devices.get(name)
         if dev is None:
@@ -749,7 +749,7 @@ class Scheduler:
                 for b, est in list(dev.outstanding.values()):
                     if await self.store.recall(b, name, "inbox"):
                         self._requeued(dev, b, est, "recall")
-        log.warning("device %s is %s%s", name, state, f": {reason}" if reason else "")
+        log.warning("device %s is %s (set by %s)%s", name, state, who, f": {reason}" if reason else "")
         self.kick()
         return dev
 
