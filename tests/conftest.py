@@ -249,6 +249,19 @@ def qsched_daemon(tmp_path_factory):
     d.stop()
 
 
+@pytest.fixture(scope="session")
+def daemon_starter():
+    """start_daemon itself, for a module that wants a daemon of its own (test modules cannot import
+    conftest under --import-mode=importlib); the caller stops what it starts."""
+    return start_daemon
+
+
+@pytest.fixture(scope="session")
+def env_unavailable():
+    """unavailable() (skip, or fail under CI=true), for test modules."""
+    return unavailable
+
+
 @pytest.fixture
 def client(qsched_daemon):
     c = qsched_daemon.client()

@@ -148,6 +148,13 @@ ACCT_COLS = ["session", "job_id", "user", "account", "pool", "class", "opened", 
 ACCT_KNOWN = ["cancelled", "elapsed"]
 
 
+def _users(lst: fmt.Listing) -> list[str] | None:
+    """-u names go to the daemon, which refuses (exit 1) another user's unless an admin asks: a listing
+    is never empty merely because the caller may not see it."""
+    users = lst.filters.get("user")
+    return sorted(users) if users else None
+
+
 def session_rows(sessions: list[dict], now: float | None = None) -> list[dict]:
     """The daemon's session views with what squeue would show: `activity` (RUNNING, PENDING, IDLE) and
     `time` (open for, D-HH:MM:SS). In tables `state` shows the activity."""
@@ -177,7 +184,7 @@ def queue(url, **kw):
     With -o, -n or -P only the session table is printed, for scripts; --state matches a session's
     RUNNING / PENDING / IDLE as well as OPEN."""
     lst = fmt.Listing.pop(kw)
-    q = _client(url).queue()
+    q = _client(url).queue(user=_users(lst))
     sessions = lst.select(session_rows(q["sessions"]))
     pools = {p: v for p, v in q["pools"].items() if lst.keep({"pool": p}, only=("pool",))}
     if lst.as_json:
@@ -203,7 +210,7 @@ def session():
 def session_list(url, **kw):
     """Open sessions you may see (root and admins: all), one line each, as squeue."""
     lst = fmt.Listing.pop(kw)
-    rows = lst.select(session_rows(_client(url).sessions()))
+    rows = lst.select(session_rows(_client(url).sessions(user=_users(lst))))
     if lst.as_json:
         click.echo(fmt.dump_json({"sessions": _json_sessions(rows)}))
     else:
@@ -495,8 +502,7 @@ def acct(url, since, until, by, **kw):
         since = "0" if "job" in lst.filters else "24h"
     start = fmt.parse_time(since, now=now, param="--since")
     end = fmt.parse_time(until, now=now, param="--until") if until else None
-    users = lst.filters.get("user", set())
-    rows = _client(url).accounting(since=start, user=next(iter(users)) if len(users) == 1 else None)
+    rows = _client(url).accounting(since=start, user=_users(lst))
     # every ledger record is of a closed session: --state closed keeps them, another state none
     rows = [r for r in rows if lst.keep({"state": "CLOSED", **r}) and (end is None or (r.get("closed") or 0) < end)]
     for r in rows:

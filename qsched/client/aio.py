@@ -90,7 +90,7 @@ class AsyncClient(ClientCore):
         url = url or default_url()
         self.timeout = timeout
         self._t = AsyncTransport(url, timeout)
-        super().__init__(url, retry_s=retry_s, identity=lambda: identity_headers(self._t.unix))
+        super().__init__(url, retry_s=retry_s, identity=lambda purpose: identity_headers(self._t.unix, purpose))
 
     async def _run(self, op: Op[T]) -> T:
         run = self.execute(op)
@@ -126,11 +126,13 @@ class AsyncClient(ClientCore):
     async def devices(self) -> list[dict]:
         return await self._run(self._op_devices())
 
-    async def queue(self) -> dict:
-        return await self._run(self._op_queue())
+    async def queue(self, user: str | list[str] | None = None) -> dict:
+        """user: only these users' sessions (another user's: 403 unless an admin asks)."""
+        return await self._run(self._op_queue(user))
 
-    async def sessions(self) -> list[dict]:
-        return await self._run(self._op_sessions())
+    async def sessions(self, user: str | list[str] | None = None) -> list[dict]:
+        """Open sessions the caller may see; user: only these users' (another user's: 403 unless admin)."""
+        return await self._run(self._op_sessions(user))
 
     async def session_info(self, sid: str) -> dict:
         return await self._run(self._op_session_info(sid))
@@ -153,7 +155,7 @@ class AsyncClient(ClientCore):
     async def close_session(self, sid: str) -> dict:
         return await self._run(self._op_close_session(sid))
 
-    async def accounting(self, since: float = 0.0, user: str | None = None) -> list[dict]:
+    async def accounting(self, since: float = 0.0, user: str | list[str] | None = None) -> list[dict]:
         return await self._run(self._op_accounting(since, user))
 
     async def metrics(self) -> str:

@@ -139,6 +139,7 @@ class Call:
     rebuild: Callable[[], Call] | None = None   # a long-poll re-issued after an outage, with the time left
     deadline: float | None = None          # the caller's (clock): retrying stops there with a Timeout
     retry_s: float | None = None           # this call's own retry budget (None: the client's)
+    purpose: str | None = None             # over TCP, prove who we are with a MUNGE credential for this
 
 
 @dataclass
@@ -166,7 +167,7 @@ class ClientCore:
     with retries. A face sets `_session_cls` and performs the effects of `execute`."""
     _session_cls: type[SessionCore]
 
-    def __init__(self, url: str, *, retry_s: float | None, identity: Callable[[], dict[str, str]],
+    def __init__(self, url: str, *, retry_s: float | None, identity: Callable[[str], dict[str, str]],
                  clock: Callable[[], float] = time.monotonic, rand: Callable[[], float] = random.random):
         self.url = url
         self.retry_s = retry_s                   # None: QSCHED_RETRY_S, read when an outage starts
@@ -198,7 +199,9 @@ class ClientCore:
         backoff: Backoff | None = None
         reattached = False
         while True:
-            headers = {**call.headers, **(call.session._auth() if call.session else {})}
+            # a fresh credential each attempt: munged refuses one it has seen
+            headers = {**call.headers, **(self._identity(call.purpose) if call.purpose else {}),
+                       **(call.session._auth() if call.session else {})}
             try:
                 reply = yield Send(call.method, call.path, call.body, headers, call.timeout)
             except QschedError as e:
@@ -255,7 +258,7 @@ class ClientCore:
     def _reattach(self, session: SessionCore | None, refused: QschedError) -> Run[None]:
         assert session is not None
         try:
-            info = yield from self._send(Call("POST", f"/v1/sessions/{session.id}/attach", headers=self._identity()))
+            info = yield from self._send(Call("POST", f"/v1/sessions/{session.id}/attach", purpose="attach"))
         except QschedError:
             raise refused from None            # attach is refused too: the token's refusal is the answer
         session.token = info.get("token")
@@ -266,20 +269,31 @@ class ClientCore:
     def _get(self, path: str) -> Op[Any]:
         return (yield Call("GET", path))
 
+    def _list(self, path: str) -> Op[Any]:
+        """A listing: over TCP the daemon answers it for a MUNGE-proven user only."""
+        return (yield Call("GET", path, purpose="list"))
+
+    @staticmethod
+    def _users_query(user: str | list[str] | None) -> str:
+        users = [user] if isinstance(user, str) else list(user or ())
+        return f"user={urllib.parse.quote(','.join(users))}" if users else ""
+
     def _op_health(self) -> Op[dict]:
         return (yield from self._get("/v1/health"))
 
     def _op_devices(self) -> Op[list[dict]]:
-        return (yield from self._get("/v1/devices"))["devices"]
+        return (yield from self._list("/v1/devices"))["devices"]
 
-    def _op_queue(self) -> Op[dict]:
-        return (yield from self._get("/v1/queue"))
+    def _op_queue(self, user: str | list[str] | None = None) -> Op[dict]:
+        q = self._users_query(user)
+        return (yield from self._list("/v1/queue" + (f"?{q}" if q else "")))
 
-    def _op_sessions(self) -> Op[list[dict]]:
-        return (yield from self._get("/v1/sessions"))["sessions"]
+    def _op_sessions(self, user: str | list[str] | None = None) -> Op[list[dict]]:
+        q = self._users_query(user)
+        return (yield from self._list("/v1/sessions" + (f"?{q}" if q else "")))["sessions"]
 
     def _op_session_info(self, sid: str) -> Op[dict]:
-        return (yield from self._get(f"/v1/sessions/{sid}"))
+        return (yield from self._list(f"/v1/sessions/{sid}"))
 
     def _op_set_device_state(self, name: str, state: str, reason: str = "") -> Op[dict]:
         path = f"/v1/admin/devices/{urllib.parse.quote(name, safe='')}/state"
@@ -301,25 +315,25 @@ class ClientCore:
 
     def _op_close_session(self, sid: str) -> Op[dict]:
         # a repeat of a close that reached the daemon would be a 404, not the usage record
-        return (yield Call("DELETE", f"/v1/sessions/{sid}", idempotent=False))
+        return (yield Call("DELETE", f"/v1/sessions/{sid}", idempotent=False, purpose="close"))
 
-    def _op_accounting(self, since: float = 0.0, user: str | None = None) -> Op[list[dict]]:
-        q = f"?since={since}" + (f"&user={urllib.parse.quote(user)}" if user else "")
-        return (yield from self._get(f"/v1/acct{q}"))["records"]
+    def _op_accounting(self, since: float = 0.0, user: str | list[str] | None = None) -> Op[list[dict]]:
+        q = self._users_query(user)
+        return (yield from self._list(f"/v1/acct?since={since}" + (f"&{q}" if q else "")))["records"]
 
     def _op_metrics(self) -> Op[str]:
-        return (yield from self._get("/metrics")).decode()
+        return (yield from self._list("/metrics")).decode()
 
     def _op_open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
                          weight: float = 1.0, account: str = "") -> Op[Any]:
         body = {"pool": pool or os.environ.get("QSCHED_POOL") or None, "name": name,
                 "class": cls or os.environ.get("QSCHED_CLASS") or "batch", "weight": weight, "account": account}
         # not repeated after a failure that may have reached the daemon: that could open two sessions
-        info = yield Call("POST", "/v1/sessions", body=body, headers=self._identity(), idempotent=False)
+        info = yield Call("POST", "/v1/sessions", body=body, purpose="open", idempotent=False)
         return self._session_cls(self, info)
 
     def _op_attach(self, sid: str) -> Op[Any]:
-        s = self._session_cls(self, (yield Call("POST", f"/v1/sessions/{sid}/attach", headers=self._identity())))
+        s = self._session_cls(self, (yield Call("POST", f"/v1/sessions/{sid}/attach", purpose="attach")))
         s.attached = True        # the job's session: Slurm closes it when the job ends
         return s
 

@@ -88,7 +88,7 @@ class Client(ClientCore):
     def __init__(self, url: str | None = None, *, timeout: float = 60.0, retry_s: float | None = None):
         url = url or default_url()
         self._t = SyncTransport(url, timeout)
-        super().__init__(url, retry_s=retry_s, identity=lambda: identity_headers(self._t.unix))
+        super().__init__(url, retry_s=retry_s, identity=lambda purpose: identity_headers(self._t.unix, purpose))
 
     def _run(self, op: Op[T]) -> T:
         run = self.execute(op)
@@ -115,11 +115,13 @@ class Client(ClientCore):
     def devices(self) -> list[dict]:
         return self._run(self._op_devices())
 
-    def queue(self) -> dict:
-        return self._run(self._op_queue())
+    def queue(self, user: str | list[str] | None = None) -> dict:
+        """user: only these users' sessions (another user's: 403 unless an admin asks)."""
+        return self._run(self._op_queue(user))
 
-    def sessions(self) -> list[dict]:
-        return self._run(self._op_sessions())
+    def sessions(self, user: str | list[str] | None = None) -> list[dict]:
+        """Open sessions the caller may see; user: only these users' (another user's: 403 unless admin)."""
+        return self._run(self._op_sessions(user))
 
     def session_info(self, sid: str) -> dict:
         return self._run(self._op_session_info(sid))
@@ -144,7 +146,7 @@ class Client(ClientCore):
         """Close any session the caller may close (its own; an admin: any); returns its usage record."""
         return self._run(self._op_close_session(sid))
 
-    def accounting(self, since: float = 0.0, user: str | None = None) -> list[dict]:
+    def accounting(self, since: float = 0.0, user: str | list[str] | None = None) -> list[dict]:
         return self._run(self._op_accounting(since, user))
 
     def metrics(self) -> str:

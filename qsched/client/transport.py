@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -16,24 +17,26 @@ from .core import decode_response
 from .retry import Unreachable, os_cause
 
 
-def _munge_credential() -> str | None:
-    """Inside a Slurm job over TCP: a MUNGE credential proves who we are."""
+def _munge_credential(purpose: str) -> str | None:
+    """Inside a Slurm job or on a login node over TCP: a MUNGE credential proves who we are. Its payload
+    names the request's purpose, so a credential captured for a listing cannot open a session."""
     try:
-        from ..slurm.munge import encode
+        from ..slurm.munge import credential_for, encode
     except ImportError:
         return None
+    socket = os.environ.get("QSCHED_MUNGE_SOCKET") or None     # munged's socket, when not the default
     try:
-        return encode()
+        return credential_for(purpose, socket=socket) if purpose else encode(socket=socket)
     except (QschedError, OSError, subprocess.SubprocessError):   # no munged: the daemon says what it needs
         return None
 
 
-def identity_headers(unix: bool) -> dict[str, str]:
-    """Who we are when opening or attaching a session: the unix socket tells the daemon our uid;
-    over TCP a MUNGE credential does (encoded afresh each time: credentials expire)."""
+def identity_headers(unix: bool, purpose: str = "") -> dict[str, str]:
+    """Who we are: the unix socket tells the daemon our uid; over TCP a MUNGE credential does (encoded
+    afresh for each request: munged refuses a replayed one)."""
     if unix:
         return {}
-    cred = _munge_credential()
+    cred = _munge_credential(purpose)
     return {"X-Qsched-Munge": cred} if cred else {}
 
 

@@ -53,7 +53,7 @@ _TASK_ID = re.compile(r"[0-9a-f]{1,32}\.[0-9a-z]{1,32}")
 
 @dataclass
 class Caller:
-    uid: int | None       # peer uid on a unix socket
+    uid: int | None       # peer uid on a unix socket, or the uid a MUNGE credential proved over TCP
     token: str | None     # bearer token
     admin: bool
 
@@ -75,24 +75,60 @@ def _peer_uid(request: web.Request) -> int | None:
     return uid
 
 
+def _is_admin(request: web.Request, uid: int | None) -> bool:
+    return uid is not None and uid in request.app[SCHEDULER].config.admin_uids \
+        and (request.app[ADMIN] or uid == os.geteuid())
+
+
 def caller(request: web.Request) -> Caller:
-    sch = request.app[SCHEDULER]
     uid = _peer_uid(request)
     auth = request.headers.get("Authorization", "")
     token = auth[7:].strip() if auth.startswith("Bearer ") else None
-    admin = uid is not None and uid in sch.config.admin_uids and (request.app[ADMIN] or uid == os.geteuid())
-    return Caller(uid, token, admin)
+    return Caller(uid, token, _is_admin(request, uid))
 
 
-def authorize(request: web.Request, session) -> Caller:
+async def identify(request: web.Request, purpose: str) -> Caller:
+    """caller(), where over TCP a MUNGE credential minted for `purpose` names the uid (a listing or a
+    close from a login node). Call it once per request: munged refuses the same credential twice."""
     c = caller(request)
+    cred = request.headers.get("X-Qsched-Munge")
+    if c.uid is None and cred:
+        hook = request.app[HOOKS].get("munge")
+        if hook is None:
+            raise Unauthorized("authorization: this daemon cannot verify MUNGE credentials (munged does not "
+                               "answer on its host; see slurm.munge_socket)", field="authorization")
+        uid, _ = await hook(cred, purpose)
+        c = Caller(uid, c.token, _is_admin(request, uid))
+    return c
+
+
+def visible_users(request: web.Request, c: Caller) -> set[str] | None:
+    """The `user` query (comma-separated names), checked: a user may ask for their own records only, so
+    a listing is never empty merely because the caller may not see it. None: no filter asked for."""
+    raw = request.query.get("user")
+    if not raw:
+        return None
+    wanted = {u for u in raw.split(",") if u}
+    if not c.admin:
+        sch = request.app[SCHEDULER]
+        sid = sch.session_for_token(c.token) if c.uid is None and c.token else None
+        me = sch.sessions[sid].session.user if sid in sch.sessions else c.user()
+        others = sorted(wanted - {me})
+        if others:
+            raise Forbidden(f"user: {others[0]}'s sessions and records are shown only to {others[0]} and admins "
+                            f"(you are {me})", field="user")
+    return wanted
+
+
+def authorize(request: web.Request, session, c: Caller | None = None) -> Caller:
+    c = c or caller(request)
     if c.admin or (c.uid is not None and c.uid == session.uid):
         return c
     if c.token and request.app[SCHEDULER].check_token(session.id, c.token):
         return c
     if c.uid is None and not c.token:
-        raise Unauthorized("authorization: a session token (Authorization: Bearer ...) is required",
-                           field="authorization")
+        raise Unauthorized("authorization: a session token (Authorization: Bearer ...), a MUNGE credential "
+                           "(X-Qsched-Munge) or the local unix socket is required", field="authorization")
     raise Forbidden(f"session: {session.id} belongs to another user", field="session")
 
 
@@ -217,7 +253,7 @@ async def health(request):
 @routes.get("/metrics")
 async def metrics(request):
     if not request.app[SCHEDULER].config.metrics_public:
-        require_identity(request)
+        await require_identity(request)
     return web.Response(body=request.app[SCHEDULER].metrics.render(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -361,7 +397,8 @@ async def _close(request, sch, sid):
 @routes.get("/v1/sessions")
 async def list_sessions(request):
     sch = request.app[SCHEDULER]
-    c = caller(request)
+    c = await require_identity(request)
+    users = visible_users(request, c)
     if c.admin:
         entries = list(sch.sessions.values())
     elif c.uid is not None:
@@ -369,27 +406,32 @@ async def list_sessions(request):
     else:                 # a bearer token names one session: no per-session HMAC for whoever asks
         sid = sch.session_for_token(c.token) if c.token else None
         entries = [sch.sessions[sid]] if sid in sch.sessions else []
+    if users is not None:
+        entries = [e for e in entries if e.session.user in users]
     return web.json_response({"sessions": [sch.session_view(e) for e in entries]})
 
 
-def require_identity(request: web.Request) -> Caller:
-    """A local user (peer uid), an admin, or a session's bearer token; over TCP nothing else is answered."""
-    c = caller(request)
+async def require_identity(request: web.Request) -> Caller:
+    """A local user (peer uid), a MUNGE-proven uid, an admin, or a session's bearer token; over TCP
+    nothing else is answered (an anonymous listing is a 401, never an empty list)."""
+    c = await identify(request, "list")
     if c.uid is None and not c.admin and not (c.token and request.app[SCHEDULER].session_for_token(c.token)):
-        raise Unauthorized("authorization: this needs the local unix socket or a session token", field="authorization")
+        raise Unauthorized("authorization: this needs the local unix socket, a MUNGE credential (X-Qsched-Munge; "
+                           "is munged running on this host?) or a session token", field="authorization")
     return c
 
 
-async def _session_entry(request):
+async def _session_entry(request, purpose: str | None = None):
+    """purpose: this route also takes a MUNGE credential for it over TCP (else a token or the socket)."""
     sch = request.app[SCHEDULER]
     entry = sch.session(request.match_info["sid"])
-    authorize(request, entry.session)
+    authorize(request, entry.session, await identify(request, purpose) if purpose else None)
     return sch, entry
 
 
 @routes.get("/v1/sessions/{sid}")
 async def get_session(request):
-    sch, entry = await _session_entry(request)
+    sch, entry = await _session_entry(request, "list")
     usage = await sch.store.session_usage(entry.session.id)
     return web.json_response({**sch.session_view(entry), "usage": usage.__dict__})
 
@@ -413,7 +455,7 @@ async def attach(request):
 
 @routes.delete("/v1/sessions/{sid}")
 async def close_session(request):
-    sch, entry = await _session_entry(request)
+    sch, entry = await _session_entry(request, "close")
     return web.json_response(await _close(request, sch, entry.session.id))
 
 
@@ -447,7 +489,7 @@ async def upload_template(request):
 
 @routes.get("/v1/templates/{digest}")
 async def get_template(request):
-    require_identity(request)
+    await require_identity(request)
     sch = request.app[SCHEDULER]
     info = await _template_info(sch, request.match_info["digest"], "template")
     return web.json_response({"hash": request.match_info["digest"], **info})
@@ -670,7 +712,7 @@ async def cancel_task(request):
 async def accounting(request):
     """The usage ledger (one record per closed session): a user sees their own, an admin everyone's."""
     sch = request.app[SCHEDULER]
-    c = caller(request)
+    c = await identify(request, "list")
     try:
         since = float(request.query.get("since", 0))
         limit = int(request.query.get("limit", 10_000))
@@ -678,21 +720,23 @@ async def accounting(request):
         raise BadRequest("since/limit: expected numbers", field="since") from None
     if not math.isfinite(since) or not 1 <= limit <= 100_000:
         raise BadRequest("since/limit: since a finite Unix time, limit in 1..100000", field="since", limit=100_000)
-    wanted = {f: request.query[f] for f in ("user", "account", "session", "job_id") if request.query.get(f)}
-    if not c.admin:
-        if c.uid is None:
-            raise Unauthorized("authorization: the ledger is read over the unix socket", field="authorization")
-        if wanted.setdefault("user", c.user()) != c.user():
-            return web.json_response({"records": []})          # a user sees only their own records
+    wanted = {f: request.query[f] for f in ("account", "session", "job_id") if request.query.get(f)}
+    if not c.admin and c.uid is None:
+        raise Unauthorized("authorization: the ledger is read over the unix socket or with a MUNGE credential "
+                           "(X-Qsched-Munge)", field="authorization")
+    users = visible_users(request, c)          # a user sees only their own records
+    if users is None and not c.admin:
+        users = {c.user()}
     rows = await sch.store.accounting(
         since, limit, newest_first=request.query.get("order") == "desc",
-        match=lambda r: all(str(r.get(f, "")) == v for f, v in wanted.items()))
+        match=lambda r: all(str(r.get(f, "")) == v for f, v in wanted.items())
+        and (users is None or str(r.get("user", "")) in users))
     return web.json_response({"records": rows})
 
 
 @routes.get("/v1/devices")
 async def devices(request):
-    require_identity(request)
+    await require_identity(request)
     sch = request.app[SCHEDULER]
     out = []
     heartbeats = await sch.store.heartbeats(list(sch.devices))
@@ -734,14 +778,15 @@ async def policy(request):
 @routes.get("/v1/queue")
 async def queue(request):
     sch = request.app[SCHEDULER]
-    c = require_identity(request)
+    c = await require_identity(request)
+    users = visible_users(request, c)
     pools = {}
     for pool, devs in sch.pools.items():
         pools[pool] = {"devices": [d.name for d in devs],
                        "pending": sum(len(e.pending) for e in sch.sessions.values() if e.session.pool == pool),
                        "running": sum(len(sch.devices[d.name].outstanding) for d in devs)}
     sessions = [sch.session_view(e) for e in sch.sessions.values()
-                if c.admin or c.uid == e.session.uid]
+                if (c.admin or c.uid == e.session.uid) and (users is None or e.session.user in users)]
     return web.json_response({"policy": sch.policy.name, "pools": pools, "sessions": sessions})
 
 

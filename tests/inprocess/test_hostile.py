@@ -144,14 +144,18 @@ def test_over_tcp_without_a_credential_only_health_and_metrics_answer(tmp_path):
             s = await api.session(pool="null")
             h = await api.template(s, one_qubit())
             async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as tcp:
-                for path in ("/v1/queue", "/v1/devices", f"/v1/templates/{h}"):
+                for path in ("/v1/queue", "/v1/devices", f"/v1/templates/{h}", "/v1/sessions", "/v1/acct"):
                     async with tcp.get(path) as r:
                         assert r.status == 401, path
+                        assert (await r.json())["error"]["field"] == "authorization", path
                 for path in ("/v1/health", "/metrics"):
                     async with tcp.get(path) as r:
                         assert r.status == 200, path
+                # a token that names no session is refused, not answered with an empty list
                 async with tcp.get("/v1/sessions", headers={"Authorization": "Bearer " + "A" * 43}) as r:
-                    assert (await r.json())["sessions"] == []
+                    assert r.status == 401
+                async with tcp.get("/v1/sessions", headers={"X-Qsched-Munge": "MUNGE:forged"}) as r:
+                    assert r.status == 401 and (await r.json())["error"]["field"] == "authorization"
                 async with tcp.get("/v1/sessions", headers={"Authorization": f"Bearer {s['token']}"}) as r:
                     assert [x["id"] for x in (await r.json())["sessions"]] == [s["id"]]
                 async with tcp.get("/v1/queue", headers={"Authorization": f"Bearer {s['token']}"}) as r:

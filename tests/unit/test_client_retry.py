@@ -112,7 +112,7 @@ class Daemon:
         self.script = list(script)
         self.sent, self.slept = [], []
         self.clock = Clock()
-        self.core = FakeCore("unix:///fake.sock", retry_s=retry_s, identity=lambda: {"X-Id": "me"},
+        self.core = FakeCore("unix:///fake.sock", retry_s=retry_s, identity=lambda purpose: {"X-Id": "me"},
                              clock=self.clock, rand=lambda: rand)
 
     def run(self, op):
