@@ -1,6 +1,7 @@
 """YAML config -> validated dataclasses. Every error names the dotted field and what was expected."""
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,6 +398,16 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
                       merge_wait_s=_num(d, "merge_wait_s", path, 0.0, lo=0, hi=60))
 
 
+# with no `devices:`; configs/qsched.yaml spells out the same (tests/unit/test_config.py keeps them equal).
+# 28 qubits: a 30-qubit state vector is 16 GiB per worker, more than a small host has
+DEFAULT_DEVICES = [
+    {"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 28, "max_shots": 100_000, "max_bindings": 100_000,
+     "options": {"max_parallel_threads": 1}},
+    {"name": "lightning0", "type": "lightning", "pool": "lightning", "max_qubits": 28},
+    {"name": "null0", "type": "null", "pool": "null"},
+]
+
+
 def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     raw = _map(raw, "config")
     _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users", "local"}, "config")
@@ -422,8 +433,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     _unknown(auth, {"admin_uids", "trust_tcp", "metrics_public"}, "auth")
     devs_raw = raw.get("devices")
     if devs_raw is None:
-        devs_raw = [{"name": "aer0", "type": "aer"}, {"name": "lightning0", "type": "lightning"},
-                    {"name": "null0", "type": "null"}]
+        devs_raw = copy.deepcopy(DEFAULT_DEVICES)
     _type(devs_raw, list, "devices", "a list")
     devices = [_parse_device(d, f"devices[{i}]", known_types) for i, d in enumerate(devs_raw)]
     names = [d.name for d in devices]

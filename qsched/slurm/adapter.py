@@ -225,15 +225,28 @@ def _major_minor(version: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
+def pyslurm_problem(slurm_version: str | None) -> str | None:
+    """Why pyslurm cannot serve this Slurm, or None when it imports and was built for its major.minor
+    (pyslurm X.Y.z <-> Slurm X.Y: PyPI has pyslurm 25.11 only, which refuses every other Slurm)."""
+    try:
+        import pyslurm
+    except Exception as e:  # ImportError, or its C extension failing against another libslurm
+        return f"pyslurm does not import ({type(e).__name__}: {str(e)[:200]}); pip install 'qsched[slurm]' " \
+               "needs a pyslurm built for the installed Slurm"
+    ver = getattr(pyslurm, "__version__", "") or ""
+    ours = _major_minor(ver)
+    if slurm_version is None:
+        return f"pyslurm {ver or '(no version)'} is installed, but there is no Slurm here to match it against"
+    theirs = _major_minor(slurm_version)
+    if ours is None or theirs is None or ours != theirs:
+        return f"pyslurm {ver or '(no version)'} is built for Slurm {'.'.join(map(str, ours)) if ours else '?'}, " \
+               f"this host has Slurm {slurm_version}"
+    return None
+
+
 def pyslurm_matches(slurm_version: str) -> bool:
     """pyslurm imports and was built for this Slurm's major.minor (pyslurm 22.5.x <-> Slurm 22.05)."""
-    try:
-        import pyslurm  # noqa: F401
-    except Exception:  # ImportError, or its C extension failing against another libslurm
-        return False
-    ver = getattr(pyslurm, "__version__", "") or ""
-    ours, theirs = _major_minor(ver), _major_minor(slurm_version)
-    return ours is not None and theirs is not None and ours == theirs
+    return pyslurm_problem(slurm_version) is None
 
 
 def get_adapter(backend: str = "auto", **kwargs) -> SlurmAdapter:

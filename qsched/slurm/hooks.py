@@ -31,7 +31,7 @@ from pathlib import Path
 from ..errors import ConfigError, NotFound, QschedError
 from . import munge
 from .accounting import write_usage
-from .adapter import SlurmAdapter, SlurmError, get_adapter
+from .adapter import CliSlurmAdapter, SlurmAdapter, SlurmError, get_adapter, pyslurm_problem
 from .reconcile import SessionRef, ended_sessions
 from .verify import job_facts, verify_job_for_session
 
@@ -57,6 +57,19 @@ def _user_name(uid: int) -> str:
 def _job_id_of(session) -> int | None:
     jid = str(getattr(session, "job_id", "") or "")
     return int(jid) if jid.isdigit() else None
+
+
+def _check_pyslurm(env: dict) -> None:
+    """`backend: pyslurm` is refused where pyslurm cannot load or does not match the Slurm here (daemon
+    check, start and reload say so, naming the field), rather than found out at the first job."""
+    try:
+        version: str | None = CliSlurmAdapter(env=env).version() if shutil.which("sinfo") else None
+    except SlurmError:
+        version = None
+    why = pyslurm_problem(version)
+    if why:
+        raise ConfigError(f"slurm.backend: pyslurm cannot be used here: {why}; use backend: cli (or auto)",
+                          field="slurm.backend")
 
 
 def munge_hook(socket: str | None = None):
@@ -141,6 +154,8 @@ def daemon_hooks(config) -> dict:
     enabled = cfg.get("enabled", "auto")
     if enabled not in ("auto", True, False):
         raise ConfigError("slurm.enabled: expected auto, true or false", field="slurm.enabled")
+    if cfg.get("backend") == "pyslurm" and enabled is not False:
+        _check_pyslurm(env)
     hooks: dict = {}
     sock = cfg.get("munge_socket")
     if munge.available(sock):

@@ -29,6 +29,20 @@ def test_shipped_config_is_valid():
         load_policy_file(f)
 
 
+def test_shipped_example_config_is_the_builtin_default(monkeypatch, tmp_path):
+    """configs/qsched.yaml says it is the default without the comments: every parsed field equal (it
+    said 28 qubits while the default was 30)."""
+    import dataclasses
+    from pathlib import Path
+    for var in ("QSCHED_CONFIG", "QSCHED_REDIS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("QSCHED_STATE_DIR", str(tmp_path))
+    shipped = load_config(Path(__file__).resolve().parents[2] / "configs" / "qsched.yaml")
+    default = load_config(None)
+    assert dataclasses.replace(shipped, source="x") == dataclasses.replace(default, source="x")
+    assert [d.limits.max_qubits for d in default.devices] == [28, 28, 30]
+
+
 @pytest.mark.parametrize("raw, field", [
     ({"policy": {"name": "lottery"}}, "policy.name"),
     ({"policy": {"weights": {"classes": {"interactive": -1}}}}, "policy.weights.classes.interactive"),
@@ -98,10 +112,14 @@ def test_daemon_check_refuses_pyslurm_when_it_is_not_there(tmp_path):
     except ImportError:
         pass
     path = tmp_path / "qsched.yaml"
-    path.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "slurm": {"enabled": True, "backend": "pyslurm"}}))
-    res = _cli("daemon", "check", "--config", str(path))
-    # refused as start-up refuses it: pyslurm missing, or no Slurm to match it against
-    assert res.exit_code == 1 and ("pyslurm" in res.output or "sinfo" in res.output)
+    # enabled: auto on a host without Slurm is refused too (it was accepted, then failed where Slurm is)
+    for enabled in (True, "auto"):
+        path.write_text(yaml.safe_dump({"state_dir": str(tmp_path),
+                                        "slurm": {"enabled": enabled, "backend": "pyslurm"}}))
+        res = _cli("daemon", "check", "--config", str(path))
+        # refused as start-up refuses it, naming the field
+        assert res.exit_code == 1, res.output
+        assert "slurm.backend: pyslurm cannot be used here: pyslurm does not import" in res.output
 
 
 def test_policy_validate_checks_a_full_config_as_the_reload_reads_it(tmp_path):
