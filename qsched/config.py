@@ -86,6 +86,9 @@ class Config:
     state_dir: Path
     redis_url: str | None = None
     redis_max_connections: int = 64
+    # the embedded Redis's socket is usable by this group too (workers run by systemd as an unprivileged
+    # user in it); None: the daemon's user only
+    redis_socket_group: str | None = None
     tcp: str | None = "127.0.0.1:8765"
     socket: Path | None = None
     admin_socket: Path | None = None
@@ -415,7 +418,10 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     _unknown(local, {"workers"}, "local")
     state_dir = Path(os.path.expanduser(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
     redis_cfg = _map(raw.get("redis"), "redis")
-    _unknown(redis_cfg, {"url", "max_connections"}, "redis")
+    _unknown(redis_cfg, {"url", "max_connections", "socket_group"}, "redis")
+    socket_group = redis_cfg.get("socket_group")
+    if socket_group is not None:
+        _type(socket_group, str, "redis.socket_group", "a group name")
     redis_url = os.environ.get("QSCHED_REDIS_URL") or redis_cfg.get("url")
     dm = _map(raw.get("daemon"), "daemon")
     _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
@@ -446,6 +452,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         state_dir=state_dir,
         redis_url=redis_url,
         redis_max_connections=_num(redis_cfg, "max_connections", "redis", 64, lo=4, hi=10_000, integer=True),
+        redis_socket_group=socket_group,
         tcp=tcp,
         socket=Path(dm["socket"]) if dm.get("socket") else None,
         admin_socket=Path(dm["admin_socket"]) if dm.get("admin_socket") else None,

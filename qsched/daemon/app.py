@@ -32,7 +32,7 @@ from .answers import AnswerBudget
 from .api import make_app
 from .connections import FD_RESERVE, AcceptErrorLog, ConnectionLimiter, LimitedRunner, raise_fd_limit
 from .parsing import TemplateParser
-from .redis_server import EmbeddedRedis
+from .redis_server import EmbeddedRedis, socket_gid
 from .scheduler import Scheduler
 from .supervisor import WorkerSupervisor
 
@@ -67,6 +67,7 @@ def check(config: Config) -> dict:
     """Everything start-up would refuse, without starting anything: the one validation path of start,
     `daemon check`, `policy validate` and SIGHUP (the config was parsed already). Returns the hooks."""
     make_policy(config.policy)
+    socket_gid(config.redis_socket_group)
     return slurm_hooks(config)
 
 
@@ -106,7 +107,8 @@ class Daemon:
         url = cfg.redis_url
         embedded = None
         if not url:
-            embedded = self.embedded_redis = await stack.enter_async_context(EmbeddedRedis(cfg.state_dir))
+            embedded = self.embedded_redis = await stack.enter_async_context(
+                EmbeddedRedis(cfg.state_dir, cfg.redis_socket_group))
             url = embedded.url
         self.redis_url = url
         # a request waits for a free connection (up to 5 s, then 503) instead of failing when many arrive

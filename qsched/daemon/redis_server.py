@@ -3,6 +3,7 @@ directory, on a unix socket, AOF with fsync every second. Started and stopped wi
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import redis.asyncio as aredis
 
-from ..errors import Unavailable
+from ..errors import ConfigError, Unavailable
 from ..worker import die_with_parent
 
 log = logging.getLogger("qsched.redis")
@@ -36,11 +37,24 @@ def _private_child() -> None:
     die_with_parent()
 
 
+def socket_gid(group: str | None) -> int | None:
+    """redis.socket_group -> its gid (None: no group access); an unknown group names the field."""
+    if group is None:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"redis.socket_group: no group {group!r} on this host (systemd-sysusers "
+                          "share/qsched/systemd/qsched.sysusers, or groupadd --system)",
+                          field="redis.socket_group") from None
+
+
 class EmbeddedRedis:
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, group: str | None = None):
         self.dir = Path(state_dir) / "redis"
         self.socket = self.dir / "redis.sock"
         self.proc: asyncio.subprocess.Process | None = None
+        self.gid = socket_gid(group)
 
     @property
     def url(self) -> str:
@@ -57,9 +71,12 @@ class EmbeddedRedis:
 
     def _private(self) -> None:
         """The AOF holds the token-signing secret: 0700 on the directory and 0600 on its files at every
-        start, whatever mode a directory made beforehand had."""
+        start, whatever mode a directory made beforehand had. With a socket group the directory is 0710
+        in that group: its members reach the socket by name, and can neither list nor read the rest."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
+        if self.gid is not None:
+            os.chown(self.dir, -1, self.gid)
+        os.chmod(self.dir, 0o700 if self.gid is None else 0o710)
         for p in self.dir.rglob("*"):
             if p.is_dir():
                 os.chmod(p, 0o700)
@@ -84,7 +101,8 @@ class EmbeddedRedis:
     async def _spawn(self) -> None:
         self._private()
         self.socket.unlink(missing_ok=True)
-        args = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+        perm = "700" if self.gid is None else "770"
+        args = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", perm,
                 "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
                 "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.dir / "redis.log")]
         # if the daemon dies, Redis gets SIGTERM: it flushes the AOF and frees the state dir for a restart
@@ -95,7 +113,10 @@ class EmbeddedRedis:
                 raise Unavailable(f"redis: embedded redis-server exited ({self.proc.returncode}); see "
                                   f"{self.dir / 'redis.log'}", field="redis")
             if self.socket.exists() and await self._ping():
-                log.info("embedded redis on %s (AOF everysec)", self.socket)
+                if self.gid is not None:
+                    os.chown(self.socket, -1, self.gid)
+                log.info("embedded redis on %s (AOF everysec%s)", self.socket,
+                         "" if self.gid is None else f", socket group {self.gid}")
                 return
             await asyncio.sleep(0.01)
         raise Unavailable("redis: embedded redis-server did not answer within 5 s", field="redis")
