@@ -173,6 +173,91 @@ def portable_python():
     shutil.rmtree(py.root, ignore_errors=True)
 
 
+# --- the built wheel, installed into fresh venvs outside the checkout -------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def qsched_wheel(tmp_path_factory) -> Path:
+    """`pip wheel --no-deps` of a clean copy of the checkout (its tracked files: no stale build/ dir)."""
+    src = tmp_path_factory.mktemp("wheel-src")
+    try:
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True,
+                               timeout=60).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        files = []
+    if files and files != [""]:
+        for rel in filter(None, files):
+            if (REPO / rel).is_file():
+                (src / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / rel, src / rel)
+    else:                                  # not a git checkout: everything but the build outputs
+        shutil.copytree(REPO, src, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            ".venv", "build", "*.egg-info", "__pycache__", ".git"))
+    out = tmp_path_factory.mktemp("wheel")
+    try:
+        import setuptools
+        isolation = [] if int(setuptools.__version__.split(".")[0]) >= 68 else ["--use-pep517"]
+    except ImportError:
+        isolation = ["--use-pep517"]
+    argv = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)]
+    if not isolation:
+        argv.insert(5, "--no-build-isolation")          # the venv's setuptools: no download
+    subprocess.run(argv, check=True, capture_output=True, timeout=600)
+    (whl,) = out.glob("qsched-*.whl")
+    return whl
+
+
+@dataclass
+class WheelVenv:
+    root: Path
+    env: dict                 # for its commands, as any user (the interpreter's libpython)
+
+    def bin(self, name: str) -> str:
+        return str(self.root / "bin" / name)
+
+    def run(self, *argv, user: str | None = None, check=True, timeout=300, env=None, **kw):
+        e = {**os.environ, **self.env, **(env or {})}
+        for k in ("VIRTUAL_ENV", "PYTHONPATH", "QSCHED_URL", "QSCHED_SESSION", "QSCHED_CONFIG"):
+            if k not in (env or {}):
+                e.pop(k, None)
+        if user:
+            argv = ("runuser", "-u", user, "--", "env", *[f"{k}={v}" for k, v in e.items()
+                                                          if k in ("PATH", "HOME") or k in self.env
+                                                          or k in (env or {})], *argv)
+        cp = subprocess.run(list(argv), capture_output=True, text=True, env=e, timeout=timeout, **kw)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"{' '.join(map(str, argv))} -> {cp.returncode}\n{cp.stdout}\n{cp.stderr}")
+        return cp
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(qsched_wheel, portable_python):
+    """make(extras) -> a fresh venv in a world-readable directory outside the checkout with
+    `pip install 'qsched-*.whl[extras]'` (deps from the pip cache, the index otherwise), made with the
+    portable Python's interpreter so that other users (Slurm jobs) can run it too. One per extras."""
+    made: dict[str, WheelVenv] = {}
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    env = {"PYTHONNOUSERSITE": "1"}
+    if (portable_python.root / "lib").is_dir():
+        env["LD_LIBRARY_PATH"] = str(portable_python.root / "lib")      # libpython, for a shared build
+
+    def make(extras: str) -> WheelVenv:
+        if extras not in made:
+            root = Path(tempfile.mkdtemp(prefix=f"qsched-venv-{extras or 'base'}-", dir=_base_dir()))
+            root.chmod(0o755)
+            v = WheelVenv(root, {**env, "PATH": f"{root / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+            v.run(str(portable_python.root / "bin" / ver), "-m", "venv", str(root), cwd="/")
+            target = f"{qsched_wheel}[{extras}]" if extras else str(qsched_wheel)
+            v.run(v.bin("python"), "-m", "pip", "install", "-q", target, cwd="/", timeout=900)
+            made[extras] = v
+        return made[extras]
+    yield make
+    for v in made.values():
+        shutil.rmtree(v.root, ignore_errors=True)
+
+
 TEST_DEVICES = [
     {"name": "null0", "type": "null", "pool": "null", "max_qubits": 20, "max_shots": 10000, "max_bindings": 5000},
     {"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16, "max_shots": 100000},
