@@ -220,3 +220,24 @@ def test_top_in_a_real_terminal_shows_the_devices_and_q_quits(venv_daemon, env_u
             time.sleep(0.2)
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def test_torch_extra_as_documented_resolves_to_the_cpu_build(wheel_venv, qsched_wheel, tmp_path):
+    """The user guide's two steps, resolved by pip (--dry-run: metadata only): torch from PyTorch's CPU
+    index (here the machine's own CPU wheel, pip.conf find-links, when that index is unreachable), then
+    `qsched[torch]` with that torch in place pulls no nvidia-* or triton wheel. (Adding the CPU index
+    with --extra-index-url is not enough: PyPI's newer CUDA torch 2.14.1 beat 2.13.0+cpu here.)"""
+    v = wheel_venv("client")
+
+    def resolve(*reqs, index=()) -> dict[str, str]:
+        report = tmp_path / "report.json"
+        v.run(v.bin("python"), "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed", "--report",
+              str(report), "--retries", "0", "--timeout", "10", *index, *reqs, cwd="/", timeout=600)
+        return {i["metadata"]["name"].lower(): i["metadata"]["version"]
+                for i in json.loads(report.read_text())["install"]}
+
+    torch = resolve("torch", index=("--index-url", "https://download.pytorch.org/whl/cpu"))["torch"]
+    assert torch.endswith("+cpu"), torch
+    got = resolve(f"{qsched_wheel}[torch]", f"torch=={torch}")
+    assert got["torch"] == torch
+    assert not [n for n in got if n.startswith(("nvidia-", "triton"))], sorted(got)
