@@ -293,6 +293,14 @@ class Daemon:
                 self.proc.wait()
         return self.proc.returncode
 
+    def stop_all(self, sig=signal.SIGTERM, timeout=30) -> None:
+        """stop(), then make sure no child survives: the embedded Redis and workers are in its group."""
+        self.stop(sig, timeout)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
 
 def start_daemon(state_dir: Path, devices=None, policy=None, extra=None, wait_devices=True) -> Daemon:
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -366,9 +374,4 @@ def fresh_daemon(tmp_path):
         return d
     yield start
     for d in started:
-        d.stop(signal.SIGKILL, 5)
-        # the embedded Redis and workers are the daemon's children: make sure none survives
-        try:
-            os.killpg(d.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        d.stop_all(signal.SIGKILL, 5)

@@ -77,11 +77,7 @@ def tcp_daemon(munged, tmp_path_factory, daemon_starter):
     try:
         yield d
     finally:
-        d.stop()
-        try:
-            os.killpg(d.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        d.stop_all()
 
 
 def qs(url, *args, munge_socket, python=sys.executable, user=None, env_extra=None):

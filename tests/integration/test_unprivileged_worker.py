@@ -42,11 +42,7 @@ def root_daemon(daemon_starter, env_unavailable):
     try:
         yield d
     finally:
-        d.stop()
-        try:
-            os.killpg(d.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        d.stop_all()
         shutil.rmtree(state, ignore_errors=True)
 
 
