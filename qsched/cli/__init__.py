@@ -13,7 +13,9 @@ from . import fmt
 CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="QSCHED_CONFIG",
                       help="qsched.yaml (default: built-in: embedded Redis, local aer/lightning/null devices)")
 REDIS = click.option("--redis-url", envvar="QSCHED_REDIS_URL", help="external Redis instead of the embedded one")
-URL = click.option("--url", envvar="QSCHED_URL", help="daemon URL (http://host:port or unix:///path)")
+URL = click.option("--url", envvar="QSCHED_URL",
+                   help="daemon URL (http://host:port or unix:///path); over TCP a MUNGE credential says who you "
+                        "are (QSCHED_MUNGE_SOCKET: munged's socket, when not the default)")
 JSON = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
 
