@@ -61,7 +61,11 @@ def munged(env_unavailable):
         yield str(sock)
     finally:
         try:
-            os.kill(int((d / "munged.pid").read_text()), signal.SIGTERM)
+            pid = int((d / "munged.pid").read_text())
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):            # it writes its seed file on the way out: then remove the dir
+                os.kill(pid, 0)
+                time.sleep(0.05)
         except (OSError, ValueError):
             pass
         shutil.rmtree(d, ignore_errors=True)
