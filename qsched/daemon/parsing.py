@@ -83,6 +83,7 @@ def _serve(conn, memory_bytes: int) -> None:
     import resource
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     import qiskit.qpy  # noqa: F401  (imported once, before the first request)
+    conn.send("ready")
     while True:
         try:
             kind, data, limits = conn.recv()
@@ -93,6 +94,9 @@ def _serve(conn, memory_bytes: int) -> None:
         except MemoryError:
             conn.send(("error", ("template: the circuit needs more memory than a template may take",
                                  "template", None, 413)))
+
+
+STARTUP_TIMEOUT_S = 60.0
 
 
 class TemplateParser:
@@ -122,6 +126,9 @@ class TemplateParser:
                 os.environ["OPENBLAS_NUM_THREADS"] = env_before
         child.close()
         self._conn = parent
+        # the child imports qiskit first (seconds on a loaded machine): that is not the parse's time
+        if not (parent.poll(STARTUP_TIMEOUT_S) and parent.recv() == "ready"):
+            raise RuntimeError(f"the template parser did not start within {STARTUP_TIMEOUT_S:g} s")
 
     def _stop(self) -> None:
         if self._proc is not None:
@@ -163,6 +170,7 @@ class TemplateParser:
             if reply is None:
                 alive = self._proc is not None and self._proc.is_alive()
                 await asyncio.to_thread(self._stop)
+                await asyncio.to_thread(self._start)         # the next upload finds a parser ready
                 if alive:
                     raise BadRequest(f"{field}: parsing took longer than {self.timeout_s:g} s", field=field,
                                      limit=self.timeout_s)
