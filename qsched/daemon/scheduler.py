@@ -712,7 +712,11 @@ class Scheduler:
         n = 0
         for c in walk:
             dev = self.devices[c.device]
-            b, est = dev.outstanding[c.batch]
+            held = dev.outstanding.get(c.batch)
+            if held is None:            # it finished while an earlier recall awaited Redis: it ran
+                walk.done(c, False)
+                continue
+            b, est = held
             try:
                 taken = await self.store.recall(b, c.device, "inbox")
             except RedisError:
