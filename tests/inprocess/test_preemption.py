@@ -140,7 +140,8 @@ def test_a_thousand_recalls_racing_real_workers_lose_nothing_run_nothing_twice_k
                 final = sorted(ids, key=lambda t: position[(ran[t][0], t)])
                 assert final == ids, f"session {sid}: tasks dispatched out of order"
             redispatched = len(commits) - len(events)
-            errors = sch.metrics.registry.get_sample_value("qsched_background_task_errors_total", {"task": "dispatcher"})
+            errors = sch.metrics.registry.get_sample_value("qsched_background_task_errors_total",
+                                                           {"task": "dispatcher"})
             assert errors == 0, "the dispatcher failed (and was restarted) during the race"
             print(f"\npreemption race: {n_pre:.0f} preemptions in {elapsed:.1f} s; recalls won by the daemon "
                   f"{recalls[True]}, lost to a worker's BLMOVE {recalls[False]}; {len(all_ids)} tasks, "
