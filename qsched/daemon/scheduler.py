@@ -132,6 +132,9 @@ class Scheduler:
         self._dispatched: dict[str, tuple[int, int, bool, float]] = {}
         self._order = itertools.count()
         self._started: set[str] = set()      # batches a recall found taken by their worker: not tried again
+        # per session, the dispatch order of its newest batch a worker took: an older one still waiting
+        # is not taken back (on another device the newer one ran first; see policy/preempt.py)
+        self._taken_upto: dict[str, int] = {}
         self.events_from = "0-0"
         self.accepting = True
         self.store_ok = True
@@ -159,6 +162,7 @@ class Scheduler:
         self.tasks.clear()
         self._dispatched.clear()
         self._started.clear()
+        self._taken_upto.clear()
         for d in self.devices.values():
             d.outstanding.clear()
         self.policy = type(self.policy)(self.policy.cfg)
@@ -327,6 +331,7 @@ class Scheduler:
             entry.pending.clear()
             self.policy.remove(sid)
             del self.sessions[sid]
+            self._taken_upto.pop(sid, None)
             self._closing[sid] = entry.session
             self._by_token.pop(self.token_for(sid), None)
         for tid in cancelled:
@@ -676,6 +681,10 @@ class Scheduler:
         for key in self.quota.specs:
             self.metrics.quota_used_ratio.labels(key).set(self.quota.ratio(key, now))
 
+    def _note_taken(self, sid: str, order: int) -> None:
+        if order > self._taken_upto.get(sid, -1):
+            self._taken_upto[sid] = order
+
     def _may_preempt_for(self, entry: SessionEntry) -> bool:
         """A lower tier's batch is outstanding on a device of the session's pool (cheap: at most two
         per device)."""
@@ -704,7 +713,7 @@ class Scheduler:
             for b, _ in dev.outstanding.values():
                 order, tier, promoted, _since = self._dispatched.get(b.id, (0, 0, False, 0.0))
                 waiting.append(Dispatched(b.id, dev.spec.name, b.session, pool, tier, order, promoted,
-                                          b.id in self._started))
+                                          b.id in self._started, order < self._taken_upto.get(b.session, -1)))
         ordered = candidates(waiting, top)
         if not ordered:
             return 0
@@ -712,7 +721,11 @@ class Scheduler:
         n = 0
         for c in walk:
             dev = self.devices[c.device]
-            b, est = dev.outstanding[c.batch]
+            held = dev.outstanding.get(c.batch)
+            if held is None:            # it finished while an earlier recall awaited Redis: it ran
+                walk.done(c, False)
+                continue
+            b, est = held
             try:
                 taken = await self.store.recall(b, c.device, "inbox")
             except RedisError:
@@ -721,6 +734,7 @@ class Scheduler:
             walk.done(c, taken)
             if not taken:
                 self._started.add(c.batch)
+                self._note_taken(c.session, c.order)
             else:
                 self._requeued(dev, b, est, "preempt")
                 self.metrics.preemptions.labels(c.pool).inc()
@@ -841,7 +855,9 @@ class Scheduler:
         if dev is None:
             return
         batch, est = dev.outstanding.pop(ev["batch"], (None, 0.0))
-        self._dispatched.pop(ev["batch"], None)
+        done = self._dispatched.pop(ev["batch"], None)
+        if done is not None and ev["session"] in self.sessions:
+            self._note_taken(ev["session"], done[0])
         self._started.discard(ev["batch"])
         exec_s = float(ev["exec_s"])
         sid = ev["session"]

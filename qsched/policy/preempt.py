@@ -10,7 +10,10 @@ bound:
   - newest dispatched first, and a session's batches newest first: once one of a session's batches
     could not be taken back (it runs), none of its older ones is tried (they run or ran before it);
   - likewise per device (its inbox is first in, first out: if a newer entry was taken, so were older);
+  - nor a batch of a session whose newer batch a worker already took (on another device, it ran first:
+    taking the older one back would dispatch it again behind the newer one);
   - a batch picked by an anti-starvation promotion is not preempted;
+  - in general, a batch that stays (for any of these reasons) keeps its session's older batches too;
   - at most as many batches as there are backlogged higher-tier sessions, less the pool's free slots.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Dispatched:
     order: int             # dispatch order (larger: newer)
     promoted: bool = False
     started: bool = False  # a recall already found it taken by its worker
+    behind: bool = False   # a newer batch of its session was already taken by a worker
 
 
 def candidates(outstanding: list[Dispatched], top_tier: dict[str, int | None]) -> list[Dispatched]:
@@ -37,8 +41,8 @@ def candidates(outstanding: list[Dispatched], top_tier: dict[str, int | None]) -
     out = []
     for b in sorted(outstanding, key=lambda b: -b.order):
         top = top_tier.get(b.pool)
-        if top is not None and b.tier < top and (b.started or not b.promoted):
-            out.append(b)         # started ones too: they rule out their session's older batches
+        if top is not None and b.tier < top:
+            out.append(b)         # those that stay too (promoted, started): they rule out older ones
     return out
 
 
@@ -61,12 +65,15 @@ class Recaller:
 
     def __iter__(self):
         for b in self._ordered:
-            if b.session in self._blocked_sessions or b.device in self._blocked_devices:
+            if b.session in self._blocked_sessions:
                 continue
-            if b.started:
-                self.done(b, False)
+            if b.started or b.device in self._blocked_devices:
+                self.done(b, False)                # taken by its worker (known, or its inbox says so)
                 continue
-            if self._budget(b) <= 0:
+            if b.behind or b.promoted or self._budget(b) <= 0:
+                # it stays where it is, so none of its session's older batches may be taken back (they
+                # would be dispatched again behind it); its device's inbox may still hold others'
+                self._blocked_sessions.add(b.session)
                 continue
             yield b
 

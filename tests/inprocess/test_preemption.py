@@ -136,10 +136,22 @@ def test_a_thousand_recalls_racing_real_workers_lose_nothing_run_nothing_twice_k
             # the final dispatch of each session's tasks is in submission order: a batch taken back went
             # to the head of its session's queue, and no older batch was taken back past a newer one
             position = {(bid, tid): (i, j) for i, (bid, _, tids) in enumerate(commits) for j, tid in enumerate(tids)}
+            dispatches: dict[str, list[int]] = {}
+            for i, (_, _, tids) in enumerate(commits):
+                for tid in tids:
+                    dispatches.setdefault(tid, []).append(i)
             for sid, ids in submitted.items():
                 final = sorted(ids, key=lambda t: position[(ran[t][0], t)])
-                assert final == ids, f"session {sid}: tasks dispatched out of order"
+                if final != ids:
+                    k = next(i for i, (a, b) in enumerate(zip(final, ids)) if a != b)
+                    raise AssertionError(
+                        f"session {sid}: tasks dispatched out of order at {k}: submitted {ids[k]} (dispatched in "
+                        f"commits {dispatches[ids[k]]}, ran in {ran[ids[k]]}), before it finally {final[k]} "
+                        f"(commits {dispatches[final[k]]}, ran in {ran[final[k]]})")
             redispatched = len(commits) - len(events)
+            errors = sch.metrics.registry.get_sample_value("qsched_background_task_errors_total",
+                                                           {"task": "dispatcher"})
+            assert errors == 0, "the dispatcher failed (and was restarted) during the race"
             print(f"\npreemption race: {n_pre:.0f} preemptions in {elapsed:.1f} s; recalls won by the daemon "
                   f"{recalls[True]}, lost to a worker's BLMOVE {recalls[False]}; {len(all_ids)} tasks, "
                   f"{len(events)} batches run, {len(commits)} dispatched ({redispatched} of them again); "

@@ -7,8 +7,8 @@ from qsched.policy import FairShare, Fifo, SessionInfo
 from qsched.policy.preempt import Dispatched, Recaller, candidates
 
 
-def d(batch, session, *, tier=0, order=0, device="dev0", pool="p", promoted=False, started=False):
-    return Dispatched(batch, device, session, pool, tier, order, promoted, started)
+def d(batch, session, *, tier=0, order=0, device="dev0", pool="p", promoted=False, started=False, behind=False):
+    return Dispatched(batch, device, session, pool, tier, order, promoted, started, behind)
 
 
 def walk(ordered, taken: set[str], *, backlog: dict[tuple[str, int], int], free=None):
@@ -28,8 +28,24 @@ def test_only_lower_tiers_than_the_backlogged_top_and_never_a_promotion():
     out = [d("b1", "low", tier=0, order=1), d("b2", "mid", tier=1, order=2), d("b3", "top", tier=2, order=3),
            d("b4", "low2", tier=0, order=4, promoted=True), d("b5", "other", tier=0, order=5, pool="q")]
     got = candidates(out, {"p": 2, "q": None})
-    assert [b.batch for b in got] == ["b2", "b1"]           # newest first; b3 same tier; q has no backlog
+    # newest first; b3 is of the top tier; q has no backlog; b4 is listed (it keeps its session's older
+    # batches) but never taken back
+    assert [b.batch for b in got] == ["b4", "b2", "b1"]
+    assert walk(got, {"b1", "b2", "b4"}, backlog={("p", 0): 5, ("p", 1): 5}) == (["b2", "b1"], ["b2", "b1"])
     assert candidates(out, {"p": 0}) == []
+
+
+def test_a_batch_that_stays_keeps_its_sessions_older_batches():
+    # L's newest batch stays (a promotion, or no budget left for it, or its device's inbox was found
+    # taken): L's older batch on another device must stay too, or its tasks would follow the newer's
+    for newest in (d("n", "L", order=3, device="dev1", promoted=True),
+                   d("n", "L", order=3, device="dev1", behind=True)):
+        ordered = candidates([d("o", "L", order=1), newest], {"p": 1})
+        assert walk(ordered, {"o", "n"}, backlog={("p", 0): 5}) == ([], [])
+    ordered = candidates([d("o", "L", order=1), d("n", "L", order=3, device="dev1"),
+                          d("x", "M", order=4, device="dev1")], {"p": 1})
+    # x (dev1, newest) was taken by its worker: dev1's older entry n was too, so L's o stays
+    assert walk(ordered, {"o", "n"}, backlog={("p", 0): 5}) == (["x"], [])
 
 
 def test_budget_is_the_backlog_above_less_free_slots():
@@ -51,6 +67,13 @@ def test_a_running_batch_rules_out_its_sessions_and_its_devices_older_batches():
     # known started (an earlier recall failed): no Redis call for it, and the same rule holds
     ordered = candidates([d("b1", "L", order=1, device="dev1"), d("b3", "L", order=3, started=True)], {"p": 1})
     assert walk(ordered, {"b1"}, backlog={("p", 0): 5}) == ([], [])
+
+
+def test_a_batch_behind_one_its_session_already_ran_stays_and_its_device_is_not_blocked():
+    # L's newer batch ran on another device (it finished): taking back its older one, still waiting
+    # on dev0, would dispatch it again after the newer one; dev0's other waiting batch may still go
+    ordered = candidates([d("x", "M", order=1), d("old", "L", order=2, behind=True)], {"p": 1})
+    assert walk(ordered, {"x", "old"}, backlog={("p", 0): 5}) == (["x"], ["x"])
 
 
 def test_a_device_whose_newer_entry_was_taken_has_no_older_one_waiting():
