@@ -116,6 +116,7 @@ class Scheduler:
         self.usage = UsageLedger(config.policy.decay_half_life_s)
         policy.usage = self.usage
         self.quota = QuotaLedger(policy.cfg.quotas)       # device-seconds per period (policy.quotas)
+        self.slurm_shares = None     # Slurm's fair-share factors (sshare), for fairshare_source: slurm
         self._closing: dict[str, Session] = {}       # closed, batches may still end: charged to them
         self.templates = TemplateIndex(store, config.template_ttl_s)
         self.on_worker_lost = on_worker_lost             # a local worker that stopped beating: kill it
@@ -167,6 +168,7 @@ class Scheduler:
             d.outstanding.clear()
         self.policy = type(self.policy)(self.policy.cfg)
         self.policy.usage = self.usage
+        self._attach_shares(self.policy)
         self.usage.load(usage, time.time())
         self.quota.load(quota_used)
         self.events_from = last
@@ -508,12 +510,24 @@ class Scheduler:
         """Swap the policy (SIGHUP): backlogged sessions re-enter the new one in their current order."""
         self.policy = policy
         policy.usage = self.usage
+        self._attach_shares(policy)
         self.usage.half_life_s = policy.cfg.decay_half_life_s
         self.quota.set_specs(policy.cfg.quotas)
         self.release_quota_holds()
         for entry in self.sessions.values():
             entry.weight = self._weight(entry.session)
             self._enqueue(entry)
+        self.kick()
+
+    def _attach_shares(self, policy: Policy) -> None:
+        if hasattr(policy, "imported"):
+            policy.imported = self.slurm_shares
+
+    def set_slurm_shares(self, shares) -> None:
+        """Slurm's fair-share factors, imported from sshare (qsched.slurm.hooks); the policy re-keys its
+        queued sessions at its next periodic refresh."""
+        self.slurm_shares = shares
+        self._attach_shares(self.policy)
         self.kick()
 
     # ------------------------------------------------------------------ dispatch
@@ -958,9 +972,14 @@ class Scheduler:
         self._quota_gauges(time.time())
 
     def session_view(self, entry: SessionEntry) -> dict:
-        return {**entry.session.public(), "pending": len(entry.pending), "inflight": entry.inflight,
+        view = {**entry.session.public(), "pending": len(entry.pending), "inflight": entry.inflight,
                 "weight_effective": entry.weight, "held": bool(entry.held),
                 "reason": "; ".join(entry.held[k] for k in sorted(entry.held))}
+        factor = getattr(self.policy, "fairshare_factor", None)
+        if factor is not None:
+            view["fairshare_factor"] = factor(entry.info, time.time())
+            view["fairshare_source"] = self.policy.options.get("fairshare_source", "qsched")
+        return view
 
     async def unsupported(self, pool: str) -> dict[str, str]:
         """Instructions some device of the pool says it cannot run -> that device (devices of a pool are

@@ -32,6 +32,11 @@ class FairShare(Policy):
       job_size  pending tasks / (pending + priority_job_size_ref), or 1 minus that with
                 priority_favor_small.
     All weights 0 (the default) is plain SFQ.
+
+    fairshare_source slurm: the fair-share factor of a session is Slurm's for its association (the
+    user's FairShare in its account, else the account's), as last imported from sshare into
+    `self.imported` (the scheduler keeps it across policy reloads); a session Slurm does not know
+    (no job, or an account slurmdbd lacks) gets qsched's own factor.
     """
     name = "fair-share"
     OPTIONS = (
@@ -44,6 +49,11 @@ class FairShare(Policy):
         Option("priority_job_size_ref", 100, "pending tasks at which the job-size factor is 0.5", lo=1,
                kind="integer"),
         Option("priority_favor_small", False, "smaller backlogs first (PriorityFavorSmall)", kind="bool"),
+        Option("fairshare_source", "qsched", "where the fair-share factor comes from: qsched's own decayed "
+               "usage, or slurm (each association's factor from slurmdbd through sshare)", kind="choice",
+               choices=("qsched", "slurm")),
+        Option("fairshare_refresh_s", 60.0, "with fairshare_source slurm: how often sshare is read "
+               "(PriorityCalcPeriod)", lo=1.0, hi=86_400.0),
     )
 
     def __init__(self, cfg=None):
@@ -63,6 +73,7 @@ class FairShare(Policy):
         self._args: dict[str, tuple] = {}             # multifactor: what each queued session's key came from
         self._since_refresh = 0
         self.tree = AccountTree(self.cfg.account_parents) if self.cfg.account_parents else None
+        self.imported = None          # with fairshare_source slurm: a SlurmShares (see qsched.slurm.shares)
 
     def _key(self, sid, pool, info, head_seq, now, size):
         w = self.weight_of(info) if info.cls else info.weight
@@ -140,7 +151,12 @@ class FairShare(Policy):
     def fairshare_factor(self, info: SessionInfo, now: float) -> float:
         """2^(-U/S) for the account among accounts, times 2^(-U/S) for the user among the users of its
         account (a two-level tree as sshare's: a user's usage competes with its account's users only).
-        With policy.account_parents the account part is the product down the account tree (tree.py)."""
+        With policy.account_parents the account part is the product down the account tree (tree.py).
+        Slurm's own factor instead where fairshare_source is slurm and Slurm knows the association."""
+        if self.imported is not None and self.options["fairshare_source"] == "slurm":
+            imported = self.imported.factor(info.account, info.user)
+            if imported is not None:
+                return float(imported)
         u, aw, uw = self.usage, self.cfg.account_weights, self.cfg.user_weights
         acct_sum, per_account = self._sums()
         f = 1.0

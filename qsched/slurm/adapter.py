@@ -64,6 +64,10 @@ class SlurmAdapter:
         """'22.05.8'."""
         raise NotImplementedError
 
+    def sshare(self) -> str:
+        """`sshare -P -a` text (every association's shares, usage and factor; needs slurmdbd)."""
+        raise NotImplementedError
+
 
 def _slurm_env(env: Mapping[str, str] | None) -> dict[str, str]:
     out = dict(os.environ)
@@ -164,6 +168,10 @@ class CliSlurmAdapter(SlurmAdapter):
         if not m:
             raise SlurmError(f"cannot read the Slurm version from {cp.stdout!r}")
         return m.group(1)
+
+    def sshare(self) -> str:
+        from .shares import SSHARE_FORMAT
+        return self._run("sshare", "-P", "-a", "-o", SSHARE_FORMAT).stdout
 
     def ping(self) -> bool:
         """slurmctld answers."""

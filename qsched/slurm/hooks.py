@@ -6,7 +6,8 @@
                                                              job's facts from Slurm (job_facts: account,
                                                              user, uid, job_id) for the session to use
     "on_close":   async (record) -> None                    the usage into the job's AdminComment
-    "background": [async (scheduler) -> None]               the reconciler loop
+    "background": [async (scheduler) -> None]               the reconciler loop; the sshare importer
+                                                             (policy fairshare_source: slurm)
 
 Config (`slurm:` in qsched.yaml, all optional):
     enabled: auto | true | false     auto: when the Slurm client and a slurm.conf are present
@@ -33,6 +34,7 @@ from . import munge
 from .accounting import write_usage
 from .adapter import CliSlurmAdapter, SlurmAdapter, SlurmError, get_adapter, pyslurm_problem
 from .reconcile import SessionRef, ended_sessions
+from .shares import SshareParseError, parse_shares
 from .verify import job_facts, verify_job_for_session
 
 log = logging.getLogger("qsched.slurm")
@@ -143,6 +145,33 @@ def reconciler(adapter: SlurmAdapter, *, interval_s: float = 1.0, on_close=None)
     return slurm_reconciler
 
 
+def fairshare_importer(adapter: SlurmAdapter, *, idle_s: float = 1.0):
+    """Background loop: while the policy says fairshare_source: slurm, read `sshare -P -a` every
+    fairshare_refresh_s and hand the factors to the scheduler. Looks at the policy each round, so a
+    SIGHUP turns it on or off. A failed read keeps the last factors (logged once until one succeeds)."""
+    async def slurm_fairshare_importer(sch) -> None:
+        warned = False
+        while True:
+            opts = getattr(sch.policy, "options", {}) or {}
+            if opts.get("fairshare_source") != "slurm":
+                await asyncio.sleep(idle_s)
+                continue
+            try:
+                shares = parse_shares(await asyncio.to_thread(adapter.sshare))
+                if not warned and sch.slurm_shares is None:
+                    log.info("fair share from Slurm: %d accounts, %d users (sshare every %g s)",
+                             len(shares.accounts), len(shares.users), float(opts["fairshare_refresh_s"]))
+                sch.set_slurm_shares(shares)
+                warned = False
+            except (SlurmError, SshareParseError) as e:
+                if not warned:
+                    log.warning("fair share from Slurm: sshare failed, keeping the last factors: %s",
+                                getattr(e, "message", e))
+                    warned = True
+            await asyncio.sleep(float(opts.get("fairshare_refresh_s", 60.0)))
+    return slurm_fairshare_importer
+
+
 def daemon_hooks(config) -> dict:
     """Build the hooks from config.slurm (see the module doc). {} when neither Slurm nor MUNGE is here."""
     cfg = dict(getattr(config, "slurm", None) or {})
@@ -160,7 +189,11 @@ def daemon_hooks(config) -> dict:
     sock = cfg.get("munge_socket")
     if munge.available(sock):
         hooks["munge"] = munge_hook(sock)
+    wants_shares = (getattr(getattr(config, "policy", None), "options", None) or {}).get("fairshare_source") == "slurm"
     if enabled is False or (enabled == "auto" and not _slurm_present(env)):
+        if wants_shares:
+            raise ConfigError("policy.fairshare_source: slurm needs the Slurm hooks (slurm.enabled, a slurm.conf "
+                              "and the Slurm client)", field="policy.fairshare_source")
         return hooks
     adapter = get_adapter(cfg.get("backend", "auto"), env=env)
     hooks["verify_job"] = verify_hook(adapter, require_qpu=bool(cfg.get("require_qpu", True)))
@@ -170,7 +203,9 @@ def daemon_hooks(config) -> dict:
     interval = float(cfg.get("reconcile_interval_s", 1.0))
     if not 0.05 <= interval <= 60:
         raise ConfigError("slurm.reconcile_interval_s: expected 0.05..60", field="slurm.reconcile_interval_s")
-    hooks["background"] = [reconciler(adapter, interval_s=interval, on_close=on_close)]
+    # the importer idles unless the policy asks for Slurm's factors (a SIGHUP may turn them on)
+    hooks["background"] = [reconciler(adapter, interval_s=interval, on_close=on_close),
+                           fairshare_importer(adapter)]
     hooks["slurm_adapter"] = adapter
     log.info("slurm: %s backend, reconcile every %.2g s, MUNGE %s", adapter.name, interval,
              "on" if "munge" in hooks else "off")

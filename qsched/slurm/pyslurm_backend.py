@@ -110,3 +110,6 @@ class PyslurmAdapter(SlurmAdapter):
 
     def version(self) -> str:
         return self.cli.version()
+
+    def sshare(self) -> str:
+        return self.cli.sshare()

@@ -34,9 +34,12 @@ if [ -d "$DIR/spool" ]; then
 fi
 stop "$DIR/run/slurmd.pid"
 stop "$DIR/run/slurmctld.pid"
+# slurmctld first: it sends its last job records to slurmdbd, which writes them to MariaDB
+stop "$DIR/run/slurmdbd.pid"
+stop "$DIR/run/mariadb.pid"
 # munged is shared by every Slurm on the machine (other slurm-up dirs reuse the one we started):
-# stop it only when we started it and no slurmctld/slurmd is left
-if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+# stop it only when we started it and no slurmctld/slurmd/slurmdbd is left
+if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || pgrep -x slurmdbd >/dev/null; then
     rm -f "$DIR/run/munged.pid"
 else
     stop "$DIR/run/munged.pid"

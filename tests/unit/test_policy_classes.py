@@ -196,6 +196,30 @@ def test_fairshare_factor_follows_configured_shares():
     assert order.count("b") / order.count("s") == pytest.approx(3.0, rel=0.1)
 
 
+def test_fairshare_from_slurm_replaces_the_factor_of_associations_slurm_knows():
+    """fairshare_source slurm: Slurm's factor (user association first, then account) decides the order,
+    even against qsched's own usage; a session Slurm does not know keeps qsched's factor; the default
+    source ignores what was imported."""
+    from qsched.slurm.shares import SlurmShares
+    imported = SlurmShares(accounts={"chem": 0.2, "phys": 0.9}, users={("chem", "alice"): 0.1})
+    p = FairShare(parse_policy({**FS, "fairshare_source": "slurm"}))
+    p.usage.charge("bob", "phys", 100.0, now=0.0)          # qsched alone would put phys last
+    p.imported = imported
+    alice, bob, carol = info("a", user="alice", account="chem"), info("b", user="bob", account="phys"), \
+        info("c", user="carol", account="chem")
+    assert p.fairshare_factor(alice, 1.0) == 0.1 and p.fairshare_factor(carol, 1.0) == 0.2
+    assert p.fairshare_factor(bob, 1.0) == 0.9
+    stranger = info("x", user="x", account="local")
+    assert p.fairshare_factor(stranger, 1.0) == pytest.approx(1.0)    # qsched's own: no usage of its own
+    for sid, i in (("a", alice), ("b", bob), ("c", carol)):
+        p.enqueue(sid, "p", i, 1, now=1.0)
+    assert [p.pick("p", now=1.0) for _ in range(3)] == ["b", "c", "a"]
+    own = FairShare(parse_policy(FS))                      # fairshare_source qsched (the default)
+    own.usage.charge("bob", "phys", 100.0, now=0.0)
+    own.imported = imported
+    assert own.fairshare_factor(bob, 1.0) < 0.5 and own.fairshare_factor(alice, 1.0) == pytest.approx(1.0)
+
+
 # ---------------------------------------------------------------------------------- multifactor
 def test_qos_factor_orders_classes_within_a_tier():
     p = FairShare(parse_policy({"priority_weight_qos": 10}))
@@ -304,6 +328,9 @@ def test_classes_config():
     ({"priority_weight_fairshare": "high"}, "policy.priority_weight_fairshare"),
     ({"priority_favor_small": 1}, "policy.priority_favor_small"),
     ({"name": "fifo", "priority_weight_qos": 1}, "policy.priority_weight_qos"),
+    ({"fairshare_source": "slurmdbd"}, "policy.fairshare_source"),
+    ({"fairshare_refresh_s": 0.1}, "policy.fairshare_refresh_s"),
+    ({"name": "fifo", "fairshare_source": "slurm"}, "policy.fairshare_source"),
 ])
 def test_bad_class_and_option_values_name_the_field(raw, field):
     with pytest.raises(ConfigError) as e:

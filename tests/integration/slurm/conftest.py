@@ -1,5 +1,6 @@
-"""A real single-machine Slurm (munge + slurmctld + slurmd) for the whole session, brought up by
-slurm/testing/slurm-up.sh, plus two real Unix users and a qsched daemon wired to it.
+"""A real single-machine Slurm (munge + slurmctld + slurmd, with slurmdbd on a private MariaDB for
+accounting) for the whole session, brought up by slurm/testing/slurm-up.sh, plus two real Unix users
+with Slurm associations (qsalice in account chem, qsbob in phys) and a qsched daemon wired to it.
 
 Needs root (slurmd, useradd) and apt or the packages installed. Elsewhere the tests skip, except with
 CI=true, where a Slurm that will not start is a failure.
@@ -26,6 +27,8 @@ REPO = Path(__file__).resolve().parents[3]
 UP = REPO / "slurm" / "testing" / "slurm-up.sh"
 DOWN = REPO / "slurm" / "testing" / "slurm-down.sh"
 USERS = ("qsalice", "qsbob")
+# Slurm associations (slurmdbd enforces them): the first account of a user is its default
+ACCOUNTS = {"chem": ("qsalice",), "phys": ("qsbob",)}
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -35,18 +38,22 @@ def _unavailable(why: str):
     pytest.skip(why)
 
 
-def _free_port_pair() -> int:
-    """A port P with P and P+1 free (slurmctld, slurmd)."""
+def _free_ports(n: int = 4) -> int:
+    """A port P with P..P+n-1 free (slurmctld, slurmd, slurmdbd, MariaDB)."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             p = s.getsockname()[1]
-        if p > 60000:
+        if p > 65535 - n:
             continue
-        with contextlib.suppress(OSError), socket.socket() as s2:
-            s2.bind(("127.0.0.1", p + 1))
+        with contextlib.ExitStack() as held:
+            try:
+                for k in range(1, n):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", p + k))
+            except OSError:
+                continue
             return p
-    raise RuntimeError("no free port pair")
+    raise RuntimeError(f"no {n} free consecutive ports")
 
 
 def _free_port() -> int:
@@ -112,8 +119,9 @@ def slurm():
         _unavailable("Slurm is not installed and there is no apt-get")
     d = Path(tempfile.mkdtemp(prefix="qsched-slurm-", dir="/tmp"))
     d.chmod(0o755)
-    port = _free_port_pair()
-    env = {**os.environ, "QSCHED_SLURM_PORT": str(port)}
+    port = _free_ports()
+    env = {**os.environ, "QSCHED_SLURM_PORT": str(port), "QSCHED_SLURM_ACCOUNTING": "1",
+           "QSCHED_SLURM_ACCOUNTS": " ".join(f"{a}={','.join(us)}" for a, us in ACCOUNTS.items())}
     try:
         cp = subprocess.run(["bash", str(UP), str(d)], capture_output=True, text=True, env=env, timeout=600)
     except subprocess.TimeoutExpired:

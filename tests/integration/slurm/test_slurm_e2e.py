@@ -541,3 +541,31 @@ def _read(path) -> int:
         return int(path.read_text() or 0)
     except (FileNotFoundError, ValueError):
         return 0
+
+
+def test_sacct_shows_the_jobs_quantum_usage(slurm, slurm_daemon, users, user_python):
+    """Issue 13 point 13: with slurmdbd, `sacct -o JobID,AdminComment%120` shows qsched's usage for the
+    job (written into AdminComment while the job still RUNs, at the plugin's last-task exit), beside
+    Slurm's own account and state."""
+    alice = users["qsalice"]
+    barrier = alice.home / "barrier-sacct"
+    barrier.mkdir(exist_ok=True)
+    barrier.chmod(0o777)
+    script = _script(alice, user_python, "vqe-sacct.sh", VQE)
+    out = alice.home / "sacct.out"
+    jid = slurm.sbatch("--gres=qpu:1", "-o", str(out), str(script), "2", str(barrier), "1",
+                       user=alice.name, cwd=alice.home)
+    info = slurm.wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)
+    assert info["JobState"] == "COMPLETED", out.read_text()
+    sid = _wait(lambda: _accounting(slurm_daemon, [jid]).get(str(jid)), 10, "accounting record")["session"]
+
+    def sacct_row():
+        # slurmctld sends job records to slurmdbd asynchronously: poll
+        cp = slurm.run("sacct", "-j", str(jid), "-X", "-n", "-P", "-o", "JobID,Account,State,AdminComment%120")
+        row = cp.stdout.strip().split("|")
+        return row if len(row) == 4 and row[2] == "COMPLETED" and "tasks=" in row[3] else None
+    job_id, account, state, comment = _wait(sacct_row, 30, f"sacct to show job {jid}'s usage")
+    print(slurm.run("sacct", "-j", str(jid), "-X", "-o", "JobID,User,Account,State,AdminComment%120").stdout)
+    assert (job_id, account) == (str(jid), "chem")     # qsalice's default association
+    assert comment.startswith(f"qsched:qpu=1,pool=aer,class=batch,session={sid},device_s="), comment
+    assert ",tasks=2," in comment, comment

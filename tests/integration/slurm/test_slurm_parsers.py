@@ -103,3 +103,51 @@ def test_daemon_hooks_config_is_checked():
         daemon_hooks(Cfg())
     Cfg.slurm = {"enabled": False}
     assert set(daemon_hooks(Cfg())) <= {"munge"}  # MUNGE where munged answers, nothing Slurm
+
+
+# sshare -P -a -o Account,User,RawShares,NormShares,RawUsage,EffectvUsage,FairShare,LevelFS on Slurm 22.05
+# (fair tree) after sacctmgr set chem fairshare=30, phys 10, and a job of qsalice's in chem
+SSHARE_22_05 = """Account|User|RawShares|NormShares|RawUsage|EffectvUsage|FairShare|LevelFS
+root|||0.000000|347|1.000000||
+ root|root|1|0.024390|115|0.333333|0.333333|0.073171
+ chem||30|0.731707|231|0.666667||1.097561
+  chem|qsalice|1|1.000000|231|1.000000|0.666667|1.000000
+ phys||10|0.243902|0|0.000000||inf
+  phys|qsbob|1|1.000000|0|0.000000|1.000000|inf
+ idle||0|0.000000|0|0.000000||
+"""
+
+
+def test_sshare_parser_and_factors():
+    from qsched.slurm.shares import SshareParseError, parse_shares, parse_sshare
+    rows = parse_sshare(SSHARE_22_05)
+    assert [(r.account, r.user, r.depth) for r in rows[:4]] == [
+        ("root", "", 0), ("root", "root", 1), ("chem", "", 1), ("chem", "qsalice", 2)]
+    chem = rows[2]
+    assert (chem.raw_shares, chem.raw_usage, chem.fairshare, chem.level_fs) == (30, 231.0, None, 1.097561)
+    assert rows[5].level_fs == float("inf")
+    s = parse_shares(SSHARE_22_05)
+    assert s.users == {("root", "root"): 0.333333, ("chem", "qsalice"): 0.666667, ("phys", "qsbob"): 1.0}
+    # account rows under fair tree: 2^(-EffectvUsage/NormShares); no shares at all ranks last
+    assert s.accounts["chem"] == pytest.approx(2 ** (-0.666667 / 0.731707))
+    assert s.accounts["phys"] == 1.0 and s.accounts["idle"] == 0.0 and "root" not in s.accounts
+    assert s.factor("chem", "qsalice") == 0.666667 and s.factor("chem", "newuser") == s.accounts["chem"]
+    assert s.factor("nowhere", "x") is None
+    # the classic algorithm prints FairShare on account rows too: taken as printed; columns in any order
+    classic = parse_shares("User|Account|FairShare|NormShares|EffectvUsage\n|a|0.25|0.5|0.5\nu|a|0.125|1|1\n")
+    assert classic.accounts == {"a": 0.25} and classic.users == {("a", "u"): 0.125}
+    for bad in ("", "no header here\n", "Account|User\nonly-one-field\n"):
+        with pytest.raises(SshareParseError):
+            parse_sshare(bad)
+
+
+def test_fairshare_source_slurm_needs_the_slurm_hooks():
+    from qsched.config import parse_policy
+    from qsched.slurm import daemon_hooks
+
+    class Cfg:
+        slurm = {"enabled": False}
+        policy = parse_policy({"fairshare_source": "slurm"})
+    with pytest.raises(ConfigError) as e:
+        daemon_hooks(Cfg())
+    assert e.value.field == "policy.fairshare_source"

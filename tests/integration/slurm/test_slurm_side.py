@@ -223,8 +223,9 @@ def test_verify_job_for_session(slurm, adapter, users):
 
 
 def test_verify_hook_reports_the_jobs_account_from_slurm(slurm, adapter, users):
-    """The daemon's verify_job hook answers with the facts of record: `sbatch -A chem` gives account chem
-    (kept as given without slurmdbd), a job without -A gives ''."""
+    """The daemon's verify_job hook answers with the facts of record: `sbatch -A chem` gives account chem,
+    a job without -A gives the user's default association (slurmdbd), and an account the user has no
+    association with is refused by Slurm itself (AccountingStorageEnforce=associations)."""
     import asyncio
 
     from qsched.slurm.hooks import verify_hook
@@ -239,7 +240,12 @@ def test_verify_hook_reports_the_jobs_account_from_slurm(slurm, adapter, users):
         verify = verify_hook(adapter)
         facts = asyncio.run(verify(str(chem), alice.uid))
         assert facts == {"account": "chem", "user": alice.name, "uid": alice.uid, "job_id": str(chem)}
-        assert asyncio.run(verify(str(plain), alice.uid))["account"] == ""
+        assert slurm.job(plain)["Account"] == "chem"      # qsalice's default association
+        assert asyncio.run(verify(str(plain), alice.uid))["account"] == "chem"
+        cp = slurm.sbatch("-A", "phys", "--gres=qpu:1", "--wrap=true", "-o", "/dev/null", user=alice.name,
+                          cwd=alice.home, check=False)
+        assert isinstance(cp, subprocess.CompletedProcess) and cp.returncode != 0
+        assert "Invalid account" in cp.stderr, cp.stderr
         from qsched.errors import Forbidden
         with pytest.raises(Forbidden):
             asyncio.run(verify(str(chem), users["qsbob"].uid))
