@@ -214,6 +214,8 @@ EOF
         IFS=, read -ra members <<<"${spec#*=}"
         for u in "${members[@]}"; do
             [ -n "$u" ] || continue
+            # slurmctld gives an association its uid when it loads it: a user created later stays refused
+            id "$u" >/dev/null 2>&1 || log "warning: no Unix user $u yet: its jobs get 'Invalid account'"
             sacctmgr -n -P list assoc user="$u" account="$acct" format=User | grep -qx "$u" ||
                 sacctmgr -i add user "$u" account="$acct" cluster="$CLUSTER" >/dev/null
         done

@@ -117,6 +117,15 @@ def slurm():
     have = shutil.which("slurmctld") and shutil.which("slurmd") and Path("/usr/include/slurm/spank.h").exists()
     if not have and not shutil.which("apt-get"):
         _unavailable("Slurm is not installed and there is no apt-get")
+    # the Unix users before their associations: slurmctld resolves an association's user name to a uid
+    # when it loads it, and one added for a missing user stays without (its jobs: "Invalid account")
+    created = []
+    for name in USERS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-s", "/bin/bash", name], check=True, capture_output=True)
+            created.append(name)
     d = Path(tempfile.mkdtemp(prefix="qsched-slurm-", dir="/tmp"))
     d.chmod(0o755)
     port = _free_ports()
@@ -128,6 +137,7 @@ def slurm():
         _unavailable("slurm-up.sh timed out")
     if cp.returncode != 0:
         subprocess.run(["bash", str(DOWN), str(d), "--purge"], capture_output=True)
+        _delete_users(created)
         _unavailable(f"slurm-up.sh failed:\n{cp.stderr[-3000:]}")
     plugstack = d / "etc" / "plugstack.conf"
     env = {**os.environ, "SLURM_CONF": str(d / "etc" / "slurm.conf")}
@@ -137,6 +147,12 @@ def slurm():
     yield cluster
     cluster.cancel_all()
     subprocess.run(["bash", str(DOWN), str(d), "--purge"], capture_output=True, timeout=60)
+    _delete_users(created)
+
+
+def _delete_users(names) -> None:
+    for name in names:
+        subprocess.run(["userdel", name], capture_output=True)
 
 
 @dataclass
@@ -149,23 +165,17 @@ class SlurmUser:
 
 @pytest.fixture(scope="session")
 def users(slurm):
-    """Two real Unix users (created when missing, removed at the end if we created them)."""
-    created, out = [], {}
+    """Two real Unix users (the slurm fixture creates them when missing and removes those it created),
+    each with a work dir."""
+    out = {}
     for name in USERS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "-M", "-s", "/bin/bash", name], check=True, capture_output=True)
-            created.append(name)
         pw = pwd.getpwnam(name)
         home = slurm.dir / "home" / name
         home.mkdir(parents=True, exist_ok=True)
         os.chown(home, pw.pw_uid, pw.pw_gid)
         home.chmod(0o755)
         out[name] = SlurmUser(name, pw.pw_uid, pw.pw_gid, home)
-    yield out
-    for name in created:
-        subprocess.run(["userdel", name], capture_output=True)
+    return out
 
 
 @dataclass

@@ -569,3 +569,70 @@ def test_sacct_shows_the_jobs_quantum_usage(slurm, slurm_daemon, users, user_pyt
     assert (job_id, account) == (str(jid), "chem")     # qsalice's default association
     assert comment.startswith(f"qsched:qpu=1,pool=aer,class=batch,session={sid},device_s="), comment
     assert ",tasks=2," in comment, comment
+
+
+def _reload_policy(daemon, policy: dict) -> dict:
+    """Rewrite the daemon's policy and SIGHUP it; returns the old policy once the log says the daemon took
+    the new one."""
+    import signal
+
+    import yaml
+    cfg = yaml.safe_load(daemon.config_path.read_text())
+    old, cfg["policy"] = cfg["policy"], policy
+    daemon.config_path.write_text(yaml.safe_dump(cfg))
+    n = daemon.log().count("SIGHUP: policy reloaded")
+    daemon.proc.send_signal(signal.SIGHUP)
+    _wait(lambda: daemon.log().count("SIGHUP: policy reloaded") > n, 10, "the policy reload")
+    return old
+
+
+@pytest.mark.slow
+def test_fairshare_factor_imported_from_slurmdbd(slurm, slurm_daemon, users):
+    """Issue 9 item 4: with `fairshare_source: slurm` the daemon's fair-share factor of a job's session is
+    Slurm's, read from slurmdbd's associations through `sshare -P -a`. RawShares come from sacctmgr (chem 30,
+    phys 10); usage from real jobs (Slurm adds running jobs' usage every PriorityCalcPeriod, one minute)."""
+    from qsched.slurm.shares import SSHARE_FORMAT, parse_shares
+    alice, bob = users["qsalice"], users["qsbob"]
+    for acct, shares in (("chem", 30), ("phys", 10)):
+        slurm.run("sacctmgr", "-i", "modify", "account", acct, "set", f"fairshare={shares}")
+    base = _reload_policy(slurm_daemon, {})     # what the module's daemon runs under, to add to and restore
+    _reload_policy(slurm_daemon, {**base, "fairshare_source": "slurm", "fairshare_refresh_s": 1,
+                                  "priority_weight_fairshare": 1000})
+    jobs = []
+    try:
+        # chem uses 4 CPUs for its 3/4 of the shares, phys 1 for its 1/4: chem ends up below its share
+        jobs = [slurm.sbatch("--gres=qpu:1", "-n", "4", "--wrap=sleep 300", "-o", "/dev/null", user=alice.name,
+                             cwd=alice.home),
+                slurm.sbatch("--gres=qpu:1", "--wrap=sleep 300", "-o", "/dev/null", user=bob.name, cwd=bob.home)]
+        for j in jobs:
+            slurm.wait_state(j, "RUNNING", timeout=30)
+        sessions = _wait(lambda: (s := _open_sessions(slurm_daemon)) and all(str(j) in s for j in jobs) and s,
+                         20, "both jobs' sessions")
+        assert (sessions[str(jobs[0])]["account"], sessions[str(jobs[1])]["account"]) == ("chem", "phys")
+
+        def sshare():
+            return parse_shares(slurm.run("sshare", "-P", "-a", "-o", SSHARE_FORMAT).stdout)
+        # Slurm's decay thread charges running jobs once a minute
+        shares = _wait(lambda: (s := sshare()) and all(r.raw_usage for r in s.rows if r.user in (alice.name, bob.name))
+                       and s, 150, "sshare to show the jobs' usage")
+        print(slurm.run("sshare", "-a", "-o", "Account,User,RawShares,NormShares,RawUsage,EffectvUsage,FairShare")
+              .stdout)
+        assert {r.account: r.raw_shares for r in shares.rows if not r.user} == {"root": None, "chem": 30, "phys": 10}
+
+        def imported():
+            # the two reads are not atomic: a decay between them changes Slurm's factors, so read again
+            s, now = sshare(), _open_sessions(slurm_daemon)
+            want = {str(jobs[0]): s.users[("chem", alice.name)], str(jobs[1]): s.users[("phys", bob.name)]}
+            got = {j: now[j]["fairshare_factor"] for j in want}
+            return (got, now) if all(abs(got[j] - want[j]) < 1e-6 for j in want) else None
+        got, view = _wait(imported, 20, "the daemon to import Slurm's factors")
+        print("daemon's fair-share factors by job:", got)
+        assert all(view[j]["fairshare_source"] == "slurm" for j in got)
+        # chem used more than its share, phys less: Slurm ranks alice below bob, and so does the daemon
+        assert got[str(jobs[0])] < got[str(jobs[1])] <= 1.0
+    finally:
+        if jobs:
+            slurm.run("scancel", *map(str, jobs), check=False)
+        _reload_policy(slurm_daemon, base)
+        for acct in ("chem", "phys"):
+            slurm.run("sacctmgr", "-i", "modify", "account", acct, "set", "fairshare=1", check=False)
