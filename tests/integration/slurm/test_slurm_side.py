@@ -333,3 +333,36 @@ def test_qsched_submit_builds_sbatch_and_waits(slurm, users, tmp_path, monkeypat
         assert out.read_text().strip() == "pool=lightning"
     finally:
         slurm.set_plugstack()
+
+
+# --- job users' Python and working directories (docs/admin/slurm.md) -------------------------------
+
+def test_job_users_python_and_working_directory(slurm, users, user_python, tmp_path):
+    """The examples' scripts run `$QSCHED_PYTHON`; a job runs in its submit dir, or in /tmp (with
+    slurmstepd's message in its output) when its user cannot enter that dir."""
+    alice = users["qsalice"]
+    # the interpreter choice of examples/*.sbatch
+    lines = [ln for ln in (REPO / "examples" / "vqe.sbatch").read_text().splitlines() if ln.startswith(("PY=", "if "))]
+    assert lines[0] == 'PY="${QSCHED_PYTHON:-python3}"', lines
+    script = alice.home / "which-python.sh"
+    script.write_text("#!/bin/bash\nROOT=/nonexistent\n" + "\n".join(lines) +
+                      '\nexec "$PY" -c "import os, sys, qsched; print(os.getcwd(), sys.executable)"\n')
+    script.chmod(0o755)
+    env = ",".join(f"{k}={v}" for k, v in user_python.env.items())
+    out = alice.home / "which-python.out"
+    jid = slurm.sbatch(f"--export=ALL,QSCHED_PYTHON={user_python.exe},{env}", "-o", str(out), str(script),
+                       user=alice.name, cwd=alice.home)
+    assert slurm.wait_state(jid, {"COMPLETED", "FAILED"})["JobState"] == "COMPLETED", out.read_text()
+    cwd, exe = out.read_text().split()
+    # the portable interpreter is a wrapper that execs the real binary beside it
+    assert cwd == str(alice.home) and Path(exe).parent == Path(user_python.exe).parent, (cwd, exe)
+    # submitted (as root, for alice) from a directory alice cannot enter
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    out2 = alice.home / "chdir.out"
+    jid = slurm.sbatch(f"--uid={alice.name}", f"--export=ALL,QSCHED_PYTHON={user_python.exe},{env}", "-o", str(out2),
+                       str(script), cwd=private)
+    slurm.wait_state(jid, {"COMPLETED", "FAILED"})
+    text = out2.read_text()
+    assert "going to /tmp instead" in text and str(private) in text, text
+    assert text.strip().splitlines()[-1].split()[0] == "/tmp", text
