@@ -339,7 +339,8 @@ def parse_slurm(d, path: str = "slurm") -> dict:
     validate`, start and reload all refuse the same mistakes."""
     d = _map(d, path)
     _unknown(d, {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment",
-                 "require_qpu"}, path)
+                 "require_qpu", "site"}, path)
+    _map(d.get("site"), f"{path}.site")         # its keys: qsched.slurm.site (checked with the pools)
     if d.get("enabled", "auto") not in ("auto", True, False):
         raise ConfigError(f"{path}.enabled: expected auto, true or false, got {d['enabled']!r}",
                           field=f"{path}.enabled")

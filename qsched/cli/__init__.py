@@ -569,6 +569,8 @@ def _register_optional():
         cli.add_command(submit)
     except ImportError:
         pass
+    from .slurm_cmd import slurm_group
+    cli.add_command(slurm_group)
 
 
 _register_optional()

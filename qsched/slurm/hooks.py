@@ -17,6 +17,8 @@ Config (`slurm:` in qsched.yaml, all optional):
     reconcile_interval_s: 1.0        an ended job's session closes within this (plus one squeue)
     admin_comment: true              write usage into AdminComment at close (needs operator rights)
     require_qpu: true                a job must ask for quantum access to get a session
+    site: {default_pool, default_class, slots_per_device, max_qpu}
+                                     what `qsched slurm sync` writes for job_submit.lua (qsched.slurm.site)
 MUNGE works without Slurm too (any cluster with munged); it is on when munged answers.
 """
 from __future__ import annotations
@@ -35,11 +37,13 @@ from .accounting import write_usage
 from .adapter import CliSlurmAdapter, SlurmAdapter, SlurmError, get_adapter, pyslurm_problem
 from .reconcile import SessionRef, ended_sessions
 from .shares import SshareParseError, parse_shares
+from .site import site_from_config
 from .verify import job_facts, verify_job_for_session
 
 log = logging.getLogger("qsched.slurm")
 
-_KEYS = {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment", "require_qpu"}
+_KEYS = {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment", "require_qpu",
+         "site"}
 
 
 def _slurm_present(env: dict) -> bool:
@@ -179,6 +183,8 @@ def daemon_hooks(config) -> dict:
     if unknown:
         raise ConfigError(f"slurm: unknown keys {sorted(unknown)} (known: {sorted(_KEYS)})",
                           field=f"slurm.{sorted(unknown)[0]}")
+    if cfg.get("site") is not None:
+        site_from_config(config)      # `daemon check` refuses what `qsched slurm sync` would
     env = {str(k): str(v) for k, v in (cfg.get("env") or {}).items()}
     enabled = cfg.get("enabled", "auto")
     if enabled not in ("auto", True, False):

@@ -2,12 +2,14 @@
 
 The quantum request of a job comes from (in this order of trust):
   * AdminComment `qsched:qpu=N,pool=P,class=C` written by job_submit.lua (only admins can set it),
-  * the license `qpu:N` or the GRES `gres:qpu:N` (count only).
+  * the pool's licence `qpu_POOL:N` (count and pool), the licence `qpu:N` or the GRES `gres:qpu:N` (count).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+
+from .site import pool_of_license
 
 # Slurm base states (flags like +COMPLETING are stripped)
 ACTIVE_STATES = frozenset({"RUNNING", "SUSPENDED", "COMPLETING", "STAGE_OUT", "SIGNALING"})
@@ -137,6 +139,11 @@ def qpu_request(licenses: dict[str, int], gres: dict[str, int], admin_comment: s
     if meta.get("qpu", "").isdigit():
         return QpuRequest(int(meta["qpu"]), meta.get("pool") or None, meta.get("class") or None,
                           "admin_comment")
+    per_pool = {p: n for name, n in licenses.items() if n and (p := pool_of_license(name))}
+    if per_pool:
+        # one pool's licence (job_submit.lua gives exactly one); several: the count only
+        pool = next(iter(per_pool)) if len(per_pool) == 1 else None
+        return QpuRequest(sum(per_pool.values()), pool, source="license")
     if licenses.get(QPU_RESOURCE):
         return QpuRequest(licenses[QPU_RESOURCE], source="license")
     if gres.get(QPU_RESOURCE):

@@ -11,7 +11,9 @@
 # port; slurmd uses port+1, slurmdbd port+2, MariaDB port+3), QSCHED_SLURM_LICENSES (default qpu:4),
 # QSCHED_SLURM_ACCOUNTING (1, the default: a private MariaDB + slurmdbd, accounting on, associations
 # enforced; 0: accounting_storage/none), QSCHED_SLURM_ACCOUNTS ("ACCOUNT=USER,USER ..." associations to
-# create; a user's first account is its default).
+# create; a user's first account is its default), QSCHED_SLURM_SITE_CONFIG (a qsched.yaml: `qsched slurm
+# sync` writes qsched_site.lua from it beside job_submit.lua, and its per-pool Licenses= line replaces
+# QSCHED_SLURM_LICENSES; run with $QSCHED_PYTHON, default python3).
 # Facts behind the choices: /work/shared/notes/SLURM.md (copied in docs/admin/slurm.md).
 set -euo pipefail
 # a caller's lock (`flock FILE slurm-up.sh`) must not live on in the daemons started here
@@ -89,6 +91,14 @@ make -s -C "$REPO/slurm/spank" >/dev/null
 install -m 0755 "$REPO/slurm/spank/qsched_spank.so" "$DIR/lib/qsched_spank.so"
 
 # the qsched lines from the admin snippet, with this scratch dir's paths
+# pools, classes and their licences from the daemon's config (one source for the daemon and the Lua)
+rm -f "$DIR/etc/qsched_site.lua"
+if [ -n "${QSCHED_SLURM_SITE_CONFIG:-}" ]; then
+    sync_out=$(SLURM_CONF=/nonexistent "${QSCHED_PYTHON:-python3}" -m qsched slurm sync \
+        --config "$QSCHED_SLURM_SITE_CONFIG" --lua "$DIR/etc/qsched_site.lua") || die "qsched slurm sync failed"
+    LICENSES=$(sed -n 's/^slurm.conf: Licenses=//p' <<<"$sync_out")
+    [ -n "$LICENSES" ] || die "qsched slurm sync printed no Licenses line: $sync_out"
+fi
 QSCHED_LINES=$(grep -v '^\s*#' "$REPO/slurm/conf/slurm.conf" | grep -v '^\s*$' |
     sed -e "s|^PlugStackConfig=.*|PlugStackConfig=$DIR/etc/plugstack.conf|" \
         -e "s|^Licenses=.*|Licenses=$LICENSES|")
@@ -225,15 +235,15 @@ fi
 # --- daemons ----------------------------------------------------------------------------------
 /usr/sbin/slurmctld -i 2>"$DIR/log/slurmctld.err" || die "slurmctld: $(cat "$DIR/log/slurmctld.err")"
 /usr/sbin/slurmd -N localhost 2>"$DIR/log/slurmd.err" || die "slurmd: $(cat "$DIR/log/slurmd.err")"
-for _ in $(seq 150); do
+for _ in $(seq 600); do
     state=$(sinfo -h -n localhost -o %T 2>/dev/null || true)
     case "$state" in idle*) break ;; esac
     sleep 0.1
 done
 case "${state:-}" in
     idle*) ;;
-    *) tail -20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
-       die "node not idle after 15 s (state: '${state:-none}')" ;;
+    *) tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+       die "node not idle after 60 s (state: '${state:-none}')" ;;
 esac
 log "up: SLURM_CONF=$SLURM_CONF (source $DIR/env.sh)"
 echo "$DIR/env.sh"

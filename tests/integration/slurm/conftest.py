@@ -68,6 +68,8 @@ class SlurmCluster:
     env: dict
     plugstack: Path
     plugstack_default: str
+    daemon_config: Path         # the daemon's qsched.yaml, written first: Slurm's pools and licences come from it
+    daemon_tcp: str
 
     def run(self, *argv, user: str | None = None, check=True, cwd=None, timeout=30, env=None):
         full = [*argv]
@@ -128,9 +130,12 @@ def slurm():
             created.append(name)
     d = Path(tempfile.mkdtemp(prefix="qsched-slurm-", dir="/tmp"))
     d.chmod(0o755)
+    daemon_config, tcp = _write_daemon_config(d)
     port = _free_ports()
     env = {**os.environ, "QSCHED_SLURM_PORT": str(port), "QSCHED_SLURM_ACCOUNTING": "1",
-           "QSCHED_SLURM_ACCOUNTS": " ".join(f"{a}={','.join(us)}" for a, us in ACCOUNTS.items())}
+           "QSCHED_SLURM_ACCOUNTS": " ".join(f"{a}={','.join(us)}" for a, us in ACCOUNTS.items()),
+           # qsched_site.lua and Licenses= from the daemon's config, through `qsched slurm sync`
+           "QSCHED_SLURM_SITE_CONFIG": str(daemon_config), "QSCHED_PYTHON": sys.executable}
     try:
         cp = subprocess.run(["bash", str(UP), str(d)], capture_output=True, text=True, env=env, timeout=600)
     except subprocess.TimeoutExpired:
@@ -143,7 +148,7 @@ def slurm():
     env = {**os.environ, "SLURM_CONF": str(d / "etc" / "slurm.conf")}
     for k in ("QSCHED_URL", "QSCHED_SESSION", "QSCHED_POOL", "QSCHED_CLASS", "SLURM_JOB_ID"):
         env.pop(k, None)
-    cluster = SlurmCluster(d, env, plugstack, plugstack.read_text())
+    cluster = SlurmCluster(d, env, plugstack, plugstack.read_text(), daemon_config, tcp)
     yield cluster
     cluster.cancel_all()
     subprocess.run(["bash", str(DOWN), str(d), "--purge"], capture_output=True, timeout=60)
@@ -262,15 +267,14 @@ class SlurmDaemon:
 
 
 # the policy the Slurm tests run under: account weights apply to sessions whose account Slurm reports
-SLURM_POLICY = {"name": "fair-share", "weights": {"accounts": {"chem": 2}}}
+# and a site class (premium) that job_submit.lua knows only from the generated qsched_site.lua
+SLURM_POLICY = {"name": "fair-share", "weights": {"accounts": {"chem": 2}}, "classes": {"premium": {"weight": 3}}}
 
 
-@pytest.fixture(scope="session")
-def slurm_daemon(slurm):
-    """`qsched up` as root in the state dir the plugstack's admin_socket points at, with one aer device
-    (so jobs' tasks must share it), a lightning pool (scripts that name it), and the Slurm hooks on.
-    A test may stop and start it (same state)."""
-    state = slurm.dir / "qsched"
+def _write_daemon_config(cluster_dir: Path) -> tuple[Path, str]:
+    """The daemon's config: one aer device (so jobs' tasks must share it), a lightning pool (scripts that
+    name it), the Slurm hooks on. Slurm's pool licences (4 per device) are generated from it."""
+    state = cluster_dir / "qsched"
     state.mkdir(exist_ok=True)
     state.chmod(0o755)
     tcp = f"127.0.0.1:{_free_port()}"
@@ -279,11 +283,19 @@ def slurm_daemon(slurm):
            "devices": [{"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16},
                        {"name": "lightning0", "type": "lightning", "pool": "lightning", "max_qubits": 16}],
            "policy": SLURM_POLICY,
-           "slurm": {"enabled": True, "env": {"SLURM_CONF": slurm.env["SLURM_CONF"]},
-                     "reconcile_interval_s": 0.5}}
+           "slurm": {"enabled": True, "env": {"SLURM_CONF": str(cluster_dir / "etc" / "slurm.conf")},
+                     "reconcile_interval_s": 0.5, "site": {"default_pool": "aer", "slots_per_device": 4}}}
     config_path = state / "qsched.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
-    d = SlurmDaemon(None, state, config_path, state / "daemon.log", tcp,  # type: ignore[arg-type]
+    return config_path, tcp
+
+
+@pytest.fixture(scope="session")
+def slurm_daemon(slurm):
+    """`qsched up` as root on the cluster's daemon config (see _write_daemon_config), in the state dir the
+    plugstack's admin_socket points at. A test may stop and start it (same state)."""
+    state = slurm.daemon_config.parent
+    d = SlurmDaemon(None, state, slurm.daemon_config, state / "daemon.log", slurm.daemon_tcp,  # type: ignore[arg-type]
                     env={**slurm.env, "QSCHED_STATE_DIR": str(state)})
     d.start()
     yield d

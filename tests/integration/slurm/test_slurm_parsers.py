@@ -151,3 +151,52 @@ def test_fairshare_source_slurm_needs_the_slurm_hooks():
     with pytest.raises(ConfigError) as e:
         daemon_hooks(Cfg())
     assert e.value.field == "policy.fairshare_source"
+
+
+def _cfg(devices, policy=None, site=None):
+    from qsched.config import parse_config
+    raw = {"devices": devices, "policy": policy or {}, "slurm": {"enabled": False, **({"site": site} if site else {})}}
+    return parse_config(raw)
+
+
+def test_site_from_the_daemons_config():
+    """Per-pool licences: slots_per_device x the pool's devices; classes from the policy; the Lua table."""
+    from qsched.slurm.site import pool_of_license, render_site_lua, site_from_config
+    cfg = _cfg([{"name": "a0", "type": "aer", "pool": "aer"}, {"name": "a1", "type": "aer", "pool": "aer"},
+                {"name": "q0", "type": "null", "pool": "qpu-1"}],
+               policy={"classes": {"gold": {"tier": 1}}}, site={"slots_per_device": 3, "default_pool": "qpu-1"})
+    site = site_from_config(cfg)
+    assert dict(site.pools) == {"aer": 6, "qpu-1": 3} and site.default_pool == "qpu-1"
+    assert site.licenses_line() == "Licenses=qpu_aer:6,qpu_qpu-1:3"
+    lua = render_site_lua(site, source="x.yaml")
+    assert 'pools = { ["aer"] = "qpu_aer", ["qpu-1"] = "qpu_qpu-1" },' in lua
+    assert '["gold"] = true' in lua and '["batch"] = true' in lua and 'default_pool = "qpu-1",' in lua
+    assert "-- Licenses=qpu_aer:6,qpu_qpu-1:3" in lua
+    assert site_from_config(_cfg([{"name": "n", "type": "null"}])).default_pool == "null"   # the first pool
+    assert pool_of_license("qpu_aer") == "aer" and pool_of_license("qpu") is None and pool_of_license("qpu_") is None
+
+
+@pytest.mark.parametrize("devices, site, field", [
+    ([{"name": "n", "type": "null", "pool": "bad pool"}], None, "devices"),
+    ([{"name": "n", "type": "null"}], {"default_pool": "aer"}, "slurm.site.default_pool"),
+    ([{"name": "n", "type": "null"}], {"default_class": "gold"}, "slurm.site.default_class"),
+    ([{"name": "n", "type": "null"}], {"slots_per_device": 0}, "slurm.site.slots_per_device"),
+    ([{"name": "n", "type": "null"}], {"max_qpu": "4"}, "slurm.site.max_qpu"),
+    ([{"name": "n", "type": "null"}], {"licences": 4}, "slurm.site.licences"),
+])
+def test_site_config_errors_name_the_field(devices, site, field):
+    from qsched.slurm.site import site_from_config
+    with pytest.raises(ConfigError) as e:
+        site_from_config(_cfg(devices, site=site))
+    assert e.value.field == field
+
+
+def test_pool_licence_is_a_quantum_request():
+    """From scontrol (licences only) a pool's licence gives the count and the pool."""
+    rec = parse_scontrol_record("JobId=5 JobName=x UserId=alice(1001) GroupId=g(5) JobState=RUNNING "
+                                "Licenses=qpu_lightning:2,matlab:1")
+    j = job_from_scontrol(rec)
+    assert (j.qpu.count, j.qpu.pool, j.qpu.source) == (2, "lightning", "license")
+    j2 = job_from_squeue_json({"job_id": 6, "job_state": "PENDING", "user_name": "a", "user_id": 1,
+                               "licenses": "qpu_aer:1,qpu_lightning:1"})
+    assert (j2.qpu.count, j2.qpu.pool) == (2, None)
