@@ -339,7 +339,7 @@ def parse_slurm(d, path: str = "slurm") -> dict:
     validate`, start and reload all refuse the same mistakes."""
     d = _map(d, path)
     _unknown(d, {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment",
-                 "require_qpu", "site"}, path)
+                 "require_qpu", "site", "mirror_maintenance"}, path)
     _map(d.get("site"), f"{path}.site")         # its keys: qsched.slurm.site (checked with the pools)
     if d.get("enabled", "auto") not in ("auto", True, False):
         raise ConfigError(f"{path}.enabled: expected auto, true or false, got {d['enabled']!r}",
@@ -351,7 +351,7 @@ def parse_slurm(d, path: str = "slurm") -> dict:
     if d.get("munge_socket") is not None:
         _type(d["munge_socket"], str, f"{path}.munge_socket", "a path")
     _num(d, "reconcile_interval_s", path, 1.0, lo=0.05, hi=60)
-    for flag in ("admin_comment", "require_qpu"):
+    for flag in ("admin_comment", "require_qpu", "mirror_maintenance"):
         if flag in d:
             _type(d[flag], bool, f"{path}.{flag}", "true or false")
     return d

@@ -68,6 +68,14 @@ class SlurmAdapter:
         """`sshare -P -a` text (every association's shares, usage and factor; needs slurmdbd)."""
         raise NotImplementedError
 
+    def reservations(self) -> dict[str, dict[str, int]]:
+        """Every reservation: name -> its licences."""
+        raise NotImplementedError
+
+    def scontrol(self, *args: str) -> str:
+        """`scontrol ARGS` (operator rights); Slurm's refusal raises SlurmError with its message."""
+        raise NotImplementedError
+
 
 def _slurm_env(env: Mapping[str, str] | None) -> dict[str, str]:
     out = dict(os.environ)
@@ -172,6 +180,13 @@ class CliSlurmAdapter(SlurmAdapter):
     def sshare(self) -> str:
         from .shares import SSHARE_FORMAT
         return self._run("sshare", "-P", "-a", "-o", SSHARE_FORMAT).stdout
+
+    def reservations(self) -> dict[str, dict[str, int]]:
+        from .maintenance import parse_reservations
+        return parse_reservations(self._run("scontrol", "show", "reservation", "-o").stdout)
+
+    def scontrol(self, *args: str) -> str:
+        return self._run("scontrol", *args).stdout
 
     def ping(self) -> bool:
         """slurmctld answers."""

@@ -19,6 +19,8 @@ Config (`slurm:` in qsched.yaml, all optional):
     require_qpu: true                a job must ask for quantum access to get a session
     site: {default_pool, default_class, slots_per_device, max_qpu}
                                      what `qsched slurm sync` writes for job_submit.lua (qsched.slurm.site)
+    mirror_maintenance: true         with site: device states and maintenance windows as Slurm licence
+                                     reservations (qsched.slurm.maintenance)
 MUNGE works without Slurm too (any cluster with munged); it is on when munged answers.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ from .verify import job_facts, verify_job_for_session
 log = logging.getLogger("qsched.slurm")
 
 _KEYS = {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment", "require_qpu",
-         "site"}
+         "site", "mirror_maintenance"}
 
 
 def _slurm_present(env: dict) -> bool:
@@ -176,6 +178,35 @@ def fairshare_importer(adapter: SlurmAdapter, *, idle_s: float = 1.0):
     return slurm_fairshare_importer
 
 
+def maintenance_mirror(adapter: SlurmAdapter, site, *, interval_s: float = 2.0, users: str = "root"):
+    """Background loop: the devices' admin states (and the scheduler's maintenance windows, when it has
+    them: `maintenance_windows`, an iterable of qsched.slurm.maintenance.Window) as Slurm licence
+    reservations (qsched.slurm.maintenance). A failed Slurm call is retried next round (logged once)."""
+    from .maintenance import DeviceView, desired_reservations, plan, scontrol_args
+
+    async def slurm_maintenance_mirror(sch) -> None:
+        warned = False
+        while True:
+            now = time.time()
+            devices = [DeviceView(n, d.spec.pool, d.state) for n, d in sch.devices.items()]
+            desired = desired_reservations(site, devices, list(getattr(sch, "maintenance_windows", ()) or ()), now)
+            try:
+                existing = await asyncio.to_thread(adapter.reservations)
+                for action in plan(desired, existing):
+                    await asyncio.to_thread(adapter.scontrol, *scontrol_args(action, now, users=users))
+                    r = action.reservation
+                    log.warning("slurm: reservation %s %s: licences %s%s", r.name, action.verb + "d",
+                                ",".join(f"{k}:{v}" for k, v in r.licenses.items()),
+                                f" (was {action.old})" if action.old else "")
+                warned = False
+            except SlurmError as e:
+                if not warned:
+                    log.warning("slurm: cannot mirror device states to reservations: %s", e.message)
+                    warned = True
+            await asyncio.sleep(interval_s)
+    return slurm_maintenance_mirror
+
+
 def daemon_hooks(config) -> dict:
     """Build the hooks from config.slurm (see the module doc). {} when neither Slurm nor MUNGE is here."""
     cfg = dict(getattr(config, "slurm", None) or {})
@@ -183,8 +214,8 @@ def daemon_hooks(config) -> dict:
     if unknown:
         raise ConfigError(f"slurm: unknown keys {sorted(unknown)} (known: {sorted(_KEYS)})",
                           field=f"slurm.{sorted(unknown)[0]}")
-    if cfg.get("site") is not None:
-        site_from_config(config)      # `daemon check` refuses what `qsched slurm sync` would
+    # `daemon check` refuses what `qsched slurm sync` would
+    site = site_from_config(config) if cfg.get("site") is not None else None
     env = {str(k): str(v) for k, v in (cfg.get("env") or {}).items()}
     enabled = cfg.get("enabled", "auto")
     if enabled not in ("auto", True, False):
@@ -212,6 +243,9 @@ def daemon_hooks(config) -> dict:
     # the importer idles unless the policy asks for Slurm's factors (a SIGHUP may turn them on)
     hooks["background"] = [reconciler(adapter, interval_s=interval, on_close=on_close),
                            fairshare_importer(adapter)]
+    # per-pool licences exist only with slurm.site (qsched slurm sync): then device states go to Slurm
+    if site is not None and cfg.get("mirror_maintenance", True):
+        hooks["background"].append(maintenance_mirror(adapter, site, interval_s=interval))
     hooks["slurm_adapter"] = adapter
     log.info("slurm: %s backend, reconcile every %.2g s, MUNGE %s", adapter.name, interval,
              "on" if "munge" in hooks else "off")

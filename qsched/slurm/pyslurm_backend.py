@@ -113,3 +113,9 @@ class PyslurmAdapter(SlurmAdapter):
 
     def sshare(self) -> str:
         return self.cli.sshare()
+
+    def reservations(self) -> dict[str, dict[str, int]]:
+        return self.cli.reservations()
+
+    def scontrol(self, *args: str) -> str:
+        return self.cli.scontrol(*args)

@@ -636,3 +636,82 @@ def test_fairshare_factor_imported_from_slurmdbd(slurm, slurm_daemon, users):
         _reload_policy(slurm_daemon, base)
         for acct in ("chem", "phys"):
             slurm.run("sacctmgr", "-i", "modify", "account", acct, "set", "fairshare=1", check=False)
+
+
+LOOP = r'''
+import sys, time, pathlib
+import numpy as np
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+import qsched
+
+iters, progress = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+qc = QuantumCircuit(1)
+qc.ry(Parameter("a"), 0)
+with qsched.Client() as c:
+    s = c.session()
+    for i in range(iters):
+        r = s.run("estimate", qc, np.full((1, 1), 0.1 * i), observables=["Z"], timeout=300)
+        tmp = progress.with_suffix(".tmp")
+        tmp.write_text(str(i + 1))
+        tmp.rename(progress)
+        time.sleep(0.2)   # the classical phase
+print("done", iters, flush=True)
+'''
+
+
+def _reservations(slurm) -> dict[str, str]:
+    from qsched.slurm.maintenance import parse_reservations
+    return {n: ",".join(f"{k}:{v}" for k, v in lic.items())
+            for n, lic in parse_reservations(slurm.run("scontrol", "show", "reservation", "-o").stdout).items()}
+
+
+def test_device_maintenance_is_mirrored_to_a_slurm_licence_reservation(slurm, slurm_daemon, users, user_python):
+    """Issue 10 point 4: `maintenance` on the aer pool's one device makes the daemon reserve the pool's
+    licences in Slurm: a job for the pool submitted meanwhile pends (Licenses) while a job for another
+    pool runs; the running job's session waits, and after `resume` the reservation is gone, the pending
+    job starts and the running one completes every iteration."""
+    alice, bob = users["qsalice"], users["qsbob"]
+    progress = alice.home / "maint.progress"
+    progress.unlink(missing_ok=True)
+    out = alice.home / "maint.out"
+    script = _script(alice, user_python, "maint.sh", LOOP)
+    iters = 30
+    admin = f"unix://{slurm_daemon.state_dir / 'admin.sock'}"
+    j1 = slurm.sbatch("--qpu=aer", "-o", str(out), str(script), str(iters), str(progress), user=alice.name,
+                      cwd=alice.home)
+    jobs = [j1]
+    try:
+        _wait(lambda: _read(progress) >= 3, 90, "the job's first iterations")
+        assert "qsched_down_aer" not in _reservations(slurm)
+        with slurm_daemon.client(admin) as c:
+            c.set_device_state("aer0", "maintenance", "mirror test")
+        res = _wait(lambda: _reservations(slurm).get("qsched_down_aer"), 15, "the reservation")
+        assert res == "qpu_aer:4"
+        lic = slurm.run("scontrol", "show", "lic", "qpu_aer", "-o").stdout
+        assert "Reserved=4 " in lic, lic
+        at_maint = _read(progress)
+        j2 = slurm.sbatch("--qpu=aer", "--wrap=true", "-o", "/dev/null", user=bob.name, cwd=bob.home)
+        j3 = slurm.sbatch("--qpu=lightning", "--wrap=true", "-o", "/dev/null", user=bob.name, cwd=bob.home)
+        jobs += [j2, j3]
+        assert slurm.wait_state(j3, {"COMPLETED", "FAILED"}, timeout=30)["JobState"] == "COMPLETED"
+        time.sleep(1.5)   # several scheduler passes
+        pending = slurm.job(j2)
+        assert (pending["JobState"], pending["Reason"]) == ("PENDING", "Licenses"), pending
+        # the running job's session waits: at most the batch that was on the device finished
+        assert slurm.job(j1)["JobState"] == "RUNNING"
+        assert _read(progress) <= at_maint + 1, (_read(progress), at_maint)
+        print(f"maintenance: job {j1} held at iteration {_read(progress)}, job {j2} PENDING (Licenses), "
+              f"lightning job {j3} COMPLETED")
+        with slurm_daemon.client(admin) as c:
+            c.set_device_state("aer0", "online")
+        _wait(lambda: "qsched_down_aer" not in _reservations(slurm), 15, "the reservation to go")
+        assert slurm.wait_state(j2, {"COMPLETED", "FAILED"}, timeout=30)["JobState"] == "COMPLETED"
+        info = slurm.wait_state(j1, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
+        assert info["JobState"] == "COMPLETED", out.read_text()
+        assert f"done {iters}" in out.read_text()
+        assert "reservation qsched_down_aer created" in slurm_daemon.log()
+    finally:
+        slurm.run("scancel", *map(str, jobs), check=False)
+        with slurm_daemon.client(admin) as c:
+            c.set_device_state("aer0", "online")

@@ -200,3 +200,47 @@ def test_pool_licence_is_a_quantum_request():
     j2 = job_from_squeue_json({"job_id": 6, "job_state": "PENDING", "user_name": "a", "user_id": 1,
                                "licenses": "qpu_aer:1,qpu_lightning:1"})
     assert (j2.qpu.count, j2.qpu.pool) == (2, None)
+
+
+def test_maintenance_reservations_from_states_and_windows():
+    from qsched.slurm.maintenance import DeviceView, Window, desired_reservations, plan, scontrol_args
+    from qsched.slurm.site import Site
+    site = Site(pools={"aer": 8, "qpu": 4}, classes=("batch",), default_pool="aer", default_class="batch",
+                max_qpu=4, slots_per_device=4)
+    devs = [DeviceView("a0", "aer", "online"), DeviceView("a1", "aer", "draining"), DeviceView("q0", "qpu", "online")]
+    now = 1000.0
+    want = desired_reservations(site, devs, [], now)
+    assert {n: dict(r.licenses) for n, r in want.items()} == {"qsched_down_aer": {"qpu_aer": 4}}
+    assert (want["qsched_down_aer"].start, want["qsched_down_aer"].end) == (None, None)
+    # a future window over the whole qpu pool, one over one aer device now, a past one
+    windows = [Window("qpu", start=1600.0, end=2200.0), Window("aer", start=900.0, end=1300.0, devices=("a0",)),
+               Window("qpu", start=100.0, end=200.0), Window("gone", start=0.0)]
+    want = desired_reservations(site, devs, windows, now)
+    assert {n: dict(r.licenses) for n, r in want.items()} == {
+        "qsched_down_aer": {"qpu_aer": 4}, "qsched_maint_aer_900": {"qpu_aer": 4},
+        "qsched_maint_qpu_1600": {"qpu_qpu": 4}}
+    # never more than the pool has: a1 down and a whole-pool window on now leave 4 for the window
+    capped = desired_reservations(site, devs, [Window("aer", start=0.0)], now)
+    assert dict(capped["qsched_maint_aer_0"].licenses) == {"qpu_aer": 4}
+    args = scontrol_args(plan({"x": want["qsched_maint_qpu_1600"]}, {})[0], now)
+    assert args == ["create", "ReservationName=qsched_maint_qpu_1600", "Licenses=qpu_qpu:4", "StartTime=now+600",
+                    "EndTime=now+1200", "Users=root", "Flags=LICENSE_ONLY,IGNORE_JOBS"]
+    assert "Duration=UNLIMITED" in scontrol_args(plan(want, {})[0], now)
+    # against what Slurm has: update the count, delete qsched's stale one, leave the site's own alone
+    existing = {"qsched_down_aer": {"qpu_aer": 8}, "qsched_down_qpu": {"qpu_qpu": 4}, "site_maint": {"qpu_aer": 1},
+                "qsched_maint_aer_900": {"qpu_aer": 4}}
+    acts = {(a.verb, a.reservation.name) for a in plan(want, existing)}
+    assert acts == {("update", "qsched_down_aer"), ("delete", "qsched_down_qpu"), ("create", "qsched_maint_qpu_1600")}
+    upd = next(a for a in plan(want, existing) if a.verb == "update")
+    assert scontrol_args(upd, now) == ["update", "ReservationName=qsched_down_aer", "Licenses=qpu_aer:4"]
+    assert plan({}, {"site_maint": {"qpu_aer": 1}}) == []
+
+
+def test_reservation_listing_parser():
+    from qsched.slurm.maintenance import parse_reservations
+    text = ("ReservationName=qsched_down_aer StartTime=2026-12-01T14:24:37 EndTime=2027-12-01T14:24:37 "
+            "Duration=365-00:00:00 Nodes=(null) NodeCnt=0 CoreCnt=0 Features=(null) PartitionName=(null) "
+            "Flags=IGNORE_JOBS,ANY_NODES TRES=(null) Users=root Groups=(null) Accounts=(null) Licenses=qpu_aer:4 "
+            "State=ACTIVE BurstBuffer=(null) Watts=n/a MaxStartDelay=(null)\n")
+    assert parse_reservations(text) == {"qsched_down_aer": {"qpu_aer": 4}}
+    assert parse_reservations("No reservations in the system\n") == {}
