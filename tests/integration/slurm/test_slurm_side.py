@@ -441,3 +441,50 @@ def test_job_users_python_and_working_directory(slurm, users, user_python, tmp_p
     text = out2.read_text()
     assert "going to /tmp instead" in text and str(private) in text, text
     assert text.strip().splitlines()[-1].split()[0] == "/tmp", text
+
+
+# --- maintenance windows as licence reservations (issue 10 point 4) -------------------------------
+
+@pytest.mark.slow
+def test_a_maintenance_window_reserves_the_pools_licences_for_its_time(slurm, users, adapter):
+    """A window over pool aer from now+5 s for a minute, applied as the daemon's mirror does: a job for aer
+    whose time limit would overlap it pends (Licenses) and starts once the window is over; a job for
+    lightning runs meanwhile; the mirror then drops the reservation."""
+    from qsched.config import load_config
+    from qsched.slurm.maintenance import Window, desired_reservations, plan, scontrol_args
+    from qsched.slurm.site import site_from_config
+    bob = users["qsbob"]
+    site = site_from_config(load_config(str(slurm.daemon_config)))
+    now = time.time()
+    window = Window("aer", start=now + 5, end=now + 65, reason="test")
+    desired = desired_reservations(site, [], [window], now)
+    name = f"qsched_maint_aer_{int(window.start)}"
+    assert list(desired) == [name]
+    slurm.set_plugstack("on_down=continue")  # no daemon in this module: let the jobs run anyway
+    jobs = []
+    try:
+        for action in plan(desired, adapter.reservations()):
+            adapter.scontrol(*scontrol_args(action, now))
+        assert adapter.reservations()[name] == {"qpu_aer": 4}
+        res = slurm.run("scontrol", "show", "reservation", name, "-o").stdout
+        assert "State=INACTIVE" in res and "Duration=00:01:00" in res, res
+        long = slurm.sbatch("--qpu=aer", "-t", "5", "--wrap=true", "-o", "/dev/null", user=bob.name, cwd=bob.home)
+        light = slurm.sbatch("--qpu=lightning", "-t", "5", "--wrap=true", "-o", "/dev/null", user=bob.name,
+                             cwd=bob.home)
+        jobs = [long, light]
+        assert slurm.wait_state(light, {"COMPLETED", "FAILED"})["JobState"] == "COMPLETED"
+        time.sleep(1.5)
+        j = slurm.job(long)
+        assert (j["JobState"], j["Reason"]) == ("PENDING", "Licenses"), j
+        info = slurm.wait_state(long, {"COMPLETED", "FAILED"}, timeout=150)
+        assert info["JobState"] == "COMPLETED"
+        assert time.time() >= window.end - 1          # not before the window was over
+        later = time.time()
+        for action in plan(desired_reservations(site, [], [window], later), adapter.reservations()):
+            adapter.scontrol(*scontrol_args(action, later))
+        assert name not in adapter.reservations()
+    finally:
+        slurm.run("scontrol", "delete", f"ReservationName={name}", check=False)
+        if jobs:
+            slurm.run("scancel", *map(str, jobs), check=False)
+        slurm.set_plugstack()
