@@ -1,4 +1,4 @@
-"""The `qsched` command: up | daemon | worker | submit | queue | session | device | policy | acct | top."""
+"""The `qsched` command: up | daemon | worker | submit | queue | session | device | policy | acct | top | slurm."""
 from __future__ import annotations
 
 import sys

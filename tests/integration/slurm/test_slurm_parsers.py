@@ -244,3 +244,25 @@ def test_reservation_listing_parser():
             "State=ACTIVE BurstBuffer=(null) Watts=n/a MaxStartDelay=(null)\n")
     assert parse_reservations(text) == {"qsched_down_aer": {"qpu_aer": 4}}
     assert parse_reservations("No reservations in the system\n") == {}
+
+
+def test_slurm_sync_writes_then_checks(tmp_path, monkeypatch):
+    import yaml
+    from click.testing import CliRunner
+
+    from qsched.cli import cli
+    cfg = tmp_path / "q.yaml"
+    cfg.write_text(yaml.safe_dump({"devices": [{"name": "n0", "type": "null", "pool": "fast"}]}))
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\nLicenses=qpu:4\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    r = CliRunner().invoke(cli, ["slurm", "sync", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    lua = (tmp_path / "qsched_site.lua").read_text()       # beside $SLURM_CONF
+    assert 'pools = { ["fast"] = "qpu_fast" },' in lua
+    assert "slurm.conf: Licenses=qpu_fast:4" in r.output and "has Licenses=qpu:4" in r.output
+    r = CliRunner().invoke(cli, ["slurm", "sync", "--config", str(cfg), "--check"])
+    assert r.exit_code == 1 and "the config needs Licenses=qpu_fast:4" in r.output
+    conf.write_text("Licenses=qpu_fast:4\n")
+    r = CliRunner().invoke(cli, ["slurm", "sync", "--config", str(cfg), "--check"])
+    assert r.exit_code == 0 and "in step" in r.output
