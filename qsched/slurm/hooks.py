@@ -178,7 +178,8 @@ def fairshare_importer(adapter: SlurmAdapter, *, idle_s: float = 1.0):
     return slurm_fairshare_importer
 
 
-def maintenance_mirror(adapter: SlurmAdapter, site, *, interval_s: float = 2.0, users: str = "root"):
+def maintenance_mirror(adapter: SlurmAdapter, site, *, interval_s: float = 2.0, recheck_s: float = 30.0,
+                       users: str = "root"):
     """Background loop: the devices' admin states (and the scheduler's maintenance windows, when it has
     them: `maintenance_windows`, an iterable of qsched.slurm.maintenance.Window) as Slurm licence
     reservations (qsched.slurm.maintenance). A failed Slurm call is retried next round (logged once)."""
@@ -186,10 +187,15 @@ def maintenance_mirror(adapter: SlurmAdapter, site, *, interval_s: float = 2.0, 
 
     async def slurm_maintenance_mirror(sch) -> None:
         warned = False
+        applied, checked = None, 0.0
         while True:
             now = time.time()
             devices = [DeviceView(n, d.spec.pool, d.state) for n, d in sch.devices.items()]
             desired = desired_reservations(site, devices, list(getattr(sch, "maintenance_windows", ()) or ()), now)
+            # ask Slurm when the wish changed, else only now and then (someone may have deleted one)
+            if desired == applied and now - checked < recheck_s:
+                await asyncio.sleep(interval_s)
+                continue
             try:
                 existing = await asyncio.to_thread(adapter.reservations)
                 for action in plan(desired, existing):
@@ -198,6 +204,7 @@ def maintenance_mirror(adapter: SlurmAdapter, site, *, interval_s: float = 2.0, 
                     log.warning("slurm: reservation %s %s: licences %s%s", r.name, action.verb + "d",
                                 ",".join(f"{k}:{v}" for k, v in r.licenses.items()),
                                 f" (was {action.old})" if action.old else "")
+                applied, checked = desired, now
                 warned = False
             except SlurmError as e:
                 if not warned:

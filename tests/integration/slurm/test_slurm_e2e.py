@@ -207,7 +207,9 @@ def test_scancel_cancels_pending_tasks_within_5s(slurm, slurm_daemon, users, use
     assert final.count("CANCELLED") >= 15, final
     assert set(final) <= {"CANCELLED", "DONE", "SCHEDULED", "RUNNING"}, final
     assert info["session"] not in {s["id"] for s in _open_sessions(slurm_daemon).values()}
-    rec = _wait(lambda: _accounting(slurm_daemon, [jid]).get(str(jid)), 5, "accounting record")
+    # the ledger record waits for the batch still running (close_session, bounded by drain_timeout_s 30 s):
+    # 20,000 12-qubit bindings took 6-7 s at load 5-8 on this 2-core machine
+    rec = _wait(lambda: _accounting(slurm_daemon, [jid]).get(str(jid)), 30, "accounting record")
     assert rec["cancelled"] >= 15 and rec["session"] == info["session"]
 
 
