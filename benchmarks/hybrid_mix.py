@@ -20,7 +20,8 @@ Scenarios (--scenario, default uniform; `all` runs the four in one invocation):
   flood     job 0 submits 2M bursts at once (no classical phase), beside uniform's jobs 1..K-1
   mixed     K//3 interactive jobs (bursts T_q/2, think 2 T_q, 2M iterations, class interactive) and
             the rest batch jobs (bursts 2 T_q, classical T_q/2, M iterations, class batch)
-  weighted  K jobs alternately of accounts chem (weight 2) and phys (weight 1), T_c/T_q = 0.25, 4 bursts
+  weighted  K jobs alternately of accounts chem (weight 2) and phys (weight 1), alike bursts of T_q
+            (no spread), T_c/T_q = 0.25, 4 bursts
             in flight (the next submitted while one runs), 2M iterations
 
 Usage:  python benchmarks/hybrid_mix.py [--scenario S] [--quick] [--device aer] [--sweep] [--plot PNG]
@@ -133,7 +134,8 @@ def make_workload(p: Params, calibrated_tq: list[float] | None = None, scenario:
             raise ValueError(scenario)
     specs = []
     for j, (tq_t, _r, m, group, cls, acct, inflight) in enumerate(shape):
-        shots = _shots_for(p, tq_t * uq[j])
+        # weighted: alike bursts, so that only the weights can tilt the shares (a FIFO gives 1:1)
+        shots = _shots_for(p, tq_t * (1.0 if scenario == "weighted" else uq[j]))
         tq = p.setup_s + p.b * shots * p.rep_s
         if calibrated_tq is not None:  # aer: the burst costs what it costs; measured alone beforehand
             tq = calibrated_tq[j]
@@ -806,7 +808,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="uniform")
     ap.add_argument("--k", type=int, help="jobs (default 4, mixed 6; quick 3, mixed 5, weighted 4)")
-    ap.add_argument("--m", type=int, help="iterations per job (default 8, weighted 16; quick 3, weighted 8)")
+    ap.add_argument("--m", type=int, help="iterations per job (default 8, weighted 16; quick 3, weighted 16)")
     ap.add_argument("--b", type=int, help="circuits per quantum burst (default 8; quick 2)")
     ap.add_argument("--tq", type=float, help="device seconds per burst (default 0.25; quick 0.15)")
     ap.add_argument("--ratio", type=float, default=1.0, help="T_c/T_q (default 1)")
@@ -848,7 +850,7 @@ def main(argv=None) -> int:
     # mixed needs more batch jobs than the 2 bursts qsched may have on the device (running, inbox), or
     # a FIFO would be no worse; weighted needs enough bursts in the contended window to count shares
     per_scenario = {"mixed": dict(k=5) if quick else dict(k=6),
-                    "weighted": dict(k=4, m=8) if quick else dict(m=2 * p.m)}
+                    "weighted": dict(k=4, m=16) if quick else dict(m=2 * p.m)}
 
     def params_for(sc: str) -> Params:
         d = {key: v for key, v in per_scenario.get(sc, {}).items() if getattr(a, key) is None}

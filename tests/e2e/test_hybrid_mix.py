@@ -92,11 +92,12 @@ def test_mixed_interactive_jobs_wait_less_under_qsched_than_under_a_fifo_of_burs
 
 @pytest.mark.slow
 @pytest.mark.timeout(450)
-def test_weighted_accounts_get_about_their_2_to_1_share_under_qsched(quick_study):
+def test_weighted_accounts_get_about_their_2_to_1_share_under_qsched_only(quick_study):
     w = quick_study[1]["scenarios"]["weighted"]["strategies"]
-    # generous: a quick run's contended window holds about a dozen bursts per account (the FIFO's ratio
-    # is whatever the arrival order and the bursts' sizes make it: nothing to assert)
-    assert 1.5 <= w["qsched"]["share_ratio"] <= 2.6, w["qsched"]["share_ratio"]
+    # generous: a quick run's contended window holds about 20 bursts per account, on a loaded machine
+    assert 1.4 <= w["qsched"]["share_ratio"] <= 3.0, w["qsched"]["share_ratio"]
+    # alike bursts in arrival order: the FIFO gives about 1:1, whatever the weights
+    assert w["fifo-bursts"]["share_ratio"] < w["qsched"]["share_ratio"], w["fifo-bursts"]["share_ratio"]
 
 
 @pytest.mark.slow
