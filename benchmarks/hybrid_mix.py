@@ -401,6 +401,7 @@ def summarize(p: Params, specs: list[JobSpec], t0: float, results: list[dict]) -
     ends = [r["end"] for r in results]
     alone = [sp.alone_s() for sp in specs]
     s["slowdowns"] = metrics.slowdowns([e - t0 for e in ends], alone)
+    s["waits_per_job"] = [r["waits"] for r in results]   # to see what makes a p99
     groups: dict[str, list[int]] = {}
     for sp in specs:
         groups.setdefault(sp.group, []).append(sp.idx)
