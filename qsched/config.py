@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
-from .models import DeviceLimits, DeviceSpec
+from .models import DeviceLimits, DeviceSpec, Window
 
 DEVICE_TYPES_BUILTIN = ("aer", "lightning", "emulated-qpu", "null")
 CLASSES_DEFAULT = {"interactive": 4.0, "batch": 1.0, "debug": 2.0}
@@ -123,6 +123,7 @@ class Config:
     users: dict[str, list[str]] = field(default_factory=dict)     # user -> accounts; the first is the default
     local_workers: int = field(default_factory=lambda: os.cpu_count() or 1)   # `qsched submit --local` jobs at once
     devices: list[DeviceSpec] = field(default_factory=list)
+    maintenance: list[Window] = field(default_factory=list)      # planned windows (models.Window)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: str = "<defaults>"
 
@@ -237,6 +238,55 @@ def parse_period(v, path: str) -> float:
     if not 60 <= v <= 366 * 86_400:
         raise ConfigError(f"{path}: must be between 60 s and 366 days, got {v:g} s", field=path, limit=366 * 86_400)
     return float(v)
+
+
+def parse_instant(v, path: str) -> float:
+    """Epoch seconds, or an ISO-8601 date and time (YAML may have made it a datetime already; without an
+    offset it is local time)."""
+    import datetime as dt
+    if isinstance(v, str):
+        try:
+            v = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"{path}: expected an ISO-8601 time like 2026-12-02T08:00:00Z, got {v!r}",
+                              field=path) from None
+    if isinstance(v, dt.datetime):
+        return v.timestamp()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{path}: expected an ISO-8601 time or epoch seconds, got {v!r}", field=path)
+    return float(v)
+
+
+def parse_window(d, path: str, devices: list[DeviceSpec]) -> Window:
+    """{pool: P | devices: [D, ...], start: T, duration: 4h | end: T, reason: text}."""
+    d = _map(d, path)
+    _unknown(d, {"pool", "devices", "start", "duration", "end", "reason"}, path)
+    pools = {x.pool for x in devices}
+    by_name = {x.name: x for x in devices}
+    names = tuple(_type(d.get("devices") or [], list, f"{path}.devices", "a list of device names"))
+    for n in names:
+        if n not in by_name:
+            raise ConfigError(f"{path}.devices: no device {n!r}", field=f"{path}.devices")
+    pool = d.get("pool") or (by_name[names[0]].pool if names else None)
+    if pool not in pools or any(by_name[n].pool != pool for n in names):
+        raise ConfigError(f"{path}.pool: a configured pool, or devices of one pool (pools: {', '.join(sorted(pools))})",
+                          field=f"{path}.pool")
+    if "start" not in d:
+        raise ConfigError(f"{path}.start: required", field=f"{path}.start")
+    start = parse_instant(d["start"], f"{path}.start")
+    if "end" in d and "duration" in d:
+        raise ConfigError(f"{path}: end or duration, not both", field=f"{path}.end")
+    end = parse_instant(d["end"], f"{path}.end") if "end" in d else \
+        start + parse_period(d["duration"], f"{path}.duration") if "duration" in d else None
+    if end is not None and end <= start:
+        raise ConfigError(f"{path}.end: must be after start", field=f"{path}.end")
+    reason = _type(d.get("reason", ""), str, f"{path}.reason", "text")
+    return Window(pool=str(pool), start=start, end=end, devices=names, reason=reason[:200], id=f"config-{path}")
+
+
+def parse_windows(raw, devices: list[DeviceSpec]) -> list[Window]:
+    return [parse_window(w, f"maintenance[{i}]", devices)
+            for i, w in enumerate(_type(raw or [], list, "maintenance", "a list of windows"))]
 
 
 MAX_ACCOUNT_DEPTH = 16
@@ -414,7 +464,8 @@ DEFAULT_DEVICES = [
 
 def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     raw = _map(raw, "config")
-    _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users", "local"}, "config")
+    _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users", "local",
+                   "maintenance"}, "config")
     local = _map(raw.get("local"), "local")
     _unknown(local, {"workers"}, "local")
     state_dir = Path(os.path.expanduser(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
@@ -484,6 +535,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         users=parse_users(raw.get("users")),
         local_workers=_num(local, "workers", "local", os.cpu_count() or 1, lo=1, hi=1024, integer=True),
         devices=devices,
+        maintenance=parse_windows(raw.get("maintenance"), devices),
         policy=parse_policy(raw.get("policy")),
         source=source,
     )

@@ -70,6 +70,11 @@ def device_state(device: str) -> str:
     return f"{PREFIX}device:{device}:state"
 
 
+# Hash: maintenance window id -> its JSON (models.Window): those added with `qsched device maintenance
+# --start/--duration`, and config windows an admin ended early (the stored end overrides the config's)
+MAINTENANCE = f"{PREFIX}maintenance"
+
+
 def device_model(device: str) -> str:
     """Learned cost model: hash of task kind -> estimated device-seconds per binding."""
     return f"{PREFIX}device:{device}:model"

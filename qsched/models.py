@@ -169,3 +169,31 @@ class DeviceSpec:
     merge_batches: int = 1
     # how long a call that could take more batches waits for them (0: run what is waiting now)
     merge_wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """A maintenance window over a pool, or some of its devices (`devices` empty: the whole pool); end
+    None: until an admin resumes the devices. While it is on, its devices are in state maintenance."""
+    pool: str
+    start: float
+    end: float | None = None
+    devices: tuple[str, ...] = ()
+    reason: str = ""
+    id: str = ""
+
+    def covers(self, device: str, pool: str) -> bool:
+        return pool == self.pool and (not self.devices or device in self.devices)
+
+    def on(self, now: float) -> bool:
+        return self.start <= now and (self.end is None or now < self.end)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "pool": self.pool, "start": self.start, "end": self.end,
+                "devices": list(self.devices), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Window":
+        return cls(pool=d["pool"], start=float(d["start"]), end=None if d.get("end") is None else float(d["end"]),
+                   devices=tuple(d.get("devices") or ()), reason=d.get("reason", ""), id=d.get("id", ""))
+

@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from . import keys
-from .models import Batch, Session, SessionState, Task, TaskState, Usage
+from .models import Batch, Session, SessionState, Task, TaskState, Usage, Window
 
 # a task's payload as a worker needs it, inline in a batch or fetched (params: raw float64, base64 inline)
 INLINE_FIELDS = ("id", "kind", "template", "shots", "method", "observables", "submitted", "bindings", "params")
@@ -452,6 +452,16 @@ class Store:
 
     async def set_device_state(self, device: str, state: str, reason: str, since: float) -> None:
         await self.r.hset(keys.device_state(device), mapping={"state": state, "reason": reason, "since": since})
+
+    async def windows(self) -> list[Window]:
+        return [Window.from_json(json.loads(v)) for v in (await self.r.hgetall(keys.MAINTENANCE)).values()]
+
+    async def save_window(self, w: Window) -> None:
+        await self.r.hset(keys.MAINTENANCE, w.id, json.dumps(w.to_json()))
+
+    async def forget_windows(self, ids: list[str]) -> None:
+        if ids:
+            await self.r.hdel(keys.MAINTENANCE, *ids)
 
     async def note_worker_exit(self, device: str, why: str) -> None:
         """Record a worker's death on the batches it held, for the error their tasks fail with."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
+import datetime
 import functools
 import hashlib
 import hmac
@@ -27,7 +29,7 @@ from redis.exceptions import RedisError
 from ..config import Config
 from ..errors import BadRequest, Draining, NotFound, QuotaExceeded, Unavailable
 from ..metrics import Metrics
-from ..models import Batch, DeviceSpec, Session, Task, TaskState
+from ..models import Batch, DeviceSpec, Session, Task, TaskState, Window
 from ..policy import Policy, SessionInfo, UsageLedger
 from ..policy.preempt import Dispatched, Recaller, candidates
 from ..policy.quota import QuotaLedger
@@ -79,6 +81,14 @@ class SessionEntry:
 
 
 ADMIN_STATES = ("online", "draining", "paused", "maintenance")
+WINDOW_REASON = "maintenance window "        # a state reason that says a window set the state
+WINDOW_WHO = "maintenance window"
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class DeviceEntry:
@@ -137,6 +147,9 @@ class Scheduler:
         # is not taken back (on another device the newer one ran first; see policy/preempt.py)
         self._taken_upto: dict[str, int] = {}
         self.events_from = "0-0"
+        # planned maintenance (config, and `qsched device maintenance --start/--duration`, kept in Redis):
+        # while a window is on, its devices are in state maintenance; the Slurm mirror reads these too
+        self.maintenance_windows: list[Window] = list(config.maintenance)
         self.accepting = True
         self.store_ok = True
         metrics.prelabel(self.devices, self.pools)
@@ -154,6 +167,7 @@ class Scheduler:
         last = await self.store.last_event_id()
         cost = await self.store.load_cost_model(list(self.devices))
         states = await self.store.device_states(list(self.devices))
+        stored = {w.id: w for w in await self.store.windows()}
         sessions, pending, tasks, outstanding = await self.store.load_state(list(self.devices))
         usage = await self.store.load_usage()
         quota_used = await self.store.load_quota_usage()
@@ -173,6 +187,7 @@ class Scheduler:
         self.quota.load(quota_used)
         self.events_from = last
         self.cost.per_binding.update(cost)
+        self.maintenance_windows = [stored.pop(w.id, w) for w in self.config.maintenance] + list(stored.values())
         for name, st in states.items():
             d = self.devices[name]
             d.state, d.reason, d.since = st.get("state", "online"), st.get("reason", ""), float(st.get("since", 0))
@@ -763,6 +778,51 @@ class Scheduler:
             self.metrics.tasks_pending.labels(spec.pool).dec(len(b.tasks))
             self.metrics.batches.labels(spec.name).inc()
 
+    async def add_window(self, name: str, start: float, end: float | None, reason: str, *, who: str) -> Window:
+        """`qsched device maintenance NAME --start T --duration D`: a planned window, kept in Redis."""
+        dev = self.devices.get(name)
+        if dev is None:
+            raise NotFound(f"device: no device {name!r} (devices: {', '.join(self.devices)})", field="device")
+        if end is not None and end <= max(start, time.time()):
+            raise BadRequest("end: the window must end after its start and in the future", field="end")
+        w = Window(pool=dev.spec.pool, start=start, end=end, devices=(name,), reason=reason,
+                   id="w" + secrets.token_hex(4))
+        await self.store.save_window(w)
+        self.maintenance_windows.append(w)
+        log.warning("device %s: maintenance window %s from %s to %s added by %s%s", name, w.id, _iso(start),
+                    _iso(end) if end else "resume", who, f": {reason}" if reason else "")
+        await self._apply_windows(time.time())
+        return w
+
+    async def _end_windows(self, dev: DeviceEntry, now: float) -> None:
+        """An admin's resume ends the windows that are on over the device (kept: the stored end overrides
+        a config window's), so the next watch does not take it back into maintenance."""
+        for i, w in enumerate(self.maintenance_windows):
+            if w.covers(dev.spec.name, dev.spec.pool) and w.on(now):
+                self.maintenance_windows[i] = w = dataclasses.replace(w, end=now)
+                await self.store.save_window(w)
+                log.warning("device %s resumed: maintenance window %s ended early", dev.spec.name, w.id)
+
+    def windows_of(self, dev: DeviceEntry) -> list[Window]:
+        return [w for w in self.maintenance_windows if w.covers(dev.spec.name, dev.spec.pool)]
+
+    async def _apply_windows(self, now: float) -> None:
+        """A window that starts takes its online devices into maintenance; one that ends brings back those
+        it took (a state reason starting with WINDOW_REASON marks them). Ended windows are forgotten."""
+        ended = [w for w in self.maintenance_windows if w.end is not None and w.end <= now]
+        if ended:
+            self.maintenance_windows = [w for w in self.maintenance_windows if w not in ended]
+            await self.store.forget_windows([w.id for w in ended if not w.id.startswith("config-")])
+        for dev in self.devices.values():
+            on = [w for w in self.windows_of(dev) if w.on(now)]
+            if on and dev.state == "online":
+                w = on[0]
+                why = f"{WINDOW_REASON}{w.id}" + (f" until {_iso(w.end)}" if w.end else "") \
+                    + (f": {w.reason}" if w.reason else "")
+                await self.set_device_state(dev.spec.name, "maintenance", why, who=WINDOW_WHO)
+            elif not on and dev.state == "maintenance" and dev.reason.startswith(WINDOW_REASON):
+                await self.set_device_state(dev.spec.name, "online", "maintenance window over", who=WINDOW_WHO)
+
     async def set_device_state(self, name: str, state: str, reason: str = "", *, who: str = "qsched") -> DeviceEntry:
         """The admin's `qsched device drain|pause|resume|maintenance`; kept in Redis across restarts."""
         dev = self.devices.get(name)
@@ -770,6 +830,8 @@ class Scheduler:
             raise NotFound(f"device: no device {name!r} (devices: {', '.join(self.devices)})", field="device")
         if state not in ADMIN_STATES:
             raise BadRequest(f"state: one of {', '.join(ADMIN_STATES)}, got {state!r}", field="state")
+        if state == "online" and who != WINDOW_WHO:
+            await self._end_windows(dev, time.time())
         async with self._write():
             await self.store.set_device_state(name, state, reason, time.time())
             dev.state, dev.reason, dev.since = state, reason, time.time()
@@ -952,6 +1014,7 @@ class Scheduler:
                 self.metrics.worker_memory.labels(name).set(hb["rss_bytes"])
             if not up and dev.outstanding:
                 await self._requeue_lost(dev)
+        await self._apply_windows(time.time())
         if self.cost.dirty:
             self.cost.dirty = False
             await self.store.save_cost_model(dict(self.cost.per_binding))

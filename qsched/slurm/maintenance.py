@@ -18,20 +18,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from ..models import Window
 from .site import Site, license_name
 
 PREFIX = "qsched_"
 TAKEN_STATES = frozenset({"draining", "paused", "maintenance"})
-
-
-@dataclass(frozen=True)
-class Window:
-    """A maintenance window: `devices` empty means the whole pool; end None: until further notice."""
-    pool: str
-    start: float
-    end: float | None = None
-    devices: tuple[str, ...] = ()
-    reason: str = ""
 
 
 @dataclass(frozen=True)
