@@ -71,6 +71,12 @@ class Unavailable(QschedError):
     code = "unavailable"
 
 
+class ReplicationTimeout(Unavailable):
+    """A write reached the primary but not `redis.wait_replicas` replicas in time: not acknowledged (a
+    retry under the same idempotency key gets the same tasks if they survived, new ones if not)."""
+    code = "replication_timeout"
+
+
 class Draining(Unavailable):
     """The daemon is stopping (SIGTERM): the request was not taken; retry on the next daemon."""
     code = "draining"

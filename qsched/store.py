@@ -16,6 +16,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from . import keys
+from .errors import ReplicationTimeout
 from .models import Batch, Session, SessionState, Task, TaskState, Usage
 
 # a task's payload as a worker needs it, inline in a batch or fetched (params: raw float64, base64 inline)
@@ -173,21 +174,44 @@ class HotScript:
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self.conn: Any = None
 
-    async def __call__(self, keys: list, args: list):
+    async def __call__(self, keys: list, args: list, *, wait: tuple[int, int] | None = None):
+        """wait=(replicas, timeout_ms): then WAIT on the same connection (WAIT counts the replicas that
+        have this connection's writes) and raise ReplicationTimeout if fewer acknowledged in time."""
         if self.conn is None:
             self.conn = self.pool.make_connection()
             await self.conn.connect()
         try:
             try:
                 await self.conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
-                return await self.conn.read_response()
+                out = await self.conn.read_response()
             except NoScriptError:
                 await self.conn.send_command("SCRIPT", "LOAD", self.script)
                 await self.conn.read_response()
                 await self.conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
-                return await self.conn.read_response()
+                out = await self.conn.read_response()
+            if wait is not None:
+                await self.conn.send_command("WAIT", *wait)
+                _check_acked(int(await self.conn.read_response()), wait)
+            return out
+        except ReplicationTimeout:
+            raise                             # the connection is fine
         except BaseException:
             await self.conn.disconnect()      # a broken or half-read connection is never reused
+            self.conn = None
+            raise
+
+    async def wait_again(self, wait: tuple[int, int]) -> None:
+        """WAIT for every write made so far on this connection (a retry of a write that timed out)."""
+        if self.conn is None:
+            raise ReplicationTimeout("store: the connection that made the write is gone; retry",
+                                     field="redis.wait_replicas")
+        try:
+            await self.conn.send_command("WAIT", *wait)
+            _check_acked(int(await self.conn.read_response()), wait)
+        except ReplicationTimeout:
+            raise
+        except BaseException:
+            await self.conn.disconnect()
             self.conn = None
             raise
 
@@ -199,9 +223,12 @@ class HotScript:
 class Store:
     """Async repository used by the daemon."""
 
-    def __init__(self, redis, *, result_ttl_s: int = 86_400):
+    def __init__(self, redis, *, result_ttl_s: int = 86_400, wait_replicas: int = 0, wait_timeout_ms: int = 100):
         self.r = redis
         self.ttl = result_ttl_s
+        # acknowledged only once this many replicas have it (async replication loses the last writes of
+        # a primary that dies; a promoted replica that has them loses nothing acknowledged)
+        self.wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
         self._commit = HotScript(redis.connection_pool, COMMIT_LUA)
         self._recall = redis.register_script(RECALL_LUA)
 
@@ -210,10 +237,21 @@ class Store:
 
     # sessions ---------------------------------------------------------------------------------------
     async def create_session(self, s: Session) -> None:
-        async with self.r.pipeline(transaction=True) as p:
+        if self.wait is None:
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(keys.session(s.id), mapping=s.to_redis())
+                p.sadd(keys.SESSIONS, s.id)
+                await p.execute()
+            return
+        # MULTI/EXEC then WAIT in one round trip on one connection (WAIT counts that connection's writes)
+        async with self.r.pipeline(transaction=False) as p:
+            p.execute_command("MULTI")
             p.hset(keys.session(s.id), mapping=s.to_redis())
             p.sadd(keys.SESSIONS, s.id)
-            await p.execute()
+            p.execute_command("EXEC")
+            p.execute_command("WAIT", *self.wait)
+            acked = (await p.execute())[-1]
+        _check_acked(int(acked), self.wait)
 
     async def close_session(self, sid: str, cancelled: list[str]) -> Usage:
         now = time.time()
@@ -307,7 +345,12 @@ class Store:
         if idempotency_key and new:
             assert sid is not None
             keys_.append(keys.session_submit(sid, idempotency_key))
-        await self._commit(keys=keys_, args=args)
+        await self._commit(keys_, args, wait=self.wait if new else None)
+
+    async def wait_replicated(self) -> None:
+        """Raise ReplicationTimeout unless the commits so far have reached redis.wait_replicas replicas."""
+        if self.wait is not None:
+            await self._commit.wait_again(self.wait)
 
     async def last_event_id(self) -> str:
         last = await self.r.xrevrange(keys.EVENTS, count=1)
@@ -572,6 +615,12 @@ def _pairs(h: dict) -> dict[str, tuple[float, float]]:
         except ValueError:
             continue             # not ours; never fatal
     return out
+
+
+def _check_acked(acked: int, wait: tuple[int, int]) -> None:
+    if acked < wait[0]:
+        raise ReplicationTimeout(f"store: {acked} of {wait[0]} replicas acknowledged the write within {wait[1]} ms; "
+                                 "retry", field="redis.wait_replicas")
 
 
 def _s(v):

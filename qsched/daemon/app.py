@@ -20,9 +20,9 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import redis.asyncio as aredis
 from aiohttp import web
 
+from .. import redisconn
 from ..config import Config, load_config
 from ..errors import QschedError
 from ..metrics import Metrics
@@ -112,18 +112,20 @@ class Daemon:
             url = embedded.url
         self.redis_url = url
         # a request waits for a free connection (up to 5 s, then 503) instead of failing when many arrive
-        pool = aredis.BlockingConnectionPool.from_url(url, max_connections=cfg.redis_max_connections, timeout=5)
-        r = aredis.Redis(connection_pool=pool)
+        pool = redisconn.async_pool(url, max_connections=cfg.redis_max_connections, timeout=5)
+        r = redisconn.async_client(url, pool=pool)
         stack.push_async_callback(r.aclose)
         stack.push_async_callback(pool.disconnect)
-        r_events = aredis.Redis.from_url(url, single_connection_client=True)   # XREAD blocks: its own
+        await redisconn.check_store(r, url)
+        r_events = redisconn.async_client(url, dedicated=True)   # XREAD blocks: a connection of its own
         stack.push_async_callback(r_events.aclose)
-        store = Store(r, result_ttl_s=cfg.result_ttl_s)
+        store = Store(r, result_ttl_s=cfg.result_ttl_s, wait_replicas=cfg.redis_wait_replicas,
+                      wait_timeout_ms=cfg.redis_wait_timeout_ms)
         stack.push_async_callback(store.close)
         sch = self.scheduler = Scheduler(store, cfg, make_policy(cfg.policy), self.metrics, await store.secret(),
                                          on_worker_lost=self._worker_lost)
         await sch.recover()
-        if cfg.start_workers:
+        if cfg.start_workers and any(d.start_worker for d in cfg.devices):
             self.supervisor = await stack.enter_async_context(
                 WorkerSupervisor(cfg, url, store, self.metrics, self.config_path))
         stack.push_async_callback(self._cancel_background)
