@@ -1,7 +1,11 @@
 """Every Redis key name qsched uses, and nothing else.
 
-A session's keys share the hash tag ``{sid}`` so a Redis Cluster keeps them in one slot; tasks are
-keyed under their session for the same reason (a task id embeds its session id).
+A session's keys share the hash tag ``{sid}`` (tasks are keyed under their session: a task id embeds
+its session id), which keeps one session's keys together. That does not make qsched run on a Redis
+Cluster: the atomic scripts in store.py (commit, complete, recall) touch a device's inbox, a batch and
+the events stream along with a session's keys, which a cluster refuses across hash slots. One primary
+(with replicas and Sentinel for failover) holds everything; the daemon refuses a cluster node at start
+(redisconn.check_store).
 """
 PREFIX = "qsched:"
 
