@@ -94,6 +94,14 @@ class Config:
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 100
     tcp: str | None = "127.0.0.1:8765"
+    # TLS on the TCP listener (daemon.tls): MUNGE credentials and session tokens cross it
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None      # verify client certificates against this CA
+    tls_require_client_cert: bool = False
+    # a standby daemon (daemon.leader_lease_s > 0): the one holding the lease in Redis serves, the
+    # others wait; 0: one daemon, no lease
+    leader_lease_s: float = 0.0
     socket: Path | None = None
     admin_socket: Path | None = None
     max_body_bytes: int = 64 * 1024 * 1024
@@ -494,7 +502,20 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
                   "idle_timeout_s", "body_timeout_s", "max_connections_per_peer", "max_connections",
                   "session_idle_timeout_s", "max_answer_bytes",
                   "parse_memory_bytes", "max_template_instructions", "max_template_parameters",
-                  "max_template_clbits", "max_terms_per_task", "max_terms_per_request"}, "daemon")
+                  "max_template_clbits", "max_terms_per_task", "max_terms_per_request",
+                  "tls", "leader_lease_s"}, "daemon")
+    tls = _map(dm.get("tls"), "daemon.tls")
+    _unknown(tls, {"cert_file", "key_file", "client_ca_file", "require_client_cert"}, "daemon.tls")
+    if tls and not (tls.get("cert_file") and tls.get("key_file")):
+        raise ConfigError("daemon.tls: cert_file and key_file are required", field="daemon.tls")
+    for k in ("cert_file", "key_file", "client_ca_file"):
+        if tls.get(k) is not None:
+            _type(tls[k], str, f"daemon.tls.{k}", "a path")
+    require_cert = _type(tls.get("require_client_cert", False), bool, "daemon.tls.require_client_cert",
+                         "true or false")
+    if require_cert and not tls.get("client_ca_file"):
+        raise ConfigError("daemon.tls.require_client_cert: needs daemon.tls.client_ca_file",
+                          field="daemon.tls.require_client_cert")
     tcp = dm.get("tcp", "127.0.0.1:8765")
     if tcp is not None:
         host, _, port = str(tcp).rpartition(":")
@@ -521,6 +542,11 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         redis_wait_replicas=_num(redis_cfg, "wait_replicas", "redis", 0, lo=0, hi=100, integer=True),
         redis_wait_timeout_ms=_num(redis_cfg, "wait_timeout_ms", "redis", 100, lo=1, hi=60_000, integer=True),
         tcp=tcp,
+        tls_cert_file=tls.get("cert_file"),
+        tls_key_file=tls.get("key_file"),
+        tls_client_ca_file=tls.get("client_ca_file"),
+        tls_require_client_cert=require_cert,
+        leader_lease_s=_num(dm, "leader_lease_s", "daemon", 0.0, lo=0.0, hi=600.0),
         socket=Path(dm["socket"]) if dm.get("socket") else None,
         admin_socket=Path(dm["admin_socket"]) if dm.get("admin_socket") else None,
         max_body_bytes=_num(dm, "max_body_bytes", "daemon", 64 * 1024 * 1024, lo=1024, integer=True),

@@ -77,6 +77,11 @@ class ReplicationTimeout(Unavailable):
     code = "replication_timeout"
 
 
+class Fenced(Unavailable):
+    """This daemon lost the leader lease (another daemon took over): it writes nothing and stops."""
+    code = "not_leader"
+
+
 class Draining(Unavailable):
     """The daemon is stopping (SIGTERM): the request was not taken; retry on the next daemon."""
     code = "draining"

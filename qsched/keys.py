@@ -14,6 +14,8 @@ EVENTS = PREFIX + "events"                     # stream: task/batch completions 
 SECRET = PREFIX + "secret"                     # HMAC key for session tokens
 ACCOUNTING = PREFIX + "acct"                   # stream: usage records of closed sessions
 DEVICES = PREFIX + "devices"                   # set of device names the last daemon ran (finds removed ones)
+LEADER = PREFIX + "leader"                     # the leader lease: "EPOCH HOLDER", expires unless renewed
+LEADER_EPOCH = PREFIX + "leader:epoch"         # counter: each new leader's fencing token
 
 
 def session(sid: str) -> str:

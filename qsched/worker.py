@@ -103,7 +103,7 @@ class Worker:
             if entry != taken:
                 log.warning("batch %s is in the processing list again after a store failover (its completion "
                             "was lost with the old primary): running it again", Batch.from_entry(entry).id)
-                self.run_batch(entry)
+                self.run_batches([entry])
 
     # one batch ----------------------------------------------------------------------------------------
     def recover(self, entry) -> None:

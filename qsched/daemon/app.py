@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from ..store import Store
 from .answers import AnswerBudget
 from .api import make_app
 from .connections import FD_RESERVE, AcceptErrorLog, ConnectionLimiter, LimitedRunner, raise_fd_limit
+from .leader import LeaderLease
 from .parsing import TemplateParser
 from .redis_server import EmbeddedRedis, socket_gid
 from .scheduler import Scheduler
@@ -89,6 +91,9 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._stopping_tasks = False
         self._stop = asyncio.Event()
+        self.lease: LeaderLease | None = None
+        self._lease_task: asyncio.Task | None = None
+        self.exit_code = 0
         self._force = asyncio.Event()
         # ours alone (NotifyAccess=main): children (Redis, workers, the parser) must not inherit it
         self._notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
@@ -117,11 +122,22 @@ class Daemon:
         stack.push_async_callback(r.aclose)
         stack.push_async_callback(pool.disconnect)
         await redisconn.check_store(r, url)
+        # parse children start before the lease wait: a standby that takes over is ready sooner
+        parser = TemplateParser(timeout_s=cfg.parse_timeout_s, memory_bytes=cfg.parse_memory_bytes)
+        await parser.start()
+        stack.push_async_callback(parser.close)
         r_events = redisconn.async_client(url, dedicated=True)   # XREAD blocks: a connection of its own
         stack.push_async_callback(r_events.aclose)
         store = Store(r, result_ttl_s=cfg.result_ttl_s, wait_replicas=cfg.redis_wait_replicas,
                       wait_timeout_ms=cfg.redis_wait_timeout_ms)
         stack.push_async_callback(store.close)
+        if cfg.leader_lease_s > 0:
+            self.lease = LeaderLease(store, cfg.leader_lease_s)
+            sd_notify(self._notify_socket, "STATUS=standby: waiting for the leader lease")
+            if await self.lease.acquire(self._stop) is None:
+                return                        # stopped while a standby
+            stack.push_async_callback(self.lease.release)
+            store.on_fenced = lambda: self._step_down("a write was fenced")
         sch = self.scheduler = Scheduler(store, cfg, make_policy(cfg.policy), self.metrics, await store.secret(),
                                          on_worker_lost=self._worker_lost)
         await sch.recover()
@@ -134,13 +150,12 @@ class Daemon:
         self.spawn("device-watch", sch.run_device_watch)
         if cfg.session_idle_timeout_s:
             self.spawn("session-expiry", sch.run_session_expiry)
+        if self.lease is not None:
+            self._lease_task = asyncio.create_task(self.lease.hold(self._step_down), name="leader-lease")
         if embedded is not None:
             self.spawn("embedded-redis", embedded.watch)
         for extra in self.hooks.get("background", []):
             self.spawn(getattr(extra, "__name__", "hook"), functools.partial(extra, sch))
-        parser = TemplateParser(timeout_s=cfg.parse_timeout_s, memory_bytes=cfg.parse_memory_bytes)
-        await parser.start()
-        stack.push_async_callback(parser.close)
         answers = self.answers = AnswerBudget(cfg.max_answer_bytes)       # one for both listeners
         await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks, parser=parser, answers=answers),
                                                    tcp=cfg.tcp, path=cfg.socket_path))
@@ -191,6 +206,20 @@ class Daemon:
             self._force.set()
         self._stop.set()
 
+    def _step_down(self, why: str) -> None:
+        """Lost the leader lease: stop at once, writing nothing more (the new leader owns the state); exit
+        non-zero so that a service manager starts this daemon again, as a standby."""
+        if self.exit_code:
+            return
+        log.error("leader lease lost (%s): stopping so the new leader alone serves", why)
+        self.exit_code = 3
+        if self.lease is not None:
+            self.lease.value = None           # nothing to release
+        if self.scheduler is not None:
+            self.scheduler.accepting = False
+        self._force.set()
+        self._stop.set()
+
     def reload(self) -> None:
         try:
             fresh = load_config(self.config_path) if self.config_path else self.config
@@ -225,6 +254,8 @@ class Daemon:
 
     async def _cancel_background(self) -> None:
         self._stopping_tasks = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
         for t in self._tasks:
             t.cancel()
         if not self._tasks:
@@ -260,6 +291,21 @@ class Daemon:
             log.warning("drain ended with %d batches still running: they stay in Redis for the next start",
                         sum(len(d.outstanding) for d in sch.devices.values()))
 
+    def _tls(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if not cfg.tls_cert_file:
+            host = (cfg.tcp or "").rpartition(":")[0]
+            if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+                log.warning("daemon.tcp %s is plaintext: session tokens and MUNGE credentials cross the network "
+                            "in clear (set daemon.tls)", cfg.tcp)
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
+        if cfg.tls_client_ca_file:
+            ctx.load_verify_locations(cfg.tls_client_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED if cfg.tls_require_client_cert else ssl.CERT_OPTIONAL
+        return ctx
+
     @contextlib.asynccontextmanager
     async def _site(self, app: web.Application, *, tcp: str | None = None, path: Path | None = None,
                     mode: int = 0o666, limited: bool = True):
@@ -271,7 +317,7 @@ class Daemon:
         try:
             if tcp:
                 host, _, port = tcp.rpartition(":")
-                await web.TCPSite(runner, host, int(port)).start()
+                await web.TCPSite(runner, host, int(port), ssl_context=self._tls()).start()
             if path:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.unlink(missing_ok=True)
@@ -285,4 +331,7 @@ class Daemon:
 
 
 def run(config: Config, *, config_path: str | None = None, ready=None) -> None:
-    asyncio.run(Daemon(config, config_path=config_path, ready=ready).run())
+    d = Daemon(config, config_path=config_path, ready=ready)
+    asyncio.run(d.run())
+    if d.exit_code:
+        raise SystemExit(d.exit_code)

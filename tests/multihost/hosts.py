@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -62,6 +63,7 @@ class Net:
     _prefix: str = ""
     _tag: str = ""
     _n: int = 0
+    redis: Any = None                     # a test's own client of the store, where it keeps one
 
     @classmethod
     def make(cls) -> Net:
@@ -290,3 +292,44 @@ def start_worker(net: Net, host: Host, device: str, config: Path, log: Path) -> 
 
 def tmpdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def make_certs(d: Path, ips: list[str]) -> dict[str, Path]:
+    """A CA, a server certificate for these IP addresses and a client certificate, all made here."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=qsched test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    san = "subjectAltName=" + ",".join(f"IP:{ip}" for ip in ips)
+    for name, ext in (("server", f"{san}\nextendedKeyUsage=serverAuth"), ("client", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=qsched {name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr")
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    for k in ("ca.key", "server.key", "client.key"):
+        os.chmod(d / k, 0o600)
+    return {n: d / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def start_redis(net: Net, host: Host, base: Path) -> tuple[str, Path, subprocess.Popen]:
+    """One redis-server with a password on the host; (URL without the password, password file, process)."""
+    base.mkdir(parents=True, exist_ok=True)
+    password = os.urandom(12).hex()
+    pw = base / "redis.pass"
+    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password)
+    port = free_port(host.addr) if net.kind == "loopback" else 6379
+    conf = base / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"bind {host.addr}\nport {port}\ndir {base}\nsave \"\"\nappendonly yes\nappendfsync everysec\n"
+                f"requirepass {password}\nprotected-mode no\nlogfile {base / 'redis.log'}\n")
+    p = net.spawn(host, ["redis-server", str(conf)], base / "stdout.log")
+    import redis
+    wait_for(lambda: redis.Redis(host=host.addr, port=port, password=password, socket_timeout=2).ping(), 30,
+             "redis up")
+    return f"redis://{host.addr}:{port}/0", pw, p
