@@ -82,7 +82,8 @@ def up(config_path, redis_url):
     cfg = _config(config_path, redis_url)
 
     def ready(sch):
-        click.echo(f"qsched up: {cfg.socket_path}" + (f" and http://{cfg.tcp}" if cfg.tcp else ""), err=True)
+        scheme = "https" if cfg.tls_cert_file else "http"
+        click.echo(f"qsched up: {cfg.socket_path}" + (f" and {scheme}://{cfg.tcp}" if cfg.tcp else ""), err=True)
         click.echo(f"  redis: {redact(cfg.redis_url) or 'embedded in ' + str(cfg.state_dir / 'redis')}", err=True)
         click.echo(f"  devices: {', '.join(f'{d.name} ({d.type}, pool {d.pool})' for d in cfg.devices)}", err=True)
         click.echo(f"  policy: {cfg.policy.name}; export QSCHED_URL=unix://{cfg.socket_path}", err=True)
