@@ -803,7 +803,8 @@ class Scheduler:
         n = 0
         async with self._write():
             for dev in self.devices.values():
-                for b, est in list(dev.outstanding.values()):
+                # newest first: each recall puts its tasks at the head of their queue
+                for b, est in reversed(list(dev.outstanding.values())):
                     if await self.store.recall(b, dev.spec.name, "inbox"):
                         self._requeued(dev, b, est, "recall")
                         n += 1
@@ -820,7 +821,8 @@ class Scheduler:
         """The device's worker stopped beating: take back what it held (from its processing list, so a
         late result from it is refused, and from its inbox) and requeue it to the pool."""
         async with self._write():
-            for b, est in list(dev.outstanding.values()):
+            # newest first: each recall puts its tasks at the head of their queue, so the oldest ends first
+            for b, est in reversed(list(dev.outstanding.values())):
                 if await self.store.recall(b, dev.spec.name, "processing", attempt=True):
                     self._requeued(dev, b, est, "worker_lost")
                     log.error("device %s: its worker stopped while running batch %s; requeued to pool %s",
