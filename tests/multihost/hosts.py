@@ -1,8 +1,8 @@
 """Test hosts made of Linux network namespaces: each host is a namespace with one address on a private
 bridge (10.x.y.0/24, made and removed here); processes are started in a host with `ip netns exec`.
-Where namespaces cannot be made (no root, no iproute2), the hosts are loopback addresses 127.0.x.y
-instead, and `Net.kind` says so. Also: real redis-server/redis-sentinel processes (Debian's packages,
-installed with apt when missing) and a primary + replica + three sentinels."""
+Where namespaces cannot be made (no root, no iproute2; or QSCHED_TEST_HOSTS=loopback), the hosts are
+loopback addresses 127.x.y.z instead, and `Net.kind` says so. Also: real redis-server/redis-sentinel
+processes (Debian's packages, installed with apt when missing) and a primary + replica + three sentinels."""
 from __future__ import annotations
 
 import os
@@ -71,8 +71,9 @@ class Net:
         tag = net._tag = f"{os.getpid() % 100000}{random.randint(0, 99)}"
         net._prefix = f"10.{random.randint(100, 250)}.{random.randint(1, 250)}"
         net.bridge = f"qsb{tag}"[:15]
-        if os.geteuid() != 0 or not shutil.which("ip"):
-            net.kind, net.why = "loopback", "not root or no iproute2"
+        forced = os.environ.get("QSCHED_TEST_HOSTS") == "loopback"
+        if forced or os.geteuid() != 0 or not shutil.which("ip"):
+            net.kind, net.why = "loopback", "QSCHED_TEST_HOSTS=loopback" if forced else "not root or no iproute2"
             net._prefix = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}"
             return net
         r = _ip("link", "add", net.bridge, "type", "bridge", check=False)
