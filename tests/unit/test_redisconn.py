@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -103,24 +104,31 @@ def _redis_server() -> str:
 
 def test_a_redis_cluster_is_refused_at_start_with_a_clear_message():
     d = tempfile.mkdtemp(prefix="qsched-cluster-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    while True:                               # the cluster bus listens on port + 10000: keep that valid
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 <= 65535:
+            break
     p = subprocess.Popen([_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                           "--cluster-config-file", f"{d}/nodes.conf", "--dir", d, "--save", ""],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"redis://127.0.0.1:{port}"
 
+        import redis
+        deadline = time.monotonic() + 60
+        while True:                           # up, on a loaded machine, can take a while
+            try:
+                redis.Redis.from_url(url, socket_timeout=2).ping()
+                break
+            except redis.ConnectionError:
+                assert p.poll() is None and time.monotonic() < deadline, "cluster-enabled redis-server did not start"
+                time.sleep(0.1)
+
         async def check(u):
             r = redisconn.async_client(u)
             try:
-                for _ in range(100):
-                    try:
-                        await r.ping()
-                        break
-                    except Exception:
-                        await asyncio.sleep(0.05)
                 await redisconn.check_store(r, u)
             finally:
                 await r.aclose()
