@@ -5,6 +5,7 @@ loopback addresses 127.x.y.z instead, and `Net.kind` says so. Also: real redis-s
 processes (Debian's packages, installed with apt when missing) and a primary + replica + three sentinels."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -123,6 +124,31 @@ class Net:
             _ip("link", "del", self.bridge, check=False)
 
 
+def private_file(path: Path, text: str) -> Path:
+    """A file only its owner reads (passwords, configs that hold one)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+@contextlib.contextmanager
+def made_hosts(prefix: str, names: tuple[str, ...]):
+    """(net, base dir, hosts by name), all removed afterwards (QSCHED_TEST_KEEP=1 keeps the files);
+    skips where redis-server/redis-sentinel cannot be had."""
+    if why := need_redis_binaries():
+        import pytest
+        pytest.skip(why)
+    base = tmpdir(prefix)
+    net = Net.make()
+    try:
+        yield net, base, {n: net.host(n) for n in names}
+    finally:
+        net.close()
+        if not os.environ.get("QSCHED_TEST_KEEP"):
+            shutil.rmtree(base, ignore_errors=True)
+
+
 def kill_group(p: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     try:
         os.killpg(p.pid, sig)
@@ -211,43 +237,27 @@ class SentinelStore:
 def start_sentinel_store(net: Net, data_hosts: list[Host], sentinel_hosts: list[Host], base: Path) -> SentinelStore:
     base.mkdir(parents=True, exist_ok=True)
     password = os.urandom(12).hex()
-    pw = base / "redis.pass"
-    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(password)
+    private_file(base / "redis.pass", password)
+    def node(h: Host, name: str, default_port: int, binary: str, lines) -> RedisNode:
+        port = free_port(h.addr) if net.kind == "loopback" else default_port
+        d = base / name
+        d.mkdir()
+        conf = private_file(d / f"{binary}.conf", "\n".join([f"bind {h.addr}", f"port {port}", f"dir {d}",
+                                                             "daemonize no", "protected-mode no",
+                                                             f"logfile {d / 'log'}", *lines(port)]) + "\n")
+        return RedisNode(h, port, net.spawn(h, [binary, str(conf)], d / "stdout.log"))
+
     nodes: list[RedisNode] = []
     for i, h in enumerate(data_hosts):
-        port = free_port(h.addr) if net.kind == "loopback" else 6379
-        d = base / f"redis{i}"
-        d.mkdir()
-        conf = d / "redis.conf"
-        lines = [f"bind {h.addr}", f"port {port}", f"dir {d}", "save \"\"", "appendonly no", "daemonize no",
-                 f"requirepass {password}", f"masterauth {password}", "protected-mode no",
-                 f"logfile {d / 'redis.log'}", "repl-diskless-sync yes", "repl-diskless-sync-delay 0"]
-        if nodes:
-            lines.append(f"replicaof {nodes[0].host.addr} {nodes[0].port}")
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT, 0o600)      # it holds the password
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        p = net.spawn(h, ["redis-server", str(conf)], d / "stdout.log")
-        nodes.append(RedisNode(h, port, p))
-    sentinels: list[RedisNode] = []
-    for i, h in enumerate(sentinel_hosts):
-        port = free_port(h.addr) if net.kind == "loopback" else 26379
-        d = base / f"sentinel{i}"
-        d.mkdir()
-        conf = d / "sentinel.conf"
-        lines = [f"bind {h.addr}", f"port {port}", f"dir {d}", "daemonize no", "protected-mode no",
-                 f"logfile {d / 'sentinel.log'}", f"sentinel announce-ip {h.addr}",
-                 f"sentinel monitor qsched {nodes[0].host.addr} {nodes[0].port} 2",
-                 f"sentinel auth-pass qsched {password}",
-                 "sentinel down-after-milliseconds qsched 1000", "sentinel failover-timeout qsched 4000",
-                 "sentinel parallel-syncs qsched 1"]
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        p = net.spawn(h, ["redis-sentinel", str(conf)], d / "stdout.log")
-        sentinels.append(RedisNode(h, port, p))
+        replica = [f"replicaof {nodes[0].host.addr} {nodes[0].port}"] if nodes else []
+        nodes.append(node(h, f"redis{i}", 6379, "redis-server", lambda port, r=replica: [
+            "save \"\"", "appendonly no", f"requirepass {password}", f"masterauth {password}",
+            "repl-diskless-sync yes", "repl-diskless-sync-delay 0", *r]))
+    sentinels = [node(h, f"sentinel{i}", 26379, "redis-sentinel", lambda port, h=h: [
+        f"sentinel announce-ip {h.addr}", f"sentinel monitor qsched {nodes[0].host.addr} {nodes[0].port} 2",
+        f"sentinel auth-pass qsched {password}", "sentinel down-after-milliseconds qsched 1000",
+        "sentinel failover-timeout qsched 4000", "sentinel parallel-syncs qsched 1"])
+        for i, h in enumerate(sentinel_hosts)]
     store = SentinelStore(net, base, password, nodes, sentinels)
     import redis
 
@@ -319,16 +329,11 @@ def start_redis(net: Net, host: Host, base: Path) -> tuple[str, Path, subprocess
     """One redis-server with a password on the host; (URL without the password, password file, process)."""
     base.mkdir(parents=True, exist_ok=True)
     password = os.urandom(12).hex()
-    pw = base / "redis.pass"
-    fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(password)
+    pw = private_file(base / "redis.pass", password)
     port = free_port(host.addr) if net.kind == "loopback" else 6379
-    conf = base / "redis.conf"
-    fd = os.open(conf, os.O_WRONLY | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"bind {host.addr}\nport {port}\ndir {base}\nsave \"\"\nappendonly yes\nappendfsync everysec\n"
-                f"requirepass {password}\nprotected-mode no\nlogfile {base / 'redis.log'}\n")
+    conf = private_file(base / "redis.conf", f"bind {host.addr}\nport {port}\ndir {base}\nsave \"\"\n"
+                        f"appendonly yes\nappendfsync everysec\nrequirepass {password}\nprotected-mode no\n"
+                        f"logfile {base / 'redis.log'}\n")
     p = net.spawn(host, ["redis-server", str(conf)], base / "stdout.log")
     import redis
     wait_for(lambda: redis.Redis(host=host.addr, port=port, password=password, socket_timeout=2).ping(), 30,

@@ -4,40 +4,25 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 
 import numpy as np
-import pytest
-from hosts import Net, make_certs, need_redis_binaries, start_daemon, start_worker, tmpdir, wait_for, write_config
+from hosts import made_hosts, make_certs, private_file, start_daemon, start_worker, wait_for, write_config
 from qiskit.circuit.library import efficient_su2
 
 import qsched
 
 
-@pytest.fixture
-def net():
-    if why := need_redis_binaries():
-        pytest.skip(why)
-    n = Net.make()
-    yield n
-    n.close()
-
-
-def test_daemon_and_remote_worker_over_rediss(net):
-    base = tmpdir("qsched-rediss-")
-    try:
-        st, dh, wh = net.host("store"), net.host("daemon"), net.host("worker")
+def test_daemon_and_remote_worker_over_rediss():
+    with made_hosts("qsched-rediss-", ("store", "daemon", "worker")) as (net, base, h):
+        st, dh, wh = h["store"], h["daemon"], h["worker"]
         certs = make_certs(base / "tls", [st.addr])
         password = os.urandom(12).hex()
-        pw = base / "redis.pass"
-        pw.write_text(password)
-        os.chmod(pw, 0o600)
-        conf = base / "redis.conf"
-        conf.write_text(f"bind {st.addr}\nport 0\ntls-port 6380\ntls-cert-file {certs['server.pem']}\n"
-                        f"tls-key-file {certs['server.key']}\ntls-ca-cert-file {certs['ca.pem']}\n"
-                        f"tls-auth-clients no\nrequirepass {password}\nsave \"\"\ndir {base}\n"
-                        f"logfile {base / 'redis.log'}\n")
-        os.chmod(conf, 0o600)
+        pw = private_file(base / "redis.pass", password)
+        conf = private_file(base / "redis.conf",
+                            f"bind {st.addr}\nport 0\ntls-port 6380\ntls-cert-file {certs['server.pem']}\n"
+                            f"tls-key-file {certs['server.key']}\ntls-ca-cert-file {certs['ca.pem']}\n"
+                            f"tls-auth-clients no\nrequirepass {password}\nsave \"\"\ndir {base}\n"
+                            f"logfile {base / 'redis.log'}\n")
         net.spawn(st, ["redis-server", str(conf)], base / "redis.out")
         redis_cfg = {"url": f"rediss://{st.addr}:6380/0", "password_file": str(pw),
                      "tls": {"ca_file": str(certs["ca.pem"])}}
@@ -58,6 +43,3 @@ def test_daemon_and_remote_worker_over_rediss(net):
         assert sum(seen.values()) == 30
         s.close()
         assert password not in (state / "daemon.log").read_text(errors="replace")
-    finally:
-        net.close()
-        shutil.rmtree(base, ignore_errors=True)

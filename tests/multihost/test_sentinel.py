@@ -17,8 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from hosts import (Net, need_redis_binaries, start_daemon, start_sentinel_store, start_worker,
-                   tmpdir, wait_for, write_config)
+from hosts import made_hosts, start_daemon, start_sentinel_store, start_worker, wait_for, write_config
 from qiskit.circuit.library import efficient_su2
 
 import qsched
@@ -32,19 +31,10 @@ NULL_LOCAL = {"name": "null1", "type": "null", "pool": "null"}
 def cluster():
     """store1 (primary + sentinel), store2 (replica + sentinel), daemon host (sentinel + daemon), worker
     host; removed with everything started in it."""
-    if why := need_redis_binaries():
-        pytest.skip(why)
-    base = tmpdir("qsched-sentinel-")
-    net = Net.make()
-    try:
-        s1, s2, dh, wh = (net.host(n) for n in ("store1", "store2", "daemon", "worker"))
-        store = start_sentinel_store(net, [s1, s2], [s1, s2, dh], base / "redis")
-        yield net, store, dh, wh, base
-    finally:
-        net.close()
-        if not os.environ.get("QSCHED_TEST_KEEP"):
-            import shutil
-            shutil.rmtree(base, ignore_errors=True)
+    with made_hosts("qsched-sentinel-", ("store1", "store2", "daemon", "worker")) as (net, base, h):
+        store = start_sentinel_store(net, [h["store1"], h["store2"]], [h["store1"], h["store2"], h["daemon"]],
+                                     base / "redis")
+        yield net, store, h["daemon"], h["worker"], base
 
 
 def _start(net, store, dh, wh, base, *, redis_extra=None):

@@ -18,8 +18,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from hosts import Net, make_certs, need_redis_binaries, start_daemon, start_redis, start_worker, tmpdir, wait_for, \
-    write_config
+from hosts import made_hosts, make_certs, start_daemon, start_redis, start_worker, wait_for, write_config
 from qiskit.circuit.library import efficient_su2
 from qiskit.primitives import StatevectorEstimator
 from qiskit.quantum_info import SparsePauliOp
@@ -34,12 +33,8 @@ LEASE_S = 2.0
 
 @pytest.fixture
 def hosts(monkeypatch):
-    if why := need_redis_binaries():
-        pytest.skip(why)
-    base = tmpdir("qsched-takeover-")
-    net = Net.make()
-    try:
-        st, a, b, w = (net.host(n) for n in ("store", "daemonA", "daemonB", "worker"))
+    with made_hosts("qsched-takeover-", ("store", "daemonA", "daemonB", "worker")) as (net, base, h):
+        st, a, b, w = h["store"], h["daemonA"], h["daemonB"], h["worker"]
         url, pw, _ = start_redis(net, st, base / "redis")
         import redis
         net.redis = redis.Redis.from_url(url, password=pw.read_text())
@@ -47,13 +42,13 @@ def hosts(monkeypatch):
         monkeypatch.setenv("QSCHED_CA_FILE", str(certs["ca.pem"]))
         redis_cfg = {"url": url, "password_file": str(pw)}
         daemons = {}
-        for name, h in (("A", a), ("B", b)):
+        for name, host in (("A", a), ("B", b)):
             cfg = {"redis": redis_cfg, "devices": DEVICES, "policy": {"name": "fair-share"},
-                   "daemon": {"tcp": f"{h.addr}:8765", "leader_lease_s": LEASE_S, "heartbeat_timeout_s": 3,
+                   "daemon": {"tcp": f"{host.addr}:8765", "leader_lease_s": LEASE_S, "heartbeat_timeout_s": 3,
                               "drain_timeout_s": 2,
                               "tls": {"cert_file": str(certs["server.pem"]), "key_file": str(certs["server.key"])}},
                    "auth": {"trust_tcp": True}}
-            daemons[name] = (start_daemon(net, h, base / f"daemon{name}", cfg), h)
+            daemons[name] = (start_daemon(net, host, base / f"daemon{name}", cfg), host)
             if name == "A":       # A first: it takes the lease, B waits
                 wait_for(lambda: _health(a), 60, "daemon A serving" + _tail(base / "daemonA" / "daemon.log"))
         wcfg = write_config(base / "worker.yaml", {"state_dir": str(base / "worker-state"), "redis": redis_cfg,
@@ -65,11 +60,6 @@ def hosts(monkeypatch):
         local = qsched.Client(f"unix://{base / 'daemonA' / 'qsched.sock'}", retry_s=5)    # listings: local only
         wait_for(lambda: all(d["up"] for d in local.devices()), 90, "workers up" + _tail(base / "worker-aer0.log"))
         yield net, base, daemons, urls, c
-    finally:
-        net.close()
-        if not os.environ.get("QSCHED_TEST_KEEP"):
-            import shutil
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def _tail(p, n=3000) -> str:
