@@ -107,7 +107,8 @@ class Timeout(QschedError):
 
 _BY_CODE: dict[str, type[QschedError]] = {
     cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict, PayloadTooLarge,
-                              QuotaExceeded, Unavailable, Draining, ConfigError, TaskFailed, TaskCancelled, Timeout)}
+                              QuotaExceeded, Unavailable, Draining, ReplicationTimeout, Fenced, ConfigError, TaskFailed,
+                              TaskCancelled, Timeout)}
 
 CLIENT_ERROR_CODES = sorted(code for code, cls in _BY_CODE.items() if cls.status < 500)
 
