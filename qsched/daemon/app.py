@@ -25,7 +25,7 @@ from aiohttp import web
 
 from .. import redisconn
 from ..config import Config, load_config
-from ..errors import QschedError
+from ..errors import ConfigError, QschedError
 from ..metrics import Metrics
 from ..policy import make_policy
 from ..store import Store
@@ -65,11 +65,32 @@ def sd_notify(path: str | None, state: str) -> None:
         log.warning("sd_notify %s: %s", state, e)
 
 
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TCP listener's TLS (daemon.tls), or None; a certificate or key that does not load is a
+    ConfigError naming the field."""
+    if not config.tls_cert_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"daemon.tls: cannot load cert_file/key_file ({e})", field="daemon.tls.cert_file") from None
+    if config.tls_client_ca_file:
+        try:
+            ctx.load_verify_locations(config.tls_client_ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"daemon.tls.client_ca_file: cannot load ({e})",
+                              field="daemon.tls.client_ca_file") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED if config.tls_require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
+
+
 def check(config: Config) -> dict:
     """Everything start-up would refuse, without starting anything: the one validation path of start,
     `daemon check`, `policy validate` and SIGHUP (the config was parsed already). Returns the hooks."""
     make_policy(config.policy)
     socket_gid(config.redis_socket_group)
+    tls_context(config)
     return slurm_hooks(config)
 
 
@@ -298,13 +319,7 @@ class Daemon:
             if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
                 log.warning("daemon.tcp %s is plaintext: session tokens and MUNGE credentials cross the network "
                             "in clear (set daemon.tls)", cfg.tcp)
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
-        if cfg.tls_client_ca_file:
-            ctx.load_verify_locations(cfg.tls_client_ca_file)
-            ctx.verify_mode = ssl.CERT_REQUIRED if cfg.tls_require_client_cert else ssl.CERT_OPTIONAL
-        return ctx
+        return tls_context(cfg)
 
     @contextlib.asynccontextmanager
     async def _site(self, app: web.Application, *, tcp: str | None = None, path: Path | None = None,

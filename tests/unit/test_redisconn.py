@@ -140,3 +140,20 @@ def test_a_redis_cluster_is_refused_at_start_with_a_clear_message():
         p.wait()
         shutil.rmtree(d, ignore_errors=True)
 
+
+
+def test_daemon_tls_needs_a_loadable_certificate(tmp_path):
+    from qsched.daemon.app import check, tls_context
+    with pytest.raises(ConfigError) as e:
+        parse_config({"daemon": {"tls": {"cert_file": "/x.pem"}}})
+    assert "cert_file and key_file" in e.value.message
+    with pytest.raises(ConfigError) as e:
+        parse_config({"daemon": {"tls": {"cert_file": "/x.pem", "key_file": "/x.key", "require_client_cert": True}}})
+    assert e.value.field == "daemon.tls.require_client_cert"
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    cfg = parse_config({"daemon": {"tls": {"cert_file": str(bad), "key_file": str(bad)}}, "devices": []})
+    with pytest.raises(ConfigError) as e:
+        check(cfg)                       # `qsched daemon check` and start refuse it the same way
+    assert e.value.field == "daemon.tls.cert_file"
+    assert tls_context(parse_config({"devices": []})) is None
