@@ -281,7 +281,15 @@ class Store:
             p.execute_command("EXEC")
             p.execute_command("WAIT", *self.wait)
             acked = (await p.execute())[-1]
-        _check_acked(int(acked), self.wait)
+        try:
+            _check_acked(int(acked), self.wait)
+        except ReplicationTimeout:
+            # not acknowledged: the client opens another, so do not leave this one open (best effort)
+            async with self.r.pipeline(transaction=True) as p:
+                p.srem(keys.SESSIONS, s.id)
+                p.delete(keys.session(s.id))
+                await p.execute()
+            raise
 
     async def close_session(self, sid: str, cancelled: list[str]) -> Usage:
         now = time.time()

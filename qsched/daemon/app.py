@@ -153,6 +153,10 @@ class Daemon:
                       wait_timeout_ms=cfg.redis_wait_timeout_ms)
         stack.push_async_callback(store.close)
         if cfg.leader_lease_s > 0:
+            if cfg.start_workers and any(d.start_worker for d in cfg.devices):
+                log.warning("daemon.leader_lease_s with local workers: a leader and its standby would each run "
+                            "a worker for those devices after a takeover; give them start_worker: false and run "
+                            "`qsched worker` on the device hosts")
             self.lease = LeaderLease(store, cfg.leader_lease_s)
             sd_notify(self._notify_socket, "STATUS=standby: waiting for the leader lease")
             if await self.lease.acquire(self._stop) is None:

@@ -36,6 +36,7 @@ def test_no_replica_no_acknowledgement_then_the_retry_gets_the_same_ids():
             raise AssertionError("a session was acknowledged without a replica")
         except errors.Unavailable as e:
             assert "replicas acknowledged" in e.message
+        assert r.scard(keys.SESSIONS) == 0              # the unacknowledged session is not left open
         # a client that retries: its submission stays unacknowledged until a replica is attached
         c = qsched.Client(sock, retry_s=120)
         opened: list = []
@@ -66,5 +67,6 @@ def test_no_replica_no_acknowledgement_then_the_retry_gets_the_same_ids():
         task_keys = list(r.scan_iter(match=f"qsched:task:{{{s.id}}}:*", count=1000))
         assert [k for k in task_keys if not k.endswith((b":params", b":result"))] == [keys.task(fut.id).encode()]
         assert s.status()["usage"]["tasks"] == 1
+        assert r.smembers(keys.SESSIONS) == {s.id.encode()}   # the retries opened no other session
         log = (state / "daemon.log").read_text(errors="replace")
         assert password not in log
