@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from . import redisurl
 from .errors import ConfigError
 from .models import DeviceLimits, DeviceSpec
 
@@ -430,9 +431,9 @@ def _secret_file(path_value, path: str) -> str:
 
 
 def parse_redis_url(d: dict, env_url: str | None) -> str | None:
-    """The store's one URL (see qsched.redisconn) from `redis.url` or a `redis.sentinel:` block, with the
+    """The store's one URL (see qsched.redisurl) from `redis.url` or a `redis.sentinel:` block, with the
     password files and TLS files of the block merged in. None: the embedded Redis."""
-    from . import redisconn
+
     url = env_url or d.get("url")
     sentinel = _map(d.get("sentinel"), "redis.sentinel")
     tls = _map(d.get("tls"), "redis.tls")
@@ -447,29 +448,29 @@ def parse_redis_url(d: dict, env_url: str | None) -> str | None:
             raise ConfigError("redis.sentinel.addresses: required (HOST:PORT of each sentinel)",
                               field="redis.sentinel.addresses")
         service = _type(sentinel.get("service", "mymaster"), str, "redis.sentinel.service", "a name")
-        url = redisconn.sentinel_url(list(addrs), service, db=_num(sentinel, "db", "redis.sentinel", 0, lo=0,
+        url = redisurl.sentinel_url(list(addrs), service, db=_num(sentinel, "db", "redis.sentinel", 0, lo=0,
                                                                      integer=True), tls=bool(tls))
     if url is None:
         if d.get("password_file") or tls:
             raise ConfigError("redis: password_file and tls need redis.url or redis.sentinel", field="redis.url")
         return None
     _type(url, str, "redis.url", "a URL")
-    if redisconn.is_sentinel(url):
-        redisconn.parse_sentinel_url(url)             # refuse a malformed one here, naming the field
+    if redisurl.is_sentinel(url):
+        redisurl.parse_sentinel_url(url)             # refuse a malformed one here, naming the field
     elif url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
         raise ConfigError(f"redis.url: expected redis://, rediss://, unix:// or redis+sentinel://, got "
-                          f"{redisconn.redact(url)}", field="redis.url")
+                          f"{redisurl.redact(url)}", field="redis.url")
     if sentinel.get("password_file"):
-        url = redisconn.with_query(url, sentinel_password=_secret_file(sentinel["password_file"],
+        url = redisurl.with_query(url, sentinel_password=_secret_file(sentinel["password_file"],
                                                                        "redis.sentinel.password_file"))
     if tls:
         if url.startswith("redis://"):
             url = "rediss://" + url[len("redis://"):]
-        url = redisconn.with_query(url, ssl_ca_certs=tls.get("ca_file"), ssl_certfile=tls.get("cert_file"),
+        url = redisurl.with_query(url, ssl_ca_certs=tls.get("ca_file"), ssl_certfile=tls.get("cert_file"),
                                    ssl_keyfile=tls.get("key_file"))
     if d.get("password_file"):
         user = _type(d["username"], str, "redis.username", "a name") if d.get("username") else None
-        url = redisconn.with_password(url, _secret_file(d["password_file"], "redis.password_file"), username=user)
+        url = redisurl.with_password(url, _secret_file(d["password_file"], "redis.password_file"), username=user)
     return url
 
 

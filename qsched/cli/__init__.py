@@ -8,7 +8,7 @@ import click
 
 from .. import __version__
 from ..errors import NotFound, QschedError
-from ..redisconn import redact
+from ..redisurl import redact
 from . import fmt
 
 CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="QSCHED_CONFIG",

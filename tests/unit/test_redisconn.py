@@ -11,18 +11,18 @@ import time
 
 import pytest
 
-from qsched import redisconn
+from qsched import redisconn, redisurl
 from qsched.config import parse_config
 from qsched.errors import ConfigError
 
 
 def test_sentinel_url_parses_addresses_service_db_and_credentials():
-    t = redisconn.parse_sentinel_url("redis+sentinel://app:s%40cret@10.0.0.1:26379,[::1]:26380/qs/2"
+    t = redisurl.parse_sentinel_url("redis+sentinel://app:s%40cret@10.0.0.1:26379,[::1]:26380/qs/2"
                                      "?sentinel_password=pw&ssl_ca_certs=/ca.pem")
     assert t.sentinels == (("10.0.0.1", 26379), ("::1", 26380))
     assert (t.service, t.db, t.username, t.password, t.sentinel_password) == ("qs", 2, "app", "s@cret", "pw")
     assert not t.tls and t.ssl == {"ssl_ca_certs": "/ca.pem"}
-    assert redisconn.parse_sentinel_url("rediss+sentinel://h:1/svc").tls
+    assert redisurl.parse_sentinel_url("rediss+sentinel://h:1/svc").tls
     assert "s@cret" not in repr(t) and "pw" not in repr(t)
 
 
@@ -41,9 +41,9 @@ def test_bad_sentinel_urls_name_the_field(url, word):
 def test_redact_hides_every_password():
     for url in ("redis://:pw1@h:6379/0", "rediss://u:pw1@h:1?ssl_ca_certs=/x",
                 "redis+sentinel://:pw1@a:1,b:2/s?sentinel_password=pw2", "unix:///r.sock?password=pw1"):
-        out = redisconn.redact(url)
+        out = redisurl.redact(url)
         assert "pw1" not in out and "pw2" not in out, out
-    assert redisconn.redact("redis://h:1/0") == "redis://h:1/0"
+    assert redisurl.redact("redis://h:1/0") == "redis://h:1/0"
 
 
 def _secret(tmp_path, text="hunter2", mode=0o600):
@@ -59,7 +59,7 @@ def test_sentinel_block_and_password_files_make_one_url(tmp_path):
                                                "password_file": str(pw)},
                                   "password_file": str(pw), "username": "qsched",
                                   "wait_replicas": 1, "wait_timeout_ms": 250}})
-    t = redisconn.parse_sentinel_url(cfg.redis_url)
+    t = redisurl.parse_sentinel_url(cfg.redis_url)
     assert t.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379)) and t.service == "qs"
     assert (t.username, t.password, t.sentinel_password) == ("qsched", "hunter2", "hunter2")
     assert (cfg.redis_wait_replicas, cfg.redis_wait_timeout_ms) == (1, 250)
