@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from . import redisurl
 from .errors import ConfigError
 from .models import DeviceLimits, DeviceSpec, Window
 
@@ -84,12 +85,24 @@ class PolicyConfig:
 @dataclass
 class Config:
     state_dir: Path
-    redis_url: str | None = None
+    redis_url: str | None = None          # may hold the password (from redis.password_file): see redact()
     redis_max_connections: int = 64
     # the embedded Redis's socket is usable by this group too (workers run by systemd as an unprivileged
     # user in it); None: the daemon's user only
     redis_socket_group: str | None = None
+    # WAIT before acknowledging a submission: that many replicas hold it, or it is answered 503 (retried
+    # under its idempotency key); 0: acknowledge once the primary has it (async replication)
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 100
     tcp: str | None = "127.0.0.1:8765"
+    # TLS on the TCP listener (daemon.tls): MUNGE credentials and session tokens cross it
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None      # verify client certificates against this CA
+    tls_require_client_cert: bool = False
+    # a standby daemon (daemon.leader_lease_s > 0): the one holding the lease in Redis serves, the
+    # others wait; 0: one daemon, no lease
+    leader_lease_s: float = 0.0
     socket: Path | None = None
     admin_socket: Path | None = None
     max_body_bytes: int = 64 * 1024 * 1024
@@ -426,7 +439,7 @@ MERGE_BATCHES = {"emulated-qpu": 8}
 def _parse_device(d, path: str, known_types) -> DeviceSpec:
     d = _map(d, path)
     _unknown(d, {"name", "type", "pool", "max_qubits", "max_shots", "max_bindings",
-                 "max_batch_bindings", "merge_batches", "merge_wait_s", "options"}, path)
+                 "max_batch_bindings", "merge_batches", "merge_wait_s", "options", "start_worker"}, path)
     for req in ("name", "type"):
         if req not in d:
             raise ConfigError(f"{path}.{req}: required", field=f"{path}.{req}")
@@ -445,11 +458,70 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
         max_bindings=_num(d, "max_bindings", path, 100_000, lo=1, integer=True),
         max_batch_bindings=_num(d, "max_batch_bindings", path, 20_000, lo=1, integer=True),
     )
+    start_worker = _type(d.get("start_worker", True), bool, f"{path}.start_worker", "true or false")
     return DeviceSpec(name=name, type=typ, pool=str(d.get("pool") or typ), limits=limits,
                       options=_map(d.get("options"), f"{path}.options"),
                       merge_batches=_num(d, "merge_batches", path, MERGE_BATCHES.get(typ, 1), lo=1, hi=64,
                                          integer=True),
-                      merge_wait_s=_num(d, "merge_wait_s", path, 0.0, lo=0, hi=60))
+                      merge_wait_s=_num(d, "merge_wait_s", path, 0.0, lo=0, hi=60),
+                      start_worker=start_worker)
+
+
+def _secret_file(path_value, path: str) -> str:
+    """A password read from a file only its owner can read (never from the YAML, argv or environment)."""
+    p = Path(os.path.expanduser(_type(path_value, str, path, "a path")))
+    try:
+        st = p.stat()
+        if st.st_mode & 0o077:
+            raise ConfigError(f"{path}: {p} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it",
+                              field=path)
+        return p.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {p} ({e.strerror})", field=path) from None
+
+
+def parse_redis_url(d: dict, env_url: str | None) -> str | None:
+    """The store's one URL (see qsched.redisurl) from `redis.url` or a `redis.sentinel:` block, with the
+    password files and TLS files of the block merged in. None: the embedded Redis."""
+
+    url = env_url or d.get("url")
+    sentinel = _map(d.get("sentinel"), "redis.sentinel")
+    tls = _map(d.get("tls"), "redis.tls")
+    _unknown(sentinel, {"addresses", "service", "db", "password_file"}, "redis.sentinel")
+    _unknown(tls, {"ca_file", "cert_file", "key_file"}, "redis.tls")
+    if sentinel and not env_url:
+        if d.get("url"):
+            raise ConfigError("redis.sentinel: set either redis.url or redis.sentinel, not both",
+                              field="redis.sentinel")
+        addrs = _names(sentinel.get("addresses"), "redis.sentinel.addresses")
+        if not addrs:
+            raise ConfigError("redis.sentinel.addresses: required (HOST:PORT of each sentinel)",
+                              field="redis.sentinel.addresses")
+        service = _type(sentinel.get("service", "mymaster"), str, "redis.sentinel.service", "a name")
+        url = redisurl.sentinel_url(list(addrs), service, db=_num(sentinel, "db", "redis.sentinel", 0, lo=0,
+                                                                     integer=True), tls=bool(tls))
+    if url is None:
+        if d.get("password_file") or tls:
+            raise ConfigError("redis: password_file and tls need redis.url or redis.sentinel", field="redis.url")
+        return None
+    _type(url, str, "redis.url", "a URL")
+    if redisurl.is_sentinel(url):
+        redisurl.parse_sentinel_url(url)             # refuse a malformed one here, naming the field
+    elif url.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"redis.url: expected redis://, rediss://, unix:// or redis+sentinel://, got "
+                          f"{redisurl.redact(url)}", field="redis.url")
+    if sentinel.get("password_file"):
+        url = redisurl.with_query(url, sentinel_password=_secret_file(sentinel["password_file"],
+                                                                       "redis.sentinel.password_file"))
+    if tls:
+        if url.startswith("redis://"):
+            url = "rediss://" + url[len("redis://"):]
+        url = redisurl.with_query(url, ssl_ca_certs=tls.get("ca_file"), ssl_certfile=tls.get("cert_file"),
+                                   ssl_keyfile=tls.get("key_file"))
+    if d.get("password_file"):
+        user = _type(d["username"], str, "redis.username", "a name") if d.get("username") else None
+        url = redisurl.with_password(url, _secret_file(d["password_file"], "redis.password_file"), username=user)
+    return url
 
 
 # with no `devices:`; configs/qsched.yaml spells out the same (tests/unit/test_config.py keeps them equal).
@@ -470,18 +542,32 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     _unknown(local, {"workers"}, "local")
     state_dir = Path(os.path.expanduser(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
     redis_cfg = _map(raw.get("redis"), "redis")
-    _unknown(redis_cfg, {"url", "max_connections", "socket_group"}, "redis")
+    _unknown(redis_cfg, {"url", "max_connections", "socket_group", "password_file", "username", "sentinel", "tls",
+                         "wait_replicas", "wait_timeout_ms"}, "redis")
     socket_group = redis_cfg.get("socket_group")
     if socket_group is not None:
         _type(socket_group, str, "redis.socket_group", "a group name")
-    redis_url = os.environ.get("QSCHED_REDIS_URL") or redis_cfg.get("url")
+    redis_url = parse_redis_url(redis_cfg, os.environ.get("QSCHED_REDIS_URL"))
     dm = _map(raw.get("daemon"), "daemon")
     _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
                   "heartbeat_timeout_s", "start_workers", "result_ttl_s", "template_ttl_s", "parse_timeout_s",
                   "idle_timeout_s", "body_timeout_s", "max_connections_per_peer", "max_connections",
                   "session_idle_timeout_s", "max_answer_bytes",
                   "parse_memory_bytes", "max_template_instructions", "max_template_parameters",
-                  "max_template_clbits", "max_terms_per_task", "max_terms_per_request"}, "daemon")
+                  "max_template_clbits", "max_terms_per_task", "max_terms_per_request",
+                  "tls", "leader_lease_s"}, "daemon")
+    tls = _map(dm.get("tls"), "daemon.tls")
+    _unknown(tls, {"cert_file", "key_file", "client_ca_file", "require_client_cert"}, "daemon.tls")
+    if tls and not (tls.get("cert_file") and tls.get("key_file")):
+        raise ConfigError("daemon.tls: cert_file and key_file are required", field="daemon.tls")
+    for k in ("cert_file", "key_file", "client_ca_file"):
+        if tls.get(k) is not None:
+            _type(tls[k], str, f"daemon.tls.{k}", "a path")
+    require_cert = _type(tls.get("require_client_cert", False), bool, "daemon.tls.require_client_cert",
+                         "true or false")
+    if require_cert and not tls.get("client_ca_file"):
+        raise ConfigError("daemon.tls.require_client_cert: needs daemon.tls.client_ca_file",
+                          field="daemon.tls.require_client_cert")
     tcp = dm.get("tcp", "127.0.0.1:8765")
     if tcp is not None:
         host, _, port = str(tcp).rpartition(":")
@@ -505,7 +591,14 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         redis_url=redis_url,
         redis_max_connections=_num(redis_cfg, "max_connections", "redis", 64, lo=4, hi=10_000, integer=True),
         redis_socket_group=socket_group,
+        redis_wait_replicas=_num(redis_cfg, "wait_replicas", "redis", 0, lo=0, hi=100, integer=True),
+        redis_wait_timeout_ms=_num(redis_cfg, "wait_timeout_ms", "redis", 100, lo=1, hi=60_000, integer=True),
         tcp=tcp,
+        tls_cert_file=tls.get("cert_file"),
+        tls_key_file=tls.get("key_file"),
+        tls_client_ca_file=tls.get("client_ca_file"),
+        tls_require_client_cert=require_cert,
+        leader_lease_s=_num(dm, "leader_lease_s", "daemon", 0.0, lo=0.0, hi=600.0),
         socket=Path(dm["socket"]) if dm.get("socket") else None,
         admin_socket=Path(dm["admin_socket"]) if dm.get("admin_socket") else None,
         max_body_bytes=_num(dm, "max_body_bytes", "daemon", 64 * 1024 * 1024, lo=1024, integer=True),

@@ -71,6 +71,17 @@ class Unavailable(QschedError):
     code = "unavailable"
 
 
+class ReplicationTimeout(Unavailable):
+    """A write reached the primary but not `redis.wait_replicas` replicas in time: not acknowledged (a
+    retry under the same idempotency key gets the same tasks if they survived, new ones if not)."""
+    code = "replication_timeout"
+
+
+class Fenced(Unavailable):
+    """This daemon lost the leader lease (another daemon took over): it writes nothing and stops."""
+    code = "not_leader"
+
+
 class Draining(Unavailable):
     """The daemon is stopping (SIGTERM): the request was not taken; retry on the next daemon."""
     code = "draining"
@@ -96,7 +107,8 @@ class Timeout(QschedError):
 
 _BY_CODE: dict[str, type[QschedError]] = {
     cls.code: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict, PayloadTooLarge,
-                              QuotaExceeded, Unavailable, Draining, ConfigError, TaskFailed, TaskCancelled, Timeout)}
+                              QuotaExceeded, Unavailable, Draining, ReplicationTimeout, Fenced, ConfigError, TaskFailed,
+                              TaskCancelled, Timeout)}
 
 CLIENT_ERROR_CODES = sorted(code for code, cls in _BY_CODE.items() if cls.status < 500)
 

@@ -33,8 +33,9 @@ def start(redis_url: str, device: str, *, ttl_s: float, static: dict) -> subproc
 def beat(redis_url: str, device: str, worker_pid: int, ttl_s: float, static: dict) -> None:
     import redis as redis_lib
 
+    from .redisconn import sync_client
     from .store import DeviceQueue
-    queue = DeviceQueue(redis_lib.Redis.from_url(redis_url, socket_timeout=max(1.0, ttl_s)), device)
+    queue = DeviceQueue(sync_client(redis_url, socket_timeout=max(1.0, ttl_s)), device)
     worker = psutil.Process(worker_pid)
     interval = max(0.05, ttl_s / 4)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -1,7 +1,11 @@
 """Every Redis key name qsched uses, and nothing else.
 
-A session's keys share the hash tag ``{sid}`` so a Redis Cluster keeps them in one slot; tasks are
-keyed under their session for the same reason (a task id embeds its session id).
+A session's keys share the hash tag ``{sid}`` (tasks are keyed under their session: a task id embeds
+its session id), which keeps one session's keys together. That does not make qsched run on a Redis
+Cluster: the atomic scripts in store.py (commit, complete, recall) touch a device's inbox, a batch and
+the events stream along with a session's keys, which a cluster refuses across hash slots. One primary
+(with replicas and Sentinel for failover) holds everything; the daemon refuses a cluster node at start
+(redisconn.check_store).
 """
 PREFIX = "qsched:"
 
@@ -10,6 +14,8 @@ EVENTS = PREFIX + "events"                     # stream: task/batch completions 
 SECRET = PREFIX + "secret"                     # HMAC key for session tokens
 ACCOUNTING = PREFIX + "acct"                   # stream: usage records of closed sessions
 DEVICES = PREFIX + "devices"                   # set of device names the last daemon ran (finds removed ones)
+LEADER = PREFIX + "leader"                     # the leader lease: "EPOCH HOLDER", expires unless renewed
+LEADER_EPOCH = PREFIX + "leader:epoch"         # counter: each new leader's fencing token
 
 
 def session(sid: str) -> str:

@@ -169,6 +169,7 @@ class DeviceSpec:
     merge_batches: int = 1
     # how long a call that could take more batches waits for them (0: run what is waiting now)
     merge_wait_s: float = 0.0
+    start_worker: bool = True       # false: its worker runs on another host (`qsched worker --device`)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,13 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from . import keys
+from .errors import Fenced, ReplicationTimeout
 from .models import Batch, Session, SessionState, Task, TaskState, Usage, Window
 
 # a task's payload as a worker needs it, inline in a batch or fetched (params: raw float64, base64 inline)
@@ -80,12 +82,19 @@ TASK_FIELDS = ("id", "session", "kind", "template", "bindings", "shots", "seq", 
 
 # Daemon side: accept new tasks and dispatch batches in one atomic call (the hot path: one round trip).
 COMMIT_LUA = """
--- ARGV: nnew, nbatch, idempotency ttl (0: no key), the ids json; the idempotency key is the last KEY
+-- ARGV: nnew, nbatch, idempotency ttl (0: no key), the ids json, the leader's fence ('' : none)
+-- KEYS end with the idempotency key (if any), then the leader lease (if fenced)
 local nnew, nbatch = tonumber(ARGV[1]), tonumber(ARGV[2])
 local names = {""" + ", ".join(f"'{f}'" for f in TASK_FIELDS) + """, 'observables'}
-local k, a = 1, 5
+local k, a = 1, 6
+local last = #KEYS
+if ARGV[5] ~= '' then
+  -- a daemon that lost the lease (paused past its expiry) writes nothing: the new leader owns the state
+  if redis.call('GET', KEYS[last]) ~= ARGV[5] then return redis.error_reply('FENCED the leader lease is not ours') end
+  last = last - 1
+end
 if tonumber(ARGV[3]) > 0 then
-  redis.call('SET', KEYS[#KEYS], ARGV[4], 'EX', tonumber(ARGV[3]))
+  redis.call('SET', KEYS[last], ARGV[4], 'EX', tonumber(ARGV[3]))
 end
 if nnew > 0 then
   local pending = KEYS[1]
@@ -120,11 +129,14 @@ return 1
 # processing list, and put its live tasks back at the head of their session's queue, in order.
 # Atomic against the worker's BLMOVE and COMPLETE: exactly one of them gets the entry.
 RECALL_LUA = """
--- KEYS: list, pending, batch, sessions set, then one task key per task id
--- ARGV: entry, sid, count as an attempt (0/1), then the task ids in batch order
+-- KEYS: list, pending, batch, sessions set, leader lease, then one task key per task id
+-- ARGV: entry, sid, count as an attempt (0/1), the leader's fence ('': none), then the task ids in order
+if ARGV[4] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[4] then
+  return redis.error_reply('FENCED the leader lease is not ours')
+end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 local open = redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 1
-for j = #ARGV, 4, -1 do
+for j = #ARGV, 5, -1 do
   local tkey = KEYS[j + 1]
   local st = redis.call('HGET', tkey, 'state')
   if st == 'SCHEDULED' or st == 'RUNNING' then
@@ -163,6 +175,21 @@ return taken
 """
 
 
+# The leader lease: taken only when free, with a fencing token that grows with every new leader.
+ACQUIRE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local v = redis.call('INCR', KEYS[2]) .. ' ' .. ARGV[1]
+redis.call('SET', KEYS[1], v, 'PX', tonumber(ARGV[2]))
+return v
+"""
+# Renew our lease (ttl > 0) or give it up (ttl 0); 0 when it is no longer ours.
+RENEW_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) else redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
 class HotScript:
     """A Lua script on a connection of its own, called without redis-py's client layers (pool, retry,
     observability hooks): on the daemon's per-request path they cost more than Redis itself. Calls must
@@ -173,21 +200,44 @@ class HotScript:
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self.conn: Any = None
 
-    async def __call__(self, keys: list, args: list):
+    async def __call__(self, keys: list, args: list, *, wait: tuple[int, int] | None = None):
+        """wait=(replicas, timeout_ms): then WAIT on the same connection (WAIT counts the replicas that
+        have this connection's writes) and raise ReplicationTimeout if fewer acknowledged in time."""
         if self.conn is None:
             self.conn = self.pool.make_connection()
             await self.conn.connect()
         try:
             try:
                 await self.conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
-                return await self.conn.read_response()
+                out = await self.conn.read_response()
             except NoScriptError:
                 await self.conn.send_command("SCRIPT", "LOAD", self.script)
                 await self.conn.read_response()
                 await self.conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
-                return await self.conn.read_response()
+                out = await self.conn.read_response()
+            if wait is not None:
+                await self.conn.send_command("WAIT", *wait)
+                _check_acked(int(await self.conn.read_response()), wait)
+            return out
+        except ReplicationTimeout:
+            raise                             # the connection is fine
         except BaseException:
             await self.conn.disconnect()      # a broken or half-read connection is never reused
+            self.conn = None
+            raise
+
+    async def wait_again(self, wait: tuple[int, int]) -> None:
+        """WAIT for every write made so far on this connection (a retry of a write that timed out)."""
+        if self.conn is None:
+            raise ReplicationTimeout("store: the connection that made the write is gone; retry",
+                                     field="redis.wait_replicas")
+        try:
+            await self.conn.send_command("WAIT", *wait)
+            _check_acked(int(await self.conn.read_response()), wait)
+        except ReplicationTimeout:
+            raise
+        except BaseException:
+            await self.conn.disconnect()
             self.conn = None
             raise
 
@@ -199,21 +249,47 @@ class HotScript:
 class Store:
     """Async repository used by the daemon."""
 
-    def __init__(self, redis, *, result_ttl_s: int = 86_400):
+    def __init__(self, redis, *, result_ttl_s: int = 86_400, wait_replicas: int = 0, wait_timeout_ms: int = 100):
         self.r = redis
         self.ttl = result_ttl_s
+        # acknowledged only once this many replicas have it (async replication loses the last writes of
+        # a primary that dies; a promoted replica that has them loses nothing acknowledged)
+        self.wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
         self._commit = HotScript(redis.connection_pool, COMMIT_LUA)
         self._recall = redis.register_script(RECALL_LUA)
+        self._acquire = redis.register_script(ACQUIRE_LUA)
+        self._renew = redis.register_script(RENEW_LUA)
+        self.fence = ""                       # the leader lease's value while this daemon holds it
+        self.on_fenced: Callable[[], None] | None = None
 
     async def close(self) -> None:
         await self._commit.close()
 
     # sessions ---------------------------------------------------------------------------------------
     async def create_session(self, s: Session) -> None:
-        async with self.r.pipeline(transaction=True) as p:
+        if self.wait is None:
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(keys.session(s.id), mapping=s.to_redis())
+                p.sadd(keys.SESSIONS, s.id)
+                await p.execute()
+            return
+        # MULTI/EXEC then WAIT in one round trip on one connection (WAIT counts that connection's writes)
+        async with self.r.pipeline(transaction=False) as p:
+            p.execute_command("MULTI")
             p.hset(keys.session(s.id), mapping=s.to_redis())
             p.sadd(keys.SESSIONS, s.id)
-            await p.execute()
+            p.execute_command("EXEC")
+            p.execute_command("WAIT", *self.wait)
+            acked = (await p.execute())[-1]
+        try:
+            _check_acked(int(acked), self.wait)
+        except ReplicationTimeout:
+            # not acknowledged: the client opens another, so do not leave this one open (best effort)
+            async with self.r.pipeline(transaction=True) as p:
+                p.srem(keys.SESSIONS, s.id)
+                p.delete(keys.session(s.id))
+                await p.execute()
+            raise
 
     async def close_session(self, sid: str, cancelled: list[str]) -> Usage:
         now = time.time()
@@ -290,7 +366,7 @@ class Store:
         Tasks are durable (and acknowledged) only once this returns; with an idempotency key, so is the
         answer a retry of the same submission gets."""
         keys_: list[str] = []
-        args: list = [len(new), len(batches), 0, ""]
+        args: list = [len(new), len(batches), 0, "", self.fence]
         if idempotency_key and new:
             args[2:4] = [self.ttl, json.dumps([t.id for t, _, _ in new])]
         if new:
@@ -307,7 +383,26 @@ class Store:
         if idempotency_key and new:
             assert sid is not None
             keys_.append(keys.session_submit(sid, idempotency_key))
-        await self._commit(keys=keys_, args=args)
+        if self.fence:
+            keys_.append(keys.LEADER)
+        try:
+            await self._commit(keys_, args, wait=self.wait if new else None)
+        except ResponseError as e:
+            raise self._fenced(e) from None
+
+    def _fenced(self, e: ResponseError) -> Exception:
+        """A FENCED refusal: this daemon is no longer the leader (it stops); any other error as it was."""
+        if not str(e).startswith("FENCED"):
+            return e
+        if self.on_fenced is not None:
+            self.on_fenced()
+        return Fenced("daemon: no longer the leader (another daemon holds the lease); retry on the leader",
+                      field="daemon")
+
+    async def wait_replicated(self) -> None:
+        """Raise ReplicationTimeout unless the commits so far have reached redis.wait_replicas replicas."""
+        if self.wait is not None:
+            await self._commit.wait_again(self.wait)
 
     async def last_event_id(self) -> str:
         last = await self.r.xrevrange(keys.EVENTS, count=1)
@@ -328,10 +423,27 @@ class Store:
         at the head of their session's queue (counting a run attempt if asked). False: the entry was no
         longer there (a worker took it, or it finished)."""
         lst = keys.device_inbox(device) if source == "inbox" else keys.device_processing(device)
-        keys_ = [lst, keys.session_pending(batch.session), keys.batch(batch.id), keys.SESSIONS,
+        keys_ = [lst, keys.session_pending(batch.session), keys.batch(batch.id), keys.SESSIONS, keys.LEADER,
                  *(keys.task(t) for t in batch.tasks)]
-        return bool(await self._recall(keys=keys_, args=[batch.entry(), batch.session, int(attempt),
-                                                         *batch.tasks]))
+        try:
+            return bool(await self._recall(keys=keys_, args=[batch.entry(), batch.session, int(attempt), self.fence,
+                                                             *batch.tasks]))
+        except ResponseError as e:
+            raise self._fenced(e) from None
+
+    # the leader lease -----------------------------------------------------------------------------
+    async def acquire_lease(self, holder: str, ttl_ms: int) -> str | None:
+        """The lease if no daemon holds it, with a new fencing token (epoch): 'EPOCH HOLDER'; else None."""
+        return _s(await self._acquire(keys=[keys.LEADER, keys.LEADER_EPOCH], args=[holder, ttl_ms]))
+
+    async def renew_lease(self, value: str, ttl_ms: int) -> bool:
+        return bool(await self._renew(keys=[keys.LEADER], args=[value, ttl_ms]))
+
+    async def lease_holder(self) -> str | None:
+        return _s(await self.r.get(keys.LEADER))
+
+    async def release_lease(self, value: str) -> None:
+        await self._renew(keys=[keys.LEADER], args=[value, 0])
 
     async def known_devices(self, configured: list[str]) -> set[str]:
         """The devices an earlier daemon ran that the config no longer has; records the current ones."""
@@ -582,6 +694,12 @@ def _pairs(h: dict) -> dict[str, tuple[float, float]]:
         except ValueError:
             continue             # not ours; never fatal
     return out
+
+
+def _check_acked(acked: int, wait: tuple[int, int]) -> None:
+    if acked < wait[0]:
+        raise ReplicationTimeout(f"store: {acked} of {wait[0]} replicas acknowledged the write within {wait[1]} ms; "
+                                 "retry", field="redis.wait_replicas")
 
 
 def _s(v):

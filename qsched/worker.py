@@ -50,6 +50,7 @@ class Worker:
         self.parent_pid: int | None = None      # set when tied to the daemon that started us
         self.device = load_device(spec)
         self._templates = LRU()
+        self.outages = 0                        # store outages ridden out (a failover may undo writes)
 
     # lifecycle ----------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -60,7 +61,10 @@ class Worker:
             for entry in self._redis_retry(self.queue.held):          # a predecessor's, oldest first
                 self.recover(entry)
             while not self.stopping.is_set():
+                outages = self.outages
                 entry = self._redis_retry(lambda: self.queue.take(1.0))
+                if self.outages != outages:
+                    self.rerun_lost_completions(entry)
                 if entry is not None:
                     self.run_batches([entry, *self._merge_with(entry)])
         finally:
@@ -88,7 +92,18 @@ class Worker:
                 continue
             if down is not None:
                 log.info("store is back after %.1f s", time.monotonic() - down)
+                self.outages += 1
             return out
+
+    def rerun_lost_completions(self, taken) -> None:
+        """After an outage the store may be a promoted replica that never got our last completion: the
+        batch is back in our processing list although we ran it. Between batches nothing else of ours
+        is there, so run what is (`taken`: the batch just moved there, run next by the caller)."""
+        for entry in self._redis_retry(self.queue.held):
+            if entry != taken:
+                log.warning("batch %s is in the processing list again after a store failover (its completion "
+                            "was lost with the old primary): running it again", Batch.from_entry(entry).id)
+                self.run_batches([entry])
 
     # one batch ----------------------------------------------------------------------------------------
     def recover(self, entry) -> None:
@@ -201,11 +216,11 @@ class Worker:
 
 def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: int, heartbeat_ttl_s: float,
          tie_to_parent: bool = False) -> None:
-    import redis as redis_lib
+    from .redisconn import sync_client
     if tie_to_parent:
         die_with_parent()
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")   # spin-waiting collapsed aer 4-6x on shared VMs
-    r = redis_lib.Redis.from_url(redis_url)
+    r = sync_client(redis_url, socket_timeout=10.0)      # > the 1 s BLMOVE: a dead store shows as an error
     w = Worker(r, spec, redis_url=redis_url, max_attempts=max_attempts, result_ttl_s=result_ttl_s,
                heartbeat_ttl_s=heartbeat_ttl_s)
     if tie_to_parent:

@@ -8,6 +8,7 @@ import click
 
 from .. import __version__
 from ..errors import NotFound, QschedError
+from ..redisurl import redact
 from . import fmt
 
 CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="QSCHED_CONFIG",
@@ -81,8 +82,9 @@ def up(config_path, redis_url):
     cfg = _config(config_path, redis_url)
 
     def ready(sch):
-        click.echo(f"qsched up: {cfg.socket_path}" + (f" and http://{cfg.tcp}" if cfg.tcp else ""), err=True)
-        click.echo(f"  redis: {cfg.redis_url or 'embedded in ' + str(cfg.state_dir / 'redis')}", err=True)
+        scheme = "https" if cfg.tls_cert_file else "http"
+        click.echo(f"qsched up: {cfg.socket_path}" + (f" and {scheme}://{cfg.tcp}" if cfg.tcp else ""), err=True)
+        click.echo(f"  redis: {redact(cfg.redis_url) or 'embedded in ' + str(cfg.state_dir / 'redis')}", err=True)
         click.echo(f"  devices: {', '.join(f'{d.name} ({d.type}, pool {d.pool})' for d in cfg.devices)}", err=True)
         click.echo(f"  policy: {cfg.policy.name}; export QSCHED_URL=unix://{cfg.socket_path}", err=True)
     run(cfg, config_path=config_path, ready=ready)
@@ -111,7 +113,7 @@ def daemon_check(config_path, redis_url):
     cfg = _config(config_path, redis_url)
     check(cfg)
     click.echo(f"config {cfg.source}: ok")
-    click.echo(f"  state dir {cfg.state_dir}; redis {cfg.redis_url or 'embedded'}; policy {cfg.policy.name}")
+    click.echo(f"  state dir {cfg.state_dir}; redis {redact(cfg.redis_url) or 'embedded'}; policy {cfg.policy.name}")
     for d in cfg.devices:
         click.echo(f"  device {d.name}: {d.type}, pool {d.pool}, <= {d.limits.max_qubits} qubits")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -262,21 +261,21 @@ def _ensure_workers(redis_url: str, queue, workers: int) -> None:
     is empty) until that many are registered."""
     from rq import Worker
     missing = workers - len(Worker.all(queue=queue))
-    rq = shutil.which("rq", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    argv = ([rq] if rq else [sys.executable, "-m", "rq.cli"]) + [
-        "worker", "--burst", "--url", redis_url, "--worker-class", "rq.worker.SimpleWorker",
-        "--serializer", "rq.serializers.JSONSerializer", keys.RQ_QUEUE]
+    argv = [sys.executable, "-m", "qsched.cli.rqworker"]
     for _ in range(max(0, missing)):
-        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                         cwd=os.getcwd())
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, cwd=os.getcwd())
+        assert proc.stdin is not None
+        proc.stdin.write(redis_url.encode() + b"\n")      # a pipe, not argv: the URL may hold a password
+        proc.stdin.close()
 
 
 def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_path) -> int:
-    import redis
     from rq import Queue
     from rq.serializers import JSONSerializer
 
     from ..config import load_config
+    from ..redisconn import sync_client
     config = load_config(config_path)
     url = local_redis_url(config)
     socket_path = str(config.socket_path)
@@ -290,7 +289,7 @@ def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_
     time_limit = time_limit or directive(opts, "--time", "-t")
     name = directive(opts, "--job-name", "-J") or Path(script).name
     session = _open_local_session(socket_path, pool, klass, name=name)
-    conn = redis.Redis.from_url(url)
+    conn = sync_client(url)
     q = Queue(keys.RQ_QUEUE, connection=conn, serializer=JSONSerializer)   # nothing in the store is unpickled
     cwd = os.getcwd()
     env = {"QSCHED_URL": f"unix://{socket_path}", "QSCHED_SESSION": session["id"],

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import threading
 import urllib.parse
@@ -48,20 +49,56 @@ def _encode(body: Any, headers: dict[str, str] | None) -> tuple[bytes, dict[str,
     return body or b"", headers
 
 
+def daemon_urls(url: str) -> list[str]:
+    """QSCHED_URL may list several daemons (a leader and its standbys), comma-separated: tried in turn."""
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    return urls or [url]
+
+
+def tls_context() -> ssl.SSLContext:
+    """For https:// daemons: verify the server against QSCHED_CA_FILE (else the system's CAs), and
+    present QSCHED_CLIENT_CERT/QSCHED_CLIENT_KEY where the daemon asks for a client certificate."""
+    ctx = ssl.create_default_context(cafile=os.environ.get("QSCHED_CA_FILE") or None)
+    cert = os.environ.get("QSCHED_CLIENT_CERT")
+    if cert:
+        ctx.load_cert_chain(cert, os.environ.get("QSCHED_CLIENT_KEY") or None)
+    return ctx
+
+
+class _Target:
+    """One daemon address: a unix socket, http://HOST:PORT or https://HOST:PORT."""
+
+    def __init__(self, url: str):
+        u = urllib.parse.urlparse(url)
+        self.url = url
+        self.unix = u.scheme == "unix"
+        self.tls = u.scheme == "https"
+        self.addr: Any = u.path if self.unix else (u.hostname or "127.0.0.1", u.port or 8765)
+        self.host = b"localhost" if self.unix else f"{self.addr[0]}:{self.addr[1]}".encode()
+
+
 class _Transport:
-    """HTTP/1.1 with keep-alive over a unix or TCP socket, one connection per thread. Hand-rolled because
-    http.client parses every response's headers with the email package: that alone was a fifth of a
-    null task's round trip."""
+    """HTTP/1.1 with keep-alive over a unix or TCP (or TLS) socket, one connection per thread. Hand-rolled
+    because http.client parses every response's headers with the email package: that alone was a fifth
+    of a null task's round trip. Several daemon URLs: a new connection tries them in turn, from the one
+    that last answered."""
 
     def __init__(self, url: str, timeout: float):
         self.url, self.timeout = url, timeout
-        u = urllib.parse.urlparse(url)
-        self.unix = u.scheme == "unix"
-        self._addr: Any = u.path if self.unix else (u.hostname or "127.0.0.1", u.port or 8765)
-        self._host = b"localhost" if self.unix else f"{self._addr[0]}:{self._addr[1]}".encode()
+        self._targets = [_Target(u) for u in daemon_urls(url)]
+        self._cur = 0
+        self._ctx: ssl.SSLContext | None = None
         self._local = threading.local()       # a connection per thread: a Client can be shared by threads
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+
+    @property
+    def unix(self) -> bool:
+        return self._targets[self._cur].unix
+
+    @property
+    def _host(self) -> bytes:
+        return self._targets[self._cur].host
 
     # the calling thread's connection and its read buffer
     _sock = property(lambda self: getattr(self._local, "sock", None),
@@ -70,18 +107,41 @@ class _Transport:
                     lambda self, v: setattr(self._local, "buf", v))
 
     def _connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX if self.unix else socket.AF_INET, socket.SOCK_STREAM)
+        first, n = self._cur, len(self._targets)
+        for k in range(n):
+            i = (first + k) % n
+            try:
+                sock = self._connect_to(self._targets[i])
+            except OSError:
+                if k == n - 1:
+                    raise
+                continue
+            self._cur = i
+            self._sock, self._buf = sock, b""
+            with self._open_lock:
+                self._open.add(sock)
+            return
+
+    def _next_target(self) -> None:
+        """The daemon went away or stopped answering mid-request: a retry tries the next one first (a
+        stopped ex-leader may still accept connections that nothing reads)."""
+        self._cur = (self._cur + 1) % len(self._targets)
+
+    def _connect_to(self, t: _Target) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX if t.unix else socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
-            sock.connect(self._addr)
-            if not self.unix:
+            sock.connect(t.addr)
+            if not t.unix:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if t.tls:
+                if self._ctx is None:
+                    self._ctx = tls_context()
+                sock = self._ctx.wrap_socket(sock, server_hostname=t.addr[0])
         except BaseException:
             sock.close()
             raise
-        self._sock, self._buf = sock, b""
-        with self._open_lock:
-            self._open.add(sock)
+        return sock
 
     def _recv(self) -> None:
         chunk = self._sock.recv(262144)
@@ -140,9 +200,6 @@ class _Transport:
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                 timeout: float | None = None) -> Any:
         data, headers = _encode(body, headers)
-        head = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + self._host, b"Content-Length: %d" % len(data)]
-        head += [f"{k}: {v}".encode() for k, v in headers.items()]
-        message = b"\r\n".join(head) + b"\r\n\r\n" + data
         for attempt in (0, 1):
             if self._sock is not None and self._sock.fileno() < 0:    # closed by close() in another thread
                 self._sock, self._buf = None, b""
@@ -152,6 +209,9 @@ class _Transport:
                     self._connect()
                 except OSError as e:        # no socket file, refused: the request never left
                     raise self._unreachable(e, sent=False) from None
+            head = [f"{method} {path} HTTP/1.1".encode(), b"Host: " + self._host, b"Content-Length: %d" % len(data)]
+            head += [f"{k}: {v}".encode() for k, v in headers.items()]
+            message = b"\r\n".join(head) + b"\r\n\r\n" + data
             try:
                 self._sock.settimeout(timeout or self.timeout)
                 try:
@@ -167,9 +227,11 @@ class _Transport:
                 # only a kept-alive connection the daemon closed while idle is retried here: the request
                 # never reached it. A fresh connection failing is the core's to retry, or not.
                 if fresh or attempt:
+                    self._next_target()
                     raise self._unreachable(e, sent=True) from None
             except OSError as e:          # timed out
                 self._drop()
+                self._next_target()
                 raise self._unreachable(e, sent=True) from None
         if hdrs.get("connection", "").lower() == "close":
             self._drop()
@@ -192,38 +254,52 @@ class AsyncTransport:
 
     def __init__(self, url: str, timeout: float):
         self.url, self.timeout = url, timeout
-        u = urllib.parse.urlparse(url)
-        self.unix = u.scheme == "unix"
-        self._path = u.path
-        self._base = "http://localhost" if self.unix else f"http://{u.hostname or '127.0.0.1'}:{u.port or 8765}"
-        self._http: Any = None
+        self._targets = [_Target(u) for u in daemon_urls(url)]
+        self._cur = 0
+        self._http: dict[int, Any] = {}       # one pooled ClientSession per daemon address
 
-    def _session(self) -> Any:
+    @property
+    def unix(self) -> bool:
+        return self._targets[self._cur].unix
+
+    def _session(self, t: _Target) -> Any:
         import aiohttp
-        if self._http is None:
-            conn = aiohttp.UnixConnector(path=self._path) if self.unix else aiohttp.TCPConnector()
-            self._http = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None))
-        return self._http
+        i = self._targets.index(t)
+        if i not in self._http:
+            conn = aiohttp.UnixConnector(path=t.addr) if t.unix else aiohttp.TCPConnector(
+                ssl=tls_context() if t.tls else False)
+            self._http[i] = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None))
+        return self._http[i]
 
     async def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                       timeout: float | None = None) -> Any:
         import aiohttp
         data, headers = _encode(body, headers)
-        http = self._session()
-        try:
-            async with http.request(method, self._base + path, data=data, headers=headers,
-                                    timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as resp:
-                raw = await resp.read()
-                return decode_response(resp.status, resp.content_type, raw)
-        except aiohttp.ClientConnectorError as e:          # never connected: the request never left
-            raise Unreachable(f"qsched daemon at {self.url}: {e}", cause=os_cause(e.os_error), sent=False) from None
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
-            cause = "timed out" if isinstance(e, asyncio.TimeoutError) else \
-                os_cause(e) if isinstance(e, OSError) else "connection reset"
-            raise Unreachable(f"qsched daemon at {self.url}: {e or type(e).__name__}", cause=cause,
-                              sent=True) from None
+        first, n = self._cur, len(self._targets)
+        for k in range(n):
+            t = self._targets[(first + k) % n]
+            base = "http://localhost" if t.unix else f"{'https' if t.tls else 'http'}://{t.addr[0]}:{t.addr[1]}"
+            try:
+                limit = aiohttp.ClientTimeout(total=timeout or self.timeout)
+                async with self._session(t).request(method, base + path, data=data, headers=headers,
+                                                    timeout=limit) as resp:
+                    raw = await resp.read()
+                    self._cur = (first + k) % n
+                    return decode_response(resp.status, resp.content_type, raw)
+            except aiohttp.ClientConnectorError as e:          # never connected: the request never left
+                if k < n - 1:
+                    continue                                   # the next daemon of the list
+                raise Unreachable(f"qsched daemon at {self.url}: {e}", cause=os_cause(e.os_error),
+                                  sent=False) from None
+            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+                self._cur = (first + k + 1) % n                # it went away mid-request: the next one next
+                cause = "timed out" if isinstance(e, asyncio.TimeoutError) else \
+                    os_cause(e) if isinstance(e, OSError) else "connection reset"
+                raise Unreachable(f"qsched daemon at {self.url}: {e or type(e).__name__}", cause=cause,
+                                  sent=True) from None
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        for http in self._http.values():
+            await http.close()
+        self._http = {}

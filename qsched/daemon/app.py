@@ -17,20 +17,22 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import redis.asyncio as aredis
 from aiohttp import web
 
+from .. import redisconn
 from ..config import Config, load_config
-from ..errors import QschedError
+from ..errors import ConfigError, QschedError
 from ..metrics import Metrics
 from ..policy import make_policy
 from ..store import Store
 from .answers import AnswerBudget
 from .api import make_app
 from .connections import FD_RESERVE, AcceptErrorLog, ConnectionLimiter, LimitedRunner, raise_fd_limit
+from .leader import LeaderLease
 from .parsing import TemplateParser
 from .redis_server import EmbeddedRedis, socket_gid
 from .scheduler import Scheduler
@@ -63,11 +65,32 @@ def sd_notify(path: str | None, state: str) -> None:
         log.warning("sd_notify %s: %s", state, e)
 
 
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TCP listener's TLS (daemon.tls), or None; a certificate or key that does not load is a
+    ConfigError naming the field."""
+    if not config.tls_cert_file:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"daemon.tls: cannot load cert_file/key_file ({e})", field="daemon.tls.cert_file") from None
+    if config.tls_client_ca_file:
+        try:
+            ctx.load_verify_locations(config.tls_client_ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"daemon.tls.client_ca_file: cannot load ({e})",
+                              field="daemon.tls.client_ca_file") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED if config.tls_require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
+
+
 def check(config: Config) -> dict:
     """Everything start-up would refuse, without starting anything: the one validation path of start,
     `daemon check`, `policy validate` and SIGHUP (the config was parsed already). Returns the hooks."""
     make_policy(config.policy)
     socket_gid(config.redis_socket_group)
+    tls_context(config)
     return slurm_hooks(config)
 
 
@@ -89,6 +112,9 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._stopping_tasks = False
         self._stop = asyncio.Event()
+        self.lease: LeaderLease | None = None
+        self._lease_task: asyncio.Task | None = None
+        self.exit_code = 0
         self._force = asyncio.Event()
         # ours alone (NotifyAccess=main): children (Redis, workers, the parser) must not inherit it
         self._notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
@@ -112,18 +138,35 @@ class Daemon:
             url = embedded.url
         self.redis_url = url
         # a request waits for a free connection (up to 5 s, then 503) instead of failing when many arrive
-        pool = aredis.BlockingConnectionPool.from_url(url, max_connections=cfg.redis_max_connections, timeout=5)
-        r = aredis.Redis(connection_pool=pool)
+        pool = redisconn.async_pool(url, max_connections=cfg.redis_max_connections, timeout=5)
+        r = redisconn.async_client(url, pool=pool)
         stack.push_async_callback(r.aclose)
         stack.push_async_callback(pool.disconnect)
-        r_events = aredis.Redis.from_url(url, single_connection_client=True)   # XREAD blocks: its own
+        await redisconn.check_store(r, url)
+        # parse children start before the lease wait: a standby that takes over is ready sooner
+        parser = TemplateParser(timeout_s=cfg.parse_timeout_s, memory_bytes=cfg.parse_memory_bytes)
+        await parser.start()
+        stack.push_async_callback(parser.close)
+        r_events = redisconn.async_client(url, dedicated=True)   # XREAD blocks: a connection of its own
         stack.push_async_callback(r_events.aclose)
-        store = Store(r, result_ttl_s=cfg.result_ttl_s)
+        store = Store(r, result_ttl_s=cfg.result_ttl_s, wait_replicas=cfg.redis_wait_replicas,
+                      wait_timeout_ms=cfg.redis_wait_timeout_ms)
         stack.push_async_callback(store.close)
+        if cfg.leader_lease_s > 0:
+            if cfg.start_workers and any(d.start_worker for d in cfg.devices):
+                log.warning("daemon.leader_lease_s with local workers: a leader and its standby would each run "
+                            "a worker for those devices after a takeover; give them start_worker: false and run "
+                            "`qsched worker` on the device hosts")
+            self.lease = LeaderLease(store, cfg.leader_lease_s)
+            sd_notify(self._notify_socket, "STATUS=standby: waiting for the leader lease")
+            if await self.lease.acquire(self._stop) is None:
+                return                        # stopped while a standby
+            stack.push_async_callback(self.lease.release)
+            store.on_fenced = lambda: self._step_down("a write was fenced")
         sch = self.scheduler = Scheduler(store, cfg, make_policy(cfg.policy), self.metrics, await store.secret(),
                                          on_worker_lost=self._worker_lost)
         await sch.recover()
-        if cfg.start_workers:
+        if cfg.start_workers and any(d.start_worker for d in cfg.devices):
             self.supervisor = await stack.enter_async_context(
                 WorkerSupervisor(cfg, url, store, self.metrics, self.config_path))
         stack.push_async_callback(self._cancel_background)
@@ -132,13 +175,12 @@ class Daemon:
         self.spawn("device-watch", sch.run_device_watch)
         if cfg.session_idle_timeout_s:
             self.spawn("session-expiry", sch.run_session_expiry)
+        if self.lease is not None:
+            self._lease_task = asyncio.create_task(self.lease.hold(self._step_down), name="leader-lease")
         if embedded is not None:
             self.spawn("embedded-redis", embedded.watch)
         for extra in self.hooks.get("background", []):
             self.spawn(getattr(extra, "__name__", "hook"), functools.partial(extra, sch))
-        parser = TemplateParser(timeout_s=cfg.parse_timeout_s, memory_bytes=cfg.parse_memory_bytes)
-        await parser.start()
-        stack.push_async_callback(parser.close)
         answers = self.answers = AnswerBudget(cfg.max_answer_bytes)       # one for both listeners
         await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks, parser=parser, answers=answers),
                                                    tcp=cfg.tcp, path=cfg.socket_path))
@@ -189,6 +231,20 @@ class Daemon:
             self._force.set()
         self._stop.set()
 
+    def _step_down(self, why: str) -> None:
+        """Lost the leader lease: stop at once, writing nothing more (the new leader owns the state); exit
+        non-zero so that a service manager starts this daemon again, as a standby."""
+        if self.exit_code:
+            return
+        log.error("leader lease lost (%s): stopping so the new leader alone serves", why)
+        self.exit_code = 3
+        if self.lease is not None:
+            self.lease.value = None           # nothing to release
+        if self.scheduler is not None:
+            self.scheduler.accepting = False
+        self._force.set()
+        self._stop.set()
+
     def reload(self) -> None:
         try:
             fresh = load_config(self.config_path) if self.config_path else self.config
@@ -223,6 +279,8 @@ class Daemon:
 
     async def _cancel_background(self) -> None:
         self._stopping_tasks = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
         for t in self._tasks:
             t.cancel()
         if not self._tasks:
@@ -258,6 +316,15 @@ class Daemon:
             log.warning("drain ended with %d batches still running: they stay in Redis for the next start",
                         sum(len(d.outstanding) for d in sch.devices.values()))
 
+    def _tls(self) -> ssl.SSLContext | None:
+        cfg = self.config
+        if not cfg.tls_cert_file:
+            host = (cfg.tcp or "").rpartition(":")[0]
+            if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+                log.warning("daemon.tcp %s is plaintext: session tokens and MUNGE credentials cross the network "
+                            "in clear (set daemon.tls)", cfg.tcp)
+        return tls_context(cfg)
+
     @contextlib.asynccontextmanager
     async def _site(self, app: web.Application, *, tcp: str | None = None, path: Path | None = None,
                     mode: int = 0o666, limited: bool = True):
@@ -269,7 +336,7 @@ class Daemon:
         try:
             if tcp:
                 host, _, port = tcp.rpartition(":")
-                await web.TCPSite(runner, host, int(port)).start()
+                await web.TCPSite(runner, host, int(port), ssl_context=self._tls()).start()
             if path:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.unlink(missing_ok=True)
@@ -283,4 +350,7 @@ class Daemon:
 
 
 def run(config: Config, *, config_path: str | None = None, ready=None) -> None:
-    asyncio.run(Daemon(config, config_path=config_path, ready=ready).run())
+    d = Daemon(config, config_path=config_path, ready=ready)
+    asyncio.run(d.run())
+    if d.exit_code:
+        raise SystemExit(d.exit_code)

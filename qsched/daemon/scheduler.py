@@ -27,7 +27,7 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from ..config import Config
-from ..errors import BadRequest, Draining, NotFound, QuotaExceeded, Unavailable
+from ..errors import BadRequest, Draining, NotFound, QuotaExceeded, ReplicationTimeout, Unavailable
 from ..metrics import Metrics
 from ..models import Batch, DeviceSpec, Session, Task, TaskState, Window
 from ..policy import Policy, SessionInfo, UsageLedger
@@ -135,6 +135,7 @@ class Scheduler:
         self._kick = asyncio.Event()
         self._writing = asyncio.Lock()         # one commit at a time: memory and Redis change in the same order
         self._stale = False                    # a write failed: rebuild from Redis before the next one
+        self._unreplicated: set[str] = set()   # submissions answered 503 for want of a replica's WAIT
         self._write_failed_at = 0.0
         self.store_writable = True
         self._seq = 0
@@ -221,6 +222,7 @@ class Scheduler:
         for tid in [t for t in self._waiters if t not in self.tasks]:
             self._resolve(tid)        # ended while we could not see it: the waiter reads Redis
         self._stale = False
+        self._unreplicated.clear()        # a key found in Redis from here on is on what is now the primary
         self._refresh_gauges()
         self.kick()
 
@@ -397,6 +399,9 @@ class Scheduler:
                 if done is None and not entry.knows_all_submits:
                     done = await self.store.submitted_ids(sid, idempotency_key)
                 if done is not None:
+                    if idempotency_key in self._unreplicated:
+                        await self.store.wait_replicated()     # acknowledged only once a replica has it
+                        self._unreplicated.discard(idempotency_key)
                     return done, False
             limit = self.policy.cfg.max_pending_per_session
             if len(entry.pending) + len(items) > limit:
@@ -418,7 +423,17 @@ class Scheduler:
                 self._enqueue(entry)
             batches = self._plan()
             _attach_payloads(batches, items)
-            await self._commit(sid, items, batches, idempotency_key)      # durable before acknowledged
+            try:
+                await self._commit(sid, items, batches, idempotency_key)      # durable before acknowledged
+            except ReplicationTimeout:
+                # the primary has them, no replica said so in time: not acknowledged (503), and a retry
+                # under the same key gets these ids (the key is in the same commit)
+                if idempotency_key:
+                    entry.remember(idempotency_key, [t.id for t, _, _ in items])
+                    if len(self._unreplicated) >= 100_000:
+                        self._unreplicated.clear()         # bounded: clients that never retried
+                    self._unreplicated.add(idempotency_key)
+                raise
             if idempotency_key:
                 entry.remember(idempotency_key, [t.id for t, _, _ in items])
             if entry.pending and self._may_preempt_for(entry):
@@ -850,7 +865,8 @@ class Scheduler:
         n = 0
         async with self._write():
             for dev in self.devices.values():
-                for b, est in list(dev.outstanding.values()):
+                # newest first: each recall puts its tasks at the head of their queue
+                for b, est in reversed(list(dev.outstanding.values())):
                     if await self.store.recall(b, dev.spec.name, "inbox"):
                         self._requeued(dev, b, est, "recall")
                         n += 1
@@ -867,7 +883,8 @@ class Scheduler:
         """The device's worker stopped beating: take back what it held (from its processing list, so a
         late result from it is refused, and from its inbox) and requeue it to the pool."""
         async with self._write():
-            for b, est in list(dev.outstanding.values()):
+            # newest first: each recall puts its tasks at the head of their queue, so the oldest ends first
+            for b, est in reversed(list(dev.outstanding.values())):
                 if await self.store.recall(b, dev.spec.name, "processing", attempt=True):
                     self._requeued(dev, b, est, "worker_lost")
                     log.error("device %s: its worker stopped while running batch %s; requeued to pool %s",
@@ -982,6 +999,9 @@ class Scheduler:
                 if down_since is not None:
                     log.info("store is back after %.1f s", time.monotonic() - down_since)
                     down_since = None
+                    # it may be a promoted replica without the primary's last writes: rebuild the index
+                    # from what it holds before the next write
+                    self._stale, self._write_failed_at = True, 0.0
                     self.kick()            # the dispatcher rebuilds the index if a write failed meanwhile
                 self.store_ok = True
             self.metrics.store_up.set(1 if self.store_ok else 0)

@@ -43,6 +43,8 @@ class WorkerSupervisor:
 
     async def __aenter__(self):
         for d in self.config.devices:
+            if not d.start_worker:
+                continue              # its worker runs on another host and beats into the same store
             self._tasks.append(asyncio.create_task(self._watch(d.name), name=f"worker-{d.name}"))
         return self
 

@@ -6,8 +6,9 @@
  *   --qpu-class=CLASS   policy class (interactive, batch, debug, ...); implies --qpu
  *
  * plugstack.conf arguments (all optional):
- *   admin_socket=PATH   daemon's admin unix socket   (default /var/lib/qsched/admin.sock)
- *   url=URL             what QSCHED_URL says in jobs (default unix://<dir of admin_socket>/qsched.sock)
+ *   admin_socket=PATH[,PATH...]  daemon's admin unix socket (default /var/lib/qsched/admin.sock); several:
+ *                       a leader and its standbys, tried in turn (a standby does not listen)
+ *   url=URL[,URL...]    what QSCHED_URL says in jobs (default unix://<dir of each admin_socket>/qsched.sock)
  *   pool=NAME           default pool                 (default aer)
  *   class=NAME          default class                (default batch)
  *   on_down=fail|continue  daemon unreachable at job start: fail the tasks, or run without a session
@@ -48,7 +49,7 @@ SPANK_PLUGIN(qsched, 1);
 #define OPT_CLASS 2
 
 /* plugstack arguments */
-static char admin_socket[sizeof(((struct sockaddr_un *)0)->sun_path)] = "/var/lib/qsched/admin.sock";
+static char admin_socket[1024] = "/var/lib/qsched/admin.sock";	/* comma-separated */
 static char url[1024] = "";
 static char default_pool[NAME_MAX_LEN] = "aer";
 static char default_class[NAME_MAX_LEN] = "batch";
@@ -172,9 +173,24 @@ static void parse_args(int ac, char **av)
 			slurm_error("%s: ignoring bad plugstack argument '%s'", PLUGIN, a);
 	}
 	if (url[0] == '\0') {
-		const char *slash = strrchr(admin_socket, '/');
-		int dirlen = slash ? (int)(slash - admin_socket) : 0;
-		snprintf(url, sizeof(url), "unix://%.*s/qsched.sock", dirlen, admin_socket);
+		/* one unix:// URL per admin socket, in the same order */
+		size_t used = 0;
+		for (const char *p = admin_socket; *p && used < sizeof(url);) {
+			const char *end = strchr(p, ',');
+			int len = end ? (int)(end - p) : (int)strlen(p);
+			int dirlen = 0;
+			for (int i = 0; i < len; i++)
+				if (p[i] == '/')
+					dirlen = i;
+			int n = snprintf(url + used, sizeof(url) - used, "%sunix://%.*s/qsched.sock",
+					 used ? "," : "", dirlen, p);
+			if (n < 0)
+				break;
+			used += (size_t)n;
+			if (!end)
+				break;
+			p = end + 1;
+		}
 	}
 }
 
@@ -200,24 +216,55 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 
 /* ---- minimal HTTP/1.1 over AF_UNIX ------------------------------------------------------------ */
 
+/* A connected socket to the first admin socket of the list that accepts (a standby daemon does not
+ * listen), or -1 with the last error in err. */
+static int connect_admin(char *err, size_t errcap)
+{
+	struct timeval tv = {.tv_sec = timeout_s, .tv_usec = 0};
+
+	for (const char *p = admin_socket; *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+		struct sockaddr_un addr;
+		int fd;
+
+		memset(&addr, 0, sizeof(addr));
+		addr.sun_family = AF_UNIX;
+		if (len == 0 || len >= sizeof(addr.sun_path)) {
+			snprintf(err, errcap, "admin socket path empty or too long");
+		} else {
+			memcpy(addr.sun_path, p, len);
+			fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+			if (fd < 0) {
+				snprintf(err, errcap, "socket: %s", strerror(errno));
+				return -1;
+			}
+			if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+			    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+				snprintf(err, errcap, "setsockopt: %s", strerror(errno));
+				close(fd);
+				return -1;
+			}
+			if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0)
+				return fd;
+			snprintf(err, errcap, "connect %.*s: %s", (int)len, p, strerror(errno));
+			close(fd);
+		}
+		if (!end)
+			break;
+		p = end + 1;
+	}
+	return -1;
+}
+
 /* Returns the HTTP status (>0), or -1 when the daemon cannot be reached (errno-style text in err). */
 static int http_unix(const char *method, const char *path, const char *body, char *resp, size_t cap,
 		     char *err, size_t errcap)
 {
-	struct sockaddr_un addr;
-	struct timeval tv = {.tv_sec = timeout_s, .tv_usec = 0};
 	char req[2048];
 	size_t blen = body ? strlen(body) : 0;
 	int fd, n, status = -1;
 	size_t got = 0;
-
-	memset(&addr, 0, sizeof(addr));
-	addr.sun_family = AF_UNIX;
-	if (strlen(admin_socket) >= sizeof(addr.sun_path)) {
-		snprintf(err, errcap, "admin socket path too long");
-		return -1;
-	}
-	strcpy(addr.sun_path, admin_socket);
 
 	n = snprintf(req, sizeof(req),
 		     "%s %s HTTP/1.1\r\nHost: localhost\r\nUser-Agent: qsched-spank/1\r\n"
@@ -228,20 +275,9 @@ static int http_unix(const char *method, const char *path, const char *body, cha
 		return -1;
 	}
 
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		snprintf(err, errcap, "socket: %s", strerror(errno));
+	fd = connect_admin(err, errcap);
+	if (fd < 0)
 		return -1;
-	}
-	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
-		snprintf(err, errcap, "setsockopt: %s", strerror(errno));
-		goto out;
-	}
-	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-		snprintf(err, errcap, "connect %s: %s", admin_socket, strerror(errno));
-		goto out;
-	}
 	for (const char *parts[2] = {req, body}, **p = parts; p < parts + 2; p++) {
 		size_t len = *p ? strlen(*p) : 0, off = 0;
 		while (off < len) {
