@@ -754,7 +754,7 @@ async def devices(request):
 @routes.get("/v1/share")
 async def share(request):
     """As sshare: every account and user with shares, decayed usage and fair-share factor."""
-    require_identity(request)
+    await require_identity(request)
     return web.json_response({"shares": request.app[SCHEDULER].share_view()})
 
 
@@ -762,7 +762,7 @@ async def share(request):
 async def prio(request):
     """As sprio: the priority factors of each backlogged session (users see their own, admins all)."""
     sch = request.app[SCHEDULER]
-    c = require_identity(request)
+    c = await require_identity(request)
     mine = {sid for sid, e in sch.sessions.items() if c.admin or (c.uid is not None and c.uid == e.session.uid)
             or (c.token and sch.session_for_token(c.token) == sid)}
     return web.json_response({"sessions": [r for r in sch.prio_view() if r["id"] in mine]})
@@ -771,7 +771,7 @@ async def prio(request):
 @routes.get("/v1/policy")
 async def policy(request):
     """The effective policy: every weight, class, limit and quota."""
-    require_identity(request)
+    await require_identity(request)
     return web.json_response(request.app[SCHEDULER].policy_view())
 
 
