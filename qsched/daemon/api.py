@@ -214,9 +214,9 @@ async def errors_middleware(request, handler):
         return web.json_response(e.to_json(), status=e.status, headers=headers)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SCHEDULER].config.max_body_bytes
-        err = PayloadTooLarge(f"body: larger than the limit of {limit} bytes", field="body", limit=limit)
-        request.app[SCHEDULER].metrics.rejected.labels(err.code).inc()
-        return web.json_response(err.to_json(), status=413)
+        too_large = PayloadTooLarge(f"body: larger than the limit of {limit} bytes", field="body", limit=limit)
+        request.app[SCHEDULER].metrics.rejected.labels(too_large.code).inc()
+        return web.json_response(too_large.to_json(), status=413)
     except RedisError as e:
         err = Unavailable(f"store: Redis is unavailable or saturated ({type(e).__name__}); retry", field="store")
         return web.json_response(err.to_json(), status=err.status, headers={"Retry-After": "1"})

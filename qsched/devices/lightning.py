@@ -208,6 +208,7 @@ class LightningDevice(Device):
             raise TaskError("shots: adjoint gradients are exact; send shots=null", field="shots")
         config = qml.devices.ExecutionConfig(gradient_method="adjoint")
         results, derivs = dev.execute_and_compute_derivatives(tapes, config)
+        assert jac is not None                      # a gradient task
         for b in range(B):
             evs[b] = np.asarray(results[b], dtype=float).reshape(O)
             K = len(orders[b])

@@ -19,7 +19,7 @@ class NullDevice(Device):
         return super().run(tasks)
 
     def run_group(self, tasks):
-        out = []
+        out: list[dict] = []
         for t in tasks:
             B = t.bindings
             if t.kind == "sample":

@@ -66,7 +66,7 @@ def _drop_snapshots(tape):
     the tape); their default state() measurement must not make validation refuse the tape."""
     if not any(isinstance(op, qml.Snapshot) for op in tape.operations):
         return (tape,), lambda res: res[0]
-    ops, trainable, k, drop = [], [], 0, set()
+    ops, k, drop = [], 0, set[int]()
     for op in tape.operations:
         if isinstance(op, qml.Snapshot):
             drop.update(range(k, k + op.num_params))

@@ -70,7 +70,7 @@ class SessionHandle:
         self._name = name
         self._owns = session is None
         self._lock = threading.Lock()
-        self._finalizer = None
+        self._finalizer: weakref.finalize | None = None
 
     @property
     def pool(self) -> str | None:
@@ -99,10 +99,10 @@ class SessionHandle:
                         and session.pool != self._pool:
                     # the job's session is on another pool: this workload asked for a different
                     # device kind (e.g. lightning for adjoint next to aer sampling), open its own
-                    session = client.open_session(self._pool, **({"name": self._name} if self._name else {}))
+                    session = client.open_session(self._pool, name=self._name or "")
                 self._session = session
-                self._finalizer = weakref.finalize(self, _close_quietly, session, client, owns_client)
-                atexit.register(self._finalizer)
+                self._finalizer = fin = weakref.finalize(self, _close_quietly, session, client, owns_client)
+                atexit.register(fin)
         return self._session
 
     def upload(self, circuit, key=None) -> str:
