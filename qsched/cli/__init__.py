@@ -451,7 +451,33 @@ def _device_state_command(verb: str, state: str, doc: str):
 
 _device_state_command("drain", "draining", "Send the device no new batches; the outstanding ones finish.")
 _device_state_command("pause", "paused", "Send the device nothing; its waiting batch goes back to the pool.")
-_device_state_command("maintenance", "maintenance", "Like pause, for a maintenance window.")
+@device.command("maintenance")
+@click.argument("name")
+@click.option("--start", "start", default=None, metavar="TIME",
+              help="when the window starts (as sacct -S: 2026-12-02T08:00, 08:00, now+2hours); default: now")
+@click.option("--duration", default=None, metavar="D", help="how long: 90m, 4h, 2d; default: until `device resume`")
+@click.option("--reason", default="", help="shown in device list and the daemon's log")
+@CONFIG
+@URL
+def device_maintenance(name, start, duration, reason, config_path, url):
+    """Like pause, for maintenance: now and until `device resume`, or a planned window (--start,
+    --duration). While a window is on the device is in maintenance (and, with Slurm, its pool's
+    licences are reserved for the window); it comes back online by itself when the window ends."""
+    from ..config import parse_period
+    from ..errors import ConfigError
+    client = _admin_client(config_path, url)
+    if start is None and duration is None:
+        out = client.set_device_state(name, "maintenance", reason)
+        click.echo(f"device {out['name']}: {out['state']}" + (f" ({out['reason']})" if out["reason"] else ""))
+        return
+    t0 = time.time() if start is None else fmt.parse_time(start, param="--start")
+    try:
+        end = None if duration is None else t0 + parse_period(duration, "--duration")
+    except ConfigError as e:
+        raise click.BadParameter(e.message, param_hint="--duration") from None
+    w = client.add_window(name, t0, end, reason)
+    click.echo(f"device {name}: maintenance window {w['id']} from {fmt.iso(w['start'])} to "
+               f"{fmt.iso(w['end']) if w['end'] else 'resume'}" + (f" ({reason})" if reason else ""))
 _device_state_command("resume", "online", "Put the device back online.")
 
 

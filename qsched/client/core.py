@@ -299,6 +299,10 @@ class ClientCore:
         path = f"/v1/admin/devices/{urllib.parse.quote(name, safe='')}/state"
         return (yield Call("POST", path, body={"state": state, "reason": reason}))
 
+    def _op_add_window(self, name: str, start: float, end: float | None, reason: str = "") -> Op[dict]:
+        path = f"/v1/admin/devices/{urllib.parse.quote(name, safe='')}/windows"
+        return (yield Call("POST", path, body={"start": start, "end": end, "reason": reason}))
+
     def _op_share(self) -> Op[list[dict]]:
         return (yield from self._get("/v1/share"))["shares"]
 

@@ -142,6 +142,10 @@ class Client(ClientCore):
         """Admin socket only: online, draining, paused or maintenance."""
         return self._run(self._op_set_device_state(name, state, reason))
 
+    def add_window(self, name: str, start: float, end: float | None, reason: str = "") -> dict:
+        """Admin socket only: a planned maintenance window over the device (end None: until resumed)."""
+        return self._run(self._op_add_window(name, start, end, reason))
+
     def close_session(self, sid: str) -> dict:
         """Close any session the caller may close (its own; an admin: any); returns its usage record."""
         return self._run(self._op_close_session(sid))

@@ -349,6 +349,25 @@ async def set_device_state(request):
     return web.json_response({"name": dev.spec.name, "state": dev.public_state(), "reason": dev.reason})
 
 
+@admin_routes.post("/v1/admin/devices/{name}/windows")
+async def add_window(request):
+    """A planned maintenance window: {"start": epoch s, "end": epoch s | null, "reason": text}."""
+    sch = request.app[SCHEDULER]
+    body = await json_body(request)
+    _unknown_fields(body, {"start", "end", "reason"})
+    start, end, reason = body.get("start"), body.get("end"), body.get("reason", "")
+    for f, v in (("start", start), ("end", end)):
+        if not (v is None and f == "end") and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                                or not math.isfinite(v)):
+            raise BadRequest(f"{f}: epoch seconds", field=f)
+    assert isinstance(start, (int, float))
+    if not isinstance(reason, str) or not _printable(reason) or len(reason) > 200:
+        raise BadRequest("reason: printable text of at most 200 characters", field="reason", limit=200)
+    w = await sch.add_window(request.match_info["name"], float(start), None if end is None else float(end), reason,
+                             who=caller(request).user())
+    return web.json_response(w.to_json(), status=201)
+
+
 @admin_routes.post("/v1/admin/sessions/{sid}")
 async def admin_update_session(request):
     """`qsched session update SID --class C --weight W --hold [--reason R] | --release` (as scontrol
@@ -746,6 +765,7 @@ async def devices(request):
                     "state": d.public_state(), "reason": d.reason, "state_since": d.since or None,
                     "outstanding": len(d.outstanding), "max_qubits": lim.max_qubits, "max_shots": lim.max_shots,
                     "max_bindings": lim.max_bindings,
+                    "windows": [w.to_json() for w in sch.windows_of(d)],
                     "worker_rss_mb": round(hb["rss_bytes"] / 2**20) if hb and "rss_bytes" in hb else None,
                     "worker": hb})
     return web.json_response({"devices": out})
