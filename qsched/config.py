@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from . import redisurl
 from .errors import ConfigError
 from .models import DeviceLimits, DeviceSpec, Window
 
-DEVICE_TYPES_BUILTIN = ("aer", "lightning", "emulated-qpu", "null")
+DEVICE_TYPES_BUILTIN = ("aer", "lightning", "emulated-qpu", "null", "qrmi")
 CLASSES_DEFAULT = {"interactive": 4.0, "batch": 1.0, "debug": 2.0}
 CLASS_LIMITS = ("max_sessions_per_user", "max_pending_per_user", "max_task_device_s", "max_session_device_s")
 
@@ -31,6 +32,9 @@ class ClassSpec:
     max_session_device_s: float | None = None
     accounts: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
+    # while every device of a session's pool is draining, paused or in maintenance, the class's
+    # sessions run on this pool instead (e.g. dev work to a simulator pool)
+    spill_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ def _weights(d, path) -> dict[str, float]:
 
 POLICY_KEYS = {"name", "weights", "classes", "max_pending_per_session", "merge", "return_credit_s", "max_batch_s",
                "max_wait_s", "decay_half_life_s", "preempt", "quotas", "account_parents"}
-CLASS_KEYS = {"tier", "weight", *CLASS_LIMITS, "accounts", "users"}
+CLASS_KEYS = {"tier", "weight", *CLASS_LIMITS, "accounts", "users", "spill_to"}
 
 
 def _names(v, path) -> tuple[str, ...]:
@@ -233,6 +237,7 @@ def _parse_class(name: str, d, path: str, weight: float) -> ClassSpec:
         max_session_device_s=_num(d, "max_session_device_s", path, None, lo=0.0),
         accounts=_names(d.get("accounts"), f"{path}.accounts"),
         users=_names(d.get("users"), f"{path}.users"),
+        spill_to=None if d.get("spill_to") is None else _type(d["spill_to"], str, f"{path}.spill_to", "a pool name"),
     )
 
 
@@ -394,6 +399,14 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
     )
 
 
+def check_spill(policy: PolicyConfig, pools: set[str]) -> None:
+    """A class's spill_to must name a configured pool."""
+    for c in policy.classes.values():
+        if c.spill_to is not None and c.spill_to not in pools:
+            f = f"policy.classes.{c.name}.spill_to"
+            raise ConfigError(f"{f}: no pool {c.spill_to!r} (pools: {', '.join(sorted(pools))})", field=f)
+
+
 SLURM_BACKENDS = ("auto", "cli", "pyslurm")
 
 
@@ -432,14 +445,17 @@ def parse_users(d, path: str = "users") -> dict[str, list[str]]:
     return out
 
 
+REMOTE_TYPES = ("qrmi",)      # devices behind a vendor's service (qsched/devices/remote.py)
+
 # cross-session batching by default where a device call has a fixed per-job overhead
-MERGE_BATCHES = {"emulated-qpu": 8}
+MERGE_BATCHES = {"emulated-qpu": 8, "qrmi": 8}
 
 
 def _parse_device(d, path: str, known_types) -> DeviceSpec:
     d = _map(d, path)
     _unknown(d, {"name", "type", "pool", "max_qubits", "max_shots", "max_bindings",
-                 "max_batch_bindings", "merge_batches", "merge_wait_s", "options", "start_worker"}, path)
+                 "max_batch_bindings", "merge_batches", "merge_wait_s", "options", "start_worker",
+                 "credentials_file", "cost_prior"}, path)
     for req in ("name", "type"):
         if req not in d:
             raise ConfigError(f"{path}.{req}: required", field=f"{path}.{req}")
@@ -453,18 +469,43 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
         raise ConfigError(f"{path}.type: unknown device type {typ!r} (known: {', '.join(sorted(known_types))})",
                           field=f"{path}.type")
     limits = DeviceLimits(
-        max_qubits=_num(d, "max_qubits", path, 30, lo=1, hi=64, integer=True),
+        # a simulator's state vector tops out long before 64 qubits; a QPU's qubits are not simulated
+        max_qubits=_num(d, "max_qubits", path, 30, lo=1, hi=10_000 if typ in REMOTE_TYPES else 64, integer=True),
         max_shots=_num(d, "max_shots", path, 100_000, lo=1, integer=True),
         max_bindings=_num(d, "max_bindings", path, 100_000, lo=1, integer=True),
         max_batch_bindings=_num(d, "max_batch_bindings", path, 20_000, lo=1, integer=True),
     )
-    start_worker = _type(d.get("start_worker", True), bool, f"{path}.start_worker", "true or false")
-    return DeviceSpec(name=name, type=typ, pool=str(d.get("pool") or typ), limits=limits,
-                      options=_map(d.get("options"), f"{path}.options"),
+    options = _map(d.get("options"), f"{path}.options")
+    for key in options:
+        if _SECRET_KEY.search(str(key)):
+            # options are shown by `daemon check`, the API and logs: a secret belongs in credentials_file
+            raise ConfigError(f"{path}.options.{key}: looks like a secret; put it in the device's "
+                              f"credentials_file (mode 0600, read only by its worker)", field=f"{path}.options.{key}")
+    if typ == "emulated-qpu" and options.get("profile") is not None:
+        from .devices.profiles import profile
+        profile(str(options["profile"]), f"{path}.options.profile")
+    creds = d.get("credentials_file")
+    if creds is not None:
+        creds = os.path.expanduser(_type(creds, str, f"{path}.credentials_file", "a path"))
+        if os.path.exists(creds):        # stat only; a worker on another host checks it there
+            from .credentials import check_private
+            check_private(creds, f"{path}.credentials_file")
+    prior = _map(d.get("cost_prior"), f"{path}.cost_prior")
+    _unknown(prior, {"setup_s", "per_shot_s", "per_binding_s", "shots"}, f"{path}.cost_prior")
+    cost_prior = {k: _num(prior, k, f"{path}.cost_prior", None, lo=0.0, hi=86_400.0) for k in prior}
+    if "per_shot_s" in cost_prior and "per_binding_s" in cost_prior:
+        raise ConfigError(f"{path}.cost_prior.per_binding_s: give per_shot_s or per_binding_s, not both",
+                          field=f"{path}.cost_prior.per_binding_s")
+    return DeviceSpec(name=name, type=typ, pool=str(d.get("pool") or typ), limits=limits, options=options,
                       merge_batches=_num(d, "merge_batches", path, MERGE_BATCHES.get(typ, 1), lo=1, hi=64,
                                          integer=True),
                       merge_wait_s=_num(d, "merge_wait_s", path, 0.0, lo=0, hi=60),
-                      start_worker=start_worker)
+                      start_worker=_type(d.get("start_worker", True), bool, f"{path}.start_worker",
+                                         "true or false"),
+                      credentials_file=creds, cost_prior=cost_prior)
+
+
+_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|token(?!_url)|credential)", re.I)
 
 
 def _secret_file(path_value, path: str) -> str:
@@ -584,6 +625,8 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     for n in names:
         if names.count(n) > 1:
             raise ConfigError(f"devices: duplicate device name {n!r}", field="devices")
+    policy = parse_policy(raw.get("policy"))
+    check_spill(policy, {d.pool for d in devices})
     start_workers = dm.get("start_workers", True)
     _type(start_workers, bool, "daemon.start_workers", "true or false")
     return Config(
@@ -629,7 +672,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         local_workers=_num(local, "workers", "local", os.cpu_count() or 1, lo=1, hi=1024, integer=True),
         devices=devices,
         maintenance=parse_windows(raw.get("maintenance"), devices),
-        policy=parse_policy(raw.get("policy")),
+        policy=policy,
         source=source,
     )
 

@@ -120,3 +120,24 @@ def from_json(status: int, body: dict) -> QschedError:
     e = cls(err.get("message") or f"HTTP {status}", field=err.get("field"), limit=err.get("limit"))
     e.status = status
     return e
+
+
+class DeviceError(QschedError):
+    """A remote device's service refused or failed a call. `retriable`: the same call may succeed later
+    (429, 5xx, a timeout: the service did not take it), else it is fatal for the tasks it carried.
+    `retry_after`: seconds the service asked us to wait, when it said."""
+    code = "device_error"
+    retriable = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class RetriableDeviceError(DeviceError):
+    retriable = True
+
+
+class DeviceTimeout(RetriableDeviceError):
+    """The call did not answer in time: whether the service acted on it is unknown."""
+    code = "device_timeout"

@@ -96,3 +96,27 @@ QUOTA_USED = PREFIX + "quota:used"            # hash: quota key ("chem", "user:a
 
 
 RQ_QUEUE = "qsched-jobs"     # RQ's own keys derive from it (rq:queue:qsched-jobs): `qsched submit --local`
+
+
+def remote_job(token: str) -> str:
+    """Hash: one remote (vendor) job, written before it is submitted (write-ahead): its idempotency
+    token, state (submitting, submitted, done, failed, cancelled, lost, unknown), the vendor's job id,
+    the task ids it answers, when it was first seen running."""
+    return f"{PREFIX}remote:{token}"
+
+
+def task_remote(tid: str) -> str:
+    """The token of the remote job that answers this task (a requeued task resumes it, never resubmits)."""
+    sid = tid.split(".", 1)[0]
+    return f"{PREFIX}task:{{{sid}}}:{tid}:remote"
+
+
+def device_remote_jobs(device: str) -> str:
+    """Set: tokens of the device's remote jobs not yet known to have ended (swept by its worker)."""
+    return f"{PREFIX}device:{device}:remote"
+
+
+def device_vendor(device: str) -> str:
+    """Hash: what the device's vendor says of it (status online|paused|offline, reason, at), written by
+    its worker; the daemon moves the device's state from it."""
+    return f"{PREFIX}device:{device}:vendor"

@@ -170,6 +170,9 @@ class DeviceSpec:
     # how long a call that could take more batches waits for them (0: run what is waiting now)
     merge_wait_s: float = 0.0
     start_worker: bool = True       # false: its worker runs on another host (`qsched worker --device`)
+    credentials_file: str | None = None     # read by the device's worker only (qsched/credentials.py)
+    # seeds the cost model until measurements replace it: setup_s per batch, per_binding_s per binding
+    cost_prior: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -556,9 +556,16 @@ class Store:
             return await p.execute()
 
     async def device_states(self, devices: list[str]) -> dict[str, dict]:
+        return await self._device_hashes(keys.device_state, devices)
+
+    async def vendor_states(self, devices: list[str]) -> dict[str, dict]:
+        """What remote devices' vendors say (their workers write it: keys.device_vendor)."""
+        return await self._device_hashes(keys.device_vendor, devices)
+
+    async def _device_hashes(self, key, devices: list[str]) -> dict[str, dict]:
         async with self.r.pipeline(transaction=False) as p:
             for d in devices:
-                p.hgetall(keys.device_state(d))
+                p.hgetall(key(d))
             res = await p.execute()
         return {d: _str(h) for d, h in zip(devices, res) if h}
 
@@ -653,14 +660,16 @@ class DeviceQueue:
     def template_qpy(self, digest: str) -> bytes | None:
         return self.r.hget(keys.template(digest), "qpy") or None
 
-    def payloads(self, tids: list[str]) -> list[dict]:
-        """Payloads of tasks still to run (not cancelled or answered meanwhile), in one round trip."""
+    def payloads(self, tids: list[str], *, any_state: bool = False) -> list[dict]:
+        """Payloads of tasks still to run (not cancelled or answered meanwhile), in one round trip.
+        any_state: also those (a remote job's results are split over all the tasks it was sent with)."""
         res = self._fetch(keys=[k for tid in tids for k in (keys.task(tid), keys.task_params(tid))])
         out = []
         for fields_raw, params in zip(res[0::2], res[1::2]):
             values = [None if v is False else v for v in json.loads(fields_raw)]
             d = dict(zip(INLINE_FIELDS[:-1], values[:-1]))
-            if d["id"] is not None and values[-1] in (TaskState.SCHEDULED.value, TaskState.RUNNING.value):
+            if d["id"] is not None and (any_state and params or values[-1] in (TaskState.SCHEDULED.value,
+                                                                               TaskState.RUNNING.value)):
                 out.append(d | {"params": params})
         return out
 
@@ -708,3 +717,77 @@ def _s(v):
 
 def _str(h: dict) -> dict:
     return {_s(k): _s(v) for k, v in h.items()}
+
+
+class RemoteJournal:
+    """The worker's write-ahead journal of remote (vendor) jobs, for one device (sync, like DeviceQueue).
+    A job's record and its tasks' pointers are written before the job is submitted, the vendor's job id
+    as soon as it is known: a worker that restarts (or gets the tasks again after the daemon requeued
+    them) finds the record and resumes polling the same remote job instead of submitting it again."""
+
+    RECORD_TTL_S = 7 * 86_400
+
+    def __init__(self, redis, device: str):
+        self.r = redis
+        self.device = device
+
+    def claims(self, tids: list[str]) -> dict[str, str]:
+        """task id -> token of the remote job already answering it."""
+        raw = self.r.mget([keys.task_remote(t) for t in tids]) if tids else []
+        return {t: _s(v) for t, v in zip(tids, raw) if v}
+
+    def begin(self, token: str, tids: list[str], **fields) -> None:
+        """Write-ahead: the record (state submitting) and every task's pointer, atomically."""
+        with self.r.pipeline(transaction=True) as p:
+            p.hset(keys.remote_job(token), mapping={"device": self.device, "state": "submitting",
+                                                    "tasks": json.dumps(tids), "created": time.time(),
+                                                    **{k: _scalar(v) for k, v in fields.items()}})
+            p.expire(keys.remote_job(token), self.RECORD_TTL_S)
+            p.sadd(keys.device_remote_jobs(self.device), token)
+            for t in tids:
+                p.set(keys.task_remote(t), token, ex=self.RECORD_TTL_S)
+            p.execute()
+
+    def get(self, token: str) -> dict:
+        h = _str(self.r.hgetall(keys.remote_job(token)))
+        if "tasks" in h:
+            h["tasks"] = json.loads(h["tasks"])
+        return h
+
+    def update(self, token: str, **fields) -> None:
+        self.r.hset(keys.remote_job(token), mapping={k: _scalar(v) for k, v in fields.items()})
+
+    def in_flight(self) -> list[str]:
+        return sorted(_s(t) for t in self.r.smembers(keys.device_remote_jobs(self.device)))
+
+    def ended(self, token: str) -> None:
+        self.r.srem(keys.device_remote_jobs(self.device), token)
+
+    def set_once(self, token: str, field: str, value) -> None:
+        self.r.hsetnx(keys.remote_job(token), field, _scalar(value))
+
+    def release(self, tids: list[str]) -> None:
+        """The tasks were answered: a later batch holding them (there is none) would start afresh."""
+        if tids:
+            self.r.delete(*[keys.task_remote(t) for t in tids])
+
+    def live(self, tids: list[str]) -> set[str]:
+        """Tasks still wanted: not cancelled or answered, and their session still open (a closed
+        session's running tasks are not waited for on the vendor's side)."""
+        sids = sorted({t.split(".", 1)[0] for t in tids})
+        with self.r.pipeline(transaction=False) as p:
+            for t in tids:
+                p.hget(keys.task(t), "state")
+            for sid in sids:
+                p.sismember(keys.SESSIONS, sid)
+            res = p.execute()
+        open_ = {sid for sid, ok in zip(sids, res[len(tids):]) if ok}
+        return {t for t, st in zip(tids, res[:len(tids)])
+                if _s(st) in (TaskState.SCHEDULED.value, TaskState.RUNNING.value) and t.split(".", 1)[0] in open_}
+
+    def set_vendor(self, status: str, reason: str) -> None:
+        self.r.hset(keys.device_vendor(self.device), mapping={"status": status, "reason": reason, "at": time.time()})
+
+
+def _scalar(v):
+    return json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)

@@ -21,9 +21,10 @@ from redis import exceptions as redis_exceptions
 from . import heartbeat, wire
 from .devices import TaskPayload, load_device
 from .devices.base import LRU
+from .devices.remote import Detached, RemoteDevice
 from .errors import QschedError
 from .models import Batch, DeviceSpec, TaskState
-from .store import INLINE_FIELDS, DeviceQueue
+from .store import INLINE_FIELDS, DeviceQueue, RemoteJournal
 
 log = logging.getLogger("qsched.worker")
 
@@ -51,6 +52,8 @@ class Worker:
         self.device = load_device(spec)
         self._templates = LRU()
         self.outages = 0                        # store outages ridden out (a failover may undo writes)
+        # a remote device's jobs outlive this process: journaled in Redis before they are submitted
+        self.journal = RemoteJournal(redis, spec.name) if isinstance(self.device, RemoteDevice) else None
 
     # lifecycle ----------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -67,6 +70,9 @@ class Worker:
                     self.rerun_lost_completions(entry)
                 if entry is not None:
                     self.run_batches([entry, *self._merge_with(entry)])
+                elif self.journal is not None:
+                    assert isinstance(self.device, RemoteDevice)
+                    self._redis_retry(lambda: self.device.tick(self.journal))
         finally:
             beat.terminate()
             beat.wait()
@@ -119,6 +125,9 @@ class Worker:
         self.run_batches([entry], fail={"code": "task_failed", "message": (
             f"worker for device {self.spec.name} died {deaths} times running this batch"
             + (f"; last: {last}" if last else ""))})
+        if self.journal is not None:      # its remote jobs, now unwanted, are cancelled
+            assert isinstance(self.device, RemoteDevice)
+            self._redis_retry(lambda: self.device.sweep(self.journal))
 
     def _template(self, digest: str):
         """Decoded once per worker (LRU); None when the template is gone from Redis."""
@@ -162,12 +171,23 @@ class Worker:
                 failures[tid] = fail or {"code": "not_found", "field": "template",
                                          "message": f"template {d['template']} is gone"}
                 continue
-            arr = np.frombuffer(d["params"], dtype="<f8").reshape(int(d["bindings"]), circuit.num_parameters)
-            payloads.append(TaskPayload(tid, d["kind"], d["template"], circuit, arr,
-                                        int(d["shots"]) if d["shots"] else None,
-                                        json.loads(d["observables"]) if d["observables"] else [],
-                                        d["method"] or None))
+            payloads.append(self._payload(d, circuit))
         return payloads, failures, submitted
+
+    @staticmethod
+    def _payload(d: dict, circuit) -> TaskPayload:
+        arr = np.frombuffer(d["params"], dtype="<f8").reshape(int(d["bindings"]), circuit.num_parameters)
+        return TaskPayload(d["id"], d["kind"], d["template"], circuit, arr, int(d["shots"]) if d["shots"] else None,
+                           json.loads(d["observables"]) if d["observables"] else [], d["method"] or None)
+
+    def _load_any(self, tids: list[str]) -> list[TaskPayload]:
+        """Tasks in any state (cancelled ones too), for splitting a remote job's results."""
+        out = []
+        for d in self._redis_retry(lambda: self.queue.payloads(tids, any_state=True)):
+            circuit = self._template(d["template"])
+            if circuit is not None:
+                out.append(self._payload(d, circuit))
+        return out
 
     def run_batches(self, entries: list, fail: dict | None = None) -> None:
         """Run the batches in one device call; answer and charge each on its own, with its share of the
@@ -177,8 +197,19 @@ class Worker:
         prepared = [self._payloads(b, started, fail) for b in batches]
         every = [p for payloads, _, _ in prepared for p in payloads]
         t0 = time.perf_counter()
-        outputs = iter(self.device.run(every) if every else [])
-        exec_s = time.perf_counter() - t0
+        if self.journal is not None and every:
+            assert isinstance(self.device, RemoteDevice)
+            try:
+                # charged: the time its remote jobs ran on the vendor's side, not their queue wait
+                results, exec_s = self.device.run_journaled(every, self.journal, self.stopping, load=self._load_any)
+            except Detached:
+                log.warning("batches %s: stopping with their remote jobs in flight; the next worker resumes them",
+                            ", ".join(b.id for b in batches))
+                return
+            outputs = iter(results)
+        else:
+            outputs = iter(self.device.run(every) if every else [])
+            exec_s = time.perf_counter() - t0
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             # the daemon that started us is gone (we were stopped while it was restarted, say): our
             # successor runs these batches again, so neither answer nor charge them here
@@ -210,6 +241,8 @@ class Worker:
                                 "tasks": {r[0]: r[1] for r in rows}})
             written = self._redis_retry(functools.partial(self.queue.complete, entry, batch, event, share,
                                                           finished, rows))
+            if self.journal is not None and written != -1:
+                self._redis_retry(functools.partial(self.journal.release, [p.id for p in payloads]))
             if written == -1:
                 log.warning("batch %s was taken back while this worker ran it (its heartbeat had stopped); "
                             "its results are discarded and the tasks run again elsewhere", batch.id)

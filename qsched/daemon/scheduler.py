@@ -89,6 +89,8 @@ def _iso(ts: float | None) -> str:
     if ts is None:
         return "-"
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+UNAVAILABLE = ("draining", "paused", "maintenance")    # a pool all of whose devices are so: spill_to applies
+VENDOR = "vendor: "        # the reason of a state the vendor's status set (and may lift)
 
 
 class DeviceEntry:
@@ -121,6 +123,7 @@ class Scheduler:
         self.devices = {d.name: DeviceEntry(d) for d in config.devices}
         self.pools = config.pools()
         self.cost = CostModel()
+        self.cost.seed(config.devices)              # cost_prior: until measurements replace it
         # decayed usage per user and account (fair share with memory): charged with measured time in
         # on_batch_done, written to Redis by the device watch, read back in resync
         self.usage = UsageLedger(config.policy.decay_half_life_s)
@@ -569,8 +572,27 @@ class Scheduler:
             self.policy.remove(entry.session.id)          # a held session is not dispatched
             return
         if entry.pending:
-            self.policy.enqueue(entry.session.id, entry.session.pool, entry.info, entry.pending[0].seq,
+            self.policy.enqueue(entry.session.id, self._pool_for(entry), entry.info, entry.pending[0].seq,
                                 now=time.time(), size=len(entry.pending), since=since)
+
+    def _pool_for(self, entry: SessionEntry) -> str:
+        """The session's pool, or its class's spill_to pool while every device of its own is draining,
+        paused or in maintenance."""
+        home = entry.session.pool
+        spill = self.policy.cfg.class_spec(entry.session.cls).spill_to
+        return spill if spill and spill != home and spill in self.pools and self._pool_down(home) else home
+
+    def _pool_down(self, pool: str) -> bool:
+        devs = self.pools.get(pool, [])
+        return bool(devs) and all(self.devices[d.name].state in UNAVAILABLE for d in devs)
+
+    def _respill(self, pool: str) -> None:
+        """`pool` went down or came back: requeue the sessions that may spill from it where they now
+        belong (the policy forgets their place in the old pool's queue)."""
+        for entry in self.sessions.values():
+            if entry.session.pool == pool and self.policy.cfg.class_spec(entry.session.cls).spill_to:
+                self.policy.remove(entry.session.id)
+                self._enqueue(entry)
 
     async def run_dispatcher(self) -> None:
         self.kick()        # (re)started: there may be work that arrived while it was down
@@ -609,7 +631,7 @@ class Scheduler:
                 name, kind = dev.spec.name, entry.pending[0].kind
                 tasks = take_batch(entry.pending, merge=cfg.merge, max_bindings=dev.spec.limits.max_batch_bindings,
                                    max_batch_s=cfg.max_batch_s,
-                                   estimate=functools.partial(self.cost.estimate, name, kind))
+                                   estimate=functools.partial(self.cost.marginal, name, kind))
                 est = self.cost.estimate(name, kind, sum(t.bindings for t in tasks))
                 self.policy.charge(sid, est)
                 self._enqueue(entry)
@@ -849,11 +871,14 @@ class Scheduler:
             await self._end_windows(dev, time.time())
         async with self._write():
             await self.store.set_device_state(name, state, reason, time.time())
+            was_down = self._pool_down(dev.spec.pool)
             dev.state, dev.reason, dev.since = state, reason, time.time()
             if state in ("paused", "maintenance"):
                 for b, est in list(dev.outstanding.values()):
                     if await self.store.recall(b, name, "inbox"):
                         self._requeued(dev, b, est, "recall")
+            if was_down != self._pool_down(dev.spec.pool):
+                self._respill(dev.spec.pool)
         log.warning("device %s is %s (set by %s)%s", name, state, who, f": {reason}" if reason else "")
         self.kick()
         return dev
@@ -1035,6 +1060,7 @@ class Scheduler:
             if not up and dev.outstanding:
                 await self._requeue_lost(dev)
         await self._apply_windows(time.time())
+        await self._follow_vendors(names)
         if self.cost.dirty:
             self.cost.dirty = False
             await self.store.save_cost_model(dict(self.cost.per_binding))
@@ -1043,6 +1069,20 @@ class Scheduler:
             now = time.time()
             self.release_quota_holds(now)
             self._quota_gauges(now)
+
+    async def _follow_vendors(self, names: list[str]) -> None:
+        """A remote device's vendor status moves its state by itself: not online pauses an online
+        device; online again lifts a pause the vendor set (never one an admin set)."""
+        for name, v in (await self.store.vendor_states(names)).items():
+            dev = self.devices[name]
+            status, why = v.get("status", "online"), v.get("reason", "")
+            if not dev.alive:
+                continue
+            if status != "online" and dev.state == "online":
+                await self.set_device_state(name, "paused", f"{VENDOR}{status}" + (f" ({why})" if why else ""),
+                                            who="vendor")
+            elif status == "online" and dev.state == "paused" and dev.reason.startswith(VENDOR):
+                await self.set_device_state(name, "online", f"{VENDOR}online", who="vendor")
 
     # ------------------------------------------------------------------ views
     def _refresh_gauges(self) -> None:

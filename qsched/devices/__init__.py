@@ -12,6 +12,7 @@ _BUILTIN = {
     "lightning": "qsched.devices.lightning:LightningDevice",
     "emulated-qpu": "qsched.devices.emulated:EmulatedQPUDevice",
     "null": "qsched.devices.null:NullDevice",
+    "qrmi": "qsched.devices.qrmi:QrmiDevice",
 }
 
 
@@ -29,6 +30,9 @@ def load_device(spec: DeviceSpec) -> Device:
     module, _, attr = target.partition(":")
     import importlib
     cls = getattr(importlib.import_module(module), attr)
+    if spec.credentials_file:      # read here, in the worker: the daemon never reads it
+        from ..credentials import load
+        return cls(spec, credentials=load(spec.credentials_file, f"device {spec.name}: credentials_file"))
     return cls(spec)
 
 

@@ -88,7 +88,7 @@ class LRU(OrderedDict):
 class Device:
     """Subclasses implement `run_group` for tasks that share one call; `run` handles grouping."""
     type = "base"
-    kinds = ("sample", "estimate", "gradient")
+    kinds: tuple[str, ...] = ("sample", "estimate", "gradient")
     # Qiskit instruction names this device refuses (after flattening composites into what it runs):
     # published in describe(), so the daemon refuses such a template at upload, naming the pool
     # the input-state slot (a state sent as data) is for devices that advertise it (lightning)

@@ -3,10 +3,12 @@ time a QPU would take (setup + shots x repetition time), so scheduling studies l
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from .aer import AerDevice, _columns
 from .base import TaskError
 from .circuits import CONTROL_FLOW
+from .profiles import FIELDS, profile
 
 
 def _fake_backend(name: str, num_qubits: int, seed: int):
@@ -21,7 +23,47 @@ def _fake_backend(name: str, num_qubits: int, seed: int):
     return getattr(fp, name)()
 
 
-class EmulatedQPUDevice(AerDevice):
+class IsaDevice(AerDevice):
+    """AerDevice's PUBs made for a QPU: transpiled once per template for its Target (`self.passes`),
+    observables laid out like the transpiled circuit, shots defaulted (a QPU has no exact mode).
+    Shared by the emulated QPU and remote QPUs (qrmi)."""
+    passes: Any
+    default_shots: int
+
+    # transpiled once per template for the device (40-65 ms each time otherwise)
+    def _sample_circuit(self, t):
+        def make():
+            qc, _ = super(IsaDevice, self)._sample_circuit(t)
+            isa = self.passes.run(qc)
+            return isa, _columns(isa, t.circuit)
+        return self._prepared.get_or(("isa-sample", t.template), make)
+
+    def _estimate_circuit(self, t):
+        def make():
+            qc, _, measured = super(IsaDevice, self)._estimate_circuit(t)
+            isa = self.passes.run(qc)
+            return isa, _columns(isa, t.circuit), measured
+        return self._prepared.get_or(("isa-estimate", t.template), make)
+
+    def _pubs(self, groups):
+        for g in groups:
+            for t in g:
+                if not t.shots:      # a QPU has no exact mode
+                    t.shots = self.default_shots
+                if t.kind == "gradient":
+                    raise TaskError("kind: gradients are not offered by a QPU; use estimate tasks "
+                                    "with shifted parameters or a simulator pool", field="kind")
+        pubs = super()._pubs(groups)
+        out = []
+        for prim, pub, post in pubs:       # observables follow the transpiled layout
+            if prim == "estimate":
+                qc, obs, params, prec = pub
+                pub = (qc, _with_layout(obs, qc.layout), params, prec)
+            out.append((prim, pub, post))
+        return out
+
+
+class EmulatedQPUDevice(IsaDevice):
     type = "emulated-qpu"
 
     def __init__(self, spec):
@@ -30,8 +72,12 @@ class EmulatedQPUDevice(AerDevice):
         from qiskit_aer import AerSimulator
         from qiskit_aer.primitives import EstimatorV2, SamplerV2
         o = self.options
-        self.setup_s = float(o.get("setup_s", 0.05))
-        self.rep_s = float(o.get("rep_s", 100e-6))
+        timing = {"setup_s": 0.05, "rep_s": 100e-6, "gate_1q_s": 0.0, "gate_2q_s": 0.0, "readout_s": 0.0}
+        if o.get("profile"):
+            timing.update(profile(str(o["profile"])))
+        timing.update({k: float(o[k]) for k in FIELDS if k in o})
+        self.timing = timing
+        self.setup_s, self.rep_s = timing["setup_s"], timing["rep_s"]
         self.default_shots = int(o.get("default_shots", 1000))
         seed = int(o.get("seed", 1234))
         self.backend = _fake_backend(o.get("backend", "generic"), spec.limits.max_qubits, seed)
@@ -49,52 +95,37 @@ class EmulatedQPUDevice(AerDevice):
         # the device's transpiler cannot map what its target lacks (the generic backend has no
         # control flow)
         names = set(self.backend.target.operation_names)
-        d.update(setup_s=self.setup_s, rep_s=self.rep_s, default_shots=self.default_shots,
+        d.update(**self.timing, profile=self.options.get("profile"), default_shots=self.default_shots,
                  unsupported_instructions=sorted({*self.unsupported_instructions,
                                                   *(n for n in ("reset", *CONTROL_FLOW) if n not in names)}))
         return d
 
-    # transpiled once per template for the device (40-65 ms each time otherwise)
-    def _sample_circuit(self, t):
-        def make():
-            qc, _ = super(EmulatedQPUDevice, self)._sample_circuit(t)
-            isa = self.passes.run(qc)
-            return isa, _columns(isa, t.circuit)
-        return self._prepared.get_or(("isa-sample", t.template), make)
-
-    def _estimate_circuit(self, t):
-        def make():
-            qc, _, measured = super(EmulatedQPUDevice, self)._estimate_circuit(t)
-            isa = self.passes.run(qc)
-            return isa, _columns(isa, t.circuit), measured
-        return self._prepared.get_or(("isa-estimate", t.template), make)
-
-    def _pubs(self, groups):
-        for g in groups:
-            for t in g:
-                if not t.shots:      # a QPU has no exact mode
-                    t.shots = self.default_shots
-                if t.kind == "gradient":
-                    raise TaskError("kind: gradients are not offered by an emulated QPU; use estimate tasks "
-                                    "with shifted parameters or a simulator pool", field="kind")
-        pubs = super()._pubs(groups)
-        out = []
-        for prim, pub, post in pubs:       # observables follow the transpiled layout
-            if prim == "estimate":
-                qc, obs, params, prec = pub
-                pub = (qc, _with_layout(obs, qc.layout), params, prec)
-            out.append((prim, pub, post))
-        return out
-
     def run(self, tasks):
         start = time.perf_counter()
         out = super().run(tasks)
-        shots = sum((t.shots or self.default_shots) * t.bindings for t in tasks)
-        modelled = self.setup_s + shots * self.rep_s
+        modelled = self.modelled_s(tasks)
         left = modelled - (time.perf_counter() - start)
         if left > 0:
             time.sleep(left)
         return out
+
+
+    def shot_s(self, t) -> float:
+        """One shot of the task's circuit as the device runs it (its transpiled gates)."""
+        tm = self.timing
+        if not (tm["gate_1q_s"] or tm["gate_2q_s"]):
+            return tm["rep_s"] + tm["readout_s"]
+        isa = (self._sample_circuit(t) if t.kind == "sample" else self._estimate_circuit(t))[0]
+        n2 = sum(1 for i in isa.data if i.operation.num_qubits == 2)
+        n1 = sum(1 for i in isa.data if i.operation.num_qubits == 1 and i.operation.name not in NOT_GATES)
+        return tm["rep_s"] + tm["readout_s"] + n1 * tm["gate_1q_s"] + n2 * tm["gate_2q_s"]
+
+    def modelled_s(self, tasks) -> float:
+        """setup + every binding's shots x one shot's time."""
+        return self.setup_s + sum((t.shots or self.default_shots) * t.bindings * self.shot_s(t) for t in tasks)
+
+
+NOT_GATES = frozenset({"measure", "barrier", "delay", "reset"})
 
 
 def _with_layout(obs, layout):

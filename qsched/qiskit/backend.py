@@ -4,6 +4,7 @@ BackendEstimatorV2 work on top of it unchanged. For parameter sweeps prefer Samp
 from this package: they send one template plus a parameter array instead of one circuit per binding."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -18,7 +19,7 @@ from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.providers import BackendV2, Options
 from qiskit.result import Result
 from qiskit.result.models import ExperimentResult, ExperimentResultData
-from qiskit.transpiler import Target
+from qiskit.transpiler import CouplingMap, Target
 
 from .convert import memory_to_hex, registers_to_memory, result_field
 from .jobs import QschedJob
@@ -63,18 +64,31 @@ def pool_devices(devices: list, pool: str) -> list[dict]:
     return out
 
 
+def _described(d: dict) -> dict:
+    """What the device's worker published (describe(), carried by its heartbeat), over the listing."""
+    return {**(d.get("worker") or {}), **{k: v for k, v in d.items() if v is not None}}
+
+
 def target_for_pool(devices: list, pool: str) -> Target:
     """The pool's Target: qubits of its smallest device (a circuit must fit any device the
-    scheduler picks), gates that all of its devices run."""
-    devs = pool_devices(devices, pool) or list(devices)
+    scheduler picks), gates that all of its devices run. A QPU's worker publishes its basis gates and
+    coupling map (describe()); where the pool's devices share one coupling map the Target has it, so
+    `transpile(qc, backend)` maps circuits to the device's connectivity."""
+    devs = [_described(d) for d in (pool_devices(devices, pool) or list(devices))]
     if not devs:
         raise BadRequest(f"pool: no devices found for pool {pool!r}", field="pool")
-    nq = min(int(d.get("num_qubits") or d.get("max_qubits") or (d.get("worker") or {}).get("num_qubits") or 0)
-             for d in devs)
+    nq = min(int(d.get("num_qubits") or d.get("max_qubits") or 0) for d in devs)
     basis: set[str] | None = None
     for d in devs:
         b = d.get("basis_gates") or (LIGHTNING_BASIS if d.get("type") == "lightning" else AER_BASIS)
         basis = set(b) if basis is None else basis & set(b)
+    maps = {json.dumps(sorted(map(list, d["coupling_map"]))) for d in devs if d.get("coupling_map")}
+    if len(maps) == 1 and all(d.get("coupling_map") for d in devs):
+        edges = [tuple(e) for e in json.loads(maps.pop()) if max(e) < nq]
+        unsupported = set().union(*(d.get("unsupported_instructions") or () for d in devs))
+        extra = [n for n in ("measure", "delay", "reset") if n not in unsupported]
+        return Target.from_configuration(basis_gates=sorted(basis or ()) + extra, num_qubits=nq,
+                                         coupling_map=CouplingMap(edges))
     return build_target(nq, sorted(basis or ()), control_flow=all(d.get("type") != "lightning" for d in devs),
                         description=f"qsched pool {pool}")
 
