@@ -24,6 +24,7 @@ log = logging.getLogger("qsched.daemon")
 
 # descriptors kept free for Redis connections, workers' pipes, the parser and log files
 FD_RESERVE = 64
+REFUSED_LINGER_S = 1.0         # a refused connection is kept this long for the client to read its 503
 
 
 def raise_fd_limit() -> int:
@@ -99,6 +100,8 @@ class _Gate(asyncio.Protocol):
         self._limiter, self._make = limiter, make_handler
         self._inner: asyncio.Protocol | None = None
         self._peer = ""
+        self._refused: asyncio.BaseTransport | None = None
+        self._closer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self._peer = peer_of(transport)
@@ -110,19 +113,29 @@ class _Gate(asyncio.Protocol):
                                          "message": f"{field}: {limit} open connections reached; retry"}}).encode()
             transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                             b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-            transport.close()
+            # a lingering close: the client sends its request before it reads, and closing at once
+            # would answer that with a reset (a broken pipe for the client) instead of the 503
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._closer = asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.close)
+            self._refused = transport
             return
         self._inner = self._make()
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
-            self._inner.data_received(data)
+            self._inner.data_received(data)            # a refused connection's request is dropped
 
     def eof_received(self):
+        if self._refused is not None:
+            self._refused.close()
+            return None
         return self._inner.eof_received() if self._inner is not None else None
 
     def connection_lost(self, exc) -> None:
+        if self._closer is not None:
+            self._closer.cancel()
         if self._inner is not None:
             self._limiter.release(self._peer)
             self._inner.connection_lost(exc)
