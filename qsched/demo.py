@@ -6,6 +6,7 @@ Run concurrently, one client's classical phase overlaps the others' quantum work
 another, the device idles during every classical phase. The summary shows both."""
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
 import shutil
@@ -132,20 +133,23 @@ def summary(conc: dict, seq: dict) -> None:
 
 
 def main() -> None:
+    from .worker import die_with_parent
+    faulthandler.enable()                 # a crash in a C extension prints where it happened
     state = tempfile.mkdtemp(prefix="qsched-demo-")
     env = {**os.environ, "QSCHED_STATE_DIR": state}
     env.pop("QSCHED_URL", None)
     env.pop("QSCHED_CONFIG", None)
     print(f"starting qsched on the embedded default (state in {state}) ...")
+    # the daemon ends with the demo, however the demo ends: a stray one would hold the TCP port
     daemon = subprocess.Popen([sys.executable, "-m", "qsched", "up"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=open(os.path.join(state, "daemon.log"), "wb"))
+                              stderr=open(os.path.join(state, "daemon.log"), "wb"), preexec_fn=die_with_parent)
     url = f"unix://{state}/qsched.sock"
     try:
         import qsched
         deadline = time.monotonic() + 90
         while True:
             try:
-                devs = qsched.Client(url).devices()
+                devs = qsched.Client(url, retry_s=0).devices()      # a daemon that died shows at once
                 if all(d["up"] for d in devs):
                     break
             except qsched.QschedError:
