@@ -118,12 +118,18 @@ def test_a_stopped_worker_is_noticed_killed_and_its_batch_runs_on_another_device
     devs = [{**slow, "name": "slow0"}, {**slow, "name": "slow1"}]
     d = fresh_daemon(devices=devs, extra={"daemon": {"heartbeat_timeout_s": 1.0}})
     c = d.client()
+    # both devices online in the daemon's eyes first: on a loaded machine a worker can start late, and
+    # the other device would then run both batches one after the other
+    deadline = time.monotonic() + 30
+    while {dev["name"] for dev in c.devices() if dev["state"] == "online"} != {"slow0", "slow1"}:
+        assert time.monotonic() < deadline, c.devices()
+        time.sleep(0.05)
+    stopped = _worker_pid(d, "slow0")
     s = c.open_session("slow")
     qc = efficient_su2(2, reps=1)
     futs = [s.submit("estimate", qc, np.zeros((1, qc.num_parameters)), observables=["ZZ"]) for _ in range(2)]
     for f in futs:
         _wait_state(f, "RUNNING")
-    stopped = _worker_pid(d, "slow0")
     os.kill(stopped, signal.SIGSTOP)
     try:
         held = [Batch.from_entry(e) for e in _redis(d).lrange(keys.device_processing("slow0"), 0, -1)]
