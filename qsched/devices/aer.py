@@ -27,7 +27,7 @@ _AER_GATES = frozenset({
     "ccx", "ccz", "cp", "crx", "cry", "crz", "cswap", "csx", "cu", "cu1", "cu3", "cx", "cy", "cz",
     "ecr", "h", "p", "r", "rx", "rxx", "ry", "ryy", "rz", "rzx", "rzz", "s", "sdg", "swap", "sx",
     "sxdg", "t", "tdg", "u", "u1", "u2", "u3", "x", "y", "z", "reset", "unitary", "diagonal", "mcx",
-}) | NON_GATES | CONTROL_FLOW
+}) | (NON_GATES - {"global_phase"}) | CONTROL_FLOW     # aer: "unknown instruction: global_phase" (flatten drops it)
 
 
 # gates whose angles aer binds per parameter row; with two or more rows, a template angle in cp, crx,

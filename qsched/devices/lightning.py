@@ -15,21 +15,21 @@ from .circuits import (
     flatten,
     pauli_sum_pennylane,
 )
+from .lightning_native import NativeObservables, NativeProgram, NotNative
 
-
-def _symbolic(op) -> bool:
-    return any(getattr(x, "parameters", None) for x in op.params)
 
 
 def _keep_for(gradient: bool):
-    """Instructions lightning runs as they are. For adjoint gradients a gate with template angles
-    must also be a one-parameter gate with a generator, which is what lightning's own adjoint
-    preprocessing requires (it decomposes everything else; given U3 undecomposed, its adjoint pass
-    returned zeros for every parameter of the tape)."""
+    """Instructions lightning runs as they are. For adjoint gradients a gate with parameters must
+    also be a one-parameter gate with a generator, which is what lightning's own adjoint
+    preprocessing requires: given U3 undecomposed, its adjoint pass returned zeros for every
+    parameter of the tape; given a U3 of constant angles, it numbered the parameters after it
+    wrongly (it applies U3 as a matrix, without its three parameters), so their gradients were
+    wrong."""
     def keep(op):
         if op.name not in LIGHTNING_GATES:
             return False
-        return not gradient or op.name in ADJOINT_GATES or not _symbolic(op)
+        return not gradient or op.name in ADJOINT_GATES or not op.params
     return keep
 
 
@@ -94,6 +94,9 @@ class LightningDevice(Device):
         self._devs: dict[int, object] = {}
         self._programs = LRU()
         self._obs = LRU(64)
+        # lightning.qubit's C++ layer driven directly (see lightning_native); None: not for this program
+        self._natives = LRU()
+        self._native_obs = LRU(64)
 
     def describe(self) -> dict:
         # clients may send input states as data (see split_state_slot)
@@ -130,10 +133,37 @@ class LightningDevice(Device):
         """expval measurements of the task's observables, built once per distinct observable list
         (a Hamiltonian of 10 terms costs ~0.3 ms to build; an optimizer sends the same one each step).
         The measurements are only read, so every tape of the task (and later tasks) shares them."""
-        key = (n, tuple(sorted(measured.items())),
-               tuple(tuple((p, c) for p, c in o) for o in observables))
-        return self._obs.get_or(key, lambda: [self.qml.expval(pauli_sum_pennylane(o, n))
-                                              for o in dephase(observables, measured, n)])
+        return self._obs.get_or(self._obs_key(observables, measured, n),
+                                lambda: [self.qml.expval(pauli_sum_pennylane(o, n))
+                                         for o in dephase(observables, measured, n)])
+
+    @staticmethod
+    def _obs_key(observables, measured, n) -> tuple:
+        return (n, tuple(sorted(measured.items())), tuple(tuple((p, c) for p, c in o) for o in observables))
+
+    def _native(self, t, prog, slot):
+        """The program as lightning's C++ op lists, for an analytic estimate or gradient on lightning.qubit
+        without a state slot or state results; else None (the PennyLane path)."""
+        if self.name != "lightning.qubit" or t.shots or t.kind == "sample" or slot is not None or \
+                (getattr(t.circuit, "metadata", None) or {}).get(STATE_METADATA_KEY) is True:
+            return None
+
+        def make():
+            try:
+                return NativeProgram(prog)
+            except NotNative:
+                return None
+        return self._natives.get_or((t.template, t.kind == "gradient"), make)
+
+    def _run_native(self, t, native, amap, angles, measured):
+        n = native.num_qubits
+        obs = self._native_obs.get_or(self._obs_key(t.observables, measured, n),
+                                      lambda: NativeObservables(self._measurements(t.observables, measured, n)))
+        evs, d = native.run(angles, obs, t.kind == "gradient")
+        if d is None:
+            return {"evs": evs, "stds": np.zeros_like(evs)}
+        order = native.order
+        return {"evs": evs, "jacobian": d @ amap.C[order] if order else np.zeros((*evs.shape, t.params.shape[1]))}
 
     def run_group(self, tasks):
         return [self._run_task(t) for t in tasks]
@@ -186,6 +216,9 @@ class LightningDevice(Device):
             else:
                 regs = {"meas": {"num_bits": n, "array": np.stack([bits_to_bitarray(s) for s in samples])}}
             return {"registers": regs}
+        native = self._native(t, prog, slot)
+        if native is not None:
+            return self._run_native(t, native, amap, angles, measured)
         mps = self._measurements(t.observables, measured, n)
         O, B, P = len(mps), t.bindings, t.params.shape[1]
         evs = np.empty((B, O))

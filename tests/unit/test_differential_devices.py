@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from qiskit import QuantumCircuit
-from qiskit.circuit import Parameter
+from qiskit.circuit import Parameter, ParameterVector
 from qiskit.circuit.library import get_standard_gate_name_mapping
 from qiskit.quantum_info import SparsePauliOp, Statevector
 
 from qsched.devices import TaskError, TaskPayload, load_device
+from qsched.devices.lightning_native import NativeProgram
 from qsched.models import DeviceLimits, DeviceSpec
 
 DEVICES = ["aer", "lightning"]
@@ -30,26 +31,35 @@ def device(typ):
                                   options={"seed": 11}))
 
 
-def gate_circuit(name: str, linear: bool = False):
+def gate_circuit(name: str, mode: str = "plain"):
     """A state that makes every gate matter (entangled, no symmetric amplitudes), the gate with one
-    Parameter per argument (or a linear expression of them), then a layer that mixes the result."""
+    Parameter per argument (or a linear expression of them), then a layer that mixes the result.
+    mode "constant": the gate's arguments are numbers, between two trainable rotations (a constant
+    U3 there once shifted lightning's adjoint parameter indices: wrong gradients for both)."""
     proto = get_standard_gate_name_mapping()[name]
-    k = len(proto.params)
-    ps = [Parameter(f"{name}_{j}") for j in range(k)]
-    args = [2 * p - 0.3 if linear and j == 0 else p for j, p in enumerate(ps)]
-    gate = type(proto)(*args)
     n = max(proto.num_qubits, 1) + 1
     rng = np.random.default_rng(sum(map(ord, name)))
+    if mode == "constant":
+        ps = [Parameter(f"{name}_before"), Parameter(f"{name}_after")]
+        gate = type(proto)(*rng.uniform(0.3, 2.8, len(proto.params)))
+    else:
+        ps = [Parameter(f"{name}_{j}") for j in range(len(proto.params))]
+        gate = type(proto)(*[2 * p - 0.3 if mode == "linear" and j == 0 else p for j, p in enumerate(ps)])
     qc = QuantumCircuit(n)
     for q in range(n):
         qc.ry(rng.uniform(0.3, 2.8), q)
         qc.rz(rng.uniform(0.3, 2.8), q)
     for q in range(n - 1):
         qc.cx(q, q + 1)
+    if mode == "constant":
+        qc.ry(ps[0], 0)
     qc.append(gate, list(range(proto.num_qubits)))
+    if mode == "constant":
+        qc.rz(ps[1], n - 1)
+        qc.cx(n - 1, 0)
     for q in range(n):
         qc.rx(rng.uniform(0.3, 2.8), q)
-    values = rng.uniform(-np.pi, np.pi, (2, k))
+    values = rng.uniform(-np.pi, np.pi, (2, len(ps)))
     return qc, values
 
 
@@ -82,8 +92,8 @@ def finite_difference(qc, params, obs, eps=1e-6):
     return out
 
 
-def _cases(linear=False):
-    return {name: gate_circuit(name, linear) for name in GATES}
+def _cases(mode="plain"):
+    return {name: gate_circuit(name, mode) for name in GATES}
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +113,20 @@ def _run(dev, kind, cases, shots=None, tag=""):
     return dict(zip(cases, dev.run(tasks)))
 
 
-def test_every_standard_gate_estimates_exactly(dev, cases):
-    for name, out in _run(dev, "estimate", cases).items():
+@pytest.mark.parametrize("mode", ["plain", "constant"])
+def test_every_standard_gate_estimates_exactly(dev, mode):
+    cases = _cases(mode)
+    for name, out in _run(dev, "estimate", cases, tag=f"-{mode}").items():
         qc, v = cases[name]
         assert not isinstance(out, Exception), f"{dev.type} {name}: {out!r}"
         np.testing.assert_allclose(out["evs"], reference(qc, v, observables(qc.num_qubits)), atol=1e-9,
                                    err_msg=f"{dev.type} {name}")
 
 
-@pytest.mark.parametrize("linear", [False, True], ids=["plain", "linear-expression"])
-def test_every_standard_gate_differentiates(dev, linear):
-    cases = _cases(linear)
-    for name, out in _run(dev, "gradient", cases, tag=f"-{linear}").items():
+@pytest.mark.parametrize("mode", ["plain", "linear", "constant"])
+def test_every_standard_gate_differentiates(dev, mode):
+    cases = _cases(mode)
+    for name, out in _run(dev, "gradient", cases, tag=f"-{mode}").items():
         qc, v = cases[name]
         obs = observables(qc.num_qubits)
         assert not isinstance(out, Exception), f"{dev.type} {name}: {out!r}"
@@ -280,3 +292,71 @@ def test_zero_width_register_on_aer():
     assert not isinstance(out, Exception), out
     assert out["registers"]["c1"]["array"].shape == (2, 50, 0)
     assert out["registers"]["c2"]["array"].shape == (2, 50, 1)
+
+
+# lightning's direct C++ path (qsched.devices.lightning_native) -------------------------------------
+
+def ansatz(extra=None, n=4):
+    """RY/RZ layers, a CNOT ladder, fixed Sdg and SXdg (inverse flags), an ECR (a fixed matrix),
+    RZZ, CRX, CZ, RX; linear angles (the chain rule to template parameters)."""
+    th = ParameterVector("t", 3 * n)
+    qc = QuantumCircuit(n)
+    for q in range(n):
+        qc.ry(th[q], q)
+        qc.rz(2 * th[n + q] - 0.1, q)
+    for q in range(n - 1):
+        qc.cx(q, q + 1)
+    qc.sdg(0)
+    qc.sxdg(1)
+    qc.ecr(2, 3)
+    qc.rzz(th[2 * n], 1, 2)
+    qc.crx(th[2 * n + 1], 0, 3)
+    qc.cz(3, 0)
+    for q in range(2, n):
+        qc.rx(th[2 * n + q], q)
+    if extra:
+        extra(qc)
+    return qc
+
+
+def _run_one(dev, kind, qc, params, key):
+    return dev.run([TaskPayload("t0", kind, key, qc, params, None, observables(qc.num_qubits))])[0]
+
+
+def test_lightning_takes_its_native_path_for_a_typical_ansatz_and_answers_exactly():
+    qc = ansatz()
+    params = np.random.default_rng(3).uniform(-np.pi, np.pi, (3, qc.num_parameters))
+    dev = device("lightning")
+    obs = observables(qc.num_qubits)
+    out = _run_one(dev, "gradient", qc, params, "a")
+    assert isinstance(dev._natives.get(("a", True)), NativeProgram)       # the fast path was taken
+    np.testing.assert_allclose(out["evs"], reference(qc, params, obs), atol=1e-10)
+    np.testing.assert_allclose(out["jacobian"], finite_difference(qc, params, obs), atol=1e-6)
+    est = _run_one(dev, "estimate", qc, params, "a")
+    assert isinstance(dev._natives.get(("a", False)), NativeProgram)
+    np.testing.assert_allclose(est["evs"], out["evs"], atol=1e-12)
+    assert not est["stds"].any()
+
+
+@pytest.mark.parametrize("kind", ["estimate", "gradient"])
+def test_lightning_native_and_pennylane_paths_agree_to_rounding(kind):
+    qc = ansatz()
+    params = np.random.default_rng(5).uniform(-np.pi, np.pi, (4, qc.num_parameters))
+    fast, slow = device("lightning"), device("lightning")
+    slow._native = lambda *a, **k: None
+    a, b = _run_one(fast, kind, qc, params, "a"), _run_one(slow, kind, qc, params, "a")
+    for k in ("evs", "jacobian") if kind == "gradient" else ("evs",):
+        np.testing.assert_allclose(a[k], b[k], atol=1e-12)
+
+
+def test_an_angle_in_a_matrix_op_or_a_toffoli_takes_lightnings_pennylane_path():
+    """U3 with angles has no C++ kernel (lightning applies its matrix); a Toffoli is serialized as a
+    controlled PauliX. Both still answer, through lightning's Python device."""
+    dev = device("lightning")
+    u3 = ansatz(lambda qc: qc.u(qc.parameters[0], 0.2, qc.parameters[1], 1))
+    tof = ansatz(lambda qc: qc.ccx(0, 1, 2))
+    for key, qc in (("u3", u3), ("tof", tof)):
+        params = np.random.default_rng(7).uniform(-np.pi, np.pi, (2, qc.num_parameters))
+        out = _run_one(dev, "estimate", qc, params, key)
+        assert dev._natives.get((key, False)) is None
+        np.testing.assert_allclose(out["evs"], reference(qc, params, observables(qc.num_qubits)), atol=1e-10)

@@ -1,0 +1,130 @@
+"""lightning.qubit's C++ state vector, measurements and adjoint method, driven without its Python device.
+
+Per binding, lightning.qubit's Python device serializes every op of the tape again (isinstance checks,
+Wires objects, per-op dispatch): most of a 12-qubit, 60-parameter adjoint gradient's time in the
+worker (2.9 ms there, 1.0 ms here; `benchmarks/sdk_overhead.py`'s circuit). A template has the same
+structure in every binding, so here it is serialized once, by lightning's own serializer, and each
+binding only fills in its angles.
+
+Used for analytic estimate and gradient tasks without an input-state slot whose every op lightning
+applies by name or, for ops without angles, as a fixed matrix; anything else takes the PennyLane path
+(`LightningDevice`). tests/unit/test_differential_devices.py checks it against Qiskit's Statevector
+for every standard gate and against the PennyLane path to rounding."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .circuits import PennyLaneProgram
+
+
+class NotNative(Exception):
+    """The program needs lightning's Python layer (an angle-dependent matrix, a controlled op)."""
+
+
+def _ops_module():
+    import pennylane_lightning.lightning_qubit_ops as ops
+    return ops
+
+
+def serializer():
+    from pennylane_lightning.lightning_base._serialize import QuantumScriptSerializer
+    return QuantumScriptSerializer("lightning.qubit")
+
+
+class NativeObservables:
+    """A task's expval measurements serialized once: C++ observables and the measurement each feeds."""
+
+    def __init__(self, measurements: list):
+        import pennylane as qml
+        obs, index = serializer().serialize_observables(qml.tape.QuantumScript([], measurements))
+        self.obs = obs
+        self.index = np.asarray(index, dtype=np.int64)
+        self.count = len(measurements)
+
+    def reduce(self, rows: np.ndarray) -> np.ndarray:
+        """[len(obs), ...] per serialized observable -> [count, ...] per measurement (summing splits)."""
+        out = np.zeros((self.count, *rows.shape[1:]))
+        np.add.at(out, self.index, rows)
+        return out
+
+
+class NativeProgram:
+    """A PennyLaneProgram as lightning's C++ op lists: names, wires, inverse flags and fixed matrices
+    once; parameters per binding."""
+
+    def __init__(self, prog: PennyLaneProgram):
+        import pennylane as qml
+        self.num_qubits = prog.num_qubits
+        self.trainable = list(prog.trainable)
+        self.order = list(prog.order)
+        ops0, _, _ = prog.ops(np.zeros(max(self.order, default=-1) + 1))
+        (names, params, wires, inverses, mats, cwires, cvals), uses_sp = \
+            serializer().serialize_ops(qml.tape.QuantumScript(ops0))
+        if uses_sp or len(names) != len(prog.steps):
+            raise NotNative("state preparation or ops lightning decomposes")
+        self.names, self.wires, self.inverses = names, wires, inverses
+        self.mats, self.cwires, self.cvals = mats, cwires, cvals
+        self.params = [list(p) for p in params]
+        self.angle_slots: list[tuple[int, int, int]] = []     # (op, position in its params, angle k)
+        self.apply: list[tuple[str, list, bool, np.ndarray | None]] = []
+        sv_type = _ops_module().StateVectorC128
+        for i, (_, _, args, _) in enumerate(prog.steps):
+            angles = [(pos, k) for pos, (kind, k) in enumerate(args) if kind == "angle"]
+            if cwires[i]:
+                raise NotNative(f"{names[i]}: a controlled op")
+            if len(params[i]) != len(args):
+                # the C++ adjoint pass numbers parameters as serialized: they must be the tape's
+                raise NotNative(f"{names[i]}: serialized with other parameters than the tape's")
+            named = hasattr(sv_type, names[i]) and not np.asarray(mats[i]).size
+            if not named and angles:
+                raise NotNative(f"{names[i]}: an angle-dependent matrix")
+            self.angle_slots += [(i, pos, k) for pos, k in angles]
+            # forward pass: named ops by name; others as their (fixed) matrix, inverse folded in
+            mat = None
+            if not named:
+                mat = np.asarray(mats[i], dtype=np.complex128)
+                if inverses[i]:
+                    mat = mat.conj().T
+            self.apply.append((names[i], wires[i], inverses[i], mat))
+        self._sv: Any = None       # a StateVectorC128 of num_qubits, made on first use, reused
+
+    def _binding_params(self, angles: np.ndarray) -> list[list[float]]:
+        params = [list(p) for p in self.params]
+        for i, pos, k in self.angle_slots:
+            params[i][pos] = float(angles[k])
+        return params
+
+    def _final_state(self, params):
+        ops = _ops_module()
+        if self._sv is None:
+            self._sv = ops.StateVectorC128(self.num_qubits)
+        sv = self._sv
+        sv.resetStateVector()
+        for (name, wires, inverse, mat), p in zip(self.apply, params):
+            if mat is None:
+                getattr(sv, name)(wires, inverse, p)
+            else:
+                sv.applyMatrix(mat, wires, False)
+        return sv
+
+    def run(self, angles: np.ndarray, obs: NativeObservables, gradient: bool):
+        """evs [B, O] and, for gradients, d ev / d angle in tape order [B, O, K]."""
+        ops = _ops_module()
+        B, K = len(angles), len(self.trainable)
+        evs = np.empty((B, obs.count))
+        jac = np.zeros((B, obs.count, K)) if gradient else None
+        adjoint = ops.algorithms.AdjointJacobianC128() if gradient and K else None
+        for b in range(B):
+            params = self._binding_params(angles[b])
+            sv = self._final_state(params)
+            measure = ops.MeasurementsC128(sv)
+            evs[b] = obs.reduce(np.array([measure.expval(o) for o in obs.obs]))
+            if adjoint is not None:
+                struct = ops.algorithms.create_ops_listC128(self.names, params, self.wires, self.inverses,
+                                                            self.mats, self.cwires, self.cvals)
+                d = np.asarray(adjoint(sv, obs.obs, struct, self.trainable)).reshape(len(obs.obs), K)
+                assert jac is not None
+                jac[b] = obs.reduce(d)
+        return evs, jac
