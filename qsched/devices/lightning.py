@@ -15,7 +15,7 @@ from .circuits import (
     flatten,
     pauli_sum_pennylane,
 )
-from .lightning_native import NativeObservables, NativeProgram, NotNative
+from .lightning_native import NativeObservables, NativeProgram, NotNative, state_vector
 
 
 
@@ -97,6 +97,7 @@ class LightningDevice(Device):
         # lightning.qubit's C++ layer driven directly (see lightning_native); None: not for this program
         self._natives = LRU()
         self._native_obs = LRU(64)
+        self._svs: dict[int, object] = {}       # one C++ state vector per width, as lightning keeps one
 
     def describe(self) -> dict:
         # clients may send input states as data (see split_state_slot)
@@ -159,7 +160,10 @@ class LightningDevice(Device):
         n = native.num_qubits
         obs = self._native_obs.get_or(self._obs_key(t.observables, measured, n),
                                       lambda: NativeObservables(self._measurements(t.observables, measured, n)))
-        evs, d = native.run(angles, obs, t.kind == "gradient")
+        sv = self._svs.get(n)
+        if sv is None:
+            sv = self._svs[n] = state_vector(n)
+        evs, d = native.run(sv, angles, obs, t.kind == "gradient")
         if d is None:
             return {"evs": evs, "stds": np.zeros_like(evs)}
         order = native.order

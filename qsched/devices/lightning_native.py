@@ -33,6 +33,10 @@ def serializer():
     return QuantumScriptSerializer("lightning.qubit")
 
 
+def state_vector(num_qubits: int) -> Any:
+    return _ops_module().StateVectorC128(num_qubits)
+
+
 class NativeObservables:
     """A task's expval measurements serialized once: C++ observables and the measurement each feeds."""
 
@@ -88,7 +92,6 @@ class NativeProgram:
                 if inverses[i]:
                     mat = mat.conj().T
             self.apply.append((names[i], wires[i], inverses[i], mat))
-        self._sv: Any = None       # a StateVectorC128 of num_qubits, made on first use, reused
 
     def _binding_params(self, angles: np.ndarray) -> list[list[float]]:
         params = [list(p) for p in self.params]
@@ -96,21 +99,17 @@ class NativeProgram:
             params[i][pos] = float(angles[k])
         return params
 
-    def _final_state(self, params):
-        ops = _ops_module()
-        if self._sv is None:
-            self._sv = ops.StateVectorC128(self.num_qubits)
-        sv = self._sv
+    def _final_state(self, sv, params):
         sv.resetStateVector()
         for (name, wires, inverse, mat), p in zip(self.apply, params):
             if mat is None:
                 getattr(sv, name)(wires, inverse, p)
             else:
                 sv.applyMatrix(mat, wires, False)
-        return sv
 
-    def run(self, angles: np.ndarray, obs: NativeObservables, gradient: bool):
-        """evs [B, O] and, for gradients, d ev / d angle in tape order [B, O, K]."""
+    def run(self, sv: Any, angles: np.ndarray, obs: NativeObservables, gradient: bool):
+        """evs [B, O] and, for gradients, d ev / d angle in tape order [B, O, K]. `sv`: a state vector of
+        num_qubits (`state_vector(n)`), overwritten."""
         ops = _ops_module()
         B, K = len(angles), len(self.trainable)
         evs = np.empty((B, obs.count))
@@ -118,7 +117,7 @@ class NativeProgram:
         adjoint = ops.algorithms.AdjointJacobianC128() if gradient and K else None
         for b in range(B):
             params = self._binding_params(angles[b])
-            sv = self._final_state(params)
+            self._final_state(sv, params)
             measure = ops.MeasurementsC128(sv)
             evs[b] = obs.reduce(np.array([measure.expval(o) for o in obs.obs]))
             if adjoint is not None:
