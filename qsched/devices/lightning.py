@@ -18,7 +18,6 @@ from .circuits import (
 from .lightning_native import NativeObservables, NativeProgram, NotNative, state_vector
 
 
-
 def _keep_for(gradient: bool):
     """Instructions lightning runs as they are. For adjoint gradients a gate with parameters must
     also be a one-parameter gate with a generator, which is what lightning's own adjoint
@@ -166,8 +165,7 @@ class LightningDevice(Device):
         evs, d = native.run(sv, angles, obs, t.kind == "gradient")
         if d is None:
             return {"evs": evs, "stds": np.zeros_like(evs)}
-        order = native.order
-        return {"evs": evs, "jacobian": d @ amap.C[order] if order else np.zeros((*evs.shape, t.params.shape[1]))}
+        return {"evs": evs, "jacobian": d @ amap.C[native.order]}      # chain rule to template params
 
     def run_group(self, tasks):
         return [self._run_task(t) for t in tasks]
