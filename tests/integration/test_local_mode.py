@@ -56,11 +56,21 @@ def test_the_scripts_directives_hold_and_the_time_limit_kills_the_whole_job(fres
 
 
 def test_local_jobs_run_concurrently_up_to_local_workers(fresh_daemon, tmp_path, monkeypatch):
+    """Two jobs with local.workers = 2 run at the same time: each job waits (a barrier) until both have
+    started, so run one after the other the first would never see the second and exit 1. No wall-clock
+    bound: on a loaded machine the submissions themselves can take seconds."""
     import threading
-    import time
     d = fresh_daemon(devices=[{"name": "null0", "type": "null", "pool": "null"}], extra={"local": {"workers": 2}})
-    script = tmp_path / "nap.sh"
-    script.write_text("#!/bin/bash\nsleep 2\n")
+    started = tmp_path / "started"
+    started.mkdir()
+    script = tmp_path / "barrier.sh"
+    script.write_text("#!/bin/bash\n"
+                      f"touch {started}/$$\n"
+                      "SECONDS=0\n"
+                      f"while [ $(ls {started} | wc -l) -lt 2 ]; do\n"
+                      "  [ $SECONDS -ge 60 ] && { echo 'the other job never started'; exit 1; }\n"
+                      "  sleep 0.05\n"
+                      "done\n")
     script.chmod(0o755)
     _clean_env(monkeypatch, tmp_path)
     codes = []
@@ -68,11 +78,10 @@ def test_local_jobs_run_concurrently_up_to_local_workers(fresh_daemon, tmp_path,
     def one():
         codes.append(CliRunner().invoke(submit, ["--local", "--wait", "--config", str(d.config_path),
                                                  str(script)]).exit_code)
-    t0 = time.monotonic()
     threads = [threading.Thread(target=one) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
-    took = time.monotonic() - t0
-    assert codes == [0, 0] and took < 3.9, took       # one after the other would take 4 s and more
+        t.join(120)
+    assert len(list(started.iterdir())) == 2
+    assert codes == [0, 0], codes                      # one after the other, the first would exit 1
