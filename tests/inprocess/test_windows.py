@@ -21,16 +21,18 @@ def test_a_window_takes_its_device_out_for_its_time_and_work_goes_to_the_other(t
     async def body():
         async with daemon(tmp_path, [slow("a0"), slow("a1")]) as (d, api, _):
             admin = Api(d.config.admin_socket_path)
+            # the session and its template first: in the window (2 s) only the submission and its three
+            # batches, which a loaded machine could otherwise push past its end
+            s = await api.session(pool="p")
+            h = await api.template(s, one_qubit())
             now = time.time()
             status, w = await admin.call("POST", "/v1/admin/devices/a0/windows",
-                                         {"start": now + 0.5, "end": now + 2.5, "reason": "calibration"})
+                                         {"start": now + 1.0, "end": now + 3.0, "reason": "calibration"})
             assert status == 201 and w["devices"] == ["a0"] and w["pool"] == "p"
             a0 = d.scheduler.devices["a0"]
             assert a0.state == "online"                                  # not yet
             await until(lambda: a0.state == "maintenance", timeout=5)
             assert a0.reason.startswith("maintenance window") and "calibration" in a0.reason
-            s = await api.session(pool="p")
-            h = await api.template(s, one_qubit())
             _, out = await api.submit(s, h, 3)
             assert {t["meta"]["device"] for t in await api.wait(s, out["ids"])} == {"a1"}
             _, devices = await api.call("GET", "/v1/devices")
