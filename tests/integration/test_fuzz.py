@@ -1,6 +1,7 @@
 """Every endpoint driven with random and malformed input (hypothesis, bounded): never a 5xx, and the daemon
-answers health within 100 ms afterwards. Requests go over the real unix socket as raw HTTP, so invalid
-JSON, lone surrogates and huge numbers reach the daemon as a hostile client would send them."""
+answers health within 100 ms afterwards (or a few times what it took before, on a loaded machine). Requests
+go over the real unix socket as raw HTTP, so invalid JSON, lone surrogates and huge numbers reach the
+daemon as a hostile client would send them."""
 from __future__ import annotations
 
 import json
@@ -49,12 +50,24 @@ def target(qsched_daemon):
     fut = s.submit("estimate", qc, np.zeros((1, qc.num_parameters)), observables=["ZZ"])
     fut.result(30)
     sock = str(qsched_daemon.state_dir / "qsched.sock")
+    before = health_s(sock)
     yield {"sock": sock, "sid": s.id, "auth": {"Authorization": f"Bearer {s.token}"}, "tid": fut.id,
            "template": s.upload(qc)}
     s.close()
-    health = time.perf_counter()
-    assert raw(sock, "GET", "/v1/health") == 200
-    assert time.perf_counter() - health < 0.1
+    # as fast as before the fuzzing (100 ms, or a few times what health took then on a loaded machine):
+    # nothing the fuzz sent left the daemon busy
+    after = health_s(sock)
+    assert after < max(0.1, 5 * before), (after, before)
+
+
+def health_s(sock: str, n: int = 5) -> float:
+    """The median time of n health requests, each on a fresh connection."""
+    took = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        assert raw(sock, "GET", "/v1/health") == 200
+        took.append(time.perf_counter() - t0)
+    return sorted(took)[n // 2]
 
 
 def task_like(template: str):
