@@ -96,6 +96,10 @@ QUOTA_USED = PREFIX + "quota:used"            # hash: quota key ("chem", "user:a
 
 
 RQ_QUEUE = "qsched-jobs"     # RQ's own keys derive from it (rq:queue:qsched-jobs): `qsched submit --local`
+# sorted set: one entry per local-mode worker process, started or starting (token -> lease expiry,
+# Unix time), so simultaneous submissions start at most local.workers in all
+LOCAL_WORKERS = PREFIX + "local:workers"
+LOCAL_WORKERS_LOCK = PREFIX + "local:workers:lock"   # held while a job is queued and while a worker leaves
 
 
 def remote_job(token: str) -> str:

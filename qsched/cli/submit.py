@@ -256,18 +256,30 @@ def _close_local_session(socket_path: str, session_id: str) -> None:
         pass  # closed already (by the user's code or the daemon)
 
 
-def _ensure_workers(redis_url: str, queue, workers: int) -> None:
-    """Local jobs run concurrently up to `local.workers`: start burst workers (each exits when the queue
-    is empty) until that many are registered."""
-    from rq import Worker
-    missing = workers - len(Worker.all(queue=queue))
-    argv = [sys.executable, "-m", "qsched.cli.rqworker"]
-    for _ in range(max(0, missing)):
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True, cwd=os.getcwd())
-        assert proc.stdin is not None
-        proc.stdin.write(redis_url.encode() + b"\n")      # a pipe, not argv: the URL may hold a password
-        proc.stdin.close()
+def _enqueue_with_workers(conn, redis_url: str, workers: int, enqueue):
+    """Queue a local job and start a worker for it while fewer than `local.workers` are alive or starting.
+
+    Workers hold leases in keys.LOCAL_WORKERS (taken here, before the process starts; renewed by the
+    worker), and a worker leaves only under the same lock after seeing the queue empty
+    (qsched.cli.rqworker): so a job is never queued with no worker left to run it, and simultaneous
+    submissions never start more than `local.workers`. A killed worker's lease runs out."""
+    from .rqworker import LEASE_S
+    with conn.lock(keys.LOCAL_WORKERS_LOCK, timeout=30, blocking_timeout=30):
+        job = enqueue()
+        now = time.time()
+        conn.zremrangebyscore(keys.LOCAL_WORKERS, "-inf", now)
+        if conn.zcard(keys.LOCAL_WORKERS) >= workers:
+            return job
+        token = uuid.uuid4().hex
+        conn.zadd(keys.LOCAL_WORKERS, {token: now + LEASE_S})
+    proc = subprocess.Popen([sys.executable, "-m", "qsched.cli.rqworker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            cwd=os.getcwd())
+    assert proc.stdin is not None
+    # a pipe, not argv: the URL may hold a password
+    proc.stdin.write(redis_url.encode() + b"\n" + token.encode() + b"\n")
+    proc.stdin.close()
+    return job
 
 
 def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_path) -> int:
@@ -299,10 +311,9 @@ def _submit_local(script, script_args, *, pool, klass, time_limit, wait, config_
     out_path = os.path.join(cwd, f"qsched-{job_id}.out")
     limit = _seconds(time_limit) if time_limit else -1
     # the job kills its own script at the limit; RQ's timeout is only a backstop for a stuck job
-    job = q.enqueue(run_local_job, script_path, list(script_args), env, cwd, out_path, session["id"], socket_path,
-                    limit, job_id=job_id, job_timeout=limit + 60 if limit > 0 else -1, result_ttl=86400,
-                    failure_ttl=86400)
-    _ensure_workers(url, q, config.local_workers)
+    job = _enqueue_with_workers(conn, url, config.local_workers, lambda: q.enqueue(
+        run_local_job, script_path, list(script_args), env, cwd, out_path, session["id"], socket_path, limit,
+        job_id=job_id, job_timeout=limit + 60 if limit > 0 else -1, result_ttl=86400, failure_ttl=86400))
     click.echo(job.id)
     if not wait:
         return 0

@@ -2,11 +2,13 @@
 nothing in the store is ever unpickled."""
 from __future__ import annotations
 
+import time
 import zlib
 
 import redis
 from click.testing import CliRunner
 
+from qsched import keys
 from qsched.cli.submit import submit
 
 
@@ -55,12 +57,9 @@ def test_the_scripts_directives_hold_and_the_time_limit_kills_the_whole_job(fres
     assert "limited" in names                          # --job-name named the session
 
 
-def test_local_jobs_run_concurrently_up_to_local_workers(fresh_daemon, tmp_path, monkeypatch):
-    """Two jobs with local.workers = 2 run at the same time: each job waits (a barrier) until both have
-    started, so run one after the other the first would never see the second and exit 1. No wall-clock
-    bound: on a loaded machine the submissions themselves can take seconds."""
+def _two_barrier_jobs(d, tmp_path, cap_s: int) -> list[int]:
+    """Submit two jobs at once; each waits (a barrier) until both have started, or exits 1 after cap_s."""
     import threading
-    d = fresh_daemon(devices=[{"name": "null0", "type": "null", "pool": "null"}], extra={"local": {"workers": 2}})
     started = tmp_path / "started"
     started.mkdir()
     script = tmp_path / "barrier.sh"
@@ -68,11 +67,10 @@ def test_local_jobs_run_concurrently_up_to_local_workers(fresh_daemon, tmp_path,
                       f"touch {started}/$$\n"
                       "SECONDS=0\n"
                       f"while [ $(ls {started} | wc -l) -lt 2 ]; do\n"
-                      "  [ $SECONDS -ge 60 ] && { echo 'the other job never started'; exit 1; }\n"
+                      f"  [ $SECONDS -ge {cap_s} ] && {{ echo 'the other job never started'; exit 1; }}\n"
                       "  sleep 0.05\n"
                       "done\n")
     script.chmod(0o755)
-    _clean_env(monkeypatch, tmp_path)
     codes = []
 
     def one():
@@ -84,4 +82,29 @@ def test_local_jobs_run_concurrently_up_to_local_workers(fresh_daemon, tmp_path,
     for t in threads:
         t.join(120)
     assert len(list(started.iterdir())) == 2
+    return codes
+
+
+def test_local_jobs_run_concurrently_up_to_local_workers(fresh_daemon, tmp_path, monkeypatch):
+    """Two jobs with local.workers = 2 run at the same time: run one after the other, the first would
+    never see the second and exit 1. No wall-clock bound: on a loaded machine the submissions
+    themselves can take seconds."""
+    d = fresh_daemon(devices=[{"name": "null0", "type": "null", "pool": "null"}], extra={"local": {"workers": 2}})
+    _clean_env(monkeypatch, tmp_path)
+    codes = _two_barrier_jobs(d, tmp_path, cap_s=60)
     assert codes == [0, 0], codes                      # one after the other, the first would exit 1
+
+
+def test_simultaneous_submissions_start_no_more_than_local_workers(fresh_daemon, tmp_path, monkeypatch):
+    """With local.workers = 1, two jobs submitted at the same moment run one after the other: the first
+    gives up waiting for the second, which then finds it started. (Counting only the workers RQ had
+    registered, each submission started its own and both ran at once.)"""
+    d = fresh_daemon(devices=[{"name": "null0", "type": "null", "pool": "null"}], extra={"local": {"workers": 1}})
+    _clean_env(monkeypatch, tmp_path)
+    codes = _two_barrier_jobs(d, tmp_path, cap_s=4)
+    assert sorted(codes) == [0, 1], codes
+    r = redis.Redis(unix_socket_path=str(d.state_dir / "redis" / "redis.sock"))
+    deadline = time.monotonic() + 30
+    while r.zcard(keys.LOCAL_WORKERS):                 # the worker gave its place back on leaving
+        assert time.monotonic() < deadline, r.zrange(keys.LOCAL_WORKERS, 0, -1, withscores=True)
+        time.sleep(0.1)
