@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from . import keys
 from .errors import Fenced, ReplicationTimeout
@@ -293,7 +293,8 @@ class Store:
 
     async def close_session(self, sid: str, cancelled: list[str]) -> Usage:
         now = time.time()
-        async with self.r.pipeline(transaction=True) as p:
+
+        def build(p):
             p.hset(keys.session(sid), mapping={"state": SessionState.CLOSED.value, "closed": now})
             p.srem(keys.SESSIONS, sid)
             p.delete(keys.session_pending(sid))
@@ -304,7 +305,7 @@ class Store:
             for k in (keys.session(sid), keys.session_usage(sid)):
                 p.expire(k, self.ttl)
             p.hgetall(keys.session_usage(sid))
-            res = await p.execute()
+        res = await self._write(build)
         return Usage.from_redis(_str(res[-1]))
 
     async def record_accounting(self, record: dict) -> None:
@@ -390,6 +391,27 @@ class Store:
         except ResponseError as e:
             raise self._fenced(e) from None
 
+    async def _write(self, build: Callable[[Any], None]) -> list:
+        """Run the commands `build(pipeline)` queues as one MULTI/EXEC, and while this daemon leads
+        (a fence is set) only if the leader lease is still ours: WATCHed, so a lease taken over
+        between the check and EXEC aborts it. A paused ex-leader that wakes up writes nothing."""
+        if not self.fence:
+            async with self.r.pipeline(transaction=True) as p:
+                build(p)
+                return await p.execute()
+        for _ in range(8):              # our own lease renewals also touch the key: check again
+            async with self.r.pipeline(transaction=True) as p:
+                try:
+                    await p.watch(keys.LEADER)
+                    if _s(await p.get(keys.LEADER)) != self.fence:
+                        raise self._fenced(ResponseError("FENCED the leader lease is not ours"))
+                    p.multi()
+                    build(p)
+                    return await p.execute()
+                except WatchError:
+                    continue
+        raise self._fenced(ResponseError("FENCED the leader lease kept changing"))
+
     def _fenced(self, e: ResponseError) -> Exception:
         """A FENCED refusal: this daemon is no longer the leader (it stops); any other error as it was."""
         if not str(e).startswith("FENCED"):
@@ -466,20 +488,21 @@ class Store:
     async def fail_tasks(self, tids: list[str], message: str) -> None:
         """Answer tasks that can never run with an error (written once, like a worker's result)."""
         body = json.dumps({"error": {"code": "task_failed", "message": message}})
-        async with self.r.pipeline(transaction=True) as p:
+
+        def build(p):
             for tid in tids:
                 p.lrem(keys.session_pending(tid.split(".", 1)[0]), 1, tid)
                 p.set(keys.task_result(tid), body, ex=self.ttl, nx=True)
                 p.hset(keys.task(tid), mapping={"state": TaskState.FAILED.value, "finished": time.time()})
                 p.expire(keys.task(tid), self.ttl)
-            await p.execute()
+        await self._write(build)
 
     async def cancel_task(self, tid: str, sid: str) -> None:
-        async with self.r.pipeline(transaction=True) as p:
+        def build(p):
             p.hset(keys.task(tid), mapping={"state": TaskState.CANCELLED.value, "finished": time.time()})
             p.lrem(keys.session_pending(sid), 1, tid)
             p.expire(keys.task(tid), self.ttl)
-            await p.execute()
+        await self._write(build)
 
     async def task_fields(self, tid: str, *fields: str) -> list:
         return [_s(v) for v in await self.r.hmget(keys.task(tid), *fields)]
@@ -498,10 +521,10 @@ class Store:
         return [json.loads(x) if x else None for x in raw]
 
     async def save_cost_model(self, per_binding: dict[tuple[str, str], float]) -> None:
-        async with self.r.pipeline(transaction=False) as p:
+        def build(p):
             for (device, kind), seconds in per_binding.items():
                 p.hset(keys.device_model(device), kind, seconds)
-            await p.execute()
+        await self._write(build)
 
     async def load_cost_model(self, devices: list[str]) -> dict[tuple[str, str], float]:
         async with self.r.pipeline(transaction=False) as p:
@@ -512,11 +535,11 @@ class Store:
 
     async def save_usage(self, entries: dict[str, dict[str, tuple[float, float]]]) -> None:
         """Decayed usage entries (kind -> name -> (device-seconds, as of Unix time)), see keys.usage."""
-        async with self.r.pipeline(transaction=False) as p:
+        def build(p):
             for kind, names in entries.items():
                 if names:
                     p.hset(keys.usage(kind), mapping={n: f"{v!r} {t!r}" for n, (v, t) in names.items()})
-            await p.execute()
+        await self._write(build)
 
     async def load_usage(self, kinds=("user", "account", "assoc")) -> dict[str, dict[str, tuple[float, float]]]:
         async with self.r.pipeline(transaction=False) as p:
@@ -528,14 +551,15 @@ class Store:
     async def save_quota_usage(self, entries: dict[str, tuple[float, float]]) -> None:
         """Quota usage (key -> (device-seconds, window start)), see keys.QUOTA_USED."""
         if entries:
-            await self.r.hset(keys.QUOTA_USED, mapping={k: f"{v!r} {w!r}" for k, (v, w) in entries.items()})
+            used = {k: f"{v!r} {w!r}" for k, (v, w) in entries.items()}
+            await self._write(lambda p: p.hset(keys.QUOTA_USED, mapping=used))
 
     async def load_quota_usage(self) -> dict[str, tuple[float, float]]:
         return _pairs(await self.r.hgetall(keys.QUOTA_USED))
 
     async def update_session(self, sid: str, fields: dict) -> None:
         """Change an open session's class, weight or hold (the admin's `qsched session update`)."""
-        await self.r.hset(keys.session(sid), mapping=fields)
+        await self._write(lambda p: p.hset(keys.session(sid), mapping=fields))
 
     async def sessions_device_seconds(self, sids: list[str]) -> dict[str, float]:
         """Device-seconds each session has used (its usage hash, charged by the workers)."""
@@ -570,17 +594,18 @@ class Store:
         return {d: _str(h) for d, h in zip(devices, res) if h}
 
     async def set_device_state(self, device: str, state: str, reason: str, since: float) -> None:
-        await self.r.hset(keys.device_state(device), mapping={"state": state, "reason": reason, "since": since})
+        await self._write(lambda p: p.hset(keys.device_state(device),
+                                           mapping={"state": state, "reason": reason, "since": since}))
 
     async def windows(self) -> list[Window]:
         return [Window.from_json(json.loads(v)) for v in (await self.r.hgetall(keys.MAINTENANCE)).values()]
 
     async def save_window(self, w: Window) -> None:
-        await self.r.hset(keys.MAINTENANCE, w.id, json.dumps(w.to_json()))
+        await self._write(lambda p: p.hset(keys.MAINTENANCE, w.id, json.dumps(w.to_json())))
 
     async def forget_windows(self, ids: list[str]) -> None:
         if ids:
-            await self.r.hdel(keys.MAINTENANCE, *ids)
+            await self._write(lambda p: p.hdel(keys.MAINTENANCE, *ids))
 
     async def note_worker_exit(self, device: str, why: str) -> None:
         """Record a worker's death on the batches it held, for the error their tasks fail with."""

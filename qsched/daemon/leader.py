@@ -1,8 +1,10 @@
 """The leader lease: of several daemons on one store, the one holding `keys.LEADER` serves; the others
 wait (standby: no listener, no workers, no index) until it is free. The lease expires unless renewed,
 so a daemon killed or stopped (SIGSTOP) loses it within `lease_s`; its value carries a fencing token
-(an epoch that grows with each new leader) that the commit and recall scripts check, so an ex-leader
-that wakes up after its lease expired writes nothing there and stops."""
+(an epoch that grows with each new leader) that the commit and recall scripts check, and every other
+state write of the daemon too (Store._write: WATCH on the lease), so an ex-leader that wakes up after
+its lease expired writes nothing and stops. Opening a session is the exception: it creates new keys
+only, and its client is answered by whichever daemon it reaches next."""
 from __future__ import annotations
 
 import asyncio
