@@ -315,7 +315,7 @@ def main(argv=None) -> int:
             qc = bench_qcnn(client, args.qcnn_reps)
             print(f"pennylane QCNN training batch ({QCNN_WIRES} wires, batch {QCNN_BATCH}, 357 weights, "
                   f"adjoint): lightning.qubit {qc['direct'] * 1e3:.0f} ms, qsched {qc['qsched'] * 1e3:.0f} ms")
-            qk = bench_qiskit(client, max(5, args.reps // 2))
+            qk = bench_qiskit(client, max(5, args.reps))
             print(f"qiskit EstimatorV2 ({N_BINDINGS} bindings, {N_QUBITS} qubits, {N_PARAMS} params): "
                   f"aer {qk['direct'] * 1e3:.1f} ms, qsched {qk['qsched'] * 1e3:.1f} ms")
     finally:
