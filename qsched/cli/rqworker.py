@@ -10,6 +10,7 @@ import threading
 import time
 
 LEASE_S = 30.0        # a worker killed -9 frees its place after this
+LOCK_S = 30.0         # keys.LOCAL_WORKERS_LOCK expires after this if its holder dies holding it
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     threading.Thread(target=renew, daemon=True).start()
     while True:
         SimpleWorker([q], connection=conn, serializer=JSONSerializer).work(burst=True)
-        with conn.lock(keys.LOCAL_WORKERS_LOCK, timeout=30, blocking_timeout=30):
+        with conn.lock(keys.LOCAL_WORKERS_LOCK, timeout=LOCK_S, blocking_timeout=2 * LOCK_S):
             if not q.count:
                 leaving.set()
                 conn.zrem(keys.LOCAL_WORKERS, token)

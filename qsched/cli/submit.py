@@ -263,8 +263,12 @@ def _enqueue_with_workers(conn, redis_url: str, workers: int, enqueue):
     worker), and a worker leaves only under the same lock after seeing the queue empty
     (qsched.cli.rqworker): so a job is never queued with no worker left to run it, and simultaneous
     submissions never start more than `local.workers`. A killed worker's lease runs out."""
-    from .rqworker import LEASE_S
-    with conn.lock(keys.LOCAL_WORKERS_LOCK, timeout=30, blocking_timeout=30):
+    from .rqworker import LEASE_S, LOCK_S
+    lock = conn.lock(keys.LOCAL_WORKERS_LOCK, timeout=LOCK_S, blocking_timeout=2 * LOCK_S)
+    if not lock.acquire():
+        raise click.ClickException(f"local mode: {keys.LOCAL_WORKERS_LOCK} stayed taken for {2 * LOCK_S:g} s "
+                                   "(is the daemon's Redis overloaded?); nothing was queued")
+    try:
         job = enqueue()
         now = time.time()
         conn.zremrangebyscore(keys.LOCAL_WORKERS, "-inf", now)
@@ -272,6 +276,8 @@ def _enqueue_with_workers(conn, redis_url: str, workers: int, enqueue):
             return job
         token = uuid.uuid4().hex
         conn.zadd(keys.LOCAL_WORKERS, {token: now + LEASE_S})
+    finally:
+        lock.release()
     proc = subprocess.Popen([sys.executable, "-m", "qsched.cli.rqworker"], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             cwd=os.getcwd())
