@@ -33,6 +33,7 @@ def _keep_for(gradient: bool):
 
 
 STATE_SLOT = "qsched_state"   # a template's first instruction: the input state, amplitudes per binding
+STATE_NORM_TOLERANCE = 1e-10  # PennyLane's StatePrep tolerance when it validates a norm
 # a template whose metadata sets this key true asks estimate tasks for each binding's state vector too
 # (complex, [B, 2^n], qubit 0 = the most significant bit: PennyLane's order), with its global phase
 STATE_METADATA_KEY = "qsched.state"
@@ -143,26 +144,27 @@ class LightningDevice(Device):
 
     def _native(self, t, prog, slot):
         """The program as lightning's C++ op lists, for an analytic estimate or gradient on lightning.qubit
-        without a state slot or state results; else None (the PennyLane path)."""
-        if self.name != "lightning.qubit" or t.shots or t.kind == "sample" or slot is not None or \
+        without state results; else None (the PennyLane path)."""
+        if self.name != "lightning.qubit" or t.shots or t.kind == "sample" or \
                 (getattr(t.circuit, "metadata", None) or {}).get(STATE_METADATA_KEY) is True:
             return None
 
         def make():
             try:
-                return NativeProgram(prog)
+                return NativeProgram(prog, None if slot is None else list(slot[0]))
             except NotNative:
                 return None
         return self._natives.get_or((t.template, t.kind == "gradient"), make)
 
-    def _run_native(self, t, native, amap, angles, measured):
+    def _run_native(self, t, native, amap, angles, measured, slot):
         n = native.num_qubits
         obs = self._native_obs.get_or(self._obs_key(t.observables, measured, n),
                                       lambda: NativeObservables(self._measurements(t.observables, measured, n)))
         sv = self._svs.get(n)
         if sv is None:
             sv = self._svs[n] = state_vector(n)
-        evs, d = native.run(sv, angles, obs, t.kind == "gradient")
+        states = None if slot is None else np.ascontiguousarray(t.params[:, slot[1]], dtype=np.complex128)
+        evs, d = native.run(sv, angles, obs, t.kind == "gradient", states)
         if d is None:
             return {"evs": evs, "stds": np.zeros_like(evs)}
         return {"evs": evs, "jacobian": d @ amap.C[native.order]}      # chain rule to template params
@@ -176,7 +178,7 @@ class LightningDevice(Device):
         if slot is None:
             return ops, trainable, order
         wires, cols = slot
-        state = self.qml.StatePrep(params[b, cols], wires=wires)     # checks the norm
+        state = self.qml.StatePrep(params[b, cols], wires=wires)     # norms checked in _check_states
         return [state, *ops], [i + 1 for i in trainable], order
 
     def _states(self, t, prog, slot, angles, exact_phase) -> np.ndarray:
@@ -191,9 +193,22 @@ class LightningDevice(Device):
                  for b in range(len(angles))]
         return np.stack([np.asarray(r, dtype=np.complex128).reshape(1 << n) for r in self._dev(n).execute(tapes)])
 
+    @staticmethod
+    def _check_states(t, slot) -> None:
+        """An input state must have norm 1 (PennyLane's StatePrep does not check by default, and
+        lightning would answer for the unnormalized vector)."""
+        if slot is None:
+            return
+        norms = np.linalg.norm(t.params[:, slot[1]], axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > STATE_NORM_TOLERANCE)
+        if bad.size:
+            raise TaskError(f"params: binding {int(bad[0])}: the input state ({STATE_SLOT}) has norm "
+                            f"{norms[bad[0]]:.12g}, not 1 (within {STATE_NORM_TOLERANCE:g})", field="params")
+
     def _run_task(self, t):
         qml = self.qml
         prog, amap, measured, slot, exact_phase = self._program(t)
+        self._check_states(t, slot)
         n = prog.num_qubits
         dev = self._dev(n)
         angles = amap.angles(t.params)
@@ -220,7 +235,7 @@ class LightningDevice(Device):
             return {"registers": regs}
         native = self._native(t, prog, slot)
         if native is not None:
-            return self._run_native(t, native, amap, angles, measured)
+            return self._run_native(t, native, amap, angles, measured, slot)
         mps = self._measurements(t.observables, measured, n)
         O, B, P = len(mps), t.bindings, t.params.shape[1]
         evs = np.empty((B, O))

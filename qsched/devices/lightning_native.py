@@ -6,9 +6,9 @@ worker (2.9 ms there, 1.0 ms here; `benchmarks/sdk_overhead.py`'s circuit). A te
 structure in every binding, so here it is serialized once, by lightning's own serializer, and each
 binding only fills in its angles.
 
-Used for analytic estimate and gradient tasks without an input-state slot whose every op lightning
-applies by name or, for ops without angles, as a fixed matrix; anything else takes the PennyLane path
-(`LightningDevice`). tests/unit/test_differential_devices.py checks it against Qiskit's Statevector
+Used for analytic estimate and gradient tasks (with or without an input-state slot) whose every op
+lightning applies by name or, for ops without angles, as a fixed matrix; anything else takes the
+PennyLane path (`LightningDevice`). tests/unit/test_differential_devices.py checks it against Qiskit's Statevector
 for every standard gate and against the PennyLane path to rounding."""
 from __future__ import annotations
 
@@ -58,9 +58,12 @@ class NativeProgram:
     """A PennyLaneProgram as lightning's C++ op lists: names, wires, inverse flags and fixed matrices
     once; parameters per binding."""
 
-    def __init__(self, prog: PennyLaneProgram):
+    def __init__(self, prog: PennyLaneProgram, slot_wires: list[int] | None = None):
         import pennylane as qml
         self.num_qubits = prog.num_qubits
+        # the input-state slot's qubits (PennyLane order), its amplitudes given per binding to run()
+        self.slot_wires = slot_wires
+        self.slot_whole = slot_wires == list(range(prog.num_qubits))
         self.trainable = list(prog.trainable)
         self.order = list(prog.order)
         ops0, _, _ = prog.ops(np.zeros(max(self.order, default=-1) + 1))
@@ -74,10 +77,15 @@ class NativeProgram:
         self.angle_slots: list[tuple[int, int, int]] = []     # (op, position in its params, angle k)
         self.apply: list[tuple[str, list, bool, np.ndarray | None]] = []
         sv_type = _ops_module().StateVectorC128
-        for i, (_, _, args, _) in enumerate(prog.steps):
+        for i, (cls, step_wires, args, _) in enumerate(prog.steps):
             angles = [(pos, k) for pos, (kind, k) in enumerate(args) if kind == "angle"]
             if cwires[i]:
-                raise NotNative(f"{names[i]}: a controlled op")
+                # serialized as a controlled base (Toffoli: PauliX on the target, two controls), which
+                # the C++ adjoint pass takes as it is; the forward pass applies the gate by its name
+                if angles or args or not hasattr(sv_type, cls.__name__):
+                    raise NotNative(f"{names[i]}: a controlled op")
+                self.apply.append((cls.__name__, list(step_wires), inverses[i], None))
+                continue
             if len(params[i]) != len(args):
                 # the C++ adjoint pass numbers parameters as serialized: they must be the tape's
                 raise NotNative(f"{names[i]}: serialized with other parameters than the tape's")
@@ -99,17 +107,24 @@ class NativeProgram:
             params[i][pos] = float(angles[k])
         return params
 
-    def _final_state(self, sv, params):
+    def _final_state(self, sv, params, state):
         sv.resetStateVector()
+        if state is not None:                   # as lightning prepares a StatePrep
+            if self.slot_whole:
+                sv.updateData(state)
+            else:
+                sv.setStateVector(state, self.slot_wires)
         for (name, wires, inverse, mat), p in zip(self.apply, params):
             if mat is None:
                 getattr(sv, name)(wires, inverse, p)
             else:
                 sv.applyMatrix(mat, wires, False)
 
-    def run(self, sv: Any, angles: np.ndarray, obs: NativeObservables, gradient: bool):
+    def run(self, sv: Any, angles: np.ndarray, obs: NativeObservables, gradient: bool,
+            states: np.ndarray | None = None):
         """evs [B, O] and, for gradients, d ev / d angle in tape order [B, O, K]. `sv`: a state vector of
-        num_qubits (`state_vector(n)`), overwritten."""
+        num_qubits (`state_vector(n)`), overwritten; `states`: the slot's amplitudes per binding
+        [B, 2^k] (validated by the caller)."""
         ops = _ops_module()
         B, K = len(angles), len(self.trainable)
         evs = np.empty((B, obs.count))
@@ -117,7 +132,7 @@ class NativeProgram:
         adjoint = ops.algorithms.AdjointJacobianC128() if gradient and K else None
         for b in range(B):
             params = self._binding_params(angles[b])
-            self._final_state(sv, params)
+            self._final_state(sv, params, None if states is None else states[b])
             measure = ops.MeasurementsC128(sv)
             evs[b] = obs.reduce(np.array([measure.expval(o) for o in obs.obs]))
             if adjoint is not None:

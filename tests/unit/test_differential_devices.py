@@ -349,14 +349,57 @@ def test_lightning_native_and_pennylane_paths_agree_to_rounding(kind):
         np.testing.assert_allclose(a[k], b[k], atol=1e-12)
 
 
-def test_an_angle_in_a_matrix_op_or_a_toffoli_takes_lightnings_pennylane_path():
-    """U3 with angles has no C++ kernel (lightning applies its matrix); a Toffoli is serialized as a
-    controlled PauliX. Both still answer, through lightning's Python device."""
+def test_an_angle_in_a_matrix_op_takes_lightnings_pennylane_path():
+    """U3 with angles has no C++ kernel (lightning applies its matrix, built per binding): it still
+    answers, through lightning's Python device."""
     dev = device("lightning")
-    u3 = ansatz(lambda qc: qc.u(qc.parameters[0], 0.2, qc.parameters[1], 1))
-    tof = ansatz(lambda qc: qc.ccx(0, 1, 2))
-    for key, qc in (("u3", u3), ("tof", tof)):
-        params = np.random.default_rng(7).uniform(-np.pi, np.pi, (2, qc.num_parameters))
-        out = _run_one(dev, "estimate", qc, params, key)
-        assert dev._natives.get((key, False)) is None
-        np.testing.assert_allclose(out["evs"], reference(qc, params, observables(qc.num_qubits)), atol=1e-10)
+    qc = ansatz(lambda qc: qc.u(qc.parameters[0], 0.2, qc.parameters[1], 1))
+    params = np.random.default_rng(7).uniform(-np.pi, np.pi, (2, qc.num_parameters))
+    out = _run_one(dev, "estimate", qc, params, "u3")
+    assert dev._natives.get(("u3", False)) is None
+    np.testing.assert_allclose(out["evs"], reference(qc, params, observables(qc.num_qubits)), atol=1e-10)
+
+
+def _with_state_slot(wires: list[int], n: int = 4):
+    """The ansatz after an input-state slot on `wires` (the PennyLane device's AmplitudeEmbedding sent
+    as data), and a params builder: random angles, the given amplitudes per binding."""
+    from qiskit.circuit import Gate
+
+    from qsched.pennylane.convert import STATE_SLOT
+    psi = ParameterVector("ψ", 1 << len(wires))
+    body = ansatz(n=n)
+    qc = QuantumCircuit(n)
+    qc.append(Gate(STATE_SLOT, len(wires), list(psi)), wires)
+    qc.compose(body, inplace=True)
+
+    def params(amplitudes: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(11)
+        rows = []
+        for amp in amplitudes:
+            values = dict(zip(psi, amp))
+            rows.append([values.get(p, rng.uniform(-np.pi, np.pi)) for p in qc.parameters])
+        return np.array(rows)
+    return qc, params
+
+
+@pytest.mark.parametrize("wires", [[0, 1, 2, 3], [2, 1]], ids=["whole-register", "two-wires"])
+@pytest.mark.parametrize("kind", ["estimate", "gradient"])
+def test_lightning_native_path_prepares_input_states_and_toffolis_as_lightning_does(kind, wires):
+    qc, params = _with_state_slot(wires)
+    qc.ccx(0, 1, 2)
+    rng = np.random.default_rng(13)
+    amps = rng.normal(size=(3, 1 << len(wires)))
+    amps /= np.linalg.norm(amps, axis=1, keepdims=True)
+    p = params(amps)
+    fast, slow = device("lightning"), device("lightning")
+    slow._native = lambda *a, **k: None
+    a, b = _run_one(fast, kind, qc, p, "s"), _run_one(slow, kind, qc, p, "s")
+    assert isinstance(fast._natives.get(("s", kind == "gradient")), NativeProgram)
+    for k in ("evs", "jacobian") if kind == "gradient" else ("evs",):
+        np.testing.assert_allclose(a[k], b[k], atol=1e-12)
+    bad = p.copy()
+    bad[1, [i for i, q in enumerate(qc.parameters) if q.name.startswith("ψ")]] *= 2      # norm 2
+    for d in (fast, slow):        # refused, not answered for the unnormalized vector
+        err = _run_one(d, kind, qc, bad, "s")
+        assert isinstance(err, TaskError) and err.field == "params" and "binding 1" in str(err) \
+            and "norm 2, not 1" in str(err), err
