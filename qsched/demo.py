@@ -44,11 +44,16 @@ class Progress:
     finished: float = 0.0
 
 
-def vqe_client(url: str, prog: Progress, seed: int) -> None:
-    import qsched
+def problem():
+    """The ansatz and Hamiltonian every client shares (read only). Built once, in the main thread:
+    building them in each client's short-lived thread crashed the demo now and then (a segfault in
+    qiskit's Parameter construction: 2 of 6 runs in one clone on 2026-12-01)."""
     from qiskit.circuit.library import efficient_su2
-    qc = efficient_su2(QUBITS, reps=2, entanglement="linear")
-    H = hamiltonian(QUBITS)
+    return efficient_su2(QUBITS, reps=2, entanglement="linear"), hamiltonian(QUBITS)
+
+
+def vqe_client(url: str, prog: Progress, seed: int, qc, H) -> None:
+    import qsched
     rng = np.random.default_rng(seed)
     theta = rng.uniform(-0.1, 0.1, qc.num_parameters)
     m, v = np.zeros_like(theta), np.zeros_like(theta)
@@ -89,7 +94,7 @@ def render(progs: list[Progress], t0: float, tty: bool, first: bool) -> None:
     sys.stdout.flush()
 
 
-def run_phase(url: str, title: str, concurrent: bool) -> dict:
+def run_phase(url: str, title: str, concurrent: bool, qc, H) -> dict:
     print(f"\n{title}")
     progs = [Progress(f"vqe-{i}") for i in range(CLIENTS)]
     busy0, t0 = busy_seconds(url), time.perf_counter()
@@ -97,14 +102,14 @@ def run_phase(url: str, title: str, concurrent: bool) -> dict:
 
     def body():
         if concurrent:
-            threads = [threading.Thread(target=vqe_client, args=(url, p, i)) for i, p in enumerate(progs)]
+            threads = [threading.Thread(target=vqe_client, args=(url, p, i, qc, H)) for i, p in enumerate(progs)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
         else:
             for i, p in enumerate(progs):
-                vqe_client(url, p, i)
+                vqe_client(url, p, i, qc, H)
     worker = threading.Thread(target=body)
     worker.start()
     first, last = True, 0.0
@@ -158,8 +163,9 @@ def main() -> None:
                 sys.exit("qsched did not start; see " + os.path.join(state, "daemon.log"))
             time.sleep(0.2)
         print("devices: " + ", ".join(f"{d['name']} ({d['type']})" for d in devs))
-        conc = run_phase(url, f"{CLIENTS} VQE clients at once, interleaved by qsched (fair share):", True)
-        seq = run_phase(url, f"the same {CLIENTS} clients one after another:", False)
+        qc, H = problem()
+        conc = run_phase(url, f"{CLIENTS} VQE clients at once, interleaved by qsched (fair share):", True, qc, H)
+        seq = run_phase(url, f"the same {CLIENTS} clients one after another:", False, qc, H)
         summary(conc, seq)
     finally:
         daemon.send_signal(signal.SIGTERM)
