@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from . import keys
@@ -227,10 +228,11 @@ class HotScript:
             raise
 
     async def wait_again(self, wait: tuple[int, int]) -> None:
-        """WAIT for every write made so far on this connection (a retry of a write that timed out)."""
+        """WAIT for every write made so far on this connection (a retry of a write that timed out).
+        ConnectionError if that connection is gone (a failover broke it): the write may not be on
+        the current primary, so the caller must read it back from there, not wait for it."""
         if self.conn is None:
-            raise ReplicationTimeout("store: the connection that made the write is gone; retry",
-                                     field="redis.wait_replicas")
+            raise RedisConnectionError("the connection that made the unacknowledged write is gone")
         try:
             await self.conn.send_command("WAIT", *wait)
             _check_acked(int(await self.conn.read_response()), wait)

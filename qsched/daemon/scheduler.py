@@ -403,7 +403,13 @@ class Scheduler:
                     done = await self.store.submitted_ids(sid, idempotency_key)
                 if done is not None:
                     if idempotency_key in self._unreplicated:
-                        await self.store.wait_replicated()     # acknowledged only once a replica has it
+                        try:
+                            await self.store.wait_replicated()     # acknowledged only once a replica has it
+                        except RedisError as e:
+                            # the connection that wrote it is gone (a failover): the new primary may lack
+                            # it, so rebuild the index from there; the retry after that reads the key back
+                            self._stale, self._write_failed_at = True, 0.0
+                            raise Unavailable(f"store: {e}; retry", field="store") from None
                         self._unreplicated.discard(idempotency_key)
                     return done, False
             limit = self.policy.cfg.max_pending_per_session
