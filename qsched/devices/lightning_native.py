@@ -124,7 +124,7 @@ class NativeProgram:
             states: np.ndarray | None = None):
         """evs [B, O] and, for gradients, d ev / d angle in tape order [B, O, K]. `sv`: a state vector of
         num_qubits (`state_vector(n)`), overwritten; `states`: the slot's amplitudes per binding
-        [B, 2^k] (validated by the caller)."""
+        [B, 2^k] (taken as given, as lightning's StatePrep takes them)."""
         ops = _ops_module()
         B, K = len(angles), len(self.trainable)
         evs = np.empty((B, obs.count))
