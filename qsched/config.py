@@ -12,6 +12,7 @@ import yaml
 from . import redisurl
 from .errors import ConfigError
 from .models import DeviceLimits, DeviceSpec, Window
+from .paths import daemon_socket, default_state_dir
 
 DEVICE_TYPES_BUILTIN = ("aer", "lightning", "emulated-qpu", "null", "qrmi")
 CLASSES_DEFAULT = {"interactive": 4.0, "batch": 1.0, "debug": 2.0}
@@ -146,7 +147,7 @@ class Config:
 
     @property
     def socket_path(self) -> Path:
-        return self.socket or self.state_dir / "qsched.sock"
+        return self.socket or daemon_socket(self.state_dir)
 
     @property
     def admin_socket_path(self) -> Path:
@@ -157,16 +158,6 @@ class Config:
         for d in self.devices:
             out.setdefault(d.pool, []).append(d)
         return out
-
-
-def default_state_dir() -> Path:
-    env = os.environ.get("QSCHED_STATE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/qsched")
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "qsched"
 
 
 # --- small typed readers: each names the field it rejects --------------------------------------------

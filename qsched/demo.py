@@ -138,7 +138,8 @@ def summary(conc: dict, seq: dict) -> None:
 
 
 def main() -> None:
-    from .worker import die_with_parent
+    from .paths import daemon_socket
+    from .proc import die_with_parent
     faulthandler.enable()                 # a crash in a C extension prints where it happened
     state = tempfile.mkdtemp(prefix="qsched-demo-")
     env = {**os.environ, "QSCHED_STATE_DIR": state}
@@ -148,7 +149,7 @@ def main() -> None:
     # the daemon ends with the demo, however the demo ends: a stray one would hold the TCP port
     daemon = subprocess.Popen([sys.executable, "-m", "qsched", "up"], env=env, stdout=subprocess.DEVNULL,
                               stderr=open(os.path.join(state, "daemon.log"), "wb"), preexec_fn=die_with_parent)
-    url = f"unix://{state}/qsched.sock"
+    url = f"unix://{daemon_socket(state)}"
     try:
         import qsched
         deadline = time.monotonic() + 90

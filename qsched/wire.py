@@ -14,6 +14,9 @@ from .errors import BadRequest
 
 _DTYPES = {"float64": "<f8", "float32": "<f4", "uint8": "u1", "int64": "<i8", "complex128": "<c16"}
 PAULI_CHARS = frozenset("IXYZ")
+# A task's seed (int) travels in its template's circuit metadata under this key: the SDK primitives'
+# `seed`; a worker seeds its simulator with it for that task alone.
+SEED_METADATA_KEY = "qsched.seed"
 
 
 def encode_array(a) -> dict:

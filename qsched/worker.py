@@ -24,19 +24,10 @@ from .devices.base import LRU
 from .devices.remote import Detached, RemoteDevice
 from .errors import QschedError
 from .models import Batch, DeviceSpec, TaskState
+from .proc import die_with_parent
 from .store import INLINE_FIELDS, DeviceQueue, RemoteJournal
 
 log = logging.getLogger("qsched.worker")
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGTERM when the daemon that started us dies, so no orphan holds the device."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class Worker:

@@ -8,6 +8,7 @@ import click
 
 from .. import __version__
 from ..errors import NotFound, QschedError
+from ..paths import embedded_redis_socket
 from ..redisurl import redact
 from . import fmt
 
@@ -136,7 +137,7 @@ def worker(device, config_path, redis_url, redis_url_file, die_with_parent):
     if spec is None:
         raise click.BadParameter(f"no device {device!r} in the config ({', '.join(d.name for d in cfg.devices)})",
                                  param_hint="--device")
-    url = cfg.redis_url or f"unix://{cfg.state_dir / 'redis' / 'redis.sock'}"
+    url = cfg.redis_url or f"unix://{embedded_redis_socket(cfg.state_dir)}"
     worker_main(spec, url, max_attempts=cfg.max_attempts, result_ttl_s=cfg.result_ttl_s,
                 heartbeat_ttl_s=cfg.heartbeat_timeout_s, tie_to_parent=die_with_parent)
 

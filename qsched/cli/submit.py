@@ -22,6 +22,7 @@ import click
 
 from .. import keys
 from ..errors import QschedError
+from ..paths import embedded_redis_socket
 
 # sbatch options that take their value as the next argument (when not written --opt=value / -Xvalue)
 _SBATCH_SHORT_WITH_VALUE = set("AaBbCcDdeGiJLMmNnopqSstWwxZ")  # -W is --wait in sbatch, no value
@@ -178,7 +179,7 @@ def local_redis_url(config) -> str:
     """The daemon's Redis: QSCHED_REDIS_URL / redis.url, else the embedded one in the state dir."""
     if config.redis_url:
         return config.redis_url
-    sock = Path(config.state_dir) / "redis" / "redis.sock"
+    sock = embedded_redis_socket(config.state_dir)
     try:
         found = sock.exists()
     except PermissionError:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .. import errors, wire
-from ..config import default_state_dir
+from ..paths import daemon_socket, default_state_dir
 from ..errors import QschedError, TaskCancelled, TaskFailed, Timeout
 from .retry import Backoff, RetryPolicy, retry_reason
 
@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 
 def default_url() -> str:
-    return os.environ.get("QSCHED_URL") or f"unix://{default_state_dir() / 'qsched.sock'}"
+    return os.environ.get("QSCHED_URL") or f"unix://{daemon_socket(default_state_dir())}"
 
 
 # ------------------------------------------------------------------------------------------- results

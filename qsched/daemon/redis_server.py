@@ -12,7 +12,8 @@ from pathlib import Path
 import redis.asyncio as aredis
 
 from ..errors import ConfigError, Unavailable
-from ..worker import die_with_parent
+from ..paths import embedded_redis_socket
+from ..proc import die_with_parent
 
 log = logging.getLogger("qsched.redis")
 
@@ -52,7 +53,7 @@ def socket_gid(group: str | None) -> int | None:
 class EmbeddedRedis:
     def __init__(self, state_dir: Path, group: str | None = None):
         self.dir = Path(state_dir) / "redis"
-        self.socket = self.dir / "redis.sock"
+        self.socket = embedded_redis_socket(state_dir)
         self.proc: asyncio.subprocess.Process | None = None
         self.gid = socket_gid(group)
 

@@ -9,10 +9,8 @@ import numpy as np
 
 from ..errors import QschedError
 from ..models import DeviceSpec
+from ..wire import SEED_METADATA_KEY
 
-# A task's seed (int) travels in its template's circuit metadata under this key: the SDK primitives'
-# `seed`; a worker seeds its simulator with it for that task alone.
-SEED_METADATA_KEY = "qsched.seed"
 
 
 class TaskError(QschedError):

@@ -27,8 +27,7 @@ from pennylane.transforms.core import CompilePipeline, transform
 from pennylane.wires import Wires
 
 from ..errors import QschedError
-from ..qiskit.convert import result_field
-from ..qiskit.session import SessionHandle
+from ..sdk import SessionHandle, result_field
 from . import convert
 from .errors import as_device_error
 

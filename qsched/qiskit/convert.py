@@ -26,7 +26,7 @@ from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.quantum_info import SparseObservable
 
 from ..errors import BadRequest
-from ..wire import decode_array
+from ..sdk import result_field
 
 
 class CircuitError(BadRequest, QiskitError):
@@ -47,25 +47,6 @@ __all__ = [
     "check_runnable",
     "CircuitError",
 ]
-
-
-def result_field(result: Any, name: str, default=None):
-    """Read one field of a task result: the client's TaskResult (attributes) or an API dict.
-
-    Arrays still in their wire form ({dtype, shape, data}) are decoded here, so the converters accept
-    both a decoded result and the raw JSON of docs/api.md.
-    """
-    if isinstance(result, dict):
-        v = result.get(name, default)
-    elif isinstance(getattr(result, "data", None), dict):      # qsched.client.TaskResult
-        v = result.data.get(name, default)
-        if v is None and name == "meta":
-            v = getattr(result, "meta", None) or default
-    else:
-        v = getattr(result, name, default)
-    if isinstance(v, dict) and {"dtype", "shape", "data"} <= v.keys():
-        v = decode_array(v, name)
-    return v
 
 
 def _meta(result: Any) -> dict:

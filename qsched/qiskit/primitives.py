@@ -20,8 +20,8 @@ from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2, PrimitiveResult
 from qiskit.primitives.containers.estimator_pub import EstimatorPub, EstimatorPubLike
 from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 
-from ..devices.base import SEED_METADATA_KEY
 from ..errors import QschedError
+from ..wire import SEED_METADATA_KEY
 from .convert import (
     check_runnable,
     estimator_pub_to_task,

@@ -1,19 +1,13 @@
-"""How both SDKs reach the daemon: one lazily opened session per primitive/backend/device.
-
-The session comes from (in order) an explicit session, an explicit client, or a client built from the
-environment that the Slurm plugin or `qsched submit --local` sets (QSCHED_URL, QSCHED_SESSION, ...),
-so the same user code runs on a laptop and on a cluster.
-"""
+"""The Qiskit face of the session: errors that Qiskit users catch by Qiskit's classes, and waiting for
+many PUBs at once. The framework-neutral session handle is `qsched.sdk.SessionHandle`."""
 from __future__ import annotations
-
-import atexit
-import os
-import threading
-import weakref
 
 from qiskit.providers import JobError, JobTimeoutError
 
 from ..errors import QschedError, TaskCancelled, TaskFailed, Timeout
+from ..sdk import SessionHandle
+
+__all__ = ["QschedJobError", "QschedJobTimeoutError", "SessionHandle", "as_sdk_error", "wait_all"]
 
 
 class QschedJobError(QschedError, JobError):
@@ -41,94 +35,6 @@ def as_sdk_error(err: BaseException) -> BaseException:
     if isinstance(err, (TaskFailed, TaskCancelled)):
         return QschedJobError(err.message, field=err.field, limit=err.limit)
     return err
-
-
-def _close_quietly(session, client, owns_client):
-    # an attached session is the Slurm job's: the plugin closes it when the job ends
-    if not getattr(session, "attached", False):
-        try:
-            session.close(retry_s=5)      # at exit: do not wait out a long outage
-        except Exception:
-            pass
-    if owns_client:
-        try:
-            client.close()
-        except Exception:
-            pass
-
-
-class SessionHandle:
-    """Opens the session on first use (not at construction: building a device must stay cheap),
-    closes what it opened at interpreter exit."""
-
-    def __init__(self, pool: str | None = None, client=None, session=None, default_pool: str = "aer",
-                 name: str | None = None):
-        self._pool = pool
-        self._client = client
-        self._session = session
-        self._default_pool = default_pool
-        self._name = name
-        self._owns = session is None
-        self._lock = threading.Lock()
-        self._finalizer: weakref.finalize | None = None
-
-    @property
-    def pool(self) -> str | None:
-        if self._session is not None:
-            return getattr(self._session, "pool", None) or self._pool
-        return self._pool or os.environ.get("QSCHED_POOL") or self._default_pool
-
-    @property
-    def client(self):
-        return self._client if self._client is not None else getattr(self.get(), "client", None)
-
-    def get(self):
-        if self._session is not None:
-            return self._session
-        with self._lock:
-            if self._session is None:
-                import qsched.client as qc
-                owns_client = self._client is None
-                client = self._client if self._client is not None else qc.Client()
-                self._client = client
-                kwargs = {"pool": self.pool}
-                if self._name:
-                    kwargs["name"] = self._name
-                session = client.session(**kwargs)
-                if getattr(session, "attached", False) and self._pool and session.pool \
-                        and session.pool != self._pool:
-                    # the job's session is on another pool: this workload asked for a different
-                    # device kind (e.g. lightning for adjoint next to aer sampling), open its own
-                    session = client.open_session(self._pool, name=self._name or "")
-                self._session = session
-                self._finalizer = fin = weakref.finalize(self, _close_quietly, session, client, owns_client)
-                atexit.register(fin)
-        return self._session
-
-    def upload(self, circuit, key=None) -> str:
-        """Template hash for a circuit, uploaded once per session. `key` (a structure key) skips
-        re-serializing a circuit this handle has already sent. Without a key the client's content
-        hash decides (a user's circuit may have been mutated in place since the last call)."""
-        session = self.get()
-        if key is None:
-            return session.upload(circuit)
-        cache = self.__dict__.setdefault("_uploaded", {})
-        ck = key
-        hit = cache.get(ck)
-        if hit is not None and hit[0] is circuit:
-            return hit[1]
-        h = session.upload(circuit)
-        if len(cache) > 1024:
-            cache.clear()
-        cache[ck] = (circuit, h)
-        return h
-
-    def close(self):
-        if self._finalizer is not None:
-            self._finalizer()
-            self._finalizer = None
-            self._session = None
-            self._client = None if self._owns else self._client
 
 
 def wait_all(futures, timeout: float | None, session=None):
