@@ -360,8 +360,8 @@ class QschedDevice(Device):
         pool: the device pool to ask the daemon for (default: the Slurm job's session pool, else
             "lightning", whose worker computes adjoint gradients).
         client / session: an existing ``qsched.Client`` or session to use instead of connecting
-            from the environment (``QSCHED_URL``, ``QSCHED_SESSION``, ``QSCHED_TOKEN``, or the local
-            daemon socket).
+            from the environment (``QSCHED_URL``, ``QSCHED_SESSION``, or the local daemon socket); the
+            session's token is obtained by attaching (peer uid on a socket, MUNGE over TCP).
         timeout: seconds to wait for one batch of results.
         state_slots: send a non-trainable initial AmplitudeEmbedding/StatePrep as data (the worker
             prepares the state) instead of as a 2^k-gate RY/CNOT tree. None (default): where every
