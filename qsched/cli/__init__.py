@@ -1,4 +1,5 @@
-"""The `qsched` command: up | daemon | worker | submit | queue | session | device | policy | acct | top | slurm."""
+"""The `qsched` command: up | daemon | worker | submit | queue | session | device | policy | acct | top | slurm |
+store."""
 from __future__ import annotations
 
 import sys
@@ -600,6 +601,8 @@ def _register_optional():
         pass
     from .slurm_cmd import slurm_group
     cli.add_command(slurm_group)
+    from .store_cmd import store_group
+    cli.add_command(store_group)
 
 
 _register_optional()

@@ -112,7 +112,8 @@ class EmbeddedRedis:
         for _ in range(500):
             if self.proc.returncode is not None:
                 raise Unavailable(f"redis: embedded redis-server exited ({self.proc.returncode}); see "
-                                  f"{self.dir / 'redis.log'}", field="redis")
+                                  f"{self.dir / 'redis.log'} (a damaged AOF: `qsched store check --fix`)",
+                                  field="redis")
             if self.socket.exists() and await self._ping():
                 if self.gid is not None:
                     os.chown(self.socket, -1, self.gid)
