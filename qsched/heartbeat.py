@@ -19,10 +19,11 @@ _ALIVE_STATES = {psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING, psutil.STATUS_DI
                  psutil.STATUS_WAKING}
 
 
-def start(redis_url: str, device: str, *, ttl_s: float, static: dict) -> subprocess.Popen:
-    """Start the heartbeat process for the calling worker."""
+def start(redis_url: str, device: str, *, ttl_s: float, static: dict, token: str) -> subprocess.Popen:
+    """Start the heartbeat process for the calling worker, which holds the device's lease `token`."""
     # the URL may hold a password: over a pipe, not in argv (which every local user can read)
-    argv = [sys.executable, "-m", "qsched.heartbeat", device, str(os.getpid()), str(ttl_s), json.dumps(static)]
+    argv = [sys.executable, "-m", "qsched.heartbeat", device, str(os.getpid()), str(ttl_s), json.dumps(static),
+            token]
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, close_fds=True)
     assert proc.stdin is not None
     proc.stdin.write(redis_url.encode() + b"\n")
@@ -30,7 +31,7 @@ def start(redis_url: str, device: str, *, ttl_s: float, static: dict) -> subproc
     return proc
 
 
-def beat(redis_url: str, device: str, worker_pid: int, ttl_s: float, static: dict) -> None:
+def beat(redis_url: str, device: str, worker_pid: int, ttl_s: float, static: dict, token: str) -> None:
     import redis as redis_lib
 
     from .redisconn import sync_client
@@ -49,12 +50,18 @@ def beat(redis_url: str, device: str, worker_pid: int, ttl_s: float, static: dic
             return
         try:
             # memory grows with the qubit count (16 bytes x 2^n per state vector): show it to admins
-            queue.beat({**static, "pid": worker_pid, "rss_bytes": rss, "at": time.time()}, ttl_s)
+            ours = queue.beat({**static, "pid": worker_pid, "rss_bytes": rss, "at": time.time()}, ttl_s, token)
         except redis_lib.RedisError:
-            pass                           # Redis restarting: the worker's own loop notices too
+            ours = True                    # Redis restarting: the worker's own loop notices too
+        if not ours:
+            # another worker holds the device (ours lapsed while we were stopped, say): stop ours
+            print(f"qsched heartbeat: device {device} is served by another worker; stopping worker "
+                  f"{worker_pid}", file=sys.stderr)
+            os.kill(worker_pid, signal.SIGTERM)
+            return
         time.sleep(interval)
 
 
 if __name__ == "__main__":
-    device, pid, ttl, static_json = sys.argv[1:5]
-    beat(sys.stdin.readline().strip(), device, int(pid), float(ttl), json.loads(static_json))
+    device, pid, ttl, static_json, lease = sys.argv[1:6]
+    beat(sys.stdin.readline().strip(), device, int(pid), float(ttl), json.loads(static_json), lease)

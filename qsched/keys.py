@@ -71,6 +71,11 @@ def device_heartbeat(device: str) -> str:
     return f"{PREFIX}device:{device}:heartbeat"
 
 
+def device_worker(device: str) -> str:
+    """String with a TTL: the lease of the one worker serving the device ("host:pid:nonce")."""
+    return f"{PREFIX}device:{device}:worker"
+
+
 def device_state(device: str) -> str:
     """Hash: the admin's state for the device (online, draining, paused, maintenance), reason, since."""
     return f"{PREFIX}device:{device}:state"

@@ -190,6 +190,23 @@ if tonumber(ARGV[2]) > 0 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) 
 return 1
 """
 
+# A device's worker lease: taken when free, or from a holder the caller has seen dead (ARGV[3]);
+# else the holder's token. A device has one worker: a second (an orphan of a killed daemon, a worker
+# started twice) would take its batches and beat in its name.
+CLAIM_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] and cur ~= ARGV[3] then return cur end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+"""
+# A heartbeat counts only from the lease's holder, and renews the lease.
+BEAT_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('SET', KEYS[2], ARGV[3], 'PX', tonumber(ARGV[2]))
+return 1
+"""
+
 
 class HotScript:
     """A Lua script on a connection of its own, called without redis-py's client layers (pool, retry,
@@ -666,6 +683,10 @@ class DeviceQueue:
         self._fetch = redis.register_script(FETCH_LUA)
         self._complete = redis.register_script(COMPLETE_LUA)
         self._take_matching = redis.register_script(TAKE_MATCHING_LUA)
+        self._claim = redis.register_script(CLAIM_LUA)
+        self._beat = redis.register_script(BEAT_LUA)
+        self._release = redis.register_script(RENEW_LUA)
+        self.lease = keys.device_worker(device)
 
     def take(self, timeout_s: float):
         """The next batch's entry, moved atomically to the processing list; None after the timeout."""
@@ -713,11 +734,21 @@ class DeviceQueue:
                                     keys.batch(batch.id), *tkeys],
                               args=[entry, event, self.ttl, exec_s, finished, *args])
 
-    def beat(self, info: dict, ttl_s: float) -> None:
-        self.r.set(keys.device_heartbeat(self.device), json.dumps(info), px=int(ttl_s * 1000))
+    def claim(self, token: str, ttl_s: float, *, dead: str = "") -> str | None:
+        """Take the device's worker lease (or take it over from `dead`, a holder seen gone): None when
+        ours, else the live holder's token."""
+        out = self._claim(keys=[self.lease], args=[token, int(ttl_s * 1000), dead])
+        return None if out == 1 else _s(out)
 
-    def clear_heartbeat(self) -> None:
-        self.r.delete(keys.device_heartbeat(self.device))
+    def beat(self, info: dict, ttl_s: float, token: str) -> bool:
+        """Heartbeat and renew the lease; False when the lease is no longer `token`'s (nothing written)."""
+        return bool(self._beat(keys=[self.lease, keys.device_heartbeat(self.device)],
+                               args=[token, int(ttl_s * 1000), json.dumps(info)]))
+
+    def release(self, token: str) -> None:
+        """Give the lease up and clear the heartbeat, if they are still ours."""
+        if self._release(keys=[self.lease], args=[token, 0]):
+            self.r.delete(keys.device_heartbeat(self.device))
 
 
 def _pairs(h: dict) -> dict[str, tuple[float, float]]:

@@ -7,15 +7,19 @@ a SCHEDULED task whose batch is in a processing list is running."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import logging
 import os
+import secrets
 import signal
+import socket
 import threading
 import time
 
 import numpy as np
+import psutil
 from redis import exceptions as redis_exceptions
 
 from . import heartbeat, wire
@@ -28,6 +32,13 @@ from .proc import die_with_parent
 from .store import INLINE_FIELDS, DeviceQueue, RemoteJournal
 
 log = logging.getLogger("qsched.worker")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, ValueError):
+        return False
 
 
 class Worker:
@@ -43,18 +54,22 @@ class Worker:
         self.device = load_device(spec)
         self._templates = LRU()
         self.outages = 0                        # store outages ridden out (a failover may undo writes)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"   # the device lease
         # a remote device's jobs outlive this process: journaled in Redis before they are submitted
         self.journal = RemoteJournal(redis, spec.name) if isinstance(self.device, RemoteDevice) else None
 
     # lifecycle ----------------------------------------------------------------------------------------
     def serve(self) -> None:
+        if not self._redis_retry(self.claim):
+            self.device.close()
+            raise SystemExit(f"device {self.spec.name} is served by another live worker")
         beat = heartbeat.start(self.redis_url, self.spec.name, ttl_s=self.heartbeat_ttl_s,
-                               static={"type": self.spec.type, **self.device.describe()})
+                               static={"type": self.spec.type, **self.device.describe()}, token=self.token)
         try:
             log.info("worker for %s (%s) ready", self.spec.name, self.spec.type)
             for entry in self._redis_retry(self.queue.held):          # a predecessor's, oldest first
                 self.recover(entry)
-            while not self.stopping.is_set():
+            while not self.stopping.is_set() and not self.orphaned():
                 outages = self.outages
                 entry = self._redis_retry(lambda: self.queue.take(1.0))
                 if self.outages != outages:
@@ -67,8 +82,33 @@ class Worker:
         finally:
             beat.terminate()
             beat.wait()
-            self.queue.clear_heartbeat()
+            with contextlib.suppress(redis_exceptions.RedisError):
+                self.queue.release(self.token)
             self.device.close()
+
+    def claim(self) -> bool:
+        """Take the device's worker lease; a holder on this host whose process is gone (our predecessor,
+        killed) is taken over at once, a live one is waited out for two heartbeat periods (it may be
+        exiting). False: another live worker serves the device, and this one must not."""
+        deadline = time.monotonic() + 2 * self.heartbeat_ttl_s
+        dead = ""
+        while True:
+            holder = self.queue.claim(self.token, self.heartbeat_ttl_s, dead=dead)
+            if holder is None:
+                return True
+            host, _, rest = holder.partition(":")
+            pid = int(rest.partition(":")[0]) if rest.partition(":")[0].isdigit() else -1
+            if host == socket.gethostname() and not _alive(pid):
+                dead = holder
+                continue
+            if time.monotonic() > deadline or self.stopping.wait(0.2):
+                log.error("device %s is served by another live worker (%s): this one exits", self.spec.name,
+                          holder)
+                return False
+
+    def orphaned(self) -> bool:
+        """The daemon that started us is gone (its SIGTERM may not have come: see proc.die_with_parent)."""
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def stop(self, *_):
         self.stopping.set()
@@ -84,7 +124,7 @@ class Worker:
                 if down is None:
                     down = time.monotonic()
                     log.error("store unavailable (%s); retrying", e)
-                if self.stopping.wait(0.2):
+                if self.stopping.wait(0.2) or self.orphaned():
                     raise
                 continue
             if down is not None:
@@ -201,7 +241,7 @@ class Worker:
         else:
             outputs = iter(self.device.run(every) if every else [])
             exec_s = time.perf_counter() - t0
-        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+        if self.orphaned():
             # the daemon that started us is gone (we were stopped while it was restarted, say): our
             # successor runs these batches again, so neither answer nor charge them here
             log.warning("batches %s: the daemon that started this worker is gone; leaving them to the next "
@@ -239,16 +279,15 @@ class Worker:
                             "its results are discarded and the tasks run again elsewhere", batch.id)
 
 def main(spec: DeviceSpec, redis_url: str, *, max_attempts: int, result_ttl_s: int, heartbeat_ttl_s: float,
-         tie_to_parent: bool = False) -> None:
+         parent_pid: int | None = None) -> None:
     from .redisconn import sync_client
-    if tie_to_parent:
-        die_with_parent()
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")   # spin-waiting collapsed aer 4-6x on shared VMs
     r = sync_client(redis_url, socket_timeout=10.0)      # > the 1 s BLMOVE: a dead store shows as an error
     w = Worker(r, spec, redis_url=redis_url, max_attempts=max_attempts, result_ttl_s=result_ttl_s,
                heartbeat_ttl_s=heartbeat_ttl_s)
-    if tie_to_parent:
-        w.parent_pid = os.getppid()
+    w.parent_pid = parent_pid
     signal.signal(signal.SIGTERM, w.stop)
     signal.signal(signal.SIGINT, w.stop)
     w.serve()

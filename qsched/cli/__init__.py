@@ -6,6 +6,7 @@ import sys
 import time
 
 import click
+from click.core import ParameterSource
 
 from .. import __version__
 from ..errors import NotFound, QschedError
@@ -126,8 +127,8 @@ def daemon_check(config_path, redis_url):
 @REDIS
 @click.option("--redis-url-file", type=click.Path(dir_okay=False, exists=True),
               help="read the Redis URL from this file (keeps a password out of ps)")
-@click.option("--die-with-parent", is_flag=True, hidden=True)
-def worker(device, config_path, redis_url, redis_url_file, die_with_parent):
+@click.option("--parent-pid", type=int, hidden=True, help="exit when this process (the daemon) is gone")
+def worker(device, config_path, redis_url, redis_url_file, parent_pid):
     """Run the worker process for one device (systemd: qsched-worker@DEVICE)."""
     from ..worker import main as worker_main
     if redis_url_file:
@@ -140,7 +141,7 @@ def worker(device, config_path, redis_url, redis_url_file, die_with_parent):
                                  param_hint="--device")
     url = cfg.redis_url or f"unix://{embedded_redis_socket(cfg.state_dir)}"
     worker_main(spec, url, max_attempts=cfg.max_attempts, result_ttl_s=cfg.result_ttl_s,
-                heartbeat_ttl_s=cfg.heartbeat_timeout_s, tie_to_parent=die_with_parent)
+                heartbeat_ttl_s=cfg.heartbeat_timeout_s, parent_pid=parent_pid)
 
 
 def _client(url):
@@ -341,13 +342,24 @@ def session_cancel(sid, job, url):
                    f"cancelled, {rec.get('device_seconds', 0):.3f} device-seconds used")
 
 
-def _admin_client(config_path, url):
-    """Admin routes exist only on the admin socket (root or SlurmUser)."""
+def _admin(config_path, url, call):
+    """Run call(client) on the admin socket (root or SlurmUser): an explicit --url, else QSCHED_URL, else
+    the config's admin socket. QSCHED_URL often names the user listener (a job's environment sets it),
+    which has no admin routes and says so: then the config's admin socket is asked instead."""
     import os
 
     from ..client import Client
-    return Client(url or f"unix://{_config(config_path).admin_socket_path}",
-                  retry_s=float(os.environ.get("QSCHED_RETRY_S", 10)))
+    retry_s = float(os.environ.get("QSCHED_RETRY_S", 10))
+    if url:
+        from_env = click.get_current_context().get_parameter_source("url") == ParameterSource.ENVIRONMENT
+        with Client(url, retry_s=retry_s) as c:
+            try:
+                return call(c)
+            except NotFound as e:
+                if not (from_env and e.field == "admin"):
+                    raise
+    with Client(f"unix://{_config(config_path).admin_socket_path}", retry_s=retry_s) as c:
+        return call(c)
 
 
 @session.command("update")
@@ -369,13 +381,14 @@ def session_update(sid, job, cls, weight, hold, release, reason, config_path, ur
         raise click.UsageError("--hold and --release exclude each other")
     if cls is None and weight is None and not hold and not release:
         raise click.UsageError("nothing to change: give --class, --weight, --hold or --release")
-    c = _admin_client(config_path, url)
-    sids = [sid] if sid is not None else [s["id"] for s in _job_sessions(c, job)]
-    if not sids:
-        raise click.ClickException(f"job {job}: no open session")
-    for one in sids:
-        out = c.update_session(one, **{"class": cls}, weight=weight, hold=hold or None, release=release or None,
-                               reason=reason or None)
+
+    def update(c):
+        sids = [sid] if sid is not None else [s["id"] for s in _job_sessions(c, job)]
+        if not sids:
+            raise click.ClickException(f"job {job}: no open session")
+        return [(one, c.update_session(one, **{"class": cls}, weight=weight, hold=hold or None,
+                                       release=release or None, reason=reason or None)) for one in sids]
+    for one, out in _admin(config_path, url, update):
         click.echo(f"session {one}: class {out['class']}, weight {out['weight']:g}"
                    + (f", held ({out['reason']})" if out["held"] else ""))
 
@@ -446,7 +459,7 @@ def _device_state_command(verb: str, state: str, doc: str):
     @CONFIG
     @URL
     def command(name, reason, config_path, url):
-        out = _admin_client(config_path, url).set_device_state(name, state, reason)
+        out = _admin(config_path, url, lambda c: c.set_device_state(name, state, reason))
         click.echo(f"device {out['name']}: {out['state']}" + (f" ({out['reason']})" if out["reason"] else ""))
     return command
 
@@ -467,9 +480,8 @@ def device_maintenance(name, start, duration, reason, config_path, url):
     licences are reserved for the window); it comes back online by itself when the window ends."""
     from ..config import parse_period
     from ..errors import ConfigError
-    client = _admin_client(config_path, url)
     if start is None and duration is None:
-        out = client.set_device_state(name, "maintenance", reason)
+        out = _admin(config_path, url, lambda c: c.set_device_state(name, "maintenance", reason))
         click.echo(f"device {out['name']}: {out['state']}" + (f" ({out['reason']})" if out["reason"] else ""))
         return
     t0 = time.time() if start is None else fmt.parse_time(start, param="--start")
@@ -477,7 +489,7 @@ def device_maintenance(name, start, duration, reason, config_path, url):
         end = None if duration is None else t0 + parse_period(duration, "--duration")
     except ConfigError as e:
         raise click.BadParameter(e.message, param_hint="--duration") from None
-    w = client.add_window(name, t0, end, reason)
+    w = _admin(config_path, url, lambda c: c.add_window(name, t0, end, reason))
     click.echo(f"device {name}: maintenance window {w['id']} from {fmt.iso(w['start'])} to "
                f"{fmt.iso(w['end']) if w['end'] else 'resume'}" + (f" ({reason})" if reason else ""))
 _device_state_command("resume", "online", "Put the device back online.")

@@ -36,7 +36,7 @@ class WorkerSupervisor:
 
     def _argv(self, device: str) -> list[str]:
         argv = [sys.executable, "-m", "qsched", "worker", "--device", device, "--redis-url-file", self._url_file(),
-                "--die-with-parent"]
+                "--parent-pid", str(os.getpid())]
         if self.config_path:
             argv += ["--config", self.config_path]
         return argv

@@ -134,3 +134,17 @@ def test_a_non_admin_is_refused_session_update(fresh_daemon, portable_python):
     finally:
         s.close()
         c.close()
+
+
+def test_admin_verbs_reach_the_admin_socket_while_qsched_url_names_the_user_listener(fresh_daemon):
+    # an admin's shell (or a job's environment) has QSCHED_URL set to the user socket: admin verbs
+    # must still go to the admin socket of the config they name
+    d = fresh_daemon(devices=SLOW)
+    out = qs(d.url, "device", "drain", "slow0", "--reason", "cooling", "--config", str(d.config_path))
+    assert out.returncode == 0, out.stderr
+    assert "device slow0: draining (cooling)" in out.stdout
+    out = qs(d.url, "device", "resume", "slow0", "--config", str(d.config_path))
+    assert out.returncode == 0, out.stderr
+    # an explicit --url still wins: the user listener has no admin routes
+    out = qs(d.url, "device", "drain", "slow0", "--url", d.url, "--config", str(d.config_path))
+    assert out.returncode != 0
