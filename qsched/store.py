@@ -199,10 +199,12 @@ if cur and cur ~= ARGV[1] and cur ~= ARGV[3] then return cur end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
 return 1
 """
-# A heartbeat counts only from the lease's holder, and renews the lease.
+# A heartbeat counts only from the lease's holder, and renews the lease; a lease gone meanwhile (it
+# lapsed in a store outage or a failover longer than its TTL) is nobody's and is taken back.
 BEAT_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
 redis.call('SET', KEYS[2], ARGV[3], 'PX', tonumber(ARGV[2]))
 return 1
 """
