@@ -122,7 +122,8 @@ def decomposer(op: qml.operation.Operator):
     """Decompositions whose gate structure does not depend on the data, so the template is reused.
 
     AmplitudeEmbedding/StatePrep with real amplitudes -> the RY tree above (the amplitudes become
-    template parameters); BasisState -> RX(pi * bit) per wire. Everything else: PennyLane's own.
+    template parameters); BasisState -> U3(pi * bit, 0, pi * bit) per wire, which is X^bit exactly
+    (RX(pi) is -iX: a state of k ones came back times (-i)^k). Everything else: PennyLane's own.
     """
     if isinstance(op, qml.StatePrep) and not qml.math.is_abstract(op.data[0]):
         state = op.data[0]
@@ -134,7 +135,8 @@ def decomposer(op: qml.operation.Operator):
             return real_state_prep_ops(state, op.wires)
     if isinstance(op, qml.BasisState):
         bits = op.data[0]
-        return [qml.RX(np.pi * bits[..., i], wires=w) for i, w in enumerate(op.wires)]
+        return [qml.U3(np.pi * bits[..., i], 0 * bits[..., i], np.pi * bits[..., i], wires=w)
+                for i, w in enumerate(op.wires)]
     if not op.has_decomposition and op.has_matrix and len(op.wires) <= MAX_MATRIX_WIRES:
         return [MatrixGate(op.matrix(), wires=op.wires, source=op.name)]
     return op.decomposition()
