@@ -266,8 +266,9 @@ def test_box_and_control_flow_bodies_are_flattened_on_aer():
     assert bits.all()
 
 
-def test_a_seeded_task_is_reproducible_whatever_it_is_batched_with():
-    dev = device("aer")
+@pytest.mark.parametrize("dev", DEVICES)
+def test_a_seeded_task_is_reproducible_whatever_it_is_batched_with(dev):
+    dev = device(dev)
     qc = QuantumCircuit(2)
     qc.h(0)
     qc.cx(0, 1)
