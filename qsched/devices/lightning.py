@@ -197,13 +197,12 @@ class LightningDevice(Device):
         qml = self.qml
         prog, amap, measured, slot, exact_phase = self._program(t)
         n = prog.num_qubits
-        dev = self._dev(n)
+        # a seeded task with shots (it runs alone): a device of its own seed
+        dev = self._dev(n) if t.seed is None or not t.shots else qml.device(self.name, wires=n, seed=t.seed)
         angles = amap.angles(t.params)
         if t.kind == "sample":
             if not t.shots:
                 raise TaskError("shots: sample tasks need shots >= 1", field="shots")
-            if t.seed is not None:          # a seeded task (it runs alone): a device of its own seed
-                dev = qml.device(self.name, wires=n, seed=t.seed)
             tapes = [qml.tape.QuantumScript(self._ops(prog, slot, angles, t.params, b)[0], [qml.sample(wires=range(n))],
                                             shots=t.shots) for b in range(len(angles))]
             samples = [np.asarray(r, dtype=np.uint8).reshape(t.shots, n) for r in dev.execute(tapes)]

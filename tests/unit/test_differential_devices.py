@@ -282,6 +282,12 @@ def test_a_seeded_task_is_reproducible_whatever_it_is_batched_with(dev):
     for r in batch[:2]:
         np.testing.assert_array_equal(r["registers"]["meas"]["array"], alone["registers"]["meas"]["array"])
     assert TaskPayload("q", "sample", "t5", seeded, np.zeros((1, 0)), 1).seed == 5
+    # shot noise of an estimate too
+    seeded.remove_final_measurements()
+    obs = [[["ZX", 1.0]]]
+    est = [dev.run([TaskPayload(i, "estimate", "t5e", seeded, np.zeros((1, 0)), 300, obs)])[0]["evs"]
+           for i in "ab"]
+    np.testing.assert_array_equal(est[0], est[1])
 
 
 def test_zero_width_register_on_aer():
