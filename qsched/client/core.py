@@ -85,7 +85,7 @@ def task_outcome(d: dict) -> TaskResult:
 _task_outcome = task_outcome
 
 
-def decode_response(status: int, content_type: str, data: bytes) -> Any:
+def decode_response(status: int, content_type: str, data: bytes | bytearray) -> Any:
     """An HTTP answer -> its JSON (or raw bytes), or raise the daemon's error as its qsched class."""
     obj = json.loads(data) if data and content_type.startswith("application/json") else data
     if status >= 400:
