@@ -266,6 +266,26 @@ def test_box_and_control_flow_bodies_are_flattened_on_aer():
     assert bits.all()
 
 
+def test_a_parameter_inside_control_flow_bodies_runs_on_aer_as_aers_sampler_runs_it():
+    """rx(x) in an if_test body, ry(x) in a for_loop body, two rows: the samples aer's own SamplerV2
+    gives with the same seed (the bodies' angles once made the whole if_else "not supported")."""
+    from qiskit_aer.primitives import SamplerV2
+    x = Parameter("x")
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.rx(x, 1)
+    with qc.for_loop(range(2)):
+        qc.ry(x, 0)
+    qc.measure(1, 1)
+    rows = np.array([[0.3], [1.9]])
+    out = device("aer").run([TaskPayload("s", "sample", "cf", qc, rows, 500)])[0]
+    assert not isinstance(out, Exception), out
+    want = SamplerV2(seed=11).run([(qc, rows, 500)]).result()[0].data.c.array
+    np.testing.assert_array_equal(out["registers"]["c"]["array"], want)
+
+
 @pytest.mark.parametrize("dev", DEVICES)
 def test_a_seeded_task_is_reproducible_whatever_it_is_batched_with(dev):
     dev = device(dev)
