@@ -103,6 +103,7 @@ class TemplateCache:
 
     def __init__(self) -> None:
         self.sent: set[str] = set()
+        self.linear: set[str] = set()       # templates whose angles are all linear (gradients need them)
 
     def qpy(self, circuit) -> tuple[str, bytes | None]:
         data = wire.dump_qpy(circuit)
@@ -118,6 +119,17 @@ def task_body(kind: str, template: str, params, *, observables=None, shots=None,
     if method:
         body["method"] = method
     return body
+
+
+def _check_linear(circuit, field: str) -> None:
+    """A gradient task's angles must be linear in its parameters (the chain rule back to them uses
+    constant coefficients): refused here, at submit, rather than by the worker at result()."""
+    from ..devices.base import TaskError
+    from ..devices.circuits import analyse
+    try:
+        analyse(circuit).require_linear()
+    except TaskError as e:
+        raise errors.BadRequest(e.message.removeprefix("template: "), field=field) from None
 
 
 def new_idempotency_key() -> str:
@@ -408,9 +420,12 @@ class SessionCore:
         query, timeout = (f"?wait={wait}", wait + 30) if wait else ("", None)
         for attempt in (0, 1):
             bodies = []
-            for t in tasks:
+            for i, t in enumerate(tasks):
                 c = t.get("circuit", t.get("template"))
                 digest = c if isinstance(c, str) else (yield from self._op_upload(c))
+                if t["kind"] == "gradient" and not isinstance(c, str) and digest not in self._templates.linear:
+                    _check_linear(c, f"tasks[{i}].template")
+                    self._templates.linear.add(digest)
                 bodies.append(task_body(t["kind"], digest, t.get("params"), observables=t.get("observables"),
                                         shots=t.get("shots"), method=t.get("method")))
             try:

@@ -126,6 +126,7 @@ class AerDevice(Device):
             if measured:
                 qc = qc.remove_final_measurements(inplace=False)
             amap = analyse(qc, t.circuit.parameters)
+            amap.require_linear()
             check_shiftable(amap)
             return unrolled(qc, amap), amap, measured
         return self._prepared.get_or(("gradient", t.template), make)

@@ -121,6 +121,7 @@ class LightningDevice(Device):
             # flattening drops the definitions' global phases: a state is exact only without it
             exact_phase = flat is body and not body.global_phase
             if gradient:
+                amap.require_linear()
                 for cls, _, args, _ in prog.steps:
                     if any(kind == "angle" for kind, _ in args) and not (cls.num_params == 1 and
                                                                            cls.has_generator):

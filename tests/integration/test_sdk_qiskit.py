@@ -235,3 +235,23 @@ def test_cancel_queued_job(client):
         job.result(timeout=30)
     for b in busy:
         assert b.result(timeout=120)[0].data.evs.shape == (150,)
+
+
+def test_non_linear_parameter_expressions_on_lightning(client):
+    """x*y, x**2 as angles: estimates equal StatevectorEstimator's and samples run on pool lightning;
+    a gradient task over them is refused at run() (its chain rule needs linear angles)."""
+    x, y = Parameter("x"), Parameter("y")
+    qc = QuantumCircuit(2)
+    qc.rx(x * y, 0)
+    qc.ry(x ** 2, 1)
+    qc.cx(0, 1)
+    rows = np.array([[0.4, 1.3], [-1.1, 0.7]])
+    pub = (qc, ["ZZ", "XI"], rows[:, None, :])
+    got = EstimatorV2(client=client, pool="lightning").run([pub]).result()[0].data.evs
+    assert np.allclose(got, StatevectorEstimator().run([pub]).result()[0].data.evs, atol=1e-10)
+    counts = SamplerV2(client=client, pool="lightning").run(
+        [(qc.measure_all(inplace=False), rows, 100)]).result()[0].data.meas.get_counts()
+    assert sum(counts.values()) == 200
+    with client.session(pool="lightning") as s, pytest.raises(BadRequest, match="not linear") as info:
+        s.submit("gradient", qc, rows, observables=["ZZ"])
+    assert info.value.field == "tasks[0].template"
