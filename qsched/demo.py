@@ -81,6 +81,12 @@ def busy_seconds(url: str, device: str = "aer0") -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def render_plain(progs: list[Progress], t0: float) -> None:
+    """One line of progress, for a log or a pipe (no cursor to move back)."""
+    done = ", ".join(f"{p.name} {p.done}/{ITERATIONS}" for p in progs)
+    print(f"  {time.perf_counter() - t0:5.1f} s: {done}", flush=True)
+
+
 def render(progs: list[Progress], t0: float, tty: bool, first: bool) -> None:
     lines = []
     for p in progs:
@@ -92,6 +98,21 @@ def render(progs: list[Progress], t0: float, tty: bool, first: bool) -> None:
         sys.stdout.write(f"\x1b[{len(lines)}A")
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
+
+
+def follow(worker: threading.Thread, progs: list[Progress], t0: float, tty: bool, every_s: float = 5.0) -> None:
+    """Show progress until `worker` ends: a terminal redraws the bars in place; a log or a pipe gets a
+    short line every `every_s` and the bars once at the end."""
+    first, last = True, time.perf_counter()
+    while worker.is_alive():
+        if tty:
+            render(progs, t0, tty, first)
+            first = False
+        elif time.perf_counter() - last > every_s:
+            render_plain(progs, t0)
+            last = time.perf_counter()
+        worker.join(0.2)
+    render(progs, t0, tty, first)
 
 
 def run_phase(url: str, title: str, concurrent: bool, qc, H) -> dict:
@@ -112,13 +133,7 @@ def run_phase(url: str, title: str, concurrent: bool, qc, H) -> dict:
                 vqe_client(url, p, i, qc, H)
     worker = threading.Thread(target=body)
     worker.start()
-    first, last = True, 0.0
-    while worker.is_alive():
-        if tty or time.perf_counter() - last > 5:
-            render(progs, t0, tty, first)
-            first, last = False, time.perf_counter()
-        worker.join(0.2)
-    render(progs, t0, tty, first)
+    follow(worker, progs, t0, tty)
     wall = time.perf_counter() - t0
     busy = busy_seconds(url) - busy0
     return {"wall": wall, "busy": busy, "progs": progs}

@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import Any
 
-from .wire import decode_array
+from .wire import SEED_METADATA_KEY, decode_array
 
 
 def result_field(result: Any, name: str, default=None):
@@ -122,3 +122,12 @@ class SessionHandle:
             self._finalizer = None
             self._session = None
             self._client = None if self._owns else self._client
+
+
+def with_seed(circuit, seed: int | None):
+    """The circuit (a Qiskit QuantumCircuit) carrying a task's seed in its metadata, where workers read it."""
+    if seed is None:
+        return circuit
+    out = circuit.copy()
+    out.metadata = {**(circuit.metadata or {}), SEED_METADATA_KEY: seed}
+    return out

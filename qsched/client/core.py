@@ -15,7 +15,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,7 +23,7 @@ import numpy as np
 from .. import errors, wire
 from ..paths import daemon_socket, default_state_dir
 from ..errors import QschedError, TaskCancelled, TaskFailed, Timeout
-from .retry import Backoff, RetryPolicy, retry_reason
+from .retry import Backoff, RetryPolicy, Unreachable, retry_reason
 
 log = logging.getLogger("qsched.client")
 
@@ -85,7 +85,7 @@ def task_outcome(d: dict) -> TaskResult:
 _task_outcome = task_outcome
 
 
-def decode_response(status: int, content_type: str, data: bytes) -> Any:
+def decode_response(status: int, content_type: str, data: bytes | bytearray) -> Any:
     """An HTTP answer -> its JSON (or raw bytes), or raise the daemon's error as its qsched class."""
     obj = json.loads(data) if data and content_type.startswith("application/json") else data
     if status >= 400:
@@ -103,6 +103,7 @@ class TemplateCache:
 
     def __init__(self) -> None:
         self.sent: set[str] = set()
+        self.linear: set[str] = set()       # templates whose angles are all linear (gradients need them)
 
     def qpy(self, circuit) -> tuple[str, bytes | None]:
         data = wire.dump_qpy(circuit)
@@ -118,6 +119,17 @@ def task_body(kind: str, template: str, params, *, observables=None, shots=None,
     if method:
         body["method"] = method
     return body
+
+
+def _check_linear(circuit, field: str) -> None:
+    """A gradient task's angles must be linear in its parameters (the chain rule back to them uses
+    constant coefficients): refused here, at submit, rather than by the worker at result()."""
+    from ..devices.base import TaskError
+    from ..devices.circuits import analyse
+    try:
+        analyse(circuit).require_linear()
+    except TaskError as e:
+        raise errors.BadRequest(e.message.removeprefix("template: "), field=field) from None
 
 
 def new_idempotency_key() -> str:
@@ -175,9 +187,13 @@ class ClientCore:
         self._clock, self._rand = clock, rand
         self._lock = threading.Lock()            # the sync Client may be shared by threads
         self._outage: float | None = None        # when the current outage began (it is logged once)
+        self._answered = False                   # a daemon has answered (a reply or an HTTP error) once
 
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(total_s=self.retry_s) if self.retry_s is not None else RetryPolicy.from_env()
+    def retry_policy(self, total_s: float | None = None) -> RetryPolicy:
+        """QSCHED_RETRY_S / QSCHED_CONNECT_S, the total replaced by `total_s`, else by the client's retry_s."""
+        policy = RetryPolicy.from_env()
+        total = total_s if total_s is not None else self.retry_s
+        return policy if total is None else replace(policy, total_s=total)
 
     # ------------------------------------------------------------------ execution
     def execute(self, op: Op[T]) -> Run[T]:
@@ -205,6 +221,8 @@ class ClientCore:
             try:
                 reply = yield Send(call.method, call.path, call.body, headers, call.timeout)
             except QschedError as e:
+                if not isinstance(e, Unreachable):
+                    self._answered = True
                 reason = retry_reason(e, idempotent=call.idempotent)
                 if reason is None:
                     if not reattached and self._may_reattach(call, e):
@@ -216,30 +234,43 @@ class ClientCore:
                 if call.deadline is not None and now >= call.deadline:
                     raise Timeout(f"{call.method} {call.path.split('?')[0]}: no answer within the caller's timeout "
                                   f"(daemon: {reason})", field="timeout") from e
+                unreached = e if isinstance(e, Unreachable) and not self._answered else None
+                never = unreached is not None
                 if backoff is None:
-                    policy = self.retry_policy() if call.retry_s is None else RetryPolicy(total_s=call.retry_s)
-                    backoff = Backoff(policy, now)
+                    policy = self.retry_policy(call.retry_s)
+                    backoff = Backoff(policy.first_contact() if never else policy, now)
                 delay = backoff.next_delay(now, self._rand())
                 if delay is None:
+                    if unreached is not None:
+                        raise Unreachable(f"{e.message}; {self._no_daemon_hint()}", cause=unreached.cause,
+                                          sent=unreached.sent) from e
                     if backoff.policy.enabled:
                         log.warning("qsched daemon at %s: still %s after %.0f s (QSCHED_RETRY_S); giving up",
                                     self.url, reason, now - backoff.start)
                     raise
-                self._outage_began(reason, backoff.policy)
+                self._outage_began(reason, backoff.policy, never)
                 yield Sleep(delay)
                 if call.rebuild is not None:
                     call = call.rebuild()
                 continue
+            self._answered = True
             if backoff is not None:          # only a call that waited out the outage may say it ended
                 self._outage_ended()
             return reply
 
-    def _outage_began(self, reason: str, policy: RetryPolicy) -> None:
+    def _no_daemon_hint(self) -> str:
+        return (f"no qsched daemon has answered at {self.url} (the address comes from QSCHED_URL, else the "
+                "default socket): start one with `qsched up`, or set QSCHED_URL to a running daemon's address")
+
+    def _outage_began(self, reason: str, policy: RetryPolicy, never_answered: bool) -> None:
         with self._lock:
             first = self._outage is None
             if first:
                 self._outage = self._clock()
-        if first:
+        if first and never_answered:         # most likely a wrong address or no daemon: say so at once
+            log.warning("qsched daemon at %s: %s; %s; retrying for up to %.0f s (QSCHED_CONNECT_S)",
+                        self.url, reason, self._no_daemon_hint(), policy.total_s)
+        elif first:
             log.info("qsched daemon at %s: %s; retrying for up to %.0f s (QSCHED_RETRY_S)",
                      self.url, reason, policy.total_s)
 
@@ -389,9 +420,12 @@ class SessionCore:
         query, timeout = (f"?wait={wait}", wait + 30) if wait else ("", None)
         for attempt in (0, 1):
             bodies = []
-            for t in tasks:
+            for i, t in enumerate(tasks):
                 c = t.get("circuit", t.get("template"))
                 digest = c if isinstance(c, str) else (yield from self._op_upload(c))
+                if t["kind"] == "gradient" and not isinstance(c, str) and digest not in self._templates.linear:
+                    _check_linear(c, f"tasks[{i}].template")
+                    self._templates.linear.add(digest)
                 bodies.append(task_body(t["kind"], digest, t.get("params"), observables=t.get("observables"),
                                         shots=t.get("shots"), method=t.get("method")))
             try:

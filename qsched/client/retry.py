@@ -1,17 +1,21 @@
 """When the client retries a request and how long it waits: pure (no clock, no sleep, no I/O), so the
 policy is tested on its own. A daemon restart (SIGTERM: drain, exit, start again on the same Redis)
 looks to a client like 503 "draining", then a missing socket or a refused connection, then service
-again; clients ride through it for up to QSCHED_RETRY_S seconds (default 300, 0 disables)."""
+again; clients ride through it for up to QSCHED_RETRY_S seconds (default 300, 0 disables). A client
+that no daemon has answered yet waits QSCHED_CONNECT_S at most (default 10): a wrong or missing
+QSCHED_URL, or no daemon started, is a mistake to report, not an outage to ride through."""
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import errors
 
 DEFAULT_RETRY_S = 300.0
 ENV = "QSCHED_RETRY_S"
+DEFAULT_CONNECT_S = 10.0
+CONNECT_ENV = "QSCHED_CONNECT_S"
 
 
 class Unreachable(errors.Unavailable):
@@ -45,19 +49,15 @@ class RetryPolicy:
     total_s: float = DEFAULT_RETRY_S
     base_s: float = 0.05
     cap_s: float = 5.0
+    connect_s: float = DEFAULT_CONNECT_S     # the budget while no daemon has answered this client yet
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> RetryPolicy:
-        raw = env.get(ENV, "").strip()
-        if not raw:
-            return cls()
-        try:
-            total = float(raw)
-        except ValueError:
-            total = -1.0
-        if not total >= 0:          # also NaN
-            raise errors.ConfigError(f"{ENV}: expected seconds >= 0, got {raw!r}", field=ENV)
-        return cls(total_s=total)
+        return cls(total_s=_seconds(env, ENV, DEFAULT_RETRY_S), connect_s=_seconds(env, CONNECT_ENV, DEFAULT_CONNECT_S))
+
+    def first_contact(self) -> RetryPolicy:
+        """This policy for a client that has never reached a daemon: the shorter budget."""
+        return replace(self, total_s=min(self.total_s, self.connect_s))
 
     @property
     def enabled(self) -> bool:
@@ -69,6 +69,19 @@ class RetryPolicy:
     def delay(self, attempt: int, u: float) -> float:
         """`u` uniform in [0, 1): full jitter spreads the clients that one restart cut off at once."""
         return u * self.ceiling(attempt)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:          # also NaN
+        raise errors.ConfigError(f"{name}: expected seconds >= 0, got {raw!r}", field=name)
+    return value
 
 
 class Backoff:

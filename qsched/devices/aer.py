@@ -41,7 +41,9 @@ def _symbolic(op) -> bool:
 
 
 def _aer_keep(op) -> bool:
-    return op.name in _AER_GATES and (op.name in _AER_BINDABLE or not _symbolic(op))
+    # control flow is kept whatever its bodies hold (flatten makes each body runnable, and aer binds
+    # the angles inside them per row); its params are the bodies, "symbolic" when they hold an angle
+    return op.name in CONTROL_FLOW or op.name in _AER_GATES and (op.name in _AER_BINDABLE or not _symbolic(op))
 
 
 def _shift_keep(op) -> bool:
@@ -124,6 +126,7 @@ class AerDevice(Device):
             if measured:
                 qc = qc.remove_final_measurements(inplace=False)
             amap = analyse(qc, t.circuit.parameters)
+            amap.require_linear()
             check_shiftable(amap)
             return unrolled(qc, amap), amap, measured
         return self._prepared.get_or(("gradient", t.template), make)

@@ -3,7 +3,8 @@ parameters (so gradients by parameter shift or adjoint can be chained back to th
 of a Qiskit template to PennyLane operations."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -17,14 +18,38 @@ SHIFTABLE = frozenset({"rx", "ry", "rz", "p", "u1", "rxx", "ryy", "rzz", "rzx", 
 
 @dataclass
 class AngleMap:
-    """angle_k = c0[k] + sum_j C[k, j] * theta_j for every parameterized gate argument k."""
+    """angle_k = c0[k] + sum_j C[k, j] * theta_j for every parameterized gate argument k, except the
+    angles in `nonlinear` (x*y, x**2, sin(x): their rows of C are zero), evaluated per row."""
     C: np.ndarray          # [K, P]
     c0: np.ndarray         # [K]
     where: list            # (instruction index, argument position) of each angle k
     names: list            # gate name of each angle k
+    # angle k -> (numpy function of its parameters' columns, those columns, the expression's text)
+    nonlinear: dict[int, tuple[Callable, list[int], str]] = field(default_factory=dict)
 
     def angles(self, params: np.ndarray) -> np.ndarray:
-        return params @ self.C.T + self.c0
+        out = params @ self.C.T + self.c0
+        for k, (f, cols, _) in self.nonlinear.items():
+            out[..., k] = np.real(f(*np.moveaxis(params[..., cols], -1, 0)))
+        return out
+
+    def require_linear(self) -> None:
+        """Gradients chain d(angle)/d(parameter) through C: only linear angles have a constant one."""
+        if self.nonlinear:
+            k, (_, _, text) = next(iter(self.nonlinear.items()))
+            raise TaskError(f"template: gate {self.names[k]} argument {text} is not linear in its parameters; "
+                            f"gradients need linear angles (estimates and samples take any expression)",
+                            field="template")
+
+
+def _numpy_function(x, index: dict) -> tuple[Callable, list[int]]:
+    """A parameter expression as a numpy function of its parameters (vectorized over rows)."""
+    import sympy
+    ps = list(x.parameters)
+    expr = x.sympify()
+    by_name = {s.name: s for s in expr.free_symbols}
+    f = sympy.lambdify([by_name[p.name] for p in ps], expr, modules="numpy", dummify=True)
+    return f, [index[p] for p in ps]
 
 
 def analyse(circuit, parameters=None) -> AngleMap:
@@ -32,24 +57,29 @@ def analyse(circuit, parameters=None) -> AngleMap:
     one that only fed a dropped global phase); the default is the circuit's."""
     from qiskit.circuit import ParameterExpression
     index = {p: j for j, p in enumerate(circuit.parameters if parameters is None else parameters)}
-    rows, c0, where, names = [], [], [], []
+    rows: list[np.ndarray] = []
+    c0: list[float] = []
+    where: list[tuple[int, int]] = []
+    names: list[str] = []
+    nonlinear: dict[int, tuple[Callable, list[int], str]] = {}
     for i, inst in enumerate(circuit.data):
         for pos, x in enumerate(inst.operation.params):
             if not (isinstance(x, ParameterExpression) and x.parameters):
                 continue
             row = np.zeros(len(index))
-            for p in x.parameters:
-                g = x.gradient(p)
-                if isinstance(g, ParameterExpression) and g.parameters:
-                    raise TaskError(f"template: gate {inst.operation.name} argument {x} is not linear in "
-                                    f"its parameters; gradients need linear angles", field="template")
-                row[index[p]] = float(np.real(complex(g)))
+            grads = [(p, x.gradient(p)) for p in x.parameters]
+            if any(isinstance(g, ParameterExpression) and g.parameters for _, g in grads):
+                nonlinear[len(rows)] = (*_numpy_function(x, index), str(x))
+                c0.append(0.0)
+            else:
+                for p, g in grads:
+                    row[index[p]] = float(np.real(complex(g)))
+                c0.append(float(np.real(complex(x.bind({p: 0.0 for p in x.parameters})))))
             rows.append(row)
-            c0.append(float(np.real(complex(x.bind({p: 0.0 for p in x.parameters})))))
             where.append((i, pos))
             names.append(inst.operation.name)
     C = np.array(rows).reshape(len(rows), len(index))
-    return AngleMap(C, np.array(c0), where, names)
+    return AngleMap(C, np.array(c0), where, names, nonlinear)
 
 
 # instructions that are not unitary gates but that every device understands or ignores

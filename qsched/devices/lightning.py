@@ -121,6 +121,7 @@ class LightningDevice(Device):
             # flattening drops the definitions' global phases: a state is exact only without it
             exact_phase = flat is body and not body.global_phase
             if gradient:
+                amap.require_linear()
                 for cls, _, args, _ in prog.steps:
                     if any(kind == "angle" for kind, _ in args) and not (cls.num_params == 1 and
                                                                            cls.has_generator):
@@ -197,7 +198,8 @@ class LightningDevice(Device):
         qml = self.qml
         prog, amap, measured, slot, exact_phase = self._program(t)
         n = prog.num_qubits
-        dev = self._dev(n)
+        # a seeded task with shots (it runs alone): a device of its own seed
+        dev = self._dev(n) if t.seed is None or not t.shots else qml.device(self.name, wires=n, seed=t.seed)
         angles = amap.angles(t.params)
         if t.kind == "sample":
             if not t.shots:

@@ -27,7 +27,7 @@ from pennylane.transforms.core import CompilePipeline, transform
 from pennylane.wires import Wires
 
 from ..errors import QschedError
-from ..sdk import SessionHandle, result_field
+from ..sdk import SessionHandle, result_field, with_seed
 from . import convert
 from .errors import as_device_error
 
@@ -309,10 +309,12 @@ class TaskGroup:
             self.observables.append(terms)
         return i
 
-    def to_task(self, handle: SessionHandle, method: str | None = None) -> dict:
+    def to_task(self, handle: SessionHandle, method: str | None = None, seed: int | None = None) -> dict:
+        """`seed`: the simulator's seed for this task's samples (it travels with the template)."""
         params = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), self.template.num_params)
-        task: dict[str, Any] = {"kind": self.kind, "template": handle.upload(self.template.circuit, self.template.key),
-                "params": params, "shots": self.shots}
+        template = handle.upload(self.template.circuit, self.template.key) if seed is None else \
+            handle.upload(with_seed(self.template.circuit, seed))
+        task: dict[str, Any] = {"kind": self.kind, "template": template, "params": params, "shots": self.shots}
         if self.kind != "sample":
             # (a task for qml.state() alone still needs one observable)
             n = self.template.circuit.num_qubits
@@ -366,6 +368,10 @@ class QschedDevice(Device):
         state_slots: send a non-trainable initial AmplitudeEmbedding/StatePrep as data (the worker
             prepares the state) instead of as a 2^k-gate RY/CNOT tree. None (default): where every
             device of the pool offers it (lightning), asked once; False: never.
+        seed: as lightning.qubit's: an int, a numpy Generator (or anything numpy.random.default_rng
+            takes) makes shot results reproducible: two devices with the same seed give the same
+            samples for the same calls. "global": a seed drawn from numpy's global generator. None
+            (default): unseeded (seeded tasks run alone on the worker; unseeded ones may merge).
 
     Errors from the daemon or its tasks (a refused request, a failed or cancelled task, a timeout,
     an unreachable daemon) are raised as :class:`qsched.pennylane.errors.QschedDeviceError`
@@ -378,8 +384,13 @@ class QschedDevice(Device):
     author = "qsched"
 
     def __init__(self, wires=None, shots=None, *, pool: str | None = None, client=None, session=None,
-                 timeout: float = 600.0, name: str | None = None, state_slots: bool | None = None):
+                 timeout: float = 600.0, name: str | None = None, state_slots: bool | None = None,
+                 seed=None):
         super().__init__(wires=wires, shots=shots)
+        if isinstance(seed, str) and seed == "global":
+            seed = np.random.randint(0, 2**31 - 1)
+        # each sample task's seed is drawn from this, in submission order
+        self._rng = None if seed is None else np.random.default_rng(seed)
         self._handle = SessionHandle(pool=pool, client=client, session=session, default_pool="lightning",
                                      name=name or "pennylane")
         self.timeout = timeout
@@ -501,7 +512,7 @@ class QschedDevice(Device):
             else:
                 ap = convert.analytic_plan(tape, wires)
                 if ap.needs_state:
-                    self._check_state(tape, gradient)
+                    self._check_state(tape, gradient, ap)
                 tc = self._templates.convert(tape, wires, want_state=ap.needs_state)
                 kind = "gradient" if gradient else "estimate"
                 key = (tc.template.key, kind, None)
@@ -511,15 +522,22 @@ class QschedDevice(Device):
                 plans.append(("analytic", tape, tc, g, row, (ap, cols)))
         return list(groups.values()), plans
 
-    def _check_state(self, tape, gradient: bool) -> None:
-        """qml.state() comes from the worker's own state vector: pools whose workers return states
-        with their global phase (lightning), templates that keep it, no device derivatives."""
+    def _check_state(self, tape, gradient: bool, ap: convert.AnalyticPlan) -> None:
+        """qml.state() (and analytic probs on many wires) come from the worker's own state vector: pools
+        whose workers return states with their global phase (lightning), templates that keep it (for
+        qml.state()), no device derivatives."""
+        what = " and ".join(ap.state_for)
         if gradient:
-            raise DeviceError("qsched.qubit: device derivatives of qml.state() are not supported")
+            raise DeviceError(f"qsched.qubit: device derivatives of {what} are not supported; "
+                              "use diff_method='parameter-shift'")
         if not self._offers("state_results", convert.STATE_METADATA_KEY):
-            raise DeviceError(f"qsched.qubit: qml.state() is not supported on pool {self.pool!r} (its workers "
-                              "do not return state vectors; lightning pools do); use qml.density_matrix(wires) "
-                              f"(up to {convert.MAX_DENSITY_WIRES} wires) or expectation values")
+            raise DeviceError(f"qsched.qubit: {what} is not supported on pool {self.pool!r} (it is read from "
+                              "the state vector, which this pool's workers do not return; lightning pools do); "
+                              f"use qml.density_matrix(wires) (up to {convert.MAX_DENSITY_WIRES} wires), "
+                              f"probs on at most {convert.MAX_PROBS_WIRES} wires (2^k - 1 expectation values), "
+                              "expectation values or shots")
+        if not ap.needs_phase:
+            return
         for op in tape.operations:
             if isinstance(op, convert.MatrixGate):
                 raise DeviceError(f"qsched.qubit: qml.state() is not supported with "
@@ -535,7 +553,8 @@ class QschedDevice(Device):
         if groups:
             try:
                 session = self._handle.get()
-                tasks = [g.to_task(self._handle, method="adjoint" if gradient else None) for g in groups]
+                tasks = [g.to_task(self._handle, method="adjoint" if gradient else None, seed=self._task_seed(g))
+                         for g in groups]
                 submit_wait = getattr(session, "submit_wait", None)
                 if callable(submit_wait):
                     # one request that submits and waits: a small tape pays one round trip, not two
@@ -557,6 +576,11 @@ class QschedDevice(Device):
             self.tracker.update(batches=1, executions=len(tapes), tasks=len(groups))
             self.tracker.record()
         return plans
+
+    def _task_seed(self, group: TaskGroup) -> int | None:
+        if self._rng is None or group.kind != "sample":
+            return None
+        return int(self._rng.integers(0, 2**31 - 1))
 
     @staticmethod
     def _value(plan):

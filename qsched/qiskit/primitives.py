@@ -15,13 +15,12 @@ import warnings
 from collections.abc import Iterable
 
 import numpy as np
-from qiskit.circuit import QuantumCircuit
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2, PrimitiveResult
 from qiskit.primitives.containers.estimator_pub import EstimatorPub, EstimatorPubLike
 from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 
 from ..errors import QschedError
-from ..wire import SEED_METADATA_KEY
+from ..sdk import with_seed
 from .convert import (
     check_runnable,
     estimator_pub_to_task,
@@ -48,14 +47,6 @@ def pub_seeds(seed, n: int, distinct: bool = True) -> list[int | None]:
         raise ValueError(f"seed must be non-negative, got {seed}")
     return [base if i == 0 or not distinct else int(np.random.default_rng([base, i]).integers(0, 2**31 - 1))
             for i in range(n)]
-
-
-def with_seed(circuit: QuantumCircuit, seed: int | None) -> QuantumCircuit:
-    if seed is None:
-        return circuit
-    out = circuit.copy()
-    out.metadata = {**(circuit.metadata or {}), SEED_METADATA_KEY: seed}
-    return out
 
 
 def _submit(handle: SessionHandle, plans, seeds):

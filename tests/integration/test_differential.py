@@ -234,6 +234,68 @@ def test_matrix_operations_parameters(pl_device, reference, name):
     assert np.allclose(got_v, want_v, atol=1e-9) and np.allclose(got_j, want_j, atol=1e-7)
 
 
+# every qubit state preparation and embedding PennyLane ships, then qml.state(): the state vector
+# itself, global phase included (a BasisState once came back times (-i)^(number of 1 bits))
+_RNG = np.random.default_rng(5)
+_REAL16 = _RNG.normal(size=16)
+_REAL16 /= np.linalg.norm(_REAL16)
+_CPLX16 = _RNG.normal(size=16) + 1j * _RNG.normal(size=16)
+_CPLX16 /= np.linalg.norm(_CPLX16)
+_CPLX4 = _CPLX16[:4] / np.linalg.norm(_CPLX16[:4])
+_U16 = unitary_group.rvs(16, random_state=4)
+_ASP_W = _RNG.uniform(-2, 2, 2 ** (WIRES + 1) - 2)
+_QAOA_W = _RNG.uniform(-1, 1, (2, 8))
+_STATE_PREPS = {
+    "BasisState": lambda: [qml.BasisState(np.array([1, 0, 1, 1]), wires=range(WIRES))],
+    "BasisState(one)": lambda: [qml.BasisState(np.array([1]), wires=[2])],
+    "BasisState(some wires)": lambda: [qml.BasisState(np.array([1, 1]), wires=[3, 0])],
+    "BasisEmbedding": lambda: [qml.BasisEmbedding(13, wires=range(WIRES))],
+    "BasisEmbedding(some wires)": lambda: [qml.BasisEmbedding(1, wires=[1, 2])],
+    "StatePrep(real)": lambda: [qml.StatePrep(_REAL16, wires=range(WIRES))],
+    "StatePrep(complex)": lambda: [qml.StatePrep(_CPLX16, wires=range(WIRES))],
+    "StatePrep(complex, some wires)": lambda: [qml.StatePrep(_CPLX4, wires=[3, 1])],
+    "StatePrep(pad, normalize)": lambda: [qml.StatePrep(np.arange(1.0, 12.0), wires=range(WIRES),
+                                                        pad_with=0.5, normalize=True)],
+    "AmplitudeEmbedding(real)": lambda: [qml.AmplitudeEmbedding(_REAL16, wires=range(WIRES))],
+    "AmplitudeEmbedding(complex)": lambda: [qml.AmplitudeEmbedding(_CPLX16, wires=[2, 0, 3, 1])],
+    "AmplitudeEmbedding(pad, some wires)": lambda: [
+        qml.AmplitudeEmbedding(np.array([1.0, -2.0, 3.0]), wires=[1, 3], pad_with=0.0, normalize=True)],
+    "MottonenStatePreparation(real)": lambda: [qml.MottonenStatePreparation(_REAL16, wires=range(WIRES))],
+    "MottonenStatePreparation(complex)": lambda: [qml.MottonenStatePreparation(_CPLX16, wires=range(WIRES))],
+    "MultiplexerStatePreparation": lambda: [qml.MultiplexerStatePreparation(_CPLX4, wires=[0, 2])],
+    "QubitUnitary": lambda: [qml.QubitUnitary(_U16, wires=range(WIRES))],
+    "QubitUnitary(some wires)": lambda: [qml.QubitUnitary(_U4, wires=[3, 1])],
+    "ArbitraryStatePreparation": lambda: [qml.ArbitraryStatePreparation(_ASP_W, wires=range(WIRES))],
+    "AngleEmbedding(X)": lambda: [qml.AngleEmbedding([0.3, 1.2, -0.7, 2.0], wires=range(WIRES))],
+    "AngleEmbedding(Y)": lambda: [qml.AngleEmbedding([0.3, 1.2, -0.7], wires=range(3), rotation="Y")],
+    "AngleEmbedding(Z)": lambda: [qml.Hadamard(0), qml.Hadamard(1),
+                                  qml.AngleEmbedding([0.3, 1.2], wires=[0, 1], rotation="Z")],
+    "IQPEmbedding": lambda: [qml.IQPEmbedding([0.3, 1.2, -0.7, 2.0], wires=range(WIRES), n_repeats=2)],
+    "QAOAEmbedding": lambda: [qml.QAOAEmbedding([0.3, 1.2, -0.7, 2.0], _QAOA_W, wires=range(WIRES))],
+    "CosineWindow": lambda: [qml.CosineWindow(wires=range(WIRES))],
+    "Superposition": lambda: [qml.Superposition(np.sqrt([0.5, 0.3, 0.2]), [[1, 0, 1], [0, 1, 1], [1, 1, 0]],
+                                                wires=[0, 1, 2], work_wire=3)],
+    "BasisState then gates": lambda: [qml.BasisState(np.array([0, 1, 1, 0]), wires=range(WIRES)),
+                                      qml.Hadamard(0), qml.CNOT([1, 3]), qml.RZ(0.4, 2)],
+}
+STATE_PREPS = sorted(_STATE_PREPS)
+
+
+def _state_tapes():
+    return [qml.tape.QuantumScript(_STATE_PREPS[n](), [qml.state()]) for n in STATE_PREPS]
+
+
+def test_every_state_preparation_state_with_its_phase(diff_client):
+    """qml.state() on pool lightning (the pool that returns state vectors) equals lightning.qubit's,
+    compared as complex vectors: no phase normalisation."""
+    dev = qml.device("qsched.qubit", wires=WIRES, client=diff_client, pool="lightning")
+    got = qml.execute(_state_tapes(), dev)
+    dev.close()
+    want = qml.execute(_state_tapes(), qml.device("lightning.qubit", wires=WIRES))
+    bad = [n for n, g, w in zip(STATE_PREPS, got, want) if not np.allclose(g, w, atol=1e-9)]
+    assert not bad, f"states differ for {bad}"
+
+
 # observables lightning.qubit declares, each measured by expval and var
 _H2 = np.array([[1, 2 - 1j, 0, 0], [2 + 1j, 0, 0, 1], [0, 0, -1, 0.5], [0, 1, 0.5, 2]])
 

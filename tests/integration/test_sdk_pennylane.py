@@ -265,3 +265,47 @@ def test_state_with_its_global_phase_on_lightning_refused_on_aer(client):
     with pytest.raises(DeviceError, match=r"qml.state\(\) is not supported on pool 'aer'"):
         qml.QNode(f, aer)(0.7)
     aer.close()
+
+
+def test_seed_makes_samples_reproducible(client):
+    """seed= as lightning.qubit takes it: two devices with the same seed give the same samples call
+    for call; another seed gives others."""
+    def run(seed):
+        dev = qml.device("qsched.qubit", wires=3, client=client, seed=seed)
+
+        @qml.set_shots(200)
+        @qml.qnode(dev)
+        def f(x):
+            qml.RX(x, 0)
+            qml.Hadamard(1)
+            qml.CNOT([0, 2])
+            return qml.sample(wires=[0, 1, 2])
+        out = [f(1.1), f(0.4)]
+        dev.close()
+        return out
+    a, b, c = run(17), run(17), run(18)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], a[1]) and not np.array_equal(a[0], c[0])
+
+
+def test_analytic_probs_on_many_wires_read_from_the_state(client):
+    """Past 12 wires (2^k - 1 expectation values each) lightning pools square the state's amplitudes;
+    pools that return no state refuse it by name, saying why."""
+    n = 14
+
+    def f(x):
+        for w in range(n):
+            qml.RY(x * (w + 1) / n, w)
+        for w in range(n - 1):
+            qml.CNOT([w, w + 1])
+        return qml.probs(wires=range(n)), qml.expval(qml.Z(3))
+
+    dev = QschedDevice(wires=n, client=client)
+    got = qml.QNode(f, dev)(0.9)
+    want = qml.QNode(f, qml.device("lightning.qubit", wires=n))(0.9)
+    assert np.allclose(got[0], want[0], atol=1e-12) and np.allclose(got[1], want[1], atol=1e-12)
+    dev.close()
+    aer = QschedDevice(wires=n, pool="aer", client=client)
+    with pytest.raises(DeviceError, match=r"analytic qml.probs on more than 12 wires is not supported on pool 'aer'"):
+        qml.QNode(f, aer)(0.9)
+    aer.close()

@@ -175,19 +175,38 @@ def test_composite_instructions_run_on_every_pool(client):
         assert np.allclose(got.data.evs, want, atol=1e-9), pool
 
 
-def test_seed_makes_samples_reproducible(client):
+@pytest.mark.parametrize("pool", ["aer", "lightning"])
+def test_seed_makes_samples_reproducible(client, pool):
     qc = QuantumCircuit(2)
     qc.h(0)
     qc.cx(0, 1)
     qc.ry(0.7, 1)
     qc.measure_all()
-    s = SamplerV2(client=client, seed=7)
+    s = SamplerV2(client=client, seed=7, pool=pool)
     a, b = (s.run([qc, qc], shots=500).result() for _ in range(2))
     assert a[0].data.meas == b[0].data.meas and a[1].data.meas == b[1].data.meas
     assert a[0].data.meas != a[1].data.meas            # PUBs of one run draw distinct streams
     assert SamplerV2(client=client, seed=7).seed == 7
-    unseeded = SamplerV2(client=client).run([qc], shots=500).result()[0].data.meas
+    unseeded = SamplerV2(client=client, pool=pool).run([qc], shots=500).result()[0].data.meas
     assert unseeded != a[0].data.meas
+
+
+def test_parameters_inside_control_flow_bodies_on_aer(client):
+    """An angle inside if_test / for_loop bodies: pool aer answers what aer's own SamplerV2 answers."""
+    from qiskit_aer.primitives import SamplerV2 as AerSampler
+    x = Parameter("x")
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.measure(0, 0)
+    with qc.if_test((qc.clbits[0], 1)):
+        qc.rx(x, 1)
+    with qc.for_loop(range(2)):
+        qc.ry(x, 0)
+    qc.measure(1, 1)
+    rows = np.array([[0.3], [1.9]])
+    got = SamplerV2(client=client, pool="aer", seed=5).run([(qc, rows, 400)]).result()[0].data.c
+    want = AerSampler(seed=5).run([(qc, rows, 400)]).result()[0].data.c
+    assert got == want
 
 
 def test_empty_classical_register_and_no_registers(client):
@@ -216,3 +235,23 @@ def test_cancel_queued_job(client):
         job.result(timeout=30)
     for b in busy:
         assert b.result(timeout=120)[0].data.evs.shape == (150,)
+
+
+def test_non_linear_parameter_expressions_on_lightning(client):
+    """x*y, x**2 as angles: estimates equal StatevectorEstimator's and samples run on pool lightning;
+    a gradient task over them is refused at run() (its chain rule needs linear angles)."""
+    x, y = Parameter("x"), Parameter("y")
+    qc = QuantumCircuit(2)
+    qc.rx(x * y, 0)
+    qc.ry(x ** 2, 1)
+    qc.cx(0, 1)
+    rows = np.array([[0.4, 1.3], [-1.1, 0.7]])
+    pub = (qc, ["ZZ", "XI"], rows[:, None, :])
+    got = EstimatorV2(client=client, pool="lightning").run([pub]).result()[0].data.evs
+    assert np.allclose(got, StatevectorEstimator().run([pub]).result()[0].data.evs, atol=1e-10)
+    counts = SamplerV2(client=client, pool="lightning").run(
+        [(qc.measure_all(inplace=False), rows, 100)]).result()[0].data.meas.get_counts()
+    assert sum(counts.values()) == 200
+    with client.session(pool="lightning") as s, pytest.raises(BadRequest, match="not linear") as info:
+        s.submit("gradient", qc, rows, observables=["ZZ"])
+    assert info.value.field == "tasks[0].template"

@@ -48,6 +48,8 @@ def test_last_sleep_is_cut_to_the_time_left():
 def test_policy_from_env():
     assert RetryPolicy.from_env({}).total_s == 300.0
     assert RetryPolicy.from_env({"QSCHED_RETRY_S": "12.5"}).total_s == 12.5
+    assert RetryPolicy.from_env({}).first_contact().total_s == 10.0
+    assert RetryPolicy.from_env({"QSCHED_RETRY_S": "4", "QSCHED_CONNECT_S": "30"}).first_contact().total_s == 4
     assert not RetryPolicy.from_env({"QSCHED_RETRY_S": "0"}).enabled
     for bad in ("soon", "-1", "nan"):
         with pytest.raises(errors.ConfigError) as e:
@@ -183,12 +185,48 @@ def test_every_logical_submit_has_its_own_key():
 
 
 def test_gives_up_after_the_time_limit_with_the_last_error(caplog):
-    d = Daemon(*[gone() for _ in range(1000)], retry_s=20.0, rand=0.999)
+    d = Daemon({"status": "ok"}, *[gone() for _ in range(1000)], retry_s=20.0, rand=0.999)
+    d.run(d.core._op_health())                       # the daemon answered once, then went away
+    start = d.clock.t
     with caplog.at_level(logging.INFO, logger="qsched.client"), pytest.raises(Unreachable):
         d.run(d.core._op_health())
-    assert sum(d.slept) <= 20.0 and d.clock.t - 1000.0 >= 20.0
+    assert sum(d.slept) <= 20.0 and d.clock.t - start >= 20.0
     assert max(d.slept) <= 5.0
     assert [r.levelname for r in caplog.records] == ["INFO", "WARNING"]      # retrying; giving up
+
+
+def test_a_daemon_never_reached_is_reported_at_once_and_waited_for_briefly(caplog):
+    """No daemon behind the address (QSCHED_URL wrong or unset, nothing started): a WARNING on the
+    first failed try that says where it looked and what to do, and QSCHED_CONNECT_S (10 s), not the
+    300 s outage budget, before the error, which says the same."""
+    d = Daemon(*[gone() for _ in range(1000)], retry_s=300.0, rand=0.999)
+    with caplog.at_level(logging.INFO, logger="qsched.client"), pytest.raises(Unreachable) as info:
+        d.run(d.core._op_health())
+    assert 9.0 <= d.clock.t - 1000.0 <= 10.5
+    first = caplog.records[0]
+    assert first.levelname == "WARNING" and len(d.sent) > 1 and caplog.records == caplog.records[:1]
+    for text in (first.getMessage(), str(info.value)):
+        assert "unix:///fake.sock" in text and "QSCHED_URL" in text and "qsched up" in text
+    assert info.value.cause == "socket missing"
+
+
+def test_the_first_contact_budget_from_the_environment(monkeypatch):
+    monkeypatch.setenv("QSCHED_CONNECT_S", "2")
+    d = Daemon(*[gone() for _ in range(1000)], retry_s=None, rand=0.999)
+    with pytest.raises(Unreachable):
+        d.run(d.core._op_health())
+    assert 1.5 <= d.clock.t - 1000.0 <= 2.5
+    monkeypatch.setenv("QSCHED_CONNECT_S", "soon")
+    with pytest.raises(errors.ConfigError, match="QSCHED_CONNECT_S"):
+        RetryPolicy.from_env()
+
+
+def test_a_daemon_that_answered_even_with_an_error_gets_the_long_budget():
+    """A draining daemon (503) was reached: its restart is an outage, ridden through for retry_s."""
+    d = Daemon(DRAINING, *[gone() for _ in range(1000)], retry_s=60.0, rand=0.999)
+    with pytest.raises(Unreachable):
+        d.run(d.core._op_health())
+    assert d.clock.t - 1000.0 >= 60.0
 
 
 def test_zero_disables_retries():

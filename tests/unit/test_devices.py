@@ -93,6 +93,30 @@ def test_gradients_refuse_non_linear_angles(typ):
     assert isinstance(out, TaskError) and out.field == "template" and "not linear" in out.message
 
 
+@pytest.mark.parametrize("typ", ["aer", "lightning"])
+def test_non_linear_angles_are_estimated_and_sampled(typ):
+    """x*y, x**2, sin(x) + y as gate angles: estimates equal the reference's per row, samples follow
+    the same state (only gradients need linear angles)."""
+    x, y = Parameter("x"), Parameter("y")
+    qc = QuantumCircuit(3)
+    qc.rx(x * y, 0)
+    qc.ry(x ** 2, 1)
+    qc.cx(0, 2)
+    qc.rz(x.sin() + y, 2)
+    qc.h(2)
+    params = np.array([[0.4, 1.3], [-1.1, 0.7], [2.0, -0.5]])
+    dev = device(typ)
+    est = dev.run([TaskPayload("e", "estimate", "nl", qc, params, None, OBS)])[0]
+    assert not isinstance(est, Exception), est
+    np.testing.assert_allclose(est["evs"], reference(qc, params), atol=1e-10)
+    measured = qc.measure_all(inplace=False)
+    smp = dev.run([TaskPayload("s", "sample", "nls", measured, params[:1], 4000)])[0]
+    assert not isinstance(smp, Exception), smp
+    bits = np.unpackbits(np.asarray(smp["registers"]["meas"]["array"][0]), axis=-1)
+    p1 = np.sin(params[0, 0] * params[0, 1] / 2) ** 2          # qubit 0 (the last bit) after rx(x*y)
+    assert abs(bits[:, -1].mean() - p1) < 5 * np.sqrt(p1 * (1 - p1) / 4000)
+
+
 def test_a_failing_group_does_not_fail_the_others(problem):
     qc, params = problem
     t = Parameter("t")
