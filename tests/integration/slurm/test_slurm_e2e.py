@@ -303,7 +303,7 @@ def test_daemon_down_at_job_start_follows_plugstack(slurm, slurm_daemon, users, 
     """An admin socket nobody listens on is what a stopped daemon looks like to the plugin."""
     alice = users["qsalice"]
     out = alice.home / f"down-{on_down}.out"
-    slurm.set_plugstack(f"admin_socket={slurm.dir}/nowhere/admin.sock on_down={on_down}")
+    slurm.set_plugstack(f"admin_socket={slurm.dir}/nowhere/admin.sock on_down={on_down} retry=2")
     try:
         jid = slurm.sbatch("--gres=qpu:1", "-o", str(out), "--wrap=echo session=[$QSCHED_SESSION] url=$QSCHED_URL",
                            user=alice.name, cwd=alice.home)
@@ -319,6 +319,43 @@ def test_daemon_down_at_job_start_follows_plugstack(slurm, slurm_daemon, users, 
         assert info["JobState"] == "COMPLETED"
         assert "continuing without a quantum session" in text and "session=[]" in text
         assert "url=unix://" in text
+
+
+def test_jobs_that_start_while_the_daemon_restarts_get_their_sessions(slurm, slurm_daemon, users):
+    """A restart (an upgrade, a config change) must not fail the jobs that start meanwhile: the plugin
+    keeps trying to open the session for retry= seconds (default 30). Sixteen jobs, one a second,
+    across a restart that keeps the daemon away for ~8 s: every one COMPLETED with a session of its own,
+    bound to its job id."""
+    alice = users["qsalice"]
+    outs = [alice.home / f"restart-{i}.out" for i in range(16)]
+    slurm_daemon.stop()
+    stopped = time.monotonic()
+    jids: list[int] = []
+    started_meanwhile: list[int] = []
+    try:
+        for out in outs:
+            jids.append(slurm.sbatch("--gres=qpu:1", "-o", str(out), "--wrap=echo session=[$QSCHED_SESSION]",
+                                     user=alice.name, cwd=alice.home))
+            if time.monotonic() - stopped > 8 and slurm_daemon.proc.poll() is not None:
+                started_meanwhile = [j for j in jids if slurm.job(j)["JobState"] != "PENDING"]
+                slurm_daemon.start()
+            time.sleep(1)
+    finally:
+        if slurm_daemon.proc.poll() is not None:
+            slurm_daemon.start()
+    states = {j: slurm.wait_state(j, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)["JobState"] for j in jids}
+    failed = {j: (st, outs[i].read_text()) for i, (j, st) in enumerate(states.items()) if st != "COMPLETED"}
+    print(f"jobs started during the restart: {len(started_meanwhile)}; of 16 jobs, {len(failed)} not COMPLETED")
+    assert not failed, failed
+    assert started_meanwhile, "no job started while the daemon was away: the test proved nothing"
+    sessions = [out.read_text().strip() for out in outs]
+    assert all(x.startswith("session=[") and x != "session=[]" for x in sessions), sessions
+    assert len(set(sessions)) == 16
+    with slurm_daemon.client() as c:          # each session was bound to its job: its usage is the job's
+        deadline = time.monotonic() + 30
+        while not {str(j) for j in jids} <= {str(r["job_id"]) for r in c.accounting(since=0)}:
+            assert time.monotonic() < deadline, "a job's session never reached the ledger under its job id"
+            time.sleep(0.5)
 
 
 def test_submit_local_runs_the_same_script_on_rq(slurm_daemon, tmp_path, monkeypatch):
