@@ -441,7 +441,7 @@ def device_rows(devs: list[dict], draining: bool = False) -> list[dict]:
 @URL
 @fmt.listing_options("pool", "state")
 def device_list(url, **kw):
-    """Devices with their state as sinfo says it (up, down, drain), load and limits."""
+    """Devices with their state as sinfo says it (up, down, drain, pause, maint), load and limits."""
     lst = fmt.Listing.pop(kw)
     c = _client(url)
     draining = c.health().get("status") == "draining"

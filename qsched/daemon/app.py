@@ -291,9 +291,9 @@ class Daemon:
         if stuck:
             log.warning("background tasks still stopping at shutdown: %s", ", ".join(t.get_name() for t in stuck))
 
-    def _worker_lost(self, device: str) -> None:
+    def _worker_lost(self, device: str, pid: int | None = None) -> None:
         if self.supervisor is not None:
-            self.supervisor.lost(device)
+            self.supervisor.lost(device, pid)
 
     async def _drain(self, sch: Scheduler) -> None:
         """Stop accepting; batches still in an inbox go back to their queues (the next daemon runs them);

@@ -70,10 +70,16 @@ class WorkerSupervisor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
-    def lost(self, name: str) -> None:
+    def lost(self, name: str, pid: int | None = None) -> None:
         """The daemon saw the device's heartbeat stop: a worker process that is still here is stopped or
-        hung. Kill it; its watch starts a successor."""
+        hung. Kill it; its watch starts a successor. `pid`: whose heartbeat it was. A predecessor's
+        (killed, or from before a restart: its key outlived it) says nothing of the worker starting now,
+        which must not be killed for it."""
         proc = self.procs.get(name)
+        if proc is not None and pid is not None and proc.pid != pid:
+            log.info("device %s: the heartbeat that stopped was pid %s's, not its current worker's (%d)", name,
+                     pid, proc.pid)
+            return
         if proc is not None and proc.returncode is None and not self._stopping:
             log.error("worker for device %s (pid %d) stopped beating: killing it", name, proc.pid)
             proc.kill()
