@@ -610,6 +610,42 @@ def test_sacct_shows_the_jobs_quantum_usage(slurm, slurm_daemon, users, user_pyt
     assert ",tasks=2," in comment, comment
 
 
+def test_a_requeued_jobs_admin_comment_sums_its_runs(slurm, slurm_daemon, users, user_python):
+    """`scontrol requeue` runs the job again with a new session: its AdminComment adds the second run's
+    usage to the first's (runs=2) instead of keeping only the last run's."""
+    alice = users["qsalice"]
+    barrier = alice.home / "barrier-requeue"
+    barrier.mkdir(exist_ok=True)
+    barrier.chmod(0o777)
+    vqe = _script(alice, user_python, "vqe-requeue.py", VQE)
+    job = alice.home / "requeue.sh"
+    job.write_text(f"#!/bin/bash\n{vqe} 2 {barrier} 1\n"
+                   'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then echo first-run-done; sleep 300; fi\n')
+    job.chmod(0o755)
+    out = alice.home / "requeue.out"
+    jid = slurm.sbatch("--gres=qpu:1", "--requeue", "--open-mode=append", "-o", str(out), str(job),
+                       user=alice.name, cwd=alice.home)
+    try:
+        _wait(lambda: out.exists() and "first-run-done" in out.read_text(), 120, "the first run's tasks")
+        slurm.run("scontrol", "requeuehold", str(jid))
+        # the first run's session is closed (plugin or reconciler) and its usage written, then run two
+        first = _wait(lambda: "runs=" not in slurm.job(jid)["AdminComment"] and
+                      ",tasks=2" in slurm.job(jid)["AdminComment"] and slurm.job(jid)["AdminComment"], 60,
+                      "the first run's usage in AdminComment")
+        slurm.run("scontrol", "release", str(jid))
+        info = slurm.wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
+        assert info["JobState"] == "COMPLETED", out.read_text()
+        comment = _wait(lambda: "runs=2" in slurm.job(jid)["AdminComment"] and slurm.job(jid)["AdminComment"],
+                        30, "the second run's usage in AdminComment")
+    finally:
+        slurm.run("scancel", str(jid), check=False)
+    fields = dict(kv.split("=", 1) for kv in comment.split("qsched:", 1)[1].split(","))
+    before = dict(kv.split("=", 1) for kv in first.split("qsched:", 1)[1].split(","))
+    assert fields["tasks"] == "4" and fields["runs"] == "2", comment
+    assert fields["session"] != before["session"], (first, comment)
+    assert float(fields["device_s"]) > float(before["device_s"]) > 0, (first, comment)
+
+
 def _reload_policy(daemon, policy: dict) -> dict:
     """Rewrite the daemon's policy and SIGHUP it; returns the old policy once the log says the daemon took
     the new one."""
