@@ -966,11 +966,12 @@ class Scheduler:
         """Follow the workers' events stream (a dedicated connection: XREAD blocks)."""
         last = self.events_from
         while True:
-            for eid, fields in await self.store.read_events(redis, last):
+            for eid, ev, inline in await self.store.read_events(redis, last):
                 last = eid
                 try:
-                    inline = {k.decode().rsplit(":", 1)[-1]: v for k, v in fields.items() if k != b"e"}
-                    self.on_batch_done(json.loads(fields[b"e"]), inline)
+                    if ev is None:
+                        raise ValueError("the event does not parse")
+                    self.on_batch_done(ev, inline)
                 except Exception:
                     log.exception("bad event %s", eid)
 
