@@ -100,6 +100,9 @@ class Placed:
 
 
 class Index:
+    """Open sessions and their live tasks, each device's outstanding batches and why they were placed,
+    the bearer tokens of open sessions, and closed sessions whose batches may still end."""
+
     def __init__(self, devices: list[DeviceSpec], pools: dict[str, list[DeviceSpec]]):
         self.sessions: dict[str, SessionEntry] = {}
         self.tasks: dict[str, Task] = {}                 # live tasks only
