@@ -451,10 +451,12 @@ class Store:
         last = await self.r.xrevrange(keys.EVENTS, count=1)
         return _s(last[0][0]) if last else "0-0"
 
-    async def read_events(self, conn, after: str, *, block_ms: int = 1000, count: int = 500) -> list:
-        """Completion events after `after`, as (id, fields); `conn` is a connection of its own (XREAD blocks)."""
+    async def read_events(self, conn, after: str, *, block_ms: int = 1000,
+                          count: int = 500) -> list[tuple[str, dict | None, dict[str, bytes]]]:
+        """Completion events after `after`, as (id, event, inline results by task id); the event is None
+        when its body does not parse. `conn` is a connection of its own (XREAD blocks)."""
         resp = await conn.xread({keys.EVENTS: after}, block=block_ms, count=count)
-        return [e for _, entries in resp or () for e in entries]
+        return [(_s(eid), *parse_event(fields)) for _, entries in resp or () for eid, fields in entries]
 
     async def submitted_ids(self, sid: str, idempotency_key: str) -> list[str] | None:
         """The task ids an earlier submission with this key was answered with, if any."""
@@ -751,6 +753,16 @@ class DeviceQueue:
         """Give the lease up and clear the heartbeat, if they are still ours."""
         if self._release(keys=[self.lease], args=[token, 0]):
             self.r.delete(keys.device_heartbeat(self.device))
+
+
+def parse_event(fields: dict) -> tuple[dict | None, dict[str, bytes]]:
+    """A completion event's fields (COMPLETE_LUA): the event, and the small results that rode along
+    keyed by their task's key, whose last part is the task id."""
+    inline = {_s(k).rsplit(":", 1)[-1]: v for k, v in fields.items() if k != b"e"}
+    try:
+        return json.loads(fields[b"e"]), inline
+    except (KeyError, ValueError):
+        return None, inline
 
 
 def _pairs(h: dict) -> dict[str, tuple[float, float]]:
