@@ -43,6 +43,11 @@ class DeviceWatch:
         # while a window is on, its devices are in state maintenance; the Slurm mirror reads these too
         self.windows = windows
         self.store_ok = True
+        # heartbeat keys expire in the store's time: after the store (or this loop) stalled, every key
+        # may have lapsed though every worker is fine. A missing beat is believed only from here on.
+        self.believe_after = 0.0
+        self._last_read: float | None = None
+        self.interval_s = 0.5
 
     def device(self, name: str) -> DeviceEntry:
         dev = self.sch.index.devices.get(name)
@@ -53,6 +58,7 @@ class DeviceWatch:
 
     async def run(self, interval_s: float = 0.5) -> None:
         """Also watches the store: while Redis does not answer, health says so and the gauge reads 0."""
+        self.interval_s = interval_s
         down_since = None
         while True:
             try:
@@ -70,6 +76,7 @@ class DeviceWatch:
                     # from what it holds before the next write
                     self.sch.writer.store_changed()
                     self.sch.kick()
+                    self.believe_after = time.monotonic() + self.sch.config.heartbeat_timeout_s
                 self.store_ok = True
             self.sch.metrics.store_up.set(1 if self.store_ok else 0)
             await asyncio.sleep(interval_s)
@@ -81,9 +88,18 @@ class DeviceWatch:
         are lost with it. Also saves the learned cost model, usage and quota usage."""
         sch, m = self.sch, self.sch.metrics
         names = list(sch.index.devices)
-        for name, hb in zip(names, await sch.store.heartbeats(names)):
+        beats = await sch.store.heartbeats(names)
+        now, ttl = time.monotonic(), sch.config.heartbeat_timeout_s
+        if self._last_read is not None and now - self._last_read > self.interval_s + ttl / 2:
+            log.warning("the store (or this loop) stalled %.1f s: heartbeats missed meanwhile are not believed "
+                        "for %.1f s", now - self._last_read, ttl)
+            self.believe_after = now + ttl
+        self._last_read = now
+        for name, hb in zip(names, beats):
             dev = sch.index.devices[name]
             up = hb is not None
+            if not up and dev.alive and now < self.believe_after:
+                continue              # its worker gets one heartbeat period to beat again
             if hb is not None and not dev.alive:
                 log.info("device %s is up (worker pid %s)", name, hb.get("pid"))
                 sch.kick()
@@ -91,8 +107,8 @@ class DeviceWatch:
                 log.error("device %s is down: no heartbeat from its worker for %.1f s", name,
                           sch.config.heartbeat_timeout_s)
                 m.workers_lost.labels(name).inc()
-                if sch.on_worker_lost:
-                    sch.on_worker_lost(name)      # a local worker that is stopped or hung: restart it
+                if sch.on_worker_lost:            # a local worker that is stopped: restart it
+                    sch.on_worker_lost(name, dev.described.get("pid"))
             dev.alive = up
             if hb is not None:
                 dev.described = hb

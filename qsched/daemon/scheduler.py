@@ -44,7 +44,7 @@ log = logging.getLogger("qsched.scheduler")
 
 class Scheduler:
     def __init__(self, store: Store, config: Config, policy: Policy, metrics: Metrics, secret: bytes, *,
-                 on_worker_lost: Callable[[str], None] | None = None):
+                 on_worker_lost: Callable[[str, int | None], None] | None = None):
         self.store = store
         self.secret = secret                             # session tokens are HMACs of session ids
         self.config = config
