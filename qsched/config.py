@@ -143,6 +143,8 @@ class Config:
     maintenance: list[Window] = field(default_factory=list)      # planned windows (models.Window)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: str = "<defaults>"
+    # the top-level mapping as read: a reload names the sections that changed (qsched.daemon.app)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def socket_path(self) -> Path:
@@ -575,10 +577,14 @@ DEFAULT_DEVICES = [
 ]
 
 
+# the top-level keys of a config: a file with any of them is a whole config (else a bare policy mapping)
+CONFIG_KEYS = frozenset({"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users", "local",
+                         "maintenance"})
+
+
 def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     raw = _map(raw, "config")
-    _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users", "local",
-                   "maintenance"}, "config")
+    _unknown(raw, set(CONFIG_KEYS), "config")
     local = _map(raw.get("local"), "local")
     _unknown(local, {"workers"}, "local")
     state_dir = Path(os.path.expanduser(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
@@ -674,18 +680,30 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         maintenance=parse_windows(raw.get("maintenance"), devices),
         policy=policy,
         source=source,
+        raw=raw,
     )
 
 
 def _read_yaml(path: Path):
+    """The file's YAML. An empty file is refused: a config truncated by an editor or a failed copy must
+    not silently become the built-in defaults (at start, or at a reload, where it would reset the policy)."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})", field=str(path)) from None
     try:
-        return yaml.safe_load(text) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
+                          field=str(path)) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}", field=str(path)) from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty (no settings); to run on the built-in defaults, give no config file",
+                          field=str(path))
+    return raw
 
 
 def load_config(path: str | Path | None = None, *, known_types=None) -> Config:
@@ -696,10 +714,10 @@ def load_config(path: str | Path | None = None, *, known_types=None) -> Config:
     return parse_config(_read_yaml(Path(path)), source=str(path), known_types=known_types)
 
 
-def load_policy_file(path: str | Path, *, known_types=None) -> PolicyConfig:
-    """A policy file is either a bare policy mapping or a full config with a `policy:` section. A full
-    config is checked whole, as the daemon's SIGHUP reload reads it: a bad key anywhere refuses it."""
-    raw = _map(_read_yaml(Path(path)), "policy")
-    if "policy" in raw:
-        return parse_config(raw, source=str(path), known_types=known_types).policy
+def load_policy_file(path: str | Path, *, known_types=None) -> Config | PolicyConfig:
+    """A policy file is either a whole config (any top-level config key: the daemon's file, which the
+    caller must then check as the daemon does, qsched.daemon.check) or a bare policy mapping."""
+    raw = _read_yaml(Path(path))
+    if isinstance(raw, dict) and CONFIG_KEYS & set(raw):
+        return parse_config(raw, source=str(path), known_types=known_types)
     return parse_policy(raw)
