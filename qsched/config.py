@@ -87,6 +87,22 @@ class PolicyConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """The `slurm:` section, read by qsched.slurm.hooks (docs/admin/slurm.md)."""
+    enabled: bool | str = "auto"       # auto: when the Slurm client and a slurm.conf are present
+    backend: str = "auto"              # auto | cli | pyslurm
+    env: dict[str, str] = field(default_factory=dict)    # extra environment for the Slurm commands
+    munge_socket: str | None = None    # munged's socket, when not the default
+    reconcile_interval_s: float = 1.0  # an ended job's session closes within this (plus one squeue)
+    admin_comment: bool = True         # usage into the job's AdminComment at close (operator rights)
+    require_qpu: bool = True           # a job must ask for quantum access to get a session
+    # what `qsched slurm sync` writes for job_submit.lua; its keys are checked with the pools
+    # (qsched.slurm.site, from the daemon's check)
+    site: dict | None = None
+    mirror_maintenance: bool = True    # with site: device states as Slurm licence reservations
+
+
+@dataclass
 class Config:
     state_dir: Path
     redis_url: str | None = None          # may hold the password (from redis.password_file): see redact()
@@ -136,7 +152,7 @@ class Config:
     admin_uids: list[int] = field(default_factory=lambda: [0])
     trust_tcp: bool = False
     metrics_public: bool = True          # /metrics without a credential (Prometheus scrapes over TCP)
-    slurm: dict = field(default_factory=dict)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     users: dict[str, list[str]] = field(default_factory=dict)     # user -> accounts; the first is the default
     local_workers: int = field(default_factory=lambda: os.cpu_count() or 1)   # `qsched submit --local` jobs at once
     devices: list[DeviceSpec] = field(default_factory=list)
@@ -412,27 +428,32 @@ def check_spill(policy: PolicyConfig, pools: set[str]) -> None:
 SLURM_BACKENDS = ("auto", "cli", "pyslurm")
 
 
-def parse_slurm(d, path: str = "slurm") -> dict:
-    """The `slurm:` section (used by qsched.slurm.hooks): checked here so that `daemon check`, `policy
-    validate`, start and reload all refuse the same mistakes."""
+def _flag(d: dict, key: str, path: str, default: bool) -> bool:
+    return _type(d.get(key, default), bool, f"{path}.{key}", "true or false")
+
+
+def parse_slurm(d, path: str = "slurm") -> SlurmConfig:
     d = _map(d, path)
     _unknown(d, {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment",
                  "require_qpu", "site", "mirror_maintenance"}, path)
-    _map(d.get("site"), f"{path}.site")         # its keys: qsched.slurm.site (checked with the pools)
-    if d.get("enabled", "auto") not in ("auto", True, False):
-        raise ConfigError(f"{path}.enabled: expected auto, true or false, got {d['enabled']!r}",
-                          field=f"{path}.enabled")
-    if d.get("backend", "auto") not in SLURM_BACKENDS:
-        raise ConfigError(f"{path}.backend: expected one of {', '.join(SLURM_BACKENDS)}, got {d['backend']!r}",
+    enabled = d.get("enabled", "auto")
+    if enabled not in ("auto", True, False):
+        raise ConfigError(f"{path}.enabled: expected auto, true or false, got {enabled!r}", field=f"{path}.enabled")
+    backend = d.get("backend", "auto")
+    if backend not in SLURM_BACKENDS:
+        raise ConfigError(f"{path}.backend: expected one of {', '.join(SLURM_BACKENDS)}, got {backend!r}",
                           field=f"{path}.backend")
-    _map(d.get("env"), f"{path}.env")
-    if d.get("munge_socket") is not None:
-        _type(d["munge_socket"], str, f"{path}.munge_socket", "a path")
-    _num(d, "reconcile_interval_s", path, 1.0, lo=0.05, hi=60)
-    for flag in ("admin_comment", "require_qpu", "mirror_maintenance"):
-        if flag in d:
-            _type(d[flag], bool, f"{path}.{flag}", "true or false")
-    return d
+    sock = d.get("munge_socket")
+    return SlurmConfig(
+        enabled=enabled, backend=backend,
+        env={str(k): str(v) for k, v in _map(d.get("env"), f"{path}.env").items()},
+        munge_socket=None if sock is None else _type(sock, str, f"{path}.munge_socket", "a path"),
+        reconcile_interval_s=float(_num(d, "reconcile_interval_s", path, 1.0, lo=0.05, hi=60)),
+        admin_comment=_flag(d, "admin_comment", path, True),
+        require_qpu=_flag(d, "require_qpu", path, True),
+        site=None if d.get("site") is None else _map(d["site"], f"{path}.site"),
+        mirror_maintenance=_flag(d, "mirror_maintenance", path, True),
+    )
 
 
 def parse_users(d, path: str = "users") -> dict[str, list[str]]:

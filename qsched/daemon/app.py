@@ -26,6 +26,7 @@ from aiohttp import web
 from .. import redisconn
 from ..config import CONFIG_KEYS, Config, load_config
 from ..errors import ConfigError, QschedError
+from ..integration import SlurmIntegration
 from ..metrics import Metrics
 from ..policy import make_policy
 from ..store import Store
@@ -43,13 +44,13 @@ log = logging.getLogger("qsched.daemon")
 BACKOFF_MAX_S = 5.0
 
 
-def slurm_hooks(config: Config) -> dict:
+def slurm_hooks(config: Config) -> SlurmIntegration:
     """MUNGE identity, job checks and accounting, when the Slurm side is installed and configured."""
     try:
-        from ..slurm import daemon_hooks
+        from ..slurm import slurm_integration
     except ImportError:
-        return {}
-    return daemon_hooks(config)
+        return SlurmIntegration()
+    return slurm_integration(config)
 
 
 def sd_notify(path: str | None, state: str) -> None:
@@ -86,9 +87,10 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-def check(config: Config) -> dict:
+def check(config: Config) -> SlurmIntegration:
     """Everything start-up would refuse, without starting anything: the one validation path of start,
-    `daemon check`, `policy validate` and SIGHUP (the config was parsed already). Returns the hooks."""
+    `daemon check`, `policy validate` and SIGHUP (the config was parsed already). Returns the Slurm
+    integration it builds (it may run sinfo and munge: a running daemon calls it off its event loop)."""
     make_policy(config.policy)
     socket_gid(config.redis_socket_group)
     tls_context(config)
@@ -96,7 +98,7 @@ def check(config: Config) -> dict:
 
 
 class Daemon:
-    def __init__(self, config: Config, *, config_path: str | None = None, hooks: dict | None = None,
+    def __init__(self, config: Config, *, config_path: str | None = None, hooks: SlurmIntegration | None = None,
                  ready: Callable[[Scheduler], None] | None = None, known_types: set[str] | None = None):
         self.config = config
         self.config_path = config_path
@@ -183,7 +185,7 @@ class Daemon:
             self._lease_task = asyncio.create_task(self.lease.hold(self._step_down), name="leader-lease")
         if embedded is not None:
             self.spawn("embedded-redis", embedded.watch)
-        for extra in self.hooks.get("background", []):
+        for extra in self.hooks.background:
             self.spawn(getattr(extra, "__name__", "hook"), functools.partial(extra, sch))
         answers = self.answers = AnswerBudget(cfg.max_answer_bytes)       # one for both listeners
         await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks, parser=parser, answers=answers),
