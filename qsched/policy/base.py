@@ -4,10 +4,9 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ..config import PolicyConfig
-from ..errors import ConfigError
+from ..options import Option
+from .config import PolicyConfig
 from .usage import UsageLedger
 
 
@@ -22,41 +21,6 @@ class SessionInfo:
     user: str = ""
     weight: float = 1.0          # the session's own weight (a client may lower it, admins raise it)
     created: float = 0.0         # Unix time the session was opened
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a policy, read from the `policy:` section and checked there (config errors name it)."""
-    name: str
-    default: Any
-    doc: str = ""
-    lo: float | None = None
-    hi: float | None = None
-    kind: str = "number"          # number | integer | bool | choice
-    choices: tuple = ()
-
-    def parse(self, value, path: str):
-        where = f"{path}.{self.name}"
-        if value is None:
-            return self.default
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}: expected true or false, got {value!r}", field=where)
-            return value
-        if self.kind == "choice":
-            if value not in self.choices:
-                raise ConfigError(f"{where}: expected one of {', '.join(map(str, self.choices))}, got {value!r}",
-                                  field=where)
-            return value
-        integer = self.kind == "integer"
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-            raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}, got {value!r}",
-                              field=where)
-        if self.lo is not None and value < self.lo:
-            raise ConfigError(f"{where}: must be >= {self.lo}, got {value}", field=where, limit=self.lo)
-        if self.hi is not None and value > self.hi:
-            raise ConfigError(f"{where}: must be <= {self.hi}, got {value}", field=where, limit=self.hi)
-        return value
 
 
 class Policy:
