@@ -129,7 +129,7 @@ class Daemon:
     async def startup(self) -> None:
         cfg = self.config
         if self.hooks is None:            # before anything is created: a refused config leaves nothing behind
-            self.hooks = check(cfg)
+            self.hooks = await asyncio.to_thread(check, cfg)      # may run sinfo and munge
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
         fds = raise_fd_limit() - FD_RESERVE
