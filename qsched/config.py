@@ -13,7 +13,7 @@ from . import redisurl
 from .errors import ConfigError
 from .models import DeviceLimits, DeviceSpec, Window
 from .options import Option, defaults, read_options
-from .policy import policy_class
+from .policy import FairShare, policy_class
 from .policy.config import CLASS_OPTIONS, CLASSES_DEFAULT, POLICY_OPTIONS, ClassSpec, PolicyConfig, QuotaSpec
 
 # The scalar knobs of each section, declared once (qsched.options): read, bounded and checked for unknown
@@ -82,9 +82,11 @@ SLURM_OPTIONS = (
     Option("mirror_maintenance", True, "with slurm.site: device states and maintenance windows as Slurm "
            "licence reservations", kind="bool"),
 )
-# (section path, its options): the reference tables, in this order
+# (section path, its options), in the order of the reference table
 SCHEMA = (("redis", REDIS_OPTIONS), ("daemon", DAEMON_OPTIONS), ("auth", AUTH_OPTIONS),
           ("slurm", SLURM_OPTIONS), ("policy", POLICY_OPTIONS), ("policy.classes.NAME", CLASS_OPTIONS))
+# the table in docs/policy-reference.md: the config's knobs and the default policy's own options
+REFERENCE = (*SCHEMA, ("policy", FairShare.OPTIONS))
 _R, _D, _A, _S = (defaults(o) for o in (REDIS_OPTIONS, DAEMON_OPTIONS, AUTH_OPTIONS, SLURM_OPTIONS))
 
 
