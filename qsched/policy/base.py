@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..options import Option
@@ -219,35 +218,3 @@ class TieredQueues:
 
     def __len__(self) -> int:
         return len(self._live)
-
-
-class HeapQueues:
-    """Per-pool min-heaps of sessions with lazy deletion: O(log S) enqueue and pick."""
-
-    def __init__(self):
-        self._heaps: dict[str, list] = {}
-        self._live: dict[str, tuple] = {}      # sid -> the entry that is current
-        self._tie = itertools.count()
-
-    def push(self, pool: str, key, sid: str) -> None:
-        entry = (key, next(self._tie), sid)
-        self._live[sid] = entry
-        heapq.heappush(self._heaps.setdefault(pool, []), entry)
-
-    def pop(self, pool: str):
-        heap = self._heaps.get(pool)
-        while heap:
-            entry = heapq.heappop(heap)
-            if self._live.get(entry[2], ()) is entry:
-                del self._live[entry[2]]
-                return entry[2], entry[0]
-        return None, None
-
-    def discard(self, sid: str) -> None:
-        self._live.pop(sid, None)
-
-    def __contains__(self, sid: str) -> bool:
-        return sid in self._live
-
-
-Factory = Callable[[PolicyConfig], Policy]
