@@ -29,6 +29,7 @@ from ..errors import (
     Unauthorized,
     Unavailable,
 )
+from ..integration import SlurmIntegration
 from ..models import DeviceLimits, Task, TaskKind, TaskState
 from .identity import session_account, session_weight
 from .answers import AnswerBudget
@@ -39,7 +40,7 @@ log = logging.getLogger("qsched.api")
 
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 ADMIN = web.AppKey("admin", bool)
-HOOKS = web.AppKey("hooks", dict)
+HOOKS = web.AppKey("hooks", SlurmIntegration)
 PARSER = web.AppKey("parser", TemplateParser)
 ANSWERS = web.AppKey("answers", AnswerBudget)
 RESERVED = web.ResponseKey("answer_bytes", int)      # its share of the AnswerBudget, given back once sent
@@ -93,7 +94,7 @@ async def identify(request: web.Request, purpose: str) -> Caller:
     c = caller(request)
     cred = request.headers.get("X-Qsched-Munge")
     if c.uid is None and cred:
-        hook = request.app[HOOKS].get("munge")
+        hook = request.app[HOOKS].identify
         if hook is None:
             raise Unauthorized("authorization: this daemon cannot verify MUNGE credentials (munged does not "
                                "answer on its host; see slurm.munge_socket)", field="authorization")
@@ -266,8 +267,8 @@ async def open_session(request):
     hooks = request.app[HOOKS]
     if c.uid is not None:
         user, uid = c.user(), c.uid
-    elif "munge" in hooks and request.headers.get("X-Qsched-Munge"):
-        uid, user = await hooks["munge"](request.headers["X-Qsched-Munge"], "open")
+    elif hooks.identify and request.headers.get("X-Qsched-Munge"):
+        uid, user = await hooks.identify(request.headers["X-Qsched-Munge"], "open")
     elif sch.config.trust_tcp:
         user, uid = str(body.get("user", "anonymous")), -1
     else:
@@ -296,7 +297,7 @@ async def _open(request, body, *, user: str, uid: int, admin: bool):
                              field=f)
     job_id = "" if body.get("job_id") is None else str(body["job_id"])
     job_account = None
-    verify = request.app[HOOKS].get("verify_job")
+    verify = request.app[HOOKS].verify_job
     if verify and job_id:
         job = await verify(job_id, uid)
         job_account = (job or {}).get("account") or None
@@ -407,7 +408,7 @@ async def admin_only(request, handler):
 
 async def _close(request, sch, sid):
     record = await sch.close_session(sid)
-    on_close = request.app[HOOKS].get("on_close")
+    on_close = request.app[HOOKS].on_close
     if on_close:
         await on_close(record)
     return record
@@ -462,8 +463,8 @@ async def attach(request):
     entry = sch.session(request.match_info["sid"])
     c = caller(request)
     uid = c.uid
-    if uid is None and "munge" in request.app[HOOKS] and request.headers.get("X-Qsched-Munge"):
-        uid, _ = await request.app[HOOKS]["munge"](request.headers["X-Qsched-Munge"], "attach")
+    if uid is None and request.app[HOOKS].identify and request.headers.get("X-Qsched-Munge"):
+        uid, _ = await request.app[HOOKS].identify(request.headers["X-Qsched-Munge"], "attach")
     if uid is None:
         raise Unauthorized("authorization: attach needs a MUNGE credential or the local unix socket",
                            field="authorization")
@@ -810,13 +811,13 @@ async def queue(request):
     return web.json_response({"policy": sch.policy.name, "pools": pools, "sessions": sessions})
 
 
-def make_app(sch: Scheduler, *, admin: bool = False, hooks: dict | None = None,
+def make_app(sch: Scheduler, *, admin: bool = False, hooks: SlurmIntegration | None = None,
              parser: TemplateParser | None = None, answers: AnswerBudget | None = None) -> web.Application:
     middlewares = [errors_middleware, admin_only] if admin else [errors_middleware]
     app = web.Application(client_max_size=sch.config.max_body_bytes, middlewares=middlewares)
     app[SCHEDULER] = sch
     app[ADMIN] = admin
-    app[HOOKS] = hooks if hooks is not None else {}
+    app[HOOKS] = hooks if hooks is not None else SlurmIntegration()
     app[PARSER] = parser or TemplateParser(timeout_s=sch.config.parse_timeout_s,
                                            memory_bytes=sch.config.parse_memory_bytes)
     app[ANSWERS] = answers or AnswerBudget(sch.config.max_answer_bytes)

@@ -110,15 +110,17 @@ def test_munge_payload_binding():
         munge.parse_payload(b"something else")
 
 
-def test_daemon_hooks_config_is_checked():
-    from qsched.slurm import daemon_hooks
-
-    class Cfg:
-        slurm = {"enabled": False, "bogus": 1}
+def test_slurm_config_is_typed_and_checked():
+    from qsched.config import parse_config
+    from qsched.integration import SlurmIntegration
+    from qsched.slurm import slurm_integration
     with pytest.raises(ConfigError, match="bogus"):
-        daemon_hooks(Cfg())
-    Cfg.slurm = {"enabled": False}
-    assert set(daemon_hooks(Cfg())) <= {"munge"}  # MUNGE where munged answers, nothing Slurm
+        parse_config({"slurm": {"enabled": False, "bogus": 1}})
+    cfg = parse_config({"slurm": {"enabled": False, "env": {"SLURM_CONF": "/x"}}})
+    assert cfg.slurm.env == {"SLURM_CONF": "/x"} and cfg.slurm.reconcile_interval_s == 1.0
+    hooks = slurm_integration(cfg)        # MUNGE where munged answers, nothing Slurm
+    assert isinstance(hooks, SlurmIntegration)
+    assert (hooks.verify_job, hooks.on_close, hooks.background) == (None, None, ())
 
 
 # sshare -P -a -o Account,User,RawShares,NormShares,RawUsage,EffectvUsage,FairShare,LevelFS on Slurm 22.05
@@ -158,14 +160,11 @@ def test_sshare_parser_and_factors():
 
 
 def test_fairshare_source_slurm_needs_the_slurm_hooks():
-    from qsched.config import parse_policy
-    from qsched.slurm import daemon_hooks
-
-    class Cfg:
-        slurm = {"enabled": False}
-        policy = parse_policy({"fairshare_source": "slurm"})
+    from qsched.config import parse_config
+    from qsched.slurm import slurm_integration
+    cfg = parse_config({"slurm": {"enabled": False}, "policy": {"fairshare_source": "slurm"}})
     with pytest.raises(ConfigError) as e:
-        daemon_hooks(Cfg())
+        slurm_integration(cfg)
     assert e.value.field == "policy.fairshare_source"
 
 
