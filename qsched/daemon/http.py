@@ -57,11 +57,12 @@ async def json_body(request: web.Request, *, max_terms: int | None = None) -> di
     if _SURROGATE.search(raw):          # rare, so the whole body is checked only then
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
+        except (UnicodeEncodeError, RecursionError):
             raise BadRequest("body: lone UTF-16 surrogates are not text", field="body") from None
     return obj
 
 
+MAX_MESSAGE = 1000
 STREAM_ABOVE = 1 << 20
 TERMS_PRESCAN_ABOVE = 1 << 20         # smaller bodies parse in well under a millisecond
 STREAM_CHUNK = 256 << 10
@@ -105,7 +106,10 @@ async def errors_middleware(request, handler):
         if e.status < 500:
             request.app[SCHEDULER].metrics.rejected.labels(e.code).inc()
         headers = {"Retry-After": "1"} if e.status == 503 else None
-        return web.json_response(e.to_json(), status=e.status, headers=headers)
+        answer = e.to_json()
+        if len(e.message) > MAX_MESSAGE:       # never echo a large refused value whole
+            answer["error"]["message"] = e.message[:MAX_MESSAGE] + "..."
+        return web.json_response(answer, status=e.status, headers=headers)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SCHEDULER].config.max_body_bytes
         too_large = PayloadTooLarge(f"body: larger than the limit of {limit} bytes", field="body", limit=limit)

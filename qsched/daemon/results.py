@@ -47,32 +47,36 @@ def _response(body: bytes, status: int, reserved: int) -> web.Response:
 
 async def _gather(request, tids: list[str], ready: dict[str, bytes]) -> tuple[list[list], int]:
     """Each task's JSON fragments, and the bytes reserved of the AnswerBudget (released once sent).
-    `ready` holds results that came inline with completion events: not read again. The others are
-    read only within the budget: what does not fit is left for the next request, one result at least."""
+    `ready` holds results that came inline with completion events: not read again. Results are taken
+    in order while they fit in daemon.max_answer_bytes (the first one always); the others are left for
+    the next request (DEFERRED), so one answer never gathers more than that from Redis or the events."""
     sch = request.app[SCHEDULER]
     budget = request.app[ANSWERS]
-    found: dict[str, tuple[str, memoryview] | None] = {}
     missing = [t for t in tids if t not in ready]
-    sizes = []
+    sizes = {t: len(raw) for t, raw in ready.items()}
     for i in range(0, len(missing), READ_CHUNK):
-        sizes += await sch.store.result_sizes(missing[i:i + READ_CHUNK])
-    take, total = [], 0
-    for tid, n in zip(missing, sizes):
-        if n and total + n > budget.limit and total:
+        chunk = missing[i:i + READ_CHUNK]
+        sizes.update(zip(chunk, await sch.store.result_sizes(chunk)))
+    found: dict[str, tuple[str, memoryview] | None] = {}
+    read, total = [], 0
+    for tid in tids:
+        n = sizes.get(tid, 0)
+        if n and total and total + n > budget.limit:
             found[tid] = (DEFERRED, memoryview(b""))
-            continue
-        total += n
-        take.append(tid)
+        elif n:
+            total += n
+            if tid in ready:
+                found[tid] = split_result(ready[tid])
+            else:
+                read.append(tid)
     reserved = 0
     if total > STREAM_ABOVE:
         # held twice while the body is built (Redis's copy and the body), once while it is sent
         reserved = await budget.reserve(2 * total, sch.config.body_timeout_s)
     try:
-        with_body = [t for t, n in zip(missing, sizes) if n and found.get(t) is None]
-        for i in range(0, len(with_body), READ_CHUNK):
-            chunk = with_body[i:i + READ_CHUNK]
+        for i in range(0, len(read), READ_CHUNK):
+            chunk = read[i:i + READ_CHUNK]
             found.update(zip(chunk, await sch.store.results(chunk)))
-        found.update((t, split_result(raw)) for t, raw in ready.items())
         return await _parts(sch, tids, found), reserved
     except BaseException:
         await budget.release(reserved)

@@ -111,7 +111,20 @@ def pool_limits(sch: Scheduler, pool: str) -> DeviceLimits:
     devs = sch.pools[pool]
     return DeviceLimits(max_qubits=min(d.limits.max_qubits for d in devs),
                         max_shots=min(d.limits.max_shots for d in devs),
-                        max_bindings=min(d.limits.max_bindings for d in devs))
+                        max_bindings=min(d.limits.max_bindings for d in devs),
+                        max_result_bytes=min(d.limits.max_result_bytes for d in devs))
+
+
+def result_bytes(kind: str, info: dict, bindings: int, shots: int, observables: int) -> tuple[int, str]:
+    """The size of a task's result arrays, from its shape alone (before it runs), and how it was counted.
+    Samples: one packed bit array per classical register (the whole register measured when it has none);
+    estimates: evs and stds; gradients: evs and the jacobian (observables x parameters)."""
+    if kind == "sample":
+        per_shot = sum((size + 7) // 8 for _, size in info.get("cregs", ())) or (info["num_qubits"] + 7) // 8
+        return shots * bindings * per_shot, f"shots {shots} x bindings {bindings} x {per_shot} bytes per shot"
+    floats = 2 if kind == "estimate" else 1 + len(info["parameters"])
+    return (8 * floats * observables * bindings,
+            f"observables {observables} x bindings {bindings} x {8 * floats} bytes")
 
 
 async def check_runnable(sch: Scheduler, info: dict, pool: str, field: str) -> None:
@@ -168,18 +181,23 @@ async def parse_task(sch: Scheduler, sid: str, pool: str, obj, field: str, limit
                          field=f"{field}.shots", limit=limit.max_shots)
     if kind == "sample" and shots is None:
         raise BadRequest(f"{field}.shots: sample tasks need shots", field=f"{field}.shots")
-    observables = "[]"
+    observables, n_obs = "[]", 0
     if kind != "sample":
         raw_obs = obj.get("observables")
         if isinstance(raw_obs, list) and all(isinstance(o, list) for o in raw_obs):
             _check_terms(sum(len(o) for o in raw_obs), sch.config.max_terms_per_task, field)   # before the walk
         checked = wire.check_observables(raw_obs, info["num_qubits"], f"{field}.observables")
         _check_terms(sum(len(o) for o in checked), sch.config.max_terms_per_task, field)
-        observables = json.dumps(checked)
+        observables, n_obs = json.dumps(checked), len(checked)
     method = obj.get("method")
     if not (method is None or isinstance(method, str)) or method not in METHODS or (method and kind != "gradient"):
         raise BadRequest(f"{field}.method: gradient tasks take 'adjoint' or 'parameter-shift'",
                          field=f"{field}.method")
+    size, how = result_bytes(kind, info, params.shape[0], shots or 1, n_obs)
+    if size > limit.max_result_bytes:
+        raise BadRequest(f"{field}: its result would be {size} bytes ({how}), at most max_result_bytes = "
+                         f"{limit.max_result_bytes} on pool {pool!r}; split it into smaller tasks",
+                         field=field, limit=limit.max_result_bytes)
     t = Task(sch.new_task_id(sid), sid, kind, obj["template"], params.shape[0], shots, 0, 0.0, method=method)
     return t, observables, params.tobytes()
 
