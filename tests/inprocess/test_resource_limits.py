@@ -48,7 +48,8 @@ def test_a_wait_names_each_task_once_and_gathers_at_most_the_answer_budget(tmp_p
             # client whose replies pile up, rather than be OOM-killed
             assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
             assert int(r.config_get("maxmemory")["maxmemory"]) > 0
-            assert r.config_get("client-output-buffer-limit")["client-output-buffer-limit"].startswith("normal 1073741824")
+            buffers = r.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
+            assert buffers.startswith("normal 1073741824")
             r.close()
     asyncio.run(body())
 
