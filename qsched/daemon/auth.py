@@ -86,15 +86,21 @@ def visible_users(request: web.Request, c: Caller) -> set[str] | None:
     return wanted
 
 
-def authorize(request: web.Request, session, c: Caller | None = None) -> Caller:
+def credentials(request: web.Request, c: Caller | None = None) -> Caller:
+    """caller() (or c), refused when it shows no credential at all: before its body is read."""
     c = c or caller(request)
+    if c.uid is None and not c.token:
+        raise Unauthorized("authorization: a session token (Authorization: Bearer ...), a MUNGE credential "
+                           "(X-Qsched-Munge) or the local unix socket is required", field="authorization")
+    return c
+
+
+def authorize(request: web.Request, session, c: Caller | None = None) -> Caller:
+    c = credentials(request, c)
     if c.admin or (c.uid is not None and c.uid == session.uid):
         return c
     if c.token and request.app[SCHEDULER].check_token(session.id, c.token):
         return c
-    if c.uid is None and not c.token:
-        raise Unauthorized("authorization: a session token (Authorization: Bearer ...), a MUNGE credential "
-                           "(X-Qsched-Munge) or the local unix socket is required", field="authorization")
     raise Forbidden(f"session: {session.id} belongs to another user", field="session")
 
 

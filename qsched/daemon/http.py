@@ -26,22 +26,44 @@ RESERVED = web.ResponseKey("answer_bytes", int)      # its share of the AnswerBu
 _SURROGATE = re.compile(rb"\\[uU][dD][89a-fA-F]")
 
 
-async def read_body(request: web.Request) -> bytes:
+async def read_body(request: web.Request, max_bytes: int | None = None) -> bytes:
     """The body, within daemon.body_timeout_s: a client that announces a body and sends it slowly (or
-    never) does not hold a handler forever."""
+    never) does not hold a handler forever. max_bytes: this endpoint's own limit, below
+    daemon.max_body_bytes (a session open is a few hundred bytes; 64 MiB of `{},` took 1.7 GB and
+    seconds of the event loop to parse)."""
     limit = request.app[SCHEDULER].config.body_timeout_s
+    if max_bytes is not None and (request.content_length or 0) > max_bytes:
+        raise _too_large(request, max_bytes)
     try:
-        return await asyncio.wait_for(request.read(), limit)       # over client_max_size: 413
+        if max_bytes is None:
+            return await asyncio.wait_for(request.read(), limit)       # over client_max_size: 413
+        return await asyncio.wait_for(_read_at_most(request, max_bytes), limit)
     except asyncio.TimeoutError:
         raise RequestTimeout(f"body: not received within {limit:g} s", field="body", limit=limit) from None
 
 
-async def json_body(request: web.Request, *, max_terms: int | None = None) -> dict:
+async def _read_at_most(request: web.Request, max_bytes: int) -> bytes:
+    """A body without a Content-Length (chunked) is read until it passes max_bytes, not to its end."""
+    parts, size = [], 0
+    async for chunk in request.content.iter_chunked(64 << 10):
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(request, max_bytes)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(request: web.Request, max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"body: larger than {max_bytes} bytes, the limit of {request.method} {request.path}",
+                           field="body", limit=max_bytes)
+
+
+async def json_body(request: web.Request, *, max_terms: int | None = None, max_bytes: int | None = None) -> dict:
     """The body as a JSON object. With max_terms (a task submission), a body that must hold more Pauli
     terms than that is refused before it is parsed: a 24 MB body of 2,000,000 terms took json.loads
     1.9 s of the event loop. Every term is a JSON array and so is every observable, and a task adds a
     few more, so a body with more '[' than 2 x max_terms + 4 per object cannot be within the limit."""
-    raw = await read_body(request)
+    raw = await read_body(request, max_bytes)
     if not raw:
         return {}
     if max_terms is not None and len(raw) > TERMS_PRESCAN_ABOVE and \
@@ -63,6 +85,8 @@ async def json_body(request: web.Request, *, max_terms: int | None = None) -> di
 
 
 MAX_MESSAGE = 1000
+SMALL_BODY = 64 << 10          # a session open, an admin change: a few hundred bytes
+WAIT_BODY = 4 << 20            # 100,000 task ids
 STREAM_ABOVE = 1 << 20
 TERMS_PRESCAN_ABOVE = 1 << 20         # smaller bodies parse in well under a millisecond
 STREAM_CHUNK = 256 << 10

@@ -9,9 +9,9 @@ from aiohttp import web
 
 from .. import __version__, wire
 from ..errors import BadRequest, Forbidden, NotFound, Unauthorized
-from .auth import (authorize, authorize_session, authorize_task, caller, identify, munge_uid, require_identity,
-                   visible_users)
-from .http import HOOKS, PARSER, SCHEDULER, json_body, read_body
+from .auth import (authorize, authorize_session, authorize_task, caller, credentials, identify, munge_uid,
+                   require_identity, visible_users)
+from .http import HOOKS, PARSER, SCHEDULER, SMALL_BODY, WAIT_BODY, json_body, read_body
 from .identity import session_account, session_weight
 from .parsing import Limits
 from .results import task_response, tasks_response
@@ -40,18 +40,19 @@ async def metrics(request):
 
 @routes.post("/v1/sessions")
 async def open_session(request):
-    sch = request.app[SCHEDULER]
-    body = await json_body(request)
+    """The caller is known before the body is read, and the body is small."""
     c = caller(request)
-    if c.uid is not None:
-        user, uid = c.user(), c.uid
-    elif (proved := await munge_uid(request, "open")) is not None:
-        uid, user = proved
-    elif sch.config.trust_tcp:
-        user, uid = str(body.get("user", "anonymous")), -1
-    else:
+    proved = None if c.uid is not None else await munge_uid(request, "open")
+    if c.uid is None and proved is None and not request.app[SCHEDULER].config.trust_tcp:
         raise Unauthorized("authorization: opening a session over TCP needs a MUNGE credential "
                            "(X-Qsched-Munge) or the local unix socket", field="authorization")
+    body = await json_body(request, max_bytes=SMALL_BODY)
+    if c.uid is not None:
+        user, uid = c.user(), c.uid
+    elif proved is not None:
+        uid, user = proved
+    else:                     # trust_tcp: the client names itself
+        user, uid = str(body.get("user", "anonymous")), -1
     return await open_for(request, body, user=user, uid=uid, admin=c.admin)
 
 
@@ -195,7 +196,8 @@ async def get_task(request):
 
 @routes.post("/v1/tasks/wait")
 async def wait_tasks(request):
-    ids, timeout = wait_request(await json_body(request))
+    credentials(request)
+    ids, timeout = wait_request(await json_body(request, max_bytes=WAIT_BODY))
     for sid in {i.split(".", 1)[0] for i in ids}:
         await authorize_session(request, sid)
     return await tasks_response(request, ids, ready=await request.app[SCHEDULER].wait(ids, timeout))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import numpy as np
 import redis as redis_lib
@@ -81,9 +82,9 @@ def test_huge_or_non_finite_numbers_and_deep_nesting_are_a_4xx_naming_the_field(
             for weight in (b"1e4000", b"NaN", b"-Infinity", b"1" + b"0" * 400):
                 status, raw = await _post(api, "/v1/sessions", b'{"pool": "null", "weight": %s}' % weight)
                 assert status == 400 and b'"field": "weight"' in raw, (weight, raw)
-            huge = "x" * (8 << 20)
-            status, err = await api.call("POST", "/v1/sessions", {"pool": "null", "class": huge})
-            assert status == 400 and err["error"]["field"] == "class" and len(str(err)) < 1000
+            for huge, field in (("x" * 60_000, "class"), ("x" * (8 << 20), "body")):    # 8 MiB: item 3's limit
+                status, err = await api.call("POST", "/v1/sessions", {"pool": "null", "class": huge})
+                assert status in (400, 413) and err["error"]["field"] == field and len(str(err)) < 1000
             s = await api.session(pool="null")
             h = await api.template(s, one_qubit())
             _, out = await api.submit(s, h, 1)
@@ -102,4 +103,25 @@ def test_huge_or_non_finite_numbers_and_deep_nesting_are_a_4xx_naming_the_field(
             for where in (f"/v1/sessions/{s['id']}/templates", path, "/v1/tasks/wait"):
                 status, raw = await _post(api, where, deep, s["token"])
                 assert 400 <= status < 500, (where, raw)
+    asyncio.run(body())
+
+
+def test_the_caller_is_known_before_a_body_is_read_and_small_requests_have_small_limits(tmp_path):
+    """Issue 21 item 3: an open is a few hundred bytes; a body from nobody is not read at all."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False, daemon={"tcp": f"127.0.0.1:{port}"}) as (_, api, _):
+            status, raw = await _post(api, "/v1/sessions", b'{"pool": "null", "name": "%s"}' % (b"x" * (1 << 20)))
+            assert status == 413 and json.loads(raw)["error"]["limit"] == 64 << 10, raw
+            for path in ("/v1/sessions", "/v1/tasks/wait"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                # a body announced and never sent: answered at once, not after daemon.body_timeout_s
+                writer.write(f"POST {path} HTTP/1.1\r\nHost: q\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: 3000000\r\n\r\n".encode())
+                status_line = await asyncio.wait_for(reader.readline(), 2)
+                assert b" 401 " in status_line, (path, status_line)
+                writer.close()
     asyncio.run(body())
