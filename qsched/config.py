@@ -427,7 +427,7 @@ MERGE_BATCHES = {"emulated-qpu": 8, "qrmi": 8}
 def _parse_device(d, path: str, known_types) -> DeviceSpec:
     d = _map(d, path)
     _unknown(d, {"name", "type", "pool", "max_qubits", "max_shots", "max_bindings",
-                 "max_batch_bindings", "merge_batches", "merge_wait_s", "options", "start_worker",
+                 "max_batch_bindings", "max_result_bytes", "merge_batches", "merge_wait_s", "options", "start_worker",
                  "credentials_file", "cost_prior"}, path)
     for req in ("name", "type"):
         if req not in d:
@@ -447,6 +447,7 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
         max_shots=_num(d, "max_shots", path, 100_000, lo=1, integer=True),
         max_bindings=_num(d, "max_bindings", path, 100_000, lo=1, integer=True),
         max_batch_bindings=_num(d, "max_batch_bindings", path, 20_000, lo=1, integer=True),
+        max_result_bytes=_num(d, "max_result_bytes", path, 64 << 20, lo=1024, integer=True),
     )
     options = _map(d.get("options"), f"{path}.options")
     for key in options:

@@ -156,6 +156,7 @@ class DeviceLimits:
     max_shots: int = 100_000
     max_bindings: int = 100_000
     max_batch_bindings: int = 20_000   # merging stops here
+    max_result_bytes: int = 64 << 20   # a task whose result would be larger is refused at submit
 
 
 @dataclass

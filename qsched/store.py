@@ -1,7 +1,8 @@
 """The Redis repository. Connections are passed in; every multi-key change is one MULTI or one Lua call.
 
 Layout (names in keys.py): a session hash + pending list + usage hash; per task a hash (metadata and
-observables), a params string (raw float64) and, once finished, a result string (JSON, written once);
+observables), a params string (raw float64) and, once finished, a result string (state, newline,
+JSON body; written once: result_entry);
 templates as hashes (QPY bytes + info); batches as hashes; per device an inbox and a processing list;
 one events stream that workers append to and the daemon follows.
 """
@@ -25,6 +26,18 @@ from .models import Batch, Session, SessionState, Task, TaskState, Usage, Window
 INLINE_FIELDS = ("id", "kind", "template", "shots", "method", "observables", "submitted", "bindings", "params")
 EVENTS_MAXLEN = 10_000           # the daemon follows the stream live; this only bridges short gaps
 INLINE_RESULT_BYTES = 65_536
+
+
+def result_entry(state: str, body: str) -> str:
+    """A task's result as stored (and carried inline by its completion event): its final state
+    (DONE or FAILED), a newline, then the JSON body the worker wrote ({"result"...} or {"error"...})."""
+    return f"{state}\n{body}"
+
+
+def split_result(raw: bytes) -> tuple[str, memoryview]:
+    """A stored result -> (state, body); the body is a view, not a copy (results can be large)."""
+    cut = raw.find(b"\n")
+    return raw[:cut].decode(), memoryview(raw)[cut + 1:]
 
 # Worker side: the payloads of a batch that came without them, in one round trip.
 FETCH_LUA = """
@@ -53,7 +66,7 @@ for i = 5, #KEYS, 2 do
   local state = redis.call('HGET', tkey, 'state')
   if state and state ~= 'CANCELLED' and state ~= 'DONE' and state ~= 'FAILED'
      and redis.call('EXISTS', rkey) == 0 then
-    redis.call('SET', rkey, ARGV[j+1], 'EX', ttl)
+    redis.call('SET', rkey, ARGV[j] .. '\\n' .. ARGV[j+1], 'EX', ttl)
     redis.call('HSET', tkey, 'state', ARGV[j], 'finished', ARGV[5])
     redis.call('EXPIRE', tkey, ttl)
     redis.call('HINCRBY', KEYS[3], 'tasks', 1)
@@ -64,13 +77,14 @@ for i = 5, #KEYS, 2 do
 end
 redis.call('HINCRBYFLOAT', KEYS[3], 'device_seconds', ARGV[4])
 redis.call('EXPIRE', KEYS[4], ttl)
--- small results ride along with the event, so the daemon can answer a waiting client without a read
+-- small results (as stored: state, newline, body) ride along with the event, so the daemon can
+-- answer a waiting client without a read
 local ev = {'XADD', KEYS[2], 'MAXLEN', '~', '""" + str(EVENTS_MAXLEN) + """', '*', 'e', ARGV[2]}
 for i = 5, #KEYS, 2 do
   local j = 6 + (i - 5) * 2
   if #ARGV[j + 1] <= """ + str(INLINE_RESULT_BYTES) + """ then
     ev[#ev + 1] = KEYS[i]              -- the task's key: its last part is the task id
-    ev[#ev + 1] = ARGV[j + 1]
+    ev[#ev + 1] = ARGV[j] .. '\\n' .. ARGV[j + 1]
   end
 end
 redis.call(unpack(ev))
@@ -510,7 +524,7 @@ class Store:
 
     async def fail_tasks(self, tids: list[str], message: str) -> None:
         """Answer tasks that can never run with an error (written once, like a worker's result)."""
-        body = json.dumps({"error": {"code": "task_failed", "message": message}})
+        body = result_entry(TaskState.FAILED.value, json.dumps({"error": {"code": "task_failed", "message": message}}))
 
         def build(p):
             for tid in tids:
@@ -530,8 +544,10 @@ class Store:
     async def task_fields(self, tid: str, *fields: str) -> list:
         return [_s(v) for v in await self.r.hmget(keys.task(tid), *fields)]
 
-    async def results(self, tids: list[str]) -> list[bytes | None]:
-        return await self.r.mget([keys.task_result(t) for t in tids]) if tids else []
+    async def results(self, tids: list[str]) -> list[tuple[str, memoryview] | None]:
+        """Each task's (state, body) if it has a result: see split_result."""
+        raw = await self.r.mget([keys.task_result(t) for t in tids]) if tids else []
+        return [None if r is None else split_result(r) for r in raw]
 
     async def result_sizes(self, tids: list[str]) -> list[int]:
         async with self.r.pipeline(transaction=False) as p:
