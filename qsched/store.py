@@ -23,7 +23,8 @@ from .errors import Fenced, ReplicationTimeout
 from .models import Batch, Session, SessionState, Task, TaskState, Usage, Window
 
 # a task's payload as a worker needs it, inline in a batch or fetched (params: raw float64, base64 inline)
-INLINE_FIELDS = ("id", "kind", "template", "shots", "method", "observables", "submitted", "bindings", "params")
+INLINE_FIELDS = ("id", "kind", "template", "shots", "method", "observables", "submitted", "bindings", "seed",
+                 "params")
 EVENTS_MAXLEN = 10_000           # the daemon follows the stream live; this only bridges short gaps
 INLINE_RESULT_BYTES = 65_536
 

@@ -215,7 +215,8 @@ class Worker:
     def _payload(d: dict, circuit) -> TaskPayload:
         arr = np.frombuffer(d["params"], dtype="<f8").reshape(int(d["bindings"]), circuit.num_parameters)
         return TaskPayload(d["id"], d["kind"], d["template"], circuit, arr, int(d["shots"]) if d["shots"] else None,
-                           json.loads(d["observables"]) if d["observables"] else [], d["method"] or None)
+                           json.loads(d["observables"]) if d["observables"] else [], d["method"] or None,
+                           int(d["seed"]) if d.get("seed") not in (None, "") else None)
 
     def _load_any(self, tids: list[str]) -> list[TaskPayload]:
         """Tasks in any state (cancelled ones too), for splitting a remote job's results."""

@@ -122,7 +122,7 @@ def _attach_payloads(batches: list[Batch], items: Items) -> None:
             for tid in b.tasks:
                 t, obs, params = new[tid]
                 b.inline.append([t.id, t.kind, t.template, t.shots, t.method, obs, t.submitted, t.bindings,
-                                 base64.b64encode(params).decode()])
+                                 t.seed, base64.b64encode(params).decode()])
 
 
 async def cancel(sch: Scheduler, tid: str) -> str:

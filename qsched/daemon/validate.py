@@ -193,12 +193,17 @@ async def parse_task(sch: Scheduler, sid: str, pool: str, obj, field: str, limit
     if not (method is None or isinstance(method, str)) or method not in METHODS or (method and kind != "gradient"):
         raise BadRequest(f"{field}.method: gradient tasks take 'adjoint' or 'parameter-shift'",
                          field=f"{field}.method")
+    seed = obj.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+        raise BadRequest(f"{field}.seed: an integer in 0..2**63-1, got {echo(seed)}", field=f"{field}.seed",
+                         limit=2**63 - 1)
     size, how = result_bytes(kind, info, params.shape[0], shots or 1, n_obs)
     if size > limit.max_result_bytes:
         raise BadRequest(f"{field}: its result would be {size} bytes ({how}), at most max_result_bytes = "
                          f"{limit.max_result_bytes} on pool {pool!r}; split it into smaller tasks",
                          field=field, limit=limit.max_result_bytes)
-    t = Task(sch.new_task_id(sid), sid, kind, obj["template"], params.shape[0], shots, 0, 0.0, method=method)
+    t = Task(sch.new_task_id(sid), sid, kind, obj["template"], params.shape[0], shots, 0, 0.0, method=method,
+             seed=seed)
     return t, observables, params.tobytes()
 
 
