@@ -13,7 +13,7 @@ admin_routes = web.RouteTableDef()
 
 
 @admin_routes.post("/v1/admin/sessions")
-async def admin_open(request):
+async def admin_open(request: web.Request) -> web.Response:
     """Used by the SPANK plugin from slurmstepd: opens the job's session for the job's user."""
     body = await json_body(request, max_bytes=SMALL_BODY)
     for f, types in (("user", str), ("uid", int), ("job_id", (int, str))):
@@ -24,12 +24,12 @@ async def admin_open(request):
 
 
 @admin_routes.delete("/v1/admin/sessions/{sid}")
-async def admin_close(request):
+async def admin_close(request: web.Request) -> web.Response:
     return web.json_response(await close(request, request.match_info["sid"]))
 
 
 @admin_routes.post("/v1/admin/devices/{name}/state")
-async def set_device_state(request):
+async def set_device_state(request: web.Request) -> web.Response:
     state, reason = device_state_request(await json_body(request, max_bytes=SMALL_BODY))
     dev = await request.app[SCHEDULER].set_device_state(request.match_info["name"], state, reason,
                                                         who=caller(request).user())
@@ -37,7 +37,7 @@ async def set_device_state(request):
 
 
 @admin_routes.post("/v1/admin/devices/{name}/windows")
-async def add_window(request):
+async def add_window(request: web.Request) -> web.Response:
     """A planned maintenance window: {"start": epoch s, "end": epoch s | null, "reason": text}."""
     start, end, reason = window_request(await json_body(request, max_bytes=SMALL_BODY))
     w = await request.app[SCHEDULER].add_window(request.match_info["name"], start, end, reason,
@@ -46,7 +46,7 @@ async def add_window(request):
 
 
 @admin_routes.post("/v1/admin/sessions/{sid}")
-async def admin_update_session(request):
+async def admin_update_session(request: web.Request) -> web.Response:
     """`qsched session update SID --class C --weight W --hold [--reason R] | --release` (as scontrol
     update / hold / release): logged with the admin who made the change."""
     sch = request.app[SCHEDULER]

@@ -16,7 +16,6 @@ import functools
 import logging
 import os
 import signal
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from aiohttp import web
 
 from .. import redisconn
 from ..config import CONFIG_KEYS, Config, load_config
-from ..errors import ConfigError, QschedError
+from ..errors import QschedError
 from ..integration import SlurmIntegration
 from ..metrics import Metrics
 from ..policy import make_policy
@@ -33,68 +32,16 @@ from ..store import Store
 from .answers import AnswerBudget
 from .api import make_app
 from .connections import FD_RESERVE, AcceptErrorLog, ConnectionLimiter, LimitedRunner, raise_fd_limit
+from .gates import check, sd_notify, tls_context
 from .leader import LeaderLease
 from .parsing import TemplateParser
-from .redis_server import EmbeddedRedis, socket_gid
+from .redis_server import EmbeddedRedis
 from .scheduler import Scheduler
 from .supervisor import WorkerSupervisor
 
 log = logging.getLogger("qsched.daemon")
 
 BACKOFF_MAX_S = 5.0
-
-
-def slurm_hooks(config: Config) -> SlurmIntegration:
-    """MUNGE identity, job checks and accounting, when the Slurm side is installed and configured."""
-    try:
-        from ..slurm import slurm_integration
-    except ImportError:
-        return SlurmIntegration()
-    return slurm_integration(config)
-
-
-def sd_notify(path: str | None, state: str) -> None:
-    """Tell systemd (Type=notify) when the daemon is ready and when it stops: `After=qsched` then means
-    Redis, workers and listeners are up. No-op outside systemd."""
-    if not path:
-        return
-    addr = "\0" + path[1:] if path.startswith("@") else path          # '@': the abstract namespace
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(state.encode(), addr)
-    except OSError as e:
-        log.warning("sd_notify %s: %s", state, e)
-
-
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """The TCP listener's TLS (daemon.tls), or None; a certificate or key that does not load is a
-    ConfigError naming the field."""
-    if not config.tls_cert_file:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"daemon.tls.cert_file: cannot load it with key_file ({e})",
-                          field="daemon.tls.cert_file") from None
-    if config.tls_client_ca_file:
-        try:
-            ctx.load_verify_locations(config.tls_client_ca_file)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"daemon.tls.client_ca_file: cannot load ({e})",
-                              field="daemon.tls.client_ca_file") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED if config.tls_require_client_cert else ssl.CERT_OPTIONAL
-    return ctx
-
-
-def check(config: Config) -> SlurmIntegration:
-    """Everything start-up would refuse, without starting anything: the one validation path of start,
-    `daemon check`, `policy validate` and SIGHUP (the config was parsed already). Returns the Slurm
-    integration it builds (it may run sinfo and munge: a running daemon calls it off its event loop)."""
-    make_policy(config.policy)
-    socket_gid(config.redis_socket_group)
-    tls_context(config)
-    return slurm_hooks(config)
 
 
 class Daemon:

@@ -8,8 +8,10 @@ import re
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..errors import Forbidden, NotFound, Unauthorized
+from ..models import Session
 from .connections import peer_uid
 from .http import ADMIN, HOOKS, SCHEDULER
 
@@ -95,7 +97,7 @@ def credentials(request: web.Request, c: Caller | None = None) -> Caller:
     return c
 
 
-def authorize(request: web.Request, session, c: Caller | None = None) -> Caller:
+def authorize(request: web.Request, session: Session, c: Caller | None = None) -> Caller:
     c = credentials(request, c)
     if c.admin or (c.uid is not None and c.uid == session.uid):
         return c
@@ -133,7 +135,7 @@ async def require_identity(request: web.Request) -> Caller:
 
 
 @web.middleware
-async def admin_only(request, handler):
+async def admin_only(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The admin listener's gate (its socket is 0600 too): root or SlurmUser only."""
     if not caller(request).admin:
         raise Forbidden("admin: only root or SlurmUser on the admin socket", field="admin")

@@ -8,6 +8,7 @@ import logging
 import re
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
 from ..errors import BadRequest, PayloadTooLarge, QschedError, RequestTimeout, Unavailable
@@ -117,7 +118,7 @@ async def _stream(request: web.Request, resp: web.Response) -> web.StreamRespons
 
 
 @web.middleware
-async def errors_middleware(request, handler):
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         resp = await handler(request)
         try:

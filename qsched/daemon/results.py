@@ -45,7 +45,7 @@ def _response(body: bytes, status: int, reserved: int) -> web.Response:
     return resp
 
 
-async def _gather(request, tids: list[str], ready: dict[str, bytes]) -> tuple[list[list], int]:
+async def _gather(request: web.Request, tids: list[str], ready: dict[str, bytes]) -> tuple[list[list], int]:
     """Each task's JSON fragments, and the bytes reserved of the AnswerBudget (released once sent).
     `ready` holds results that came inline with completion events: not read again. Results are taken
     in order while they fit in daemon.max_answer_bytes (the first one always); the others are left for

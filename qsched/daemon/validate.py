@@ -6,10 +6,12 @@ import json
 import math
 
 import numpy as np
+from aiohttp import web
 
 from .. import wire
 from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..models import DeviceLimits, Task, TaskKind
+from .index import SessionEntry
 from .scheduler import Scheduler
 
 KINDS = {k.value for k in TaskKind}
@@ -22,7 +24,7 @@ MAX_WAIT_IDS = 100_000
 ECHO = 80                 # characters of a refused value quoted back in an error
 
 
-def echo(v) -> str:
+def echo(v: object) -> str:
     """A refused value as an error quotes it: never the whole of a large one."""
     r = repr(v)
     return r if len(r) <= ECHO else f"{r[:ECHO]}... ({len(r)} characters)"
@@ -35,7 +37,7 @@ def unknown_fields(body: dict, allowed: set[str]) -> None:
                          field=extra[0][:ECHO])
 
 
-def finite(v) -> float | None:
+def finite(v: object) -> float | None:
     """A JSON number as a finite float; None for anything else (a bool, NaN, 1e400, a 400-digit integer)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
@@ -88,7 +90,7 @@ def flag(body: dict, field: str) -> bool | None:
     return v
 
 
-def wait_seconds(request) -> float:
+def wait_seconds(request: web.Request) -> float:
     """The `wait` query (seconds), clamped to 0..MAX_WAIT_S."""
     try:
         f = finite(float(request.query.get("wait", 0)))
@@ -136,7 +138,7 @@ async def check_runnable(sch: Scheduler, info: dict, pool: str, field: str) -> N
                              f"{unsupported[name]}); use another pool or remove it", field=field)
 
 
-async def template_info(sch: Scheduler, digest, field: str) -> dict:
+async def template_info(sch: Scheduler, digest: object, field: str) -> dict:
     if not isinstance(digest, str) or len(digest) != 64:
         raise BadRequest(f"{field}: expected a 64-character sha256 hex digest", field=field)
     info = await sch.templates.get(digest)
@@ -151,7 +153,8 @@ def _check_terms(terms: int, limit: int, field: str) -> None:
                          field=f"{field}.observables", limit=limit)
 
 
-async def parse_task(sch: Scheduler, sid: str, pool: str, obj, field: str, limit: DeviceLimits):
+async def parse_task(sch: Scheduler, sid: str, pool: str, obj: object, field: str,
+                     limit: DeviceLimits) -> tuple[Task, str, bytes]:
     """One task of a submission -> (Task, observables JSON, raw float64 params)."""
     if not isinstance(obj, dict):
         raise BadRequest(f"{field}: expected an object", field=field)
@@ -207,7 +210,7 @@ async def parse_task(sch: Scheduler, sid: str, pool: str, obj, field: str, limit
     return t, observables, params.tobytes()
 
 
-async def parse_submission(sch: Scheduler, entry, body: dict) -> list:
+async def parse_submission(sch: Scheduler, entry: SessionEntry, body: dict) -> list:
     """A submission ({"tasks": [...]} or one task) -> parse_task's items, within the per-request terms."""
     cap = sch.config.max_terms_per_request
     many = "tasks" in body
