@@ -15,7 +15,8 @@ from .models import DeviceLimits, DeviceSpec, Window
 from .options import Option, defaults, read_options
 from .paths import daemon_socket, default_state_dir
 from .policy import FairShare, policy_class
-from .policy.config import CLASS_OPTIONS, CLASSES_DEFAULT, POLICY_OPTIONS, ClassSpec, PolicyConfig, QuotaSpec
+from .policy.config import (CLASS_OPTIONS, CLASSES_DEFAULT, POLICY_OPTIONS, POOL_OPTIONS, ClassSpec, PolicyConfig,
+                            PoolSpec, QuotaSpec)
 
 # The scalar knobs of each section, declared once (qsched.options): read, bounded and checked for unknown
 # keys by parse_config, the dataclasses' defaults, and docs/policy-reference.md's tables. The other keys
@@ -85,7 +86,8 @@ SLURM_OPTIONS = (
 )
 # (section path, its options), in the order of the reference table
 SCHEMA = (("redis", REDIS_OPTIONS), ("daemon", DAEMON_OPTIONS), ("auth", AUTH_OPTIONS),
-          ("slurm", SLURM_OPTIONS), ("policy", POLICY_OPTIONS), ("policy.classes.NAME", CLASS_OPTIONS))
+          ("slurm", SLURM_OPTIONS), ("policy", POLICY_OPTIONS), ("policy.classes.NAME", CLASS_OPTIONS),
+          ("policy.pools.NAME", POOL_OPTIONS))
 # the table in docs/policy-reference.md: the config's knobs and the default policy's own options
 REFERENCE = (*SCHEMA, ("policy", FairShare.OPTIONS))
 _R, _D, _A, _S = (defaults(o) for o in (REDIS_OPTIONS, DAEMON_OPTIONS, AUTH_OPTIONS, SLURM_OPTIONS))
@@ -215,7 +217,7 @@ def _weights(d, path) -> dict[str, float]:
     return out
 
 
-POLICY_KEYS = {"name", "weights", "classes", "quotas", "account_parents", *(o.name for o in POLICY_OPTIONS)}
+POLICY_KEYS = {"name", "weights", "classes", "pools", "quotas", "account_parents", *(o.name for o in POLICY_OPTIONS)}
 CLASS_KEYS = {"weight", "accounts", "users", "spill_to", *(o.name for o in CLASS_OPTIONS)}
 
 
@@ -239,6 +241,16 @@ def _parse_class(name: str, d, path: str, weight: float) -> ClassSpec:
         users=_names(d.get("users"), f"{path}.users"),
         spill_to=None if d.get("spill_to") is None else _type(d["spill_to"], str, f"{path}.spill_to", "a pool name"),
     )
+
+
+def _parse_pools(d, path: str) -> dict[str, PoolSpec]:
+    out = {}
+    for name, spec in _map(d, path).items():
+        ppath = f"{path}.{name}"
+        spec = _map(spec, ppath)
+        _unknown(spec, {o.name for o in POOL_OPTIONS}, ppath)
+        out[str(name)] = PoolSpec(str(name), **read_options(spec, POOL_OPTIONS, ppath))
+    return out
 
 
 PERIOD_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 7 * 86_400.0}
@@ -382,14 +394,19 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         user_weights=_weights(w.get("users"), f"{path}.weights.users"),
         class_weights={n: c.weight for n, c in classes.items()},
         classes=classes,
+        pools=_parse_pools(d.get("pools"), f"{path}.pools"),
         quotas=_parse_quotas(d.get("quotas"), f"{path}.quotas"),
         account_parents=_parse_parents(d.get("account_parents"), f"{path}.account_parents"),
         options=options,
     )
 
 
-def check_spill(policy: PolicyConfig, pools: set[str]) -> None:
-    """A class's spill_to must name a configured pool."""
+def check_pools(policy: PolicyConfig, pools: set[str]) -> None:
+    """A class's spill_to and each of policy.pools must name a configured pool."""
+    for name in policy.pools:
+        if name not in pools:
+            f = f"policy.pools.{name}"
+            raise ConfigError(f"{f}: no pool {name!r} (pools: {', '.join(sorted(pools))})", field=f)
     for c in policy.classes.values():
         if c.spill_to is not None and c.spill_to not in pools:
             f = f"policy.classes.{c.name}.spill_to"
@@ -597,7 +614,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         if names.count(n) > 1:
             raise ConfigError(f"devices: duplicate device name {n!r}", field="devices")
     policy = parse_policy(raw.get("policy"))
-    check_spill(policy, {d.pool for d in devices})
+    check_pools(policy, {d.pool for d in devices})
     return Config(
         state_dir=state_dir,
         redis_url=redis_url,

@@ -132,12 +132,12 @@ class DeviceWatch:
     async def save_usage(self) -> None:
         """Write the usage and quota entries changed since the last write (kept dirty if Redis refuses)."""
         quota, usage, store = self.sch.quota, self.sch.usage, self.sch.store
-        if quota.dirty:
-            used = quota.take_dirty()
+        if quota.dirty or quota.dirty_hours or quota.removed:
+            changed = quota.take_dirty()
             try:
-                await store.save_quota_usage(used)
+                await store.save_quota_usage(*changed)
             except RedisError:
-                quota.dirty.update(used)
+                quota.put_back(*changed)
                 raise
         if not usage.dirty:
             return

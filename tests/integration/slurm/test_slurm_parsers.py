@@ -281,3 +281,9 @@ def test_slurm_sync_writes_then_checks(tmp_path, monkeypatch):
     conf.write_text("Licenses=qpu_fast:4\n")
     r = CliRunner().invoke(cli, ["slurm", "sync", "--config", str(cfg), "--check"])
     assert r.exit_code == 0 and "in step" in r.output
+
+
+def test_user_accounts_default_first():
+    from qsched.slurm.adapter import parse_user_accounts
+    assert parse_user_accounts("phys|chem\nphys|phys\nphys|chem\n") == ["phys", "chem"]
+    assert parse_user_accounts("") == []
