@@ -11,7 +11,7 @@ import yaml
 
 from . import redisurl
 from .errors import ConfigError
-from .models import DeviceLimits, DeviceSpec, Window
+from .models import CONFIG_WINDOW, DeviceLimits, DeviceSpec, Window
 from .options import Option, defaults, read_options
 from .paths import daemon_socket, default_state_dir
 from .policy import FairShare, policy_class
@@ -311,7 +311,7 @@ def parse_window(d, path: str, devices: list[DeviceSpec]) -> Window:
     if end is not None and end <= start:
         raise ConfigError(f"{path}.end: must be after start", field=f"{path}.end")
     reason = _type(d.get("reason", ""), str, f"{path}.reason", "text")
-    return Window(pool=str(pool), start=start, end=end, devices=names, reason=reason[:200], id=f"config-{path}")
+    return Window(pool=str(pool), start=start, end=end, devices=names, reason=reason[:200], id=f"{CONFIG_WINDOW}{path}")
 
 
 def parse_windows(raw, devices: list[DeviceSpec]) -> list[Window]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from ..errors import BadRequest, NotFound
-from ..models import TaskState, Window
+from ..models import CONFIG_WINDOW, TaskState, Window
 from . import dispatch
 from .dispatcher import recall_waiting, requeued
 from .index import DeviceEntry
@@ -208,6 +208,19 @@ class DeviceWatch:
                 await self.sch.store.save_window(w)
                 log.warning("device %s resumed: maintenance window %s ended early", dev.spec.name, w.id)
 
+    async def reload_windows(self, old: list[Window], new: list[Window]) -> None:
+        """SIGHUP with a changed `maintenance:` section: the config's windows become `new`. One the admin
+        ended early (its stored end) stays ended while its config entry is unchanged; the admin's own
+        windows (`qsched device maintenance`) stay as they are."""
+        was = {w.id: w for w in old}
+        stored = {w.id: w for w in await self.sch.store.windows() if w.id.startswith(CONFIG_WINDOW)}
+        keep = {w.id for w in new if w.id in stored and was.get(w.id) == w}
+        self.windows[:] = ([w for w in self.windows if not w.id.startswith(CONFIG_WINDOW)]
+                           + [stored[w.id] if w.id in keep else w for w in new])
+        await self.sch.store.forget_windows([i for i in stored if i not in keep])
+        log.warning("SIGHUP: maintenance windows from the config reloaded (%d)", len(new))
+        await self.apply_windows(time.time())
+
     def windows_of(self, dev: DeviceEntry) -> list[Window]:
         return [w for w in self.windows if w.covers(dev.spec.name, dev.spec.pool)]
 
@@ -217,7 +230,7 @@ class DeviceWatch:
         ended = [w for w in self.windows if w.end is not None and w.end <= now]
         if ended:
             self.windows[:] = [w for w in self.windows if w not in ended]
-            await self.sch.store.forget_windows([w.id for w in ended if not w.id.startswith("config-")])
+            await self.sch.store.forget_windows([w.id for w in ended if not w.id.startswith(CONFIG_WINDOW)])
         for dev in self.sch.index.devices.values():
             on = [w for w in self.windows_of(dev) if w.on(now)]
             if on and dev.state == "online":
