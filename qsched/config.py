@@ -40,7 +40,11 @@ DAEMON_OPTIONS = (
     Option("heartbeat_timeout_s", 5.0, "a device whose worker sent no heartbeat this long is down: nothing is "
            "sent to it, and what it held is requeued to its pool", lo=0.5),
     Option("start_workers", True, "false when systemd runs `qsched-worker@DEVICE`", kind="bool"),
-    Option("result_ttl_s", 86_400, "how long results and closed sessions stay in Redis", lo=1, kind="integer"),
+    Option("result_ttl_s", 86_400, "how long results and closed sessions stay in Redis (the largest part of "
+           "Redis's size: docs/admin-guide.md, Sizing)", lo=1, kind="integer"),
+    Option("ledger_max_records", 500_000, "the accounting ledger (a Redis stream) keeps about this many newest "
+           "records of closed sessions (about 0.5 KB each); export older ones with `qsched acct`",
+           lo=1000, kind="integer"),
     Option("template_ttl_s", 7 * 86_400, "a template unused this long expires from Redis; clients upload it "
            "again when told it is gone", lo=7200, kind="integer"),
     # untrusted circuits are parsed in a child process with these bounds (daemon/parsing.py)
@@ -147,6 +151,7 @@ class Config:
     max_terms_per_request: int = _D["max_terms_per_request"]
     start_workers: bool = _D["start_workers"]
     result_ttl_s: int = _D["result_ttl_s"]
+    ledger_max_records: int = _D["ledger_max_records"]
     template_ttl_s: int = _D["template_ttl_s"]
     admin_uids: list[int] = field(default_factory=lambda: [0])
     trust_tcp: bool = _A["trust_tcp"]

@@ -287,9 +287,11 @@ class HotScript:
 class Store:
     """Async repository used by the daemon."""
 
-    def __init__(self, redis, *, result_ttl_s: int = 86_400, wait_replicas: int = 0, wait_timeout_ms: int = 100):
+    def __init__(self, redis, *, result_ttl_s: int = 86_400, wait_replicas: int = 0, wait_timeout_ms: int = 100,
+                 ledger_max_records: int = 500_000):
         self.r = redis
         self.ttl = result_ttl_s
+        self.ledger_max = ledger_max_records
         # acknowledged only once this many replicas have it (async replication loses the last writes of
         # a primary that dies; a promoted replica that has them loses nothing acknowledged)
         self.wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
@@ -347,7 +349,7 @@ class Store:
         return Usage.from_redis(_str(res[-1]))
 
     async def record_accounting(self, record: dict) -> None:
-        await self.r.xadd(keys.ACCOUNTING, {"e": json.dumps(record)}, maxlen=1_000_000, approximate=True)
+        await self.r.xadd(keys.ACCOUNTING, {"e": json.dumps(record)}, maxlen=self.ledger_max, approximate=True)
 
     async def accounting(self, since: float, limit: int, *, newest_first: bool = False,
                          match=lambda record: True, page: int = 1000) -> list[dict]:

@@ -155,7 +155,8 @@ class Daemon:
         stack.push_async_callback(parser.close)
         r_events = redisconn.async_client(url, dedicated=True)   # XREAD blocks: a connection of its own
         stack.push_async_callback(r_events.aclose)
-        store = Store(r, result_ttl_s=cfg.result_ttl_s, wait_replicas=cfg.redis_wait_replicas,
+        store = Store(r, result_ttl_s=cfg.result_ttl_s, ledger_max_records=cfg.ledger_max_records,
+                      wait_replicas=cfg.redis_wait_replicas,
                       wait_timeout_ms=cfg.redis_wait_timeout_ms)
         stack.push_async_callback(store.close)
         if cfg.leader_lease_s > 0:
