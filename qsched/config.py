@@ -40,8 +40,11 @@ DAEMON_OPTIONS = (
     Option("heartbeat_timeout_s", 5.0, "a device whose worker sent no heartbeat this long is down: nothing is "
            "sent to it, and what it held is requeued to its pool", lo=0.5),
     Option("start_workers", True, "false when systemd runs `qsched-worker@DEVICE`", kind="bool"),
-    Option("result_ttl_s", 86_400, "how long results and closed sessions stay in Redis (the largest part of "
-           "Redis's size: docs/admin-guide.md, Sizing)", lo=1, kind="integer"),
+    Option("result_ttl_s", 3600, "how long a finished task's result, parameters and record, and a closed "
+           "session, stay in Redis: the largest part of its size (docs/admin-guide.md, Sizing)", lo=1,
+           kind="integer"),
+    Option("events_retention_s", 600.0, "the workers' completion events (a Redis stream that carries results of "
+           "up to 64 KB inline) are trimmed once the daemon has read them and they are this old", lo=10.0),
     Option("ledger_max_records", 500_000, "the accounting ledger (a Redis stream) keeps about this many newest "
            "records of closed sessions (about 0.5 KB each); export older ones with `qsched acct`",
            lo=1000, kind="integer"),
@@ -152,6 +155,7 @@ class Config:
     start_workers: bool = _D["start_workers"]
     result_ttl_s: int = _D["result_ttl_s"]
     ledger_max_records: int = _D["ledger_max_records"]
+    events_retention_s: float = _D["events_retention_s"]
     template_ttl_s: int = _D["template_ttl_s"]
     admin_uids: list[int] = field(default_factory=lambda: [0])
     trust_tcp: bool = _A["trust_tcp"]

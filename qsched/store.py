@@ -348,6 +348,10 @@ class Store:
         res = await self._write(build)
         return Usage.from_redis(_str(res[-1]))
 
+    async def trim_events(self, before: str) -> None:
+        """Drop the events stream's entries older than id `before`."""
+        await self._write(lambda p: p.xtrim(keys.EVENTS, minid=before, approximate=False))
+
     async def record_accounting(self, record: dict) -> None:
         await self.r.xadd(keys.ACCOUNTING, {"e": json.dumps(record)}, maxlen=self.ledger_max, approximate=True)
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qsched.scheduler")
 
 ADMIN_STATES = ("online", "draining", "paused", "maintenance")
+TRIM_EVERY_S = 5.0                          # how often the events stream is trimmed (daemon.events_retention_s)
 WINDOW_REASON = "maintenance window "        # a state reason that says a window set the state
 WINDOW_WHO = "maintenance window"
 VENDOR = "vendor: "        # the reason of a state the vendor's status set (and may lift)
@@ -47,6 +48,7 @@ class DeviceWatch:
         # may have lapsed though every worker is fine. A missing beat is believed only from here on.
         self.believe_after = 0.0
         self._last_read: float | None = None
+        self._trimmed = 0.0                     # when the events stream was last trimmed
         self.interval_s = 0.5
 
     def device(self, name: str) -> DeviceEntry:
@@ -124,10 +126,23 @@ class DeviceWatch:
             sch.cost.dirty = False
             await sch.store.save_cost_model(dict(sch.cost.per_binding))
         await self.save_usage()
+        await self.trim_events()
         if sch.quota.specs:
             now = time.time()
             sch.release_quota_holds(now)
             sch.views.quota_gauges(now)
+
+    async def trim_events(self) -> None:
+        """Events read and older than daemon.events_retention_s go: each carries its batch's results
+        inline, so a count cap alone kept up to 10,000 results' worth in Redis (hundreds of MB)."""
+        sch, now = self.sch, time.time()
+        if now - self._trimmed < TRIM_EVERY_S:
+            return
+        self._trimmed = now
+        read_ms = int(sch.events_from.split("-")[0])
+        before = min(read_ms, int((now - sch.config.events_retention_s) * 1000))
+        if before > 0:
+            await sch.store.trim_events(f"{before}-0")
 
     async def save_usage(self) -> None:
         """Write the usage and quota entries changed since the last write (kept dirty if Redis refuses)."""

@@ -77,3 +77,27 @@ def test_the_ledger_keeps_about_its_configured_records(tmp_path):
             await r.aclose()
         assert 1000 <= n <= 1100, n           # trimmed by whole stream nodes (MAXLEN ~)
     asyncio.run(body())
+
+
+def test_events_read_and_older_than_their_retention_are_trimmed(tmp_path):
+    """Each completion event carries its batch's results: before, the stream kept 10,000 of them."""
+    async def body():
+        async with daemon(tmp_path, NULL) as (d, api, _):
+            sch = d.scheduler
+            s = await api.session(pool="null")
+            h = await api.template(s, one_qubit())
+            for _ in range(3):
+                _, out = await api.submit(s, h, 10)
+                await api.wait(s, out["ids"])
+            r = sch.store.r
+            n = await r.xlen(keys.EVENTS)
+            assert n >= 3
+            await sch.watch.trim_events()                  # read, but younger than events_retention_s
+            assert await r.xlen(keys.EVENTS) == n
+            sch.config.events_retention_s = 0.0            # (the config's floor is 10 s: not waited for here)
+            sch.watch._trimmed = 0.0
+            await sch.watch.trim_events()
+            read_ms = int(sch.events_from.split("-")[0])
+            left = [int(eid.split(b"-")[0]) for eid, _ in await r.xrange(keys.EVENTS)]
+            assert len(left) < n and all(ms >= read_ms for ms in left)   # only the last read millisecond's
+    asyncio.run(body())
