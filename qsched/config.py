@@ -11,11 +11,12 @@ import yaml
 
 from . import redisurl
 from .errors import ConfigError
-from .models import DeviceLimits, DeviceSpec, Window
+from .models import CONFIG_WINDOW, DeviceLimits, DeviceSpec, Window
 from .options import Option, defaults, read_options
 from .paths import daemon_socket, default_state_dir
 from .policy import FairShare, policy_class
-from .policy.config import CLASS_OPTIONS, CLASSES_DEFAULT, POLICY_OPTIONS, ClassSpec, PolicyConfig, QuotaSpec
+from .policy.config import (CLASS_OPTIONS, CLASSES_DEFAULT, POLICY_OPTIONS, POOL_OPTIONS, ClassSpec, PolicyConfig,
+                            PoolSpec, QuotaSpec)
 
 # The scalar knobs of each section, declared once (qsched.options): read, bounded and checked for unknown
 # keys by parse_config, the dataclasses' defaults, and docs/policy-reference.md's tables. The other keys
@@ -39,7 +40,14 @@ DAEMON_OPTIONS = (
     Option("heartbeat_timeout_s", 5.0, "a device whose worker sent no heartbeat this long is down: nothing is "
            "sent to it, and what it held is requeued to its pool", lo=0.5),
     Option("start_workers", True, "false when systemd runs `qsched-worker@DEVICE`", kind="bool"),
-    Option("result_ttl_s", 86_400, "how long results and closed sessions stay in Redis", lo=1, kind="integer"),
+    Option("result_ttl_s", 3600, "how long a finished task's result, parameters and record, and a closed "
+           "session, stay in Redis: the largest part of its size (docs/admin-guide.md, Sizing)", lo=1,
+           kind="integer"),
+    Option("events_retention_s", 600.0, "the workers' completion events (a Redis stream that carries results of "
+           "up to 64 KB inline) are trimmed once the daemon has read them and they are this old", lo=10.0),
+    Option("ledger_max_records", 500_000, "the accounting ledger (a Redis stream) keeps about this many newest "
+           "records of closed sessions (about 0.5 KB each); export older ones with `qsched acct`",
+           lo=1000, kind="integer"),
     Option("template_ttl_s", 7 * 86_400, "a template unused this long expires from Redis; clients upload it "
            "again when told it is gone", lo=7200, kind="integer"),
     # untrusted circuits are parsed in a child process with these bounds (daemon/parsing.py)
@@ -85,7 +93,8 @@ SLURM_OPTIONS = (
 )
 # (section path, its options), in the order of the reference table
 SCHEMA = (("redis", REDIS_OPTIONS), ("daemon", DAEMON_OPTIONS), ("auth", AUTH_OPTIONS),
-          ("slurm", SLURM_OPTIONS), ("policy", POLICY_OPTIONS), ("policy.classes.NAME", CLASS_OPTIONS))
+          ("slurm", SLURM_OPTIONS), ("policy", POLICY_OPTIONS), ("policy.classes.NAME", CLASS_OPTIONS),
+          ("policy.pools.NAME", POOL_OPTIONS))
 # the table in docs/policy-reference.md: the config's knobs and the default policy's own options
 REFERENCE = (*SCHEMA, ("policy", FairShare.OPTIONS))
 _R, _D, _A, _S = (defaults(o) for o in (REDIS_OPTIONS, DAEMON_OPTIONS, AUTH_OPTIONS, SLURM_OPTIONS))
@@ -145,6 +154,8 @@ class Config:
     max_terms_per_request: int = _D["max_terms_per_request"]
     start_workers: bool = _D["start_workers"]
     result_ttl_s: int = _D["result_ttl_s"]
+    ledger_max_records: int = _D["ledger_max_records"]
+    events_retention_s: float = _D["events_retention_s"]
     template_ttl_s: int = _D["template_ttl_s"]
     admin_uids: list[int] = field(default_factory=lambda: [0])
     trust_tcp: bool = _A["trust_tcp"]
@@ -215,7 +226,7 @@ def _weights(d, path) -> dict[str, float]:
     return out
 
 
-POLICY_KEYS = {"name", "weights", "classes", "quotas", "account_parents", *(o.name for o in POLICY_OPTIONS)}
+POLICY_KEYS = {"name", "weights", "classes", "pools", "quotas", "account_parents", *(o.name for o in POLICY_OPTIONS)}
 CLASS_KEYS = {"weight", "accounts", "users", "spill_to", *(o.name for o in CLASS_OPTIONS)}
 
 
@@ -239,6 +250,16 @@ def _parse_class(name: str, d, path: str, weight: float) -> ClassSpec:
         users=_names(d.get("users"), f"{path}.users"),
         spill_to=None if d.get("spill_to") is None else _type(d["spill_to"], str, f"{path}.spill_to", "a pool name"),
     )
+
+
+def _parse_pools(d, path: str) -> dict[str, PoolSpec]:
+    out = {}
+    for name, spec in _map(d, path).items():
+        ppath = f"{path}.{name}"
+        spec = _map(spec, ppath)
+        _unknown(spec, {o.name for o in POOL_OPTIONS}, ppath)
+        out[str(name)] = PoolSpec(str(name), **read_options(spec, POOL_OPTIONS, ppath))
+    return out
 
 
 PERIOD_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 7 * 86_400.0}
@@ -299,7 +320,7 @@ def parse_window(d, path: str, devices: list[DeviceSpec]) -> Window:
     if end is not None and end <= start:
         raise ConfigError(f"{path}.end: must be after start", field=f"{path}.end")
     reason = _type(d.get("reason", ""), str, f"{path}.reason", "text")
-    return Window(pool=str(pool), start=start, end=end, devices=names, reason=reason[:200], id=f"config-{path}")
+    return Window(pool=str(pool), start=start, end=end, devices=names, reason=reason[:200], id=f"{CONFIG_WINDOW}{path}")
 
 
 def parse_windows(raw, devices: list[DeviceSpec]) -> list[Window]:
@@ -382,14 +403,19 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         user_weights=_weights(w.get("users"), f"{path}.weights.users"),
         class_weights={n: c.weight for n, c in classes.items()},
         classes=classes,
+        pools=_parse_pools(d.get("pools"), f"{path}.pools"),
         quotas=_parse_quotas(d.get("quotas"), f"{path}.quotas"),
         account_parents=_parse_parents(d.get("account_parents"), f"{path}.account_parents"),
         options=options,
     )
 
 
-def check_spill(policy: PolicyConfig, pools: set[str]) -> None:
-    """A class's spill_to must name a configured pool."""
+def check_pools(policy: PolicyConfig, pools: set[str]) -> None:
+    """A class's spill_to and each of policy.pools must name a configured pool."""
+    for name in policy.pools:
+        if name not in pools:
+            f = f"policy.pools.{name}"
+            raise ConfigError(f"{f}: no pool {name!r} (pools: {', '.join(sorted(pools))})", field=f)
     for c in policy.classes.values():
         if c.spill_to is not None and c.spill_to not in pools:
             f = f"policy.classes.{c.name}.spill_to"
@@ -597,7 +623,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         if names.count(n) > 1:
             raise ConfigError(f"devices: duplicate device name {n!r}", field="devices")
     policy = parse_policy(raw.get("policy"))
-    check_spill(policy, {d.pool for d in devices})
+    check_pools(policy, {d.pool for d in devices})
     return Config(
         state_dir=state_dir,
         redis_url=redis_url,

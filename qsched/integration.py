@@ -12,6 +12,9 @@ Identify = Callable[[str, str], Awaitable[tuple[int, str]]]
 # (job id, uid) -> the job's facts (account, user, uid, job_id): admin open by the SPANK plugin; refuses a
 # job that is not RUNNING, not the uid's, or that did not ask for quantum access
 VerifyJob = Callable[[str, int], Awaitable[dict]]
+# user name -> the user's Slurm accounts, the default first ([] when Slurm does not know the user): the
+# account of a session without a job, so that no session escapes its person's account quota
+UserAccounts = Callable[[str], Awaitable[list[str]]]
 # a closed session's usage record -> written to the job's AdminComment
 OnClose = Callable[[dict], Awaitable[None]]
 # a loop the daemon runs (supervised) with its scheduler: the reconciler, the sshare importer, the mirror
@@ -22,5 +25,6 @@ Background = Callable[[Any], Awaitable[None]]
 class SlurmIntegration:
     identify: Identify | None = None
     verify_job: VerifyJob | None = None
+    user_accounts: UserAccounts | None = None
     on_close: OnClose | None = None
     background: tuple[Background, ...] = ()

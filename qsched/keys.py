@@ -97,7 +97,13 @@ def usage(kind: str) -> str:
     return f"{PREFIX}usage:{kind}"
 
 
-QUOTA_USED = PREFIX + "quota:used"            # hash: quota key ("chem", "user:alice") -> "device-s window-start"
+# hash: quota key ("chem", "user:alice") -> "device-s window-start period-s since"
+QUOTA_USED = PREFIX + "quota:used"
+
+
+def quota_hours(key: str) -> str:
+    """Hash: a quota's device-seconds per hour (hour start -> seconds), what a period change recomputes from."""
+    return f"{PREFIX}quota:hours:{key}"
 
 
 RQ_QUEUE = "qsched-jobs"     # RQ's own keys derive from it (rq:queue:qsched-jobs): `qsched submit --local`

@@ -178,6 +178,9 @@ class DeviceSpec:
     cost_prior: dict = field(default_factory=dict)
 
 
+CONFIG_WINDOW = "config-"           # the id prefix of the config's windows (config-maintenance[i])
+
+
 @dataclass(frozen=True)
 class Window:
     """A maintenance window over a pool, or some of its devices (`devices` empty: the whole pool); end

@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,6 +21,9 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 from . import keys
 from .errors import Fenced, ReplicationTimeout
 from .models import Batch, Session, SessionState, Task, TaskState, Usage, Window
+
+# a quota's stored use: (device-seconds, window start, period_s, since), see qsched.policy.quota
+QuotaEntry = tuple[float, float, float, float]
 
 # a task's payload as a worker needs it, inline in a batch or fetched (params: raw float64, base64 inline)
 INLINE_FIELDS = ("id", "kind", "template", "shots", "method", "observables", "submitted", "bindings", "seed",
@@ -285,9 +288,11 @@ class HotScript:
 class Store:
     """Async repository used by the daemon."""
 
-    def __init__(self, redis, *, result_ttl_s: int = 86_400, wait_replicas: int = 0, wait_timeout_ms: int = 100):
+    def __init__(self, redis, *, result_ttl_s: int = 86_400, wait_replicas: int = 0, wait_timeout_ms: int = 100,
+                 ledger_max_records: int = 500_000):
         self.r = redis
         self.ttl = result_ttl_s
+        self.ledger_max = ledger_max_records
         # acknowledged only once this many replicas have it (async replication loses the last writes of
         # a primary that dies; a promoted replica that has them loses nothing acknowledged)
         self.wait = (wait_replicas, wait_timeout_ms) if wait_replicas > 0 else None
@@ -344,8 +349,12 @@ class Store:
         res = await self._write(build)
         return Usage.from_redis(_str(res[-1]))
 
+    async def trim_events(self, before: str) -> None:
+        """Drop the events stream's entries older than id `before`."""
+        await self._write(lambda p: p.xtrim(keys.EVENTS, minid=before, approximate=False))
+
     async def record_accounting(self, record: dict) -> None:
-        await self.r.xadd(keys.ACCOUNTING, {"e": json.dumps(record)}, maxlen=1_000_000, approximate=True)
+        await self.r.xadd(keys.ACCOUNTING, {"e": json.dumps(record)}, maxlen=self.ledger_max, approximate=True)
 
     async def accounting(self, since: float, limit: int, *, newest_first: bool = False,
                          match=lambda record: True, page: int = 1000) -> list[dict]:
@@ -588,14 +597,44 @@ class Store:
             res = await p.execute()
         return {kind: _pairs(h) for kind, h in zip(kinds, res)}
 
-    async def save_quota_usage(self, entries: dict[str, tuple[float, float]]) -> None:
-        """Quota usage (key -> (device-seconds, window start)), see keys.QUOTA_USED."""
-        if entries:
-            used = {k: f"{v!r} {w!r}" for k, (v, w) in entries.items()}
-            await self._write(lambda p: p.hset(keys.QUOTA_USED, mapping=used))
+    async def save_quota_usage(self, entries: dict[str, QuotaEntry],
+                               hours: dict[str, dict[float, float | None]] | None = None,
+                               removed: Iterable[str] = ()) -> None:
+        """Quota use (key -> (device-seconds, window start, period, since)), its hourly use (None: delete
+        the hour) and the quotas no longer configured: see keys.QUOTA_USED, keys.quota_hours."""
+        hours, removed = hours or {}, list(removed)
+        if not (entries or hours or removed):
+            return
 
-    async def load_quota_usage(self) -> dict[str, tuple[float, float]]:
-        return _pairs(await self.r.hgetall(keys.QUOTA_USED))
+        def ops(p):
+            if entries:
+                p.hset(keys.QUOTA_USED, mapping={k: " ".join(repr(float(x)) for x in e) for k, e in entries.items()})
+            for k, hs in hours.items():
+                if put := {repr(h): repr(v) for h, v in hs.items() if v is not None}:
+                    p.hset(keys.quota_hours(k), mapping=put)
+                if gone := [repr(h) for h, v in hs.items() if v is None]:
+                    p.hdel(keys.quota_hours(k), *gone)
+            for k in removed:
+                p.hdel(keys.QUOTA_USED, k)
+                p.delete(keys.quota_hours(k))
+        await self._write(ops)
+
+    async def load_quota_usage(self) -> tuple[dict[str, QuotaEntry], dict[str, dict[float, float]]]:
+        entries: dict[str, QuotaEntry] = {}
+        for k, raw in (await self.r.hgetall(keys.QUOTA_USED)).items():
+            try:
+                nums = [float(x) for x in _s(raw).split()]
+            except ValueError:
+                continue             # not ours; never fatal
+            if len(nums) in (2, 4):  # 2: before the period and since were kept
+                used, ws, period, since = (*nums, 0.0, 0.0)[:4]
+                entries[_s(k)] = (used, ws, period, since)
+        async with self.r.pipeline(transaction=False) as p:
+            for k in entries:
+                p.hgetall(keys.quota_hours(k))
+            res = await p.execute()
+        hours = {k: {float(_s(h)): float(_s(v)) for h, v in hs.items()} for k, hs in zip(entries, res)}
+        return entries, hours
 
     async def update_session(self, sid: str, fields: dict) -> None:
         """Change an open session's class, weight or hold (the admin's `qsched session update`)."""

@@ -7,7 +7,7 @@ background task never ends silently.
 
 SIGTERM/SIGINT: stop accepting, take back batches no worker has started, wait for the running ones
 (up to drain_timeout_s), then stop. A second SIGTERM/SIGINT stops at once. SIGHUP: reload the policy
-(an invalid config keeps the old one)."""
+and the config's maintenance windows (an invalid config keeps the old ones)."""
 from __future__ import annotations
 
 import asyncio
@@ -102,7 +102,8 @@ class Daemon:
         stack.push_async_callback(parser.close)
         r_events = redisconn.async_client(url, dedicated=True)   # XREAD blocks: a connection of its own
         stack.push_async_callback(r_events.aclose)
-        store = Store(r, result_ttl_s=cfg.result_ttl_s, wait_replicas=cfg.redis_wait_replicas,
+        store = Store(r, result_ttl_s=cfg.result_ttl_s, ledger_max_records=cfg.ledger_max_records,
+                      wait_replicas=cfg.redis_wait_replicas,
                       wait_timeout_ms=cfg.redis_wait_timeout_ms)
         stack.push_async_callback(store.close)
         if cfg.leader_lease_s > 0:
@@ -212,9 +213,9 @@ class Daemon:
         return fresh
 
     async def reload(self) -> QschedError | None:
-        """SIGHUP: parse and check the config file as start does, then apply its policy. Returns why it was
-        refused (the old policy stays), or None. Other sections are applied only by a restart: the log
-        names those that changed."""
+        """SIGHUP: parse and check the config file as start does, then apply its policy and maintenance
+        windows. Returns why it was refused (the old policy stays), or None. Other sections are applied
+        only by a restart: the log names those that changed."""
         if not self.config_path:
             log.warning("SIGHUP: the daemon runs on the built-in defaults (no config file): nothing to reload")
             return None
@@ -228,7 +229,13 @@ class Daemon:
             if self.scheduler is not None:
                 self.scheduler.set_policy(make_policy(fresh.policy))
             log.info("SIGHUP: policy reloaded (%s)", fresh.policy.name)
-            changed = sorted(k for k in CONFIG_KEYS - {"policy"} if fresh.raw.get(k) != self.config.raw.get(k))
+            if fresh.maintenance != self.config.maintenance:
+                if self.scheduler is not None:
+                    await self.scheduler.watch.reload_windows(self.config.maintenance, fresh.maintenance)
+                self.config.maintenance = fresh.maintenance
+                self.config.raw = {**self.config.raw, "maintenance": fresh.raw.get("maintenance")}
+            changed = sorted(k for k in CONFIG_KEYS - {"policy", "maintenance"}
+                             if fresh.raw.get(k) != self.config.raw.get(k))
             if changed:
                 log.warning("SIGHUP: changes to %s not applied (only policy: is reloaded; restart the daemon to "
                             "apply them)", ", ".join(changed))

@@ -17,7 +17,7 @@ async def run_events(sch: Scheduler, redis: Any) -> None:
     last = sch.events_from
     while True:
         for eid, ev, inline in await sch.store.read_events(redis, last):
-            last = eid
+            last = sch.events_from = eid
             try:
                 if ev is None:
                     raise ValueError("the event does not parse")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from ..errors import BadRequest, NotFound
-from ..models import TaskState, Window
+from ..models import CONFIG_WINDOW, TaskState, Window
 from . import dispatch
 from .dispatcher import recall_waiting, requeued
 from .index import DeviceEntry
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("qsched.scheduler")
 
 ADMIN_STATES = ("online", "draining", "paused", "maintenance")
+TRIM_EVERY_S = 5.0                          # how often the events stream is trimmed (daemon.events_retention_s)
 WINDOW_REASON = "maintenance window "        # a state reason that says a window set the state
 WINDOW_WHO = "maintenance window"
 VENDOR = "vendor: "        # the reason of a state the vendor's status set (and may lift)
@@ -47,6 +48,7 @@ class DeviceWatch:
         # may have lapsed though every worker is fine. A missing beat is believed only from here on.
         self.believe_after = 0.0
         self._last_read: float | None = None
+        self._trimmed = 0.0                     # when the events stream was last trimmed
         self.interval_s = 0.5
 
     def device(self, name: str) -> DeviceEntry:
@@ -124,20 +126,33 @@ class DeviceWatch:
             sch.cost.dirty = False
             await sch.store.save_cost_model(dict(sch.cost.per_binding))
         await self.save_usage()
+        await self.trim_events()
         if sch.quota.specs:
             now = time.time()
             sch.release_quota_holds(now)
             sch.views.quota_gauges(now)
 
+    async def trim_events(self) -> None:
+        """Events read and older than daemon.events_retention_s go: each carries its batch's results
+        inline, so a count cap alone kept up to 10,000 results' worth in Redis (hundreds of MB)."""
+        sch, now = self.sch, time.time()
+        if now - self._trimmed < TRIM_EVERY_S:
+            return
+        self._trimmed = now
+        read_ms = int(sch.events_from.split("-")[0])
+        before = min(read_ms, int((now - sch.config.events_retention_s) * 1000))
+        if before > 0:
+            await sch.store.trim_events(f"{before}-0")
+
     async def save_usage(self) -> None:
         """Write the usage and quota entries changed since the last write (kept dirty if Redis refuses)."""
         quota, usage, store = self.sch.quota, self.sch.usage, self.sch.store
-        if quota.dirty:
-            used = quota.take_dirty()
+        if quota.dirty or quota.dirty_hours or quota.removed:
+            changed = quota.take_dirty()
             try:
-                await store.save_quota_usage(used)
+                await store.save_quota_usage(*changed)
             except RedisError:
-                quota.dirty.update(used)
+                quota.put_back(*changed)
                 raise
         if not usage.dirty:
             return
@@ -208,6 +223,19 @@ class DeviceWatch:
                 await self.sch.store.save_window(w)
                 log.warning("device %s resumed: maintenance window %s ended early", dev.spec.name, w.id)
 
+    async def reload_windows(self, old: list[Window], new: list[Window]) -> None:
+        """SIGHUP with a changed `maintenance:` section: the config's windows become `new`. One the admin
+        ended early (its stored end) stays ended while its config entry is unchanged; the admin's own
+        windows (`qsched device maintenance`) stay as they are."""
+        was = {w.id: w for w in old}
+        stored = {w.id: w for w in await self.sch.store.windows() if w.id.startswith(CONFIG_WINDOW)}
+        keep = {w.id for w in new if w.id in stored and was.get(w.id) == w}
+        self.windows[:] = ([w for w in self.windows if not w.id.startswith(CONFIG_WINDOW)]
+                           + [stored[w.id] if w.id in keep else w for w in new])
+        await self.sch.store.forget_windows([i for i in stored if i not in keep])
+        log.warning("SIGHUP: maintenance windows from the config reloaded (%d)", len(new))
+        await self.apply_windows(time.time())
+
     def windows_of(self, dev: DeviceEntry) -> list[Window]:
         return [w for w in self.windows if w.covers(dev.spec.name, dev.spec.pool)]
 
@@ -217,7 +245,7 @@ class DeviceWatch:
         ended = [w for w in self.windows if w.end is not None and w.end <= now]
         if ended:
             self.windows[:] = [w for w in self.windows if w not in ended]
-            await self.sch.store.forget_windows([w.id for w in ended if not w.id.startswith("config-")])
+            await self.sch.store.forget_windows([w.id for w in ended if not w.id.startswith(CONFIG_WINDOW)])
         for dev in self.sch.index.devices.values():
             on = [w for w in self.windows_of(dev) if w.on(now)]
             if on and dev.state == "online":

@@ -8,11 +8,11 @@ import math
 from aiohttp import web
 
 from .. import __version__, wire
-from ..errors import BadRequest, Forbidden, NotFound, Unauthorized
+from ..errors import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable
 from .auth import (authorize, authorize_session, authorize_task, caller, credentials, identify, munge_uid,
                    require_identity, visible_users)
 from .http import HOOKS, PARSER, SCHEDULER, SMALL_BODY, WAIT_BODY, json_body, read_body
-from .identity import session_account, session_weight
+from .identity import check_slurm_job, session_account, session_weight
 from .parsing import Limits
 from .results import task_response, tasks_response
 from .validate import (check_runnable, idempotency_key, parse_submission, pool_limits, session_request,
@@ -62,15 +62,26 @@ async def open_for(request, body: dict, *, user: str, uid: int, admin: bool):
     it is charged to, whatever the client claims."""
     sch = request.app[SCHEDULER]
     req = session_request(body)
-    job_account = None
-    verify = request.app[HOOKS].verify_job
-    if verify and req["job_id"]:
-        job = await verify(req["job_id"], uid)
+    pool, cls = req["pool"] or next(iter(sch.pools)), req["class"] or "batch"
+    job_account, slurm_accounts = None, None
+    hooks = request.app[HOOKS]
+    if hooks.verify_job and req["job_id"]:
+        job = await hooks.verify_job(req["job_id"], uid)
         job_account = (job or {}).get("account") or None
+    policy = sch.policy.cfg
+    check_slurm_job(pool=pool, cls=cls, pool_requires=policy.pool_spec(pool).require_slurm_job,
+                    class_requires=policy.class_spec(cls).require_slurm_job,
+                    job_verified=bool(hooks.verify_job and req["job_id"]), admin=admin)
+    if job_account is None and hooks.user_accounts:
+        try:
+            slurm_accounts = await hooks.user_accounts(user)
+        except Unavailable:
+            if policy.quotas:       # charging the user's own name would escape the account's quota
+                raise
     account = session_account(user=user, claimed=req["account"] or "", job_account=job_account,
-                              users=sch.config.users, admin=admin)
-    s = await sch.open_session(user=user, uid=uid, pool=req["pool"] or next(iter(sch.pools)),
-                               cls=req["class"] or "batch", weight=session_weight(req["weight"], admin=admin),
+                              users=sch.config.users, admin=admin, slurm_accounts=slurm_accounts)
+    s = await sch.open_session(user=user, uid=uid, pool=pool,
+                               cls=cls, weight=session_weight(req["weight"], admin=admin),
                                account=account, name=req["name"] or "", job_id=req["job_id"])
     return web.json_response({**s.public(), "token": sch.token_for(s.id)}, status=201)
 

@@ -112,12 +112,12 @@ class Scheduler:
         stored = {w.id: w for w in await store.windows()}
         found, pending, task_list, outstanding = await store.load_state(names)
         usage = await store.load_usage()
-        quota_used = await store.load_quota_usage()
+        quota_used, quota_hours = await store.load_quota_usage()
         used = (await store.sessions_device_seconds([s.id for s in found])
                 if any(c.max_session_device_s is not None for c in self.policy.cfg.classes.values()) else {})
         self._use_policy(type(self.policy)(self.policy.cfg))
         self.usage.load(usage, time.time())
-        self.quota.load(quota_used)
+        self.quota.load(quota_used, quota_hours, time.time())
         self.events_from = last
         self.cost.per_binding.update(cost)
         self.maintenance_windows[:] = [stored.pop(w.id, w) for w in self.config.maintenance] + list(stored.values())

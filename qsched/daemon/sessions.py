@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from ..errors import BadRequest, Draining, NotFound
+from ..errors import BadRequest, Draining, NotFound, QuotaExceeded
 from ..models import Session
 from . import limits
 from .dispatcher import recall_waiting
@@ -46,6 +46,11 @@ async def open_session(sch: Scheduler, *, user: str, uid: int, pool: str, cls: s
     limits.check_open(spec, user=user, account=account, open_sessions=(
         sum(1 for e in sch.sessions.values() if e.session.user == user and e.session.cls == cls)
         if spec.max_sessions_per_user is not None else 0))
+    now = time.time()
+    spent = sch.quota.exhausted(user, account, now)
+    if spent is not None:       # a new session (a new job) is refused; open ones hold (dispatch.py)
+        raise QuotaExceeded(f"quota: {sch.quota.describe(spent, now)}", field=f"quota.{spent.key}",
+                            limit=spent.device_s)
     s = Session(id=secrets.token_hex(6), user=user, uid=uid, pool=pool, cls=cls, weight=weight,
                 account=account, name=name[:100], job_id=str(job_id), created=time.time())
     await sch.store.create_session(s)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from ..errors import BadRequest, Draining, NotFound, QuotaExceeded, ReplicationTimeout, Unavailable
+from ..errors import BadRequest, Draining, NotFound, ReplicationTimeout, Unavailable
 from ..models import Batch, Task, TaskState
 from . import dispatch, limits
 from .dispatcher import count_dispatched
@@ -89,8 +89,8 @@ async def _submitted(sch: Scheduler, entry: SessionEntry, key: str) -> list[str]
 
 
 def _check_limits(sch: Scheduler, entry: SessionEntry, items: Items) -> None:
-    """The session's pending limit, its class limits (limits.py) and its quotas; counts only what a
-    set limit needs."""
+    """The session's pending limit and its class limits (limits.py); counts only what a set limit needs.
+    A used-up quota does not refuse tasks: the session holds at dispatch (a job keeps running)."""
     s, cfg = entry.session, sch.policy.cfg
     limit = cfg.max_pending_per_session
     if len(entry.pending) + len(items) > limit:
@@ -105,11 +105,6 @@ def _check_limits(sch: Scheduler, entry: SessionEntry, items: Items) -> None:
         estimates = [min(sch.cost.estimate(d, t.kind, t.bindings) for d in devices) for t, _, _ in items]
     limits.check_submit(spec, user=s.user, pending_for_user=pending, new_tasks=len(items),
                         task_estimates_s=estimates, session_used_s=entry.used_s)
-    now = time.time()
-    spent = sch.quota.exhausted(s.user, s.account, now)
-    if spent is not None:
-        raise QuotaExceeded(f"quota: {sch.quota.describe(spent, now)}", field=f"quota.{spent.key}",
-                            limit=spent.device_s)
 
 
 def _attach_payloads(batches: list[Batch], items: Items) -> None:

@@ -17,9 +17,17 @@ CLASS_OPTIONS = (
            kind="integer"),
     Option("max_task_device_s", None, "each task's estimated device-seconds", lo=0.0),
     Option("max_session_device_s", None, "a session's measured plus estimated device-seconds", lo=0.0),
+    Option("require_slurm_job", False, "a session of the class must belong to the caller's running Slurm job, "
+           "verified through Slurm (else 403, field job_id); admins are exempt", kind="bool"),
 )
 CLASS_LIMITS = tuple(o.name for o in CLASS_OPTIONS if o.name != "tier")
 _C = defaults(CLASS_OPTIONS)
+
+POOL_OPTIONS = (
+    Option("require_slurm_job", False, "a session of the pool must belong to the caller's running Slurm job, "
+           "verified through Slurm (else 403, field job_id); admins are exempt", kind="bool"),
+)
+_PO = defaults(POOL_OPTIONS)
 
 POLICY_OPTIONS = (
     Option("max_pending_per_session", 10_000, "more is refused (400, field tasks, with the limit)", lo=1,
@@ -60,6 +68,14 @@ class ClassSpec:
     # while every device of a session's pool is draining, paused or in maintenance, the class's
     # sessions run on this pool instead (e.g. dev work to a simulator pool)
     spill_to: str | None = None
+    require_slurm_job: bool = _C["require_slurm_job"]
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool's rules (policy.pools.NAME; POOL_OPTIONS)."""
+    name: str
+    require_slurm_job: bool = _PO["require_slurm_job"]
 
 
 @dataclass(frozen=True)
@@ -93,10 +109,15 @@ class PolicyConfig:
     preempt: bool = _P["preempt"]
     # parent/child account shares (an account tree like sshare's): account -> its parent account
     account_parents: dict[str, str] = field(default_factory=dict)
+    # pools by name (PoolSpec); a pool not listed has the defaults
+    pools: dict[str, PoolSpec] = field(default_factory=dict)
     # device-second quotas per account or user and period, by key ("chem", "user:alice")
     quotas: dict[str, QuotaSpec] = field(default_factory=dict)
     # the policy's own options (its OPTIONS, validated against the registry in qsched.policy)
     options: dict = field(default_factory=dict)
+
+    def pool_spec(self, name: str) -> PoolSpec:
+        return self.pools.get(name) or PoolSpec(name)
 
     def class_spec(self, name: str) -> ClassSpec:
         spec = self.classes.get(name)

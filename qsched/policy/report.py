@@ -93,6 +93,7 @@ def policy_doc(policy: Policy, quota: QuotaLedger, now: float) -> dict:
     doc["weights"] = {"accounts": doc.pop("account_weights"), "users": doc.pop("user_weights"),
                       "classes": doc.pop("class_weights")}
     doc["quotas"] = {k: {**dataclasses.asdict(q), "used_s": quota.used(k, now), "ratio": quota.ratio(k, now),
-                         "window_start": window_start(q, now), "window_end": window_start(q, now) + q.period_s}
+                         "window_start": window_start(q, now), "window_end": window_start(q, now) + q.period_s,
+                         "since": quota.since(k)}
                      for k, q in quota.specs.items()}
     return doc

@@ -72,6 +72,11 @@ class SlurmAdapter:
         """Every reservation: name -> its licences."""
         raise NotImplementedError
 
+    def user_accounts(self, user: str) -> list[str]:
+        """The user's Slurm accounts (slurmdbd associations), the default account first; [] for a user
+        Slurm does not know."""
+        raise NotImplementedError
+
     def scontrol(self, *args: str) -> str:
         """`scontrol ARGS` (operator rights); Slurm's refusal raises SlurmError with its message."""
         raise NotImplementedError
@@ -185,6 +190,11 @@ class CliSlurmAdapter(SlurmAdapter):
         from .maintenance import parse_reservations
         return parse_reservations(self._run("scontrol", "show", "reservation", "-o").stdout)
 
+    def user_accounts(self, user: str) -> list[str]:
+        out = self._run("sacctmgr", "-n", "-P", "show", "user", "withassoc", user,
+                        "format=defaultaccount,account").stdout
+        return parse_user_accounts(out)
+
     def scontrol(self, *args: str) -> str:
         return self._run("scontrol", *args).stdout
 
@@ -218,6 +228,17 @@ class CliSlurmAdapter(SlurmAdapter):
         if "\n" in text:
             raise ValueError("AdminComment must be one line")
         self._run("scontrol", "update", f"JobId={int(job_id)}", f"AdminComment={text}")
+
+
+def parse_user_accounts(text: str) -> list[str]:
+    """`sacctmgr -nP show user withassoc NAME format=defaultaccount,account` -> accounts, default first."""
+    default, accounts = "", []
+    for line in (text or "").splitlines():
+        d, _, a = line.strip().partition("|")
+        default = default or d
+        if a and a not in accounts:
+            accounts.append(a)
+    return sorted(accounts, key=lambda a: a != default)
 
 
 def parse_sbatch_parsable(out: str) -> int:

@@ -80,6 +80,12 @@ def verify_hook(adapter: SlurmAdapter, *, require_qpu: bool = True):
     return verify_job
 
 
+def user_accounts_hook(adapter: SlurmAdapter):
+    async def user_accounts(user: str) -> list[str]:
+        return await asyncio.to_thread(adapter.user_accounts, user)
+    return user_accounts
+
+
 def admin_comment_hook(adapter: SlurmAdapter):
     async def on_close(record: dict) -> None:
         jid = str(record.get("job_id") or "")
@@ -218,4 +224,4 @@ def slurm_integration(config) -> SlurmIntegration:
     log.info("slurm: %s backend, reconcile every %.2g s, MUNGE %s", adapter.name, interval,
              "on" if identify else "off")
     return SlurmIntegration(identify=identify, verify_job=verify_hook(adapter, require_qpu=cfg.require_qpu),
-                            on_close=on_close, background=tuple(background))
+                            user_accounts=user_accounts_hook(adapter), on_close=on_close, background=tuple(background))

@@ -7,8 +7,9 @@ Licenses, also when its time limit would only overlap a future window, and start
   * a device taken out by the admin (draining, paused, maintenance) -> `qsched_down_POOL`, its
     slots_per_device licences from now, open-ended, dropped when the device is back online;
   * a maintenance window (start, end, over a pool or some of its devices) -> `qsched_maint_POOL_START`,
-    the licences of those devices for the window; Slurm ends it at its EndTime, the mirror drops it
-    when the window is gone from the daemon.
+    the licences of those devices for the window (windows of a pool over the same interval are one
+    reservation of all their devices; another end at the same start gets `_END` appended); Slurm ends it
+    at its EndTime, the mirror drops it when the window is gone from the daemon.
 Only reservations named `qsched_*` are touched. The pure part (desired_reservations, plan) is tested
 without Slurm; the loop (qsched.slurm.hooks) applies the plan through the adapter.
 """
@@ -59,18 +60,34 @@ def desired_reservations(site: Site, devices: Iterable[DeviceView], windows: Ite
         if n:
             down[pool] = min(total, n * site.slots_per_device)
             out[f"{PREFIX}down_{pool}"] = Reservation(f"{PREFIX}down_{pool}", {license_name(pool): down[pool]})
-    for w in sorted(windows, key=lambda w: (w.pool, w.start)):
-        pool_total = site.pools.get(w.pool)
-        if pool_total is None or (w.end is not None and w.end <= now):
+    merged = _merged(windows)
+    starts = [(p, int(s)) for p, s, _ in merged]
+    for (pool, start, end), devs in merged.items():
+        pool_total = site.pools.get(pool)
+        if pool_total is None or (end is not None and end <= now):
             continue
-        n = pool_total if not w.devices else min(pool_total, len(set(w.devices)) * site.slots_per_device)
-        if w.start <= now:
+        n = pool_total if devs is None else min(pool_total, len(devs) * site.slots_per_device)
+        if start <= now:
             # already on: the devices it took out are in `down` (a window sets their state)
-            n = min(n, pool_total - down.get(w.pool, 0))
+            n = min(n, pool_total - down.get(pool, 0))
         if n <= 0:
             continue
-        name = f"{PREFIX}maint_{w.pool}_{int(w.start)}"
-        out[name] = Reservation(name, {license_name(w.pool): n}, start=w.start if w.start > now else None, end=w.end)
+        name = f"{PREFIX}maint_{pool}_{int(start)}"
+        if starts.count((pool, int(start))) > 1:
+            name += f"_{int(end) if end is not None else 'open'}"      # same start, another end: apart
+        out[name] = Reservation(name, {license_name(pool): n}, start=start if start > now else None, end=end)
+    return out
+
+
+def _merged(windows: Iterable[Window]) -> dict[tuple[str, float, float | None], frozenset[str] | None]:
+    """Windows of a pool over the same interval as one: the union of their devices (None: the whole pool).
+    Each device's own window (`qsched device maintenance` per device) must not overwrite another's:
+    two of them at the same start reserve both devices' licences."""
+    out: dict[tuple[str, float, float | None], frozenset[str] | None] = {}
+    for w in sorted(windows, key=lambda w: (w.pool, w.start, w.end is None, w.end or 0.0)):
+        key = (w.pool, w.start, w.end)
+        have = out.get(key, frozenset())
+        out[key] = None if have is None or not w.devices else have | set(w.devices)
     return out
 
 

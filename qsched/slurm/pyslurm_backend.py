@@ -117,5 +117,8 @@ class PyslurmAdapter(SlurmAdapter):
     def reservations(self) -> dict[str, dict[str, int]]:
         return self.cli.reservations()
 
+    def user_accounts(self, user: str) -> list[str]:
+        return self.cli.user_accounts(user)
+
     def scontrol(self, *args: str) -> str:
         return self.cli.scontrol(*args)

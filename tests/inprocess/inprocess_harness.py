@@ -80,8 +80,10 @@ def one_qubit() -> QuantumCircuit:
 
 @contextlib.asynccontextmanager
 async def daemon(tmp: Path, devices: list[dict], *, workers: bool = True, redis_url: str | None = None,
-                 worker_url: str | None = None, policy: dict | None = None, **sections):
-    """A started Daemon (start_workers off: the workers are threads here) and an Api on its socket."""
+                 worker_url: str | None = None, policy: dict | None = None, hooks: SlurmIntegration | None = None,
+                 **sections):
+    """A started Daemon (start_workers off: the workers are threads here) and an Api on its socket;
+    `hooks`: what Slurm would answer (none: a daemon without Slurm)."""
     raw = {"state_dir": str(tmp / "state"),
            "daemon": {"tcp": None, "start_workers": False, "heartbeat_timeout_s": 1.0, "drain_timeout_s": 10,
                       **sections.pop("daemon", {})},
@@ -89,7 +91,7 @@ async def daemon(tmp: Path, devices: list[dict], *, workers: bool = True, redis_
     cfg = parse_config(raw)
     if redis_url:
         cfg.redis_url = redis_url
-    d = Daemon(cfg, hooks=SlurmIntegration())
+    d = Daemon(cfg, hooks=hooks or SlurmIntegration())
     await d.startup()
     threads = [WorkerThread(worker_url or d.redis_url, spec, 1.0) for spec in cfg.devices] if workers else []
     api = Api(cfg.socket_path)

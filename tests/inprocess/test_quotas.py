@@ -1,6 +1,7 @@
 """Quotas against a real daemon (embedded Redis, real workers): a session whose account runs out holds
-at dispatch with the reason in its view; a new submission gets 429 naming the account, used and
-limit; the gauge reads the ratio; usage survives a restart; a larger quota (reload) releases it."""
+at dispatch with the reason in its view, and its new tasks are accepted and wait (a job is not failed
+at its next submit); a new session gets 429 naming the account, used and limit; the gauge reads the
+ratio; usage survives a restart; a larger quota (reload) releases it."""
 from __future__ import annotations
 
 import asyncio
@@ -38,7 +39,14 @@ def test_quota_holds_at_dispatch_refuses_at_admission_and_survives_a_restart(tmp
                 held_pending = view["pending"]
                 await asyncio.sleep(0.5)
                 assert len(sch.sessions[s["id"]].pending) == held_pending        # nothing dispatched
-                st, err = await api.submit(s, h, 1)
+                # mid-job: the next submit is accepted and waits with the session (before: 429, the job died)
+                st, more = await api.submit(s, h, 1)
+                assert st == 201, more
+                ids += more["ids"]
+                await asyncio.sleep(0.3)
+                assert len(sch.sessions[s["id"]].pending) == held_pending + 1 and sch.sessions[s["id"]].held
+                # a new session of the account (a new job) is refused
+                st, err = await api.call("POST", "/v1/sessions", {"pool": "null"})
                 assert st == 429, err
                 e = err["error"]
                 assert e["code"] == "quota_exceeded" and e["field"] == "quota.chem" and e["limit"] == 0.25
@@ -56,7 +64,7 @@ def test_quota_holds_at_dispatch_refuses_at_admission_and_survives_a_restart(tmp
                               policy=QUOTA) as (d2, api2, _):
                 sch2 = d2.scheduler
                 assert abs(sch2.quota.used("chem", time.time()) - used) < 1e-9
-                st, err = await api2.submit(s, h, 1)
+                st, err = await api2.call("POST", "/v1/sessions", {"pool": "null"})
                 assert st == 429 and err["error"]["field"] == "quota.chem"
                 # the held session is held again at its first pick after the restart
                 await until(lambda: sch2.sessions[s["id"]].held, timeout=10)
@@ -64,6 +72,6 @@ def test_quota_holds_at_dispatch_refuses_at_admission_and_survives_a_restart(tmp
                 sch2.set_policy(make_policy(parse_policy({**QUOTA, "quotas": {"chem": {"device_s": 100,
                                                                                       "period": "30d"}}})))
                 done = await api2.wait(s, ids, 30)
-                assert [t["state"] for t in done] == ["DONE"] * 6
+                assert [t["state"] for t in done] == ["DONE"] * 7
                 assert not sch2.sessions[s["id"]].held
     asyncio.run(body())

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+import yaml
 from inprocess_harness import Api, daemon, embedded_redis, one_qubit, until
 
 from qsched.config import parse_config
@@ -66,6 +67,26 @@ def test_a_resume_ends_the_window_and_a_planned_one_survives_a_restart(tmp_path)
             async with daemon(tmp_path / "2", [slow("a0")], redis_url=r.url) as (d2, _, _):
                 assert [w.reason for w in d2.scheduler.maintenance_windows] == ["tomorrow"]
                 assert d2.scheduler.devices["a0"].state == "online"
+    asyncio.run(body())
+
+
+def test_sighup_applies_the_configs_windows(tmp_path):
+    """Issue 22 item 4: the config's windows were read only at start; a reload ignored them silently."""
+    async def body():
+        async with daemon(tmp_path, [slow("a0"), slow("a1")], workers=False) as (d, _, _):
+            path = tmp_path / "qsched.yaml"
+            d.config_path = str(path)
+            now = time.time()
+            path.write_text(yaml.safe_dump({**d.config.raw, "maintenance": [
+                {"devices": ["a0"], "start": now - 1, "duration": "1h", "reason": "cooldown"},
+                {"pool": "p", "start": now + 3600, "duration": "1h"}]}))
+            assert await d.reload() is None
+            a0, a1 = d.scheduler.devices["a0"], d.scheduler.devices["a1"]
+            assert a0.state == "maintenance" and "cooldown" in a0.reason and a1.state == "online"
+            assert len(d.scheduler.maintenance_windows) == 2
+            path.write_text(yaml.safe_dump({**d.config.raw, "maintenance": []}))      # taken out again
+            assert await d.reload() is None
+            assert a0.state == "online" and not d.scheduler.maintenance_windows
     asyncio.run(body())
 
 

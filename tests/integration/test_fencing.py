@@ -39,7 +39,7 @@ def writes(store: Store):
         "fail_tasks": lambda: store.fail_tasks(["s1.t2"], "never runs"),
         "update_session": lambda: store.update_session("s1", {"hold": "admin"}),
         "save_usage": lambda: store.save_usage({"user": {"alice": (9.0, 1.0)}}),
-        "save_quota_usage": lambda: store.save_quota_usage({"chem": (9.0, 1.0)}),
+        "save_quota_usage": lambda: store.save_quota_usage({"chem": (9.0, 1.0, 86400.0, 1.0)}, {"chem": {0.0: 9.0}}),
         "save_cost_model": lambda: store.save_cost_model({("aer0", "estimate"): 9.0}),
         "set_device_state": lambda: store.set_device_state("aer0", "paused", "x", 1.0),
         "save_window": lambda: store.save_window(Window(pool="aer", start=1.0, end=2.0, id="w1")),

@@ -11,7 +11,7 @@ import pytest
 from qsched.config import REFERENCE, SCHEMA, Config, SlurmConfig, parse_config
 from qsched.errors import ConfigError
 from qsched.options import reference_table
-from qsched.policy.config import ClassSpec, PolicyConfig
+from qsched.policy.config import ClassSpec, PolicyConfig, PoolSpec
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "policy-reference.md"
 KNOBS = [(section, o) for section, options in SCHEMA for o in options]
@@ -52,12 +52,13 @@ def test_every_knob_is_read_bounded_and_named_by_the_parser(section, option):
 
 def test_the_dataclasses_defaults_are_the_schemas():
     """What a Config built in code holds is what an empty config file gives."""
-    parsed = parse_config({"policy": {"classes": {"NAME": {}}}})
+    parsed = parse_config({"policy": {"classes": {"NAME": {}}, "pools": {"aer": {}}}})
     objects = {"redis": (parsed, "redis_"), "daemon": (parsed, ""), "auth": (parsed, ""),
                "slurm": (parsed.slurm, ""), "policy": (parsed.policy, ""),
-               "policy.classes.NAME": (parsed.policy.classes["NAME"], "")}
+               "policy.classes.NAME": (parsed.policy.classes["NAME"], ""),
+               "policy.pools.NAME": (parsed.policy.pools["aer"], "")}
     built = {Config: Config(state_dir=Path("x")), SlurmConfig: SlurmConfig(), PolicyConfig: PolicyConfig(),
-             ClassSpec: ClassSpec("NAME")}
+             ClassSpec: ClassSpec("NAME"), PoolSpec: PoolSpec("aer")}
     for section, option in KNOBS:
         obj, prefix = objects[section]
         attr = prefix + option.name

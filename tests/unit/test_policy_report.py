@@ -72,7 +72,7 @@ def test_prio_under_another_policy_shows_the_factors_with_zero_weights():
 
 def test_policy_doc_has_every_weight_class_limit_and_quota():
     p = policy_with_usage()
-    q = QuotaLedger(p.cfg.quotas)
+    q = QuotaLedger(p.cfg.quotas, now=86_400 * 3)
     q.charge("alice", "chem", 25, 86_400 * 3 + 5)
     doc = policy_doc(p, q, 86_400 * 3 + 10)
     assert doc["weights"] == {"accounts": {"chem": 2, "phys": 1}, "users": {"bob": 3},
@@ -81,7 +81,7 @@ def test_policy_doc_has_every_weight_class_limit_and_quota():
     assert doc["options"]["priority_weight_fairshare"] == 1000 and doc["options"]["priority_max_age_s"] == 300
     assert doc["quotas"]["chem"]["used_s"] == 25 and doc["quotas"]["chem"]["ratio"] == 0.25
     assert doc["quotas"]["chem"]["window_start"] == 86_400 * 3
-    assert doc["quotas"]["chem"]["window_end"] == 86_400 * 4
+    assert doc["quotas"]["chem"]["window_end"] == 86_400 * 4 and doc["quotas"]["chem"]["since"] == 86_400 * 3
     for k in ("max_wait_s", "decay_half_life_s", "preempt", "merge", "max_batch_s", "return_credit_s",
               "max_pending_per_session"):
         assert k in doc

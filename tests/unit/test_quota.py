@@ -11,8 +11,12 @@ from qsched.policy.quota import QuotaLedger, window_start
 DAY = 86_400.0
 
 
+def specs(quotas: dict) -> dict:
+    return parse_policy({"quotas": quotas}).quotas
+
+
 def ledger(quotas: dict) -> QuotaLedger:
-    return QuotaLedger(parse_policy({"quotas": quotas}).quotas)
+    return QuotaLedger(specs(quotas), now=0.0)
 
 
 def test_quotas_parse_accounts_users_and_periods():
@@ -83,19 +87,55 @@ def test_a_zero_quota_refuses_from_the_start():
 
 
 def test_entries_round_trip_and_unsaved_charges_win_over_a_load():
-    q = ledger({"chem": {"device_s": 100, "period": "1d"}, "phys": {"device_s": 100, "period": "1d"}})
+    both = {"chem": {"device_s": 100, "period": "1d"}, "phys": {"device_s": 100, "period": "1d"}}
+    q = ledger(both)
+    q.take_dirty()
     q.charge("a", "chem", 7, 50)
-    saved = q.take_dirty()
-    assert saved == {"chem": (7, 0.0)} and not q.dirty
-    fresh = ledger({"chem": {"device_s": 100, "period": "1d"}, "phys": {"device_s": 100, "period": "1d"}})
+    entries, hours, removed = q.take_dirty()
+    assert entries == {"chem": (7, 0.0, DAY, 0.0)} and hours == {"chem": {0.0: 7}} and not removed
+    assert not q.dirty and not q.dirty_hours
+    fresh = ledger(both)
     fresh.charge("a", "phys", 3, 60)
-    fresh.load({**saved, "phys": (1.0, 0.0)})
+    fresh.load({**entries, "phys": (1.0, 0.0, DAY, 0.0), "gone": (5.0, 0.0, DAY, 0.0)}, hours, now=70)
     assert fresh.used("chem", 70) == 7 and fresh.used("phys", 70) == 3
+    assert fresh.take_dirty()[2] == {"gone"}             # no longer configured: deleted from Redis
+
+
+def test_a_quota_counts_only_from_when_it_was_configured():
+    """Removed and added back (or added back while the daemon was down): its old use is not counted."""
+    q = ledger({"chem": {"device_s": 10, "period": "1d"}})
+    q.charge("a", "chem", 12, 50)
+    q.set_specs({}, now=60)
+    q.charge("a", "chem", 4, 70)                          # no quota: not counted for one
+    q.set_specs(specs({"chem": {"device_s": 10, "period": "1d"}}), now=80)
+    assert q.used("chem", 90) == 0 and q.exhausted("a", "chem", 90) is None and q.since("chem") == 80
+    entries, _, removed = q.take_dirty()
+    assert entries["chem"] == (0.0, 0.0, DAY, 80.0) and "chem" not in removed
+    restarted = ledger({"chem": {"device_s": 10, "period": "1d"}})
+    restarted.load({"chem": (12.0, 0.0, DAY, 10.0)}, {}, now=90)
+    assert restarted.used("chem", 90) == 12 and restarted.since("chem") == 10     # survives a restart
+
+
+def test_a_period_change_recomputes_the_new_windows_use():
+    q = ledger({"chem": {"device_s": 100, "period": "1d"}})
+    q.charge("a", "chem", 5, 2 * 3600)                    # day 0
+    q.charge("a", "chem", 7, DAY + 6 * 3600)              # day 1
+    now = DAY + 7 * 3600
+    assert q.used("chem", now) == 7
+    q.set_specs(specs({"chem": {"device_s": 100, "period": "2w"}}), now=now)
+    assert q.used("chem", now) == 12                      # the 2-week window holds both days
+    q.set_specs(specs({"chem": {"device_s": 100, "period": "1d"}}), now=now)
+    assert q.used("chem", now) == 7
+    # a restart under another period recomputes from the stored hours too
+    entries, hours, _ = q.take_dirty()
+    other = ledger({"chem": {"device_s": 100, "period": "2w"}})
+    other.load(entries, hours, now=now)
+    assert other.used("chem", now) == 12
 
 
 def test_a_reload_keeps_usage_of_quotas_still_configured():
     q = ledger({"chem": {"device_s": 10, "period": "1d"}})
     q.charge("a", "chem", 12, 50)
     assert q.exhausted("a", "chem", 60) is not None
-    q.set_specs(parse_policy({"quotas": {"chem": {"device_s": 20, "period": "1d"}}}).quotas)
+    q.set_specs(specs({"chem": {"device_s": 20, "period": "1d"}}), now=60)
     assert q.used("chem", 60) == 12 and q.exhausted("a", "chem", 60) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -790,3 +791,61 @@ def test_device_maintenance_is_mirrored_to_a_slurm_licence_reservation(slurm, sl
         slurm.run("scancel", *map(str, jobs), check=False)
         with slurm_daemon.client(admin) as c:
             c.set_device_state("aer0", "online")
+
+
+NO_JOB = r'''
+import json, sys
+import qsched
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+from qiskit.quantum_info import SparsePauliOp
+
+qc = QuantumCircuit(1)
+qc.rx(Parameter("a"), 0)
+out = {}
+for via, url in (("unix", None), ("tcp", sys.argv[1])):     # TCP: MUNGE proves the user
+    with qsched.Client(url) as c:
+        try:
+            with c.session(pool="aer") as s:
+                s.run("estimate", qc, [[0.1]], observables=[SparsePauliOp("Z")], timeout=30)
+            out[via] = "ran"
+        except qsched.QschedError as e:
+            out[via] = f"{type(e).__name__}: {getattr(e, 'field', '')}: {e}"
+        try:
+            c.session(pool="lightning")
+            out[via + "_lightning"] = "opened"
+        except qsched.QschedError as e:
+            out[via + "_lightning"] = f"{type(e).__name__}: {getattr(e, 'field', '')}"
+print(json.dumps(out))
+'''
+
+
+def test_a_user_whose_accounts_quota_is_used_up_runs_nothing_without_a_job(slurm, slurm_daemon, users,
+                                                                            user_python):
+    """Issue 22 item 3: with phys's quota used up, qsbob's sessions without a job (unix socket, TCP with
+    MUNGE) are charged to phys (his Slurm account, from slurmdbd), so they run nothing; a pool with
+    require_slurm_job refuses them outright. Before: charged to an account named `qsbob`, they ran."""
+    import yaml
+    bob = users["qsbob"]
+    original = slurm_daemon.config_path.read_text()
+    cfg = yaml.safe_load(original)
+    cfg["policy"] = {**cfg["policy"], "quotas": {"phys": {"device_s": 0, "period": "1d"}},
+                     "pools": {"lightning": {"require_slurm_job": True}}}
+    slurm_daemon.config_path.write_text(yaml.safe_dump(cfg))
+    try:
+        slurm_daemon.proc.send_signal(signal.SIGHUP)
+        with slurm_daemon.client() as c:
+            _wait(lambda: "phys" in c.policy().get("quotas", {}), 10, "the reloaded policy")
+        script = _script(bob, user_python, "nojob.sh", NO_JOB)
+        cp = slurm.run(str(script), f"http://{slurm_daemon.tcp}", user=bob.name, cwd=str(bob.home),
+                       env={"QSCHED_URL": slurm_daemon.url}, timeout=90)
+        res = json.loads(cp.stdout.strip().splitlines()[-1])
+        # refused as account phys (Slurm's, not an account named qsbob)
+        for via in ("unix", "tcp"):
+            assert res[via].startswith("QuotaExceeded: quota.phys: quota: account 'phys'"), res
+        assert res["unix_lightning"] == res["tcp_lightning"] == "Forbidden: job_id", res
+    finally:
+        slurm_daemon.config_path.write_text(original)
+        slurm_daemon.proc.send_signal(signal.SIGHUP)
+        with slurm_daemon.client() as c:
+            _wait(lambda: not c.policy().get("quotas"), 10, "the original policy")

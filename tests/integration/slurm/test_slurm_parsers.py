@@ -251,6 +251,30 @@ def test_maintenance_reservations_from_states_and_windows():
     assert plan({}, {"site_maint": {"qpu_aer": 1}}) == []
 
 
+def test_one_window_per_device_at_the_same_start_reserves_both_devices():
+    """Issue 22 item 4: a window on each aer device (same start) reserved qpu_aer:4, not 8 (the second
+    overwrote the first under one name), so Slurm started a job inside the window."""
+    from qsched.slurm.maintenance import DeviceView, Window, desired_reservations
+    from qsched.slurm.site import Site
+    site = Site(pools={"aer": 8}, classes=("batch",), default_pool="aer", default_class="batch", max_qpu=4,
+                slots_per_device=4)
+    devs = [DeviceView("a0", "aer", "online"), DeviceView("a1", "aer", "online")]
+    now = 1000.0
+    both = [Window("aer", start=2000.0, end=3000.0, devices=("a0",)),
+            Window("aer", start=2000.0, end=3000.0, devices=("a1",))]
+    want = desired_reservations(site, devs, both, now)
+    assert {n: dict(r.licenses) for n, r in want.items()} == {"qsched_maint_aer_2000": {"qpu_aer": 8}}
+    # the same device twice, or a whole-pool window with a device's, is still the pool
+    twice = [*both, Window("aer", start=2000.0, end=3000.0, devices=("a0",)), Window("aer", start=2000.0, end=3000.0)]
+    assert dict(desired_reservations(site, devs, twice, now)["qsched_maint_aer_2000"].licenses) == {"qpu_aer": 8}
+    # same start, other ends: two reservations, named apart, that Slurm sums while both are on
+    apart = [Window("aer", start=2000.0, end=3000.0, devices=("a0",)),
+             Window("aer", start=2000.0, end=4000.0, devices=("a1",))]
+    want = desired_reservations(site, devs, apart, now)
+    assert {n: (dict(r.licenses), r.end) for n, r in want.items()} == {
+        "qsched_maint_aer_2000_3000": ({"qpu_aer": 4}, 3000.0), "qsched_maint_aer_2000_4000": ({"qpu_aer": 4}, 4000.0)}
+
+
 def test_reservation_listing_parser():
     from qsched.slurm.maintenance import parse_reservations
     text = ("ReservationName=qsched_down_aer StartTime=2026-12-01T14:24:37 EndTime=2027-12-01T14:24:37 "
@@ -281,3 +305,9 @@ def test_slurm_sync_writes_then_checks(tmp_path, monkeypatch):
     conf.write_text("Licenses=qpu_fast:4\n")
     r = CliRunner().invoke(cli, ["slurm", "sync", "--config", str(cfg), "--check"])
     assert r.exit_code == 0 and "in step" in r.output
+
+
+def test_user_accounts_default_first():
+    from qsched.slurm.adapter import parse_user_accounts
+    assert parse_user_accounts("phys|chem\nphys|phys\nphys|chem\n") == ["phys", "chem"]
+    assert parse_user_accounts("") == []

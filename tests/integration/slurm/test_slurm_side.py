@@ -183,6 +183,16 @@ def adapter(slurm):
     return get_adapter("auto", env={"SLURM_CONF": slurm.env["SLURM_CONF"]})
 
 
+def test_user_accounts_from_slurmdbd(slurm, adapter, users):
+    """The account of a session without a job (issue 22 item 3): the user's associations, default first."""
+    import asyncio
+
+    from qsched.slurm.hooks import user_accounts_hook
+    assert adapter.user_accounts("qsbob") == ["phys"]
+    assert asyncio.run(user_accounts_hook(adapter)("qsalice")) == ["chem"]
+    assert adapter.user_accounts("nosuchuser") == []
+
+
 def _sleep_job(slurm, user, *extra, secs=30):
     return slurm.sbatch(*extra, f"--wrap=sleep {secs}", "-o", "/dev/null", user=user.name, cwd=user.home)
 

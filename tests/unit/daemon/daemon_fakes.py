@@ -75,8 +75,8 @@ class FakeStore:
     async def load_usage(self) -> dict:
         return {"user": {}, "account": {}, "assoc": {}}
 
-    async def load_quota_usage(self) -> dict:
-        return {}
+    async def load_quota_usage(self) -> tuple[dict, dict]:
+        return {}, {}
 
     async def sessions_device_seconds(self, sids: list[str]) -> dict:
         return {}
