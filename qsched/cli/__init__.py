@@ -398,6 +398,55 @@ def session_update(sid, job, cls, weight, hold, release, reason, config_path, ur
                    + (f", held ({out['reason']})" if out["held"] else ""))
 
 
+@cli.group()
+def replay():
+    """Replay records: a requeued or resumed job's identical requests answered from its record (admins)."""
+
+
+def _replay_record(job: str | None, resume: str | None) -> tuple[str, str]:
+    if (job is None) == (resume is None):
+        raise click.UsageError("give -j JOBID or --resume KEY")
+    return ("job", job) if job is not None else ("resume", str(resume))
+
+
+@replay.command("show")
+@JOB
+@click.option("--resume", default=None, metavar="KEY", help="the record of this resume key")
+@CONFIG
+@URL
+def replay_show(job, resume, config_path, url):
+    """A record's user, account, entries and bytes."""
+    kind, key = _replay_record(job, resume)
+    click.echo(fmt.dump_json(_admin(config_path, url, lambda c: c.replay("GET", kind, key))))
+
+
+@replay.command("purge")
+@JOB
+@click.option("--resume", default=None, metavar="KEY", help="the record of this resume key")
+@CONFIG
+@URL
+def replay_purge(job, resume, config_path, url):
+    """Delete a job's record: its next session replays nothing."""
+    kind, key = _replay_record(job, resume)
+    out = _admin(config_path, url, lambda c: c.replay("DELETE", kind, key))
+    click.echo(f"replay record {out['record']} purged")
+
+
+def _pool_replay_command(verb: str, enabled: bool, doc: str):
+    @replay.command(verb, help=doc)
+    @click.argument("pool")
+    @CONFIG
+    @URL
+    def command(pool, config_path, url):
+        out = _admin(config_path, url, lambda c: c.set_pool_replay(pool, enabled))
+        click.echo(f"pool {out['pool']}: replay {'on' if out['replay'] else 'off'}")
+    return command
+
+
+_pool_replay_command("off", False, "Sessions opened on POOL from now on neither record nor replay.")
+_pool_replay_command("on", True, "Sessions opened on POOL record and replay again.")
+
+
 SHARE_KNOWN = ["parent"]
 SHARE_COLS = ["account", "user", "raw_shares", "norm_shares", "usage_s", "effective_usage", "fairshare"]
 PRIO_COLS = ["id", "user", "account", "class", "tier", "pending", "priority", "age", "fairshare", "job_size", "qos"]

@@ -71,7 +71,8 @@ async def open_for(request, body: dict, *, user: str, uid: int, admin: bool):
                               users=sch.config.users, admin=admin)
     s = await sch.open_session(user=user, uid=uid, pool=req["pool"] or next(iter(sch.pools)),
                                cls=req["class"] or "batch", weight=session_weight(req["weight"], admin=admin),
-                               account=account, name=req["name"] or "", job_id=req["job_id"])
+                               account=account, name=req["name"] or "", job_id=req["job_id"],
+                               resume=req["resume"] or "")
     return web.json_response({**s.public(), "token": sch.token_for(s.id)}, status=201)
 
 

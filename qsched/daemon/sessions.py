@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from ..errors import BadRequest, Draining, NotFound
 from ..models import Session
-from . import limits
+from . import limits, replay
 from .dispatcher import recall_waiting
 from .index import SessionEntry
 
@@ -35,7 +35,7 @@ def _check_weight(weight: float) -> None:
 
 
 async def open_session(sch: Scheduler, *, user: str, uid: int, pool: str, cls: str = "batch", weight: float = 1.0,
-                       account: str = "", name: str = "", job_id: str = "") -> Session:
+                       account: str = "", name: str = "", job_id: str = "", resume: str = "") -> Session:
     if not sch.accepting:
         raise Draining("daemon is draining; retry on the next daemon", field="session")
     if pool not in sch.pools:
@@ -51,6 +51,7 @@ async def open_session(sch: Scheduler, *, user: str, uid: int, pool: str, cls: s
     await sch.store.create_session(s)
     sch.sessions[s.id] = SessionEntry(s, sch.weight(s), new=True)
     sch.index.by_token[sch.token_for(s.id)] = s.id
+    await replay.attach(sch, s, resume)
     log.info("session %s opened: user=%s account=%s job=%s pool=%s class=%s", s.id, s.user, s.account,
              s.job_id or "-", s.pool, s.cls)
     sch.metrics.sessions_open.set(len(sch.sessions))
@@ -125,6 +126,7 @@ async def close_session(sch: Scheduler, sid: str) -> dict:
         log.warning("session %s closed with batches still running after %.0f s: their usage is not in "
                     "its ledger record", sid, sch.config.drain_timeout_s)
     sch.index.closing.pop(sid, None)
+    sch.replay.detach(sid)
     with contextlib.suppress(RedisError):       # else the device watch writes it
         await sch.watch.save_usage()
     usage = await sch.store.session_usage(sid)

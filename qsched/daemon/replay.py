@@ -1,0 +1,180 @@
+"""Replay: a requeued, preempted or resumed job spends no device time twice.
+
+Each finished task of a session bound to a Slurm job (or opened with a resume key) is recorded under
+the job's record at its position in the job's submission order: the content address of its request
+and its result. A later session of the same job (same job id after a requeue, or the same resume key),
+of the same user and account, re-attaches to the record; while its requests are, in order, the ones
+recorded, they are answered from the record without touching a device (DONE, meta.replayed, charged
+nothing). The first request that differs ends the replay for that session: the record is cut there
+and the session's tasks are recorded from that position on, as a first run's are.
+
+A record has one writer, the newest session attached to it. Replay is refused (tasks run normally)
+where the record is another user's or account's, gone (expired, purged, past its size: a position
+missing ends the replay there), or where the admin turned replay off for the pool. A daemon restart
+forgets the cursors: the sessions open then go on without replay (safe: they only run again)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..models import Session, Task
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+    from .tasks import Items
+
+log = logging.getLogger("qsched.scheduler")
+REPLAYED_META = {"replayed": True, "exec_s": 0.0}
+
+
+def address(pool: str, t: Task, observables: str, params: bytes) -> str:
+    """The content address of a request: everything that decides its result (the template digest
+    covers the circuit and its seed). Each part is length-prefixed, so no two requests share one."""
+    h = hashlib.sha256()
+    for part in (pool.encode(), t.kind.encode(), t.template.encode(), str(t.shots).encode(),
+                 (t.method or "").encode(), observables.encode(), params):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()[:32]
+
+
+def record_name(job_id: str, resume: str) -> str | None:
+    """The record a session writes and replays: its resume key's, else its Slurm job's, else none."""
+    if resume:
+        return f"resume:{resume}"
+    return f"job:{job_id}" if job_id else None
+
+
+def matching_prefix(wanted: list[str], recorded: list[str | None]) -> int:
+    """How many of the requests, from the first, are the ones recorded at the same positions."""
+    n = 0
+    for w, r in zip(wanted, recorded):
+        if w != r:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class Cursor:
+    """A session's place in its record: the next position, and whether it still replays."""
+    name: str
+    recorded: int                  # entries in the record when the session attached
+    pos: int = 0
+    replaying: bool = True
+    replayed: int = 0
+    tasks: dict[str, tuple[int, str]] = field(default_factory=dict)   # live task -> (position, address)
+
+    def take(self, wanted: list[str], recorded: list[str | None]) -> int:
+        """The requests answered from the record (a prefix of `wanted`); the first that differs ends
+        the replay. The positions are advanced past the replayed ones."""
+        if not self.replaying:
+            return 0
+        k = matching_prefix(wanted, recorded)
+        if k < len(wanted):
+            self.replaying = False
+        self.pos += k
+        self.replayed += k
+        return k
+
+    def assign(self, tids: list[str], wanted: list[str]) -> None:
+        """Positions for tasks that will run: they are recorded there once DONE."""
+        for tid, addr in zip(tids, wanted):
+            self.tasks[tid] = (self.pos, addr)
+            self.pos += 1
+
+
+class Replays:
+    """The daemon's cursors: by session, and which session writes each record."""
+
+    def __init__(self) -> None:
+        self.cursors: dict[str, Cursor] = {}
+        self.writer: dict[str, str] = {}           # record name -> the session that writes it
+        self.by_task: dict[str, str] = {}          # live recorded task -> its session
+
+    def replayed(self, sid: str) -> int:
+        c = self.cursors.get(sid)
+        return c.replayed if c is not None else 0
+
+    def detach(self, sid: str) -> None:
+        c = self.cursors.pop(sid, None)
+        if c is None:
+            return
+        for tid in c.tasks:
+            self.by_task.pop(tid, None)
+        if self.writer.get(c.name) == sid:
+            del self.writer[c.name]
+
+
+async def attach(sch: Scheduler, s: Session, resume: str = "") -> None:
+    """At open: the session's record, if it has one and may use it."""
+    name = record_name(s.job_id, resume)
+    cfg = sch.config
+    if name is None or cfg.replay_ttl_s == 0:
+        return
+    off = await sch.store.replay_off(s.pool)
+    if off is not None:
+        log.info("session %s: no replay record, replay is off on pool %s (%s)", s.id, s.pool, off)
+        return
+    n = await sch.store.replay_claim(name, s.user, s.account, s.id, cfg.replay_ttl_s)
+    if n is None:
+        log.warning("session %s (user %s, account %s): replay record %s belongs to another user or account; "
+                    "no replay", s.id, s.user, s.account, name)
+        return
+    book = sch.replay
+    old = book.writer.get(name)
+    if old is not None:          # the newest session writes the record (a requeued job's old one is over)
+        book.detach(old)
+    book.cursors[s.id] = Cursor(name, n, replaying=n > 0)
+    book.writer[name] = s.id
+    if n:
+        log.info("session %s attached to replay record %s (%d tasks recorded)", s.id, name, n)
+
+
+async def answer(sch: Scheduler, sid: str, pool: str, items: Items) -> Items:
+    """Submission (under the write lock): answer the leading requests that the record holds, in
+    order; returns the others, which run (and are recorded)."""
+    c = sch.replay.cursors.get(sid)
+    if c is None:
+        return items
+    wanted = [address(pool, t, obs, params) for t, obs, params in items]
+    k = 0
+    if c.replaying:
+        recorded: list[str | None] = (await sch.store.replay_addrs(c.name, c.pos, len(items))
+                    if c.pos < c.recorded else [None] * len(items))
+        start = c.pos
+        k = c.take(wanted, recorded)
+        if k:
+            done = await sch.store.replay_answer(c.name, [(t, start + i) for i, (t, _, _) in
+                                                          enumerate(items[:k])], REPLAYED_META)
+            if done < k:            # the record lost positions meanwhile (purged, expired)
+                c.pos, c.replayed, c.replaying, k = start + done, c.replayed - (k - done), False, done
+            sch.metrics.tasks_replayed.labels(pool).inc(k)
+        if not c.replaying:
+            await sch.store.replay_truncate(c.name, c.pos)
+            log.info("session %s: replay ended at position %d of record %s (%d tasks replayed)", sid, c.pos,
+                     c.name, c.replayed)
+    rest = items[k:]
+    tids = [t.id for t, _, _ in rest]
+    c.assign(tids, wanted[k:])
+    for tid in tids:
+        sch.replay.by_task[tid] = sid
+    return rest
+
+
+async def record(sch: Scheduler, ev: dict) -> None:
+    """A finished batch: its DONE tasks go into their records (others leave a gap: replay ends there)."""
+    book = sch.replay
+    entries = []
+    for tid in ev.get("tasks", {}):
+        sid = book.by_task.pop(tid, None)
+        c = book.cursors.get(sid) if sid is not None else None
+        if c is None:
+            continue
+        pos, addr = c.tasks.pop(tid)
+        entries.append((c.name, pos, addr, tid))
+    if entries:
+        cfg = sch.config
+        await sch.store.replay_record(entries, cfg.replay_ttl_s, cfg.replay_max_tasks, cfg.replay_max_bytes)
