@@ -121,3 +121,31 @@ def test_a_requeued_job_replays_its_prefix_and_runs_what_is_new(tmp_path):
                 await admin.close()
 
     asyncio.run(body())
+
+
+def test_chained_jobs_opt_in_with_a_resume_key_of_their_own_user(tmp_path):
+    async def body():
+        async with daemon(tmp_path, AER, daemon={"replay_ttl_s": 3600}) as (d, api, _):
+            sch = d.scheduler
+            admin = Api(sch.config.admin_socket_path)
+            try:
+                first = await api.session(pool="aer", resume="chain-7")       # job 1 (no job id here)
+                h = await api.template(first, circuit())
+                originals = [await run(api, first, h, a) for a in ANGLES[:2]]
+                await api.call("DELETE", f"/v1/sessions/{first['id']}", token=first["token"])
+                nxt = await api.session(pool="aer", resume="chain-7")         # job 2, a new job id
+                for orig, a in zip(originals, ANGLES[:2]):
+                    rep = await run(api, nxt, h, a)
+                    assert rep["meta"]["replayed"] is True and rep["result"] == orig["result"]
+                assert await executed(sch, nxt) == 0
+                await api.call("DELETE", f"/v1/sessions/{nxt['id']}", token=nxt["token"])
+                # the key belongs to its user: another's session naming it gets no replay
+                st, other = await admin.call("POST", "/v1/admin/sessions", {"user": "mallory", "uid": 1001,
+                                             "job_id": "55", "pool": "aer", "resume": "chain-7"})
+                assert st == 201, other
+                assert "replayed" not in (await run(api, other, h, ANGLES[0]))["meta"]
+                st, err = await api.call("POST", "/v1/sessions", {"pool": "aer", "resume": 7})
+                assert st == 400 and err["error"]["field"] == "resume"
+            finally:
+                await admin.close()
+    asyncio.run(body())
