@@ -166,7 +166,7 @@ def _top_client(url, retry_s):
 
 
 SESSION_COLS = ["id", "job_id", "user", "account", "name", "pool", "class", "state", "pending", "inflight", "time"]
-SESSION_KNOWN = ["uid", "weight", "weight_effective", "created", "activity", "held", "reason"]
+SESSION_KNOWN = ["uid", "weight", "weight_effective", "created", "activity", "held", "reason", "replayed"]
 POOL_COLS = ["pool", "devices", "pending", "running"]
 DEVICE_COLS = ["name", "type", "pool", "state", "outstanding", "max_qubits", "max_shots", "worker_rss_mb"]
 DEVICE_KNOWN = ["up", "max_bindings"]
