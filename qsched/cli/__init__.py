@@ -172,7 +172,7 @@ DEVICE_COLS = ["name", "type", "pool", "state", "outstanding", "max_qubits", "ma
 DEVICE_KNOWN = ["up", "max_bindings"]
 ACCT_COLS = ["session", "job_id", "user", "account", "pool", "class", "opened", "closed", "device_seconds", "tasks",
              "circuits", "shots"]
-ACCT_KNOWN = ["cancelled", "elapsed"]
+ACCT_KNOWN = ["cancelled", "elapsed", "replayed"]
 
 
 def _users(lst: fmt.Listing) -> list[str] | None:

@@ -126,14 +126,14 @@ async def close_session(sch: Scheduler, sid: str) -> dict:
         log.warning("session %s closed with batches still running after %.0f s: their usage is not in "
                     "its ledger record", sid, sch.config.drain_timeout_s)
     sch.index.closing.pop(sid, None)
-    sch.replay.detach(sid)
     with contextlib.suppress(RedisError):       # else the device watch writes it
         await sch.watch.save_usage()
     usage = await sch.store.session_usage(sid)
     s = entry.session
     record = {"session": sid, "name": s.name, "user": s.user, "account": s.account, "job_id": s.job_id,
               "pool": s.pool, "class": s.cls, "opened": s.created, "closed": time.time(),
-              "cancelled": len(cancelled), **usage.__dict__}
+              "cancelled": len(cancelled), "replayed": sch.replay.replayed(sid), **usage.__dict__}
+    sch.replay.detach(sid)
     await sch.store.record_accounting(record)
     sch.views.refresh_gauges()
     log.info("session %s closed: user=%s job=%s tasks=%d device_s=%.3f cancelled=%d", sid, s.user,

@@ -79,7 +79,8 @@ def test_a_requeued_job_replays_its_prefix_and_runs_what_is_new(tmp_path):
                 assert view["replayed"] == 3
                 new = await run(api, again, h, 2.5)
                 assert "replayed" not in new["meta"] and await executed(sch, again) == 1
-                await api.call("DELETE", f"/v1/sessions/{again['id']}", token=again["token"])
+                st, rec = await api.call("DELETE", f"/v1/sessions/{again['id']}", token=again["token"])
+                assert rec["replayed"] == 3 and rec["tasks"] == 1         # the ledger record says so too
 
                 # another user's session with the job id: no replay (and the record stays alice's)
                 other = await open_job(admin, "mallory", 1001)
