@@ -79,6 +79,11 @@ class Cursor:
         self.replayed += k
         return k
 
+    def stop_at(self, pos: int) -> None:
+        """Replay ends at `pos`, before where take() had got to (the record lost what was there)."""
+        self.replayed -= self.pos - pos
+        self.pos, self.replaying = pos, False
+
     def assign(self, tids: list[str], wanted: list[str]) -> None:
         """Positions for tasks that will run: they are recorded there once DONE."""
         for tid, addr in zip(tids, wanted):
@@ -142,15 +147,17 @@ async def answer(sch: Scheduler, sid: str, pool: str, items: Items) -> Items:
     wanted = [address(pool, t, obs, params) for t, obs, params in items]
     k = 0
     if c.replaying:
-        recorded: list[str | None] = (await sch.store.replay_addrs(c.name, c.pos, len(items))
-                    if c.pos < c.recorded else [None] * len(items))
+        recorded: list[str | None] = [None] * len(items)
+        if c.pos < c.recorded:
+            recorded = await sch.store.replay_addrs(c.name, c.pos, len(items))
         start = c.pos
         k = c.take(wanted, recorded)
         if k:
-            done = await sch.store.replay_answer(c.name, [(t, start + i) for i, (t, _, _) in
-                                                          enumerate(items[:k])], REPLAYED_META)
+            answered = [(t, start + i) for i, (t, _, _) in enumerate(items[:k])]
+            done = await sch.store.replay_answer(c.name, answered, REPLAYED_META)
             if done < k:            # the record lost positions meanwhile (purged, expired)
-                c.pos, c.replayed, c.replaying, k = start + done, c.replayed - (k - done), False, done
+                c.stop_at(start + done)
+                k = done
             sch.metrics.tasks_replayed.labels(pool).inc(k)
         if not c.replaying:
             await sch.store.replay_truncate(c.name, c.pos)

@@ -55,3 +55,10 @@ def test_the_cursor_replays_in_order_and_the_first_difference_ends_it():
     assert c.take(["e"], ["e"]) == 0                # ended: even a match runs now
     c.assign(["t2"], ["e"])
     assert c.tasks["t2"] == (4, "e") and c.replayed == 3
+
+
+def test_a_record_that_lost_positions_meanwhile_stops_the_replay_where_it_lost_them():
+    c = Cursor("job:1", recorded=3)
+    assert c.take(["a", "b", "c"], ["a", "b", "c"]) == 3
+    c.stop_at(1)                                    # only "a" could be answered
+    assert (c.pos, c.replayed, c.replaying) == (1, 1, False)
