@@ -173,8 +173,8 @@ class AsyncClient(ClientCore):
         return await self._run(self._op_open_session(pool, name=name, cls=cls, weight=weight, account=account,
                                       resume=resume))
 
-    async def attach(self, sid: str) -> AsyncSession:
-        return await self._run(self._op_attach(sid))
+    async def attach(self, sid: str, resume: str | None = None) -> AsyncSession:
+        return await self._run(self._op_attach(sid, resume))
 
     async def session(self, pool: str | None = None, **kw) -> AsyncSession:
         return await self._run(self._op_session(pool, **kw))

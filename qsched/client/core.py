@@ -379,15 +379,19 @@ class ClientCore:
         info = yield Call("POST", "/v1/sessions", body=body, purpose="open", idempotent=False)
         return self._session_cls(self, info)
 
-    def _op_attach(self, sid: str) -> Op[Any]:
+    def _op_attach(self, sid: str, resume: str | None = None) -> Op[Any]:
+        """resume (else QSCHED_RESUME): the job's session replays and records under this key."""
         s = self._session_cls(self, (yield Call("POST", f"/v1/sessions/{sid}/attach", purpose="attach")))
         s.attached = True        # the job's session: Slurm closes it when the job ends
+        key = resume or os.environ.get("QSCHED_RESUME")
+        if key:
+            yield s._call("POST", f"/v1/sessions/{sid}/resume", body={"resume": key})
         return s
 
     def _op_session(self, pool: str | None = None, **kw) -> Op[Any]:
         """The job's session when running under Slurm (QSCHED_SESSION), else a new one."""
         sid = os.environ.get("QSCHED_SESSION")
-        return (yield from (self._op_attach(sid) if sid else self._op_open_session(pool, **kw)))
+        return (yield from (self._op_attach(sid, kw.get("resume")) if sid else self._op_open_session(pool, **kw)))
 
 
 class SessionCore:

@@ -168,8 +168,8 @@ class Client(ClientCore):
         return self._run(self._op_open_session(pool, name=name, cls=cls, weight=weight, account=account,
                                 resume=resume))
 
-    def attach(self, sid: str) -> Session:
-        return self._run(self._op_attach(sid))
+    def attach(self, sid: str, resume: str | None = None) -> Session:
+        return self._run(self._op_attach(sid, resume))
 
     def session(self, pool: str | None = None, **kw) -> Session:
         """The job's session when running under Slurm (QSCHED_SESSION), else a new one."""

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..errors import BadRequest
 from ..models import Session, Task
 
 if TYPE_CHECKING:
@@ -29,11 +30,12 @@ log = logging.getLogger("qsched.scheduler")
 REPLAYED_META = {"replayed": True, "exec_s": 0.0}
 
 
-def address(pool: str, t: Task, observables: str, params: bytes) -> str:
-    """The content address of a request: everything that decides its result (the template digest
-    covers the circuit and its seed). Each part is length-prefixed, so no two requests share one."""
+def address(pool: str, template: str, t: Task, observables: str, params: bytes) -> str:
+    """The content address of a request: everything that decides its result (`template`, the
+    template's canonical digest, covers the circuit and its seed). Each part is length-prefixed, so
+    no two requests share one."""
     h = hashlib.sha256()
-    for part in (pool.encode(), t.kind.encode(), t.template.encode(), str(t.shots).encode(),
+    for part in (pool.encode(), t.kind.encode(), template.encode(), str(t.shots).encode(),
                  (t.method or "").encode(), observables.encode(), params):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
@@ -98,12 +100,19 @@ class Replays:
         self.cursors: dict[str, Cursor] = {}
         self.writer: dict[str, str] = {}           # record name -> the session that writes it
         self.by_task: dict[str, str] = {}          # live recorded task -> its session
+        self.started: set[str] = set()             # open sessions that have submitted a task
 
     def replayed(self, sid: str) -> int:
         c = self.cursors.get(sid)
         return c.replayed if c is not None else 0
 
+    def forget(self, sid: str) -> None:
+        """The session closed."""
+        self.started.discard(sid)
+        self.detach(sid)
+
     def detach(self, sid: str) -> None:
+        """The session records no more (closed, or a newer session of its job writes the record)."""
         c = self.cursors.pop(sid, None)
         if c is None:
             return
@@ -119,11 +128,29 @@ async def attach(sch: Scheduler, s: Session, resume: str = "") -> None:
     cfg = sch.config
     if name is None or cfg.replay_ttl_s == 0:
         return
+    await _attach(sch, s, name)
+
+
+async def resume(sch: Scheduler, s: Session, key: str) -> None:
+    """A session that Slurm opened for its job (it attaches, it does not open) takes a resume key's
+    record instead of its job's, before its first task."""
+    if not key:
+        raise BadRequest("resume: a non-empty key", field="resume")
+    async with sch.writer.write():
+        if s.id in sch.replay.started:
+            raise BadRequest("resume: the session has submitted tasks; a resume key is given before the first",
+                             field="resume")
+        if sch.config.replay_ttl_s:
+            sch.replay.detach(s.id)
+            await _attach(sch, s, f"resume:{key}")
+
+
+async def _attach(sch: Scheduler, s: Session, name: str) -> None:
     off = await sch.store.replay_off(s.pool)
     if off is not None:
         log.info("session %s: no replay record, replay is off on pool %s (%s)", s.id, s.pool, off)
         return
-    n = await sch.store.replay_claim(name, s.user, s.account, s.id, cfg.replay_ttl_s)
+    n = await sch.store.replay_claim(name, s.user, s.account, s.id, sch.config.replay_ttl_s)
     if n is None:
         log.warning("session %s (user %s, account %s): replay record %s belongs to another user or account; "
                     "no replay", s.id, s.user, s.account, name)
@@ -141,10 +168,13 @@ async def attach(sch: Scheduler, s: Session, resume: str = "") -> None:
 async def answer(sch: Scheduler, sid: str, pool: str, items: Items) -> Items:
     """Submission (under the write lock): answer the leading requests that the record holds, in
     order; returns the others, which run (and are recorded)."""
+    sch.replay.started.add(sid)
     c = sch.replay.cursors.get(sid)
     if c is None:
         return items
-    wanted = [address(pool, t, obs, params) for t, obs, params in items]
+    canonical = {t.template: ((await sch.templates.get(t.template)) or {}).get("canonical", t.template)
+                 for t, _, _ in items}
+    wanted = [address(pool, canonical[t.template], t, obs, params) for t, obs, params in items]
     k = 0
     if c.replaying:
         recorded: list[str | None] = [None] * len(items)

@@ -133,7 +133,7 @@ async def close_session(sch: Scheduler, sid: str) -> dict:
     record = {"session": sid, "name": s.name, "user": s.user, "account": s.account, "job_id": s.job_id,
               "pool": s.pool, "class": s.cls, "opened": s.created, "closed": time.time(),
               "cancelled": len(cancelled), "replayed": sch.replay.replayed(sid), **usage.__dict__}
-    sch.replay.detach(sid)
+    sch.replay.forget(sid)
     await sch.store.record_accounting(record)
     sch.views.refresh_gauges()
     log.info("session %s closed: user=%s job=%s tasks=%d device_s=%.3f cancelled=%d", sid, s.user,

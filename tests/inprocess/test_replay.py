@@ -150,3 +150,30 @@ def test_chained_jobs_opt_in_with_a_resume_key_of_their_own_user(tmp_path):
             finally:
                 await admin.close()
     asyncio.run(body())
+
+
+def test_a_job_session_that_slurm_opened_takes_a_resume_key_before_its_first_task(tmp_path):
+    """Under Slurm the job's session is opened by the plugin and attached by the client: QSCHED_RESUME
+    then names the record through POST /v1/sessions/{sid}/resume, refused once the session ran a task."""
+    async def body():
+        async with daemon(tmp_path, AER, daemon={"replay_ttl_s": 3600}) as (d, api, _):
+            sch = d.scheduler
+            admin = Api(sch.config.admin_socket_path)
+            try:
+                runs = []
+                for job in ("101", "102"):                      # two chained jobs: new job ids
+                    s = await open_job(admin, "alice", 1000, job)
+                    st, view = await api.call("POST", f"/v1/sessions/{s['id']}/resume", {"resume": "vqe-a"},
+                                              token=s["token"])
+                    assert st == 200, view
+                    h = await api.template(s, circuit())
+                    runs.append([await run(api, s, h, a) for a in ANGLES[:2]])
+                    st, err = await api.call("POST", f"/v1/sessions/{s['id']}/resume", {"resume": "vqe-b"},
+                                             token=s["token"])
+                    assert st == 400 and err["error"]["field"] == "resume", err
+                    st, rec = await api.call("DELETE", f"/v1/sessions/{s['id']}", token=s["token"])
+                assert [r["meta"].get("replayed") for r in runs[1]] == [True, True] and rec["tasks"] == 0
+                assert [r["result"] for r in runs[1]] == [r["result"] for r in runs[0]]
+            finally:
+                await admin.close()
+    asyncio.run(body())

@@ -14,7 +14,7 @@ BASE = {"pool": "aer", "kind": "estimate", "template": "ab12", "shots": 100, "me
 def addr(**change) -> str:
     f = {**BASE, **change}
     t = Task("s.t", "s", f["kind"], f["template"], 1, f["shots"], 0, 0.0, method=f["method"])
-    return address(f["pool"], t, f["observables"], f["params"])
+    return address(f["pool"], f["template"], t, f["observables"], f["params"])
 
 
 def test_the_address_is_stable_and_changes_with_every_part_of_the_request():
@@ -62,3 +62,27 @@ def test_a_record_that_lost_positions_meanwhile_stops_the_replay_where_it_lost_t
     assert c.take(["a", "b", "c"], ["a", "b", "c"]) == 3
     c.stop_at(1)                                    # only "a" could be answered
     assert (c.pos, c.replayed, c.replaying) == (1, 1, False)
+
+
+def test_the_same_circuit_built_again_has_another_digest_but_the_same_canonical_one():
+    """A requeued job's script builds new Parameter objects (new UUIDs in the QPY): the replay matches on
+    the canonical digest, which a different circuit or parameter name still changes."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter, ParameterVector
+
+    from qsched import wire
+
+    def build(name="a", angle_gate="rx"):
+        v = ParameterVector("v", 2)
+        qc = QuantumCircuit(2)
+        getattr(qc, angle_gate)(Parameter(name), 0)
+        qc.ry(v[0], 1)
+        qc.rz(v[1], 1)
+        return qc
+
+    def both(qc):
+        qpy = wire.dump_qpy(qc)
+        return wire.digest(qpy), wire.canonical_digest(qpy, qc)
+    one, two = both(build()), both(build())
+    assert one[0] != two[0] and one[1] == two[1]
+    assert both(build(name="b"))[1] != one[1] and both(build(angle_gate="ry"))[1] != one[1]

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
-from test_slurm_e2e import _script, _wait
 
 from qsched import keys
+
+sys.path.insert(0, str(Path(__file__).parent))      # the e2e module's job helpers (tests are no package)
+from test_slurm_e2e import _script, _wait  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 
