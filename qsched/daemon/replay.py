@@ -19,6 +19,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from redis.exceptions import RedisError
+
 from ..errors import BadRequest
 from ..models import Session, Task
 
@@ -128,7 +130,10 @@ async def attach(sch: Scheduler, s: Session, resume: str = "") -> None:
     cfg = sch.config
     if name is None or cfg.replay_ttl_s == 0:
         return
-    await _attach(sch, s, name)
+    try:
+        await _attach(sch, s, name)
+    except RedisError as e:             # the session opens all the same, without replay
+        log.warning("session %s: no replay record (%s)", s.id, e)
 
 
 async def resume(sch: Scheduler, s: Session, key: str) -> None:
@@ -184,7 +189,11 @@ async def answer(sch: Scheduler, sid: str, pool: str, items: Items) -> Items:
         k = c.take(wanted, recorded)
         if k:
             answered = [(t, start + i) for i, (t, _, _) in enumerate(items[:k])]
-            done = await sch.store.replay_answer(c.name, answered, REPLAYED_META)
+            try:
+                done = await sch.store.replay_answer(c.name, answered, REPLAYED_META)
+            except RedisError:
+                c.stop_at(start)        # not answered: a retry of this submission runs it
+                raise
             if done < k:            # the record lost positions meanwhile (purged, expired)
                 c.stop_at(start + done)
                 k = done
