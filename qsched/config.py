@@ -71,6 +71,13 @@ DAEMON_OPTIONS = (
     Option("max_connections", None, "open connections in all (none: the fd limit)", lo=8, kind="integer"),
     Option("session_idle_timeout_s", 86_400.0, "a session no Slurm job owns, with nothing queued or running, is "
            "closed after this long idle (0: never)", lo=0),
+    # replay records (daemon/replay.py): a requeued or resumed job's identical requests answered from them
+    Option("replay_ttl_s", 7 * 86_400, "a job's replay record is kept this long after its last write (0: no "
+           "records, no replay)", lo=0, kind="integer"),
+    Option("replay_max_tasks", 100_000, "tasks one replay record holds; past it the record stops growing",
+           lo=1, kind="integer"),
+    Option("replay_max_bytes", 256 << 20, "result bytes one replay record holds; past it the record stops "
+           "growing", lo=1024, kind="integer"),
     Option("leader_lease_s", 0.0, "a standby daemon: the one holding the lease in Redis serves, the others wait "
            "(0: one daemon, no lease)", lo=0.0, hi=600.0),
 )
@@ -156,6 +163,9 @@ class Config:
     result_ttl_s: int = _D["result_ttl_s"]
     ledger_max_records: int = _D["ledger_max_records"]
     events_retention_s: float = _D["events_retention_s"]
+    replay_ttl_s: int = _D["replay_ttl_s"]
+    replay_max_tasks: int = _D["replay_max_tasks"]
+    replay_max_bytes: int = _D["replay_max_bytes"]
     template_ttl_s: int = _D["template_ttl_s"]
     admin_uids: list[int] = field(default_factory=lambda: [0])
     trust_tcp: bool = _A["trust_tcp"]

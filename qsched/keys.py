@@ -135,3 +135,23 @@ def device_vendor(device: str) -> str:
     """Hash: what the device's vendor says of it (status online|paused|offline, reason, at), written by
     its worker; the daemon moves the device's state from it."""
     return f"{PREFIX}device:{device}:vendor"
+
+
+# Replay records (daemon/replay.py): one per Slurm job ("job:ID") or per resume key ("resume:KEY");
+# all three expire daemon.replay_ttl_s after the record's last write.
+def replay_addrs(name: str) -> str:
+    """Hash: position in the job's submission order -> the content address of the request answered there."""
+    return f"{PREFIX}replay:{name}:addrs"
+
+
+def replay_results(name: str) -> str:
+    """Hash: position -> the recorded result (the "result" value of the stored body, as its bytes)."""
+    return f"{PREFIX}replay:{name}:results"
+
+
+def replay_meta(name: str) -> str:
+    """Hash: the record's user, account, owner session, bytes, top (highest position + 1), full."""
+    return f"{PREFIX}replay:{name}:meta"
+
+
+REPLAY_OFF = PREFIX + "replay:off"             # hash: pool -> who turned replay off there, and when

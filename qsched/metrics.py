@@ -43,6 +43,8 @@ class Metrics:
         self.batches = Counter("qsched_batches", "Batches dispatched to a device", ["device"], registry=r)
         self.tasks_submitted = Counter("qsched_tasks_submitted", "Tasks accepted (durable in Redis)",
                                        ["pool", "kind"], registry=r)
+        self.tasks_replayed = Counter("qsched_tasks_replayed", "Tasks answered from their job's replay record "
+                                      "(no device time)", ["pool"], registry=r)
         self.tasks_completed = Counter("qsched_tasks_completed", "Tasks that reached a final state",
                                        ["device", "status"], registry=r)
         self.bindings = Counter("qsched_bindings", "Parameter bindings (circuits) executed", ["device"],
@@ -81,6 +83,7 @@ class Metrics:
             self.preemptions.labels(p).inc(0)
             self.tasks_pending.labels(p).set(0)
             self.queue_wait.labels(p)
+            self.tasks_replayed.labels(p)
             for kind in ("sample", "estimate", "gradient"):
                 self.tasks_submitted.labels(p, kind).inc(0)
         for code in CLIENT_ERROR_CODES:

@@ -228,6 +228,89 @@ return 1
 """
 
 
+# Replay records (daemon/replay.py). Record finished tasks: the "result" value of each DONE task's
+# stored body (the worker writes {"result": X, "meta": M}, meta last; a quote inside M's strings is
+# escaped, so the last ', "meta": ' ends X) is copied at its position, server-side (results can be
+# large), within the record's bounds; past them the record is marked full and stops growing.
+REPLAY_RECORD_LUA = """
+-- KEYS: (addrs, results, meta, task result) per entry; ARGV: ttl, max tasks, max bytes, then (pos, addr) per entry
+local ttl, max_n, max_b = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local written = 0
+for i = 1, #KEYS, 4 do
+  local a = 4 + (i - 1) / 2
+  local raw = redis.call('GET', KEYS[i + 3])
+  if raw and string.sub(raw, 1, 16) == 'DONE\\n{"result": ' then
+    local cut, at = nil, 1
+    while true do
+      local s = string.find(raw, ', "meta": ', at, true)
+      if not s then break end
+      cut, at = s, s + 1
+    end
+    local x = string.sub(raw, 17, (cut or #raw) - 1)    -- after 'DONE\\n{"result": '
+    local meta = KEYS[i + 2]
+    local used = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+    if cut == nil or redis.call('HLEN', KEYS[i]) >= max_n or used + #x > max_b then
+      redis.call('HSET', meta, 'full', '1')
+    else
+      local pos = tonumber(ARGV[a])
+      used = used - redis.call('HSTRLEN', KEYS[i + 1], ARGV[a]) + #x
+      redis.call('HSET', KEYS[i], ARGV[a], ARGV[a + 1])
+      redis.call('HSET', KEYS[i + 1], ARGV[a], x)
+      redis.call('HSET', meta, 'bytes', used)
+      if pos + 1 > tonumber(redis.call('HGET', meta, 'top') or '0') then redis.call('HSET', meta, 'top', pos + 1) end
+      written = written + 1
+    end
+    for k = i, i + 2 do redis.call('EXPIRE', KEYS[k], ttl) end
+  end
+end
+return written
+"""
+# Answer replayed tasks from a record: per task its hash (state DONE, replayed) and its result, the
+# recorded value under a meta that says so. Stops at a position gone meanwhile (purged, expired).
+REPLAY_ANSWER_LUA = """
+-- KEYS: results, then (task, task result) per task; ARGV: ttl, finished, meta json, then (pos, fields json) per task
+local ttl = tonumber(ARGV[1])
+local n = 0
+for i = 2, #KEYS, 2 do
+  local a = 4 + (i - 2)
+  local x = redis.call('HGET', KEYS[1], ARGV[a])
+  if not x then break end
+  local f = cjson.decode(ARGV[a + 1])
+  for name, v in pairs(f) do redis.call('HSET', KEYS[i], name, v) end
+  redis.call('HSET', KEYS[i], 'state', 'DONE', 'finished', ARGV[2], 'replayed', '1')
+  redis.call('EXPIRE', KEYS[i], ttl)
+  redis.call('SET', KEYS[i + 1], 'DONE\\n{"result": ' .. x .. ', "meta": ' .. ARGV[3] .. '}', 'EX', ttl)
+  n = n + 1
+end
+return n
+"""
+# Take a record for a session: refused (nil) when it is another user's or account's.
+REPLAY_CLAIM_LUA = """
+-- KEYS: meta, addrs; ARGV: user, account, session, ttl
+local u = redis.call('HGET', KEYS[1], 'user')
+if u and (u ~= ARGV[1] or redis.call('HGET', KEYS[1], 'account') ~= ARGV[2]) then return false end
+redis.call('HSET', KEYS[1], 'user', ARGV[1], 'account', ARGV[2], 'owner', ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return redis.call('HLEN', KEYS[2])
+"""
+# Forget a record's positions from `pos` on (a request there differed: what followed is another run's).
+REPLAY_TRUNCATE_LUA = """
+-- KEYS: addrs, results, meta; ARGV: pos
+local top = tonumber(redis.call('HGET', KEYS[3], 'top') or '0')
+local freed = 0
+for p = tonumber(ARGV[1]), top - 1 do
+  freed = freed + redis.call('HSTRLEN', KEYS[2], p)
+  redis.call('HDEL', KEYS[1], p)
+  redis.call('HDEL', KEYS[2], p)
+end
+if top > tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[3], 'top', ARGV[1], 'full', '0')
+  redis.call('HINCRBY', KEYS[3], 'bytes', -freed)
+end
+return freed
+"""
+
+
 class HotScript:
     """A Lua script on a connection of its own, called without redis-py's client layers (pool, retry,
     observability hooks): on the daemon's per-request path they cost more than Redis itself. Calls must
@@ -300,6 +383,10 @@ class Store:
         self._recall = redis.register_script(RECALL_LUA)
         self._acquire = redis.register_script(ACQUIRE_LUA)
         self._renew = redis.register_script(RENEW_LUA)
+        self._replay_claim = redis.register_script(REPLAY_CLAIM_LUA)
+        self._replay_answer = redis.register_script(REPLAY_ANSWER_LUA)
+        self._replay_record = redis.register_script(REPLAY_RECORD_LUA)
+        self._replay_truncate = redis.register_script(REPLAY_TRUNCATE_LUA)
         self.fence = ""                       # the leader lease's value while this daemon holds it
         self.on_fenced: Callable[[], None] | None = None
 
@@ -407,14 +494,16 @@ class Store:
 
     # tasks ------------------------------------------------------------------------------------------
     async def commit(self, sid: str | None, new: list[tuple[Task, str, bytes]], batches: list[Batch],
-                     idempotency_key: str | None = None) -> None:
+                     idempotency_key: str | None = None, ids: list[str] | None = None) -> None:
         """New tasks of one session, then batches for device inboxes: one atomic call, one round trip.
         Tasks are durable (and acknowledged) only once this returns; with an idempotency key, so is the
-        answer a retry of the same submission gets."""
+        answer a retry of the same submission gets: `ids` (default: the new tasks'; a submission some of
+        whose tasks were answered from a replay record names them all)."""
         keys_: list[str] = []
         args: list = [len(new), len(batches), 0, "", self.fence]
-        if idempotency_key and new:
-            args[2:4] = [self.ttl, json.dumps([t.id for t, _, _ in new])]
+        ids = [t.id for t, _, _ in new] if ids is None else ids
+        if idempotency_key and ids:
+            args[2:4] = [self.ttl, json.dumps(ids)]
         if new:
             assert sid is not None
             keys_.append(keys.session_pending(sid))
@@ -426,7 +515,7 @@ class Store:
             keys_ += [keys.session_pending(b.session), keys.batch(b.id), keys.device_inbox(b.device)]
             keys_ += [keys.task(tid) for tid in b.tasks]
             args += [len(b.tasks), b.id, b.entry(), b.created, *b.tasks]
-        if idempotency_key and new:
+        if idempotency_key and ids:
             assert sid is not None
             keys_.append(keys.session_submit(sid, idempotency_key))
         if self.fence:
@@ -695,6 +784,68 @@ class Store:
         """The daemon's HMAC key for session tokens: made once, shared by restarts and replicas."""
         await self.r.set(keys.SECRET, secrets.token_bytes(32), nx=True)
         return await self.r.get(keys.SECRET)
+
+    # replay records ---------------------------------------------------------------------------------
+    async def replay_claim(self, name: str, user: str, account: str, sid: str, ttl_s: int) -> int | None:
+        """Take the record `name` for session `sid`: its number of entries, or None when it belongs to
+        another user or account."""
+        n = await self._replay_claim(keys=[keys.replay_meta(name), keys.replay_addrs(name)],
+                                     args=[user, account, sid, ttl_s])
+        return None if n is None else int(n)
+
+    async def replay_addrs(self, name: str, first: int, count: int) -> list[str | None]:
+        """The content addresses recorded at positions first .. first+count-1 (None: none there)."""
+        raw = await self.r.hmget(keys.replay_addrs(name), [str(p) for p in range(first, first + count)])
+        return [None if a is None else _s(a) for a in raw]
+
+    async def replay_answer(self, name: str, tasks: list[tuple[Task, int]], meta: dict) -> int:
+        """Write these tasks as answered from the record (their positions in it): how many were, from
+        the first (fewer when the record lost a position meanwhile)."""
+        keys_ = [keys.replay_results(name)]
+        args: list = [self.ttl, time.time(), json.dumps(meta)]
+        for t, pos in tasks:
+            keys_ += [keys.task(t.id), keys.task_result(t.id)]
+            args += [pos, json.dumps({k: str(v) for k, v in t.to_redis().items()})]
+        return int(await self._replay_answer(keys=keys_, args=args))
+
+    async def replay_record(self, entries: list[tuple[str, int, str, str]], ttl_s: int, max_tasks: int,
+                            max_bytes: int) -> int:
+        """Record finished tasks: (record, position, content address, task id) each; only DONE ones are."""
+        keys_: list[str] = []
+        args: list = [ttl_s, max_tasks, max_bytes]
+        for name, pos, addr, tid in entries:
+            keys_ += [keys.replay_addrs(name), keys.replay_results(name), keys.replay_meta(name),
+                      keys.task_result(tid)]
+            args += [pos, addr]
+        return int(await self._replay_record(keys=keys_, args=args))
+
+    async def replay_truncate(self, name: str, pos: int) -> None:
+        await self._replay_truncate(keys=[keys.replay_addrs(name), keys.replay_results(name),
+                                          keys.replay_meta(name)], args=[pos])
+
+    async def replay_info(self, name: str) -> dict:
+        """The record's meta (user, account, owner, bytes, top, full) and its entries; {} when none."""
+        async with self.r.pipeline(transaction=False) as p:
+            p.hgetall(keys.replay_meta(name))
+            p.hlen(keys.replay_addrs(name))
+            meta, n = await p.execute()
+        return {**_str(meta), "entries": n} if meta else {}
+
+    async def replay_purge(self, name: str) -> bool:
+        """Delete a record; whether there was one."""
+        return bool(await self.r.delete(keys.replay_addrs(name), keys.replay_results(name), keys.replay_meta(name)))
+
+    async def replay_off(self, pool: str) -> str | None:
+        """Who turned replay off on this pool (None: it is on)."""
+        v = await self.r.hget(keys.REPLAY_OFF, pool)
+        return None if v is None else _s(v)
+
+    async def set_replay_off(self, pool: str, who: str | None) -> None:
+        """who: turn replay off on the pool, saying who did; None: back on."""
+        if who is None:
+            await self.r.hdel(keys.REPLAY_OFF, pool)
+        else:
+            await self.r.hset(keys.REPLAY_OFF, pool, who)
 
     # recovery ---------------------------------------------------------------------------------------
     async def load_state(self, devices: list[str]):

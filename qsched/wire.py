@@ -57,6 +57,17 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def canonical_digest(qpy: bytes, circuit) -> str:
+    """The template's digest without what differs when a script run again builds the same circuit
+    (the replay of a requeued job matches on it): its parameters' UUIDs (random per Parameter object)
+    are replaced by their index, and its name (by default from a process-wide counter) is left out
+    (the first occurrence: the circuit's header; its result does not depend on it)."""
+    qpy = qpy.replace(circuit.name.encode(), b"", 1)
+    for i, p in enumerate(circuit.parameters):
+        qpy = qpy.replace(p.uuid.bytes, i.to_bytes(16, "big"))
+    return digest(qpy)
+
+
 def dump_qpy(circuit) -> bytes:
     from qiskit import qpy
     buf = io.BytesIO()

@@ -166,13 +166,13 @@ def _top_client(url, retry_s):
 
 
 SESSION_COLS = ["id", "job_id", "user", "account", "name", "pool", "class", "state", "pending", "inflight", "time"]
-SESSION_KNOWN = ["uid", "weight", "weight_effective", "created", "activity", "held", "reason"]
+SESSION_KNOWN = ["uid", "weight", "weight_effective", "created", "activity", "held", "reason", "replayed"]
 POOL_COLS = ["pool", "devices", "pending", "running"]
 DEVICE_COLS = ["name", "type", "pool", "state", "outstanding", "max_qubits", "max_shots", "worker_rss_mb"]
 DEVICE_KNOWN = ["up", "max_bindings"]
 ACCT_COLS = ["session", "job_id", "user", "account", "pool", "class", "opened", "closed", "device_seconds", "tasks",
              "circuits", "shots"]
-ACCT_KNOWN = ["cancelled", "elapsed"]
+ACCT_KNOWN = ["cancelled", "elapsed", "replayed"]
 
 
 def _users(lst: fmt.Listing) -> list[str] | None:
@@ -396,6 +396,55 @@ def session_update(sid, job, cls, weight, hold, release, reason, config_path, ur
     for one, out in _admin(config_path, url, update):
         click.echo(f"session {one}: class {out['class']}, weight {out['weight']:g}"
                    + (f", held ({out['reason']})" if out["held"] else ""))
+
+
+@cli.group()
+def replay():
+    """Replay records: a requeued or resumed job's identical requests answered from its record (admins)."""
+
+
+def _replay_record(job: str | None, resume: str | None) -> tuple[str, str]:
+    if (job is None) == (resume is None):
+        raise click.UsageError("give -j JOBID or --resume KEY")
+    return ("job", job) if job is not None else ("resume", str(resume))
+
+
+@replay.command("show")
+@JOB
+@click.option("--resume", default=None, metavar="KEY", help="the record of this resume key")
+@CONFIG
+@URL
+def replay_show(job, resume, config_path, url):
+    """A record's user, account, entries and bytes."""
+    kind, key = _replay_record(job, resume)
+    click.echo(fmt.dump_json(_admin(config_path, url, lambda c: c.replay("GET", kind, key))))
+
+
+@replay.command("purge")
+@JOB
+@click.option("--resume", default=None, metavar="KEY", help="the record of this resume key")
+@CONFIG
+@URL
+def replay_purge(job, resume, config_path, url):
+    """Delete a job's record: its next session replays nothing."""
+    kind, key = _replay_record(job, resume)
+    out = _admin(config_path, url, lambda c: c.replay("DELETE", kind, key))
+    click.echo(f"replay record {out['record']} purged")
+
+
+def _pool_replay_command(verb: str, enabled: bool, doc: str):
+    @replay.command(verb, help=doc)
+    @click.argument("pool")
+    @CONFIG
+    @URL
+    def command(pool, config_path, url):
+        out = _admin(config_path, url, lambda c: c.set_pool_replay(pool, enabled))
+        click.echo(f"pool {out['pool']}: replay {'on' if out['replay'] else 'off'}")
+    return command
+
+
+_pool_replay_command("off", False, "Sessions opened on POOL from now on neither record nor replay.")
+_pool_replay_command("on", True, "Sessions opened on POOL record and replay again.")
 
 
 SHARE_KNOWN = ["parent"]

@@ -161,12 +161,20 @@ class AsyncClient(ClientCore):
     async def metrics(self) -> str:
         return await self._run(self._op_metrics())
 
-    async def open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
-                           weight: float = 1.0, account: str = "") -> AsyncSession:
-        return await self._run(self._op_open_session(pool, name=name, cls=cls, weight=weight, account=account))
+    async def replay(self, method: str, kind: str, key: str) -> dict:
+        """Admin socket: GET or DELETE (purge) the replay record of a job (kind "job") or resume key."""
+        return await self._run(self._op_replay(method, kind, key))
 
-    async def attach(self, sid: str) -> AsyncSession:
-        return await self._run(self._op_attach(sid))
+    async def set_pool_replay(self, pool: str, enabled: bool) -> dict:
+        return await self._run(self._op_set_pool_replay(pool, enabled))
+
+    async def open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
+                           weight: float = 1.0, account: str = "", resume: str | None = None) -> AsyncSession:
+        return await self._run(self._op_open_session(pool, name=name, cls=cls, weight=weight, account=account,
+                                      resume=resume))
+
+    async def attach(self, sid: str, resume: str | None = None) -> AsyncSession:
+        return await self._run(self._op_attach(sid, resume))
 
     async def session(self, pool: str | None = None, **kw) -> AsyncSession:
         return await self._run(self._op_session(pool, **kw))

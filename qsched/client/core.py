@@ -346,6 +346,15 @@ class ClientCore:
     def _op_policy(self) -> Op[dict]:
         return (yield from self._get("/v1/policy"))
 
+    def _op_replay(self, method: str, kind: str, key: str) -> Op[dict]:
+        """Admin socket: a replay record (kind job or resume): GET its info, DELETE (purge) it."""
+        path = f"/v1/admin/replay/{kind}/{urllib.parse.quote(key, safe='')}"
+        return (yield Call(method, path))
+
+    def _op_set_pool_replay(self, pool: str, enabled: bool) -> Op[dict]:
+        path = f"/v1/admin/replay/pools/{urllib.parse.quote(pool, safe='')}"
+        return (yield Call("POST", path, body={"enabled": enabled}))
+
     def _op_update_session(self, sid: str, **changes) -> Op[dict]:
         """Admin socket: class=, weight=, hold=True with reason=, or release=True."""
         path = f"/v1/admin/sessions/{urllib.parse.quote(sid, safe='')}"
@@ -363,22 +372,29 @@ class ClientCore:
         return (yield from self._list("/metrics")).decode()
 
     def _op_open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
-                         weight: float = 1.0, account: str = "") -> Op[Any]:
+                         weight: float = 1.0, account: str = "", resume: str | None = None) -> Op[Any]:
+        """resume: a replay record's key (else QSCHED_RESUME): a job run again under it gets the answers
+        the first run got for the same requests, without device time (docs/user-guide.md)."""
         body = {"pool": pool or os.environ.get("QSCHED_POOL") or None, "name": name,
-                "class": cls or os.environ.get("QSCHED_CLASS") or "batch", "weight": weight, "account": account}
+                "class": cls or os.environ.get("QSCHED_CLASS") or "batch", "weight": weight, "account": account,
+                "resume": resume or os.environ.get("QSCHED_RESUME") or None}
         # not repeated after a failure that may have reached the daemon: that could open two sessions
         info = yield Call("POST", "/v1/sessions", body=body, purpose="open", idempotent=False)
         return self._session_cls(self, info)
 
-    def _op_attach(self, sid: str) -> Op[Any]:
+    def _op_attach(self, sid: str, resume: str | None = None) -> Op[Any]:
+        """resume (else QSCHED_RESUME): the job's session replays and records under this key."""
         s = self._session_cls(self, (yield Call("POST", f"/v1/sessions/{sid}/attach", purpose="attach")))
         s.attached = True        # the job's session: Slurm closes it when the job ends
+        key = resume or os.environ.get("QSCHED_RESUME")
+        if key:
+            yield s._call("POST", f"/v1/sessions/{sid}/resume", body={"resume": key})
         return s
 
     def _op_session(self, pool: str | None = None, **kw) -> Op[Any]:
         """The job's session when running under Slurm (QSCHED_SESSION), else a new one."""
         sid = os.environ.get("QSCHED_SESSION")
-        return (yield from (self._op_attach(sid) if sid else self._op_open_session(pool, **kw)))
+        return (yield from (self._op_attach(sid, kw.get("resume")) if sid else self._op_open_session(pool, **kw)))
 
 
 class SessionCore:

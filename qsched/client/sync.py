@@ -158,12 +158,20 @@ class Client(ClientCore):
     def metrics(self) -> str:
         return self._run(self._op_metrics())
 
-    def open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
-                     weight: float = 1.0, account: str = "") -> Session:
-        return self._run(self._op_open_session(pool, name=name, cls=cls, weight=weight, account=account))
+    def replay(self, method: str, kind: str, key: str) -> dict:
+        """Admin socket: GET or DELETE (purge) the replay record of a job (kind "job") or resume key."""
+        return self._run(self._op_replay(method, kind, key))
 
-    def attach(self, sid: str) -> Session:
-        return self._run(self._op_attach(sid))
+    def set_pool_replay(self, pool: str, enabled: bool) -> dict:
+        return self._run(self._op_set_pool_replay(pool, enabled))
+
+    def open_session(self, pool: str | None = None, *, name: str = "", cls: str | None = None,
+                     weight: float = 1.0, account: str = "", resume: str | None = None) -> Session:
+        return self._run(self._op_open_session(pool, name=name, cls=cls, weight=weight, account=account,
+                                resume=resume))
+
+    def attach(self, sid: str, resume: str | None = None) -> Session:
+        return self._run(self._op_attach(sid, resume))
 
     def session(self, pool: str | None = None, **kw) -> Session:
         """The job's session when running under Slurm (QSCHED_SESSION), else a new one."""

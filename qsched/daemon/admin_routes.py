@@ -1,15 +1,19 @@
 """Routes that exist only on the admin listener (a 0600 socket; auth.admin_only checks the peer too)."""
 from __future__ import annotations
 
+import logging
+import time
+
 from aiohttp import web
 
-from ..errors import BadRequest
+from ..errors import BadRequest, NotFound
 from .auth import caller
 from .http import SCHEDULER, SMALL_BODY, json_body
 from .routes import close, open_for
-from .validate import device_state_request, session_update, window_request
+from .validate import device_state_request, flag, session_update, window_request
 
 admin_routes = web.RouteTableDef()
+log = logging.getLogger("qsched.scheduler")
 
 
 @admin_routes.post("/v1/admin/sessions")
@@ -55,3 +59,45 @@ async def admin_update_session(request: web.Request) -> web.Response:
                                      weight=u["weight"], hold=u["reason"] if u["hold"] else None,
                                      release=bool(u["release"]))
     return web.json_response(sch.session_view(entry))
+
+
+def _record(request: web.Request) -> str:
+    """/v1/admin/replay/{kind}/{key}: a job's record (kind job) or a resume key's (kind resume)."""
+    kind, key = request.match_info["kind"], request.match_info["key"]
+    if kind not in ("job", "resume"):
+        raise BadRequest(f"kind: 'job' or 'resume', got {kind!r}", field="kind")
+    return f"{kind}:{key}"
+
+
+@admin_routes.get("/v1/admin/replay/{kind}/{key}")
+async def replay_record(request: web.Request) -> web.Response:
+    """A replay record's owner, entries and bytes (daemon/replay.py)."""
+    info = await request.app[SCHEDULER].store.replay_info(_record(request))
+    if not info:
+        raise NotFound(f"record: no replay record {_record(request)!r}", field="record")
+    return web.json_response({"record": _record(request), **info})
+
+
+@admin_routes.delete("/v1/admin/replay/{kind}/{key}")
+async def purge_replay_record(request: web.Request) -> web.Response:
+    """Purge a record: the job's next session replays nothing and records afresh."""
+    sch, name = request.app[SCHEDULER], _record(request)
+    if not await sch.store.replay_purge(name):
+        raise NotFound(f"record: no replay record {name!r}", field="record")
+    log.warning("replay record %s purged by %s", name, caller(request).user())
+    return web.json_response({"record": name, "purged": True})
+
+
+@admin_routes.post("/v1/admin/replay/pools/{pool}")
+async def set_pool_replay(request: web.Request) -> web.Response:
+    """{"enabled": false}: sessions opened on the pool from now on get no replay record; true: back on."""
+    sch, pool = request.app[SCHEDULER], request.match_info["pool"]
+    enabled = flag(await json_body(request, max_bytes=SMALL_BODY), "enabled")
+    if pool not in sch.pools:
+        raise NotFound(f"pool: unknown pool {pool!r} (pools: {', '.join(sorted(sch.pools))})", field="pool")
+    if enabled is None:
+        raise BadRequest("enabled: expected true or false", field="enabled")
+    who = caller(request).user()
+    await sch.store.set_replay_off(pool, None if enabled else f"turned off by {who} at {time.time():.0f}")
+    log.warning("replay on pool %s turned %s by %s", pool, "on" if enabled else "off", who)
+    return web.json_response({"pool": pool, "replay": enabled})

@@ -6,6 +6,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import replay
+
 if TYPE_CHECKING:
     from .scheduler import Scheduler
 
@@ -22,6 +24,7 @@ async def run_events(sch: Scheduler, redis: Any) -> None:
                 if ev is None:
                     raise ValueError("the event does not parse")
                 on_batch_done(sch, ev, inline)
+                await replay.record(sch, ev)
             except Exception:
                 log.exception("bad event %s", eid)
 

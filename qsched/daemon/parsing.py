@@ -75,7 +75,8 @@ def parse(kind: str, data: bytes, limits: Limits) -> tuple[str, Any]:
         return "error", (e.message, e.field, e.limit, 400)
     except MemoryError:
         return "error", (f"{field}: the circuit needs more memory than a template may take", field, None, 413)
-    info = {**wire.template_info(circuit), "instructions": sorted(circuit.count_ops())}
+    info = {**wire.template_info(circuit), "instructions": sorted(circuit.count_ops()),
+            "canonical": wire.canonical_digest(qpy, circuit)}
     return "ok", (qpy, info)
 
 

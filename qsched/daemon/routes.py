@@ -15,8 +15,9 @@ from .http import HOOKS, PARSER, SCHEDULER, SMALL_BODY, WAIT_BODY, json_body, re
 from .identity import check_slurm_job, session_account, session_weight
 from .parsing import Limits
 from .results import task_response, tasks_response
-from .validate import (check_runnable, idempotency_key, parse_submission, pool_limits, session_request,
-                       template_info, wait_request, wait_seconds)
+from . import replay
+from .validate import (MAX_NAME, check_runnable, idempotency_key, parse_submission, pool_limits, session_request,
+                       template_info, text, wait_request, wait_seconds)
 
 routes = web.RouteTableDef()
 
@@ -82,7 +83,8 @@ async def open_for(request, body: dict, *, user: str, uid: int, admin: bool):
                               users=sch.config.users, admin=admin, slurm_accounts=slurm_accounts)
     s = await sch.open_session(user=user, uid=uid, pool=pool,
                                cls=cls, weight=session_weight(req["weight"], admin=admin),
-                               account=account, name=req["name"] or "", job_id=req["job_id"])
+                               account=account, name=req["name"] or "", job_id=req["job_id"],
+                               resume=req["resume"] or "")
     return web.json_response({**s.public(), "token": sch.token_for(s.id)}, status=201)
 
 
@@ -140,6 +142,15 @@ async def attach(request):
     if uid != entry.session.uid and uid not in sch.config.admin_uids:
         raise Forbidden(f"session: {entry.session.id} belongs to another user", field="session")
     return web.json_response({**entry.session.public(), "token": sch.token_for(entry.session.id)})
+
+
+@routes.post("/v1/sessions/{sid}/resume")
+async def resume(request):
+    """{"resume": KEY}: the job's session replays (and records) under a resume key (daemon/replay.py)."""
+    sch, entry = await _session_entry(request)
+    key = text(await json_body(request, max_bytes=SMALL_BODY), "resume", limit=MAX_NAME, default="")
+    await replay.resume(sch, entry.session, key or "")
+    return web.json_response(sch.session_view(entry))
 
 
 @routes.delete("/v1/sessions/{sid}")

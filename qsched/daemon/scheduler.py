@@ -34,6 +34,7 @@ from . import completions, dispatch, dispatcher, sessions, tasks
 from .cost import CostModel
 from .device_watch import DeviceWatch
 from .index import Index, SessionEntry, Snapshot
+from .replay import Replays
 from .templates import TemplateIndex
 from .txn import Writer
 from .views import Views
@@ -76,6 +77,7 @@ class Scheduler:
         self.waiters = Waiters(self.tasks, lambda: self.accepting)
         self.watch = DeviceWatch(self, self.maintenance_windows)
         self.views = Views(self)
+        self.replay = Replays()                 # replay cursors (replay.py)
         # the rooms' entry points the API, the daemon and the Slurm hooks call by these names
         self.wait, self.release_waiters = self.waiters.wait, self.waiters.release
         self.run_device_watch, self.recall_waiting = self.watch.run, self.watch.recall_all
@@ -192,9 +194,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ sessions and tokens
     async def open_session(self, *, user: str, uid: int, pool: str, cls: str = "batch", weight: float = 1.0,
-                           account: str = "", name: str = "", job_id: str = "") -> Session:
+                           account: str = "", name: str = "", job_id: str = "", resume: str = "") -> Session:
         return await sessions.open_session(self, user=user, uid=uid, pool=pool, cls=cls, weight=weight,
-                                           account=account, name=name, job_id=job_id)
+                                           account=account, name=name, job_id=job_id, resume=resume)
 
     async def update_session(self, sid: str, *, who: str, cls: str | None = None, weight: float | None = None,
                              hold: str | None = None, release: bool = False) -> SessionEntry:

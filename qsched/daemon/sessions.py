@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from ..errors import BadRequest, Draining, NotFound, QuotaExceeded
 from ..models import Session
-from . import limits
+from . import limits, replay
 from .dispatcher import recall_waiting
 from .index import SessionEntry
 
@@ -35,7 +35,7 @@ def _check_weight(weight: float) -> None:
 
 
 async def open_session(sch: Scheduler, *, user: str, uid: int, pool: str, cls: str = "batch", weight: float = 1.0,
-                       account: str = "", name: str = "", job_id: str = "") -> Session:
+                       account: str = "", name: str = "", job_id: str = "", resume: str = "") -> Session:
     if not sch.accepting:
         raise Draining("daemon is draining; retry on the next daemon", field="session")
     if pool not in sch.pools:
@@ -56,6 +56,7 @@ async def open_session(sch: Scheduler, *, user: str, uid: int, pool: str, cls: s
     await sch.store.create_session(s)
     sch.sessions[s.id] = SessionEntry(s, sch.weight(s), new=True)
     sch.index.by_token[sch.token_for(s.id)] = s.id
+    await replay.attach(sch, s, resume)
     log.info("session %s opened: user=%s account=%s job=%s pool=%s class=%s", s.id, s.user, s.account,
              s.job_id or "-", s.pool, s.cls)
     sch.metrics.sessions_open.set(len(sch.sessions))
@@ -136,7 +137,8 @@ async def close_session(sch: Scheduler, sid: str) -> dict:
     s = entry.session
     record = {"session": sid, "name": s.name, "user": s.user, "account": s.account, "job_id": s.job_id,
               "pool": s.pool, "class": s.cls, "opened": s.created, "closed": time.time(),
-              "cancelled": len(cancelled), **usage.__dict__}
+              "cancelled": len(cancelled), "replayed": sch.replay.replayed(sid), **usage.__dict__}
+    sch.replay.forget(sid)
     await sch.store.record_accounting(record)
     sch.views.refresh_gauges()
     log.info("session %s closed: user=%s job=%s tasks=%d device_s=%.3f cancelled=%d", sid, s.user,

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from ..errors import BadRequest, Draining, NotFound, ReplicationTimeout, Unavailable
 from ..models import Batch, Task, TaskState
-from . import dispatch, limits
+from . import dispatch, limits, replay
 from .dispatcher import count_dispatched
 from .index import SessionEntry
 
@@ -36,6 +36,8 @@ async def submit(sch: Scheduler, sid: str, items: Items, idempotency_key: str | 
             if done is not None:
                 return done, False
         _check_limits(sch, entry, items)
+        ids = [t.id for t, _, _ in items]
+        items = await replay.answer(sch, sid, entry.session.pool, items)   # the rest run
         now = time.time()
         was_idle = not entry.pending
         for t, _, _ in items:
@@ -43,13 +45,12 @@ async def submit(sch: Scheduler, sid: str, items: Items, idempotency_key: str | 
             t.seq, t.submitted = sch.index.seq, now
             entry.pending.append(t)
             sch.tasks[t.id] = t
-        if was_idle:
+        if was_idle and items:
             sch.enqueue(entry)
         batches = sch.plan()
         _attach_payloads(batches, items)
-        ids = [t.id for t, _, _ in items]
         try:
-            await sch.writer.commit(sch.store.commit(sid, items, batches, idempotency_key))  # durable, then acked
+            await sch.writer.commit(sch.store.commit(sid, items, batches, idempotency_key, ids))  # durable, then acked
         except ReplicationTimeout:
             # the primary has them, no replica said so in time: not acknowledged (503), and a retry
             # under the same key gets these ids (the key is in the same commit)

@@ -230,10 +230,11 @@ async def parse_submission(sch: Scheduler, entry: SessionEntry, body: dict) -> l
 
 
 def session_request(body: dict) -> dict:
-    """An open's fields (null means "the default"): weight, pool, class, account, name, job_id."""
+    """An open's fields (null means "the default"): weight, pool, class, account, name, job_id, resume
+    (a replay record's key, chained jobs: daemon/replay.py)."""
     weight = number(body, "weight", what="a finite number")
     out: dict = {"weight": 1.0 if weight is None else weight}
-    for f in ("pool", "class", "account", "name"):
+    for f in ("pool", "class", "account", "name", "resume"):
         out[f] = text(body, f, limit=MAX_NAME)
     job_id = body.get("job_id")
     out["job_id"] = str(job_id) if isinstance(job_id, int) and not isinstance(job_id, bool) and 0 <= job_id < 2**63 \

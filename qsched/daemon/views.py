@@ -18,7 +18,8 @@ class Views:
 
     def session(self, entry: SessionEntry) -> dict:
         view = {**entry.session.public(), "pending": len(entry.pending), "inflight": entry.inflight,
-                "weight_effective": entry.weight, "held": bool(entry.held), "reason": entry.reason()}
+                "weight_effective": entry.weight, "held": bool(entry.held), "reason": entry.reason(),
+                "replayed": self.sch.replay.replayed(entry.session.id)}
         policy = self.sch.policy
         factor = getattr(policy, "fairshare_factor", None)
         if factor is not None:

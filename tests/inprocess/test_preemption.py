@@ -78,8 +78,8 @@ def test_a_thousand_recalls_racing_real_workers_lose_nothing_run_nothing_twice_k
             real_commit, real_recall = sch.store.commit, sch.store.recall
             recalls = {True: 0, False: 0}
 
-            async def commit(sid, items, batches, key=None):
-                await real_commit(sid, items, batches, key)
+            async def commit(sid, items, batches, key=None, ids=None):
+                await real_commit(sid, items, batches, key, ids)
                 commits.extend((b.id, b.session, list(b.tasks)) for b in batches)
 
             async def recall(batch, device, source, **kw):

@@ -148,3 +148,33 @@ def test_admin_verbs_reach_the_admin_socket_while_qsched_url_names_the_user_list
     # an explicit --url still wins: the user listener has no admin routes
     out = qs(d.url, "device", "drain", "slow0", "--url", d.url, "--config", str(d.config_path))
     assert out.returncode != 0
+
+
+def test_replay_show_purge_and_pool_off_and_session_show_counts_replayed(fresh_daemon, monkeypatch):
+    """A resume key from the client's environment (QSCHED_RESUME): the second session gets its tasks
+    from the record, `qsched session show` counts them; `qsched replay show/purge/off/on` (admin)."""
+    d = fresh_daemon(devices=[{"name": "null0", "type": "null", "pool": "null"}])
+    admin = f"unix://{d.state_dir / 'admin.sock'}"
+    c = d.client()
+    monkeypatch.setenv("QSCHED_RESUME", "cli-chain")
+    params = [np.full((1, 1), 0.1 * i) for i in range(2)]
+    for run in range(2):
+        s = c.open_session("null")
+        res = [s.run("estimate", circuit(), p, observables=["Z"], timeout=30) for p in params]
+        if run:
+            assert [r.meta.get("replayed") for r in res] == [True, True]
+            view = json.loads(qs(d.url, "session", "show", s.id, "--json").stdout)
+            assert view["replayed"] == 2
+        s.close()
+    out = qs(admin, "replay", "show", "--resume", "cli-chain")
+    assert out.returncode == 0 and json.loads(out.stdout)["entries"] == 2, out.stderr
+    out = qs(admin, "replay", "off", "null")
+    assert out.returncode == 0 and "pool null: replay off" in out.stdout, out.stderr
+    s = c.open_session("null")
+    assert s.run("estimate", circuit(), params[0], observables=["Z"], timeout=30).meta.get("replayed") is None
+    s.close()
+    assert "pool null: replay on" in qs(admin, "replay", "on", "null").stdout
+    out = qs(admin, "replay", "purge", "--resume", "cli-chain")
+    assert out.returncode == 0 and "replay record resume:cli-chain purged" in out.stdout, out.stderr
+    out = qs(admin, "replay", "purge", "--resume", "cli-chain")
+    assert out.returncode != 0 and "no replay record" in out.stderr

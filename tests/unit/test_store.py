@@ -14,7 +14,7 @@ from qsched import errors, keys
 from qsched.daemon.redis_server import redis_server_binary
 from qsched.models import Batch, Session, Task
 from qsched.redisconn import async_client, sync_client
-from qsched.store import DeviceQueue, Store
+from qsched.store import DeviceQueue, Store, split_result
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +218,38 @@ def test_the_lease_is_taken_only_when_free_and_renewed_only_by_its_holder(url):
         assert await store.lease_holder() is None
         assert await store.acquire_lease("h2", 10_000) == "2 h2"    # the epoch grows: an old fence fails
     run(url, body)
+
+
+def test_replay_records_the_result_value_answers_from_it_and_keeps_its_bounds(url):
+    """The recorded value is the stored body's "result" (a meta string holding ', "meta": ' escaped
+    does not cut it short); a replayed answer carries it byte for byte under its own meta; past
+    max_tasks the record is marked full; a cut frees its bytes; another user's claim is refused."""
+    result = '{"evs": {"__ndarray__": "AAAA"}, "note": "x, \\"meta\\": y"}'
+    body = json.dumps({"result": json.loads(result), "meta": {"device": 'd, "meta": 0', "exec_s": 0.5}})
+
+    async def body_(store, r):
+        assert await store.replay_claim("job:9", "ann", "chem", "s1", 60) == 0
+        assert await store.replay_claim("job:9", "bob", "chem", "s2", 60) is None
+        assert await store.replay_claim("job:9", "ann", "phys", "s2", 60) is None
+        for i in range(3):
+            await r.set(keys.task_result(f"s1.t{i}"), f"DONE\n{body}")
+        await r.set(keys.task_result("s1.f"), 'FAILED\n{"error": {}, "meta": {}}')
+        entries = [("job:9", i, f"addr{i}", f"s1.t{i}") for i in range(3)] + [("job:9", 3, "addr3", "s1.f")]
+        assert await store.replay_record(entries, 60, 2, 1 << 20) == 2          # the third is past max_tasks
+        info = await store.replay_info("job:9")
+        assert info["full"] == "1" and info["entries"] == 2 and info["top"] == "2"
+        assert int(info["bytes"]) == 2 * len(json.dumps(json.loads(result)))
+        assert await store.replay_addrs("job:9", 1, 3) == ["addr1", None, None]
+        assert await store.replay_claim("job:9", "ann", "chem", "s2", 60) == 2
+        t = _task("s2", 0)
+        assert await store.replay_answer("job:9", [(t, 0), (_task("s2", 1), 5)], {"replayed": True}) == 1
+        state, got = split_result(await r.get(keys.task_result(t.id)))
+        assert state == "DONE" and json.loads(bytes(got)) == {"result": json.loads(result), "meta": {"replayed": True}}
+        assert bytes(got).startswith(b'{"result": ' + json.dumps(json.loads(result)).encode())
+        assert (await r.hgetall(keys.task(t.id)))[b"replayed"] == b"1"
+        await store.replay_truncate("job:9", 1)
+        info = await store.replay_info("job:9")
+        assert info["entries"] == 1 and info["top"] == "1" and info["full"] == "0"
+        assert int(info["bytes"]) == len(json.dumps(json.loads(result)))
+        assert await store.replay_purge("job:9") and await store.replay_info("job:9") == {}
+    run(url, body_)

@@ -81,7 +81,7 @@ class FakeStore:
     async def sessions_device_seconds(self, sids: list[str]) -> dict:
         return {}
 
-    async def commit(self, sid, items, batches, idempotency_key=None) -> None:
+    async def commit(self, sid, items, batches, idempotency_key=None, ids=None) -> None:
         self.commits.append(batches)
 
     async def recall(self, batch: Batch, device: str, source: str, *, attempt: bool = False) -> bool:
