@@ -34,11 +34,11 @@ REPLAYED_META = {"replayed": True, "exec_s": 0.0}
 
 def address(pool: str, template: str, t: Task, observables: str, params: bytes) -> str:
     """The content address of a request: everything that decides its result (`template`, the
-    template's canonical digest, covers the circuit and its seed). Each part is length-prefixed, so
-    no two requests share one."""
+    template's canonical digest, covers the circuit; the task's seed its samples). Each part is
+    length-prefixed, so no two requests share one."""
     h = hashlib.sha256()
     for part in (pool.encode(), t.kind.encode(), template.encode(), str(t.shots).encode(),
-                 (t.method or "").encode(), observables.encode(), params):
+                 (t.method or "").encode(), observables.encode(), params, str(t.seed).encode()):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)
     return h.hexdigest()[:32]

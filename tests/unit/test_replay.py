@@ -8,12 +8,12 @@ from qsched.daemon.replay import Cursor, address, matching_prefix, record_name
 from qsched.models import Task
 
 BASE = {"pool": "aer", "kind": "estimate", "template": "ab12", "shots": 100, "method": None,
-        "observables": '[[["Z", 1.0]]]', "params": bytes(range(16))}
+        "observables": '[[["Z", 1.0]]]', "params": bytes(range(16)), "seed": None}
 
 
 def addr(**change) -> str:
     f = {**BASE, **change}
-    t = Task("s.t", "s", f["kind"], f["template"], 1, f["shots"], 0, 0.0, method=f["method"])
+    t = Task("s.t", "s", f["kind"], f["template"], 1, f["shots"], 0, 0.0, method=f["method"], seed=f["seed"])
     return address(f["pool"], f["template"], t, f["observables"], f["params"])
 
 
@@ -23,7 +23,7 @@ def test_the_address_is_stable_and_changes_with_every_part_of_the_request():
     params[7] ^= 1                                  # one bit of one parameter
     changes = [{"pool": "aer2"}, {"kind": "gradient"}, {"template": "ab13"}, {"shots": 101}, {"shots": None},
                {"method": "adjoint"}, {"observables": '[[["X", 1.0]]]'}, {"params": bytes(params)},
-               {"params": BASE["params"][:-1]}]
+               {"params": BASE["params"][:-1]}, {"seed": 7}, {"seed": 8}]
     seen = {addr()} | {addr(**c) for c in changes}
     assert len(seen) == len(changes) + 1
 
