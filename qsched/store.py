@@ -316,12 +316,12 @@ class HotScript:
     observability hooks): on the daemon's per-request path they cost more than Redis itself. Calls must
     not overlap (the scheduler serializes commits)."""
 
-    def __init__(self, pool, script: str):
+    def __init__(self, pool: Any, script: str) -> None:
         self.pool, self.script = pool, script
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self.conn: Any = None
 
-    async def __call__(self, keys: list, args: list, *, wait: tuple[int, int] | None = None):
+    async def __call__(self, keys: list, args: list, *, wait: tuple[int, int] | None = None) -> Any:
         """wait=(replicas, timeout_ms): then WAIT on the same connection (WAIT counts the replicas that
         have this connection's writes) and raise ReplicationTimeout if fewer acknowledged in time."""
         if self.conn is None:
@@ -371,8 +371,8 @@ class HotScript:
 class Store:
     """Async repository used by the daemon."""
 
-    def __init__(self, redis, *, result_ttl_s: int = 86_400, wait_replicas: int = 0, wait_timeout_ms: int = 100,
-                 ledger_max_records: int = 500_000):
+    def __init__(self, redis: Any, *, result_ttl_s: int = 86_400, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 100, ledger_max_records: int = 500_000) -> None:
         self.r = redis
         self.ttl = result_ttl_s
         self.ledger_max = ledger_max_records
@@ -422,7 +422,7 @@ class Store:
     async def close_session(self, sid: str, cancelled: list[str]) -> Usage:
         now = time.time()
 
-        def build(p):
+        def build(p: Any) -> None:
             p.hset(keys.session(sid), mapping={"state": SessionState.CLOSED.value, "closed": now})
             p.srem(keys.SESSIONS, sid)
             p.delete(keys.session_pending(sid))
@@ -444,7 +444,7 @@ class Store:
         await self.r.xadd(keys.ACCOUNTING, {"e": json.dumps(record)}, maxlen=self.ledger_max, approximate=True)
 
     async def accounting(self, since: float, limit: int, *, newest_first: bool = False,
-                         match=lambda record: True, page: int = 1000) -> list[dict]:
+                         match: Callable[[dict], bool] = lambda record: True, page: int = 1000) -> list[dict]:
         """Up to `limit` usage records of sessions closed since `since` (Unix time) that `match`, oldest
         (or newest) first. The ledger is read a page at a time, so a filter never hides older matches."""
         lo = f"{int(since * 1000)}-0" if since > 0 else "-"
@@ -564,7 +564,7 @@ class Store:
         last = await self.r.xrevrange(keys.EVENTS, count=1)
         return _s(last[0][0]) if last else "0-0"
 
-    async def read_events(self, conn, after: str, *, block_ms: int = 1000,
+    async def read_events(self, conn: Any, after: str, *, block_ms: int = 1000,
                           count: int = 500) -> list[tuple[str, dict | None, dict[str, bytes]]]:
         """Completion events after `after`, as (id, event, inline results by task id); the event is None
         when its body does not parse. `conn` is a connection of its own (XREAD blocks)."""
@@ -625,7 +625,7 @@ class Store:
         """Answer tasks that can never run with an error (written once, like a worker's result)."""
         body = result_entry(TaskState.FAILED.value, json.dumps({"error": {"code": "task_failed", "message": message}}))
 
-        def build(p):
+        def build(p: Any) -> None:
             for tid in tids:
                 p.lrem(keys.session_pending(tid.split(".", 1)[0]), 1, tid)
                 p.set(keys.task_result(tid), body, ex=self.ttl, nx=True)
@@ -634,7 +634,7 @@ class Store:
         await self._write(build)
 
     async def cancel_task(self, tid: str, sid: str) -> None:
-        def build(p):
+        def build(p: Any) -> None:
             p.hset(keys.task(tid), mapping={"state": TaskState.CANCELLED.value, "finished": time.time()})
             p.lrem(keys.session_pending(sid), 1, tid)
             p.expire(keys.task(tid), self.ttl)
@@ -659,7 +659,7 @@ class Store:
         return [json.loads(x) if x else None for x in raw]
 
     async def save_cost_model(self, per_binding: dict[tuple[str, str], float]) -> None:
-        def build(p):
+        def build(p: Any) -> None:
             for (device, kind), seconds in per_binding.items():
                 p.hset(keys.device_model(device), kind, seconds)
         await self._write(build)
@@ -673,13 +673,14 @@ class Store:
 
     async def save_usage(self, entries: dict[str, dict[str, tuple[float, float]]]) -> None:
         """Decayed usage entries (kind -> name -> (device-seconds, as of Unix time)), see keys.usage."""
-        def build(p):
+        def build(p: Any) -> None:
             for kind, names in entries.items():
                 if names:
                     p.hset(keys.usage(kind), mapping={n: f"{v!r} {t!r}" for n, (v, t) in names.items()})
         await self._write(build)
 
-    async def load_usage(self, kinds=("user", "account", "assoc")) -> dict[str, dict[str, tuple[float, float]]]:
+    async def load_usage(self, kinds: Iterable[str] = ("user", "account", "assoc"),
+                         ) -> dict[str, dict[str, tuple[float, float]]]:
         async with self.r.pipeline(transaction=False) as p:
             for kind in kinds:
                 p.hgetall(keys.usage(kind))
@@ -695,7 +696,7 @@ class Store:
         if not (entries or hours or removed):
             return
 
-        def ops(p):
+        def ops(p: Any) -> None:
             if entries:
                 p.hset(keys.QUOTA_USED, mapping={k: " ".join(repr(float(x)) for x in e) for k, e in entries.items()})
             for k, hs in hours.items():
@@ -754,7 +755,7 @@ class Store:
         """What remote devices' vendors say (their workers write it: keys.device_vendor)."""
         return await self._device_hashes(keys.device_vendor, devices)
 
-    async def _device_hashes(self, key, devices: list[str]) -> dict[str, dict]:
+    async def _device_hashes(self, key: Callable[[str], str], devices: list[str]) -> dict[str, dict]:
         async with self.r.pipeline(transaction=False) as p:
             for d in devices:
                 p.hgetall(key(d))
@@ -848,7 +849,8 @@ class Store:
             await self.r.hset(keys.REPLAY_OFF, pool, who)
 
     # recovery ---------------------------------------------------------------------------------------
-    async def load_state(self, devices: list[str]):
+    async def load_state(self, devices: list[str],
+                         ) -> tuple[list[Session], dict[str, list[str]], list[Task], dict[str, list[Batch]]]:
         """Everything the scheduling index is rebuilt from after a restart."""
         sids = sorted(_s(x) for x in await self.r.smembers(keys.SESSIONS))
         async with self.r.pipeline(transaction=False) as p:
@@ -885,7 +887,7 @@ class DeviceQueue:
     The daemon fills the device's inbox; this takes from it, reads payloads and templates, and writes
     results once."""
 
-    def __init__(self, redis, device: str, *, result_ttl_s: int = 86_400):
+    def __init__(self, redis: Any, device: str, *, result_ttl_s: int = 86_400) -> None:
         self.r = redis
         self.device = device
         self.ttl = result_ttl_s
@@ -899,7 +901,7 @@ class DeviceQueue:
         self._release = redis.register_script(RENEW_LUA)
         self.lease = keys.device_worker(device)
 
-    def take(self, timeout_s: float):
+    def take(self, timeout_s: float) -> bytes | None:
         """The next batch's entry, moved atomically to the processing list; None after the timeout."""
         return self.r.blmove(self.inbox, self.processing, timeout_s, "RIGHT", "LEFT")
 
@@ -932,7 +934,7 @@ class DeviceQueue:
                 out.append(d | {"params": params})
         return out
 
-    def complete(self, entry, batch: Batch, event: str, exec_s: float, finished: float,
+    def complete(self, entry: bytes, batch: Batch, event: str, exec_s: float, finished: float,
                  rows: list[tuple[str, str, str, int, int]]) -> int:
         """Write each task's (id, state, body, circuits, shots) once, charge usage, announce the batch.
         -1: the entry had left the processing list (the batch was taken back), nothing was written."""
@@ -990,7 +992,7 @@ def _check_acked(acked: int, wait: tuple[int, int]) -> None:
                                  "retry", field="redis.wait_replicas")
 
 
-def _s(v):
+def _s(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else v
 
 
@@ -1006,7 +1008,7 @@ class RemoteJournal:
 
     RECORD_TTL_S = 7 * 86_400
 
-    def __init__(self, redis, device: str):
+    def __init__(self, redis: Any, device: str) -> None:
         self.r = redis
         self.device = device
 
@@ -1015,7 +1017,7 @@ class RemoteJournal:
         raw = self.r.mget([keys.task_remote(t) for t in tids]) if tids else []
         return {t: _s(v) for t, v in zip(tids, raw) if v}
 
-    def begin(self, token: str, tids: list[str], **fields) -> None:
+    def begin(self, token: str, tids: list[str], **fields: Any) -> None:
         """Write-ahead: the record (state submitting) and every task's pointer, atomically."""
         with self.r.pipeline(transaction=True) as p:
             p.hset(keys.remote_job(token), mapping={"device": self.device, "state": "submitting",
@@ -1033,7 +1035,7 @@ class RemoteJournal:
             h["tasks"] = json.loads(h["tasks"])
         return h
 
-    def update(self, token: str, **fields) -> None:
+    def update(self, token: str, **fields: Any) -> None:
         self.r.hset(keys.remote_job(token), mapping={k: _scalar(v) for k, v in fields.items()})
 
     def in_flight(self) -> list[str]:
@@ -1042,7 +1044,7 @@ class RemoteJournal:
     def ended(self, token: str) -> None:
         self.r.srem(keys.device_remote_jobs(self.device), token)
 
-    def set_once(self, token: str, field: str, value) -> None:
+    def set_once(self, token: str, field: str, value: Any) -> None:
         self.r.hsetnx(keys.remote_job(token), field, _scalar(value))
 
     def release(self, tids: list[str]) -> None:
@@ -1068,5 +1070,5 @@ class RemoteJournal:
         self.r.hset(keys.device_vendor(self.device), mapping={"status": status, "reason": reason, "at": time.time()})
 
 
-def _scalar(v):
+def _scalar(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v)

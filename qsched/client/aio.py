@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Generator
 from typing import Any
 
 from ..errors import QschedError
@@ -32,7 +33,7 @@ class AsyncTaskFuture(FutureCore):
     async def result(self, timeout: float | None = None) -> TaskResult:
         return await self.session.client._run(self._op_result(timeout))
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self.result().__await__()
 
     async def cancel(self) -> str:
@@ -43,18 +44,19 @@ class AsyncSession(SessionCore):
     _future_cls = AsyncTaskFuture
     client: AsyncClient
 
-    async def upload(self, circuit) -> str:
+    async def upload(self, circuit: Any) -> str:
         return await self.client._run(self._op_upload(circuit))
 
-    async def submit(self, kind: str, circuit, params=None, *, observables=None, shots=None,
-                     method=None, seed: int | None = None) -> AsyncTaskFuture:
+    async def submit(self, kind: str, circuit: Any, params: Any = None, *, observables: Any = None,
+                     shots: int | None = None, method: str | None = None, seed: int | None = None) -> AsyncTaskFuture:
         return (await self.submit_many([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
                                              "shots": shots, "method": method, "seed": seed}]))[0]
 
     async def submit_many(self, tasks: list[dict]) -> list[AsyncTaskFuture]:
         return await self.client._run(self._op_submit_many(tasks))
 
-    async def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
+    async def run(self, kind: str, circuit: Any, params: Any = None, *, observables: Any = None,
+            shots: int | None = None, method: str | None = None,
                   seed: int | None = None, timeout: float | None = None) -> TaskResult:
         return await self.client._run(self._op_run(kind, circuit, params, observables=observables, shots=shots,
                                                    method=method, seed=seed, timeout=timeout))
@@ -77,7 +79,7 @@ class AsyncSession(SessionCore):
     async def __aenter__(self) -> AsyncSession:  # noqa: PYI034
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if not self.attached:
             await self.close()
 
@@ -111,7 +113,8 @@ class AsyncClient(ClientCore):
             except QschedError as e:
                 error = e
 
-    async def _request(self, method: str, path: str, *, json_body=None, data=None, headers=None) -> Any:
+    async def _request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
+                       headers: dict | None = None) -> Any:
         """One request with the client's retries (benchmarks reach the API directly with it)."""
         call = Call(method, path, body=json_body if json_body is not None else data, headers=dict(headers or {}),
                     idempotent=method != "POST")
@@ -146,7 +149,7 @@ class AsyncClient(ClientCore):
     async def policy(self) -> dict:
         return await self._run(self._op_policy())
 
-    async def update_session(self, sid: str, **changes) -> dict:
+    async def update_session(self, sid: str, **changes: Any) -> dict:
         return await self._run(self._op_update_session(sid, **changes))
 
     async def set_device_state(self, name: str, state: str, reason: str = "") -> dict:
@@ -176,7 +179,7 @@ class AsyncClient(ClientCore):
     async def attach(self, sid: str, resume: str | None = None) -> AsyncSession:
         return await self._run(self._op_attach(sid, resume))
 
-    async def session(self, pool: str | None = None, **kw) -> AsyncSession:
+    async def session(self, pool: str | None = None, **kw: Any) -> AsyncSession:
         return await self._run(self._op_session(pool, **kw))
 
     async def close(self) -> None:
@@ -185,5 +188,5 @@ class AsyncClient(ClientCore):
     async def __aenter__(self) -> AsyncClient:  # noqa: PYI034
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()

@@ -105,16 +105,16 @@ class TemplateCache:
         self.sent: set[str] = set()
         self.linear: set[str] = set()       # templates whose angles are all linear (gradients need them)
 
-    def qpy(self, circuit) -> tuple[str, bytes | None]:
+    def qpy(self, circuit: Any) -> tuple[str, bytes | None]:
         data = wire.dump_qpy(circuit)
         d = wire.digest(data)
         return d, (None if d in self.sent else data)
 
 
-def task_body(kind: str, template: str, params, *, observables=None, shots=None, method=None,
-              seed: int | None = None) -> dict:
+def task_body(kind: str, template: str, params: Any, *, observables: Any = None, shots: int | None = None,
+              method: str | None = None, seed: int | None = None) -> dict:
     p = np.atleast_2d(np.asarray(params if params is not None else np.zeros((1, 0)), dtype=np.float64))
-    body = {"kind": kind, "template": template, "params": wire.encode_array(p), "shots": shots}
+    body: dict[str, Any] = {"kind": kind, "template": template, "params": wire.encode_array(p), "shots": shots}
     if observables is not None:
         body["observables"] = wire.observables_to_wire(observables)
     if method:
@@ -124,7 +124,7 @@ def task_body(kind: str, template: str, params, *, observables=None, shots=None,
     return body
 
 
-def _check_linear(circuit, field: str) -> None:
+def _check_linear(circuit: Any, field: str) -> None:
     """A gradient task's angles must be linear in its parameters (the chain rule back to them uses
     constant coefficients): refused here, at submit, rather than by the worker at result()."""
     from ..devices.base import TaskError
@@ -355,7 +355,7 @@ class ClientCore:
         path = f"/v1/admin/replay/pools/{urllib.parse.quote(pool, safe='')}"
         return (yield Call("POST", path, body={"enabled": enabled}))
 
-    def _op_update_session(self, sid: str, **changes) -> Op[dict]:
+    def _op_update_session(self, sid: str, **changes: Any) -> Op[dict]:
         """Admin socket: class=, weight=, hold=True with reason=, or release=True."""
         path = f"/v1/admin/sessions/{urllib.parse.quote(sid, safe='')}"
         return (yield Call("POST", path, body={k: v for k, v in changes.items() if v is not None}))
@@ -391,7 +391,7 @@ class ClientCore:
             yield s._call("POST", f"/v1/sessions/{sid}/resume", body={"resume": key})
         return s
 
-    def _op_session(self, pool: str | None = None, **kw) -> Op[Any]:
+    def _op_session(self, pool: str | None = None, **kw: Any) -> Op[Any]:
         """The job's session when running under Slurm (QSCHED_SESSION), else a new one."""
         sid = os.environ.get("QSCHED_SESSION")
         return (yield from (self._op_attach(sid, kw.get("resume")) if sid else self._op_open_session(pool, **kw)))
@@ -415,7 +415,7 @@ class SessionCore:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def _call(self, method: str, path: str, **kw) -> Call:
+    def _call(self, method: str, path: str, **kw: Any) -> Call:
         return Call(method, path, session=self, **kw)
 
     def _deadline(self, timeout: float | None) -> float | None:
@@ -424,7 +424,7 @@ class SessionCore:
     def _left(self, deadline: float | None) -> float:
         return POLL_S if deadline is None else min(POLL_S, deadline - self.client._clock())
 
-    def _op_upload(self, circuit) -> Op[str]:
+    def _op_upload(self, circuit: Any) -> Op[str]:
         digest, data = self._templates.qpy(circuit)
         if data is not None:
             yield self._call("POST", f"/v1/sessions/{self.id}/templates", body=data,
@@ -459,7 +459,8 @@ class SessionCore:
     def _op_submit_many(self, tasks: list[dict]) -> Op[list]:
         return [self._future_cls(self, tid) for tid in (yield from self._op_post_tasks(tasks))["ids"]]
 
-    def _op_run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
+    def _op_run(self, kind: str, circuit: Any, params: Any = None, *, observables: Any = None,
+            shots: int | None = None, method: str | None = None,
                 seed: int | None = None, timeout: float | None = None) -> Op[TaskResult]:
         """Submit and wait in one round trip where the task finishes within the long-poll."""
         deadline = self._deadline(timeout)

@@ -39,10 +39,11 @@ class Session(SessionCore):
     _future_cls = TaskFuture
     client: Client
 
-    def upload(self, circuit) -> str:
+    def upload(self, circuit: Any) -> str:
         return self.client._run(self._op_upload(circuit))
 
-    def submit(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
+    def submit(self, kind: str, circuit: Any, params: Any = None, *, observables: Any = None,
+            shots: int | None = None, method: str | None = None,
                seed: int | None = None) -> TaskFuture:
         """`seed`: the simulator's seed for this task alone (the same seed, the same samples)."""
         return self.submit_many([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
@@ -52,7 +53,8 @@ class Session(SessionCore):
         """All tasks in one request (one primitive call = one request)."""
         return self.client._run(self._op_submit_many(tasks))
 
-    def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
+    def run(self, kind: str, circuit: Any, params: Any = None, *, observables: Any = None,
+            shots: int | None = None, method: str | None = None,
             seed: int | None = None, timeout: float | None = None) -> TaskResult:
         """Submit and wait in one round trip where the task finishes within the long-poll."""
         return self.client._run(self._op_run(kind, circuit, params, observables=observables, shots=shots,
@@ -77,7 +79,7 @@ class Session(SessionCore):
     def __enter__(self) -> Session:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if not self.attached:
             self.close()
 
@@ -137,7 +139,7 @@ class Client(ClientCore):
     def policy(self) -> dict:
         return self._run(self._op_policy())
 
-    def update_session(self, sid: str, **changes) -> dict:
+    def update_session(self, sid: str, **changes: Any) -> dict:
         return self._run(self._op_update_session(sid, **changes))
 
     def set_device_state(self, name: str, state: str, reason: str = "") -> dict:
@@ -173,7 +175,7 @@ class Client(ClientCore):
     def attach(self, sid: str, resume: str | None = None) -> Session:
         return self._run(self._op_attach(sid, resume))
 
-    def session(self, pool: str | None = None, **kw) -> Session:
+    def session(self, pool: str | None = None, **kw: Any) -> Session:
         """The job's session when running under Slurm (QSCHED_SESSION), else a new one."""
         return self._run(self._op_session(pool, **kw))
 
@@ -183,5 +185,5 @@ class Client(ClientCore):
     def __enter__(self) -> Client:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -3,10 +3,13 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 from ..options import Option
 from .config import PolicyConfig
 from .usage import UsageLedger
+
+Key = Any          # a policy's order key within a tier: smallest first (a number or a tuple of them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +106,11 @@ class Policy:
         self._forget(sid)
 
     # what a subclass provides
-    def _key(self, sid: str, pool: str, info: SessionInfo, head_seq: int, now: float, size: int):
+    def _key(self, sid: str, pool: str, info: SessionInfo, head_seq: int, now: float, size: int) -> Key | None:
         """The session's order key within its tier (smallest first); None keeps it where it is."""
         raise NotImplementedError
 
-    def _picked(self, sid: str, pool: str, key) -> None:
+    def _picked(self, sid: str, pool: str, key: Key) -> None:
         pass
 
     def _forget(self, sid: str) -> None:
@@ -135,7 +138,7 @@ class TieredQueues:
         self._tie = itertools.count()
         self.last_since = 0.0                           # the wait start of the session popped last
 
-    def push(self, pool: str, tier: int, key, sid: str, now: float, *, since: float | None = None) -> None:
+    def push(self, pool: str, tier: int, key: Key, sid: str, now: float, *, since: float | None = None) -> None:
         """since: the session has waited since then (default: now, or its current wait if queued)."""
         slot = (pool, tier)
         old = self._live.pop(sid, None)
@@ -156,11 +159,11 @@ class TieredQueues:
         heapq.heappush(self._ages[slot], age)
         self._compact(slot)
 
-    def _is_live(self, sid: str, obj, i: int) -> bool:
+    def _is_live(self, sid: str, obj: tuple, i: int) -> bool:
         live = self._live.get(sid)
         return live is not None and live[i] is obj
 
-    def _compact(self, slot) -> None:
+    def _compact(self, slot: tuple[str, int]) -> None:
         live = self._count[slot]
         for heaps, i in ((self._heaps, 1), (self._ages, 2)):
             h = heaps[slot]
@@ -184,7 +187,7 @@ class TieredQueues:
     def count_above(self, pool: str, tier: int) -> int:
         return sum(self._count[(pool, t)] for t in self._tiers.get(pool, ()) if t > tier)
 
-    def pop(self, pool: str, now: float, max_wait_s: float | None):
+    def pop(self, pool: str, now: float, max_wait_s: float | None) -> tuple[str | None, Key | None, bool]:
         """(sid, key, promoted) of the next session, or (None, None, False)."""
         tiers = [t for t in self._tiers.get(pool, ()) if self._count[(pool, t)]]
         if not tiers:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from .base import Option, Policy, SessionInfo
+from .base import Key, Option, Policy, SessionInfo
+from .config import PolicyConfig
 from .tree import AccountTree
 
 WEIGHTS = ("priority_weight_age", "priority_weight_fairshare", "priority_weight_qos", "priority_weight_job_size")
@@ -56,7 +57,7 @@ class FairShare(Policy):
                "(PriorityCalcPeriod)", lo=1.0, hi=86_400.0),
     )
 
-    def __init__(self, cfg=None):
+    def __init__(self, cfg: PolicyConfig | None = None):
         super().__init__(cfg)
         o = self.options
         self._w = [float(o[k]) for k in WEIGHTS]
@@ -75,7 +76,7 @@ class FairShare(Policy):
         self.tree = AccountTree(self.cfg.account_parents) if self.cfg.account_parents else None
         self.imported = None          # with fairshare_source slurm: a SlurmShares (see qsched.slurm.shares)
 
-    def _key(self, sid, pool, info, head_seq, now, size):
+    def _key(self, sid: str, pool: str, info: SessionInfo, head_seq: int, now: float, size: int) -> Key | None:
         w = self.weight_of(info) if info.cls else info.weight
         self._weight[sid] = w
         slot = self._slot[sid] = (pool, self.tier_of(info))
@@ -89,7 +90,7 @@ class FairShare(Policy):
         self._args[sid] = (slot, info, head_seq, size, since)
         return (-self.priority(info, now, size, since), s, head_seq)
 
-    def pick(self, pool, *, now=None):
+    def pick(self, pool: str, *, now: float | None = None) -> str | None:
         # a waiting session's fair-share factor rises as the others use the device, but its key was
         # computed when it was queued: re-key everyone queued once per as many picks as there are
         # queued sessions (Slurm's PriorityCalcPeriod, amortized O(log S) per decision)
@@ -106,7 +107,7 @@ class FairShare(Policy):
                 key = (-self.priority(info, now, size, since), self._start[sid], head_seq)
                 self._q.push(slot[0], slot[1], key, sid, since)
 
-    def _picked(self, sid, pool, key):
+    def _picked(self, sid: str, pool: str, key: Key) -> None:
         s = self._start[sid]
         slot = self._slot[sid]
         # monotone: a returning session's credited start tag lies below v, and letting v follow it
@@ -181,11 +182,11 @@ class FairShare(Policy):
         return f
 
     # ------------------------------------------------------------------ charges
-    def charge(self, sid, cost):
+    def charge(self, sid: str, cost: float) -> None:
         self._finish[sid] = (self._start.get(sid, 0.0) + cost / self._weight.get(sid, 1.0)
                              + self._carry.pop(sid, 0.0))
 
-    def correct(self, sid, estimated, measured):
+    def correct(self, sid: str, estimated: float, measured: float) -> None:
         if sid not in self._finish:
             return
         delta = (measured - estimated) / self._weight.get(sid, 1.0)
@@ -196,7 +197,7 @@ class FairShare(Policy):
         else:
             self._finish[sid] += delta
 
-    def _forget(self, sid):
+    def _forget(self, sid: str) -> None:
         for d in (self._finish, self._start, self._weight, self._slot, self._carry, self._args):
             d.pop(sid, None)
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from .base import Policy
+from .base import Key, Policy, SessionInfo
 
 
 class Fifo(Policy):
@@ -8,5 +8,5 @@ class Fifo(Policy):
     pool goes next."""
     name = "fifo"
 
-    def _key(self, sid, pool, info, head_seq, now, size):
+    def _key(self, sid: str, pool: str, info: SessionInfo, head_seq: int, now: float, size: int) -> Key | None:
         return head_seq

@@ -18,6 +18,7 @@ bound:
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 
@@ -52,7 +53,8 @@ class Recaller:
     `free_slots[pool]`: free dispatch slots of the pool's online devices now. Usage:
     `for b in r: r.done(b, recalled)`."""
 
-    def __init__(self, ordered: list[Dispatched], *, backlog_above, free_slots: dict[str, int]):
+    def __init__(self, ordered: list[Dispatched], *, backlog_above: Callable[[str, int], int],
+                 free_slots: dict[str, int]) -> None:
         self._ordered = ordered
         self._backlog_above = backlog_above
         self._free = dict(free_slots)
@@ -63,7 +65,7 @@ class Recaller:
     def _budget(self, b: Dispatched) -> int:
         return self._backlog_above(b.pool, b.tier) - self._free.get(b.pool, 0) - self._taken.get(b.pool, 0)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Dispatched]:
         for b in self._ordered:
             if b.session in self._blocked_sessions:
                 continue

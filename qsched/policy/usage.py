@@ -6,6 +6,8 @@ decay. The scheduler charges measured device time when a batch completes and kee
 (store.save_usage / load_usage)."""
 from __future__ import annotations
 
+from collections.abc import KeysView
+
 KINDS = ("user", "account", "assoc")      # assoc: "account/user", a user's usage within an account
 
 
@@ -44,7 +46,7 @@ class UsageLedger:
         v, t = self._total[kind]
         return self._decay(v, t, now)
 
-    def names(self, kind: str):
+    def names(self, kind: str) -> KeysView[str]:
         return self._v[kind].keys()
 
     def entries(self, kind: str) -> dict[str, tuple[float, float]]:
