@@ -13,6 +13,8 @@ import threading
 import weakref
 from typing import Any
 
+import numpy as np
+
 from .wire import SEED_METADATA_KEY, decode_array
 
 
@@ -131,3 +133,23 @@ def with_seed(circuit, seed: int | None):
     out = circuit.copy()
     out.metadata = {**(circuit.metadata or {}), SEED_METADATA_KEY: seed}
     return out
+
+
+def pauli_basis(observables: list) -> tuple[list, np.ndarray] | None:
+    """Wire observables ([[pauli, coeff], ...] each) over fewer distinct Pauli strings than there are
+    observables (one Hamiltonian per row over shared terms: a zipped PUB, a batch of tapes) -> (those
+    strings as observables of coefficient 1, coefficients [observables, strings]). A task then computes
+    bindings x strings expectation values, not bindings x observables Hamiltonians (quadratic in a
+    zipped PUB's rows), and the values are the product with the coefficients, as aer computes them.
+    None when there is nothing to gain. For exact values only: noise must be drawn per observable."""
+    index: dict[str, int] = {}
+    for o in observables:
+        for p, _ in o:
+            index.setdefault(p, len(index))
+    if len(index) >= len(observables):
+        return None
+    coef = np.zeros((len(observables), len(index)))
+    for i, o in enumerate(observables):
+        for p, c in o:
+            coef[i, index[p]] += c
+    return [[[p, 1.0]] for p in index], coef

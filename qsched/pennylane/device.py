@@ -27,7 +27,7 @@ from pennylane.transforms.core import CompilePipeline, transform
 from pennylane.wires import Wires
 
 from ..errors import QschedError
-from ..sdk import SessionHandle, result_field, with_seed
+from ..sdk import SessionHandle, pauli_basis, result_field, with_seed
 from . import convert
 from .errors import as_device_error
 
@@ -296,6 +296,7 @@ class TaskGroup:
         self._obs_index: dict = {}
         self.result = None
         self._cache: dict = {}
+        self._coef: np.ndarray | None = None       # see pauli_basis: the task measured Pauli strings
 
     def add_row(self, values: np.ndarray) -> int:
         self.rows.append(values)
@@ -317,11 +318,21 @@ class TaskGroup:
         task: dict[str, Any] = {"kind": self.kind, "template": template, "params": params, "shots": self.shots}
         if self.kind != "sample":
             # (a task for qml.state() alone still needs one observable)
-            n = self.template.circuit.num_qubits
-            task["observables"] = self.observables or [[["I" * n, 1.0]]]
+            task["observables"] = self.task_observables()
         if self.kind == "gradient":
             task["method"] = method
         return task
+
+    def task_observables(self) -> list:
+        """The observables the task measures: the group's, or (a batch of tapes of one Hamiltonian
+        each, over shared terms) their Pauli strings, tapes x strings values instead of tapes x
+        Hamiltonians; gradients keep the Hamiltonians (the adjoint method costs per observable)."""
+        n = self.template.circuit.num_qubits
+        basis = pauli_basis(self.observables) if self.kind == "estimate" else None
+        if basis is None:
+            return self.observables or [[["I" * n, 1.0]]]
+        observables, self._coef = basis
+        return observables
 
     def _array(self, name):
         if name not in self._cache:
@@ -329,6 +340,8 @@ class TaskGroup:
         return self._cache[name]
 
     def evs(self) -> np.ndarray:
+        if self._coef is not None and "evs" not in self._cache:
+            self._cache["evs"] = np.asarray(result_field(self.result, "evs"), dtype=np.float64) @ self._coef.T
         return self._array("evs")
 
     def jacobian(self) -> np.ndarray:

@@ -26,7 +26,7 @@ from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.quantum_info import SparseObservable
 
 from ..errors import BadRequest
-from ..sdk import result_field
+from ..sdk import pauli_basis, result_field
 
 
 class CircuitError(BadRequest, QiskitError):
@@ -146,6 +146,9 @@ class EstimatorPlan:
     precision: float
     shots: int | None
     task: dict = field(repr=False)
+    # the task's observables are Pauli strings and these the PUB observables' coefficients over them
+    # ([observables, strings], see pauli_basis); None: the task's observables are the PUB's
+    coef: np.ndarray | None = field(default=None, repr=False)
 
     def index_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         nb = int(np.prod(self.bindings_shape, dtype=np.int64))
@@ -180,6 +183,8 @@ def estimator_pub_to_task(pub: EstimatorPub) -> EstimatorPlan:
     """EstimatorPub -> estimate task (template circuit, params [B, P], observables list of O).
 
     The task computes the outer product B x O; the broadcast PUB shape is read back by indexing.
+    An exact estimate of observables that share Pauli strings (a zipped PUB of one Hamiltonian per
+    row) sends the strings instead: B x strings values, not B x O (O = B when zipped).
     """
     circuit = pub.circuit
     _check_estimator_measurements(circuit)
@@ -188,12 +193,14 @@ def estimator_pub_to_task(pub: EstimatorPub) -> EstimatorPlan:
     observables = [observable_to_wire(o) for o in obs_arr]
     precision = float(pub.precision or 0.0)
     shots = precision_to_shots(precision)
+    basis = pauli_basis(observables) if shots is None else None
     task = {"kind": "estimate", "circuit": circuit, "params": params,
-            "observables": observables, "shots": shots}
+            "observables": observables if basis is None else basis[0], "shots": shots}
     return EstimatorPlan(circuit=circuit, shape=tuple(pub.shape),
                          bindings_shape=tuple(pub.parameter_values.shape),
                          observables_shape=tuple(pub.observables.shape),
-                         precision=precision, shots=shots, task=task)
+                         precision=precision, shots=shots, task=task,
+                         coef=None if basis is None else basis[1])
 
 
 def estimator_result(plan: EstimatorPlan, result: Any, pub_circuit: QuantumCircuit | None = None) -> PubResult:
@@ -201,12 +208,17 @@ def estimator_result(plan: EstimatorPlan, result: Any, pub_circuit: QuantumCircu
     evs = np.asarray(result_field(result, "evs"), dtype=np.float64)
     stds = result_field(result, "stds")
     nb = int(np.prod(plan.bindings_shape, dtype=np.int64))
-    no = int(np.prod(plan.observables_shape, dtype=np.int64))
-    evs = evs.reshape(nb, no)
-    stds = np.zeros_like(evs) if stds is None else np.asarray(stds, dtype=np.float64).reshape(nb, no)
     bi, oi = plan.index_arrays()
-    out_evs = np.array(evs[bi, oi], dtype=np.float64)  # (not ascontiguousarray: it makes 0-d 1-d)
-    out_stds = np.array(stds[bi, oi], dtype=np.float64)
+    if plan.coef is not None:       # exact values of Pauli strings: each entry its own combination
+        evs = evs.reshape(nb, plan.coef.shape[1])
+        out_evs = np.einsum("st,st->s", evs[bi.ravel()], plan.coef[oi.ravel()]).reshape(bi.shape)
+        out_stds = np.zeros_like(out_evs)
+    else:
+        no = int(np.prod(plan.observables_shape, dtype=np.int64))
+        evs = evs.reshape(nb, no)
+        stds = np.zeros_like(evs) if stds is None else np.asarray(stds, dtype=np.float64).reshape(nb, no)
+        out_evs = np.array(evs[bi, oi], dtype=np.float64)  # (not ascontiguousarray: it makes 0-d 1-d)
+        out_stds = np.array(stds[bi, oi], dtype=np.float64)
     circuit = pub_circuit if pub_circuit is not None else plan.circuit
     metadata = {"target_precision": plan.precision,
                 "circuit_metadata": circuit.metadata,

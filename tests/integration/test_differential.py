@@ -509,3 +509,41 @@ def test_estimator_final_measurement_is_aers_answer(diff_client, pool):
     with pytest.raises(BadRequest, match="after it was measured"):
         est.run([(qc, ["IX"])])
     est.close()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_one_hamiltonian_per_row_zipped_and_broadcast(diff_client, pool):
+    """A zipped PUB (one Hamiltonian per parameter row, over shared terms) and broadcasts of it
+    measure the shared Pauli strings once per row; the values are the reference's, the shapes too.
+    The PennyLane batch of tapes of their own Hamiltonians: lightning.qubit's values."""
+    rng = np.random.default_rng(9)
+    qc = QuantumCircuit(3)
+    a, b = Parameter("a"), Parameter("b")
+    qc.ry(a, 0)
+    qc.rx(b, 1)
+    qc.cx(0, 2)
+    qc.rz(a - b, 2)
+    qc.h(1)
+    labels = ["ZZI", "XIX", "IYZ", "IIX"]
+    obs = np.empty(12, dtype=object)
+    for i in range(12):
+        obs[i] = SparsePauliOp(labels, rng.uniform(-1, 1, 4))
+    params = rng.uniform(-np.pi, np.pi, (12, 2))
+    pubs = [(qc, obs, params), (qc, obs.reshape(3, 4), params.reshape(3, 4, 2)),
+            (qc, obs[:4], params[:, None, :]), (qc, obs[:3].reshape(3, 1), params[:5])]
+    est = EstimatorV2(client=diff_client, pool=pool)
+    got = est.run(pubs).result(timeout=120)
+    want = StatevectorEstimator().run(pubs).result()
+    for g, w in zip(got, want):
+        assert g.data.evs.shape == w.data.evs.shape
+        np.testing.assert_allclose(g.data.evs, w.data.evs, atol=1e-9)
+    est.close()
+
+    terms = [qml.Z(0) @ qml.Z(1), qml.X(0) @ qml.X(2), qml.Z(0) @ qml.Y(1), qml.X(0)]
+    tapes = [qml.tape.QuantumScript([qml.RY(x, 0), qml.RX(y, 1), qml.CNOT([0, 2]), qml.H(1)],
+                                    [qml.expval(qml.Hamiltonian(list(rng.uniform(-1, 1, 4)), terms))])
+             for x, y in params]
+    dev = qml.device("qsched.qubit", wires=3, pool=pool, client=diff_client)
+    np.testing.assert_allclose(qml.execute(tapes, dev), qml.execute(tapes, qml.device("lightning.qubit", wires=3)),
+                               atol=1e-9)
+    dev.close()

@@ -90,6 +90,28 @@ def test_estimator_broadcasting_matches_reference(bshape, oshape):
     assert got.metadata["target_precision"] == 0.0 and got.metadata["qsched"]["device"] == "ref"
 
 
+@pytest.mark.parametrize("bshape,oshape", [((16,), (16,)), ((16, 1), (16,)), ((1, 16), (16, 1)),
+                                           ((4, 4), (4,)), ((), (16,))])
+def test_estimator_observables_over_shared_strings_send_the_strings(bshape, oshape):
+    """One Hamiltonian per row over the same terms (a zipped PUB): the task measures the 3 strings at
+    each binding, bindings x 3 values, not bindings x observables (quadratic when zipped); values,
+    shapes as the reference's. With precision, the observables themselves (noise per observable)."""
+    rng = np.random.default_rng(2)
+    qc = ansatz()
+    params = rng.uniform(-np.pi, np.pi, size=bshape + (3,))
+    obs = np.empty(oshape, dtype=object)
+    for idx in np.ndindex(*oshape):
+        obs[idx] = SparsePauliOp(["ZZI", "XIX", "IYY"], rng.uniform(-1, 1, 3))
+    plan = estimator_pub_to_task(EstimatorPub.coerce((qc, obs, params)))
+    assert sorted(p for [[p, c]] in plan.task["observables"]) == ["IYY", "XIX", "ZZI"]
+    got = estimator_result(plan, exact_estimate(plan.task))
+    want = StatevectorEstimator().run([(qc, obs, params)]).result()[0]
+    assert got.data.evs.shape == want.data.evs.shape
+    assert np.allclose(got.data.evs, want.data.evs, atol=1e-10) and not got.data.stds.any()
+    noisy = estimator_pub_to_task(EstimatorPub.coerce((qc, obs, params), precision=0.1))
+    assert len(noisy.task["observables"]) == obs.size
+
+
 def test_estimator_parameter_order_follows_template_not_dict_order():
     qc = ansatz()
     a, b, c = sorted(qc.parameters, key=lambda p: p.name)
