@@ -97,6 +97,48 @@ def check_runnable(circuit: QuantumCircuit) -> None:
     walk(circuit, 0)
 
 
+# --------------------------------------------------------------------------- idle qubits
+def without_idle_qubits(circuit: QuantumCircuit) -> tuple[QuantumCircuit, list[int] | None]:
+    """(the circuit on the qubits some instruction acts on, their indices) or (circuit, None) when
+    every qubit is used. An ISA circuit laid out on a large backend leaves most qubits idle in |0>;
+    aer drops them, a state-vector worker would simulate 2^(backend's qubits). Qubits keep their
+    relative order, so results stay in the user's; barriers and delays do not count as use."""
+    used: set = set()
+    for inst in circuit.data:
+        if inst.operation.name not in ("barrier", "delay"):
+            used.update(inst.qubits)
+    if len(used) == circuit.num_qubits:
+        return circuit, None
+    active = sorted(circuit.find_bit(q).index for q in used)
+    keep = [circuit.qubits[i] for i in active]
+    out = QuantumCircuit(len(keep), name=circuit.name, global_phase=circuit.global_phase,
+                         metadata=circuit.metadata)
+    out.add_bits(circuit.clbits)
+    for creg in circuit.cregs:
+        out.add_register(creg)
+    where = dict(zip(keep, out.qubits))
+    for inst in circuit.data:
+        qubits = [where[q] for q in inst.qubits if q in where]
+        if inst.operation.name == "barrier":
+            if qubits:
+                out.barrier(*qubits)
+            continue
+        if inst.operation.name == "delay" and not qubits:
+            continue
+        out.append(inst.operation, qubits, inst.clbits, copy=False)
+    return out, active
+
+
+def _restrict_terms(terms: list, active: list[int], n: int) -> list:
+    """Pauli terms on n qubits -> the same on the active ones: an idle qubit is |0>, so a term with
+    X or Y on it is 0 and Z or I on it is a factor 1. (Strings: the rightmost character is qubit 0.)"""
+    act = set(active)
+    idle = [n - 1 - q for q in range(n) if q not in act]
+    keep = [n - 1 - q for q in reversed(active)]
+    out = [["".join(p[i] for i in keep), c] for p, c in terms if not any(p[i] in "XY" for i in idle)]
+    return out or [["I" * len(active), 0.0]]
+
+
 # --------------------------------------------------------------------------- observables
 def observable_to_wire(obs: SparseObservable) -> list[list]:
     """One SparseObservable -> [[pauli string in Qiskit order, real coeff], ...].
@@ -191,10 +233,13 @@ def estimator_pub_to_task(pub: EstimatorPub) -> EstimatorPlan:
     params = _flat_params(pub, circuit)
     obs_arr = pub.observables.sparse_observables_array().reshape(-1)
     observables = [observable_to_wire(o) for o in obs_arr]
+    sent, active = without_idle_qubits(circuit)
+    if active is not None:
+        observables = [_restrict_terms(o, active, circuit.num_qubits) for o in observables]
     precision = float(pub.precision or 0.0)
     shots = precision_to_shots(precision)
     basis = pauli_basis(observables) if shots is None else None
-    task = {"kind": "estimate", "circuit": circuit, "params": params,
+    task = {"kind": "estimate", "circuit": sent, "params": params,
             "observables": observables if basis is None else basis[0], "shots": shots}
     return EstimatorPlan(circuit=circuit, shape=tuple(pub.shape),
                          bindings_shape=tuple(pub.parameter_values.shape),
@@ -250,7 +295,7 @@ def _without_empty_registers(circuit: QuantumCircuit) -> QuantumCircuit:
 def sampler_pub_to_task(pub: SamplerPub) -> SamplerPlan:
     circuit = pub.circuit
     params = _flat_params(pub, circuit)
-    task = {"kind": "sample", "circuit": _without_empty_registers(circuit), "params": params,
+    task = {"kind": "sample", "circuit": without_idle_qubits(_without_empty_registers(circuit))[0], "params": params,
             "shots": int(pub.shots)}
     return SamplerPlan(circuit=circuit, shape=tuple(pub.shape), shots=int(pub.shots), task=task)
 

@@ -547,3 +547,40 @@ def test_one_hamiltonian_per_row_zipped_and_broadcast(diff_client, pool):
     np.testing.assert_allclose(qml.execute(tapes, dev), qml.execute(tapes, qml.device("lightning.qubit", wires=3)),
                                atol=1e-9)
     dev.close()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_isa_circuit_on_a_large_backend_runs_on_its_used_qubits(diff_client, pool):
+    """A 3-qubit ansatz transpiled for a 20-qubit backend: the idle qubits are dropped (the task's
+    template has 3), the values are the reference's on the laid-out observables, X/Y on an idle qubit
+    included (0), and samples are in the user's bit order."""
+    from qiskit import transpile
+    from qiskit.circuit.library import efficient_su2
+    from qiskit.providers.fake_provider import GenericBackendV2
+    from qiskit.primitives.containers.estimator_pub import EstimatorPub
+
+    from qsched.qiskit.convert import estimator_pub_to_task
+    backend = GenericBackendV2(20, seed=11)
+    ansatz = efficient_su2(3, reps=1)
+    qc = transpile(ansatz, backend, optimization_level=1, seed_transpiler=11)
+    obs = [SparsePauliOp(["ZZI", "IXY", "XII"], [1.0, 0.5, -0.3]).apply_layout(qc.layout),
+           SparsePauliOp("X" * 20), SparsePauliOp("Z" * 20)]
+    params = np.random.default_rng(2).uniform(-np.pi, np.pi, (3, 1, qc.num_parameters))
+    assert estimator_pub_to_task(EstimatorPub.coerce((qc, obs, params))).task["circuit"].num_qubits == 3
+    est = EstimatorV2(client=diff_client, pool=pool)
+    got = est.run([(qc, obs, params)]).result(timeout=120)[0].data.evs
+    want = StatevectorEstimator().run([(qc, obs, params)]).result()[0].data.evs
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    est.close()
+
+    measured = transpile(ansatz.measure_all(inplace=False), backend, optimization_level=1, seed_transpiler=11)
+    row = params[0, 0]
+    shots = 4000
+    smp = SamplerV2(client=diff_client, pool=pool, seed=3)
+    counts = smp.run([(measured, row)], shots=shots).result(timeout=120)[0].data.meas.get_int_counts()
+    smp.close()
+    p = Statevector(ansatz.assign_parameters(row)).probabilities()
+    freq = np.zeros_like(p)
+    for k, c in counts.items():
+        freq[k] = c / shots
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / shots) + 2e-3), (freq, p)
