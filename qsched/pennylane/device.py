@@ -78,6 +78,41 @@ def _drop_snapshots(tape):
 
 
 @transform
+def _defer_mid_circuit_measurements(tape, wires=None):
+    """Mid-circuit measurements run deferred (qml.defer_measurements): each takes a wire of its own,
+    which a device of fixed wires must have spare, refused here by saying so (not as a WireError on a
+    wire the user never wrote). Analytic measurements of measurement values are then measurements of
+    those wires: probs(op=m) their probabilities, expval/var(f(m)) a diagonal observable on them."""
+    n = sum(isinstance(op, qml.ops.MidMeasure) for op in tape.operations)
+    if not n:
+        return (tape,), lambda res: res[0]
+    (deferred,), fn = defer_measurements(tape, allow_postselect=False)
+    if wires is not None:
+        extra = [w for w in deferred.wires if w not in wires]
+        if extra:
+            raise DeviceError(
+                f"qsched.qubit runs mid-circuit measurements deferred: each needs a wire of its own, and "
+                f"this circuit's {n} need {len(extra)} more than the device's {len(wires)} wires; create "
+                f"the device with wires={len(wires) + len(extra)} or without wires (sized per circuit) "
+                "(lightning.qubit's one-shot and tree-traversal methods are not offered)")
+    if deferred.shots:
+        return (deferred,), fn      # the samples path reads measurement values itself
+    mps = [_on_wires(mp) if mp.mv is not None else mp for mp in deferred.measurements]
+    return (_with(deferred, deferred.operations, mps),), fn
+
+
+def _on_wires(mp):
+    mvs = mp.mv if isinstance(mp.mv, list) else [mp.mv]
+    if isinstance(mp, ProbabilityMP):
+        return qml.probs(wires=Wires.all_wires([m.wires for m in mvs]))
+    if isinstance(mp, (ExpectationMP, VarianceMP)) and len(mvs) == 1:
+        values = [float(v) for _, v in mvs[0].items()]         # per basis state of its wires, in order
+        obs = qml.pauli.pauli_decompose(np.diag(values), wire_order=mvs[0].wires)
+        return type(mp)(obs=obs)
+    return mp                                                  # refused by validation, by name
+
+
+@transform
 def _use_state_slot(tape):
     """A first StatePrep/AmplitudeEmbedding with non-trainable real amplitudes -> a StateSlot: the
     amplitudes travel as data and the worker prepares the state, where the pool's workers offer it
@@ -483,7 +518,7 @@ class QschedDevice(Device):
     def preprocess_transforms(self, execution_config: ExecutionConfig | None = None) -> CompilePipeline:
         program = CompilePipeline()
         program.add_transform(_drop_snapshots)
-        program.add_transform(defer_measurements, allow_postselect=False)
+        program.add_transform(_defer_mid_circuit_measurements, self.wires)
         program.add_transform(_use_state_slot)
         program.add_transform(decompose, stopping_condition=convert.stopping_condition,
                               skip_initial_state_prep=False, decomposer=convert.decomposer,

@@ -614,3 +614,33 @@ def test_seeded_estimator_noise_is_aers_where_the_user_guide_says(diff_client):
     exact = StatevectorEstimator().run(zipped).result()[0].data.evs
     assert np.all(np.abs(got - exact) <= 5 * 0.1)
     ours.close()
+
+
+def _mcm_circuit(x):
+    qml.RX(x, 0)
+    m = qml.measure(0)
+    qml.cond(m, qml.RY)(0.4, 1)
+    m1 = qml.measure(1)
+    return (qml.expval(qml.Z(1)), qml.probs(op=m), qml.expval(2 * m + m1), qml.var(m),
+            qml.probs(op=[m, m1]))
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_mid_circuit_measurements_analytic_and_with_shots(diff_client, pool):
+    """Mid-circuit measurements (deferred, a wire each): analytic probs(op=m), expval/var of
+    measurement values are default.qubit's; with shots within 5 sigma; a device of fixed wires without
+    a spare wire per measurement is refused at preprocess, saying so and what to do."""
+    want = qml.QNode(_mcm_circuit, qml.device("default.qubit"))(0.7)
+    dev = qml.device("qsched.qubit", wires=4, pool=pool, client=diff_client)
+    got = qml.QNode(_mcm_circuit, dev)(0.7)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-9)
+    shots = qml.set_shots(qml.QNode(_mcm_circuit, dev), shots=SHOTS)(0.7)
+    for g, w in zip(shots, want):
+        assert np.all(np.abs(np.asarray(g) - w) <= 5 * 1.5 / np.sqrt(SHOTS) + 1e-3), (g, w)
+    dev.close()
+    small = qml.device("qsched.qubit", wires=2, pool=pool, client=diff_client)
+    for n in (None, 100):
+        with pytest.raises(DeviceError, match=r"deferred: each needs a wire of its own.*wires=4"):
+            qml.set_shots(qml.QNode(_mcm_circuit, small), shots=n)(0.7)
+    small.close()
