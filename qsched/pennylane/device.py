@@ -360,10 +360,10 @@ class TaskGroup:
 
     def task_observables(self) -> list:
         """The observables the task measures: the group's, or (a batch of tapes of one Hamiltonian
-        each, over shared terms) their Pauli strings, tapes x strings values instead of tapes x
-        Hamiltonians; gradients keep the Hamiltonians (the adjoint method costs per observable)."""
+        each, over shared terms) their Pauli strings, tapes x strings values (and derivatives: the
+        adjoint method costs per observable) instead of tapes x Hamiltonians."""
         n = self.template.circuit.num_qubits
-        basis = pauli_basis(self.observables) if self.kind == "estimate" else None
+        basis = pauli_basis(self.observables)
         if basis is None:
             return self.observables or [[["I" * n, 1.0]]]
         observables, self._coef = basis
@@ -380,6 +380,9 @@ class TaskGroup:
         return self._array("evs")
 
     def jacobian(self) -> np.ndarray:
+        if self._coef is not None and "jacobian" not in self._cache:
+            raw = np.asarray(result_field(self.result, "jacobian"), dtype=np.float64)
+            self._cache["jacobian"] = np.einsum("btp,ot->bop", raw, self._coef)
         return self._array("jacobian")
 
     def state(self) -> np.ndarray:

@@ -541,11 +541,17 @@ def test_one_hamiltonian_per_row_zipped_and_broadcast(diff_client, pool):
 
     terms = [qml.Z(0) @ qml.Z(1), qml.X(0) @ qml.X(2), qml.Z(0) @ qml.Y(1), qml.X(0)]
     tapes = [qml.tape.QuantumScript([qml.RY(x, 0), qml.RX(y, 1), qml.CNOT([0, 2]), qml.H(1)],
-                                    [qml.expval(qml.Hamiltonian(list(rng.uniform(-1, 1, 4)), terms))])
+                                    [qml.expval(qml.Hamiltonian(list(rng.uniform(-1, 1, 4)), terms))],
+                                    trainable_params=[0, 1])
              for x, y in params]
     dev = qml.device("qsched.qubit", wires=3, pool=pool, client=diff_client)
-    np.testing.assert_allclose(qml.execute(tapes, dev), qml.execute(tapes, qml.device("lightning.qubit", wires=3)),
-                               atol=1e-9)
+    lq = qml.device("lightning.qubit", wires=3)
+    np.testing.assert_allclose(qml.execute(tapes, dev), qml.execute(tapes, lq), atol=1e-9)
+    config = qml.devices.ExecutionConfig(gradient_method="adjoint")
+    got_v, got_j = dev.execute_and_compute_derivatives(tapes, dev.setup_execution_config(config))
+    want_v, want_j = lq.execute_and_compute_derivatives(tapes, config)
+    np.testing.assert_allclose(got_v, want_v, atol=1e-9)
+    np.testing.assert_allclose(np.array(got_j), np.array(want_j), atol=1e-8)
     dev.close()
 
 
