@@ -18,7 +18,8 @@ line is JSON.
   qiskit_zipped_ratio      one EstimatorV2 PUB of 256 parameter rows zipped with 256 Hamiltonians (shape
                            (256,), seed 004's one Hamiltonian per row): qsched (aer) / aer here (<= 1.1)
   pennylane_batch_ratio    qml.execute of 64 tapes, each its own parameters and Hamiltonian:
-                           qsched.qubit / lightning.qubit here (<= 1.15)
+                           qsched.qubit / lightning.qubit here (<= 1.15); pennylane_batch_adjoint_ratio:
+                           the same batch's values and adjoint derivatives
   qiskit_isa_ratio         a 4-qubit ansatz transpiled for a 20-qubit backend, 32 bindings: qsched
                            EstimatorV2 on pool lightning / aer's EstimatorV2 here (<= 1.2)
   qiskit_tiny_ratio        one 2-qubit, 1-binding EstimatorV2.run: qsched (aer) / aer here (<= 1.5)
@@ -343,9 +344,10 @@ def bench_zipped(client, reps: int) -> dict:
     return med
 
 
-def bench_pennylane_batch(client, reps: int) -> dict:
+def bench_pennylane_batch(client, reps: int, gradient: bool = False) -> dict:
     """A batch of BATCH_TAPES tapes (qml.execute), each the same ansatz at its own parameters
-    measuring its own Hamiltonian: qsched.qubit / lightning.qubit."""
+    measuring its own Hamiltonian: qsched.qubit / lightning.qubit. `gradient`: values and adjoint
+    derivatives of the batch (execute_and_compute_derivatives) instead."""
     import pennylane as qml
     from qsched.pennylane import QschedDevice
 
@@ -360,13 +362,20 @@ def bench_pennylane_batch(client, reps: int) -> dict:
         for layer in range(layers):
             ops += [qml.RY(x[layer * N_QUBITS + q], wires=q) for q in range(N_QUBITS)]
             ops += [qml.CNOT([q, q + 1]) for q in range(N_QUBITS - 1)]
-        tapes.append(qml.tape.QuantumScript(ops, [qml.expval(qml.Hamiltonian(list(c), terms))]))
+        tapes.append(qml.tape.QuantumScript(ops, [qml.expval(qml.Hamiltonian(list(c), terms))],
+                                            trainable_params=list(range(len(ops) - layers * (N_QUBITS - 1)))))
     direct = qml.device("lightning.qubit", wires=N_QUBITS)
     ours_dev = QschedDevice(wires=N_QUBITS, pool="lightning", client=client)
-    a, b = qml.execute(tapes, direct), qml.execute(tapes, ours_dev)
-    assert np.allclose(a, b, atol=1e-8), "qsched and lightning.qubit batch values differ"
-    med = interleave({"direct": lambda: qml.execute(tapes, direct),
-                      "qsched": lambda: qml.execute(tapes, ours_dev)}, reps)
+    config = qml.devices.ExecutionConfig(gradient_method="adjoint")
+    ours_config = ours_dev.setup_execution_config(config)
+
+    def run(dev, cfg):
+        if gradient:
+            return dev.execute_and_compute_derivatives(tapes, cfg)[1]
+        return qml.execute(tapes, dev)
+    a, b = run(direct, config), run(ours_dev, ours_config)
+    assert np.allclose(np.array(a), np.array(b), atol=1e-8), "qsched and lightning.qubit batch results differ"
+    med = interleave({"direct": lambda: run(direct, config), "qsched": lambda: run(ours_dev, ours_config)}, reps)
     ours_dev.close()
     return med
 
@@ -435,7 +444,7 @@ def bench_tiny(client, reps: int) -> dict:
     return med
 
 
-BENCHES = ("adjoint", "qcnn", "estimator", "zipped", "batch", "isa", "tiny")
+BENCHES = ("adjoint", "qcnn", "estimator", "zipped", "batch", "batchgrad", "isa", "tiny")
 
 
 def main(argv=None) -> int:
@@ -483,6 +492,10 @@ def main(argv=None) -> int:
             if "batch" in only:
                 record("pennylane_batch", bench_pennylane_batch(client, args.reps),
                        f"pennylane batch of {BATCH_TAPES} tapes, each its own Hamiltonian, lightning.qubit")
+            if "batchgrad" in only:
+                record("pennylane_batch_adjoint", bench_pennylane_batch(client, args.reps, gradient=True),
+                       f"pennylane batch of {BATCH_TAPES} tapes, each its own Hamiltonian, values and adjoint "
+                       "derivatives, lightning.qubit")
             if "isa" in only:
                 record("qiskit_isa", bench_isa(client, args.reps),
                        f"qiskit EstimatorV2, {ISA_QUBITS}-qubit ansatz transpiled for {ISA_BACKEND_QUBITS} "
