@@ -28,6 +28,7 @@ from pennylane.wires import Wires
 
 from ..errors import QschedError
 from ..sdk import SessionHandle, pauli_basis, result_field, with_seed
+from ..wire import ROWS_METADATA_KEY
 from . import convert
 from .errors import as_device_error
 
@@ -332,6 +333,8 @@ class TaskGroup:
         self.result = None
         self._cache: dict = {}
         self._coef: np.ndarray | None = None       # see pauli_basis: the task measured Pauli strings
+        self.row_cols: list[np.ndarray] = []        # per analytic row: its observables' indices
+        self.by_row = False                         # the task measures row i at its own observable alone
 
     def add_row(self, values: np.ndarray) -> int:
         self.rows.append(values)
@@ -345,25 +348,41 @@ class TaskGroup:
             self.observables.append(terms)
         return i
 
-    def to_task(self, handle: SessionHandle, method: str | None = None, seed: int | None = None) -> dict:
-        """`seed`: the simulator's seed for this task's samples (it travels with the template)."""
+    def one_per_row(self) -> bool:
+        """Every row measures one observable, and not all the same one (a batch of tapes of their own
+        Hamiltonians): what a task of row observables (ROWS_METADATA_KEY) answers without rows x
+        observables."""
+        return len(self.observables) > 1 and len(self.row_cols) == len(self.rows) and \
+            all(len(c) == 1 for c in self.row_cols)
+
+    def to_task(self, handle: SessionHandle, method: str | None = None, seed: int | None = None,
+                by_row: bool = False) -> dict:
+        """`seed`: the simulator's seed for this task's samples (it travels with the template).
+        `by_row`: the pool's workers offer row observables (see task_observables)."""
         params = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), self.template.num_params)
-        template = handle.upload(self.template.circuit, self.template.key) if seed is None else \
-            handle.upload(with_seed(self.template.circuit, seed))
-        task: dict[str, Any] = {"kind": self.kind, "template": template, "params": params, "shots": self.shots}
+        task: dict[str, Any] = {"kind": self.kind, "params": params, "shots": self.shots}
         if self.kind != "sample":
             # (a task for qml.state() alone still needs one observable)
-            task["observables"] = self.task_observables()
+            task["observables"] = self.task_observables(by_row)
+        circuit, key = self.template.circuit, self.template.key
+        if self.by_row:
+            circuit, key = self.template.rows_circuit(), (key, "rows")
+        task["template"] = handle.upload(circuit, key) if seed is None else handle.upload(with_seed(circuit, seed))
         if self.kind == "gradient":
             task["method"] = method
         return task
 
-    def task_observables(self) -> list:
-        """The observables the task measures: the group's, or (a batch of tapes of one Hamiltonian
-        each, over shared terms) their Pauli strings, tapes x strings values (and derivatives: the
-        adjoint method costs per observable) instead of tapes x Hamiltonians."""
+    def task_observables(self, by_row: bool = False) -> list:
+        """The observables the task measures: the group's, evaluated at every row; or for a batch of
+        tapes of their own Hamiltonians (each Hamiltonian at its own row, not rows x Hamiltonians):
+        their shared Pauli strings (rows x strings values; exact, cheap where few strings), or, where
+        the pool offers it (`by_row`) and for derivatives (the adjoint method costs per observable)
+        or Hamiltonians without shared strings, each row's own observable alone."""
         n = self.template.circuit.num_qubits
         basis = pauli_basis(self.observables)
+        if by_row and (basis is None or self.kind == "gradient") and self.one_per_row():
+            self.by_row = True
+            return [self.observables[int(c[0])] for c in self.row_cols]
         if basis is None:
             return self.observables or [[["I" * n, 1.0]]]
         observables, self._coef = basis
@@ -570,6 +589,7 @@ class QschedDevice(Device):
                 g = groups.get(key) or groups.setdefault(key, TaskGroup(tc.template, kind, None))
                 row = g.add_row(tc.values)
                 cols = np.array([g.add_observable(o) for o in ap.observables], dtype=np.int64)
+                g.row_cols.append(cols)
                 plans.append(("analytic", tape, tc, g, row, (ap, cols)))
         return list(groups.values()), plans
 
@@ -604,7 +624,8 @@ class QschedDevice(Device):
         if groups:
             try:
                 session = self._handle.get()
-                tasks = [g.to_task(self._handle, method="adjoint" if gradient else None, seed=self._task_seed(g))
+                tasks = [g.to_task(self._handle, method="adjoint" if gradient else None, seed=self._task_seed(g),
+                                   by_row=g.one_per_row() and self._offers("row_observables", ROWS_METADATA_KEY))
                          for g in groups]
                 submit_wait = getattr(session, "submit_wait", None)
                 if callable(submit_wait):
@@ -641,6 +662,8 @@ class QschedDevice(Device):
             samples = convert.unpack_register(reg[row], len(tc.wire_order))
             return convert.read_samples(tape, samples, tc.wire_order)
         ap, cols = extra
+        if g.by_row:                      # the row's result holds its own observable alone
+            cols = np.zeros_like(cols)
         state = None
         if ap.needs_state:
             # the template drops GlobalPhase ops (no effect on measured values): multiply it back in
@@ -653,6 +676,8 @@ class QschedDevice(Device):
     def _jacobian(plan):
         kind, tape, tc, g, row, extra = plan
         ap, cols = extra
+        if g.by_row:
+            cols = np.zeros_like(cols)
         return convert.read_jacobian(ap, g.evs()[row], g.jacobian()[row], cols, tape, tc)
 
     def execute(self, circuits, execution_config=None):

@@ -52,6 +52,27 @@ def test_estimate_and_gradient(typ, method, problem):
     np.testing.assert_allclose(grad["jacobian"], finite_difference(qc, params), atol=1e-6)
 
 
+def test_lightning_row_observables(problem):
+    """A template marked ROWS_METADATA_KEY: row i's value (and derivatives) at observable i alone,
+    [rows, 1]; as many observables as rows, else the task fails naming the field."""
+    from qsched.wire import ROWS_METADATA_KEY
+    qc, params = problem
+    rows = qc.copy()
+    rows.metadata = {ROWS_METADATA_KEY: True}
+    own = [OBS[1], OBS[0], OBS[1]]
+    d = device("lightning")
+    assert d.describe()["row_observables"] == ROWS_METADATA_KEY
+    est, grad, bad = d.run([TaskPayload("e", "estimate", "r", rows, params, None, own),
+                            TaskPayload("g", "gradient", "r", rows, params, None, own, "adjoint"),
+                            TaskPayload("b", "estimate", "r", rows, params, None, OBS)])
+    pick = [1, 0, 1]
+    want = reference(qc, params)[np.arange(3), pick][:, None]
+    np.testing.assert_allclose(est["evs"], want, atol=1e-10)
+    np.testing.assert_allclose(grad["evs"], want, atol=1e-10)
+    np.testing.assert_allclose(grad["jacobian"], finite_difference(qc, params)[np.arange(3), pick][:, None], atol=1e-6)
+    assert isinstance(bad, TaskError) and bad.field == "observables"
+
+
 @pytest.mark.parametrize("typ", ["aer", "lightning"])
 def test_gradient_through_linear_parameter_expressions(typ):
     """Gate angles like 2a - b + 0.3 are chained back to the template's parameters."""
