@@ -66,6 +66,7 @@ class SessionHandle:
         self._owns = session is None
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize | None = None
+        self.features: dict[str, bool] = {}
 
     @property
     def pool(self) -> str | None:
@@ -99,6 +100,24 @@ class SessionHandle:
                 self._finalizer = fin = weakref.finalize(self, _close_quietly, session, client, owns_client)
                 atexit.register(fin)
         return self._session
+
+    def offers(self, feature: str, value) -> bool:
+        """Whether every worker of the pool describes `feature` as `value`: asked when a call first
+        needs it; kept once every worker of the pool has described itself (a worker that is down
+        does not decide it for the handle's life)."""
+        known = self.features.get(feature)
+        if known is not None:
+            return known
+        try:
+            devices = [d for d in self.client.devices() if d.get("pool") == self.pool]
+        except (AttributeError, TypeError, KeyError):   # an older daemon, a stand-in session
+            self.features[feature] = False
+            return False
+        described = [d["worker"] for d in devices if d.get("worker")]
+        ok = bool(described) and all(w.get(feature) == value for w in described)
+        if len(described) == len(devices):
+            self.features[feature] = ok
+        return ok and len(described) == len(devices)
 
     def upload(self, circuit, key=None) -> str:
         """Template hash for a circuit, uploaded once per session. `key` (a structure key) skips

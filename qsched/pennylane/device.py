@@ -467,7 +467,7 @@ class QschedDevice(Device):
         self._templates = convert.TemplateCache()
         self._lock = threading.Lock()
         self._state_slot: bool | None = state_slots
-        self._features: dict[str, bool] = {}
+        self._features = self._handle.features       # what the pool's workers offer, as asked
 
     @property
     def pool(self) -> str | None:
@@ -481,22 +481,7 @@ class QschedDevice(Device):
         return self._offers("state_prep_slot", convert.STATE_SLOT)
 
     def _offers(self, feature: str, value) -> bool:
-        """Whether every worker of the pool describes `feature` as `value`: asked when a tape first
-        needs it; kept once every worker of the pool has described itself (a worker that is down
-        does not decide it for the device's life)."""
-        known = self._features.get(feature)
-        if known is not None:
-            return known
-        try:
-            devices = [d for d in self._handle.client.devices() if d.get("pool") == self.pool]
-        except (AttributeError, TypeError, KeyError):   # an older daemon, a stand-in session
-            self._features[feature] = False
-            return False
-        described = [d["worker"] for d in devices if d.get("worker")]
-        ok = bool(described) and all(w.get(feature) == value for w in described)
-        if len(described) == len(devices):
-            self._features[feature] = ok
-        return ok and len(described) == len(devices)
+        return self._handle.offers(feature, value)
 
     def close(self):
         """Close the session this device opened (a session passed in or attached stays open)."""

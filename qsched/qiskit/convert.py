@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from qiskit.circuit import QuantumCircuit
@@ -27,6 +27,7 @@ from qiskit.quantum_info import SparseObservable
 
 from ..errors import BadRequest
 from ..sdk import pauli_basis, result_field
+from ..wire import ROWS_METADATA_KEY
 
 
 class CircuitError(BadRequest, QiskitError):
@@ -191,6 +192,7 @@ class EstimatorPlan:
     # the task's observables are Pauli strings and these the PUB observables' coefficients over them
     # ([observables, strings], see pauli_basis); None: the task's observables are the PUB's
     coef: np.ndarray | None = field(default=None, repr=False)
+    by_row: bool = False        # the task's rows are the PUB's entries, each at its own observable
 
     def index_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         nb = int(np.prod(self.bindings_shape, dtype=np.int64))
@@ -221,12 +223,16 @@ def _check_estimator_measurements(circuit: QuantumCircuit) -> None:
                              field="circuit")
 
 
-def estimator_pub_to_task(pub: EstimatorPub) -> EstimatorPlan:
+def estimator_pub_to_task(pub: EstimatorPub, by_row: Callable[[], bool] | None = None) -> EstimatorPlan:
     """EstimatorPub -> estimate task (template circuit, params [B, P], observables list of O).
 
     The task computes the outer product B x O; the broadcast PUB shape is read back by indexing.
-    An exact estimate of observables that share Pauli strings (a zipped PUB of one Hamiltonian per
-    row) sends the strings instead: B x strings values, not B x O (O = B when zipped).
+    Cheaper where it applies: an exact estimate of observables that share Pauli strings (a zipped PUB
+    of one Hamiltonian per row) sends the strings, B x strings values; and where the pool offers row
+    observables (`by_row()`, asked only then) a PUB sends its entries as rows, each row at its own
+    observable (ROWS_METADATA_KEY): when that costs least (a zipped PUB without shared strings), and
+    with precision whenever the PUB is not laid out as B x O with bindings varying slowest, so the
+    noise is drawn in the PUB's own order (aer's draws for a seeded PUB).
     """
     circuit = pub.circuit
     _check_estimator_measurements(circuit)
@@ -238,14 +244,41 @@ def estimator_pub_to_task(pub: EstimatorPub) -> EstimatorPlan:
         observables = [_restrict_terms(o, active, circuit.num_qubits) for o in observables]
     precision = float(pub.precision or 0.0)
     shots = precision_to_shots(precision)
-    basis = pauli_basis(observables) if shots is None else None
-    task = {"kind": "estimate", "circuit": sent, "params": params,
-            "observables": observables if basis is None else basis[0], "shots": shots}
-    return EstimatorPlan(circuit=circuit, shape=tuple(pub.shape),
-                         bindings_shape=tuple(pub.parameter_values.shape),
-                         observables_shape=tuple(pub.observables.shape),
-                         precision=precision, shots=shots, task=task,
-                         coef=None if basis is None else basis[1])
+    plan = EstimatorPlan(circuit=circuit, shape=tuple(pub.shape), bindings_shape=tuple(pub.parameter_values.shape),
+                         observables_shape=tuple(pub.observables.shape), precision=precision, shots=shots,
+                         task={"kind": "estimate", "circuit": sent, "params": params,
+                               "observables": observables, "shots": shots})
+    mode, basis = _estimate_mode(plan, observables, len(sent.data), by_row)
+    if mode == "basis" and basis is not None:
+        plan.task["observables"], plan.coef = basis
+    elif mode == "rows":
+        bi, oi = plan.index_arrays()
+        rows = sent.copy()
+        rows.metadata = {**(sent.metadata or {}), ROWS_METADATA_KEY: True}
+        plan.task.update(circuit=rows, params=params[bi.ravel()], observables=[observables[i] for i in oi.ravel()])
+        plan.by_row = True
+    return plan
+
+
+def _estimate_mode(plan: EstimatorPlan, observables: list, gates: int, by_row) -> tuple[str, Any]:
+    """'outer' (B x O), 'basis' (B x shared strings, with pauli_basis's answer) or 'rows' (one row
+    per PUB entry), by a cost of gates per simulation and terms per expectation value."""
+    nb = int(np.prod(plan.bindings_shape, dtype=np.int64))
+    no = len(observables)
+    size = int(np.prod(plan.shape, dtype=np.int64))
+    if plan.shots is not None:
+        bi, oi = plan.index_arrays()
+        laid_out = size == nb * no and np.array_equal(bi.ravel(), np.arange(size) // no) and \
+            np.array_equal(oi.ravel(), np.arange(size) % no)
+        return ("rows" if not laid_out and by_row is not None and by_row() else "outer"), None
+    terms = sum(len(o) for o in observables) / max(no, 1)
+    costs = {"outer": nb * (gates + no * terms)}
+    basis = pauli_basis(observables)
+    if basis is not None:
+        costs["basis"] = nb * (gates + len(basis[0]))
+    if size < nb * no and size * (gates + terms) < min(costs.values()) and by_row is not None and by_row():
+        return "rows", None
+    return min(costs, key=costs.__getitem__), basis
 
 
 def estimator_result(plan: EstimatorPlan, result: Any, pub_circuit: QuantumCircuit | None = None) -> PubResult:
@@ -254,7 +287,10 @@ def estimator_result(plan: EstimatorPlan, result: Any, pub_circuit: QuantumCircu
     stds = result_field(result, "stds")
     nb = int(np.prod(plan.bindings_shape, dtype=np.int64))
     bi, oi = plan.index_arrays()
-    if plan.coef is not None:       # exact values of Pauli strings: each entry its own combination
+    if plan.by_row:                 # one row per entry, in the PUB's order
+        out_evs = evs.reshape(bi.shape)
+        out_stds = np.zeros_like(out_evs) if stds is None else np.asarray(stds, dtype=np.float64).reshape(bi.shape)
+    elif plan.coef is not None:     # exact values of Pauli strings: each entry its own combination
         evs = evs.reshape(nb, plan.coef.shape[1])
         out_evs = np.einsum("st,st->s", evs[bi.ravel()], plan.coef[oi.ravel()]).reshape(bi.shape)
         out_stds = np.zeros_like(out_evs)

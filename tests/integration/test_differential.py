@@ -603,12 +603,10 @@ def test_isa_circuit_on_a_large_backend_runs_on_its_used_qubits(diff_client, poo
     assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / shots) + 2e-3), (freq, p)
 
 
-def test_seeded_estimator_noise_is_aers_where_the_user_guide_says(diff_client):
-    """docs/user-guide.md: on pool aer a seeded estimator's noise (normal(ev, p)) is drawn over the
-    task's bindings x observables, bindings varying slowest: a PUB laid out that way (1-D, or
-    bindings (B, 1) against observables (O,)) gets the values of aer's EstimatorV2 with that
-    seed_simulator; other broadcasts (a zipped PUB) are reproducible, within the precision of the
-    exact values, but not aer's."""
+def test_seeded_estimator_noise_is_aers_for_every_broadcast(diff_client):
+    """docs/user-guide.md: on pool aer a seeded estimator's noise (normal(ev, p)) is aer's
+    EstimatorV2's with that seed_simulator, draw for draw, whatever the PUB's broadcast: 1-D, bindings
+    x observables, observables x bindings, zipped (row observables keep the PUB's own order)."""
     from qiskit_aer.primitives import EstimatorV2 as AerEstimator
     rng = np.random.default_rng(4)
     qc = QuantumCircuit(2)
@@ -618,18 +616,15 @@ def test_seeded_estimator_noise_is_aers_where_the_user_guide_says(diff_client):
     qc.cx(0, 1)
     obs = ["ZZ", "XI", "IY"]
     rows = rng.uniform(-np.pi, np.pi, (3, 2))
-    laid_out = [(qc, "ZZ", rows), (qc, obs, rows[0]), (qc, obs, rows[:, None, :])]
-    zipped = [(qc, obs, rows)]
+    pubs = [(qc, "ZZ", rows), (qc, obs, rows[0]), (qc, obs, rows[:, None, :]), (qc, [[o] for o in obs], rows),
+            (qc, obs, rows), (qc, [obs, obs[::-1]], rows[:2, None, :])]
     aer = AerEstimator(options={"default_precision": 0.1, "run_options": {"seed_simulator": 5}})
     ours = EstimatorV2(client=diff_client, pool="aer", seed=5, default_precision=0.1)
-    for pub in laid_out:
-        np.testing.assert_array_equal(ours.run([pub]).result(timeout=60)[0].data.evs,
-                                      aer.run([pub]).result()[0].data.evs)
-    got = ours.run(zipped).result(timeout=60)[0].data.evs
-    np.testing.assert_array_equal(got, ours.run(zipped).result(timeout=60)[0].data.evs)
-    assert not np.array_equal(got, aer.run(zipped).result()[0].data.evs)
-    exact = StatevectorEstimator().run(zipped).result()[0].data.evs
-    assert np.all(np.abs(got - exact) <= 5 * 0.1)
+    for pub in pubs:
+        got = ours.run([pub]).result(timeout=60)[0].data.evs
+        np.testing.assert_array_equal(got, aer.run([pub]).result()[0].data.evs)
+        exact = StatevectorEstimator().run([pub]).result()[0].data.evs
+        assert np.all(np.abs(got - exact) <= 5 * 0.1)
     ours.close()
 
 

@@ -112,6 +112,41 @@ def test_estimator_observables_over_shared_strings_send_the_strings(bshape, osha
     assert len(noisy.task["observables"]) == obs.size
 
 
+def exact_rows(task) -> dict:
+    """The estimate result of a task of row observables: row i at observable i, [rows, 1]."""
+    qc = task["circuit"]
+    evs = np.array([[Statevector(qc.assign_parameters(row)).expectation_value(
+        SparsePauliOp.from_list([(p, c) for p, c in o])).real] for row, o in zip(task["params"], task["observables"])])
+    return {"evs": evs, "stds": np.zeros_like(evs), "meta": {}}
+
+
+def test_estimator_rows_where_the_pool_offers_them():
+    """Row observables (asked of the pool only when they would be used): a zipped PUB without shared
+    strings sends its 8 entries as 8 rows, not 8 x 8; a noisy PUB not laid out bindings-major too
+    (its noise in the PUB's order); a laid-out or shared-strings PUB never asks."""
+    from qsched.wire import ROWS_METADATA_KEY
+    rng = np.random.default_rng(3)
+    qc = ansatz()
+    params = rng.uniform(-np.pi, np.pi, (8, 3))
+    words = ["ZZI", "XIX", "IYY", "IIZ", "ZIZ", "XXX", "YIY", "IZX"]
+    pub = EstimatorPub.coerce((qc, words, params))
+    plan = estimator_pub_to_task(pub, lambda: True)
+    assert plan.by_row and plan.task["circuit"].metadata[ROWS_METADATA_KEY] is True
+    assert plan.task["params"].shape == (8, 3) and len(plan.task["observables"]) == 8
+    got = estimator_result(plan, exact_rows(plan.task))
+    np.testing.assert_allclose(got.data.evs, StatevectorEstimator().run([(qc, words, params)]).result()[0].data.evs,
+                               atol=1e-10)
+    assert not estimator_pub_to_task(pub, lambda: False).by_row
+
+    def never():
+        raise AssertionError("asked the pool without need")
+    assert not estimator_pub_to_task(EstimatorPub.coerce((qc, words[:3], params[:, None, :]), 0.1), never).by_row
+    shared = [SparsePauliOp(["ZZI", "XIX"], rng.uniform(-1, 1, 2)) for _ in range(8)]
+    assert estimator_pub_to_task(EstimatorPub.coerce((qc, shared, params)), never).coef is not None
+    noisy = estimator_pub_to_task(EstimatorPub.coerce((qc, [[w] for w in words[:3]], params), 0.1), lambda: True)
+    assert noisy.by_row and noisy.task["params"].shape == (24, 3) and noisy.task["shots"] == 100
+
+
 def test_estimator_parameter_order_follows_template_not_dict_order():
     qc = ansatz()
     a, b, c = sorted(qc.parameters, key=lambda p: p.name)
