@@ -552,9 +552,9 @@ def test_one_hamiltonian_per_row_zipped_and_broadcast(diff_client, pool):
     want_v, want_j = lq.execute_and_compute_derivatives(tapes, config)
     np.testing.assert_allclose(got_v, want_v, atol=1e-9)
     np.testing.assert_allclose(np.array(got_j), np.array(want_j), atol=1e-8)
-    # pool lightning's workers measure each row at its own observable alone (derivatives; and values
+    # the workers of both pools measure each row at its own observable alone (derivatives; and values
     # of observables without shared strings, as these: a Pauli word of its own per tape)
-    assert dev._features.get("row_observables", False) is (pool == "lightning")
+    assert dev._features.get("row_observables") is True
     words = [qml.Z(0) @ qml.X(1), qml.Y(0) @ qml.Z(2), qml.X(0) @ qml.X(1) @ qml.Z(2), qml.Y(1), qml.Z(2)]
     own = [qml.tape.QuantumScript(t.operations, [qml.expval(words[i % len(words)] + 0.5 * qml.Z(1))],
                                   trainable_params=[0, 1]) for i, t in enumerate(tapes)]
