@@ -1,4 +1,4 @@
-"""Replays issue 14's attacks against a private `qsched up` (embedded Redis, a real null worker) and
+"""Replays issue 14's and 21's attacks against a private `qsched up` (embedded Redis, a real null worker) and
 prints, per attack, what the attacker got, how long it took, the p99 latency a bystander client saw
 meanwhile (health requests every 5 ms, from its own process) and the daemon's RSS after against before. The issue's own
 "before" figures are printed beside them.
@@ -39,6 +39,11 @@ BEFORE = {
     "300 connections held by one user": "fd limit: 7,500 tracebacks/s, others refused",
     "200 simultaneous session opens": "136 x HTTP 500",
     "over TCP without a credential: /v1/queue": "answered",
+    # issue 21
+    "wait naming one result 100,000 times": "Redis OOM-killed in ~10 s (2 GiB cgroup)",
+    "sample of 10^5 shots x 10^5 bindings (194 B)": "201; worker OOM-killed 3 times, pool blocked 31-33 s",
+    "1e4000 / NaN / 100,000-deep JSON / 8 MiB class": "500, 201 then FAILED, 500, echoed whole",
+    "64 MiB of {}, as a session open": "1.74 GB RSS, 6-9 s freeze for everyone",
 }
 
 
@@ -232,6 +237,36 @@ async def run(url: str) -> list[dict]:
         codes = await asyncio.gather(*(one() for _ in range(200)))
         return ", ".join(f"{codes.count(c)} x {c}" for c in sorted(set(codes)))
     await attack("200 simultaneous session opens", opens)
+
+    async def amplified_wait() -> str:
+        async with http.post(f"http://q/v1/sessions/{s['id']}/tasks?wait=30", headers=auth, json={
+                "tasks": [{**task, "observables": [[["Z", 1.0]]],
+                           "params": wire.encode_array(np.zeros((8_000, 1)))}]}) as r:   # a 134 KB result
+            [tid] = (await r.json())["ids"]
+        return await status_of("POST", "/v1/tasks/wait", json={"ids": [tid] * 100_000})
+    await attack("wait naming one result 100,000 times", amplified_wait)
+    qc0 = QuantumCircuit(1)
+    qc0.h(0)
+    async with http.post(f"http://q/v1/sessions/{s['id']}/templates", data=wire.dump_qpy(qc0), headers=auth) as r:
+        h0 = (await r.json())["hash"]
+    huge_sample = {"kind": "sample", "template": h0, "shots": 100_000,
+                   "params": {"dtype": "float64", "shape": [100_000, 0], "data": ""}}
+    await attack("sample of 10^5 shots x 10^5 bindings (194 B)",
+                 lambda: status_of("POST", f"/v1/sessions/{s['id']}/tasks", json=huge_sample))
+
+    async def bad_values() -> str:
+        as_json = {"Content-Type": "application/json"}
+        nan = json.dumps({**task, "observables": [[["Z", float("nan")]]]}).encode()
+        got = [await status_of("POST", "/v1/sessions", data=b'{"pool": "null", "weight": 1e4000}', headers=as_json),
+               await status_of("POST", f"/v1/sessions/{s['id']}/tasks", data=nan, headers={**auth, **as_json}),
+               await status_of("POST", tpl, data=b"[" * 100_000 + b"]" * 100_000, headers={**auth, **as_json})]
+        async with http.post("http://q/v1/sessions", json={"pool": "null", "class": "x" * (8 << 20)}) as r:
+            got.append(f"{r.status}, {len(await r.read())} B answered")
+        return "; ".join(got)
+    await attack("1e4000 / NaN / 100,000-deep JSON / 8 MiB class", bad_values)
+    bomb_open = b"[" + b"{}," * ((64 << 20) // 3 - 1) + b"{}]"
+    await attack("64 MiB of {}, as a session open", lambda: status_of(
+        "POST", "/v1/sessions", data=bomb_open, headers={"Content-Type": "application/json"}))
     await http.close()
     return rows
 

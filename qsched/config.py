@@ -12,138 +12,152 @@ import yaml
 from . import redisurl
 from .errors import ConfigError
 from .models import DeviceLimits, DeviceSpec, Window
+from .options import Option, defaults, read_options
 from .paths import daemon_socket, default_state_dir
+from .policy import FairShare, policy_class
+from .policy.config import CLASS_OPTIONS, CLASSES_DEFAULT, POLICY_OPTIONS, ClassSpec, PolicyConfig, QuotaSpec
 
-DEVICE_TYPES_BUILTIN = ("aer", "lightning", "emulated-qpu", "null", "qrmi")
-CLASSES_DEFAULT = {"interactive": 4.0, "batch": 1.0, "debug": 2.0}
-CLASS_LIMITS = ("max_sessions_per_user", "max_pending_per_user", "max_task_device_s", "max_session_device_s")
-
-
-@dataclass(frozen=True)
-class ClassSpec:
-    """A class like a Slurm QOS: a priority tier (higher first, strictly, up to policy.max_wait_s), a
-    weight within the tier, limits (None: none), and who may use it (empty lists: everyone; else a
-    session's account must be listed in `accounts` or its user in `users`)."""
-    name: str
-    tier: int = 0
-    weight: float = 1.0
-    max_sessions_per_user: int | None = None
-    max_pending_per_user: int | None = None
-    max_task_device_s: float | None = None
-    max_session_device_s: float | None = None
-    accounts: tuple[str, ...] = ()
-    users: tuple[str, ...] = ()
-    # while every device of a session's pool is draining, paused or in maintenance, the class's
-    # sessions run on this pool instead (e.g. dev work to a simulator pool)
-    spill_to: str | None = None
-
-
-@dataclass(frozen=True)
-class QuotaSpec:
-    """Device-seconds an account (kind "account") or a user ("user") may use per period. Periods are
-    fixed windows aligned to the Unix epoch (a 1d quota resets at 00:00 UTC), like Slurm's
-    PriorityUsageResetPeriod; `key` is how the config names it: "chem" or "user:alice"."""
-    key: str
-    kind: str
-    name: str
-    device_s: float
-    period_s: float
+# The scalar knobs of each section, declared once (qsched.options): read, bounded and checked for unknown
+# keys by parse_config, the dataclasses' defaults, and docs/policy-reference.md's tables. The other keys
+# of a section (structured: addresses, paths, lists) are parsed by hand below.
+REDIS_OPTIONS = (
+    Option("max_connections", 64, "the daemon's pool; a request waits up to 5 s for a connection, then 503", lo=4,
+           hi=10_000, kind="integer"),
+    Option("socket_group", None, "the embedded Redis's socket is usable by this group too (workers run by "
+           "systemd as an unprivileged user in it); none: the daemon's user only", kind="text"),
+    Option("wait_replicas", 0, "WAIT before acknowledging a submission: that many replicas hold it, or 503 "
+           "(retried under its idempotency key); 0: once the primary has it", lo=0, hi=100, kind="integer"),
+    Option("wait_timeout_ms", 100, "how long that WAIT waits", lo=1, hi=60_000, kind="integer"),
+)
+DAEMON_OPTIONS = (
+    Option("max_body_bytes", 64 * 1024 * 1024, "larger requests get 413 naming the limit", lo=1024,
+           kind="integer"),
+    Option("drain_timeout_s", 30.0, "SIGTERM drain: the longest wait for running batches (it ends as soon as "
+           "they do)", lo=0),
+    Option("max_attempts", 3, "starts of a batch before its tasks fail (worker deaths, lost workers)", lo=1,
+           hi=100, kind="integer"),
+    Option("heartbeat_timeout_s", 5.0, "a device whose worker sent no heartbeat this long is down: nothing is "
+           "sent to it, and what it held is requeued to its pool", lo=0.5),
+    Option("start_workers", True, "false when systemd runs `qsched-worker@DEVICE`", kind="bool"),
+    Option("result_ttl_s", 86_400, "how long results and closed sessions stay in Redis", lo=1, kind="integer"),
+    Option("template_ttl_s", 7 * 86_400, "a template unused this long expires from Redis; clients upload it "
+           "again when told it is gone", lo=7200, kind="integer"),
+    # untrusted circuits are parsed in a child process with these bounds (daemon/parsing.py)
+    Option("parse_timeout_s", 10.0, "the child process that parses an uploaded circuit: time", lo=0.1, hi=600),
+    Option("parse_memory_bytes", 2 << 30, "the child process that parses an uploaded circuit: memory",
+           lo=512 << 20, kind="integer"),
+    Option("max_template_instructions", 1_000_000, "larger templates get 400 naming the limit", lo=1,
+           kind="integer"),
+    Option("max_template_parameters", 100_000, "larger templates get 400 naming the limit", lo=1, kind="integer"),
+    Option("max_template_clbits", 10_000, "larger templates get 400 naming the limit", lo=0, kind="integer"),
+    Option("max_terms_per_task", 100_000, "Pauli terms over all observables of one task", lo=1, kind="integer"),
+    Option("max_terms_per_request", 200_000, "Pauli terms of one request (bounds the event loop's JSON parse, "
+           "about 0.1 s at the limit)", lo=1, kind="integer"),
+    # connections: idle or half-sent requests are closed, slow readers of large answers are dropped
+    Option("idle_timeout_s", 30.0, "an idle connection is closed", lo=0.5, hi=3600),
+    Option("body_timeout_s", 60.0, "a request whose body is still incomplete is closed", lo=0.5, hi=3600),
+    Option("max_answer_bytes", 256 << 20, "large results held for sending at once (daemon/answers.py)",
+           lo=1 << 20, kind="integer"),
+    Option("max_connections_per_peer", 512, "open connections per peer (uid on the socket, address on TCP)",
+           lo=1, kind="integer"),
+    Option("max_connections", None, "open connections in all (none: the fd limit)", lo=8, kind="integer"),
+    Option("session_idle_timeout_s", 86_400.0, "a session no Slurm job owns, with nothing queued or running, is "
+           "closed after this long idle (0: never)", lo=0),
+    Option("leader_lease_s", 0.0, "a standby daemon: the one holding the lease in Redis serves, the others wait "
+           "(0: one daemon, no lease)", lo=0.0, hi=600.0),
+)
+AUTH_OPTIONS = (
+    Option("trust_tcp", False, "test boxes only: TCP opens sessions without MUNGE", kind="bool"),
+    Option("metrics_public", True, "`/metrics` without a credential (for Prometheus over TCP)", kind="bool"),
+)
+SLURM_OPTIONS = (
+    Option("enabled", "auto", "auto: when the Slurm client and a slurm.conf are present", kind="choice",
+           choices=("auto", True, False)),
+    Option("backend", "auto", "how qsched talks to Slurm", kind="choice", choices=("auto", "cli", "pyslurm")),
+    Option("munge_socket", None, "munged's socket, when not the default", kind="text"),
+    Option("reconcile_interval_s", 1.0, "an ended job's session closes within this (plus one squeue)", lo=0.05,
+           hi=60),
+    Option("admin_comment", True, "usage into the job's AdminComment at close (needs operator rights)",
+           kind="bool"),
+    Option("require_qpu", True, "a job must ask for quantum access to get a session", kind="bool"),
+    Option("mirror_maintenance", True, "with slurm.site: device states and maintenance windows as Slurm "
+           "licence reservations", kind="bool"),
+)
+# (section path, its options), in the order of the reference table
+SCHEMA = (("redis", REDIS_OPTIONS), ("daemon", DAEMON_OPTIONS), ("auth", AUTH_OPTIONS),
+          ("slurm", SLURM_OPTIONS), ("policy", POLICY_OPTIONS), ("policy.classes.NAME", CLASS_OPTIONS))
+# the table in docs/policy-reference.md: the config's knobs and the default policy's own options
+REFERENCE = (*SCHEMA, ("policy", FairShare.OPTIONS))
+_R, _D, _A, _S = (defaults(o) for o in (REDIS_OPTIONS, DAEMON_OPTIONS, AUTH_OPTIONS, SLURM_OPTIONS))
 
 
 @dataclass
-class PolicyConfig:
-    name: str = "fair-share"
-    # weights multiply: account x user x class x session's own weight
-    account_weights: dict[str, float] = field(default_factory=dict)
-    user_weights: dict[str, float] = field(default_factory=dict)
-    class_weights: dict[str, float] = field(default_factory=lambda: dict(CLASSES_DEFAULT))
-    max_pending_per_session: int = 10_000
-    merge: bool = True
-    # fair-share: a session back from its classical phase starts this many device-seconds (divided by
-    # its weight) ahead of the pool's virtual time, so its short burst runs next instead of queueing
-    # behind sessions that never stopped; bounded, so idling still banks no more than this
-    return_credit_s: float = 0.5
-    # the policy's quantum: one pick takes at most this many estimated device-seconds of a session's
-    # merged tasks (a single larger task still runs whole), so weighted shares hold with merging on
-    max_batch_s: float = 0.05
-    # classes by name (ClassSpec); a class only in class_weights is tier 0 without limits
-    classes: dict[str, ClassSpec] = field(default_factory=dict)
-    # anti-starvation: a session of a lower tier waiting this long is picked before higher tiers
-    max_wait_s: float | None = 300.0
-    # usage per user and account decays with this half-life (PriorityDecayHalfLife); 0: no decay
-    decay_half_life_s: float = 7 * 86_400.0
-    # a batch of a lower tier still waiting in a device's inbox is taken back when a higher tier has
-    # work (preemption at batch boundaries; a running batch is never interrupted)
-    preempt: bool = True
-    # parent/child account shares (an account tree like sshare's): account -> its parent account
-    account_parents: dict[str, str] = field(default_factory=dict)
-    # device-second quotas per account or user and period, by key ("chem", "user:alice")
-    quotas: dict[str, QuotaSpec] = field(default_factory=dict)
-    # the policy's own options (its OPTIONS, validated against the registry in qsched.policy)
-    options: dict = field(default_factory=dict)
-
-    def class_spec(self, name: str) -> ClassSpec:
-        spec = self.classes.get(name)
-        return spec if spec is not None else ClassSpec(name, weight=self.class_weights.get(name, 1.0))
+class SlurmConfig:
+    """The `slurm:` section, read by qsched.slurm.hooks (docs/admin/slurm.md)."""
+    # SLURM_OPTIONS (their docs there)
+    enabled: bool | str = _S["enabled"]
+    backend: str = _S["backend"]
+    munge_socket: str | None = _S["munge_socket"]
+    reconcile_interval_s: float = _S["reconcile_interval_s"]
+    admin_comment: bool = _S["admin_comment"]
+    require_qpu: bool = _S["require_qpu"]
+    mirror_maintenance: bool = _S["mirror_maintenance"]
+    env: dict[str, str] = field(default_factory=dict)    # extra environment for the Slurm commands
+    # what `qsched slurm sync` writes for job_submit.lua; its keys are checked with the pools
+    # (qsched.slurm.site, from the daemon's check)
+    site: dict | None = None
 
 
 @dataclass
 class Config:
+    # the scalar knobs come from REDIS_OPTIONS, DAEMON_OPTIONS and AUTH_OPTIONS (their docs there)
     state_dir: Path
     redis_url: str | None = None          # may hold the password (from redis.password_file): see redact()
-    redis_max_connections: int = 64
-    # the embedded Redis's socket is usable by this group too (workers run by systemd as an unprivileged
-    # user in it); None: the daemon's user only
-    redis_socket_group: str | None = None
-    # WAIT before acknowledging a submission: that many replicas hold it, or it is answered 503 (retried
-    # under its idempotency key); 0: acknowledge once the primary has it (async replication)
-    redis_wait_replicas: int = 0
-    redis_wait_timeout_ms: int = 100
+    redis_max_connections: int = _R["max_connections"]
+    redis_socket_group: str | None = _R["socket_group"]
+    redis_wait_replicas: int = _R["wait_replicas"]
+    redis_wait_timeout_ms: int = _R["wait_timeout_ms"]
     tcp: str | None = "127.0.0.1:8765"
     # TLS on the TCP listener (daemon.tls): MUNGE credentials and session tokens cross it
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None      # verify client certificates against this CA
     tls_require_client_cert: bool = False
-    # a standby daemon (daemon.leader_lease_s > 0): the one holding the lease in Redis serves, the
-    # others wait; 0: one daemon, no lease
-    leader_lease_s: float = 0.0
     socket: Path | None = None
     admin_socket: Path | None = None
-    max_body_bytes: int = 64 * 1024 * 1024
-    drain_timeout_s: float = 30.0
-    max_attempts: int = 3
-    heartbeat_timeout_s: float = 5.0
-    # untrusted circuits are parsed in a child process with these bounds (daemon/parsing.py)
-    # connections: idle or half-sent requests are closed, slow readers of large answers are dropped
-    idle_timeout_s: float = 30.0
-    body_timeout_s: float = 60.0
-    max_answer_bytes: int = 256 << 20        # large results held for sending at once (daemon/answers.py)
-    # open connections per peer (uid on the socket, address on TCP) and in all (None: the fd limit)
-    max_connections_per_peer: int = 512
-    max_connections: int | None = None
-    # a session no Slurm job owns, with nothing queued or running, is closed after this long idle (0: never)
-    session_idle_timeout_s: float = 86_400.0
-    parse_timeout_s: float = 10.0
-    parse_memory_bytes: int = 2 << 30
-    max_template_instructions: int = 1_000_000
-    max_template_parameters: int = 100_000
-    max_template_clbits: int = 10_000
-    max_terms_per_task: int = 100_000
-    max_terms_per_request: int = 200_000     # bounds the event loop's JSON parse (~0.1 s at the limit)
-    start_workers: bool = True
-    result_ttl_s: int = 86_400
-    template_ttl_s: int = 7 * 86_400
+    leader_lease_s: float = _D["leader_lease_s"]
+    max_body_bytes: int = _D["max_body_bytes"]
+    drain_timeout_s: float = _D["drain_timeout_s"]
+    max_attempts: int = _D["max_attempts"]
+    heartbeat_timeout_s: float = _D["heartbeat_timeout_s"]
+    idle_timeout_s: float = _D["idle_timeout_s"]
+    body_timeout_s: float = _D["body_timeout_s"]
+    max_answer_bytes: int = _D["max_answer_bytes"]
+    max_connections_per_peer: int = _D["max_connections_per_peer"]
+    max_connections: int | None = _D["max_connections"]
+    session_idle_timeout_s: float = _D["session_idle_timeout_s"]
+    parse_timeout_s: float = _D["parse_timeout_s"]
+    parse_memory_bytes: int = _D["parse_memory_bytes"]
+    max_template_instructions: int = _D["max_template_instructions"]
+    max_template_parameters: int = _D["max_template_parameters"]
+    max_template_clbits: int = _D["max_template_clbits"]
+    max_terms_per_task: int = _D["max_terms_per_task"]
+    max_terms_per_request: int = _D["max_terms_per_request"]
+    start_workers: bool = _D["start_workers"]
+    result_ttl_s: int = _D["result_ttl_s"]
+    template_ttl_s: int = _D["template_ttl_s"]
     admin_uids: list[int] = field(default_factory=lambda: [0])
-    trust_tcp: bool = False
-    metrics_public: bool = True          # /metrics without a credential (Prometheus scrapes over TCP)
-    slurm: dict = field(default_factory=dict)
+    trust_tcp: bool = _A["trust_tcp"]
+    metrics_public: bool = _A["metrics_public"]
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     users: dict[str, list[str]] = field(default_factory=dict)     # user -> accounts; the first is the default
     local_workers: int = field(default_factory=lambda: os.cpu_count() or 1)   # `qsched submit --local` jobs at once
     devices: list[DeviceSpec] = field(default_factory=list)
     maintenance: list[Window] = field(default_factory=list)      # planned windows (models.Window)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     source: str = "<defaults>"
+    # the top-level mapping as read: a reload names the sections that changed (qsched.daemon.app)
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def socket_path(self) -> Path:
@@ -201,9 +215,8 @@ def _weights(d, path) -> dict[str, float]:
     return out
 
 
-POLICY_KEYS = {"name", "weights", "classes", "max_pending_per_session", "merge", "return_credit_s", "max_batch_s",
-               "max_wait_s", "decay_half_life_s", "preempt", "quotas", "account_parents"}
-CLASS_KEYS = {"tier", "weight", *CLASS_LIMITS, "accounts", "users", "spill_to"}
+POLICY_KEYS = {"name", "weights", "classes", "quotas", "account_parents", *(o.name for o in POLICY_OPTIONS)}
+CLASS_KEYS = {"weight", "accounts", "users", "spill_to", *(o.name for o in CLASS_OPTIONS)}
 
 
 def _names(v, path) -> tuple[str, ...]:
@@ -220,12 +233,8 @@ def _parse_class(name: str, d, path: str, weight: float) -> ClassSpec:
     _unknown(d, CLASS_KEYS, path)
     return ClassSpec(
         name=name,
-        tier=_num(d, "tier", path, 0, lo=-1000, hi=1000, integer=True),
+        **read_options(d, CLASS_OPTIONS, path),
         weight=_num(d, "weight", path, weight, lo=1e-6),
-        max_sessions_per_user=_num(d, "max_sessions_per_user", path, None, lo=1, integer=True),
-        max_pending_per_user=_num(d, "max_pending_per_user", path, None, lo=1, integer=True),
-        max_task_device_s=_num(d, "max_task_device_s", path, None, lo=0.0),
-        max_session_device_s=_num(d, "max_session_device_s", path, None, lo=0.0),
         accounts=_names(d.get("accounts"), f"{path}.accounts"),
         users=_names(d.get("users"), f"{path}.users"),
         spill_to=None if d.get("spill_to") is None else _type(d["spill_to"], str, f"{path}.spill_to", "a pool name"),
@@ -343,7 +352,6 @@ def _parse_quotas(d, path: str) -> dict[str, QuotaSpec]:
 
 
 def parse_policy(d, path: str = "policy") -> PolicyConfig:
-    from .policy import policy_class          # the registry of policies (imports this module)
     d = _map(d, path)
     name = d.get("name", "fair-share")
     if not isinstance(name, str):
@@ -367,23 +375,13 @@ def parse_policy(d, path: str = "policy") -> PolicyConfig:
         classes[cname] = _parse_class(cname, spec, cpath, class_w.get(cname, 1.0))
     for cname, weight in class_w.items():
         classes.setdefault(cname, ClassSpec(cname, weight=weight))
-    merge = d.get("merge", True)
-    _type(merge, bool, f"{path}.merge", "true or false")
-    preempt = d.get("preempt", True)
-    _type(preempt, bool, f"{path}.preempt", "true or false")
     return PolicyConfig(
         name=name,
+        **read_options(d, POLICY_OPTIONS, path),
         account_weights=_weights(w.get("accounts"), f"{path}.weights.accounts"),
         user_weights=_weights(w.get("users"), f"{path}.weights.users"),
         class_weights={n: c.weight for n, c in classes.items()},
-        max_pending_per_session=_num(d, "max_pending_per_session", path, 10_000, lo=1, integer=True),
-        merge=merge,
-        return_credit_s=_num(d, "return_credit_s", path, 0.5, lo=0.0, hi=3600.0),
-        max_batch_s=_num(d, "max_batch_s", path, 0.05, lo=0.0, hi=3600.0),
         classes=classes,
-        max_wait_s=_num(d, "max_wait_s", path, 300.0, lo=1e-3),
-        decay_half_life_s=_num(d, "decay_half_life_s", path, 7 * 86_400.0, lo=0.0),
-        preempt=preempt,
         quotas=_parse_quotas(d.get("quotas"), f"{path}.quotas"),
         account_parents=_parse_parents(d.get("account_parents"), f"{path}.account_parents"),
         options=options,
@@ -398,30 +396,14 @@ def check_spill(policy: PolicyConfig, pools: set[str]) -> None:
             raise ConfigError(f"{f}: no pool {c.spill_to!r} (pools: {', '.join(sorted(pools))})", field=f)
 
 
-SLURM_BACKENDS = ("auto", "cli", "pyslurm")
-
-
-def parse_slurm(d, path: str = "slurm") -> dict:
-    """The `slurm:` section (used by qsched.slurm.hooks): checked here so that `daemon check`, `policy
-    validate`, start and reload all refuse the same mistakes."""
+def parse_slurm(d, path: str = "slurm") -> SlurmConfig:
     d = _map(d, path)
-    _unknown(d, {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment",
-                 "require_qpu", "site", "mirror_maintenance"}, path)
-    _map(d.get("site"), f"{path}.site")         # its keys: qsched.slurm.site (checked with the pools)
-    if d.get("enabled", "auto") not in ("auto", True, False):
-        raise ConfigError(f"{path}.enabled: expected auto, true or false, got {d['enabled']!r}",
-                          field=f"{path}.enabled")
-    if d.get("backend", "auto") not in SLURM_BACKENDS:
-        raise ConfigError(f"{path}.backend: expected one of {', '.join(SLURM_BACKENDS)}, got {d['backend']!r}",
-                          field=f"{path}.backend")
-    _map(d.get("env"), f"{path}.env")
-    if d.get("munge_socket") is not None:
-        _type(d["munge_socket"], str, f"{path}.munge_socket", "a path")
-    _num(d, "reconcile_interval_s", path, 1.0, lo=0.05, hi=60)
-    for flag in ("admin_comment", "require_qpu", "mirror_maintenance"):
-        if flag in d:
-            _type(d[flag], bool, f"{path}.{flag}", "true or false")
-    return d
+    _unknown(d, {"env", "site", *(o.name for o in SLURM_OPTIONS)}, path)
+    return SlurmConfig(
+        **read_options(d, SLURM_OPTIONS, path),
+        env={str(k): str(v) for k, v in _map(d.get("env"), f"{path}.env").items()},
+        site=None if d.get("site") is None else _map(d["site"], f"{path}.site"),
+    )
 
 
 def parse_users(d, path: str = "users") -> dict[str, list[str]]:
@@ -445,7 +427,7 @@ MERGE_BATCHES = {"emulated-qpu": 8, "qrmi": 8}
 def _parse_device(d, path: str, known_types) -> DeviceSpec:
     d = _map(d, path)
     _unknown(d, {"name", "type", "pool", "max_qubits", "max_shots", "max_bindings",
-                 "max_batch_bindings", "merge_batches", "merge_wait_s", "options", "start_worker",
+                 "max_batch_bindings", "max_result_bytes", "merge_batches", "merge_wait_s", "options", "start_worker",
                  "credentials_file", "cost_prior"}, path)
     for req in ("name", "type"):
         if req not in d:
@@ -465,6 +447,7 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
         max_shots=_num(d, "max_shots", path, 100_000, lo=1, integer=True),
         max_bindings=_num(d, "max_bindings", path, 100_000, lo=1, integer=True),
         max_batch_bindings=_num(d, "max_batch_bindings", path, 20_000, lo=1, integer=True),
+        max_result_bytes=_num(d, "max_result_bytes", path, 64 << 20, lo=1024, integer=True),
     )
     options = _map(d.get("options"), f"{path}.options")
     for key in options:
@@ -566,28 +549,25 @@ DEFAULT_DEVICES = [
 ]
 
 
+# the top-level keys of a config: a file with any of them is a whole config (else a bare policy mapping)
+CONFIG_KEYS = frozenset({"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users", "local",
+                         "maintenance"})
+
+
 def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
     raw = _map(raw, "config")
-    _unknown(raw, {"state_dir", "redis", "daemon", "auth", "devices", "policy", "slurm", "users", "local",
-                   "maintenance"}, "config")
+    _unknown(raw, set(CONFIG_KEYS), "config")
     local = _map(raw.get("local"), "local")
     _unknown(local, {"workers"}, "local")
     state_dir = Path(os.path.expanduser(raw["state_dir"])) if raw.get("state_dir") else default_state_dir()
     redis_cfg = _map(raw.get("redis"), "redis")
-    _unknown(redis_cfg, {"url", "max_connections", "socket_group", "password_file", "username", "sentinel", "tls",
-                         "wait_replicas", "wait_timeout_ms"}, "redis")
-    socket_group = redis_cfg.get("socket_group")
-    if socket_group is not None:
-        _type(socket_group, str, "redis.socket_group", "a group name")
+    _unknown(redis_cfg, {"url", "password_file", "username", "sentinel", "tls", *(o.name for o in REDIS_OPTIONS)},
+             "redis")
+    redis_opts = {f"redis_{k}": v for k, v in read_options(redis_cfg, REDIS_OPTIONS, "redis").items()}
     redis_url = parse_redis_url(redis_cfg, os.environ.get("QSCHED_REDIS_URL"))
     dm = _map(raw.get("daemon"), "daemon")
-    _unknown(dm, {"tcp", "socket", "admin_socket", "max_body_bytes", "drain_timeout_s", "max_attempts",
-                  "heartbeat_timeout_s", "start_workers", "result_ttl_s", "template_ttl_s", "parse_timeout_s",
-                  "idle_timeout_s", "body_timeout_s", "max_connections_per_peer", "max_connections",
-                  "session_idle_timeout_s", "max_answer_bytes",
-                  "parse_memory_bytes", "max_template_instructions", "max_template_parameters",
-                  "max_template_clbits", "max_terms_per_task", "max_terms_per_request",
-                  "tls", "leader_lease_s"}, "daemon")
+    _unknown(dm, {"tcp", "socket", "admin_socket", "tls", *(o.name for o in DAEMON_OPTIONS)}, "daemon")
+    daemon_opts = read_options(dm, DAEMON_OPTIONS, "daemon")
     tls = _map(dm.get("tls"), "daemon.tls")
     _unknown(tls, {"cert_file", "key_file", "client_ca_file", "require_client_cert"}, "daemon.tls")
     if tls and not (tls.get("cert_file") and tls.get("key_file")):
@@ -606,7 +586,7 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         if not host or not port.isdigit():
             raise ConfigError(f"daemon.tcp: expected HOST:PORT, got {tcp!r}", field="daemon.tcp")
     auth = _map(raw.get("auth"), "auth")
-    _unknown(auth, {"admin_uids", "trust_tcp", "metrics_public"}, "auth")
+    _unknown(auth, {"admin_uids", *(o.name for o in AUTH_OPTIONS)}, "auth")
     devs_raw = raw.get("devices")
     if devs_raw is None:
         devs_raw = copy.deepcopy(DEFAULT_DEVICES)
@@ -618,46 +598,20 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
             raise ConfigError(f"devices: duplicate device name {n!r}", field="devices")
     policy = parse_policy(raw.get("policy"))
     check_spill(policy, {d.pool for d in devices})
-    start_workers = dm.get("start_workers", True)
-    _type(start_workers, bool, "daemon.start_workers", "true or false")
     return Config(
         state_dir=state_dir,
         redis_url=redis_url,
-        redis_max_connections=_num(redis_cfg, "max_connections", "redis", 64, lo=4, hi=10_000, integer=True),
-        redis_socket_group=socket_group,
-        redis_wait_replicas=_num(redis_cfg, "wait_replicas", "redis", 0, lo=0, hi=100, integer=True),
-        redis_wait_timeout_ms=_num(redis_cfg, "wait_timeout_ms", "redis", 100, lo=1, hi=60_000, integer=True),
+        **redis_opts,
         tcp=tcp,
         tls_cert_file=tls.get("cert_file"),
         tls_key_file=tls.get("key_file"),
         tls_client_ca_file=tls.get("client_ca_file"),
         tls_require_client_cert=require_cert,
-        leader_lease_s=_num(dm, "leader_lease_s", "daemon", 0.0, lo=0.0, hi=600.0),
         socket=Path(dm["socket"]) if dm.get("socket") else None,
         admin_socket=Path(dm["admin_socket"]) if dm.get("admin_socket") else None,
-        max_body_bytes=_num(dm, "max_body_bytes", "daemon", 64 * 1024 * 1024, lo=1024, integer=True),
-        drain_timeout_s=_num(dm, "drain_timeout_s", "daemon", 30.0, lo=0),
-        max_attempts=_num(dm, "max_attempts", "daemon", 3, lo=1, hi=100, integer=True),
-        heartbeat_timeout_s=_num(dm, "heartbeat_timeout_s", "daemon", 5.0, lo=0.5),
-        parse_timeout_s=_num(dm, "parse_timeout_s", "daemon", 10.0, lo=0.1, hi=600),
-        idle_timeout_s=_num(dm, "idle_timeout_s", "daemon", 30.0, lo=0.5, hi=3600),
-        body_timeout_s=_num(dm, "body_timeout_s", "daemon", 60.0, lo=0.5, hi=3600),
-        max_connections_per_peer=_num(dm, "max_connections_per_peer", "daemon", 512, lo=1, integer=True),
-        max_connections=_num(dm, "max_connections", "daemon", None, lo=8, integer=True),
-        session_idle_timeout_s=_num(dm, "session_idle_timeout_s", "daemon", 86_400.0, lo=0),
-        max_answer_bytes=_num(dm, "max_answer_bytes", "daemon", 256 << 20, lo=1 << 20, integer=True),
-        parse_memory_bytes=_num(dm, "parse_memory_bytes", "daemon", 2 << 30, lo=512 << 20, integer=True),
-        max_template_instructions=_num(dm, "max_template_instructions", "daemon", 1_000_000, lo=1, integer=True),
-        max_template_parameters=_num(dm, "max_template_parameters", "daemon", 100_000, lo=1, integer=True),
-        max_template_clbits=_num(dm, "max_template_clbits", "daemon", 10_000, lo=0, integer=True),
-        max_terms_per_task=_num(dm, "max_terms_per_task", "daemon", 100_000, lo=1, integer=True),
-        max_terms_per_request=_num(dm, "max_terms_per_request", "daemon", 200_000, lo=1, integer=True),
-        start_workers=start_workers,
-        result_ttl_s=_num(dm, "result_ttl_s", "daemon", 86_400, lo=1, integer=True),
-        template_ttl_s=_num(dm, "template_ttl_s", "daemon", 7 * 86_400, lo=7200, integer=True),
+        **daemon_opts,
+        **read_options(auth, AUTH_OPTIONS, "auth"),
         admin_uids=[int(u) for u in _type(auth.get("admin_uids", [0]), list, "auth.admin_uids", "a list")],
-        trust_tcp=bool(auth.get("trust_tcp", False)),
-        metrics_public=_type(auth.get("metrics_public", True), bool, "auth.metrics_public", "true or false"),
         slurm=parse_slurm(raw.get("slurm")),
         users=parse_users(raw.get("users")),
         local_workers=_num(local, "workers", "local", os.cpu_count() or 1, lo=1, hi=1024, integer=True),
@@ -665,18 +619,30 @@ def parse_config(raw, *, source: str = "<dict>", known_types=None) -> Config:
         maintenance=parse_windows(raw.get("maintenance"), devices),
         policy=policy,
         source=source,
+        raw=raw,
     )
 
 
 def _read_yaml(path: Path):
+    """The file's YAML. An empty file is refused: a config truncated by an editor or a failed copy must
+    not silently become the built-in defaults (at start, or at a reload, where it would reset the policy)."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})", field=str(path)) from None
     try:
-        return yaml.safe_load(text) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
+                          field=str(path)) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}", field=str(path)) from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty (no settings); to run on the built-in defaults, give no config file",
+                          field=str(path))
+    return raw
 
 
 def load_config(path: str | Path | None = None, *, known_types=None) -> Config:
@@ -687,10 +653,10 @@ def load_config(path: str | Path | None = None, *, known_types=None) -> Config:
     return parse_config(_read_yaml(Path(path)), source=str(path), known_types=known_types)
 
 
-def load_policy_file(path: str | Path, *, known_types=None) -> PolicyConfig:
-    """A policy file is either a bare policy mapping or a full config with a `policy:` section. A full
-    config is checked whole, as the daemon's SIGHUP reload reads it: a bad key anywhere refuses it."""
-    raw = _map(_read_yaml(Path(path)), "policy")
-    if "policy" in raw:
-        return parse_config(raw, source=str(path), known_types=known_types).policy
+def load_policy_file(path: str | Path, *, known_types=None) -> Config | PolicyConfig:
+    """A policy file is either a whole config (any top-level config key: the daemon's file, which the
+    caller must then check as the daemon does, qsched.daemon.check) or a bare policy mapping."""
+    raw = _read_yaml(Path(path))
+    if isinstance(raw, dict) and CONFIG_KEYS & set(raw):
+        return parse_config(raw, source=str(path), known_types=known_types)
     return parse_policy(raw)

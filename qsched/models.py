@@ -33,11 +33,11 @@ class SessionState(str, enum.Enum):
 class Task:
     """A pending or running task as the scheduler indexes it: metadata only, payload stays in Redis."""
     __slots__ = ("id", "session", "kind", "template", "bindings", "shots", "seq", "submitted",
-                 "attempts", "state", "batch", "method")
+                 "attempts", "state", "batch", "method", "seed")
 
     def __init__(self, id: str, session: str, kind: str, template: str, bindings: int,
                  shots: int | None, seq: int, submitted: float, attempts: int = 0,
-                 state: TaskState = TaskState.PENDING, method: str | None = None):
+                 state: TaskState = TaskState.PENDING, method: str | None = None, seed: int | None = None):
         self.id = id
         self.session = session
         self.kind = kind
@@ -50,6 +50,7 @@ class Task:
         self.state = state
         self.batch: str | None = None
         self.method = method
+        self.seed = seed            # the simulator's seed for this task alone (reproducible samples)
 
     def merge_key(self) -> tuple:
         """Tasks with equal keys can run in one simulator call."""
@@ -59,14 +60,15 @@ class Task:
         d = {"id": self.id, "session": self.session, "kind": self.kind, "template": self.template,
              "bindings": self.bindings, "shots": "" if self.shots is None else self.shots,
              "seq": self.seq, "submitted": self.submitted, "attempts": self.attempts,
-             "state": self.state.value, "method": self.method or ""}
+             "state": self.state.value, "method": self.method or "", "seed": "" if self.seed is None else self.seed}
         return d
 
     @classmethod
     def from_redis(cls, h: dict) -> "Task":
         t = cls(h["id"], h["session"], h["kind"], h["template"], int(h["bindings"]),
                 int(h["shots"]) if h.get("shots") else None, int(h["seq"]), float(h["submitted"]),
-                int(h.get("attempts", 0)), TaskState(h["state"]), h.get("method") or None)
+                int(h.get("attempts", 0)), TaskState(h["state"]), h.get("method") or None,
+                int(h["seed"]) if h.get("seed") else None)
         t.batch = h.get("batch") or None
         return t
 
@@ -156,6 +158,7 @@ class DeviceLimits:
     max_shots: int = 100_000
     max_bindings: int = 100_000
     max_batch_bindings: int = 20_000   # merging stops here
+    max_result_bytes: int = 64 << 20   # a task whose result would be larger is refused at submit
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The Redis repository. Connections are passed in; every multi-key change is one MULTI or one Lua call.
 
 Layout (names in keys.py): a session hash + pending list + usage hash; per task a hash (metadata and
-observables), a params string (raw float64) and, once finished, a result string (JSON, written once);
+observables), a params string (raw float64) and, once finished, a result string (state, newline,
+JSON body; written once: result_entry);
 templates as hashes (QPY bytes + info); batches as hashes; per device an inbox and a processing list;
 one events stream that workers append to and the daemon follows.
 """
@@ -22,9 +23,22 @@ from .errors import Fenced, ReplicationTimeout
 from .models import Batch, Session, SessionState, Task, TaskState, Usage, Window
 
 # a task's payload as a worker needs it, inline in a batch or fetched (params: raw float64, base64 inline)
-INLINE_FIELDS = ("id", "kind", "template", "shots", "method", "observables", "submitted", "bindings", "params")
+INLINE_FIELDS = ("id", "kind", "template", "shots", "method", "observables", "submitted", "bindings", "seed",
+                 "params")
 EVENTS_MAXLEN = 10_000           # the daemon follows the stream live; this only bridges short gaps
 INLINE_RESULT_BYTES = 65_536
+
+
+def result_entry(state: str, body: str) -> str:
+    """A task's result as stored (and carried inline by its completion event): its final state
+    (DONE or FAILED), a newline, then the JSON body the worker wrote ({"result"...} or {"error"...})."""
+    return f"{state}\n{body}"
+
+
+def split_result(raw: bytes) -> tuple[str, memoryview]:
+    """A stored result -> (state, body); the body is a view, not a copy (results can be large)."""
+    cut = raw.find(b"\n")
+    return raw[:cut].decode(), memoryview(raw)[cut + 1:]
 
 # Worker side: the payloads of a batch that came without them, in one round trip.
 FETCH_LUA = """
@@ -53,7 +67,7 @@ for i = 5, #KEYS, 2 do
   local state = redis.call('HGET', tkey, 'state')
   if state and state ~= 'CANCELLED' and state ~= 'DONE' and state ~= 'FAILED'
      and redis.call('EXISTS', rkey) == 0 then
-    redis.call('SET', rkey, ARGV[j+1], 'EX', ttl)
+    redis.call('SET', rkey, ARGV[j] .. '\\n' .. ARGV[j+1], 'EX', ttl)
     redis.call('HSET', tkey, 'state', ARGV[j], 'finished', ARGV[5])
     redis.call('EXPIRE', tkey, ttl)
     redis.call('HINCRBY', KEYS[3], 'tasks', 1)
@@ -64,13 +78,14 @@ for i = 5, #KEYS, 2 do
 end
 redis.call('HINCRBYFLOAT', KEYS[3], 'device_seconds', ARGV[4])
 redis.call('EXPIRE', KEYS[4], ttl)
--- small results ride along with the event, so the daemon can answer a waiting client without a read
+-- small results (as stored: state, newline, body) ride along with the event, so the daemon can
+-- answer a waiting client without a read
 local ev = {'XADD', KEYS[2], 'MAXLEN', '~', '""" + str(EVENTS_MAXLEN) + """', '*', 'e', ARGV[2]}
 for i = 5, #KEYS, 2 do
   local j = 6 + (i - 5) * 2
   if #ARGV[j + 1] <= """ + str(INLINE_RESULT_BYTES) + """ then
     ev[#ev + 1] = KEYS[i]              -- the task's key: its last part is the task id
-    ev[#ev + 1] = ARGV[j + 1]
+    ev[#ev + 1] = ARGV[j] .. '\\n' .. ARGV[j + 1]
   end
 end
 redis.call(unpack(ev))
@@ -451,10 +466,12 @@ class Store:
         last = await self.r.xrevrange(keys.EVENTS, count=1)
         return _s(last[0][0]) if last else "0-0"
 
-    async def read_events(self, conn, after: str, *, block_ms: int = 1000, count: int = 500) -> list:
-        """Completion events after `after`, as (id, fields); `conn` is a connection of its own (XREAD blocks)."""
+    async def read_events(self, conn, after: str, *, block_ms: int = 1000,
+                          count: int = 500) -> list[tuple[str, dict | None, dict[str, bytes]]]:
+        """Completion events after `after`, as (id, event, inline results by task id); the event is None
+        when its body does not parse. `conn` is a connection of its own (XREAD blocks)."""
         resp = await conn.xread({keys.EVENTS: after}, block=block_ms, count=count)
-        return [e for _, entries in resp or () for e in entries]
+        return [(_s(eid), *parse_event(fields)) for _, entries in resp or () for eid, fields in entries]
 
     async def submitted_ids(self, sid: str, idempotency_key: str) -> list[str] | None:
         """The task ids an earlier submission with this key was answered with, if any."""
@@ -508,7 +525,7 @@ class Store:
 
     async def fail_tasks(self, tids: list[str], message: str) -> None:
         """Answer tasks that can never run with an error (written once, like a worker's result)."""
-        body = json.dumps({"error": {"code": "task_failed", "message": message}})
+        body = result_entry(TaskState.FAILED.value, json.dumps({"error": {"code": "task_failed", "message": message}}))
 
         def build(p):
             for tid in tids:
@@ -528,8 +545,10 @@ class Store:
     async def task_fields(self, tid: str, *fields: str) -> list:
         return [_s(v) for v in await self.r.hmget(keys.task(tid), *fields)]
 
-    async def results(self, tids: list[str]) -> list[bytes | None]:
-        return await self.r.mget([keys.task_result(t) for t in tids]) if tids else []
+    async def results(self, tids: list[str]) -> list[tuple[str, memoryview] | None]:
+        """Each task's (state, body) if it has a result: see split_result."""
+        raw = await self.r.mget([keys.task_result(t) for t in tids]) if tids else []
+        return [None if r is None else split_result(r) for r in raw]
 
     async def result_sizes(self, tids: list[str]) -> list[int]:
         async with self.r.pipeline(transaction=False) as p:
@@ -751,6 +770,16 @@ class DeviceQueue:
         """Give the lease up and clear the heartbeat, if they are still ours."""
         if self._release(keys=[self.lease], args=[token, 0]):
             self.r.delete(keys.device_heartbeat(self.device))
+
+
+def parse_event(fields: dict) -> tuple[dict | None, dict[str, bytes]]:
+    """A completion event's fields (COMPLETE_LUA): the event, and the small results that rode along
+    keyed by their task's key, whose last part is the task id."""
+    inline = {_s(k).rsplit(":", 1)[-1]: v for k, v in fields.items() if k != b"e"}
+    try:
+        return json.loads(fields[b"e"]), inline
+    except (KeyError, ValueError):
+        return None, inline
 
 
 def _pairs(h: dict) -> dict[str, tuple[float, float]]:

@@ -113,9 +113,15 @@ def check_observables(obs, num_qubits: int, field: str = "observables", limit: i
                 raise BadRequest(f"{ft}: expected [pauli string, real coefficient]", field=ft)
             p = term[0].upper()
             if len(p) != num_qubits or not set(p) <= PAULI_CHARS:
-                raise BadRequest(f"{ft}: Pauli string must have {num_qubits} characters from IXYZ, got {term[0]!r}",
-                                 field=ft, limit=num_qubits)
-            clean.append([p, float(term[1])])
+                raise BadRequest(f"{ft}: Pauli string must have {num_qubits} characters from IXYZ, got "
+                                 f"{term[0][:80]!r}{'...' if len(term[0]) > 80 else ''}", field=ft, limit=num_qubits)
+            try:
+                coeff = float(term[1])
+            except OverflowError:              # an integer of hundreds of digits
+                coeff = math.inf
+            if not math.isfinite(coeff):
+                raise BadRequest(f"{ft}: the coefficient must be finite (no NaN, infinity or 1e400)", field=ft)
+            clean.append([p, coeff])
         out.append(clean)
     return out
 

@@ -63,13 +63,19 @@ class Worker:
         if not self._redis_retry(self.claim):
             self.device.close()
             raise SystemExit(f"device {self.spec.name} is served by another live worker")
-        beat = heartbeat.start(self.redis_url, self.spec.name, ttl_s=self.heartbeat_ttl_s,
-                               static={"type": self.spec.type, **self.device.describe()}, token=self.token)
+        static = {"type": self.spec.type, **self.device.describe()}
+        beat = heartbeat.start(self.redis_url, self.spec.name, ttl_s=self.heartbeat_ttl_s, static=static,
+                               token=self.token)
         try:
             log.info("worker for %s (%s) ready", self.spec.name, self.spec.type)
             for entry in self._redis_retry(self.queue.held):          # a predecessor's, oldest first
                 self.recover(entry)
             while not self.stopping.is_set() and not self.orphaned():
+                if beat.poll() is not None and not self.stopping.is_set():
+                    # the daemon kills only stopped workers: one whose heartbeat died must beat again itself
+                    log.warning("heartbeat process exited (%s); starting another", beat.returncode)
+                    beat = heartbeat.start(self.redis_url, self.spec.name, ttl_s=self.heartbeat_ttl_s,
+                                           static=static, token=self.token)
                 outages = self.outages
                 entry = self._redis_retry(lambda: self.queue.take(1.0))
                 if self.outages != outages:
@@ -209,7 +215,8 @@ class Worker:
     def _payload(d: dict, circuit) -> TaskPayload:
         arr = np.frombuffer(d["params"], dtype="<f8").reshape(int(d["bindings"]), circuit.num_parameters)
         return TaskPayload(d["id"], d["kind"], d["template"], circuit, arr, int(d["shots"]) if d["shots"] else None,
-                           json.loads(d["observables"]) if d["observables"] else [], d["method"] or None)
+                           json.loads(d["observables"]) if d["observables"] else [], d["method"] or None,
+                           int(d["seed"]) if d.get("seed") not in (None, "") else None)
 
     def _load_any(self, tids: list[str]) -> list[TaskPayload]:
         """Tasks in any state (cancelled ones too), for splitting a remote job's results."""

@@ -23,10 +23,15 @@ URL = click.option("--url", envvar="QSCHED_URL",
 JSON = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
 
+def _known_types() -> set[str]:
+    """The device types installed here (plugins included): every gate parses the config against them."""
+    from ..devices import device_types
+    return set(device_types())
+
+
 def _config(config_path, redis_url=None):
     from ..config import load_config
-    from ..devices import device_types
-    cfg = load_config(config_path, known_types=set(device_types()))
+    cfg = load_config(config_path, known_types=_known_types())
     if redis_url:
         cfg.redis_url = redis_url
     return cfg
@@ -90,7 +95,7 @@ def up(config_path, redis_url):
         click.echo(f"  redis: {redact(cfg.redis_url) or 'embedded in ' + str(cfg.state_dir / 'redis')}", err=True)
         click.echo(f"  devices: {', '.join(f'{d.name} ({d.type}, pool {d.pool})' for d in cfg.devices)}", err=True)
         click.echo(f"  policy: {cfg.policy.name}; export QSCHED_URL=unix://{cfg.socket_path}", err=True)
-    run(cfg, config_path=config_path, ready=ready)
+    run(cfg, config_path=config_path, ready=ready, known_types=_known_types())
 
 
 @cli.group()
@@ -104,7 +109,7 @@ def daemon():
 def daemon_run(config_path, redis_url):
     """Run the daemon (systemd: qsched.service)."""
     from ..daemon import run
-    run(_config(config_path, redis_url), config_path=config_path)
+    run(_config(config_path, redis_url), config_path=config_path, known_types=_known_types())
 
 
 @daemon.command("check")
@@ -441,7 +446,7 @@ def device_rows(devs: list[dict], draining: bool = False) -> list[dict]:
 @URL
 @fmt.listing_options("pool", "state")
 def device_list(url, **kw):
-    """Devices with their state as sinfo says it (up, down, drain), load and limits."""
+    """Devices with their state as sinfo says it (up, down, drain, pause, maint), load and limits."""
     lst = fmt.Listing.pop(kw)
     c = _client(url)
     draining = c.health().get("status") == "draining"
@@ -530,11 +535,18 @@ def policy_show(url, as_json):
 @policy.command("validate")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def policy_validate(path):
-    """Exit 1 with a message naming the bad field; 0 when the policy is valid."""
-    from ..config import load_policy_file
-    from ..devices import device_types
+    """Exit 1 with a message naming the bad field; 0 when the policy is valid. A whole config (systemd's
+    ExecReload gives the daemon's) gets the daemon's own check, as start and SIGHUP run it."""
+    from ..config import Config, load_policy_file
     try:
-        p = load_policy_file(path, known_types=set(device_types()))
+        p = load_policy_file(path, known_types=_known_types())
+        if isinstance(p, Config):
+            from ..daemon import check
+            check(p)
+            p = p.policy
+        else:
+            from ..policy import make_policy
+            make_policy(p)
     except QschedError as e:
         click.echo(f"{path}: invalid: {e.message}", err=True)
         sys.exit(1)

@@ -142,12 +142,14 @@ def _midnight(now: float) -> float:
 # --- device states -----------------------------------------------------------------------------------
 
 # the daemon's words (DESIGN: online, draining, paused, maintenance, offline) -> sinfo's
-_SINFO = {"online": "up", "up": "up", "idle": "up", "draining": "drain", "drain": "drain", "paused": "drain",
+_SINFO = {"online": "up", "up": "up", "idle": "up", "draining": "drain", "drain": "drain", "paused": "pause",
+          "pause": "pause",
           "maintenance": "maint", "maint": "maint", "offline": "down", "down": "down"}
 
 
 def device_state(d: dict, *, draining: bool = False) -> str:
-    """up / down / drain / maint, as sinfo says it. A device whose worker has no heartbeat is down;
+    """up / down / drain / pause / maint, in sinfo's style (sinfo has no pause: a paused device is not
+    draining, its waiting batch went back to the pool). A device whose worker has no heartbeat is down;
     a daemon that is draining drains all its devices."""
     explicit = d.get("state")
     if isinstance(explicit, str) and explicit.lower() in _SINFO:

@@ -126,7 +126,7 @@ def use_colour(stream=None) -> bool:
         return False
 
 
-_STATE_COLOURS = {"up": "green", "down": "red", "drain": "yellow", "maint": "yellow",
+_STATE_COLOURS = {"up": "green", "down": "red", "drain": "yellow", "pause": "yellow", "maint": "yellow",
                   "RUNNING": "green", "PENDING": "yellow", "IDLE": None}
 
 

@@ -47,17 +47,17 @@ class AsyncSession(SessionCore):
         return await self.client._run(self._op_upload(circuit))
 
     async def submit(self, kind: str, circuit, params=None, *, observables=None, shots=None,
-                     method=None) -> AsyncTaskFuture:
+                     method=None, seed: int | None = None) -> AsyncTaskFuture:
         return (await self.submit_many([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
-                                             "shots": shots, "method": method}]))[0]
+                                             "shots": shots, "method": method, "seed": seed}]))[0]
 
     async def submit_many(self, tasks: list[dict], wait: float = 0.0) -> list[AsyncTaskFuture]:
         return await self.client._run(self._op_submit_many(tasks, wait))
 
     async def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
-                  timeout: float | None = None) -> TaskResult:
+                  seed: int | None = None, timeout: float | None = None) -> TaskResult:
         return await self.client._run(self._op_run(kind, circuit, params, observables=observables, shots=shots,
-                                                   method=method, timeout=timeout))
+                                                   method=method, seed=seed, timeout=timeout))
 
     async def submit_wait(self, tasks: list[dict], timeout: float | None = None) -> list[TaskResult]:
         """Submit all tasks in one request and return their results, in order (one round trip where

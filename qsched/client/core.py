@@ -111,13 +111,16 @@ class TemplateCache:
         return d, (None if d in self.sent else data)
 
 
-def task_body(kind: str, template: str, params, *, observables=None, shots=None, method=None) -> dict:
+def task_body(kind: str, template: str, params, *, observables=None, shots=None, method=None,
+              seed: int | None = None) -> dict:
     p = np.atleast_2d(np.asarray(params if params is not None else np.zeros((1, 0)), dtype=np.float64))
     body = {"kind": kind, "template": template, "params": wire.encode_array(p), "shots": shots}
     if observables is not None:
         body["observables"] = wire.observables_to_wire(observables)
     if method:
         body["method"] = method
+    if seed is not None:
+        body["seed"] = int(seed) if isinstance(seed, np.integer) else seed   # the daemon checks it
     return body
 
 
@@ -427,7 +430,7 @@ class SessionCore:
                     _check_linear(c, f"tasks[{i}].template")
                     self._templates.linear.add(digest)
                 bodies.append(task_body(t["kind"], digest, t.get("params"), observables=t.get("observables"),
-                                        shots=t.get("shots"), method=t.get("method")))
+                                        shots=t.get("shots"), method=t.get("method"), seed=t.get("seed")))
             try:
                 return (yield self._call("POST", f"/v1/sessions/{self.id}/tasks{query}",
                                          body={"tasks": bodies, "idempotency_key": key}, timeout=timeout))
@@ -447,11 +450,11 @@ class SessionCore:
         return futures
 
     def _op_run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
-                timeout: float | None = None) -> Op[TaskResult]:
+                seed: int | None = None, timeout: float | None = None) -> Op[TaskResult]:
         """Submit and wait in one round trip where the task finishes within the long-poll."""
         deadline = self._deadline(timeout)
         task = {"kind": kind, "circuit": circuit, "params": params, "observables": observables, "shots": shots,
-                "method": method}
+                "method": method, "seed": seed}
         res = yield from self._op_post_tasks([task], wait=max(0.0, self._left(deadline)))
         fut = self._future_cls(self, res["ids"][0])
         if res.get("tasks"):                   # absent when asked not to wait (timeout <= 0)

@@ -42,9 +42,11 @@ class Session(SessionCore):
     def upload(self, circuit) -> str:
         return self.client._run(self._op_upload(circuit))
 
-    def submit(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None) -> TaskFuture:
+    def submit(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
+               seed: int | None = None) -> TaskFuture:
+        """`seed`: the simulator's seed for this task alone (the same seed, the same samples)."""
         return self.submit_many([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
-                                      "shots": shots, "method": method}])[0]
+                                  "shots": shots, "method": method, "seed": seed}])[0]
 
     def submit_many(self, tasks: list[dict], wait: float = 0.0) -> list[TaskFuture]:
         """All tasks in one request (one primitive call = one request); `wait` (seconds): the daemon
@@ -52,10 +54,10 @@ class Session(SessionCore):
         return self.client._run(self._op_submit_many(tasks, wait))
 
     def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
-            timeout: float | None = None) -> TaskResult:
+            seed: int | None = None, timeout: float | None = None) -> TaskResult:
         """Submit and wait in one round trip where the task finishes within the long-poll."""
         return self.client._run(self._op_run(kind, circuit, params, observables=observables, shots=shots,
-                                             method=method, timeout=timeout))
+                                             method=method, seed=seed, timeout=timeout))
 
     def submit_wait(self, tasks: list[dict], timeout: float | None = None) -> list[TaskResult]:
         """Submit all tasks in one request and return their results, in order: one round trip where

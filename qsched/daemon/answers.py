@@ -1,6 +1,6 @@
 """How many bytes of large answers (results read back from Redis) the daemon holds at once.
 
-A large answer is read whole from Redis and sent in chunks (api._stream); without a bound, clients
+A large answer is read whole from Redis and sent in chunks (http._stream); without a bound, clients
 that ask for big results and then read slowly make the daemon hold one copy each (20 readers of a
 27 MB result held 1.6 GB). A reader that would pass `daemon.max_answer_bytes` waits for others to
 finish, up to `daemon.body_timeout_s`, then gets 503 naming the limit; one answer larger than the

@@ -16,7 +16,6 @@ import functools
 import logging
 import os
 import signal
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,17 +23,19 @@ from pathlib import Path
 from aiohttp import web
 
 from .. import redisconn
-from ..config import Config, load_config
-from ..errors import ConfigError, QschedError
+from ..config import CONFIG_KEYS, Config, load_config
+from ..errors import QschedError
+from ..integration import SlurmIntegration
 from ..metrics import Metrics
 from ..policy import make_policy
 from ..store import Store
 from .answers import AnswerBudget
 from .api import make_app
 from .connections import FD_RESERVE, AcceptErrorLog, ConnectionLimiter, LimitedRunner, raise_fd_limit
+from .gates import check, sd_notify, tls_context
 from .leader import LeaderLease
 from .parsing import TemplateParser
-from .redis_server import EmbeddedRedis, socket_gid
+from .redis_server import EmbeddedRedis
 from .scheduler import Scheduler
 from .supervisor import WorkerSupervisor
 
@@ -43,62 +44,14 @@ log = logging.getLogger("qsched.daemon")
 BACKOFF_MAX_S = 5.0
 
 
-def slurm_hooks(config: Config) -> dict:
-    """MUNGE identity, job checks and accounting, when the Slurm side is installed and configured."""
-    try:
-        from ..slurm import daemon_hooks
-    except ImportError:
-        return {}
-    return daemon_hooks(config)
-
-
-def sd_notify(path: str | None, state: str) -> None:
-    """Tell systemd (Type=notify) when the daemon is ready and when it stops: `After=qsched` then means
-    Redis, workers and listeners are up. No-op outside systemd."""
-    if not path:
-        return
-    addr = "\0" + path[1:] if path.startswith("@") else path          # '@': the abstract namespace
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(state.encode(), addr)
-    except OSError as e:
-        log.warning("sd_notify %s: %s", state, e)
-
-
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """The TCP listener's TLS (daemon.tls), or None; a certificate or key that does not load is a
-    ConfigError naming the field."""
-    if not config.tls_cert_file:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"daemon.tls: cannot load cert_file/key_file ({e})", field="daemon.tls.cert_file") from None
-    if config.tls_client_ca_file:
-        try:
-            ctx.load_verify_locations(config.tls_client_ca_file)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"daemon.tls.client_ca_file: cannot load ({e})",
-                              field="daemon.tls.client_ca_file") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED if config.tls_require_client_cert else ssl.CERT_OPTIONAL
-    return ctx
-
-
-def check(config: Config) -> dict:
-    """Everything start-up would refuse, without starting anything: the one validation path of start,
-    `daemon check`, `policy validate` and SIGHUP (the config was parsed already). Returns the hooks."""
-    make_policy(config.policy)
-    socket_gid(config.redis_socket_group)
-    tls_context(config)
-    return slurm_hooks(config)
-
-
 class Daemon:
-    def __init__(self, config: Config, *, config_path: str | None = None, hooks: dict | None = None,
-                 ready: Callable[[Scheduler], None] | None = None):
+    def __init__(self, config: Config, *, config_path: str | None = None, hooks: SlurmIntegration | None = None,
+                 ready: Callable[[Scheduler], None] | None = None, known_types: set[str] | None = None):
         self.config = config
         self.config_path = config_path
+        self.known_types = known_types      # the device types start parsed against: a reload uses them too
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task] = set()
         self.hooks = hooks
         self.ready = ready
         self.metrics = Metrics()
@@ -122,13 +75,13 @@ class Daemon:
     # ---------------------------------------------------------------- phases
     async def startup(self) -> None:
         cfg = self.config
+        if self.hooks is None:            # before anything is created: a refused config leaves nothing behind
+            self.hooks = await asyncio.to_thread(check, cfg)      # may run sinfo and munge
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
         fds = raise_fd_limit() - FD_RESERVE
         self.limiter = ConnectionLimiter(cfg.max_connections_per_peer, min(cfg.max_connections or fds, fds))
         self.limiter.on_refuse = lambda limit: self.metrics.connections_refused.labels(limit).inc()
-        if self.hooks is None:
-            self.hooks = check(cfg)
         stack = self._stack
         url = cfg.redis_url
         embedded = None
@@ -179,7 +132,7 @@ class Daemon:
             self._lease_task = asyncio.create_task(self.lease.hold(self._step_down), name="leader-lease")
         if embedded is not None:
             self.spawn("embedded-redis", embedded.watch)
-        for extra in self.hooks.get("background", []):
+        for extra in self.hooks.background:
             self.spawn(getattr(extra, "__name__", "hook"), functools.partial(extra, sch))
         answers = self.answers = AnswerBudget(cfg.max_answer_bytes)       # one for both listeners
         await stack.enter_async_context(self._site(make_app(sch, hooks=self.hooks, parser=parser, answers=answers),
@@ -210,7 +163,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await self.startup()
             await self.serve()
@@ -245,15 +198,41 @@ class Daemon:
         self._force.set()
         self._stop.set()
 
-    def reload(self) -> None:
-        try:
-            fresh = load_config(self.config_path) if self.config_path else self.config
-            check(fresh)
-            assert self.scheduler is not None
-            self.scheduler.set_policy(make_policy(fresh.policy))
+    def _on_sighup(self) -> None:
+        # the handler runs in the event loop: the reload's file read and check (which may run sinfo and
+        # munge) go to a thread, in a task; reloads run one at a time, in the order of the signals
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def _load_checked(self) -> Config:
+        assert self.config_path is not None
+        fresh = load_config(self.config_path, known_types=self.known_types)
+        check(fresh)
+        return fresh
+
+    async def reload(self) -> QschedError | None:
+        """SIGHUP: parse and check the config file as start does, then apply its policy. Returns why it was
+        refused (the old policy stays), or None. Other sections are applied only by a restart: the log
+        names those that changed."""
+        if not self.config_path:
+            log.warning("SIGHUP: the daemon runs on the built-in defaults (no config file): nothing to reload")
+            return None
+        async with self._reload_lock:
+            try:
+                fresh = await asyncio.to_thread(self._load_checked)
+            except QschedError as e:
+                log.error("SIGHUP: invalid policy or config kept out, the old policy stays: %s", e)
+                return e
+            self.config.policy = fresh.policy         # what runs, and what a standby takes over with
+            if self.scheduler is not None:
+                self.scheduler.set_policy(make_policy(fresh.policy))
             log.info("SIGHUP: policy reloaded (%s)", fresh.policy.name)
-        except QschedError as e:
-            log.error("SIGHUP: invalid policy or config kept out, the old policy stays: %s", e)
+            changed = sorted(k for k in CONFIG_KEYS - {"policy"} if fresh.raw.get(k) != self.config.raw.get(k))
+            if changed:
+                log.warning("SIGHUP: changes to %s not applied (only policy: is reloaded; restart the daemon to "
+                            "apply them)", ", ".join(changed))
+            return None
 
     def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> asyncio.Task:
         """Run a background task under supervision (see the module doc)."""
@@ -291,9 +270,9 @@ class Daemon:
         if stuck:
             log.warning("background tasks still stopping at shutdown: %s", ", ".join(t.get_name() for t in stuck))
 
-    def _worker_lost(self, device: str) -> None:
+    def _worker_lost(self, device: str, pid: int | None = None) -> None:
         if self.supervisor is not None:
-            self.supervisor.lost(device)
+            self.supervisor.lost(device, pid)
 
     async def _drain(self, sch: Scheduler) -> None:
         """Stop accepting; batches still in an inbox go back to their queues (the next daemon runs them);
@@ -349,8 +328,8 @@ class Daemon:
                 path.unlink(missing_ok=True)
 
 
-def run(config: Config, *, config_path: str | None = None, ready=None) -> None:
-    d = Daemon(config, config_path=config_path, ready=ready)
+def run(config: Config, *, config_path: str | None = None, ready=None, known_types: set[str] | None = None) -> None:
+    d = Daemon(config, config_path=config_path, ready=ready, known_types=known_types)
     asyncio.run(d.run())
     if d.exit_code:
         raise SystemExit(d.exit_code)

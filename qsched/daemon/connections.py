@@ -40,12 +40,19 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def peer_uid(transport: asyncio.BaseTransport | None) -> int | None:
+    """The peer's uid on a Unix socket (SO_PEERCRED); None over TCP."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
 def peer_of(transport: asyncio.BaseTransport) -> str:
-    """'uid:N' for a Unix-socket peer (SO_PEERCRED), 'ip:ADDR' for TCP."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family == socket.AF_UNIX:
-        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                        struct.calcsize("3i")))
+    """'uid:N' for a Unix-socket peer, 'ip:ADDR' for TCP."""
+    uid = peer_uid(transport)
+    if uid is not None:
         return f"uid:{uid}"
     peer = transport.get_extra_info("peername")
     return f"ip:{peer[0] if isinstance(peer, tuple) else peer}"

@@ -50,6 +50,18 @@ def socket_gid(group: str | None) -> int | None:
                           field="redis.socket_group") from None
 
 
+def _half_of_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+# Limits the embedded Redis enforces itself, whatever a client asks of it: past maxmemory it refuses
+# writes (the daemon answers 503, clients retry) instead of evicting queue state, and a normal client's
+# reply buffer past 1 GiB (or 512 MiB for a minute) gets that connection closed rather than Redis killed
+# (a reply of 100,000 copies of a 134 KB result took Redis past 2 GiB before the daemon bounded replies).
+LIMITS = ["--maxmemory", str(_half_of_memory()), "--maxmemory-policy", "noeviction",
+          "--client-output-buffer-limit", "normal", "1gb", "512mb", "60"]
+
+
 class EmbeddedRedis:
     def __init__(self, state_dir: Path, group: str | None = None):
         self.dir = Path(state_dir) / "redis"
@@ -105,7 +117,8 @@ class EmbeddedRedis:
         perm = "700" if self.gid is None else "770"
         args = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", perm,
                 "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.dir / "redis.log")]
+                "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.dir / "redis.log"),
+                *LIMITS]
         # if the daemon dies, Redis gets SIGTERM: it flushes the AOF and frees the state dir for a restart
         self.proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.DEVNULL,
                                                          preexec_fn=_private_child)

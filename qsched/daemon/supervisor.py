@@ -8,9 +8,13 @@ import os
 import signal
 import sys
 
+import psutil
+
 log = logging.getLogger("qsched.supervisor")
 
 STOP_GRACE_S = 5.0
+_NOT_RUNNING = frozenset({psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE,
+                          psutil.STATUS_DEAD})
 
 
 class WorkerSupervisor:
@@ -70,13 +74,30 @@ class WorkerSupervisor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
-    def lost(self, name: str) -> None:
-        """The daemon saw the device's heartbeat stop: a worker process that is still here is stopped or
-        hung. Kill it; its watch starts a successor."""
+    def lost(self, name: str, pid: int | None = None) -> None:
+        """The daemon saw the device's heartbeat stop: a worker that is stopped (SIGSTOP, a debugger) is
+        killed, and its watch starts a successor. `pid`: whose heartbeat it was. A predecessor's (killed,
+        or from before a restart: its key outlived it) says nothing of the worker starting now, which
+        must not be killed for it."""
         proc = self.procs.get(name)
-        if proc is not None and proc.returncode is None and not self._stopping:
-            log.error("worker for device %s (pid %d) stopped beating: killing it", name, proc.pid)
-            proc.kill()
+        if proc is None or proc.returncode is not None or self._stopping:
+            return
+        if pid is not None and proc.pid != pid:
+            log.info("device %s: the heartbeat that stopped was pid %s's, not its current worker's (%d)", name,
+                     pid, proc.pid)
+            return
+        try:
+            status = psutil.Process(proc.pid).status()
+        except psutil.NoSuchProcess:
+            return
+        if status not in _NOT_RUNNING:
+            # the heartbeat process beats while the worker is alive and not stopped: a missed beat from
+            # a running worker is a starved heartbeat (a loaded node) or a stalled store, not a hang
+            log.warning("worker for device %s (pid %d) is %s but its heartbeat stopped: not killing it", name,
+                        proc.pid, status)
+            return
+        log.error("worker for device %s (pid %d) stopped beating: killing it", name, proc.pid)
+        proc.kill()
 
     async def __aexit__(self, *exc):
         """SIGTERM: each worker finishes its current batch, then exits; SIGKILL after a grace period.

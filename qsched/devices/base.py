@@ -28,7 +28,7 @@ class TaskPayload:
     shots: int | None = None
     observables: list = field(default_factory=list)   # wire form [[["ZZ", 1.0], ...], ...]
     method: str | None = None
-    seed: int | None = None         # from the template (SEED_METADATA_KEY) unless given
+    seed: int | None = None         # the task's seed; else its template's (SEED_METADATA_KEY, older clients)
 
     def __post_init__(self):
         if self.seed is None:

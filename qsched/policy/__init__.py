@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import entry_points
 
-from ..config import PolicyConfig
+from .config import PolicyConfig
 from ..errors import ConfigError
 from .base import Option, Policy, SessionInfo
 from .fair_share import FairShare

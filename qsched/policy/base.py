@@ -2,12 +2,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ..config import PolicyConfig
-from ..errors import ConfigError
+from ..options import Option
+from .config import PolicyConfig
 from .usage import UsageLedger
 
 
@@ -22,41 +20,6 @@ class SessionInfo:
     user: str = ""
     weight: float = 1.0          # the session's own weight (a client may lower it, admins raise it)
     created: float = 0.0         # Unix time the session was opened
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a policy, read from the `policy:` section and checked there (config errors name it)."""
-    name: str
-    default: Any
-    doc: str = ""
-    lo: float | None = None
-    hi: float | None = None
-    kind: str = "number"          # number | integer | bool | choice
-    choices: tuple = ()
-
-    def parse(self, value, path: str):
-        where = f"{path}.{self.name}"
-        if value is None:
-            return self.default
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}: expected true or false, got {value!r}", field=where)
-            return value
-        if self.kind == "choice":
-            if value not in self.choices:
-                raise ConfigError(f"{where}: expected one of {', '.join(map(str, self.choices))}, got {value!r}",
-                                  field=where)
-            return value
-        integer = self.kind == "integer"
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-            raise ConfigError(f"{where}: expected {'an integer' if integer else 'a number'}, got {value!r}",
-                              field=where)
-        if self.lo is not None and value < self.lo:
-            raise ConfigError(f"{where}: must be >= {self.lo}, got {value}", field=where, limit=self.lo)
-        if self.hi is not None and value > self.hi:
-            raise ConfigError(f"{where}: must be <= {self.hi}, got {value}", field=where, limit=self.hi)
-        return value
 
 
 class Policy:
@@ -255,35 +218,3 @@ class TieredQueues:
 
     def __len__(self) -> int:
         return len(self._live)
-
-
-class HeapQueues:
-    """Per-pool min-heaps of sessions with lazy deletion: O(log S) enqueue and pick."""
-
-    def __init__(self):
-        self._heaps: dict[str, list] = {}
-        self._live: dict[str, tuple] = {}      # sid -> the entry that is current
-        self._tie = itertools.count()
-
-    def push(self, pool: str, key, sid: str) -> None:
-        entry = (key, next(self._tie), sid)
-        self._live[sid] = entry
-        heapq.heappush(self._heaps.setdefault(pool, []), entry)
-
-    def pop(self, pool: str):
-        heap = self._heaps.get(pool)
-        while heap:
-            entry = heapq.heappop(heap)
-            if self._live.get(entry[2], ()) is entry:
-                del self._live[entry[2]]
-                return entry[2], entry[0]
-        return None, None
-
-    def discard(self, sid: str) -> None:
-        self._live.pop(sid, None)
-
-    def __contains__(self, sid: str) -> bool:
-        return sid in self._live
-
-
-Factory = Callable[[PolicyConfig], Policy]

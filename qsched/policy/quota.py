@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 
-from ..config import QuotaSpec
+from .config import QuotaSpec
 
 
 def window_start(spec: QuotaSpec, now: float) -> float:

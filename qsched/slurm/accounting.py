@@ -26,6 +26,15 @@ _REQUEST_KEYS = ("qpu", "pool", "class")
 _SAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
+def _number(text: str, kind: type):
+    """A number a previous comment holds (0 when it is not one: a hand-edited comment must not stop
+    the usage from being written)."""
+    try:
+        return kind(float(text)) if kind is int else kind(text)
+    except (TypeError, ValueError):
+        return kind(0)
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
@@ -35,15 +44,24 @@ def _fmt(v) -> str:
 def format_admin_comment(usage: Mapping, *, previous: str = "", session_id: str | None = None) -> str:
     """usage: the daemon's session usage dict (device_s/device_seconds, tasks, circuits/bindings, shots).
     previous: the job's current AdminComment (its qsched: request keys are kept; other text is kept
-    in front)."""
+    in front). A previous comment written for another session of the job (a run before `scontrol
+    requeue`, a preemption or a node failure) keeps counting: its usage is added to this session's, and
+    `runs` says over how many runs."""
     req = parse_admin_comment(previous)
-    fields = {k: req[k] for k in _REQUEST_KEYS if k in req}
+    fields: dict = {k: req[k] for k in _REQUEST_KEYS if k in req}
+    earlier_run = bool(session_id and req.get("session") and req["session"] != session_id)
+    runs = _number(req.get("runs", "1"), int) + 1 if earlier_run else _number(req.get("runs", "1"), int)
+    if runs > 1:
+        fields["runs"] = runs
     if session_id:
         fields["session"] = session_id
     for out_key, aliases in _USAGE_KEYS:
         for a in aliases:
             if a in usage and usage[a] is not None:
-                fields[out_key] = usage[a]
+                v = usage[a]
+                if earlier_run and out_key in req:
+                    v = v + _number(req[out_key], type(v) if isinstance(v, (int, float)) else float)
+                fields[out_key] = v
                 break
     other = re.sub(r"(?:^|\s)qsched:\S+", "", previous or "").strip()
     text = "qsched:" + ",".join(f"{k}={_fmt(v)}" for k, v in fields.items())

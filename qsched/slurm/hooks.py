@@ -1,26 +1,7 @@
-"""The daemon's Slurm hooks: `daemon_hooks(config)` -> the dict qsched.daemon.api expects.
-
-    "munge":      async (credential, purpose) -> (uid, user)  X-Qsched-Munge on TCP open ("open") / attach
-    "verify_job": async (job_id: str, uid: int) -> dict     admin open (SPANK plugin): job RUNNING, owned
-                                                             by uid, asked for quantum access; returns the
-                                                             job's facts from Slurm (job_facts: account,
-                                                             user, uid, job_id) for the session to use
-    "on_close":   async (record) -> None                    the usage into the job's AdminComment
-    "background": [async (scheduler) -> None]               the reconciler loop; the sshare importer
-                                                             (policy fairshare_source: slurm)
-
-Config (`slurm:` in qsched.yaml, all optional):
-    enabled: auto | true | false     auto: when the Slurm client and a slurm.conf are present
-    backend: auto | cli | pyslurm
-    env: {SLURM_CONF: ...}           extra environment for the Slurm commands
-    munge_socket: PATH               munged's socket, when not the default
-    reconcile_interval_s: 1.0        an ended job's session closes within this (plus one squeue)
-    admin_comment: true              write usage into AdminComment at close (needs operator rights)
-    require_qpu: true                a job must ask for quantum access to get a session
-    site: {default_pool, default_class, slots_per_device, max_qpu}
-                                     what `qsched slurm sync` writes for job_submit.lua (qsched.slurm.site)
-    mirror_maintenance: true         with site: device states and maintenance windows as Slurm licence
-                                     reservations (qsched.slurm.maintenance)
+"""The daemon's Slurm hooks: `slurm_integration(config)` -> the qsched.integration.SlurmIntegration the
+daemon calls (MUNGE identity, job verification, AdminComment at close, and the background loops: the
+reconciler, the sshare importer for `fairshare_source: slurm`, the maintenance mirror). The `slurm:`
+section is qsched.config.SlurmConfig (parsed and bounded there; docs/admin/slurm.md).
 MUNGE works without Slurm too (any cluster with munged); it is on when munged answers.
 """
 from __future__ import annotations
@@ -34,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, NotFound, QschedError
+from ..integration import Background, SlurmIntegration
 from . import munge
 from .accounting import write_usage
 from .adapter import CliSlurmAdapter, SlurmAdapter, SlurmError, get_adapter, pyslurm_problem
@@ -43,10 +25,6 @@ from .site import site_from_config
 from .verify import job_facts, verify_job_for_session
 
 log = logging.getLogger("qsched.slurm")
-
-_KEYS = {"enabled", "backend", "env", "munge_socket", "reconcile_interval_s", "admin_comment", "require_qpu",
-         "site", "mirror_maintenance"}
-
 
 def _slurm_present(env: dict) -> bool:
     if not shutil.which("squeue"):
@@ -214,46 +192,30 @@ def maintenance_mirror(adapter: SlurmAdapter, site, *, interval_s: float = 2.0, 
     return slurm_maintenance_mirror
 
 
-def daemon_hooks(config) -> dict:
-    """Build the hooks from config.slurm (see the module doc). {} when neither Slurm nor MUNGE is here."""
-    cfg = dict(getattr(config, "slurm", None) or {})
-    unknown = set(cfg) - _KEYS
-    if unknown:
-        raise ConfigError(f"slurm: unknown keys {sorted(unknown)} (known: {sorted(_KEYS)})",
-                          field=f"slurm.{sorted(unknown)[0]}")
+def slurm_integration(config) -> SlurmIntegration:
+    """The hooks config.slurm asks for (see the module doc); none when neither Slurm nor MUNGE is here.
+    Runs subprocesses (sinfo for pyslurm, munge): the daemon calls it off its event loop."""
+    cfg = config.slurm
     # `daemon check` refuses what `qsched slurm sync` would
-    site = site_from_config(config) if cfg.get("site") is not None else None
-    env = {str(k): str(v) for k, v in (cfg.get("env") or {}).items()}
-    enabled = cfg.get("enabled", "auto")
-    if enabled not in ("auto", True, False):
-        raise ConfigError("slurm.enabled: expected auto, true or false", field="slurm.enabled")
-    if cfg.get("backend") == "pyslurm" and enabled is not False:
-        _check_pyslurm(env)
-    hooks: dict = {}
-    sock = cfg.get("munge_socket")
-    if munge.available(sock):
-        hooks["munge"] = munge_hook(sock)
-    wants_shares = (getattr(getattr(config, "policy", None), "options", None) or {}).get("fairshare_source") == "slurm"
-    if enabled is False or (enabled == "auto" and not _slurm_present(env)):
-        if wants_shares:
+    site = site_from_config(config) if cfg.site is not None else None
+    if cfg.backend == "pyslurm" and cfg.enabled is not False:
+        _check_pyslurm(cfg.env)
+    identify = munge_hook(cfg.munge_socket) if munge.available(cfg.munge_socket) else None
+    if cfg.enabled is False or (cfg.enabled == "auto" and not _slurm_present(cfg.env)):
+        if config.policy.options.get("fairshare_source") == "slurm":
             raise ConfigError("policy.fairshare_source: slurm needs the Slurm hooks (slurm.enabled, a slurm.conf "
                               "and the Slurm client)", field="policy.fairshare_source")
-        return hooks
-    adapter = get_adapter(cfg.get("backend", "auto"), env=env)
-    hooks["verify_job"] = verify_hook(adapter, require_qpu=bool(cfg.get("require_qpu", True)))
-    on_close = admin_comment_hook(adapter) if cfg.get("admin_comment", True) else None
-    if on_close:
-        hooks["on_close"] = on_close
-    interval = float(cfg.get("reconcile_interval_s", 1.0))
-    if not 0.05 <= interval <= 60:
-        raise ConfigError("slurm.reconcile_interval_s: expected 0.05..60", field="slurm.reconcile_interval_s")
+        return SlurmIntegration(identify=identify)
+    adapter = get_adapter(cfg.backend, env=cfg.env)
+    on_close = admin_comment_hook(adapter) if cfg.admin_comment else None
+    interval = cfg.reconcile_interval_s
     # the importer idles unless the policy asks for Slurm's factors (a SIGHUP may turn them on)
-    hooks["background"] = [reconciler(adapter, interval_s=interval, on_close=on_close),
-                           fairshare_importer(adapter)]
+    background: list[Background] = [reconciler(adapter, interval_s=interval, on_close=on_close),
+                                    fairshare_importer(adapter)]
     # per-pool licences exist only with slurm.site (qsched slurm sync): then device states go to Slurm
-    if site is not None and cfg.get("mirror_maintenance", True):
-        hooks["background"].append(maintenance_mirror(adapter, site, interval_s=interval))
-    hooks["slurm_adapter"] = adapter
+    if site is not None and cfg.mirror_maintenance:
+        background.append(maintenance_mirror(adapter, site, interval_s=interval))
     log.info("slurm: %s backend, reconcile every %.2g s, MUNGE %s", adapter.name, interval,
-             "on" if "munge" in hooks else "off")
-    return hooks
+             "on" if identify else "off")
+    return SlurmIntegration(identify=identify, verify_job=verify_hook(adapter, require_qpu=cfg.require_qpu),
+                            on_close=on_close, background=tuple(background))

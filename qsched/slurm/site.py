@@ -47,7 +47,7 @@ class Site:
 def site_from_config(config) -> Site:
     """The daemon's Config -> Site. `slurm.site` (optional): default_pool (default: the first pool),
     default_class (batch), slots_per_device (4), max_qpu (4)."""
-    raw = dict((getattr(config, "slurm", None) or {}).get("site") or {})
+    raw = dict(config.slurm.site or {})
     path = "slurm.site"
     unknown = set(raw) - SITE_KEYS
     if unknown:

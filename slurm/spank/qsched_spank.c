@@ -13,6 +13,8 @@
  *   class=NAME          default class                (default batch)
  *   on_down=fail|continue  daemon unreachable at job start: fail the tasks, or run without a session
  *   timeout=SECONDS     socket timeout for one admin request (default 5)
+ *   retry=SECONDS       keep trying to open the session for this long while no daemon answers or it
+ *                       answers 503 (restarting, draining, a standby taking over) (default 30; 0: once)
  *
  * In slurmstepd (remote context) on the job's first node the plugin opens the job's session with
  * POST /v1/admin/sessions and exports QSCHED_URL, QSCHED_POOL, QSCHED_CLASS, QSCHED_SESSION; the step
@@ -32,6 +34,7 @@
 #include <sys/time.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <slurm/slurm.h>
@@ -55,6 +58,7 @@ static char default_pool[NAME_MAX_LEN] = "aer";
 static char default_class[NAME_MAX_LEN] = "batch";
 static int on_down_fail = 1;
 static int timeout_s = 5;
+static int retry_s = 30;
 
 /* per-process state: options seen, session opened here, error deferred to task_init */
 static int want_qpu = 0;
@@ -166,6 +170,12 @@ static void parse_args(int ac, char **av)
 			bad = !end || *end || t < 1 || t > 300;
 			if (!bad)
 				timeout_s = (int)t;
+		} else if (!strncmp(a, "retry=", 6)) {
+			char *end = NULL;
+			long t = strtol(a + 6, &end, 10);
+			bad = !end || *end || t < 0 || t > 600;
+			if (!bad)
+				retry_s = (int)t;
 		} else
 			bad = 1;
 		/* a bad argument is an admin error: log it and keep the default, never fail the node */
@@ -374,6 +384,33 @@ static void export_env(spank_t sp, const char *var, const char *val)
 		defer(1, "cannot set %s: %s", var, spank_strerror(rc));
 }
 
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* POST /v1/admin/sessions, again while no daemon answers or it answers 503, for up to retry_s: a
+ * daemon restarting (an upgrade, a config change) or a standby taking over must not fail the jobs that
+ * start meanwhile. A request that timed out may have opened a session after all: the reconciler closes
+ * such a stray one when the job ends. */
+static int open_with_retry(const char *body, char *resp, size_t cap, char *err, size_t errcap)
+{
+	double deadline = now_s() + retry_s;
+	useconds_t pause_us = 250000;
+
+	for (;;) {
+		int status = http_unix("POST", "/v1/admin/sessions", body, resp, cap, err, errcap);
+		if ((status >= 0 && status != 503) || now_s() + pause_us / 1e6 > deadline)
+			return status;
+		usleep(pause_us);
+		if (pause_us < 2000000)
+			pause_us *= 2;
+	}
+}
+
 int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 {
 	uint32_t job_id = 0, step_id = 0, node_id = 0;
@@ -427,9 +464,11 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 	snprintf(body, sizeof(body),
 		 "{\"user\": \"%s\", \"uid\": %u, \"job_id\": %u, \"pool\": \"%s\", \"class\": \"%s\"}",
 		 user, (unsigned)uid, job_id, pool, klass);
-	status = http_unix("POST", "/v1/admin/sessions", body, resp, sizeof(resp), err, sizeof(err));
-	if (status < 0) {
-		defer(on_down_fail, "qsched daemon unreachable (%s); on_down=%s", err,
+	status = open_with_retry(body, resp, sizeof(resp), err, sizeof(err));
+	if (status < 0 || status == 503) {
+		if (status == 503 && json_str(http_body(resp), "message", err, sizeof(err)) != 0)
+			snprintf(err, sizeof(err), "HTTP 503");
+		defer(on_down_fail, "qsched daemon unreachable for %d s (%s); on_down=%s", retry_s, err,
 		      on_down_fail ? "fail" : "continue");
 		return 0;
 	}

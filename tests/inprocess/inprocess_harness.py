@@ -17,6 +17,7 @@ from qsched import wire
 from qsched.config import parse_config
 from qsched.daemon import Daemon
 from qsched.daemon.redis_server import EmbeddedRedis
+from qsched.integration import SlurmIntegration
 from qsched.worker import Worker
 
 
@@ -88,7 +89,7 @@ async def daemon(tmp: Path, devices: list[dict], *, workers: bool = True, redis_
     cfg = parse_config(raw)
     if redis_url:
         cfg.redis_url = redis_url
-    d = Daemon(cfg, hooks={})
+    d = Daemon(cfg, hooks=SlurmIntegration())
     await d.startup()
     threads = [WorkerThread(worker_url or d.redis_url, spec, 1.0) for spec in cfg.devices] if workers else []
     api = Api(cfg.socket_path)

@@ -23,6 +23,7 @@ from inprocess_harness import Api, one_qubit, until
 from qsched import keys, wire
 from qsched.config import load_config
 from qsched.daemon import Daemon
+from qsched.integration import SlurmIntegration
 
 CLASSES = {"interactive": {"tier": 1}, "batch": {"tier": 0}}
 
@@ -36,7 +37,7 @@ async def daemon_with_workers(tmp: Path, devices: list[dict], policy: dict):
         "state_dir": str(tmp / "state"), "devices": devices, "policy": policy,
         "daemon": {"tcp": None, "heartbeat_timeout_s": 2.0, "drain_timeout_s": 10}}))
     cfg = load_config(path)
-    d = Daemon(cfg, config_path=str(path), hooks={})
+    d = Daemon(cfg, config_path=str(path), hooks=SlurmIntegration())
     await d.startup()
     api = Api(cfg.socket_path)
     try:

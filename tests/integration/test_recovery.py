@@ -206,7 +206,7 @@ def test_a_late_result_from_a_worker_whose_batch_was_taken_back_is_refused(fresh
     assert r.get(keys.task_result("s0.t")) is None
     r.lpush(keys.device_processing("ghost"), entry)
     assert complete(keys=ks, args=args) == 1                        # the holder's result is written once
-    assert r.get(keys.task_result("s0.t")) == b'{"result":1}'
+    assert r.get(keys.task_result("s0.t")) == b'DONE\n{"result":1}'     # state, then body
 
 
 def test_an_orphaned_stopped_worker_neither_answers_nor_charges_after_sigcont(fresh_daemon, tmp_path):

@@ -256,7 +256,7 @@ def test_device_states_read_as_sinfo():
     assert fmt.device_state({"up": True}, draining=True) == "drain"
     assert fmt.device_state({"up": False}, draining=True) == "down"
     assert [fmt.device_state({"up": True, "state": s}) for s in ("online", "draining", "paused", "maintenance",
-                                                                   "offline")] == ["up", "drain", "drain", "maint",
+                                                                   "offline")] == ["up", "drain", "pause", "maint",
                                                                                    "down"]
 
 

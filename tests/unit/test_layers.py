@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2] / "qsched"
 # layer -> what it must never import (qsched packages or modules, and third-party top-level packages)
 FORBIDDEN: dict[str, set[str]] = {
     # pure scheduling: no I/O, no daemon, no store
-    "qsched.policy": {"qsched.store", "qsched.daemon", "qsched.worker", "redis"},
+    "qsched.policy": {"qsched.store", "qsched.daemon", "qsched.worker", "qsched.config", "redis"},
     # a device runs in a worker and talks to nothing but its simulator or vendor
     "qsched.devices": {"qsched.daemon", "qsched.store", "qsched.worker"},
     # the client runs on compute nodes: no daemon config, no daemon, no store

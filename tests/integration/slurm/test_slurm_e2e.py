@@ -303,7 +303,7 @@ def test_daemon_down_at_job_start_follows_plugstack(slurm, slurm_daemon, users, 
     """An admin socket nobody listens on is what a stopped daemon looks like to the plugin."""
     alice = users["qsalice"]
     out = alice.home / f"down-{on_down}.out"
-    slurm.set_plugstack(f"admin_socket={slurm.dir}/nowhere/admin.sock on_down={on_down}")
+    slurm.set_plugstack(f"admin_socket={slurm.dir}/nowhere/admin.sock on_down={on_down} retry=2")
     try:
         jid = slurm.sbatch("--gres=qpu:1", "-o", str(out), "--wrap=echo session=[$QSCHED_SESSION] url=$QSCHED_URL",
                            user=alice.name, cwd=alice.home)
@@ -319,6 +319,43 @@ def test_daemon_down_at_job_start_follows_plugstack(slurm, slurm_daemon, users, 
         assert info["JobState"] == "COMPLETED"
         assert "continuing without a quantum session" in text and "session=[]" in text
         assert "url=unix://" in text
+
+
+def test_jobs_that_start_while_the_daemon_restarts_get_their_sessions(slurm, slurm_daemon, users):
+    """A restart (an upgrade, a config change) must not fail the jobs that start meanwhile: the plugin
+    keeps trying to open the session for retry= seconds (default 30). Sixteen jobs, one a second,
+    across a restart that keeps the daemon away for ~8 s: every one COMPLETED with a session of its own,
+    bound to its job id."""
+    alice = users["qsalice"]
+    outs = [alice.home / f"restart-{i}.out" for i in range(16)]
+    slurm_daemon.stop()
+    stopped = time.monotonic()
+    jids: list[int] = []
+    started_meanwhile: list[int] = []
+    try:
+        for out in outs:
+            jids.append(slurm.sbatch("--gres=qpu:1", "-o", str(out), "--wrap=echo session=[$QSCHED_SESSION]",
+                                     user=alice.name, cwd=alice.home))
+            if time.monotonic() - stopped > 8 and slurm_daemon.proc.poll() is not None:
+                started_meanwhile = [j for j in jids if slurm.job(j)["JobState"] != "PENDING"]
+                slurm_daemon.start()
+            time.sleep(1)
+    finally:
+        if slurm_daemon.proc.poll() is not None:
+            slurm_daemon.start()
+    states = {j: slurm.wait_state(j, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=120)["JobState"] for j in jids}
+    failed = {j: (st, outs[i].read_text()) for i, (j, st) in enumerate(states.items()) if st != "COMPLETED"}
+    print(f"jobs started during the restart: {len(started_meanwhile)}; of 16 jobs, {len(failed)} not COMPLETED")
+    assert not failed, failed
+    assert started_meanwhile, "no job started while the daemon was away: the test proved nothing"
+    sessions = [out.read_text().strip() for out in outs]
+    assert all(x.startswith("session=[") and x != "session=[]" for x in sessions), sessions
+    assert len(set(sessions)) == 16
+    with slurm_daemon.client() as c:          # each session was bound to its job: its usage is the job's
+        deadline = time.monotonic() + 30
+        while not {str(j) for j in jids} <= {str(r["job_id"]) for r in c.accounting(since=0)}:
+            assert time.monotonic() < deadline, "a job's session never reached the ledger under its job id"
+            time.sleep(0.5)
 
 
 def test_submit_local_runs_the_same_script_on_rq(slurm_daemon, tmp_path, monkeypatch):
@@ -571,6 +608,42 @@ def test_sacct_shows_the_jobs_quantum_usage(slurm, slurm_daemon, users, user_pyt
     assert (job_id, account) == (str(jid), "chem")     # qsalice's default association
     assert comment.startswith(f"qsched:qpu=1,pool=aer,class=batch,session={sid},device_s="), comment
     assert ",tasks=2," in comment, comment
+
+
+def test_a_requeued_jobs_admin_comment_sums_its_runs(slurm, slurm_daemon, users, user_python):
+    """`scontrol requeue` runs the job again with a new session: its AdminComment adds the second run's
+    usage to the first's (runs=2) instead of keeping only the last run's."""
+    alice = users["qsalice"]
+    barrier = alice.home / "barrier-requeue"
+    barrier.mkdir(exist_ok=True)
+    barrier.chmod(0o777)
+    vqe = _script(alice, user_python, "vqe-requeue.py", VQE)
+    job = alice.home / "requeue.sh"
+    job.write_text(f"#!/bin/bash\n{vqe} 2 {barrier} 1\n"
+                   'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then echo first-run-done; sleep 300; fi\n')
+    job.chmod(0o755)
+    out = alice.home / "requeue.out"
+    jid = slurm.sbatch("--gres=qpu:1", "--requeue", "--open-mode=append", "-o", str(out), str(job),
+                       user=alice.name, cwd=alice.home)
+    try:
+        _wait(lambda: out.exists() and "first-run-done" in out.read_text(), 120, "the first run's tasks")
+        slurm.run("scontrol", "requeuehold", str(jid))
+        # the first run's session is closed (plugin or reconciler) and its usage written, then run two
+        first = _wait(lambda: "runs=" not in slurm.job(jid)["AdminComment"] and
+                      ",tasks=2" in slurm.job(jid)["AdminComment"] and slurm.job(jid)["AdminComment"], 60,
+                      "the first run's usage in AdminComment")
+        slurm.run("scontrol", "release", str(jid))
+        info = slurm.wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=180)
+        assert info["JobState"] == "COMPLETED", out.read_text()
+        comment = _wait(lambda: "runs=2" in slurm.job(jid)["AdminComment"] and slurm.job(jid)["AdminComment"],
+                        30, "the second run's usage in AdminComment")
+    finally:
+        slurm.run("scancel", str(jid), check=False)
+    fields = dict(kv.split("=", 1) for kv in comment.split("qsched:", 1)[1].split(","))
+    before = dict(kv.split("=", 1) for kv in first.split("qsched:", 1)[1].split(","))
+    assert fields["tasks"] == "4" and fields["runs"] == "2", comment
+    assert fields["session"] != before["session"], (first, comment)
+    assert float(fields["device_s"]) > float(before["device_s"]) > 0, (first, comment)
 
 
 def _reload_policy(daemon, policy: dict) -> dict:

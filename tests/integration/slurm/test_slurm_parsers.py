@@ -71,6 +71,22 @@ def test_admin_comment_format():
     assert format_admin_comment({}, previous="") == "qsched:"
 
 
+def test_admin_comment_accumulates_over_the_runs_of_a_requeued_job():
+    first = format_admin_comment({"device_seconds": 2.0, "tasks": 3, "circuits": 30, "shots": 100},
+                                 previous="qsched:qpu=1,pool=aer,class=batch", session_id="s1")
+    # the same session written again (the plugin and the reconciler both close it): not counted twice
+    assert format_admin_comment({"device_seconds": 2.0, "tasks": 3, "circuits": 30, "shots": 100},
+                                previous=first, session_id="s1") == first
+    second = format_admin_comment({"device_seconds": 0.5, "tasks": 1, "circuits": 5, "shots": 0},
+                                  previous=first, session_id="s2")
+    assert second == "qsched:qpu=1,pool=aer,class=batch,runs=2,session=s2,device_s=2.500,tasks=4,circuits=35,shots=100"
+    third = format_admin_comment({"device_seconds": 1.0, "tasks": 1}, previous="note " + second, session_id="s3")
+    assert third == "note qsched:qpu=1,pool=aer,class=batch,runs=3,session=s3,device_s=3.500,tasks=5"
+    # a hand-edited number does not stop the write
+    assert format_admin_comment({"tasks": 2}, previous="qsched:session=s0,tasks=x", session_id="s1") == \
+        "qsched:runs=2,session=s1,tasks=2"
+
+
 def test_sbatch_output_and_pyslurm_match():
     assert parse_sbatch_parsable("123\n") == 123
     assert parse_sbatch_parsable("124;cluster\n") == 124
@@ -94,15 +110,17 @@ def test_munge_payload_binding():
         munge.parse_payload(b"something else")
 
 
-def test_daemon_hooks_config_is_checked():
-    from qsched.slurm import daemon_hooks
-
-    class Cfg:
-        slurm = {"enabled": False, "bogus": 1}
+def test_slurm_config_is_typed_and_checked():
+    from qsched.config import parse_config
+    from qsched.integration import SlurmIntegration
+    from qsched.slurm import slurm_integration
     with pytest.raises(ConfigError, match="bogus"):
-        daemon_hooks(Cfg())
-    Cfg.slurm = {"enabled": False}
-    assert set(daemon_hooks(Cfg())) <= {"munge"}  # MUNGE where munged answers, nothing Slurm
+        parse_config({"slurm": {"enabled": False, "bogus": 1}})
+    cfg = parse_config({"slurm": {"enabled": False, "env": {"SLURM_CONF": "/x"}}})
+    assert cfg.slurm.env == {"SLURM_CONF": "/x"} and cfg.slurm.reconcile_interval_s == 1.0
+    hooks = slurm_integration(cfg)        # MUNGE where munged answers, nothing Slurm
+    assert isinstance(hooks, SlurmIntegration)
+    assert (hooks.verify_job, hooks.on_close, hooks.background) == (None, None, ())
 
 
 # sshare -P -a -o Account,User,RawShares,NormShares,RawUsage,EffectvUsage,FairShare,LevelFS on Slurm 22.05
@@ -142,14 +160,11 @@ def test_sshare_parser_and_factors():
 
 
 def test_fairshare_source_slurm_needs_the_slurm_hooks():
-    from qsched.config import parse_policy
-    from qsched.slurm import daemon_hooks
-
-    class Cfg:
-        slurm = {"enabled": False}
-        policy = parse_policy({"fairshare_source": "slurm"})
+    from qsched.config import parse_config
+    from qsched.slurm import slurm_integration
+    cfg = parse_config({"slurm": {"enabled": False}, "policy": {"fairshare_source": "slurm"}})
     with pytest.raises(ConfigError) as e:
-        daemon_hooks(Cfg())
+        slurm_integration(cfg)
     assert e.value.field == "policy.fairshare_source"
 
 
