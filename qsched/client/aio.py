@@ -51,8 +51,8 @@ class AsyncSession(SessionCore):
         return (await self.submit_many([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
                                              "shots": shots, "method": method, "seed": seed}]))[0]
 
-    async def submit_many(self, tasks: list[dict], wait: float = 0.0) -> list[AsyncTaskFuture]:
-        return await self.client._run(self._op_submit_many(tasks, wait))
+    async def submit_many(self, tasks: list[dict]) -> list[AsyncTaskFuture]:
+        return await self.client._run(self._op_submit_many(tasks))
 
     async def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
                   seed: int | None = None, timeout: float | None = None) -> TaskResult:

@@ -440,14 +440,8 @@ class SessionCore:
                 self._templates.sent.clear()
         raise AssertionError("unreachable")
 
-    def _op_submit_many(self, tasks: list[dict], wait: float = 0.0) -> Op[list]:
-        """`wait`: seconds the daemon may hold the answer for tasks that finish by then (their results
-        come with it, and waiting for them costs no second request)."""
-        res = yield from self._op_post_tasks(tasks, wait=wait or None)
-        futures = [self._future_cls(self, tid) for tid in res["ids"]]
-        for f, d in zip(futures, res.get("tasks") or ()):
-            f._absorb(d)
-        return futures
+    def _op_submit_many(self, tasks: list[dict]) -> Op[list]:
+        return [self._future_cls(self, tid) for tid in (yield from self._op_post_tasks(tasks))["ids"]]
 
     def _op_run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
                 seed: int | None = None, timeout: float | None = None) -> Op[TaskResult]:

@@ -48,10 +48,9 @@ class Session(SessionCore):
         return self.submit_many([{"kind": kind, "circuit": circuit, "params": params, "observables": observables,
                                   "shots": shots, "method": method, "seed": seed}])[0]
 
-    def submit_many(self, tasks: list[dict], wait: float = 0.0) -> list[TaskFuture]:
-        """All tasks in one request (one primitive call = one request); `wait` (seconds): the daemon
-        answers once they are done or when it has passed, with the results of those done."""
-        return self.client._run(self._op_submit_many(tasks, wait))
+    def submit_many(self, tasks: list[dict]) -> list[TaskFuture]:
+        """All tasks in one request (one primitive call = one request)."""
+        return self.client._run(self._op_submit_many(tasks))
 
     def run(self, kind: str, circuit, params=None, *, observables=None, shots=None, method=None,
             seed: int | None = None, timeout: float | None = None) -> TaskResult:

@@ -51,12 +51,6 @@ def pub_seeds(seed, n: int, distinct: bool = True) -> list[int | None]:
             for i in range(n)]
 
 
-# run() lets the daemon hold its answer this long: a small PUB done by then comes back with it, so
-# result() costs no second round trip (a tiny call: one request, not two); a longer job's run()
-# returns after at most this
-RUN_WAIT_S = 0.01
-
-
 def _submit(handle: SessionHandle, plans, seeds):
     tasks = []
     hashes = [handle.upload(with_seed(plan.task["circuit"], s)) for plan, s in zip(plans, seeds)]
@@ -66,7 +60,7 @@ def _submit(handle: SessionHandle, plans, seeds):
         task["template"] = h
         tasks.append(task)
     try:
-        return handle.get().submit_many(tasks, wait=RUN_WAIT_S)
+        return handle.get().submit_many(tasks)
     except QschedError as e:
         raise as_sdk_error(e) from e
 

@@ -255,17 +255,3 @@ def test_non_linear_parameter_expressions_on_lightning(client):
     with client.session(pool="lightning") as s, pytest.raises(BadRequest, match="not linear") as info:
         s.submit("gradient", qc, rows, observables=["ZZ"])
     assert info.value.field == "tasks[0].template"
-
-
-def test_submit_many_with_wait_brings_the_results_of_tasks_done_by_then(client):
-    """submit_many(wait=...) (EstimatorV2/SamplerV2.run use it): tasks done within the wait come
-    back with the submit's answer, so their results cost no second request; wait=0 answers at once."""
-    qc = QuantumCircuit(1)
-    qc.ry(Parameter("t"), 0)
-    task = {"kind": "estimate", "circuit": qc, "params": np.array([[0.4]]), "observables": [[["Z", 1.0]]]}
-    with client.open_session("aer") as session:
-        done = session.submit_many([task, task], wait=30)
-        assert all(f._done is not None for f in done)
-        assert [f.result(timeout=0).evs[0, 0] for f in done] == pytest.approx([np.cos(0.4)] * 2)
-        later = session.submit_many([task])
-        assert later[0].result(timeout=30).evs[0, 0] == pytest.approx(np.cos(0.4))
