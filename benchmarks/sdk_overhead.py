@@ -15,7 +15,17 @@ It starts its own embedded daemon (`qsched up`, embedded Redis, one aer and one 
 one thread each, as the direct side gets). Budgets (issue 8): <= 1.15, <= 1.05 and <= 1.3. The last
 line is JSON.
 
-    python benchmarks/sdk_overhead.py [--reps N] [--keep-state]
+  qiskit_zipped_ratio      one EstimatorV2 PUB of 256 parameter rows zipped with 256 Hamiltonians (shape
+                           (256,), seed 004's one Hamiltonian per row): qsched (aer) / aer here (<= 1.1)
+  pennylane_batch_ratio    qml.execute of 64 tapes, each its own parameters and Hamiltonian:
+                           qsched.qubit / lightning.qubit here (<= 1.15); pennylane_batch_adjoint_ratio:
+                           the same batch's values and adjoint derivatives
+  qiskit_isa_ratio         a 4-qubit ansatz transpiled for a 20-qubit backend, 32 bindings: qsched
+                           EstimatorV2 on pool lightning / aer's EstimatorV2 here (<= 1.2)
+  qiskit_tiny_ratio        one 2-qubit, 1-binding EstimatorV2.run: qsched (aer) / aer here (<= 1.5)
+  pennylane_tiny_ratio     one call of a 2-wire QNode: qsched.qubit / lightning.qubit here (<= 1.2)
+
+    python benchmarks/sdk_overhead.py [--reps N] [--only zipped,batch,...] [--keep-state]
 """
 from __future__ import annotations
 
@@ -46,7 +56,8 @@ def start_daemon(state_dir: Path) -> subprocess.Popen:
            "devices": [
                {"name": "aer0", "type": "aer", "pool": "aer", "max_qubits": 16,
                 "options": {"method": "statevector", "max_parallel_threads": 1}},
-               {"name": "lightning0", "type": "lightning", "pool": "lightning", "max_qubits": 16}],
+               # 24: the ISA shape transpiles onto a 20-qubit backend
+               {"name": "lightning0", "type": "lightning", "pool": "lightning", "max_qubits": 24}],
            "policy": {"name": "fair-share"}}
     path = state_dir / "qsched.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -294,43 +305,214 @@ def bench_qiskit(client, reps: int) -> dict:
     return med
 
 
+ZIP_N = 256           # rows of the zipped PUB: one Hamiltonian per parameter row (seed 004)
+BATCH_TAPES = 64      # tapes of the PennyLane batch, each its own Hamiltonian
+
+
+def _row_hamiltonians(n: int, rng) -> np.ndarray:
+    """n Hamiltonians over the benchmark's 10 Z/ZZ terms, each with coefficients of its own."""
+    labels = []
+    for _, w in hamiltonian_terms():
+        chars = ["I"] * N_QUBITS
+        for q in w:
+            chars[N_QUBITS - 1 - q] = "Z"
+        labels.append("".join(chars))
+    return rng.uniform(-1, 1, (n, len(labels))), labels
+
+
+def bench_zipped(client, reps: int) -> dict:
+    """One EstimatorV2 PUB of ZIP_N parameter rows zipped with ZIP_N observables (shape (ZIP_N,))."""
+    from qiskit.circuit.library import real_amplitudes
+    from qiskit.quantum_info import SparsePauliOp
+    from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
+    from qsched.qiskit import EstimatorV2
+
+    rng = np.random.default_rng(4)
+    qc = real_amplitudes(N_QUBITS, reps=N_PARAMS // N_QUBITS - 1, entanglement="linear")
+    coeffs, labels = _row_hamiltonians(ZIP_N, rng)
+    obs = [SparsePauliOp(labels, c) for c in coeffs]
+    params = rng.uniform(-np.pi, np.pi, (ZIP_N, N_PARAMS))
+    direct = AerEstimatorV2(options={"backend_options": {"method": "statevector", "max_parallel_threads": 1}})
+    ours = EstimatorV2(pool="aer", client=client)
+    pub = (qc, obs, params)
+    a = direct.run([pub]).result()[0].data.evs
+    b = ours.run([pub]).result()[0].data.evs
+    assert a.shape == b.shape == (ZIP_N,) and np.allclose(a, b, atol=1e-8), "zipped PUB values differ"
+    med = interleave({"direct": lambda: direct.run([pub]).result(),
+                      "qsched": lambda: ours.run([pub]).result()}, reps)
+    ours.close()
+    return med
+
+
+def bench_pennylane_batch(client, reps: int, gradient: bool = False) -> dict:
+    """A batch of BATCH_TAPES tapes (qml.execute), each the same ansatz at its own parameters
+    measuring its own Hamiltonian: qsched.qubit / lightning.qubit. `gradient`: values and adjoint
+    derivatives of the batch (execute_and_compute_derivatives) instead."""
+    import pennylane as qml
+    from qsched.pennylane import QschedDevice
+
+    rng = np.random.default_rng(5)
+    coeffs, _ = _row_hamiltonians(BATCH_TAPES, rng)
+    terms = [qml.Z(w[0]) if p == "Z" else qml.Z(w[0]) @ qml.Z(w[1]) for p, w in hamiltonian_terms()]
+    layers = N_PARAMS // N_QUBITS
+    tapes = []
+    for c in coeffs:
+        x = rng.uniform(-np.pi, np.pi, N_PARAMS)
+        ops = []
+        for layer in range(layers):
+            ops += [qml.RY(x[layer * N_QUBITS + q], wires=q) for q in range(N_QUBITS)]
+            ops += [qml.CNOT([q, q + 1]) for q in range(N_QUBITS - 1)]
+        tapes.append(qml.tape.QuantumScript(ops, [qml.expval(qml.Hamiltonian(list(c), terms))],
+                                            trainable_params=list(range(len(ops) - layers * (N_QUBITS - 1)))))
+    direct = qml.device("lightning.qubit", wires=N_QUBITS)
+    ours_dev = QschedDevice(wires=N_QUBITS, pool="lightning", client=client)
+    config = qml.devices.ExecutionConfig(gradient_method="adjoint")
+    ours_config = ours_dev.setup_execution_config(config)
+
+    def run(dev, cfg):
+        if gradient:
+            return dev.execute_and_compute_derivatives(tapes, cfg)[1]
+        return qml.execute(tapes, dev)
+    a, b = run(direct, config), run(ours_dev, ours_config)
+    assert np.allclose(np.array(a), np.array(b), atol=1e-8), "qsched and lightning.qubit batch results differ"
+    med = interleave({"direct": lambda: run(direct, config), "qsched": lambda: run(ours_dev, ours_config)}, reps)
+    ours_dev.close()
+    return med
+
+
+ISA_QUBITS, ISA_BACKEND_QUBITS, ISA_BINDINGS = 4, 20, 32
+
+
+def bench_isa(client, reps: int) -> dict:
+    """A 4-qubit ansatz transpiled for a 20-qubit backend (an ISA circuit, its observable laid out
+    the same way), 32 bindings: qsched EstimatorV2 on pool lightning / aer's EstimatorV2 here."""
+    from qiskit import transpile
+    from qiskit.circuit.library import efficient_su2
+    from qiskit.providers.fake_provider import GenericBackendV2
+    from qiskit.quantum_info import SparsePauliOp
+    from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
+    from qsched.qiskit import EstimatorV2
+
+    backend = GenericBackendV2(ISA_BACKEND_QUBITS, seed=7)
+    qc = transpile(efficient_su2(ISA_QUBITS, reps=2), backend, optimization_level=1, seed_transpiler=7)
+    H = SparsePauliOp(["ZZII", "IZZI", "IIZZ", "XIII"], [1.0, 0.5, 0.25, 0.1]).apply_layout(qc.layout)
+    params = np.random.default_rng(3).uniform(-np.pi, np.pi, (ISA_BINDINGS, qc.num_parameters))
+    direct = AerEstimatorV2(options={"backend_options": {"method": "statevector", "max_parallel_threads": 1}})
+    ours = EstimatorV2(pool="lightning", client=client)
+    pub = (qc, H, params)
+    a = direct.run([pub]).result()[0].data.evs
+    b = ours.run([pub]).result()[0].data.evs
+    assert np.allclose(a, b, atol=1e-8), "ISA circuit values differ"
+    med = interleave({"direct": lambda: direct.run([pub]).result(),
+                      "qsched": lambda: ours.run([pub]).result()}, reps)
+    ours.close()
+    return med
+
+
+def bench_tiny(client, reps: int) -> dict:
+    """One 2-qubit, 1-binding EstimatorV2.run (qsched on pool aer / aer here), and one call of a
+    2-wire QNode (qsched.qubit on pool lightning / lightning.qubit)."""
+    import pennylane as qml
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
+    from qiskit.quantum_info import SparsePauliOp
+    from qiskit_aer.primitives import EstimatorV2 as AerEstimatorV2
+    from qsched.pennylane import QschedDevice
+    from qsched.qiskit import EstimatorV2
+
+    th = Parameter("t")
+    qc = QuantumCircuit(2)
+    qc.ry(th, 0)
+    qc.cx(0, 1)
+    pub = (qc, SparsePauliOp("ZZ"), [0.3])
+    direct = AerEstimatorV2(options={"backend_options": {"method": "statevector", "max_parallel_threads": 1}})
+    ours = EstimatorV2(pool="aer", client=client)
+
+    def circuit(x):
+        qml.RY(x, wires=0)
+        qml.CNOT([0, 1])
+        return qml.expval(qml.Z(0) @ qml.Z(1))
+    ours_dev = QschedDevice(wires=2, pool="lightning", client=client)
+    qd, qo = qml.QNode(circuit, qml.device("lightning.qubit", wires=2)), qml.QNode(circuit, ours_dev)
+    assert np.isclose(direct.run([pub]).result()[0].data.evs, ours.run([pub]).result()[0].data.evs)
+    assert np.isclose(qd(0.3), qo(0.3))
+    med = interleave({"est_direct": lambda: direct.run([pub]).result(),
+                      "est_qsched": lambda: ours.run([pub]).result(),
+                      "qnode_direct": lambda: qd(0.3), "qnode_qsched": lambda: qo(0.3)}, reps)
+    ours.close()
+    ours_dev.close()
+    return med
+
+
+BENCHES = ("adjoint", "qcnn", "estimator", "zipped", "batch", "batchgrad", "isa", "tiny")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=15, help="interleaved repetitions per side (default 15)")
     ap.add_argument("--qcnn-reps", type=int, default=5, help="interleaved QCNN training batches per side")
+    ap.add_argument("--only", default=",".join(BENCHES),
+                    help=f"comma-separated subset of {','.join(BENCHES)} (default: all)")
     ap.add_argument("--keep-state", action="store_true", help="keep the daemon's state directory")
     args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    if only - set(BENCHES):
+        ap.error(f"--only: unknown {sorted(only - set(BENCHES))}; choose from {','.join(BENCHES)}")
 
     import qsched
-    lw = bench_lightning_worker(max(50, args.reps))
-    print(f"lightning worker run of that gradient, in one process: lightning.qubit's Python device "
-          f"{lw['python'] * 1e3:.2f} ms, its C++ layer directly {lw['native'] * 1e3:.2f} ms")
+    out: dict = {}
+    if "adjoint" in only:
+        lw = bench_lightning_worker(max(50, args.reps))
+        print(f"lightning worker run of that gradient, in one process: lightning.qubit's Python device "
+              f"{lw['python'] * 1e3:.2f} ms, its C++ layer directly {lw['native'] * 1e3:.2f} ms")
+        out["lightning_worker_ms"] = {"python": round(lw["python"] * 1e3, 3), "native": round(lw["native"] * 1e3, 3)}
     state_dir = Path(tempfile.mkdtemp(prefix="qsched-sdk-bench-"))
     proc = start_daemon(state_dir)
+
+    def record(name: str, med: dict, what: str, direct: str = "direct", ours: str = "qsched") -> None:
+        print(f"{what}: {med[direct] * 1e3:.2f} ms direct, qsched {med[ours] * 1e3:.2f} ms")
+        out[f"{name}_ratio"] = round(med[ours] / med[direct], 3)
+        out[f"{name}_ms"] = {"direct": round(med[direct] * 1e3, 3), "qsched": round(med[ours] * 1e3, 3)}
+
     try:
         with qsched.Client(f"unix://{state_dir / 'qsched.sock'}") as client:
-            pl = bench_pennylane(client, args.reps)
-            print(f"pennylane adjoint gradient ({N_QUBITS} qubits, {N_PARAMS} params): "
-                  f"lightning.qubit {pl['direct'] * 1e3:.2f} ms, qsched {pl['qsched'] * 1e3:.2f} ms")
-            qc = bench_qcnn(client, args.qcnn_reps)
-            print(f"pennylane QCNN training batch ({QCNN_WIRES} wires, batch {QCNN_BATCH}, 357 weights, "
-                  f"adjoint): lightning.qubit {qc['direct'] * 1e3:.0f} ms, qsched {qc['qsched'] * 1e3:.0f} ms")
-            qk = bench_qiskit(client, max(5, args.reps))
-            print(f"qiskit EstimatorV2 ({N_BINDINGS} bindings, {N_QUBITS} qubits, {N_PARAMS} params): "
-                  f"aer {qk['direct'] * 1e3:.1f} ms, qsched {qk['qsched'] * 1e3:.1f} ms")
+            if "adjoint" in only:
+                record("pennylane_adjoint", bench_pennylane(client, args.reps),
+                       f"pennylane adjoint gradient ({N_QUBITS} qubits, {N_PARAMS} params), lightning.qubit")
+            if "qcnn" in only:
+                record("pennylane_qcnn", bench_qcnn(client, args.qcnn_reps),
+                       f"pennylane QCNN training batch ({QCNN_WIRES} wires, batch {QCNN_BATCH}, 357 weights, "
+                       "adjoint), lightning.qubit")
+            if "estimator" in only:
+                record("qiskit_estimator", bench_qiskit(client, max(5, args.reps)),
+                       f"qiskit EstimatorV2 ({N_BINDINGS} bindings, {N_QUBITS} qubits, {N_PARAMS} params), aer")
+            if "zipped" in only:
+                record("qiskit_zipped", bench_zipped(client, max(5, args.reps)),
+                       f"qiskit EstimatorV2, {ZIP_N} rows zipped with {ZIP_N} Hamiltonians, aer")
+            if "batch" in only:
+                record("pennylane_batch", bench_pennylane_batch(client, args.reps),
+                       f"pennylane batch of {BATCH_TAPES} tapes, each its own Hamiltonian, lightning.qubit")
+            if "batchgrad" in only:
+                record("pennylane_batch_adjoint", bench_pennylane_batch(client, args.reps, gradient=True),
+                       f"pennylane batch of {BATCH_TAPES} tapes, each its own Hamiltonian, values and adjoint "
+                       "derivatives, lightning.qubit")
+            if "isa" in only:
+                record("qiskit_isa", bench_isa(client, args.reps),
+                       f"qiskit EstimatorV2, {ISA_QUBITS}-qubit ansatz transpiled for {ISA_BACKEND_QUBITS} "
+                       f"qubits, {ISA_BINDINGS} bindings, pool lightning vs aer")
+            if "tiny" in only:
+                med = bench_tiny(client, max(50, args.reps))
+                record("qiskit_tiny", med, "one 2-qubit 1-binding EstimatorV2.run, aer",
+                       "est_direct", "est_qsched")
+                record("pennylane_tiny", med, "one call of a 2-wire QNode, lightning.qubit",
+                       "qnode_direct", "qnode_qsched")
     finally:
         stop_daemon(proc)
         if not args.keep_state:
             shutil.rmtree(state_dir, ignore_errors=True)
-    out = {"pennylane_adjoint_ratio": round(pl["qsched"] / pl["direct"], 3),
-           "qiskit_estimator_ratio": round(qk["qsched"] / qk["direct"], 3),
-           "pennylane_qcnn_ratio": round(qc["qsched"] / qc["direct"], 3),
-           "pennylane_qcnn_ms": {"direct": round(qc["direct"] * 1e3, 1), "qsched": round(qc["qsched"] * 1e3, 1)},
-           "pennylane_adjoint_ms": {"direct": round(pl["direct"] * 1e3, 3), "qsched": round(pl["qsched"] * 1e3, 3)},
-           "qiskit_estimator_ms": {"direct": round(qk["direct"] * 1e3, 3), "qsched": round(qk["qsched"] * 1e3, 3)},
-           "lightning_worker_ms": {"python": round(lw["python"] * 1e3, 3), "native": round(lw["native"] * 1e3, 3)},
-           "budgets": {"pennylane_adjoint_ratio": 1.15, "qiskit_estimator_ratio": 1.05,
-                       "pennylane_qcnn_ratio": 1.3}}
+    out["budgets"] = {"pennylane_adjoint_ratio": 1.15, "qiskit_estimator_ratio": 1.05, "pennylane_qcnn_ratio": 1.3,
+                      "qiskit_zipped_ratio": 1.1, "pennylane_batch_ratio": 1.15, "qiskit_isa_ratio": 1.2,
+                      "qiskit_tiny_ratio": 1.5, "pennylane_tiny_ratio": 1.2}
     print(json.dumps(out))
     return 0
 

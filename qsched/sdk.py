@@ -13,6 +13,8 @@ import threading
 import weakref
 from typing import Any
 
+import numpy as np
+
 from .wire import SEED_METADATA_KEY, decode_array
 
 
@@ -64,6 +66,7 @@ class SessionHandle:
         self._owns = session is None
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize | None = None
+        self.features: dict[str, bool] = {}
 
     @property
     def pool(self) -> str | None:
@@ -98,6 +101,24 @@ class SessionHandle:
                 atexit.register(fin)
         return self._session
 
+    def offers(self, feature: str, value) -> bool:
+        """Whether every worker of the pool describes `feature` as `value`: asked when a call first
+        needs it; kept once every worker of the pool has described itself (a worker that is down
+        does not decide it for the handle's life)."""
+        known = self.features.get(feature)
+        if known is not None:
+            return known
+        try:
+            devices = [d for d in self.client.devices() if d.get("pool") == self.pool]
+        except (AttributeError, TypeError, KeyError):   # an older daemon, a stand-in session
+            self.features[feature] = False
+            return False
+        described = [d["worker"] for d in devices if d.get("worker")]
+        ok = bool(described) and all(w.get(feature) == value for w in described)
+        if len(described) == len(devices):
+            self.features[feature] = ok
+        return ok and len(described) == len(devices)
+
     def upload(self, circuit, key=None) -> str:
         """Template hash for a circuit, uploaded once per session. `key` (a structure key) skips
         re-serializing a circuit this handle has already sent. Without a key the client's content
@@ -131,3 +152,23 @@ def with_seed(circuit, seed: int | None):
     out = circuit.copy()
     out.metadata = {**(circuit.metadata or {}), SEED_METADATA_KEY: seed}
     return out
+
+
+def pauli_basis(observables: list) -> tuple[list, np.ndarray] | None:
+    """Wire observables ([[pauli, coeff], ...] each) over fewer distinct Pauli strings than there are
+    observables (one Hamiltonian per row over shared terms: a zipped PUB, a batch of tapes) -> (those
+    strings as observables of coefficient 1, coefficients [observables, strings]). A task then computes
+    bindings x strings expectation values, not bindings x observables Hamiltonians (quadratic in a
+    zipped PUB's rows), and the values are the product with the coefficients, as aer computes them.
+    None when there is nothing to gain. For exact values only: noise must be drawn per observable."""
+    index: dict[str, int] = {}
+    for o in observables:
+        for p, _ in o:
+            index.setdefault(p, len(index))
+    if len(index) >= len(observables):
+        return None
+    coef = np.zeros((len(observables), len(index)))
+    for i, o in enumerate(observables):
+        for p, c in o:
+            coef[i, index[p]] += c
+    return [[[p, 1.0]] for p in index], coef

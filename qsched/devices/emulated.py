@@ -29,6 +29,7 @@ class IsaDevice(AerDevice):
     Shared by the emulated QPU and remote QPUs (qrmi)."""
     passes: Any
     default_shots: int
+    row_observables = False
 
     # transpiled once per template for the device (40-65 ms each time otherwise)
     def _sample_circuit(self, t):

@@ -23,6 +23,8 @@ from pennylane.measurements import ExpectationMP, ProbabilityMP, StateMeasuremen
 from pennylane.pauli import PauliSentence
 from pennylane.wires import Wires
 
+from ..wire import ROWS_METADATA_KEY
+
 # PennyLane op name -> Qiskit gate name. Each maps its arguments 1:1 and in order, so a template
 # parameter is exactly one tape parameter, and server jacobian columns are tape derivatives.
 GATES: dict[str, str] = {
@@ -160,6 +162,15 @@ class Template:
     key: tuple
     circuit: Any                       # qiskit QuantumCircuit with parameters θ[0..P-1]
     num_params: int
+    _rows_circuit: Any = field(default=None, repr=False, compare=False)
+
+    def rows_circuit(self):
+        """The circuit asking for row i's value at observable i alone (ROWS_METADATA_KEY), built once."""
+        if self._rows_circuit is None:
+            out = self.circuit.copy()
+            out.metadata = {**(self.circuit.metadata or {}), ROWS_METADATA_KEY: True}
+            self._rows_circuit = out
+        return self._rows_circuit
 
 
 @dataclass

@@ -27,7 +27,8 @@ from pennylane.transforms.core import CompilePipeline, transform
 from pennylane.wires import Wires
 
 from ..errors import QschedError
-from ..sdk import SessionHandle, result_field, with_seed
+from ..sdk import SessionHandle, pauli_basis, result_field, with_seed
+from ..wire import ROWS_METADATA_KEY
 from . import convert
 from .errors import as_device_error
 
@@ -75,6 +76,41 @@ def _drop_snapshots(tape):
     trainable = [t - sum(1 for d in drop if d < t) for t in tape.trainable_params if t not in drop]
     return (qml.tape.QuantumScript(ops, tape.measurements, shots=tape.shots, trainable_params=trainable),), \
         lambda res: res[0]
+
+
+@transform
+def _defer_mid_circuit_measurements(tape, wires=None):
+    """Mid-circuit measurements run deferred (qml.defer_measurements): each takes a wire of its own,
+    which a device of fixed wires must have spare, refused here by saying so (not as a WireError on a
+    wire the user never wrote). Analytic measurements of measurement values are then measurements of
+    those wires: probs(op=m) their probabilities, expval/var(f(m)) a diagonal observable on them."""
+    n = sum(isinstance(op, qml.ops.MidMeasure) for op in tape.operations)
+    if not n:
+        return (tape,), lambda res: res[0]
+    (deferred,), fn = defer_measurements(tape, allow_postselect=False)
+    if wires is not None:
+        extra = [w for w in deferred.wires if w not in wires]
+        if extra:
+            raise DeviceError(
+                f"qsched.qubit runs mid-circuit measurements deferred: each needs a wire of its own, and "
+                f"this circuit's {n} need {len(extra)} more than the device's {len(wires)} wires; create "
+                f"the device with wires={len(wires) + len(extra)} or without wires (sized per circuit) "
+                "(lightning.qubit's one-shot and tree-traversal methods are not offered)")
+    if deferred.shots:
+        return (deferred,), fn      # the samples path reads measurement values itself
+    mps = [_on_wires(mp) if mp.mv is not None else mp for mp in deferred.measurements]
+    return (_with(deferred, deferred.operations, mps),), fn
+
+
+def _on_wires(mp):
+    mvs = mp.mv if isinstance(mp.mv, list) else [mp.mv]
+    if isinstance(mp, ProbabilityMP):
+        return qml.probs(wires=Wires.all_wires([m.wires for m in mvs]))
+    if isinstance(mp, (ExpectationMP, VarianceMP)) and len(mvs) == 1:
+        values = [float(v) for _, v in mvs[0].items()]         # per basis state of its wires, in order
+        obs = qml.pauli.pauli_decompose(np.diag(values), wire_order=mvs[0].wires)
+        return type(mp)(obs=obs)
+    return mp                                                  # refused by validation, by name
 
 
 @transform
@@ -296,6 +332,9 @@ class TaskGroup:
         self._obs_index: dict = {}
         self.result = None
         self._cache: dict = {}
+        self._coef: np.ndarray | None = None       # see pauli_basis: the task measured Pauli strings
+        self.row_cols: list[np.ndarray] = []        # per analytic row: its observables' indices
+        self.by_row = False                         # the task measures row i at its own observable alone
 
     def add_row(self, values: np.ndarray) -> int:
         self.rows.append(values)
@@ -309,19 +348,45 @@ class TaskGroup:
             self.observables.append(terms)
         return i
 
-    def to_task(self, handle: SessionHandle, method: str | None = None, seed: int | None = None) -> dict:
-        """`seed`: the simulator's seed for this task's samples (it travels with the template)."""
+    def one_per_row(self) -> bool:
+        """Every row measures one observable, and not all the same one (a batch of tapes of their own
+        Hamiltonians): what a task of row observables (ROWS_METADATA_KEY) answers without rows x
+        observables."""
+        return len(self.observables) > 1 and len(self.row_cols) == len(self.rows) and \
+            all(len(c) == 1 for c in self.row_cols)
+
+    def to_task(self, handle: SessionHandle, method: str | None = None, seed: int | None = None,
+                by_row: bool = False) -> dict:
+        """`seed`: the simulator's seed for this task's samples (it travels with the template).
+        `by_row`: the pool's workers offer row observables (see task_observables)."""
         params = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), self.template.num_params)
-        template = handle.upload(self.template.circuit, self.template.key) if seed is None else \
-            handle.upload(with_seed(self.template.circuit, seed))
-        task: dict[str, Any] = {"kind": self.kind, "template": template, "params": params, "shots": self.shots}
+        task: dict[str, Any] = {"kind": self.kind, "params": params, "shots": self.shots}
         if self.kind != "sample":
             # (a task for qml.state() alone still needs one observable)
-            n = self.template.circuit.num_qubits
-            task["observables"] = self.observables or [[["I" * n, 1.0]]]
+            task["observables"] = self.task_observables(by_row)
+        circuit, key = self.template.circuit, self.template.key
+        if self.by_row:
+            circuit, key = self.template.rows_circuit(), (key, "rows")
+        task["template"] = handle.upload(circuit, key) if seed is None else handle.upload(with_seed(circuit, seed))
         if self.kind == "gradient":
             task["method"] = method
         return task
+
+    def task_observables(self, by_row: bool = False) -> list:
+        """The observables the task measures: the group's, evaluated at every row; or for a batch of
+        tapes of their own Hamiltonians (each Hamiltonian at its own row, not rows x Hamiltonians):
+        their shared Pauli strings (rows x strings values; exact, cheap where few strings), or, where
+        the pool offers it (`by_row`) and for derivatives (the adjoint method costs per observable)
+        or Hamiltonians without shared strings, each row's own observable alone."""
+        n = self.template.circuit.num_qubits
+        basis = pauli_basis(self.observables)
+        if by_row and (basis is None or self.kind == "gradient") and self.one_per_row():
+            self.by_row = True
+            return [self.observables[int(c[0])] for c in self.row_cols]
+        if basis is None:
+            return self.observables or [[["I" * n, 1.0]]]
+        observables, self._coef = basis
+        return observables
 
     def _array(self, name):
         if name not in self._cache:
@@ -329,9 +394,14 @@ class TaskGroup:
         return self._cache[name]
 
     def evs(self) -> np.ndarray:
+        if self._coef is not None and "evs" not in self._cache:
+            self._cache["evs"] = np.asarray(result_field(self.result, "evs"), dtype=np.float64) @ self._coef.T
         return self._array("evs")
 
     def jacobian(self) -> np.ndarray:
+        if self._coef is not None and "jacobian" not in self._cache:
+            raw = np.asarray(result_field(self.result, "jacobian"), dtype=np.float64)
+            self._cache["jacobian"] = np.einsum("btp,ot->bop", raw, self._coef)
         return self._array("jacobian")
 
     def state(self) -> np.ndarray:
@@ -397,7 +467,7 @@ class QschedDevice(Device):
         self._templates = convert.TemplateCache()
         self._lock = threading.Lock()
         self._state_slot: bool | None = state_slots
-        self._features: dict[str, bool] = {}
+        self._features = self._handle.features       # what the pool's workers offer, as asked
 
     @property
     def pool(self) -> str | None:
@@ -411,22 +481,7 @@ class QschedDevice(Device):
         return self._offers("state_prep_slot", convert.STATE_SLOT)
 
     def _offers(self, feature: str, value) -> bool:
-        """Whether every worker of the pool describes `feature` as `value`: asked when a tape first
-        needs it; kept once every worker of the pool has described itself (a worker that is down
-        does not decide it for the device's life)."""
-        known = self._features.get(feature)
-        if known is not None:
-            return known
-        try:
-            devices = [d for d in self._handle.client.devices() if d.get("pool") == self.pool]
-        except (AttributeError, TypeError, KeyError):   # an older daemon, a stand-in session
-            self._features[feature] = False
-            return False
-        described = [d["worker"] for d in devices if d.get("worker")]
-        ok = bool(described) and all(w.get(feature) == value for w in described)
-        if len(described) == len(devices):
-            self._features[feature] = ok
-        return ok and len(described) == len(devices)
+        return self._handle.offers(feature, value)
 
     def close(self):
         """Close the session this device opened (a session passed in or attached stays open)."""
@@ -470,7 +525,7 @@ class QschedDevice(Device):
     def preprocess_transforms(self, execution_config: ExecutionConfig | None = None) -> CompilePipeline:
         program = CompilePipeline()
         program.add_transform(_drop_snapshots)
-        program.add_transform(defer_measurements, allow_postselect=False)
+        program.add_transform(_defer_mid_circuit_measurements, self.wires)
         program.add_transform(_use_state_slot)
         program.add_transform(decompose, stopping_condition=convert.stopping_condition,
                               skip_initial_state_prep=False, decomposer=convert.decomposer,
@@ -519,6 +574,7 @@ class QschedDevice(Device):
                 g = groups.get(key) or groups.setdefault(key, TaskGroup(tc.template, kind, None))
                 row = g.add_row(tc.values)
                 cols = np.array([g.add_observable(o) for o in ap.observables], dtype=np.int64)
+                g.row_cols.append(cols)
                 plans.append(("analytic", tape, tc, g, row, (ap, cols)))
         return list(groups.values()), plans
 
@@ -553,7 +609,8 @@ class QschedDevice(Device):
         if groups:
             try:
                 session = self._handle.get()
-                tasks = [g.to_task(self._handle, method="adjoint" if gradient else None, seed=self._task_seed(g))
+                tasks = [g.to_task(self._handle, method="adjoint" if gradient else None, seed=self._task_seed(g),
+                                   by_row=g.one_per_row() and self._offers("row_observables", ROWS_METADATA_KEY))
                          for g in groups]
                 submit_wait = getattr(session, "submit_wait", None)
                 if callable(submit_wait):
@@ -590,6 +647,8 @@ class QschedDevice(Device):
             samples = convert.unpack_register(reg[row], len(tc.wire_order))
             return convert.read_samples(tape, samples, tc.wire_order)
         ap, cols = extra
+        if g.by_row:                      # the row's result holds its own observable alone
+            cols = np.zeros_like(cols)
         state = None
         if ap.needs_state:
             # the template drops GlobalPhase ops (no effect on measured values): multiply it back in
@@ -602,6 +661,8 @@ class QschedDevice(Device):
     def _jacobian(plan):
         kind, tape, tc, g, row, extra = plan
         ap, cols = extra
+        if g.by_row:
+            cols = np.zeros_like(cols)
         return convert.read_jacobian(ap, g.evs()[row], g.jacobian()[row], cols, tape, tc)
 
     def execute(self, circuits, execution_config=None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from qiskit.circuit import QuantumCircuit
@@ -26,7 +26,8 @@ from qiskit.primitives.containers.sampler_pub import SamplerPub
 from qiskit.quantum_info import SparseObservable
 
 from ..errors import BadRequest
-from ..sdk import result_field
+from ..sdk import pauli_basis, result_field
+from ..wire import ROWS_METADATA_KEY
 
 
 class CircuitError(BadRequest, QiskitError):
@@ -97,6 +98,48 @@ def check_runnable(circuit: QuantumCircuit) -> None:
     walk(circuit, 0)
 
 
+# --------------------------------------------------------------------------- idle qubits
+def without_idle_qubits(circuit: QuantumCircuit) -> tuple[QuantumCircuit, list[int] | None]:
+    """(the circuit on the qubits some instruction acts on, their indices) or (circuit, None) when
+    every qubit is used. An ISA circuit laid out on a large backend leaves most qubits idle in |0>;
+    aer drops them, a state-vector worker would simulate 2^(backend's qubits). Qubits keep their
+    relative order, so results stay in the user's; barriers and delays do not count as use."""
+    used: set = set()
+    for inst in circuit.data:
+        if inst.operation.name not in ("barrier", "delay"):
+            used.update(inst.qubits)
+    if len(used) == circuit.num_qubits:
+        return circuit, None
+    active = sorted(circuit.find_bit(q).index for q in used)
+    keep = [circuit.qubits[i] for i in active]
+    out = QuantumCircuit(len(keep), name=circuit.name, global_phase=circuit.global_phase,
+                         metadata=circuit.metadata)
+    out.add_bits(circuit.clbits)
+    for creg in circuit.cregs:
+        out.add_register(creg)
+    where = dict(zip(keep, out.qubits))
+    for inst in circuit.data:
+        qubits = [where[q] for q in inst.qubits if q in where]
+        if inst.operation.name == "barrier":
+            if qubits:
+                out.barrier(*qubits)
+            continue
+        if inst.operation.name == "delay" and not qubits:
+            continue
+        out.append(inst.operation, qubits, inst.clbits, copy=False)
+    return out, active
+
+
+def _restrict_terms(terms: list, active: list[int], n: int) -> list:
+    """Pauli terms on n qubits -> the same on the active ones: an idle qubit is |0>, so a term with
+    X or Y on it is 0 and Z or I on it is a factor 1. (Strings: the rightmost character is qubit 0.)"""
+    act = set(active)
+    idle = [n - 1 - q for q in range(n) if q not in act]
+    keep = [n - 1 - q for q in reversed(active)]
+    out = [["".join(p[i] for i in keep), c] for p, c in terms if not any(p[i] in "XY" for i in idle)]
+    return out or [["I" * len(active), 0.0]]
+
+
 # --------------------------------------------------------------------------- observables
 def observable_to_wire(obs: SparseObservable) -> list[list]:
     """One SparseObservable -> [[pauli string in Qiskit order, real coeff], ...].
@@ -146,6 +189,10 @@ class EstimatorPlan:
     precision: float
     shots: int | None
     task: dict = field(repr=False)
+    # the task's observables are Pauli strings and these the PUB observables' coefficients over them
+    # ([observables, strings], see pauli_basis); None: the task's observables are the PUB's
+    coef: np.ndarray | None = field(default=None, repr=False)
+    by_row: bool = False        # the task's rows are the PUB's entries, each at its own observable
 
     def index_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         nb = int(np.prod(self.bindings_shape, dtype=np.int64))
@@ -176,24 +223,62 @@ def _check_estimator_measurements(circuit: QuantumCircuit) -> None:
                              field="circuit")
 
 
-def estimator_pub_to_task(pub: EstimatorPub) -> EstimatorPlan:
+def estimator_pub_to_task(pub: EstimatorPub, by_row: Callable[[], bool] | None = None) -> EstimatorPlan:
     """EstimatorPub -> estimate task (template circuit, params [B, P], observables list of O).
 
     The task computes the outer product B x O; the broadcast PUB shape is read back by indexing.
+    Cheaper where it applies: an exact estimate of observables that share Pauli strings (a zipped PUB
+    of one Hamiltonian per row) sends the strings, B x strings values; and where the pool offers row
+    observables (`by_row()`, asked only then) a PUB sends its entries as rows, each row at its own
+    observable (ROWS_METADATA_KEY): when that costs least (a zipped PUB without shared strings), and
+    with precision whenever the PUB is not laid out as B x O with bindings varying slowest, so the
+    noise is drawn in the PUB's own order (aer's draws for a seeded PUB).
     """
     circuit = pub.circuit
     _check_estimator_measurements(circuit)
     params = _flat_params(pub, circuit)
     obs_arr = pub.observables.sparse_observables_array().reshape(-1)
     observables = [observable_to_wire(o) for o in obs_arr]
+    sent, active = without_idle_qubits(circuit)
+    if active is not None:
+        observables = [_restrict_terms(o, active, circuit.num_qubits) for o in observables]
     precision = float(pub.precision or 0.0)
     shots = precision_to_shots(precision)
-    task = {"kind": "estimate", "circuit": circuit, "params": params,
-            "observables": observables, "shots": shots}
-    return EstimatorPlan(circuit=circuit, shape=tuple(pub.shape),
-                         bindings_shape=tuple(pub.parameter_values.shape),
-                         observables_shape=tuple(pub.observables.shape),
-                         precision=precision, shots=shots, task=task)
+    plan = EstimatorPlan(circuit=circuit, shape=tuple(pub.shape), bindings_shape=tuple(pub.parameter_values.shape),
+                         observables_shape=tuple(pub.observables.shape), precision=precision, shots=shots,
+                         task={"kind": "estimate", "circuit": sent, "params": params,
+                               "observables": observables, "shots": shots})
+    mode, basis = _estimate_mode(plan, observables, len(sent.data), by_row)
+    if mode == "basis" and basis is not None:
+        plan.task["observables"], plan.coef = basis
+    elif mode == "rows":
+        bi, oi = plan.index_arrays()
+        rows = sent.copy()
+        rows.metadata = {**(sent.metadata or {}), ROWS_METADATA_KEY: True}
+        plan.task.update(circuit=rows, params=params[bi.ravel()], observables=[observables[i] for i in oi.ravel()])
+        plan.by_row = True
+    return plan
+
+
+def _estimate_mode(plan: EstimatorPlan, observables: list, gates: int, by_row) -> tuple[str, Any]:
+    """'outer' (B x O), 'basis' (B x shared strings, with pauli_basis's answer) or 'rows' (one row
+    per PUB entry), by a cost of gates per simulation and terms per expectation value."""
+    nb = int(np.prod(plan.bindings_shape, dtype=np.int64))
+    no = len(observables)
+    size = int(np.prod(plan.shape, dtype=np.int64))
+    if plan.shots is not None:
+        bi, oi = plan.index_arrays()
+        laid_out = size == nb * no and np.array_equal(bi.ravel(), np.arange(size) // no) and \
+            np.array_equal(oi.ravel(), np.arange(size) % no)
+        return ("rows" if not laid_out and by_row is not None and by_row() else "outer"), None
+    terms = sum(len(o) for o in observables) / max(no, 1)
+    costs = {"outer": nb * (gates + no * terms)}
+    basis = pauli_basis(observables)
+    if basis is not None:
+        costs["basis"] = nb * (gates + len(basis[0]))
+    if size < nb * no and size * (gates + terms) < min(costs.values()) and by_row is not None and by_row():
+        return "rows", None
+    return min(costs, key=costs.__getitem__), basis
 
 
 def estimator_result(plan: EstimatorPlan, result: Any, pub_circuit: QuantumCircuit | None = None) -> PubResult:
@@ -201,12 +286,20 @@ def estimator_result(plan: EstimatorPlan, result: Any, pub_circuit: QuantumCircu
     evs = np.asarray(result_field(result, "evs"), dtype=np.float64)
     stds = result_field(result, "stds")
     nb = int(np.prod(plan.bindings_shape, dtype=np.int64))
-    no = int(np.prod(plan.observables_shape, dtype=np.int64))
-    evs = evs.reshape(nb, no)
-    stds = np.zeros_like(evs) if stds is None else np.asarray(stds, dtype=np.float64).reshape(nb, no)
     bi, oi = plan.index_arrays()
-    out_evs = np.array(evs[bi, oi], dtype=np.float64)  # (not ascontiguousarray: it makes 0-d 1-d)
-    out_stds = np.array(stds[bi, oi], dtype=np.float64)
+    if plan.by_row:                 # one row per entry, in the PUB's order
+        out_evs = evs.reshape(bi.shape)
+        out_stds = np.zeros_like(out_evs) if stds is None else np.asarray(stds, dtype=np.float64).reshape(bi.shape)
+    elif plan.coef is not None:     # exact values of Pauli strings: each entry its own combination
+        evs = evs.reshape(nb, plan.coef.shape[1])
+        out_evs = np.einsum("st,st->s", evs[bi.ravel()], plan.coef[oi.ravel()]).reshape(bi.shape)
+        out_stds = np.zeros_like(out_evs)
+    else:
+        no = int(np.prod(plan.observables_shape, dtype=np.int64))
+        evs = evs.reshape(nb, no)
+        stds = np.zeros_like(evs) if stds is None else np.asarray(stds, dtype=np.float64).reshape(nb, no)
+        out_evs = np.array(evs[bi, oi], dtype=np.float64)  # (not ascontiguousarray: it makes 0-d 1-d)
+        out_stds = np.array(stds[bi, oi], dtype=np.float64)
     circuit = pub_circuit if pub_circuit is not None else plan.circuit
     metadata = {"target_precision": plan.precision,
                 "circuit_metadata": circuit.metadata,
@@ -238,7 +331,7 @@ def _without_empty_registers(circuit: QuantumCircuit) -> QuantumCircuit:
 def sampler_pub_to_task(pub: SamplerPub) -> SamplerPlan:
     circuit = pub.circuit
     params = _flat_params(pub, circuit)
-    task = {"kind": "sample", "circuit": _without_empty_registers(circuit), "params": params,
+    task = {"kind": "sample", "circuit": without_idle_qubits(_without_empty_registers(circuit))[0], "params": params,
             "shots": int(pub.shots)}
     return SamplerPlan(circuit=circuit, shape=tuple(pub.shape), shots=int(pub.shots), task=task)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from functools import partial
 
 import numpy as np
 from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2, PrimitiveResult
@@ -21,6 +22,7 @@ from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 
 from ..errors import QschedError
 from ..sdk import with_seed
+from ..wire import ROWS_METADATA_KEY
 from .convert import (
     check_runnable,
     estimator_pub_to_task,
@@ -96,7 +98,8 @@ class EstimatorV2(BaseEstimatorV2):
                 raise ValueError(f"The {i}-th pub has precision less than 0 ({pub.precision}); precision "
                                  "must be 0 (exact) or larger")
             check_runnable(pub.circuit)
-        plans = [estimator_pub_to_task(pub) for pub in coerced]
+        by_row = partial(self._handle.offers, "row_observables", ROWS_METADATA_KEY)
+        plans = [estimator_pub_to_task(pub, by_row) for pub in coerced]
         seeds = pub_seeds(self.seed, len(plans), distinct=False)
         futures = _submit(self._handle, plans, seeds) if plans else []
 

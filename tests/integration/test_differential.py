@@ -509,3 +509,150 @@ def test_estimator_final_measurement_is_aers_answer(diff_client, pool):
     with pytest.raises(BadRequest, match="after it was measured"):
         est.run([(qc, ["IX"])])
     est.close()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_one_hamiltonian_per_row_zipped_and_broadcast(diff_client, pool):
+    """A zipped PUB (one Hamiltonian per parameter row, over shared terms) and broadcasts of it
+    measure the shared Pauli strings once per row; the values are the reference's, the shapes too.
+    The PennyLane batch of tapes of their own Hamiltonians: lightning.qubit's values."""
+    rng = np.random.default_rng(9)
+    qc = QuantumCircuit(3)
+    a, b = Parameter("a"), Parameter("b")
+    qc.ry(a, 0)
+    qc.rx(b, 1)
+    qc.cx(0, 2)
+    qc.rz(a - b, 2)
+    qc.h(1)
+    labels = ["ZZI", "XIX", "IYZ", "IIX"]
+    obs = np.empty(12, dtype=object)
+    for i in range(12):
+        obs[i] = SparsePauliOp(labels, rng.uniform(-1, 1, 4))
+    params = rng.uniform(-np.pi, np.pi, (12, 2))
+    pubs = [(qc, obs, params), (qc, obs.reshape(3, 4), params.reshape(3, 4, 2)),
+            (qc, obs[:4], params[:, None, :]), (qc, obs[:3].reshape(3, 1), params[:5])]
+    est = EstimatorV2(client=diff_client, pool=pool)
+    got = est.run(pubs).result(timeout=120)
+    want = StatevectorEstimator().run(pubs).result()
+    for g, w in zip(got, want):
+        assert g.data.evs.shape == w.data.evs.shape
+        np.testing.assert_allclose(g.data.evs, w.data.evs, atol=1e-9)
+    est.close()
+
+    terms = [qml.Z(0) @ qml.Z(1), qml.X(0) @ qml.X(2), qml.Z(0) @ qml.Y(1), qml.X(0)]
+    tapes = [qml.tape.QuantumScript([qml.RY(x, 0), qml.RX(y, 1), qml.CNOT([0, 2]), qml.H(1)],
+                                    [qml.expval(qml.Hamiltonian(list(rng.uniform(-1, 1, 4)), terms))],
+                                    trainable_params=[0, 1])
+             for x, y in params]
+    dev = qml.device("qsched.qubit", wires=3, pool=pool, client=diff_client)
+    lq = qml.device("lightning.qubit", wires=3)
+    np.testing.assert_allclose(qml.execute(tapes, dev), qml.execute(tapes, lq), atol=1e-9)
+    config = qml.devices.ExecutionConfig(gradient_method="adjoint")
+    got_v, got_j = dev.execute_and_compute_derivatives(tapes, dev.setup_execution_config(config))
+    want_v, want_j = lq.execute_and_compute_derivatives(tapes, config)
+    np.testing.assert_allclose(got_v, want_v, atol=1e-9)
+    np.testing.assert_allclose(np.array(got_j), np.array(want_j), atol=1e-8)
+    # the workers of both pools measure each row at its own observable alone (derivatives; and values
+    # of observables without shared strings, as these: a Pauli word of its own per tape)
+    assert dev._features.get("row_observables") is True
+    words = [qml.Z(0) @ qml.X(1), qml.Y(0) @ qml.Z(2), qml.X(0) @ qml.X(1) @ qml.Z(2), qml.Y(1), qml.Z(2)]
+    own = [qml.tape.QuantumScript(t.operations, [qml.expval(words[i % len(words)] + 0.5 * qml.Z(1))],
+                                  trainable_params=[0, 1]) for i, t in enumerate(tapes)]
+    np.testing.assert_allclose(qml.execute(own, dev), qml.execute(own, lq), atol=1e-9)
+    got_v, got_j = dev.execute_and_compute_derivatives(own, dev.setup_execution_config(config))
+    want_v, want_j = lq.execute_and_compute_derivatives(own, config)
+    np.testing.assert_allclose(got_v, want_v, atol=1e-9)
+    np.testing.assert_allclose(np.array(got_j), np.array(want_j), atol=1e-8)
+    dev.close()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_isa_circuit_on_a_large_backend_runs_on_its_used_qubits(diff_client, pool):
+    """A 3-qubit ansatz transpiled for a 20-qubit backend: the idle qubits are dropped (the task's
+    template has 3), the values are the reference's on the laid-out observables, X/Y on an idle qubit
+    included (0), and samples are in the user's bit order."""
+    from qiskit import transpile
+    from qiskit.circuit.library import efficient_su2
+    from qiskit.providers.fake_provider import GenericBackendV2
+    from qiskit.primitives.containers.estimator_pub import EstimatorPub
+
+    from qsched.qiskit.convert import estimator_pub_to_task
+    backend = GenericBackendV2(20, seed=11)
+    ansatz = efficient_su2(3, reps=1)
+    qc = transpile(ansatz, backend, optimization_level=1, seed_transpiler=11)
+    obs = [SparsePauliOp(["ZZI", "IXY", "XII"], [1.0, 0.5, -0.3]).apply_layout(qc.layout),
+           SparsePauliOp("X" * 20), SparsePauliOp("Z" * 20)]
+    params = np.random.default_rng(2).uniform(-np.pi, np.pi, (3, 1, qc.num_parameters))
+    assert estimator_pub_to_task(EstimatorPub.coerce((qc, obs, params))).task["circuit"].num_qubits == 3
+    est = EstimatorV2(client=diff_client, pool=pool)
+    got = est.run([(qc, obs, params)]).result(timeout=120)[0].data.evs
+    want = StatevectorEstimator().run([(qc, obs, params)]).result()[0].data.evs
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    est.close()
+
+    measured = transpile(ansatz.measure_all(inplace=False), backend, optimization_level=1, seed_transpiler=11)
+    row = params[0, 0]
+    shots = 4000
+    smp = SamplerV2(client=diff_client, pool=pool, seed=3)
+    counts = smp.run([(measured, row)], shots=shots).result(timeout=120)[0].data.meas.get_int_counts()
+    smp.close()
+    p = Statevector(ansatz.assign_parameters(row)).probabilities()
+    freq = np.zeros_like(p)
+    for k, c in counts.items():
+        freq[k] = c / shots
+    assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / shots) + 2e-3), (freq, p)
+
+
+def test_seeded_estimator_noise_is_aers_for_every_broadcast(diff_client):
+    """docs/user-guide.md: on pool aer a seeded estimator's noise (normal(ev, p)) is aer's
+    EstimatorV2's with that seed_simulator, draw for draw, whatever the PUB's broadcast: 1-D, bindings
+    x observables, observables x bindings, zipped (row observables keep the PUB's own order)."""
+    from qiskit_aer.primitives import EstimatorV2 as AerEstimator
+    rng = np.random.default_rng(4)
+    qc = QuantumCircuit(2)
+    a, b = Parameter("a"), Parameter("b")
+    qc.ry(a, 0)
+    qc.rx(b, 1)
+    qc.cx(0, 1)
+    obs = ["ZZ", "XI", "IY"]
+    rows = rng.uniform(-np.pi, np.pi, (3, 2))
+    pubs = [(qc, "ZZ", rows), (qc, obs, rows[0]), (qc, obs, rows[:, None, :]), (qc, [[o] for o in obs], rows),
+            (qc, obs, rows), (qc, [obs, obs[::-1]], rows[:2, None, :])]
+    aer = AerEstimator(options={"default_precision": 0.1, "run_options": {"seed_simulator": 5}})
+    ours = EstimatorV2(client=diff_client, pool="aer", seed=5, default_precision=0.1)
+    for pub in pubs:
+        got = ours.run([pub]).result(timeout=60)[0].data.evs
+        np.testing.assert_array_equal(got, aer.run([pub]).result()[0].data.evs)
+        exact = StatevectorEstimator().run([pub]).result()[0].data.evs
+        assert np.all(np.abs(got - exact) <= 5 * 0.1)
+    ours.close()
+
+
+def _mcm_circuit(x):
+    qml.RX(x, 0)
+    m = qml.measure(0)
+    qml.cond(m, qml.RY)(0.4, 1)
+    m1 = qml.measure(1)
+    return (qml.expval(qml.Z(1)), qml.probs(op=m), qml.expval(2 * m + m1), qml.var(m),
+            qml.probs(op=[m, m1]))
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_mid_circuit_measurements_analytic_and_with_shots(diff_client, pool):
+    """Mid-circuit measurements (deferred, a wire each): analytic probs(op=m), expval/var of
+    measurement values are default.qubit's; with shots within 5 sigma; a device of fixed wires without
+    a spare wire per measurement is refused at preprocess, saying so and what to do."""
+    want = qml.QNode(_mcm_circuit, qml.device("default.qubit"))(0.7)
+    dev = qml.device("qsched.qubit", wires=4, pool=pool, client=diff_client)
+    got = qml.QNode(_mcm_circuit, dev)(0.7)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-9)
+    shots = qml.set_shots(qml.QNode(_mcm_circuit, dev), shots=SHOTS)(0.7)
+    for g, w in zip(shots, want):
+        assert np.all(np.abs(np.asarray(g) - w) <= 5 * 1.5 / np.sqrt(SHOTS) + 1e-3), (g, w)
+    dev.close()
+    small = qml.device("qsched.qubit", wires=2, pool=pool, client=diff_client)
+    for n in (None, 100):
+        with pytest.raises(DeviceError, match=r"deferred: each needs a wire of its own.*wires=4"):
+            qml.set_shots(qml.QNode(_mcm_circuit, small), shots=n)(0.7)
+    small.close()

@@ -309,3 +309,25 @@ def test_analytic_probs_on_many_wires_read_from_the_state(client):
     with pytest.raises(DeviceError, match=r"analytic qml.probs on more than 12 wires is not supported on pool 'aer'"):
         qml.QNode(f, aer)(0.9)
     aer.close()
+
+
+@pytest.mark.parametrize("pool,diff", [("lightning", "adjoint"), ("aer", "parameter-shift")])
+def test_basis_state_prefix_values_and_jacobians(client, pool, diff):
+    """BasisState / BasisEmbedding (U3(pi*b, 0, pi*b) per wire) before trainable gates."""
+    def f(x):
+        qml.BasisState(np.array([1, 0, 1]), wires=[0, 1, 2])
+        qml.RY(x[0], 0)
+        qml.CNOT([0, 1])
+        qml.BasisEmbedding(2, wires=[1, 2])
+        qml.CRZ(x[1], [1, 2])
+        qml.RX(x[2], 2)
+        return qml.expval(qml.Z(0) @ qml.Y(2)), qml.probs(wires=[1, 2])
+
+    x = qml.numpy.array([0.4, -0.9, 1.3], requires_grad=True)
+    dev = QschedDevice(wires=3, pool=pool, client=client)
+    ours = qml.QNode(f, dev, diff_method=diff)
+    ref = qml.QNode(f, qml.device("default.qubit"), diff_method="backprop")
+    assert np.allclose(_flat(ours(x)), _flat(ref(x)), atol=1e-9)
+    assert np.allclose(qml.jacobian(lambda x: _flat(ours(x)))(x), qml.jacobian(lambda x: _flat(ref(x)))(x),
+                       atol=1e-8)
+    dev.close()

@@ -53,6 +53,39 @@ def test_estimate_and_gradient(typ, method, problem):
 
 
 @pytest.mark.parametrize("typ", ["aer", "lightning"])
+def test_row_observables(typ, problem):
+    """A template marked ROWS_METADATA_KEY: row i's value (and derivatives) at observable i alone,
+    [rows, 1]; as many observables as rows, else the task fails naming the field."""
+    from qsched.wire import ROWS_METADATA_KEY
+    qc, params = problem
+    rows = qc.copy()
+    rows.metadata = {ROWS_METADATA_KEY: True}
+    own = [OBS[1], OBS[0], OBS[1]]
+    d = device(typ)
+    assert d.describe()["row_observables"] == ROWS_METADATA_KEY
+    est, grad, bad = d.run([TaskPayload("e", "estimate", "r", rows, params, None, own),
+                            TaskPayload("g", "gradient", "r", rows, params, None, own, "adjoint"),
+                            TaskPayload("b", "estimate", "r", rows, params, None, OBS)])
+    pick = [1, 0, 1]
+    want = reference(qc, params)[np.arange(3), pick][:, None]
+    np.testing.assert_allclose(est["evs"], want, atol=1e-10)
+    np.testing.assert_allclose(grad["evs"], want, atol=1e-10)
+    np.testing.assert_allclose(grad["jacobian"], finite_difference(qc, params)[np.arange(3), pick][:, None], atol=1e-6)
+    assert isinstance(bad, TaskError) and bad.field == "observables"
+    # merged tasks of one template and observables; a template without parameters
+    two = d.run([TaskPayload("m1", "estimate", "r", rows, params, None, own),
+                 TaskPayload("m2", "estimate", "r", rows, params[::-1], None, own)])
+    np.testing.assert_allclose(two[0]["evs"], want, atol=1e-10)
+    np.testing.assert_allclose(two[1]["evs"], reference(qc, params[::-1])[np.arange(3), pick][:, None], atol=1e-10)
+    fixed = qc.assign_parameters(params[0])
+    fixed.metadata = {ROWS_METADATA_KEY: True}
+    none = d.run([TaskPayload("f", "estimate", "f", fixed, np.zeros((3, 0)), None, own),
+                  TaskPayload("fg", "gradient", "f", fixed, np.zeros((3, 0)), None, own, "adjoint")])
+    np.testing.assert_allclose(none[0]["evs"], reference(qc, params[:1])[0, pick][:, None], atol=1e-10)
+    np.testing.assert_allclose(none[1]["evs"], none[0]["evs"], atol=1e-10)
+
+
+@pytest.mark.parametrize("typ", ["aer", "lightning"])
 def test_gradient_through_linear_parameter_expressions(typ):
     """Gate angles like 2a - b + 0.3 are chained back to the template's parameters."""
     a, b = Parameter("a"), Parameter("b")

@@ -40,7 +40,7 @@ def reference_result(group: TaskGroup) -> dict:
             padded[:, nbytes * 8 - n:] = bits[:, ::-1]
             arrs.append(np.packbits(padded, axis=1))
         return {"registers": {"meas": {"num_bits": n, "array": np.stack(arrs)}}, "meta": {"device": "ref"}}
-    ops = [SparsePauliOp.from_list([(p, c) for p, c in o]) for o in group.observables]
+    ops = [SparsePauliOp.from_list([(p, c) for p, c in o]) for o in group.task_observables()]
 
     def evs_at(row):
         sv = _state(qc, row)
@@ -264,6 +264,28 @@ def test_tapes_of_one_structure_share_one_task():
     assert len(groups) == 1 and len(groups[0].rows) == 6 and len(groups[0].observables) == 2
     vals = run_local(dev, tapes)
     assert np.allclose(vals[:5], np.cos(np.linspace(0, 1, 5)))
+
+
+def test_tapes_of_their_own_hamiltonians_measure_the_shared_strings_once():
+    """A batch of tapes, each its own Hamiltonian over the same terms: the task measures the 3
+    strings (rows x 3 values), not the 8 Hamiltonians at every row (rows x 8, quadratic in the batch)."""
+    dev = QschedDevice(wires=2)
+    rng = np.random.default_rng(3)
+    terms = [qml.Z(0), qml.Z(0) @ qml.Z(1), qml.X(1)]
+    tapes = [qml.tape.QuantumScript([qml.RX(a, 0), qml.RY(b, 1), qml.CNOT([0, 1])],
+                                    [qml.expval(qml.Hamiltonian(list(rng.uniform(-1, 1, 3)), terms))],
+                                    trainable_params=[0, 1])
+             for a, b in rng.uniform(-np.pi, np.pi, (8, 2))]
+    groups, _ = dev._plan(tapes, False)
+    assert len(groups) == 1 and len(groups[0].observables) == 8
+    assert sorted(p for [[p, c]] in groups[0].task_observables()) == ["IZ", "XI", "ZZ"]
+    want = qml.device("default.qubit").execute(tapes)
+    assert np.allclose(run_local(dev, tapes), want, atol=1e-10)
+    assert len(dev._plan(tapes, True)[0][0].task_observables()) == 3     # derivatives too
+    got_v, got_j = run_local(dev, tapes, gradient=True)
+    want_v, want_j = qml.device("default.qubit").execute_and_compute_derivatives(
+        tapes, qml.devices.ExecutionConfig(gradient_method="adjoint"))
+    assert np.allclose(got_v, want_v, atol=1e-10) and np.allclose(got_j, want_j, atol=1e-6)
 
 
 def test_parameter_shift_batch_is_one_task():

@@ -90,6 +90,63 @@ def test_estimator_broadcasting_matches_reference(bshape, oshape):
     assert got.metadata["target_precision"] == 0.0 and got.metadata["qsched"]["device"] == "ref"
 
 
+@pytest.mark.parametrize("bshape,oshape", [((16,), (16,)), ((16, 1), (16,)), ((1, 16), (16, 1)),
+                                           ((4, 4), (4,)), ((), (16,))])
+def test_estimator_observables_over_shared_strings_send_the_strings(bshape, oshape):
+    """One Hamiltonian per row over the same terms (a zipped PUB): the task measures the 3 strings at
+    each binding, bindings x 3 values, not bindings x observables (quadratic when zipped); values,
+    shapes as the reference's. With precision, the observables themselves (noise per observable)."""
+    rng = np.random.default_rng(2)
+    qc = ansatz()
+    params = rng.uniform(-np.pi, np.pi, size=bshape + (3,))
+    obs = np.empty(oshape, dtype=object)
+    for idx in np.ndindex(*oshape):
+        obs[idx] = SparsePauliOp(["ZZI", "XIX", "IYY"], rng.uniform(-1, 1, 3))
+    plan = estimator_pub_to_task(EstimatorPub.coerce((qc, obs, params)))
+    assert sorted(p for [[p, c]] in plan.task["observables"]) == ["IYY", "XIX", "ZZI"]
+    got = estimator_result(plan, exact_estimate(plan.task))
+    want = StatevectorEstimator().run([(qc, obs, params)]).result()[0]
+    assert got.data.evs.shape == want.data.evs.shape
+    assert np.allclose(got.data.evs, want.data.evs, atol=1e-10) and not got.data.stds.any()
+    noisy = estimator_pub_to_task(EstimatorPub.coerce((qc, obs, params), precision=0.1))
+    assert len(noisy.task["observables"]) == obs.size
+
+
+def exact_rows(task) -> dict:
+    """The estimate result of a task of row observables: row i at observable i, [rows, 1]."""
+    qc = task["circuit"]
+    evs = np.array([[Statevector(qc.assign_parameters(row)).expectation_value(
+        SparsePauliOp.from_list([(p, c) for p, c in o])).real] for row, o in zip(task["params"], task["observables"])])
+    return {"evs": evs, "stds": np.zeros_like(evs), "meta": {}}
+
+
+def test_estimator_rows_where_the_pool_offers_them():
+    """Row observables (asked of the pool only when they would be used): a zipped PUB without shared
+    strings sends its 8 entries as 8 rows, not 8 x 8; a noisy PUB not laid out bindings-major too
+    (its noise in the PUB's order); a laid-out or shared-strings PUB never asks."""
+    from qsched.wire import ROWS_METADATA_KEY
+    rng = np.random.default_rng(3)
+    qc = ansatz()
+    params = rng.uniform(-np.pi, np.pi, (8, 3))
+    words = ["ZZI", "XIX", "IYY", "IIZ", "ZIZ", "XXX", "YIY", "IZX"]
+    pub = EstimatorPub.coerce((qc, words, params))
+    plan = estimator_pub_to_task(pub, lambda: True)
+    assert plan.by_row and plan.task["circuit"].metadata[ROWS_METADATA_KEY] is True
+    assert plan.task["params"].shape == (8, 3) and len(plan.task["observables"]) == 8
+    got = estimator_result(plan, exact_rows(plan.task))
+    np.testing.assert_allclose(got.data.evs, StatevectorEstimator().run([(qc, words, params)]).result()[0].data.evs,
+                               atol=1e-10)
+    assert not estimator_pub_to_task(pub, lambda: False).by_row
+
+    def never():
+        raise AssertionError("asked the pool without need")
+    assert not estimator_pub_to_task(EstimatorPub.coerce((qc, words[:3], params[:, None, :]), 0.1), never).by_row
+    shared = [SparsePauliOp(["ZZI", "XIX"], rng.uniform(-1, 1, 2)) for _ in range(8)]
+    assert estimator_pub_to_task(EstimatorPub.coerce((qc, shared, params)), never).coef is not None
+    noisy = estimator_pub_to_task(EstimatorPub.coerce((qc, [[w] for w in words[:3]], params), 0.1), lambda: True)
+    assert noisy.by_row and noisy.task["params"].shape == (24, 3) and noisy.task["shots"] == 100
+
+
 def test_estimator_parameter_order_follows_template_not_dict_order():
     qc = ansatz()
     a, b, c = sorted(qc.parameters, key=lambda p: p.name)
