@@ -17,7 +17,7 @@ from ..errors import BadRequest, NotFound
 from ..models import TaskState, Window
 from . import dispatch
 from .dispatcher import recall_waiting, requeued
-from .index import DeviceEntry
+from .index import WINDOW_REASON, DeviceEntry
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("qsched.scheduler")
 
 ADMIN_STATES = ("online", "draining", "paused", "maintenance")
-WINDOW_REASON = "maintenance window "        # a state reason that says a window set the state
 WINDOW_WHO = "maintenance window"
 VENDOR = "vendor: "        # the reason of a state the vendor's status set (and may lift)
 

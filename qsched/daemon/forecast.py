@@ -1,0 +1,209 @@
+"""Predictions by planning forward, pure (no I/O, simulated time): the dispatcher's own `plan` run over
+a copy of the index, the policy, the quotas and the usage, with every device working through its
+batches at the cost model's estimates. Tiers, fair share, quotas (holds and their windows), maintenance
+windows, spill and preemption count as they do for the real dispatcher: there is no second model.
+
+What it predicts: per live task, the device, start and end of the batch it will run in; from those,
+per session the start of its next pending task and the end of its backlog, and per pool its backlog in
+device-seconds and the wait of a new session (a one-task probe planned with the others)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..models import Batch, Session, Task, Window
+from ..policy import Policy
+from ..policy.quota import QuotaLedger, window_start
+from . import dispatch
+from .cost import CostModel
+from .index import WINDOW_REASON, DeviceEntry, Index, SessionEntry
+
+PROBE = "~probe"                 # the id of the probe session (no real id has a tilde)
+MAX_BATCHES = 20_000             # planned at most per forecast: a bound on its cost for a huge backlog
+HORIZON_S = 7 * 86_400.0
+EPS = 1e-9                       # events this close are one (sums of floats: ties stay ties)
+
+
+@dataclass(frozen=True)
+class Run:
+    """When a batch is predicted to run: its tasks share it."""
+    device: str
+    start: float
+    end: float
+    device_s: float
+
+
+@dataclass
+class Forecast:
+    now: float
+    runs: dict[str, Run] = field(default_factory=dict)      # live task id -> its batch's run
+    complete: bool = True          # every pending task got a run (False: a bound or a dead pool stopped it)
+
+    def session(self, entry: SessionEntry, tasks: dict[str, Task]) -> dict:
+        """The session's next pending task's start and its backlog's end (None: not predicted, e.g. its
+        pool has no live device or it is held), and its predicted device-seconds still to run."""
+        head = self.runs.get(entry.pending[0].id) if entry.pending else None
+        mine = [r for tid, r in self.runs.items() if tid in tasks and tasks[tid].session == entry.session.id]
+        runs = {(r.device, r.start): r for r in mine}.values()        # a batch counts once
+        planned = all(t.id in self.runs for t in entry.pending)
+        return {"next_start": head.start if head else None,
+                "backlog_end": max((r.end for r in runs), default=self.now) if planned else None,
+                "device_s": sum(r.device_s for r in runs)}
+
+
+def forecast(index: Index, policy: Policy, cost: CostModel, quota: QuotaLedger, windows: list[Window],
+             now: float, *, probe: Session | None = None, max_batches: int = MAX_BATCHES,
+             horizon_s: float = HORIZON_S) -> Forecast:
+    """Plan forward from `now` until every pending task has a run (or a bound). Nothing given changes.
+    probe: a session with one pending task of one binding, planned as if it arrived now (its id PROBE)."""
+    return _Sim(index.copy(), policy.copy(), cost, _copy_quota(quota), windows, now, probe).run(
+        max_batches, now + horizon_s)
+
+
+def _copy_quota(quota: QuotaLedger) -> QuotaLedger:
+    q = QuotaLedger(quota.specs)
+    q._used = dict(quota._used)
+    return q
+
+
+class _Sim:
+    def __init__(self, ix: Index, pol: Policy, cost: CostModel, quota: QuotaLedger, windows: list[Window],
+                 now: float, probe: Session | None):
+        self.ix, self.pol, self.cost, self.quota, self.windows = ix, pol, cost, quota, windows
+        self.fc = Forecast(now)
+        self.when: dict[str, tuple[float, float]] = {}       # outstanding batch -> (start, end)
+        self.batches = 0
+        if probe is not None:
+            entry = ix.sessions[PROBE] = SessionEntry(probe, policy_weight(pol, probe))
+            ix.seq += 1
+            t = Task(f"{PROBE}.t", PROBE, "estimate", "", 1, None, ix.seq, now)
+            entry.pending.append(t)
+            ix.tasks[t.id] = t
+            dispatch.enqueue(ix, pol, entry, now)
+        for dev in ix.devices.values():
+            free = now
+            for i, (b, est) in enumerate(dev.outstanding.values()):
+                # the first is running since an unknown time after it was created: what is left of it
+                start = free if i else min(now, b.created)
+                free = max(now, start + est)
+                self._record(dev, b, start, free, est)
+
+    def _record(self, dev: DeviceEntry, b: Batch, start: float, end: float, est: float) -> None:
+        self.when[b.id] = (start, end)
+        run = Run(dev.spec.name, start, end, est)
+        for tid in b.tasks:
+            if tid in self.ix.tasks:
+                self.fc.runs[tid] = run
+
+    def run(self, max_batches: int, until: float) -> Forecast:
+        t = self.fc.now
+        while True:
+            self._complete(t)
+            self._windows(t)
+            dispatch.release_quota_holds(self.ix, self.pol, self.quota, t)
+            if self.pol.cfg.preempt:
+                self._preempt(t)
+            for b in dispatch.plan(self.ix, self.pol, self.cost, self.quota, t):
+                dev = self.ix.devices[b.device]
+                est = dev.outstanding[b.id][1]
+                start = max([t] + [self.when[o][1] for o in dev.outstanding if o in self.when])
+                self._record(dev, b, start, start + est, est)
+                self.batches += 1
+            # done when nothing waits (a batch still in an inbox may yet be taken back by a window)
+            if not any(e.pending for e in self.ix.sessions.values()) and \
+                    not any(self._waiting(d, t) for d in self.ix.devices.values()):
+                return self.fc
+            nxt = self._next_event(t)
+            if nxt is None or nxt > until or self.batches >= max_batches:
+                self.fc.complete = False
+                return self.fc
+            t = nxt
+
+    def _next_event(self, t: float) -> float | None:
+        """The next batch end, window start or end, or quota window while a session is held by a quota
+        (`t` again when a batch ends now: it has not left yet)."""
+        times = [end for _, end in self.when.values()]
+        times += [x for w in self.windows for x in (w.start, w.end) if x is not None]
+        if any("quota" in e.held for e in self.ix.sessions.values()):
+            times += [window_start(s, t) + s.period_s for s in self.quota.specs.values()]
+        if any(end <= t + EPS for _, end in self.when.values()):
+            return t
+        return min((x for x in times if x > t + EPS), default=None)
+
+    def _complete(self, t: float) -> None:
+        """The batches ended by `t` leave the index, and their device-seconds are charged as measured
+        (as completions.py does with a worker's event)."""
+        ix = self.ix
+        for dev in ix.devices.values():
+            for bid in [bid for bid in dev.outstanding if self.when.get(bid, (0, math.inf))[1] <= t + EPS]:
+                b, est = dev.outstanding.pop(bid)
+                self.when.pop(bid)
+                placed = ix.placed.pop(bid, None)
+                entry = ix.sessions.get(b.session)
+                if placed is not None and entry is not None:
+                    ix.note_taken(b.session, placed.order)
+                ix.started.discard(bid)
+                for tid in b.tasks:
+                    if ix.tasks.pop(tid, None) is not None and entry is not None:
+                        entry.inflight -= 1
+                owner = entry.session if entry is not None else ix.closing.get(b.session)
+                if entry is not None:
+                    self.pol.correct(b.session, est, est)
+                    entry.used_s += est
+                if owner is not None:
+                    self.pol.usage.charge(owner.user, owner.account, est, t)
+                    self.quota.charge(owner.user, owner.account, est, t)
+
+    def _waiting(self, dev: DeviceEntry, t: float) -> list[tuple[Batch, float]]:
+        """The device's batches still in its inbox at `t` (not started): what a recall takes back."""
+        return [(b, est) for b, est in dev.outstanding.values() if self.when.get(b.id, (t, 0))[0] > t]
+
+    def _requeue(self, dev: DeviceEntry, b: Batch, est: float, reason: str, t: float) -> None:
+        dispatch.requeue(self.ix, self.pol, dev, b, est, reason, t)
+        self.when.pop(b.id, None)
+        free = t
+        for ob, oest in dev.outstanding.values():        # the batches behind it move up
+            start, end = self.when[ob.id]
+            if start > t:
+                start, end = max(t, free), max(t, free) + oest
+                self._record(dev, ob, start, end, oest)
+            free = end
+
+    def _preempt(self, t: float) -> None:
+        """dispatcher.preempt, with a batch in an inbox always taken back and a running one never."""
+        walk = dispatch.preemption(self.ix, self.pol)
+        if walk is None:
+            return
+        for c in walk:
+            dev = self.ix.devices[c.device]
+            held = dev.outstanding.get(c.batch)
+            taken = held is not None and self.when[c.batch][0] > t
+            walk.done(c, taken)
+            if held is None:
+                continue
+            if taken:
+                self._requeue(dev, held[0], held[1], "preempt", t)
+            else:
+                self.ix.started.add(c.batch)
+                self.ix.note_taken(c.session, c.order)
+
+    def _windows(self, t: float) -> None:
+        """device_watch.apply_windows: a window that is on takes its devices into maintenance (their
+        inbox batches come back), one that ended brings back those it took; spill follows."""
+        changed = set()
+        for dev in self.ix.devices.values():
+            on = any(w.on(t) for w in self.windows if w.covers(dev.spec.name, dev.spec.pool))
+            if on and dev.state == "online":
+                dev.state, dev.reason = "maintenance", WINDOW_REASON
+                for b, est in reversed(self._waiting(dev, t)):
+                    self._requeue(dev, b, est, "recall", t)
+                changed.add(dev.spec.pool)
+            elif not on and dev.state == "maintenance" and dev.reason.startswith(WINDOW_REASON):
+                dev.state = "online"
+                changed.add(dev.spec.pool)
+        for pool in changed:
+            dispatch.respill(self.ix, self.pol, pool, t)
+
+
+def policy_weight(pol: Policy, s: Session) -> float:
+    return pol.weight(account=s.account, user=s.user, cls=s.cls, own=s.weight)
