@@ -1,14 +1,17 @@
 """The per-device cost model: estimated device-seconds per binding, by task kind."""
 from __future__ import annotations
 
+from ..devices.profiles import cost_prior
+
 
 class CostModel:
     """Estimated device-seconds per binding, learned per device and task kind (EWMA of measurements),
     saved to Redis now and then so a restarted daemon starts with good estimates.
 
-    A device's `cost_prior` seeds it until measurements arrive: `setup_s`, a fixed cost per batch (a
-    cloud QPU's per-job overhead), and `per_binding_s` (or `per_shot_s` x `shots`, default 1000 shots).
-    The setup part is also subtracted from what is measured, so only the per-binding part is learned."""
+    A device's `cost_prior` (an emulated QPU without one: its timing profile) seeds it until
+    measurements arrive: `setup_s`, a fixed cost per batch (a cloud QPU's per-job overhead), and
+    `per_binding_s` (or `per_shot_s` x `shots`, default 1000 shots). The setup part is also subtracted
+    from what is measured, so only the per-binding part is learned."""
 
     def __init__(self, alpha: float = 0.3, initial: float = 1e-3):
         self.alpha, self.initial = alpha, initial
@@ -19,7 +22,7 @@ class CostModel:
 
     def seed(self, devices) -> None:
         for d in devices:
-            p = d.cost_prior or {}
+            p = d.cost_prior or (cost_prior(d.options) if d.type == "emulated-qpu" else {})
             if "setup_s" in p:
                 self.setup[d.name] = float(p["setup_s"])
             if "per_binding_s" in p:

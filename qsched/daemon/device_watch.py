@@ -26,6 +26,7 @@ log = logging.getLogger("qsched.scheduler")
 
 ADMIN_STATES = ("online", "draining", "paused", "maintenance")
 WINDOW_WHO = "maintenance window"
+FORECAST_GAUGES_S = 10.0        # how often the forecast gauges (backlog, predicted wait) are refreshed
 VENDOR = "vendor: "        # the reason of a state the vendor's status set (and may lift)
 
 
@@ -45,6 +46,7 @@ class DeviceWatch:
         # heartbeat keys expire in the store's time: after the store (or this loop) stalled, every key
         # may have lapsed though every worker is fine. A missing beat is believed only from here on.
         self.believe_after = 0.0
+        self.forecast_due = 0.0
         self._last_read: float | None = None
         self.interval_s = 0.5
 
@@ -127,6 +129,9 @@ class DeviceWatch:
             now = time.time()
             sch.release_quota_holds(now)
             sch.views.quota_gauges(now)
+        if time.monotonic() >= self.forecast_due:      # planning forward costs more than a watch
+            self.forecast_due = time.monotonic() + FORECAST_GAUGES_S
+            sch.views.forecast_gauges()
 
     async def save_usage(self) -> None:
         """Write the usage and quota entries changed since the last write (kept dirty if Redis refuses)."""

@@ -19,6 +19,7 @@ from .cost import CostModel
 from .index import WINDOW_REASON, DeviceEntry, Index, SessionEntry
 
 PROBE = "~probe"                 # the id of the probe session (no real id has a tilde)
+PROBE_TASK = PROBE + ".t"
 MAX_BATCHES = 20_000             # planned at most per forecast: a bound on its cost for a huge backlog
 HORIZON_S = 7 * 86_400.0
 EPS = 1e-9                       # events this close are one (sums of floats: ties stay ties)
@@ -31,6 +32,11 @@ class Run:
     start: float
     end: float
     device_s: float
+    bindings: int
+
+    def share(self, task: Task) -> float:
+        """The task's part of its batch's device-seconds (merged tasks share one batch)."""
+        return self.device_s * task.bindings / self.bindings if self.bindings else self.device_s
 
 
 @dataclass
@@ -38,6 +44,17 @@ class Forecast:
     now: float
     runs: dict[str, Run] = field(default_factory=dict)      # live task id -> its batch's run
     complete: bool = True          # every pending task got a run (False: a bound or a dead pool stopped it)
+
+    def batches(self, devices: set[str] | None = None) -> list[Run]:
+        """Each planned batch once (its tasks share its run), on `devices` only if given."""
+        return list({(r.device, r.start): r for r in self.runs.values()
+                     if devices is None or r.device in devices}.values())
+
+    def pool(self, devices: set[str]) -> dict:
+        """The device-seconds still to run on these devices, and when that backlog ends (seconds from now)."""
+        runs = self.batches(devices)
+        return {"backlog_s": sum(r.end - max(r.start, self.now) for r in runs),
+                "drain_s": max((r.end for r in runs), default=self.now) - self.now}
 
     def session(self, entry: SessionEntry, tasks: dict[str, Task]) -> dict:
         """The session's next pending task's start and its backlog's end (None: not predicted, e.g. its
@@ -52,12 +69,15 @@ class Forecast:
 
 
 def forecast(index: Index, policy: Policy, cost: CostModel, quota: QuotaLedger, windows: list[Window],
-             now: float, *, probe: Session | None = None, max_batches: int = MAX_BATCHES,
-             horizon_s: float = HORIZON_S) -> Forecast:
+             now: float, *, probe: Session | None = None, probe_bindings: int = 1, probe_kind: str = "estimate",
+             max_batches: int = MAX_BATCHES, horizon_s: float = HORIZON_S) -> Forecast:
     """Plan forward from `now` until every pending task has a run (or a bound). Nothing given changes.
-    probe: a session with one pending task of one binding, planned as if it arrived now (its id PROBE)."""
-    return _Sim(index.copy(), policy.copy(), cost, _copy_quota(quota), windows, now, probe).run(
-        max_batches, now + horizon_s)
+    probe: a session with one pending task, planned as if it arrived now (task id PROBE_TASK); the
+    forecast then stops when that task has its run."""
+    sim = _Sim(index.copy(), policy.copy(), cost, _copy_quota(quota), windows, now)
+    if probe is not None:
+        sim.add_probe(probe, probe_bindings, probe_kind)
+    return sim.run(max_batches, now + horizon_s)
 
 
 def _copy_quota(quota: QuotaLedger) -> QuotaLedger:
@@ -68,18 +88,12 @@ def _copy_quota(quota: QuotaLedger) -> QuotaLedger:
 
 class _Sim:
     def __init__(self, ix: Index, pol: Policy, cost: CostModel, quota: QuotaLedger, windows: list[Window],
-                 now: float, probe: Session | None):
+                 now: float):
         self.ix, self.pol, self.cost, self.quota, self.windows = ix, pol, cost, quota, windows
         self.fc = Forecast(now)
         self.when: dict[str, tuple[float, float]] = {}       # outstanding batch -> (start, end)
         self.batches = 0
-        if probe is not None:
-            entry = ix.sessions[PROBE] = SessionEntry(probe, policy_weight(pol, probe))
-            ix.seq += 1
-            t = Task(f"{PROBE}.t", PROBE, "estimate", "", 1, None, ix.seq, now)
-            entry.pending.append(t)
-            ix.tasks[t.id] = t
-            dispatch.enqueue(ix, pol, entry, now)
+        self.probing = False
         for dev in ix.devices.values():
             free = now
             for i, (b, est) in enumerate(dev.outstanding.values()):
@@ -88,9 +102,20 @@ class _Sim:
                 free = max(now, start + est)
                 self._record(dev, b, start, free, est)
 
+    def add_probe(self, probe: Session, bindings: int, kind: str) -> None:
+        ix, pol = self.ix, self.pol
+        entry = ix.sessions[PROBE] = SessionEntry(probe, pol.weight(account=probe.account, user=probe.user,
+                                                                  cls=probe.cls, own=probe.weight))
+        ix.seq += 1
+        t = Task(PROBE_TASK, PROBE, kind, "", bindings, None, ix.seq, self.fc.now)
+        entry.pending.append(t)
+        ix.tasks[t.id] = t
+        dispatch.enqueue(ix, pol, entry, self.fc.now)
+        self.probing = True
+
     def _record(self, dev: DeviceEntry, b: Batch, start: float, end: float, est: float) -> None:
         self.when[b.id] = (start, end)
-        run = Run(dev.spec.name, start, end, est)
+        run = Run(dev.spec.name, start, end, est, sum(self.ix.tasks[t].bindings for t in b.tasks if t in self.ix.tasks))
         for tid in b.tasks:
             if tid in self.ix.tasks:
                 self.fc.runs[tid] = run
@@ -109,6 +134,8 @@ class _Sim:
                 start = max([t] + [self.when[o][1] for o in dev.outstanding if o in self.when])
                 self._record(dev, b, start, start + est, est)
                 self.batches += 1
+            if self.probing and PROBE_TASK in self.fc.runs:
+                return self.fc
             # done when nothing waits (a batch still in an inbox may yet be taken back by a window)
             if not any(e.pending for e in self.ix.sessions.values()) and \
                     not any(self._waiting(d, t) for d in self.ix.devices.values()):
@@ -204,6 +231,3 @@ class _Sim:
         for pool in changed:
             dispatch.respill(self.ix, self.pol, pool, t)
 
-
-def policy_weight(pol: Policy, s: Session) -> float:
-    return pol.weight(account=s.account, user=s.user, cls=s.cls, own=s.weight)

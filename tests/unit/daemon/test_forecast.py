@@ -11,7 +11,7 @@ from daemon_fakes import index, session, task
 from qsched.config import parse_policy
 from qsched.daemon import dispatch
 from qsched.daemon.cost import CostModel
-from qsched.daemon.forecast import PROBE, forecast
+from qsched.daemon.forecast import PROBE, PROBE_TASK, forecast
 from qsched.daemon.index import Index, SessionEntry
 from qsched.models import Window
 from qsched.policy import FairShare
@@ -171,7 +171,7 @@ def test_the_probe_gives_the_wait_of_a_new_session_by_class():
     dispatch.plan(ix, pol, cost, quota, 0.0)           # d0 runs one batch, one waits in its inbox
     batch = forecast(ix, pol, cost, quota, [], 0.0, probe=session(PROBE, user="new"))
     inter = forecast(ix, pol, cost, quota, [], 0.0, probe=session(PROBE, cls="interactive", user="new"))
-    wait_batch, wait_inter = (f.runs[f"{PROBE}.t"].start for f in (batch, inter))
+    wait_batch, wait_inter = (f.runs[PROBE_TASK].start for f in (batch, inter))
     assert wait_inter == pytest.approx(1.0)       # the next slot: it preempts the batch in the inbox
     assert wait_batch > wait_inter
     assert PROBE not in ix.sessions
