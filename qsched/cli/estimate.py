@@ -29,7 +29,7 @@ def estimate(url, pool, cls, account, bindings, as_json):
         click.echo(f"qsched: a {e['class']} task on pool {e['pool']} is not predicted to start "
                    f"(no live device, or beyond the forecast's horizon)")
     else:
-        click.echo(f"qsched: a {e['class']} task of {e['bindings']} binding(s) for account {e['account']} would "
+        click.echo(f"qsched: a task of {e['bindings']} binding(s) (class {e['class']}, account {e['account']}) would "
                    f"start at {fmt.local_time(e['start'])} (in {e['wait_s']:.1f} s) on {e['device']}, "
                    f"using about {e['device_s']:.3f} device-seconds")
     click.echo(f"pool {e['pool']}: backlog {e['backlog_s']:.1f} device-seconds, drained in {e['drain_s']:.1f} s")

@@ -22,6 +22,11 @@ PROBE = "~probe"                 # the id of the probe session (no real id has a
 PROBE_TASK = PROBE + ".t"
 MAX_BATCHES = 20_000             # planned at most per forecast: a bound on its cost for a huge backlog
 HORIZON_S = 7 * 86_400.0
+# the p90 interval of a predicted start: what planning forward cannot know (work that arrives later and
+# goes first, estimates off by their spread) grows with the predicted wait; measured in
+# benchmarks/forecast_accuracy.py (docs/benchmarks.md)
+START_SPREAD = 0.5
+START_SLACK_S = 1.0
 EPS = 1e-9                       # events this close are one (sums of floats: ties stay ties)
 
 
@@ -33,6 +38,11 @@ class Run:
     end: float
     device_s: float
     bindings: int
+
+    def interval(self, now: float) -> tuple[float, float]:
+        """The start's p90 interval."""
+        margin = max(0.0, self.start - now) * START_SPREAD + START_SLACK_S
+        return self.start - margin, self.start + margin
 
     def share(self, task: Task) -> float:
         """The task's part of its batch's device-seconds (merged tasks share one batch)."""
@@ -95,12 +105,26 @@ class _Sim:
         self.batches = 0
         self.probing = False
         for dev in ix.devices.values():
-            free = now
-            for i, (b, est) in enumerate(dev.outstanding.values()):
-                # the first is running since an unknown time after it was created: what is left of it
-                start = free if i else min(now, b.created)
-                free = max(now, start + est)
-                self._record(dev, b, start, free, est)
+            if dev.outstanding:
+                self._outstanding(dev, now)
+
+    def _outstanding(self, dev: DeviceEntry, now: float) -> None:
+        """The device's batches as its worker runs them. The job running: the first batch, since it was
+        created or the device's previous batch ended (the later), and ending now at the earliest, with
+        those committed with it (the worker takes what its inbox holds, waiting merge_wait_s for more);
+        the others behind it."""
+        batches = list(dev.outstanding.values())
+        first = batches[0][0]
+        k = 1
+        while k < len(batches) and batches[k][0].created <= first.created + dev.spec.merge_wait_s:
+            k += 1
+        for b, est in batches[:k]:
+            self._place(dev, b, est, min(now, max(first.created, dev.finished)))
+        start, end = self.when[first.id]
+        if end < now:
+            self._record(dev, [b for b, _ in batches[:k] if self.when[b.id] == (start, end)], start, now, end - start)
+        for b, est in batches[k:]:
+            self._place(dev, b, est, now)
 
     def add_probe(self, probe: Session, bindings: int, kind: str) -> None:
         ix, pol = self.ix, self.pol
@@ -113,12 +137,30 @@ class _Sim:
         dispatch.enqueue(ix, pol, entry, self.fc.now)
         self.probing = True
 
-    def _record(self, dev: DeviceEntry, b: Batch, start: float, end: float, est: float) -> None:
-        self.when[b.id] = (start, end)
-        run = Run(dev.spec.name, start, end, est, sum(self.ix.tasks[t].bindings for t in b.tasks if t in self.ix.tasks))
-        for tid in b.tasks:
-            if tid in self.ix.tasks:
-                self.fc.runs[tid] = run
+    def _record(self, dev: DeviceEntry, batches: list[Batch], start: float, end: float, device_s: float) -> None:
+        """Batches that run as one device call (one, or a merged job) from start to end."""
+        live = [self.ix.tasks[t] for b in batches for t in b.tasks if t in self.ix.tasks]
+        run = Run(dev.spec.name, start, end, device_s, sum(t.bindings for t in live))
+        for b in batches:
+            self.when[b.id] = (start, end)
+        for t in live:
+            self.fc.runs[t.id] = run
+
+    def _place(self, dev: DeviceEntry, b: Batch, est: float, t: float) -> None:
+        """A new batch runs after the device's last one; on a device that merges batches into one job
+        (merge_batches > 1) it joins the job not yet started (or starting now: committed together) with
+        the same merge key, as the worker takes them: the job's setup is paid once and its time is shared
+        by bindings."""
+        queued = [o for o in dev.outstanding.values() if o[0].id in self.when]     # (not those planned with it)
+        last = max((self.when[o.id][0] for o, _ in queued), default=t)
+        job = [o for o, _ in queued if self.when[o.id][0] == last]
+        if job and last >= t and b.merge and len(job) < dev.spec.merge_batches and all(o.merge == b.merge for o in job):
+            start, end = self.when[job[0].id]
+            end += est - self.cost.setup.get(dev.spec.name, 0.0)
+            self._record(dev, [*job, b], start, end, end - start)
+            return
+        start = max([t] + [self.when[o.id][1] for o, _ in queued])
+        self._record(dev, [b], start, start + est, est)
 
     def run(self, max_batches: int, until: float) -> Forecast:
         t = self.fc.now
@@ -130,9 +172,7 @@ class _Sim:
                 self._preempt(t)
             for b in dispatch.plan(self.ix, self.pol, self.cost, self.quota, t):
                 dev = self.ix.devices[b.device]
-                est = dev.outstanding[b.id][1]
-                start = max([t] + [self.when[o][1] for o in dev.outstanding if o in self.when])
-                self._record(dev, b, start, start + est, est)
+                self._place(dev, b, dev.outstanding[b.id][1], t)
                 self.batches += 1
             if self.probing and PROBE_TASK in self.fc.runs:
                 return self.fc
@@ -193,7 +233,7 @@ class _Sim:
             start, end = self.when[ob.id]
             if start > t:
                 start, end = max(t, free), max(t, free) + oest
-                self._record(dev, ob, start, end, oest)
+                self._record(dev, [ob], start, end, oest)
             free = end
 
     def _preempt(self, t: float) -> None:

@@ -59,7 +59,7 @@ def _info(s: Session) -> SessionInfo:
 
 
 class DeviceEntry:
-    __slots__ = ("spec", "outstanding", "alive", "described", "state", "reason", "since")
+    __slots__ = ("spec", "outstanding", "alive", "described", "state", "reason", "since", "finished")
 
     def __init__(self, spec: DeviceSpec):
         self.spec = spec
@@ -69,6 +69,7 @@ class DeviceEntry:
         # the admin's state: only an online device is sent work; draining lets outstanding batches end,
         # paused and maintenance also take back the one waiting in the inbox
         self.state, self.reason, self.since = "online", "", 0.0
+        self.finished = 0.0       # when its worker last ended a batch: the one running began no earlier
 
     def public_state(self) -> str:
         """online, draining, paused, maintenance, or offline (no worker heartbeat)."""
@@ -171,7 +172,7 @@ class Index:
         for name, d in self.devices.items():
             dc = ix.devices[name]
             dc.outstanding, dc.alive, dc.described = dict(d.outstanding), d.alive, d.described
-            dc.state, dc.reason, dc.since = d.state, d.reason, d.since
+            dc.state, dc.reason, dc.since, dc.finished = d.state, d.reason, d.since, d.finished
         ix.closing, ix.seq = dict(self.closing), self.seq
         ix.placed, ix.started, ix.taken_upto = dict(self.placed), set(self.started), dict(self.taken_upto)
         ix._order = itertools.count(max((p.order for p in self.placed.values()), default=-1) + 1)

@@ -65,8 +65,9 @@ class Views:
         inflight = [t for t in tasks.values() if t.session == entry.session.id and t.state != TaskState.PENDING]
         for t in [*inflight, *entry.pending][:MAX_TASK_ROWS]:
             r = fc.runs.get(t.id)
+            lo, hi = r.interval(fc.now) if r else (None, None)
             rows.append({"id": t.id, "state": t.state.value, "device": r and r.device, "start": r and r.start,
-                         "end": r and r.end, "device_s": r and r.share(t)})
+                         "start_lo": lo, "start_hi": hi, "end": r and r.end, "device_s": r and r.share(t)})
         return {"session": entry.session.id, "now": fc.now, "complete": fc.complete,
                 **fc.session(entry, tasks), "tasks": rows}
 
@@ -84,7 +85,7 @@ class Views:
         return {"pool": pool, "class": cls, "account": account, "bindings": bindings, "now": full.now,
                 **full.pool({d.name for d in sch.pools[pool]}), "complete": full.complete,
                 "start": run and run.start, "wait_s": run and max(0.0, run.start - now),
-                "device": run and run.device, "device_s": run and run.device_s}
+                "device": run and run.device, "device_s": run and run.device_s * bindings / (run.bindings or bindings)}
 
     def forecast_gauges(self) -> None:
         """Backlog seconds per pool, predicted wait of a new session per pool and class."""

@@ -13,7 +13,7 @@ from qsched.daemon import dispatch
 from qsched.daemon.cost import CostModel
 from qsched.daemon.forecast import PROBE, PROBE_TASK, forecast
 from qsched.daemon.index import Index, SessionEntry
-from qsched.models import Window
+from qsched.models import DeviceSpec, Window
 from qsched.policy import FairShare
 from qsched.policy.quota import QuotaLedger
 
@@ -193,3 +193,31 @@ def test_the_forecast_stops_at_its_batch_bound():
     fc = forecast(ix, pol, _cost(), QuotaLedger(), [], 0.0, max_batches=10)
     assert not fc.complete and 10 <= len(fc.runs) < 50
     assert deque(ix.sessions["a"].pending)         # the real queue is untouched
+
+
+def test_batches_that_a_device_merges_into_one_job_share_its_setup_and_start():
+    spec = DeviceSpec(name="q0", type="emulated-qpu", pool="p", merge_batches=4)
+    ix = Index([spec], {"p": [spec]})
+    ix.devices["q0"].alive = True
+    pol = _policy()
+    cost = CostModel()
+    cost.setup, cost.prior = {"q0": 1.0}, {"q0": 0.1}        # a cloud QPU: 1 s a job, 0.1 s a binding
+    a = _backlog(ix, pol, "a", [1], user="a")
+    dispatch.plan(ix, pol, cost, QuotaLedger(), 0.0)             # a's job runs since 0
+    for sid in ("b", "c", "d"):
+        _backlog(ix, pol, sid, [1], user=sid)
+    fc = forecast(ix, pol, cost, QuotaLedger(), [], 0.5)
+    first = next(r for tid, r in fc.runs.items() if tid.startswith("a."))
+    runs = [fc.runs[ix.sessions[sid].pending[0].id] for sid in ("b", "c", "d")]
+    # the three batches planned while a's job runs go as one job (setup once), which starts when a's
+    # ends; each task's device time is its share
+    assert (first.start, first.end) == (0.0, pytest.approx(1.1)) and not a.pending
+    assert [(r.start, r.end) for r in runs] == [(pytest.approx(1.1), pytest.approx(2.4))] * 3
+    assert runs[0].share(ix.sessions["b"].pending[0]) == pytest.approx(1.3 / 3)
+    # planned together on an idle device, batches are one job from the start
+    ix = Index([spec], {"p": [spec]})
+    ix.devices["q0"].alive = True
+    for sid in ("b", "c"):
+        _backlog(ix, pol, sid, [1, 1], user=sid)
+    fc = forecast(ix, pol, cost, QuotaLedger(), [], 0.0)
+    assert [(r.start, r.end) for r in fc.runs.values()] == [(0.0, pytest.approx(1.4))] * 4
