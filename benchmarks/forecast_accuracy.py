@@ -85,7 +85,7 @@ def main() -> None:
             t.join()
     print(f"{len(rows)} tasks, {a.sessions} sessions x {a.rounds} rounds, {time.monotonic() - t0:.0f} s")
     print(f"{'pool':6} {'tasks':>6} {'device time ±20%':>17} {'start in p90':>13} {'early':>6} {'late':>6} "
-          f"{'|start err| median':>19}")
+          f"{'|start err| median':>19} {'p90 width median':>17}")
     for pool in ("qpu", "sim", "all"):
         sel = [r for r in rows if (pool == "all" or r["pool"] == pool) and r["device_s"] is not None]
         if not sel:
@@ -95,7 +95,9 @@ def main() -> None:
         early = sum(r["started"] < r["lo"] for r in sel) / len(sel)
         late = sum(r["started"] > r["hi"] for r in sel) / len(sel)
         err = statistics.median(abs(r["started"] - r["start"]) for r in sel)
-        print(f"{pool:6} {len(sel):6d} {within:16.1%} {covered:13.1%} {early:6.1%} {late:6.1%} {err:18.2f}s")
+        width = statistics.median(r["hi"] - r["lo"] for r in sel)
+        print(f"{pool:6} {len(sel):6d} {within:16.1%} {covered:13.1%} {early:6.1%} {late:6.1%} {err:18.2f}s "
+              f"{width:16.2f}s")
     missing = sum(r["device_s"] is None for r in rows)
     if missing:
         print(f"{missing} tasks had no prediction (their pool had no live device when they were submitted)")

@@ -22,11 +22,12 @@ PROBE = "~probe"                 # the id of the probe session (no real id has a
 PROBE_TASK = PROBE + ".t"
 MAX_BATCHES = 20_000             # planned at most per forecast: a bound on its cost for a huge backlog
 HORIZON_S = 7 * 86_400.0
-# the p90 interval of a predicted start: what planning forward cannot know (work that arrives later and
-# goes first, estimates off by their spread) grows with the predicted wait; measured in
-# benchmarks/forecast_accuracy.py (docs/benchmarks.md)
-START_SPREAD = 0.5
-START_SLACK_S = 1.0
+# the p90 interval of a predicted start: what planning forward cannot know grows with the predicted
+# wait. Mostly work that arrives later and goes first (a higher tier, a session with more fair share):
+# starts come late far more often than early, so the interval reaches further after than before.
+# Calibrated in benchmarks/forecast_accuracy.py (docs/benchmarks.md)
+START_EARLY = (0.5, 0.5)         # (x the wait, + seconds) before the predicted start
+START_LATE = (1.0, 3.0)          # after it
 EPS = 1e-9                       # events this close are one (sums of floats: ties stay ties)
 
 
@@ -41,8 +42,9 @@ class Run:
 
     def interval(self, now: float) -> tuple[float, float]:
         """The start's p90 interval."""
-        margin = max(0.0, self.start - now) * START_SPREAD + START_SLACK_S
-        return self.start - margin, self.start + margin
+        wait = max(0.0, self.start - now)
+        return (self.start - wait * START_EARLY[0] - START_EARLY[1],
+                self.start + wait * START_LATE[0] + START_LATE[1])
 
     def share(self, task: Task) -> float:
         """The task's part of its batch's device-seconds (merged tasks share one batch)."""

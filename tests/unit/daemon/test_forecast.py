@@ -11,7 +11,7 @@ from daemon_fakes import index, session, task
 from qsched.config import parse_policy
 from qsched.daemon import dispatch
 from qsched.daemon.cost import CostModel
-from qsched.daemon.forecast import PROBE, PROBE_TASK, forecast
+from qsched.daemon.forecast import PROBE, PROBE_TASK, Run, forecast
 from qsched.daemon.index import Index, SessionEntry
 from qsched.models import DeviceSpec, Window
 from qsched.policy import FairShare
@@ -221,3 +221,11 @@ def test_batches_that_a_device_merges_into_one_job_share_its_setup_and_start():
         _backlog(ix, pol, sid, [1, 1], user=sid)
     fc = forecast(ix, pol, cost, QuotaLedger(), [], 0.0)
     assert [(r.start, r.end) for r in fc.runs.values()] == [(0.0, pytest.approx(1.4))] * 4
+
+
+def test_a_start_interval_reaches_further_after_than_before_and_grows_with_the_wait():
+    r = Run("d0", 110.0, 111.0, 1.0, 1)
+    lo, hi = r.interval(100.0)
+    assert lo < 110.0 < hi and hi - 110.0 > 110.0 - lo
+    lo_soon, hi_soon = Run("d0", 101.0, 102.0, 1.0, 1).interval(100.0)
+    assert hi_soon - lo_soon < hi - lo
