@@ -1,14 +1,12 @@
 """The per-device cost model: estimated device-seconds per binding, by task kind."""
 from __future__ import annotations
 
-from ..devices.profiles import cost_prior
-
 
 class CostModel:
     """Estimated device-seconds per binding, learned per device and task kind (EWMA of measurements),
     saved to Redis now and then so a restarted daemon starts with good estimates.
 
-    A device's `cost_prior` (an emulated QPU without one: its timing profile) seeds it until
+    A device's `cost_prior` (an emulated QPU without one: its timing profile, config.py) seeds it until
     measurements arrive: `setup_s`, a fixed cost per batch (a cloud QPU's per-job overhead), and
     `per_binding_s` (or `per_shot_s` x `shots`, default 1000 shots). The setup part is also subtracted
     from what is measured, so only the per-binding part is learned."""
@@ -22,7 +20,7 @@ class CostModel:
 
     def seed(self, devices) -> None:
         for d in devices:
-            p = d.cost_prior or (cost_prior(d.options) if d.type == "emulated-qpu" else {})
+            p = d.cost_prior or {}
             if "setup_s" in p:
                 self.setup[d.name] = float(p["setup_s"])
             if "per_binding_s" in p:

@@ -22,6 +22,7 @@ MAX_TASK_ROWS = 10_000         # an estimate lists at most this many of the sess
 class Views:
     def __init__(self, sch: Scheduler):
         self.sch = sch
+        self.backlog: dict[str, float] = {}     # predicted device-seconds per pool, as last refreshed
 
     def session(self, entry: SessionEntry) -> dict:
         view = {**entry.session.public(), "pending": len(entry.pending), "inflight": entry.inflight,
@@ -92,7 +93,8 @@ class Views:
         sch, m = self.sch, self.sch.metrics
         full = self.forecast()
         for pool, devs in sch.pools.items():
-            m.pool_backlog.labels(pool).set(full.pool({d.name for d in devs})["backlog_s"])
+            self.backlog[pool] = full.pool({d.name for d in devs})["backlog_s"]
+            m.pool_backlog.labels(pool).set(self.backlog[pool])
             for cls in sch.policy.cfg.class_weights:
                 probe = Session(id=PROBE, user="", uid=-1, pool=pool, cls=cls, created=full.now)
                 run = self.forecast(probe).runs.get(PROBE_TASK)
