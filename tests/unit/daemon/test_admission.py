@@ -45,3 +45,61 @@ def test_the_reservation_goes_through_the_maintenance_plan():
     actions = maintenance.plan(want, {"qsched_admit_qpu": {"qpu_qpu": 2}, "qsched_admit_sim": {"qpu_sim": 1}})
     assert [(a.verb, a.reservation.name) for a in actions] == [("update", "qsched_admit_qpu"),
                                                                 ("delete", "qsched_admit_sim")]
+
+
+class _Slurm:
+    """Slurm's reservations as scontrol leaves them (what the mirror reads back and changes)."""
+
+    def __init__(self):
+        self.held: dict[str, dict[str, int]] = {}
+        self.calls: list[tuple[str, ...]] = []
+
+    def reservations(self):
+        return {k: dict(v) for k, v in self.held.items()}
+
+    def scontrol(self, *args):
+        self.calls.append(args)
+        kv = dict(a.split("=", 1) for a in args if "=" in a)
+        name = kv.get("ReservationName") or kv.get("Reservation")
+        if args[0] == "delete":
+            self.held.pop(name, None)
+        else:
+            self.held[name] = {k: int(v) for k, v in (x.split(":") for x in kv["Licenses"].split(","))}
+        return ""
+
+
+def test_the_mirror_holds_back_licences_from_the_forecast_backlog_and_gives_them_back():
+    import asyncio
+
+    from daemon_fakes import FakeStore, scheduler
+
+    from qsched.slurm.hooks import maintenance_mirror
+    from qsched.slurm.site import Site
+
+    sch = scheduler(FakeStore())
+    for d in sch.devices.values():
+        d.alive = True
+    slurm = _Slurm()
+    site = Site(pools={"p": 8}, classes=("batch",), default_pool="p", default_class="batch", max_qpu=4,
+                slots_per_device=4)
+    loop = maintenance_mirror(slurm, site, interval_s=0.01, recheck_s=0.0, admission=ON)
+
+    async def rounds():
+        task = asyncio.create_task(loop(sch))
+        sch.views.backlog["p"] = 2 * 150.0               # 150 s of work a device
+        await asyncio.sleep(0.1)
+        held = dict(slurm.held)
+        sch.devices["d0"].state = "maintenance"         # a device out: its licences are reserved first
+        await asyncio.sleep(0.1)
+        with_down = dict(slurm.held)
+        sch.devices["d0"].state = "online"
+        sch.views.backlog["p"] = 0.0                     # drained
+        await asyncio.sleep(0.1)
+        task.cancel()
+        return held, with_down
+
+    held, with_down = asyncio.run(rounds())
+    assert held == {"qsched_admit_p": {"qpu_p": 4}}
+    # one device of two: 300 s a device now, 4 licences down, admission holds what it may of the rest
+    assert with_down == {"qsched_down_p": {"qpu_p": 4}, "qsched_admit_p": {"qpu_p": 3}}
+    assert slurm.held == {}
