@@ -26,6 +26,7 @@ log = logging.getLogger("qsched.scheduler")
 
 ADMIN_STATES = ("online", "draining", "paused", "maintenance")
 WINDOW_WHO = "maintenance window"
+FORECAST_DUTY = 20.0
 FORECAST_GAUGES_S = 10.0        # how often the forecast gauges (backlog, predicted wait) are refreshed
 VENDOR = "vendor: "        # the reason of a state the vendor's status set (and may lift)
 
@@ -130,8 +131,11 @@ class DeviceWatch:
             sch.release_quota_holds(now)
             sch.views.quota_gauges(now)
         if time.monotonic() >= self.forecast_due:      # planning forward costs more than a watch
-            self.forecast_due = time.monotonic() + FORECAST_GAUGES_S
+            took = time.monotonic()
             sch.views.forecast_gauges()
+            took = time.monotonic() - took
+            # a long backlog makes it slow: it never takes more than 1/FORECAST_DUTY of the loop
+            self.forecast_due = time.monotonic() + max(FORECAST_GAUGES_S, FORECAST_DUTY * took)
 
     async def save_usage(self) -> None:
         """Write the usage and quota entries changed since the last write (kept dirty if Redis refuses)."""

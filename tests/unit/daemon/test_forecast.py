@@ -229,3 +229,17 @@ def test_a_start_interval_reaches_further_after_than_before_and_grows_with_the_w
     assert lo < 110.0 < hi and hi - 110.0 > 110.0 - lo
     lo_soon, hi_soon = Run("d0", 101.0, 102.0, 1.0, 1).interval(100.0)
     assert hi_soon - lo_soon < hi - lo
+
+
+def test_the_daemon_reuses_a_fresh_forecast_until_a_task_comes_or_goes():
+    from daemon_fakes import FakeStore, scheduler
+    sch = scheduler(FakeStore())
+    for d in sch.devices.values():
+        d.alive = True
+    _backlog(sch.index, sch.policy, "a", [1, 1])
+    first = sch.views.forecast()
+    assert sch.views.forecast() is first                        # nothing changed: the same one
+    _backlog(sch.index, sch.policy, "a", [1])                   # a submit: planned again, with it
+    again = sch.views.forecast()
+    assert again is not first and len(again.runs) == 3
+    assert sch.views.forecast(probe=session(PROBE, user="new")) is not again    # a probe is never reused
