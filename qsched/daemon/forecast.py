@@ -56,6 +56,7 @@ class Forecast:
     now: float
     runs: dict[str, Run] = field(default_factory=dict)      # live task id -> its batch's run
     complete: bool = True          # every pending task got a run (False: a bound or a dead pool stopped it)
+    _by_session: dict[str, list[tuple[Task, Run]]] | None = field(default=None, repr=False)
 
     def batches(self, devices: set[str] | None = None) -> list[Run]:
         """Each planned batch once (its tasks share its run), on `devices` only if given."""
@@ -71,13 +72,17 @@ class Forecast:
     def session(self, entry: SessionEntry, tasks: dict[str, Task]) -> dict:
         """The session's next pending task's start and its backlog's end (None: not predicted, e.g. its
         pool has no live device or it is held), and its predicted device-seconds still to run."""
+        if self._by_session is None:          # once per forecast: a queue view asks for every session
+            self._by_session = {}
+            for tid, r in self.runs.items():
+                if tid in tasks:
+                    self._by_session.setdefault(tasks[tid].session, []).append((tasks[tid], r))
+        mine = self._by_session.get(entry.session.id, [])
         head = self.runs.get(entry.pending[0].id) if entry.pending else None
-        mine = [r for tid, r in self.runs.items() if tid in tasks and tasks[tid].session == entry.session.id]
-        runs = {(r.device, r.start): r for r in mine}.values()        # a batch counts once
         planned = all(t.id in self.runs for t in entry.pending)
         return {"next_start": head.start if head else None,
-                "backlog_end": max((r.end for r in runs), default=self.now) if planned else None,
-                "device_s": sum(r.device_s for r in runs)}
+                "backlog_end": max((r.end for _, r in mine), default=self.now) if planned else None,
+                "device_s": sum(r.share(t) for t, r in mine)}
 
 
 def forecast(index: Index, policy: Policy, cost: CostModel, quota: QuotaLedger, windows: list[Window],
