@@ -1,6 +1,7 @@
 """YAML config -> validated dataclasses. Every error names the dotted field and what was expected."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -97,6 +98,15 @@ SLURM_OPTIONS = (
     Option("require_qpu", True, "a job must ask for quantum access to get a session", kind="bool"),
     Option("mirror_maintenance", True, "with slurm.site: device states and maintenance windows as Slurm "
            "licence reservations", kind="bool"),
+    Option("admission", False, "with slurm.site and mirror_maintenance: hold back a pool's licences "
+           "(qsched_admit_POOL) while its predicted backlog exceeds admission_target_s per device", kind="bool"),
+    Option("admission_target_s", 60.0, "device-seconds of queued quantum work per device that admission "
+           "keeps the pool at", lo=1.0, hi=86_400.0),
+    Option("admission_hysteresis", 0.25, "the hold grows above target x (1 + this), shrinks below target x "
+           "(1 - this)", lo=0.0, hi=0.9),
+    Option("admission_min_free", 1, "licences of a pool admission never holds back", lo=0, kind="integer"),
+    Option("admission_max_held", None, "licences of a pool admission holds back at most (none: no bound)", lo=0,
+           kind="integer"),
 )
 # (section path, its options), in the order of the reference table
 SCHEMA = (("redis", REDIS_OPTIONS), ("daemon", DAEMON_OPTIONS), ("auth", AUTH_OPTIONS),
@@ -118,6 +128,11 @@ class SlurmConfig:
     admin_comment: bool = _S["admin_comment"]
     require_qpu: bool = _S["require_qpu"]
     mirror_maintenance: bool = _S["mirror_maintenance"]
+    admission: bool = _S["admission"]
+    admission_target_s: float = _S["admission_target_s"]
+    admission_hysteresis: float = _S["admission_hysteresis"]
+    admission_min_free: int = _S["admission_min_free"]
+    admission_max_held: int | None = _S["admission_max_held"]
     env: dict[str, str] = field(default_factory=dict)    # extra environment for the Slurm commands
     # what `qsched slurm sync` writes for job_submit.lua; its keys are checked with the pools
     # (qsched.slurm.site, from the daemon's check)
@@ -506,6 +521,11 @@ def _parse_device(d, path: str, known_types) -> DeviceSpec:
     if "per_shot_s" in cost_prior and "per_binding_s" in cost_prior:
         raise ConfigError(f"{path}.cost_prior.per_binding_s: give per_shot_s or per_binding_s, not both",
                           field=f"{path}.cost_prior.per_binding_s")
+    if typ == "emulated-qpu" and not cost_prior:
+        # the daemon's cost model starts from the device's timing profile until it has measured it
+        from .devices.profiles import cost_prior as profile_prior
+        with contextlib.suppress(ValueError, TypeError):       # a bad option is its worker's error to report
+            cost_prior = profile_prior(options)
     return DeviceSpec(name=name, type=typ, pool=str(d.get("pool") or typ), limits=limits, options=options,
                       merge_batches=_num(d, "merge_batches", path, MERGE_BATCHES.get(typ, 1), lo=1, hi=64,
                                          integer=True),

@@ -50,6 +50,11 @@ class Metrics:
         self.bindings = Counter("qsched_bindings", "Parameter bindings (circuits) executed", ["device"],
                                 registry=r)
         self.tasks_pending = Gauge("qsched_tasks_pending", "Tasks waiting for a device", ["pool"], registry=r)
+        self.pool_backlog = Gauge("qsched_pool_backlog_seconds", "Predicted device-seconds of the work queued "
+                                  "and running on the pool (its forecast, daemon/forecast.py)", ["pool"], registry=r)
+        self.predicted_wait = Gauge("qsched_pool_predicted_wait_seconds", "Predicted wait before a new session "
+                                    "of the class runs its first task (+Inf: not predicted, e.g. no live device)",
+                                    ["pool", "class"], registry=r)
         self.store_up = Gauge("qsched_store_up", "1 while Redis answers the daemon", registry=r)
         self.store_writable = Gauge("qsched_store_writable", "0 after a write failed (full disk, refused), until "
                                     "one succeeds", registry=r)

@@ -276,6 +276,8 @@ class Worker:
             share = exec_s * bindings / total_bindings
             event = json.dumps({"batch": batch.id, "device": self.spec.name, "session": batch.session,
                                 "started": started, "finished": finished, "exec_s": share, "bindings": bindings,
+                                # the whole device call, for the cost model (a merged job pays setup once)
+                                "job_s": exec_s, "job_bindings": total_bindings,
                                 "tasks": {r[0]: r[1] for r in rows}})
             written = self._redis_retry(functools.partial(self.queue.complete, entry, batch, event, share,
                                                           finished, rows))

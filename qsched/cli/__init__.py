@@ -167,6 +167,8 @@ def _top_client(url, retry_s):
 
 SESSION_COLS = ["id", "job_id", "user", "account", "name", "pool", "class", "state", "pending", "inflight", "time"]
 SESSION_KNOWN = ["uid", "weight", "weight_effective", "created", "activity", "held", "reason", "replayed"]
+START_COLS = ["id", "job_id", "user", "account", "pool", "class", "state", "pending", "start_time", "end_time"]
+START_KNOWN = ["start_time", "end_time"]
 POOL_COLS = ["pool", "devices", "pending", "running"]
 DEVICE_COLS = ["name", "type", "pool", "state", "outstanding", "max_qubits", "max_shots", "worker_rss_mb"]
 DEVICE_KNOWN = ["up", "max_bindings"]
@@ -195,7 +197,14 @@ def session_rows(sessions: list[dict], now: float | None = None) -> list[dict]:
 
 
 def _table_sessions(rows: list[dict]) -> list[dict]:
-    return [{**r, "state": r["activity"]} for r in rows]
+    return [{**r, "state": r["activity"], **_start_cols(r)} for r in rows]
+
+
+def _start_cols(r: dict) -> dict:
+    """START_TIME and END_TIME as squeue --start prints them (N/A: not predicted)."""
+    if "start" not in r:
+        return {}
+    return {f"{k}_time": fmt.local_time(r[k]) if r[k] is not None else "N/A" for k in ("start", "end")}
 
 
 def _json_sessions(rows: list[dict]) -> list[dict]:
@@ -204,26 +213,31 @@ def _json_sessions(rows: list[dict]) -> list[dict]:
 
 @cli.command()
 @URL
+@click.option("--start", "start", is_flag=True,
+              help="each session's predicted START_TIME (its next pending task) and END_TIME (its backlog), "
+                   "as squeue --start")
 @fmt.listing_options("user", "account", "job", "pool", "state")
-def queue(url, **kw):
+def queue(url, start, **kw):
     """Pending work per pool and per session (as squeue).
 
     With -o, -n or -P only the session table is printed, for scripts; --state matches a session's
-    RUNNING / PENDING / IDLE as well as OPEN."""
+    RUNNING / PENDING / IDLE as well as OPEN. --start predicts when each session's work runs by
+    planning forward under the current policy (N/A: not predicted, e.g. held or no live device)."""
     lst = fmt.Listing.pop(kw)
-    q = _client(url).queue(user=_users(lst))
+    q = _client(url).queue(user=_users(lst), start=start)
     sessions = lst.select(session_rows(q["sessions"]))
+    cols = START_COLS if start else SESSION_COLS
     pools = {p: v for p, v in q["pools"].items() if lst.keep({"pool": p}, only=("pool",))}
     if lst.as_json:
         click.echo(fmt.dump_json({**q, "pools": pools, "sessions": _json_sessions(sessions)}))
         return
     if lst.format or lst.noheader or lst.parsable:
-        click.echo(lst.render(_table_sessions(sessions), SESSION_COLS, SESSION_KNOWN))
+        click.echo(lst.render(_table_sessions(sessions), cols, SESSION_KNOWN + START_KNOWN))
         return
     click.echo(f"policy: {q['policy']}")
     click.echo(table([{"pool": p, **v, "devices": ",".join(v["devices"])} for p, v in pools.items()], POOL_COLS))
     click.echo()
-    click.echo(table(_table_sessions(sessions), SESSION_COLS))
+    click.echo(table(_table_sessions(sessions), cols))
 
 
 @cli.group()
@@ -676,6 +690,8 @@ def _register_optional():
     cli.add_command(slurm_group)
     from .store_cmd import store_group
     cli.add_command(store_group)
+    from .estimate import estimate
+    cli.add_command(estimate)
 
 
 _register_optional()

@@ -17,6 +17,7 @@ import click
 # epoch-float fields that get an ISO-8601 twin (`created` -> `created_iso`) in --json, and that tables
 # print as local date-times
 TIME_KEYS = frozenset({"created", "opened", "closed", "submitted", "started", "finished", "at", "window_start",
+                       "start", "end", "next_start", "backlog_end",
                        "window_end"})
 
 

@@ -72,6 +72,11 @@ class AsyncSession(SessionCore):
     async def status(self) -> dict:
         return await self.client._run(self._op_status())
 
+    async def estimate(self) -> dict:
+        """When this session's work is predicted to run: next_start (its next pending task) and
+        backlog_end (Unix times, null when not predicted), device_s, and each live task's run."""
+        return await self.client._run(self._op_estimate())
+
     async def close(self, *, retry_s: float | None = None) -> dict | None:
         """retry_s: this close's own retry budget (a finalizer closing after the daemon is gone wants a short one)."""
         return await self.client._run(self._op_close(retry_s))
@@ -129,9 +134,16 @@ class AsyncClient(ClientCore):
     async def devices(self) -> list[dict]:
         return await self._run(self._op_devices())
 
-    async def queue(self, user: str | list[str] | None = None) -> dict:
-        """user: only these users' sessions (another user's: 403 unless an admin asks)."""
-        return await self._run(self._op_queue(user))
+    async def queue(self, user: str | list[str] | None = None, start: bool = False) -> dict:
+        """user: only these users' sessions (another user's: 403 unless an admin asks); start: each
+        session's predicted start and end (as squeue --start)."""
+        return await self._run(self._op_queue(user, start))
+
+    async def estimate(self, pool: str | None = None, cls: str | None = None, account: str | None = None,
+                 bindings: int = 1) -> dict:
+        """As sbatch --test-only: the pool's backlog (backlog_s, drain_s) and when a new session of this
+        class and account would start a task of `bindings` bindings (start, wait_s, device_s)."""
+        return await self._run(self._op_estimate(pool, cls, account, bindings))
 
     async def sessions(self, user: str | list[str] | None = None) -> list[dict]:
         """Open sessions the caller may see; user: only these users' (another user's: 403 unless admin)."""

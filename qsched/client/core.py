@@ -318,9 +318,15 @@ class ClientCore:
     def _op_devices(self) -> Op[list[dict]]:
         return (yield from self._list("/v1/devices"))["devices"]
 
-    def _op_queue(self, user: str | list[str] | None = None) -> Op[dict]:
-        q = self._users_query(user)
+    def _op_queue(self, user: str | list[str] | None = None, start: bool = False) -> Op[dict]:
+        q = "&".join(x for x in (self._users_query(user), "start=1" if start else "") if x)
         return (yield from self._list("/v1/queue" + (f"?{q}" if q else "")))
+
+    def _op_estimate(self, pool: str | None = None, cls: str | None = None, account: str | None = None,
+                     bindings: int = 1) -> Op[dict]:
+        fields = {"pool": pool, "class": cls, "account": account, "bindings": bindings}
+        q = urllib.parse.urlencode({k: v for k, v in fields.items() if v is not None})
+        return (yield from self._get(f"/v1/estimate?{q}"))
 
     def _op_sessions(self, user: str | list[str] | None = None) -> Op[list[dict]]:
         q = self._users_query(user)
@@ -504,6 +510,9 @@ class SessionCore:
 
     def _op_status(self) -> Op[dict]:
         return (yield self._call("GET", f"/v1/sessions/{self.id}"))
+
+    def _op_estimate(self) -> Op[dict]:
+        return (yield self._call("GET", f"/v1/sessions/{self.id}/estimate"))
 
     def _op_close(self, retry_s: float | None = None) -> Op[dict | None]:
         if not self.closed:

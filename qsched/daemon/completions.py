@@ -43,6 +43,7 @@ def on_batch_done(sch: Scheduler, ev: dict, inline: dict[str, bytes] | None = No
         index.note_taken(sid, placed.order)
     index.started.discard(bid)
     exec_s = float(ev["exec_s"])
+    dev.finished = max(dev.finished, float(ev.get("finished", 0.0)))
     entry = index.sessions.get(sid)
     first_kind = None
     for tid, state in ev["tasks"].items():
@@ -70,7 +71,8 @@ def on_batch_done(sch: Scheduler, ev: dict, inline: dict[str, bytes] | None = No
                 entry.used_s += exec_s
     bindings = int(ev.get("bindings", 0))
     if first_kind:
-        sch.cost.observe(dev.spec.name, first_kind, bindings, exec_s)
+        sch.cost.observe(dev.spec.name, first_kind, int(ev.get("job_bindings", bindings)),
+                         float(ev.get("job_s", exec_s)))
     m.device_busy.labels(dev.spec.name).inc(exec_s)
     m.execution.labels(dev.spec.name).observe(exec_s)
     m.bindings.labels(dev.spec.name).inc(bindings)

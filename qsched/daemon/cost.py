@@ -6,9 +6,10 @@ class CostModel:
     """Estimated device-seconds per binding, learned per device and task kind (EWMA of measurements),
     saved to Redis now and then so a restarted daemon starts with good estimates.
 
-    A device's `cost_prior` seeds it until measurements arrive: `setup_s`, a fixed cost per batch (a
-    cloud QPU's per-job overhead), and `per_binding_s` (or `per_shot_s` x `shots`, default 1000 shots).
-    The setup part is also subtracted from what is measured, so only the per-binding part is learned."""
+    A device's `cost_prior` (an emulated QPU without one: its timing profile, config.py) seeds it until
+    measurements arrive: `setup_s`, a fixed cost per batch (a cloud QPU's per-job overhead), and
+    `per_binding_s` (or `per_shot_s` x `shots`, default 1000 shots). The setup part is also subtracted
+    from what is measured, so only the per-binding part is learned."""
 
     def __init__(self, alpha: float = 0.3, initial: float = 1e-3):
         self.alpha, self.initial = alpha, initial

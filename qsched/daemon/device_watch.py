@@ -17,7 +17,7 @@ from ..errors import BadRequest, NotFound
 from ..models import CONFIG_WINDOW, TaskState, Window
 from . import dispatch
 from .dispatcher import recall_waiting, requeued
-from .index import DeviceEntry
+from .index import WINDOW_REASON, DeviceEntry
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -26,8 +26,9 @@ log = logging.getLogger("qsched.scheduler")
 
 ADMIN_STATES = ("online", "draining", "paused", "maintenance")
 TRIM_EVERY_S = 5.0                          # how often the events stream is trimmed (daemon.events_retention_s)
-WINDOW_REASON = "maintenance window "        # a state reason that says a window set the state
 WINDOW_WHO = "maintenance window"
+FORECAST_DUTY = 20.0
+FORECAST_GAUGES_S = 10.0        # how often the forecast gauges (backlog, predicted wait) are refreshed
 VENDOR = "vendor: "        # the reason of a state the vendor's status set (and may lift)
 
 
@@ -47,6 +48,7 @@ class DeviceWatch:
         # heartbeat keys expire in the store's time: after the store (or this loop) stalled, every key
         # may have lapsed though every worker is fine. A missing beat is believed only from here on.
         self.believe_after = 0.0
+        self.forecast_due = 0.0
         self._last_read: float | None = None
         self._trimmed = 0.0                     # when the events stream was last trimmed
         self.interval_s = 0.5
@@ -131,6 +133,12 @@ class DeviceWatch:
             now = time.time()
             sch.release_quota_holds(now)
             sch.views.quota_gauges(now)
+        if time.monotonic() >= self.forecast_due:      # planning forward costs more than a watch
+            took = time.monotonic()
+            sch.views.forecast_gauges()
+            took = time.monotonic() - took
+            # a long backlog makes it slow: it never takes more than 1/FORECAST_DUTY of the loop
+            self.forecast_due = time.monotonic() + max(FORECAST_GAUGES_S, FORECAST_DUTY * took)
 
     async def trim_events(self) -> None:
         """Events read and older than daemon.events_retention_s go: each carries its batch's results

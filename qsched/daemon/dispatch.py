@@ -15,7 +15,7 @@ from ..policy import Policy
 from ..policy.preempt import Dispatched, Recaller, candidates
 from ..policy.quota import QuotaLedger
 from .cost import CostModel
-from .index import Index, Placed, SessionEntry
+from .index import DeviceEntry, Index, Placed, SessionEntry
 
 log = logging.getLogger("qsched.scheduler")
 
@@ -65,6 +65,18 @@ def respill(index: Index, policy: Policy, pool: str, now: float) -> None:
         if entry.session.pool == pool and policy.cfg.class_spec(entry.session.cls).spill_to:
             policy.remove(entry.session.id)
             enqueue(index, policy, entry, now)
+
+
+def requeue(index: Index, policy: Policy, dev: DeviceEntry, b: Batch, est: float, reason: str,
+            now: float) -> tuple[SessionEntry | None, list[Task]]:
+    """Memory side of a recall (index.requeue), the policy un-charged and the session re-entered;
+    returns its entry (None: gone) and the batch's live tasks."""
+    entry, live, placed = index.requeue(dev, b, attempt=reason == "worker_lost")
+    if entry is not None:
+        policy.correct(b.session, est, 0.0)
+        # preempted: the session keeps the wait it had (anti-starvation counts from then)
+        enqueue(index, policy, entry, now, placed.since if reason == "preempt" else None)
+    return entry, live
 
 
 def hold_if_over_quota(policy: Policy, quota: QuotaLedger, entry: SessionEntry, now: float) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -65,17 +66,14 @@ async def preempt(sch: Scheduler) -> int:
 
 
 def requeued(sch: Scheduler, dev: DeviceEntry, b: Batch, est: float, reason: str) -> None:
-    """Memory side of a recall (index.requeue), and the policy un-charged."""
-    entry, live, placed = sch.index.requeue(dev, b, attempt=reason == "worker_lost")
+    """Memory side of a recall (dispatch.requeue), with its metrics and the waiters of a gone session."""
+    entry, live = dispatch.requeue(sch.index, sch.policy, dev, b, est, reason, time.time())
     sch.metrics.batches_requeued.labels(dev.spec.name, reason).inc()
     if entry is None:
         for t in live:
             sch.waiters.resolve(t.id)
         return
     sch.metrics.tasks_pending.labels(entry.session.pool).inc(len(live))
-    sch.policy.correct(b.session, est, 0.0)
-    # preempted: the session keeps the wait it had (anti-starvation counts from then)
-    sch.enqueue(entry, placed.since if reason == "preempt" else None)
 
 
 async def recall_waiting(sch: Scheduler, sid: str | None = None) -> int:

@@ -3,6 +3,7 @@ outstanding batches, dispatch order). Pure: no I/O; rebuilt from a store snapsho
 write or a restart (what Redis holds is the truth)."""
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections import OrderedDict, deque
@@ -14,6 +15,7 @@ from ..policy import SessionInfo
 
 MAX_OUTSTANDING = 2          # running + one in the inbox (+ merge_batches - 1 where a device merges)
 UNAVAILABLE = ("draining", "paused", "maintenance")    # a pool all of whose devices are so: spill_to applies
+WINDOW_REASON = "maintenance window "        # a state reason that says a window set the state
 
 
 class SessionEntry:
@@ -57,7 +59,7 @@ def _info(s: Session) -> SessionInfo:
 
 
 class DeviceEntry:
-    __slots__ = ("spec", "outstanding", "alive", "described", "state", "reason", "since")
+    __slots__ = ("spec", "outstanding", "alive", "described", "state", "reason", "since", "finished")
 
     def __init__(self, spec: DeviceSpec):
         self.spec = spec
@@ -67,6 +69,7 @@ class DeviceEntry:
         # the admin's state: only an online device is sent work; draining lets outstanding batches end,
         # paused and maintenance also take back the one waiting in the inbox
         self.state, self.reason, self.since = "online", "", 0.0
+        self.finished = 0.0       # when its worker last ended a batch: the one running began no earlier
 
     def public_state(self) -> str:
         """online, draining, paused, maintenance, or offline (no worker heartbeat)."""
@@ -156,6 +159,24 @@ class Index:
 
     def next_order(self) -> int:
         return next(self._order)
+
+    def copy(self) -> Index:
+        """A copy to plan forward on (daemon/forecast.py): sessions, live tasks, devices and placements
+        are new objects (planning changes them); specs, sessions' identities and batches are shared."""
+        ix = Index(list(d.spec for d in self.devices.values()), self.pools)
+        ix.tasks = {tid: copy.copy(t) for tid, t in self.tasks.items()}
+        for sid, e in self.sessions.items():
+            c = ix.sessions[sid] = SessionEntry(e.session, e.weight)
+            c.pending = deque(ix.tasks.get(t.id) or copy.copy(t) for t in e.pending)
+            c.inflight, c.info, c.used_s, c.held = e.inflight, e.info, e.used_s, dict(e.held)
+        for name, d in self.devices.items():
+            dc = ix.devices[name]
+            dc.outstanding, dc.alive, dc.described = dict(d.outstanding), d.alive, d.described
+            dc.state, dc.reason, dc.since, dc.finished = d.state, d.reason, d.since, d.finished
+        ix.closing, ix.seq = dict(self.closing), self.seq
+        ix.placed, ix.started, ix.taken_upto = dict(self.placed), set(self.started), dict(self.taken_upto)
+        ix._order = itertools.count(max((p.order for p in self.placed.values()), default=-1) + 1)
+        return ix
 
     def outstanding(self) -> Iterator[tuple[DeviceEntry, Batch, float]]:
         for d in self.devices.values():

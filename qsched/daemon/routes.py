@@ -16,8 +16,8 @@ from .identity import check_slurm_job, session_account, session_weight
 from .parsing import Limits
 from .results import task_response, tasks_response
 from . import replay
-from .validate import (MAX_NAME, check_runnable, idempotency_key, parse_submission, pool_limits, session_request,
-                       template_info, text, wait_request, wait_seconds)
+from .validate import (MAX_NAME, check_runnable, estimate_request, idempotency_key, parse_submission, pool_limits,
+                       session_request, template_info, text, wait_request, wait_seconds)
 
 routes = web.RouteTableDef()
 
@@ -126,6 +126,13 @@ async def get_session(request):
     sch, entry = await _session_entry(request, "list")
     usage = await sch.store.session_usage(entry.session.id)
     return web.json_response({**sch.session_view(entry), "usage": usage.__dict__})
+
+
+@routes.get("/v1/sessions/{sid}/estimate")
+async def session_estimate(request):
+    """When the session's work is predicted to run (the dispatcher's planning run forward)."""
+    sch, entry = await _session_entry(request, "list")
+    return web.json_response(sch.views.session_estimate(entry))
 
 
 @routes.post("/v1/sessions/{sid}/attach")
@@ -310,9 +317,29 @@ async def queue(request):
         pools[pool] = {"devices": [d.name for d in devs],
                        "pending": sum(len(e.pending) for e in sch.sessions.values() if e.session.pool == pool),
                        "running": sum(len(sch.devices[d.name].outstanding) for d in devs)}
-    sessions = [sch.session_view(e) for e in sch.sessions.values()
-                if (c.admin or c.uid == e.session.uid) and (users is None or e.session.user in users)]
+    entries = [e for e in sch.sessions.values()
+               if (c.admin or c.uid == e.session.uid) and (users is None or e.session.user in users)]
+    sessions = [sch.session_view(e) for e in entries]
+    if request.query.get("start") in ("1", "true"):      # as squeue --start: predicted by planning forward
+        fc = sch.views.forecast()
+        for e, view in zip(entries, sessions):
+            when = fc.session(e, sch.tasks)
+            view["start"], view["end"] = when["next_start"], when["backlog_end"]
     return web.json_response({"policy": sch.policy.name, "pools": pools, "sessions": sessions})
+
+
+@routes.get("/v1/estimate")
+async def estimate(request):
+    """As sbatch --test-only: the pool's backlog and when a new session of the class and account would
+    run a task of `bindings` bindings (a what-if: any account may be named)."""
+    sch = request.app[SCHEDULER]
+    c = await require_identity(request)
+    q = estimate_request(dict(request.query))
+    user = c.user() if c.uid is not None else ""
+    account = session_account(user=user, claimed=q["account"] or "", job_account=None, users=sch.config.users,
+                              admin=True)
+    return web.json_response(sch.views.pool_estimate(q["pool"] or next(iter(sch.pools)), cls=q["class"] or "batch",
+                                                     account=account, user=user, bindings=q["bindings"]))
 
 
 async def not_admin_listener(request):

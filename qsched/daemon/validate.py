@@ -19,6 +19,7 @@ METHODS = {None, "adjoint", "parameter-shift"}
 MAX_WAIT_S = 300.0
 MAX_IDEMPOTENCY_KEY = 128
 MAX_REASON = 200
+MAX_ESTIMATE_BINDINGS = 1_000_000      # what GET /v1/estimate may ask a prediction for
 MAX_NAME = 256           # pool, class, account, name, job_id: echoed in errors, logs and listings
 MAX_WAIT_IDS = 100_000
 ECHO = 80                 # characters of a refused value quoted back in an error
@@ -227,6 +228,20 @@ async def parse_submission(sch: Scheduler, entry: SessionEntry, body: dict) -> l
                               f"daemon.max_terms_per_request = {cap}; send fewer tasks per request",
                               field="observables", limit=cap)
     return items
+
+
+def estimate_request(query: dict) -> dict:
+    """`GET /v1/estimate`'s query: pool, class, account (null: the defaults) and bindings (1 to
+    MAX_ESTIMATE_BINDINGS)."""
+    unknown_fields(query, {"pool", "class", "account", "bindings"})
+    out: dict = {f: text(query, f, limit=MAX_NAME) for f in ("pool", "class", "account")}
+    raw = query.get("bindings", "1")
+    n = int(raw) if raw.isdigit() else 0
+    if not 1 <= n <= MAX_ESTIMATE_BINDINGS:
+        raise BadRequest(f"bindings: must be an integer from 1 to {MAX_ESTIMATE_BINDINGS} (got {echo(raw)})",
+                         field="bindings")
+    out["bindings"] = n
+    return out
 
 
 def session_request(body: dict) -> dict:

@@ -8,7 +8,7 @@ from typing import Any
 from .aer import AerDevice, _columns
 from .base import TaskError
 from .circuits import CONTROL_FLOW
-from .profiles import FIELDS, profile
+from .profiles import timing
 
 
 def _fake_backend(name: str, num_qubits: int, seed: int):
@@ -73,12 +73,8 @@ class EmulatedQPUDevice(IsaDevice):
         from qiskit_aer import AerSimulator
         from qiskit_aer.primitives import EstimatorV2, SamplerV2
         o = self.options
-        timing = {"setup_s": 0.05, "rep_s": 100e-6, "gate_1q_s": 0.0, "gate_2q_s": 0.0, "readout_s": 0.0}
-        if o.get("profile"):
-            timing.update(profile(str(o["profile"])))
-        timing.update({k: float(o[k]) for k in FIELDS if k in o})
-        self.timing = timing
-        self.setup_s, self.rep_s = timing["setup_s"], timing["rep_s"]
+        self.timing = timing(o)
+        self.setup_s, self.rep_s = self.timing["setup_s"], self.timing["rep_s"]
         self.default_shots = int(o.get("default_shots", 1000))
         seed = int(o.get("seed", 1234))
         self.backend = _fake_backend(o.get("backend", "generic"), spec.limits.max_qubits, seed)

@@ -20,6 +20,26 @@ PROFILES: dict[str, dict[str, float]] = {
 }
 
 
+DEFAULT_TIMING = {"setup_s": 0.05, "rep_s": 100e-6, "gate_1q_s": 0.0, "gate_2q_s": 0.0, "readout_s": 0.0}
+
+
+def timing(options: dict) -> dict[str, float]:
+    """An emulated device's timing: the defaults, its profile's fields, then its own options."""
+    out = dict(DEFAULT_TIMING)
+    if options.get("profile"):
+        out.update(profile(str(options["profile"])))
+    out.update({k: float(options[k]) for k in FIELDS if k in options})
+    return out
+
+
+def cost_prior(options: dict) -> dict[str, float]:
+    """What the daemon's cost model assumes of an emulated device until it has measured it (a gate-less
+    shot: the gates' time depends on the circuit, learned with the rest)."""
+    t = timing(options)
+    return {"setup_s": t["setup_s"], "per_shot_s": t["rep_s"] + t["readout_s"],
+            "shots": float(options.get("default_shots", 1000))}
+
+
 def profile(name: str, field: str = "options.profile") -> dict[str, float]:
     from ..errors import ConfigError
     if name not in PROFILES:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+import copy
 import heapq
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,12 @@ class Policy:
         self._q.discard(sid)
         self._forget(sid)
 
+    def copy(self) -> Policy:
+        """An independent copy, its usage ledger included, to plan forward on (daemon/forecast.py);
+        factors imported from Slurm are shared, read-only."""
+        imported = getattr(self, "imported", None)
+        return copy.deepcopy(self, {id(imported): imported} if imported is not None else None)
+
     # what a subclass provides
     def _key(self, sid: str, pool: str, info: SessionInfo, head_seq: int, now: float, size: int) -> Key | None:
         """The session's order key within its tier (smallest first); None keeps it where it is."""
@@ -135,7 +141,7 @@ class TieredQueues:
         self._count: dict[tuple[str, int], int] = {}
         self._tiers: dict[str, list[int]] = {}          # pool -> its tiers, highest first
         self._live: dict[str, tuple] = {}               # sid -> (slot, entry, age entry)
-        self._tie = itertools.count()
+        self._tie = 0          # a plain int, not itertools.count: a policy is deep-copied (forecasts)
         self.last_since = 0.0                           # the wait start of the session popped last
 
     def push(self, pool: str, tier: int, key: Key, sid: str, now: float, *, since: float | None = None) -> None:
@@ -151,7 +157,8 @@ class TieredQueues:
         if slot not in self._heaps:
             self._heaps[slot], self._ages[slot], self._count[slot] = [], [], 0
             self._tiers[pool] = sorted({*self._tiers.get(pool, ()), tier}, reverse=True)
-        n = next(self._tie)
+        n = self._tie
+        self._tie += 1
         entry, age = (key, n, sid), (since, n, sid)
         self._live[sid] = (slot, entry, age)
         self._count[slot] += 1

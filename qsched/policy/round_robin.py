@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import itertools
-
 from .base import Key, Policy, SessionInfo
 from .config import PolicyConfig
 
@@ -12,9 +10,10 @@ class RoundRobin(Policy):
 
     def __init__(self, cfg: PolicyConfig | None = None):
         super().__init__(cfg)
-        self._turn = itertools.count()
+        self._turn = 0       # an int: a policy is deep-copied (forecasts)
 
     def _key(self, sid: str, pool: str, info: SessionInfo, head_seq: int, now: float, size: int) -> Key | None:
         if sid in self._q:
             return None                  # already in the ring: it keeps its place
-        return next(self._turn)
+        self._turn += 1
+        return self._turn

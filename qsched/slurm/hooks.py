@@ -21,7 +21,8 @@ from .accounting import write_usage
 from .adapter import CliSlurmAdapter, SlurmAdapter, SlurmError, get_adapter, pyslurm_problem
 from .reconcile import SessionRef, ended_sessions
 from .shares import SshareParseError, parse_shares
-from .site import site_from_config
+from .admission import Admission
+from .site import license_name, site_from_config
 from .verify import job_facts, verify_job_for_session
 
 log = logging.getLogger("qsched.slurm")
@@ -163,11 +164,29 @@ def fairshare_importer(adapter: SlurmAdapter, *, idle_s: float = 1.0):
 
 
 def maintenance_mirror(adapter: SlurmAdapter, site, *, interval_s: float = 2.0, recheck_s: float = 30.0,
-                       users: str = "root"):
+                       users: str = "root", admission=None):
     """Background loop: the devices' admin states (and the scheduler's maintenance windows, when it has
     them: `maintenance_windows`, an iterable of qsched.slurm.maintenance.Window) as Slurm licence
-    reservations (qsched.slurm.maintenance). A failed Slurm call is retried next round (logged once)."""
+    reservations (qsched.slurm.maintenance). A failed Slurm call is retried next round (logged once).
+    admission (an admission.Admission): also hold back licences from each pool's predicted backlog."""
+    from . import admission as adm
     from .maintenance import DeviceView, desired_reservations, plan, scontrol_args
+    held: dict[str, int] = {}
+
+    def admit(sch, desired: dict, now: float) -> dict:
+        """desired, with the admission reservations (the maintenance ones win: decide sees them)."""
+        decisions = {}
+        for pool, total in site.pools.items():
+            reserved = sum(r.licenses.get(license_name(pool), 0) for r in desired.values()
+                           if r.start is None or r.start <= now)
+            live = sum(1 for d in sch.devices.values() if d.spec.pool == pool and d.alive and d.state == "online")
+            d = decisions[pool] = adm.decide(pool, total=total, backlog_s=sch.views.backlog.get(pool, 0.0),
+                                             live_devices=live, held_now=held.get(pool, 0), reserved=reserved,
+                                             cfg=admission)
+            if d.held != held.get(pool, 0):
+                log.warning("slurm: %s", d.reason)
+            held[pool] = d.held
+        return {**desired, **adm.reservations(decisions)}
 
     async def slurm_maintenance_mirror(sch) -> None:
         warned = False
@@ -176,6 +195,8 @@ def maintenance_mirror(adapter: SlurmAdapter, site, *, interval_s: float = 2.0, 
             now = time.time()
             devices = [DeviceView(n, d.spec.pool, d.state) for n, d in sch.devices.items()]
             desired = desired_reservations(site, devices, list(getattr(sch, "maintenance_windows", ()) or ()), now)
+            if admission is not None and admission.enabled:
+                desired = admit(sch, desired, now)
             # ask Slurm when the wish changed, else only now and then (someone may have deleted one)
             if desired == applied and now - checked < recheck_s:
                 await asyncio.sleep(interval_s)
@@ -220,7 +241,9 @@ def slurm_integration(config) -> SlurmIntegration:
                                     fairshare_importer(adapter)]
     # per-pool licences exist only with slurm.site (qsched slurm sync): then device states go to Slurm
     if site is not None and cfg.mirror_maintenance:
-        background.append(maintenance_mirror(adapter, site, interval_s=interval))
+        admission = Admission(cfg.admission, cfg.admission_target_s, cfg.admission_hysteresis, cfg.admission_min_free,
+                              cfg.admission_max_held)
+        background.append(maintenance_mirror(adapter, site, interval_s=interval, admission=admission))
     log.info("slurm: %s backend, reconcile every %.2g s, MUNGE %s", adapter.name, interval,
              "on" if identify else "off")
     return SlurmIntegration(identify=identify, verify_job=verify_hook(adapter, require_qpu=cfg.require_qpu),

@@ -55,11 +55,14 @@ class FakeClient:
         # as the daemon answers an admin: the named users' sessions (a user's own are the daemon's to check)
         return [dict(s) for s in self._sessions if user is None or s["user"] in user]
 
-    def queue(self, user=None):
+    def queue(self, user=None, start=False):
+        sessions = self.sessions(user)
+        for i, s in enumerate(sessions if start else []):     # as the daemon's forecast: one not predicted
+            s["start"], s["end"] = (NOW + 60 * i, NOW + 600) if i < 2 else (None, None)
         return {"policy": "fair-share",
                 "pools": {"aer": {"devices": ["aer0"], "pending": 3, "running": 1},
                           "lightning": {"devices": ["light0"], "pending": 0, "running": 0}},
-                "sessions": self.sessions(user)}
+                "sessions": sessions}
 
     def devices(self):
         return [dict(d) for d in self._devices]
@@ -235,6 +238,19 @@ def test_empty_listing_prints_header(monkeypatch):
     assert res.exit_code == 0 and res.output.split()[0] == "SESSION"
     res = run("queue")
     assert "(none)" not in res.output and "ID" in res.output.split()
+
+
+def test_queue_start_prints_start_and_end_times_as_squeue_start(fake):
+    out = lines(run("queue", "--start").output)
+    head = next(line for line in out if line.startswith("ID"))
+    assert head.split()[-2:] == ["START_TIME", "END_TIME"] and "TIME" not in head.split()
+    rows = {line.split()[0]: line.split() for line in out if line.startswith("s-")}
+    assert rows["s-a"][-2] == fmt.local_time(NOW) and rows["s-b"][-2] == fmt.local_time(NOW + 60)
+    assert rows["s-c"][-2:] == ["N/A", "N/A"]
+    assert lines(run("queue", "--start", "-n", "-o", "id,start_time", "-u", "bob").output) == \
+        [f"s-b  {fmt.local_time(NOW)}"]          # (the fake predicts by position in what is asked)
+    q = json.loads(run("queue", "--start", "--json").output)
+    assert q["sessions"][0]["start_iso"] and q["sessions"][2]["start"] is None
 
 
 def test_queue(fake):

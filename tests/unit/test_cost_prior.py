@@ -38,3 +38,15 @@ def test_bad_priors_name_the_field():
     with pytest.raises(ConfigError) as e:
         _model({"setup": 1})
     assert e.value.field == "devices[0].cost_prior.setup"
+
+
+def test_an_emulated_qpu_without_a_prior_is_seeded_from_its_timing_profile():
+    cfg = parse_config({"devices": [
+        {"name": "heron", "type": "emulated-qpu", "options": {"profile": "ibm-heron", "default_shots": 400}},
+        {"name": "own", "type": "emulated-qpu", "options": {"profile": "ibm-heron"},
+         "cost_prior": {"per_binding_s": 0.3}}]})
+    m = CostModel()
+    m.seed(cfg.devices)
+    # ibm-heron: 2 s per job, 250 us per shot
+    assert m.estimate("heron", "sample", 3) == pytest.approx(2.0 + 3 * 400 * 250e-6)
+    assert m.estimate("own", "sample", 3) == pytest.approx(0.9)            # an explicit prior wins
