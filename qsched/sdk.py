@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .wire import SEED_METADATA_KEY, decode_array
+from .wire import decode_array
 
 
 def result_field(result: Any, name: str, default=None):
@@ -144,14 +144,6 @@ class SessionHandle:
             self._session = None
             self._client = None if self._owns else self._client
 
-
-def with_seed(circuit, seed: int | None):
-    """The circuit (a Qiskit QuantumCircuit) carrying a task's seed in its metadata, where workers read it."""
-    if seed is None:
-        return circuit
-    out = circuit.copy()
-    out.metadata = {**(circuit.metadata or {}), SEED_METADATA_KEY: seed}
-    return out
 
 
 def pauli_basis(observables: list) -> tuple[list, np.ndarray] | None:

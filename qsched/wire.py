@@ -14,9 +14,6 @@ from .errors import BadRequest
 
 _DTYPES = {"float64": "<f8", "float32": "<f4", "uint8": "u1", "int64": "<i8", "complex128": "<c16"}
 PAULI_CHARS = frozenset("IXYZ")
-# A task's seed (int) travels in its template's circuit metadata under this key: the SDK primitives'
-# `seed`; a worker seeds its simulator with it for that task alone.
-SEED_METADATA_KEY = "qsched.seed"
 # A template whose metadata sets this key true asks estimate and gradient tasks for row i's value at
 # observable i alone (as many observables as rows; results [rows, 1]): a batch of tapes each with its
 # own Hamiltonian, without rows x observables. Offered by the workers that describe it (lightning).

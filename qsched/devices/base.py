@@ -9,7 +9,6 @@ import numpy as np
 
 from ..errors import QschedError
 from ..models import DeviceSpec
-from ..wire import SEED_METADATA_KEY
 
 
 
@@ -28,12 +27,7 @@ class TaskPayload:
     shots: int | None = None
     observables: list = field(default_factory=list)   # wire form [[["ZZ", 1.0], ...], ...]
     method: str | None = None
-    seed: int | None = None         # the task's seed; else its template's (SEED_METADATA_KEY, older clients)
-
-    def __post_init__(self):
-        if self.seed is None:
-            seed = (getattr(self.circuit, "metadata", None) or {}).get(SEED_METADATA_KEY)
-            self.seed = int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
+    seed: int | None = None         # the simulator's seed for this task alone
 
     @property
     def bindings(self) -> int:

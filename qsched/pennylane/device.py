@@ -27,7 +27,7 @@ from pennylane.transforms.core import CompilePipeline, transform
 from pennylane.wires import Wires
 
 from ..errors import QschedError
-from ..sdk import SessionHandle, pauli_basis, result_field, with_seed
+from ..sdk import SessionHandle, pauli_basis, result_field
 from ..wire import ROWS_METADATA_KEY
 from . import convert
 from .errors import as_device_error
@@ -357,7 +357,7 @@ class TaskGroup:
 
     def to_task(self, handle: SessionHandle, method: str | None = None, seed: int | None = None,
                 by_row: bool = False) -> dict:
-        """`seed`: the simulator's seed for this task's samples (it travels with the template).
+        """`seed`: the simulator's seed for this task's samples (a field of the task).
         `by_row`: the pool's workers offer row observables (see task_observables)."""
         params = np.array(self.rows, dtype=np.float64).reshape(len(self.rows), self.template.num_params)
         task: dict[str, Any] = {"kind": self.kind, "params": params, "shots": self.shots}
@@ -367,7 +367,9 @@ class TaskGroup:
         circuit, key = self.template.circuit, self.template.key
         if self.by_row:
             circuit, key = self.template.rows_circuit(), (key, "rows")
-        task["template"] = handle.upload(circuit, key) if seed is None else handle.upload(with_seed(circuit, seed))
+        task["template"] = handle.upload(circuit, key)
+        if seed is not None:
+            task["seed"] = seed
         if self.kind == "gradient":
             task["method"] = method
         return task

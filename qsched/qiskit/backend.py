@@ -23,7 +23,7 @@ from qiskit.transpiler import CouplingMap, Target
 
 from .convert import memory_to_hex, registers_to_memory, result_field
 from .jobs import QschedJob
-from .primitives import pub_seeds, with_seed
+from .primitives import pub_seeds
 from .session import SessionHandle, as_sdk_error
 from ..errors import BadRequest, QschedError
 
@@ -166,8 +166,8 @@ class QschedBackend(BackendV2):
                                  "qsched.qiskit.SamplerV2 with parameter values", field="parameters")
         try:
             seeds = pub_seeds(seed, len(circuits))
-            tasks = [{"kind": "sample", "template": self._handle.upload(with_seed(qc, s)), "params": np.zeros((1, 0)),
-                      "shots": shots} for qc, s in zip(circuits, seeds)]
+            tasks = [{"kind": "sample", "template": self._handle.upload(qc), "params": np.zeros((1, 0)),
+                      "shots": shots, "seed": s} for qc, s in zip(circuits, seeds)]
             futures = self._handle.get().submit_many(tasks) if tasks else []
         except QschedError as e:
             raise as_sdk_error(e) from e

@@ -21,7 +21,6 @@ from qiskit.primitives.containers.estimator_pub import EstimatorPub, EstimatorPu
 from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 
 from ..errors import QschedError
-from ..sdk import with_seed
 from ..wire import ROWS_METADATA_KEY
 from .convert import (
     check_runnable,
@@ -53,11 +52,13 @@ def pub_seeds(seed, n: int, distinct: bool = True) -> list[int | None]:
 
 def _submit(handle: SessionHandle, plans, seeds):
     tasks = []
-    hashes = [handle.upload(with_seed(plan.task["circuit"], s)) for plan, s in zip(plans, seeds)]
-    for plan, h in zip(plans, hashes):
+    hashes = [handle.upload(plan.task["circuit"]) for plan in plans]
+    for plan, h, seed in zip(plans, hashes, seeds):
         task = dict(plan.task)
         del task["circuit"]
         task["template"] = h
+        if seed is not None:
+            task["seed"] = seed          # a field of the task: the template stays the same whatever the seed
         tasks.append(task)
     try:
         return handle.get().submit_many(tasks)

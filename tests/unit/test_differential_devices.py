@@ -294,18 +294,16 @@ def test_a_seeded_task_is_reproducible_whatever_it_is_batched_with(dev):
     qc.cx(0, 1)
     qc.measure_all()
     seeded = qc.copy()
-    seeded.metadata = {"qsched.seed": 5}
-    alone = dev.run([TaskPayload("a", "sample", "t5", seeded, np.zeros((1, 0)), 300)])[0]
-    batch = dev.run([TaskPayload("x", "sample", "t5", seeded, np.zeros((1, 0)), 300),
-                     TaskPayload("y", "sample", "t5", seeded, np.zeros((1, 0)), 300),
-                     TaskPayload("z", "sample", "plain", qc, np.zeros((1, 0)), 300)])
+    alone = dev.run([TaskPayload("a", "sample", "t5", seeded, np.zeros((1, 0)), 300, seed=5)])[0]
+    batch = dev.run([TaskPayload("x", "sample", "t5", seeded, np.zeros((1, 0)), 300, seed=5),
+                     TaskPayload("y", "sample", "t5", seeded, np.zeros((1, 0)), 300, seed=5),
+                     TaskPayload("z", "sample", "t5", qc, np.zeros((1, 0)), 300)])
     for r in batch[:2]:
         np.testing.assert_array_equal(r["registers"]["meas"]["array"], alone["registers"]["meas"]["array"])
-    assert TaskPayload("q", "sample", "t5", seeded, np.zeros((1, 0)), 1).seed == 5
     # shot noise of an estimate too
     seeded.remove_final_measurements()
     obs = [[["ZX", 1.0]]]
-    est = [dev.run([TaskPayload(i, "estimate", "t5e", seeded, np.zeros((1, 0)), 300, obs)])[0]["evs"]
+    est = [dev.run([TaskPayload(i, "estimate", "t5e", seeded, np.zeros((1, 0)), 300, obs, seed=5)])[0]["evs"]
            for i in "ab"]
     np.testing.assert_array_equal(est[0], est[1])
 

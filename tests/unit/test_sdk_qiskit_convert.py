@@ -315,7 +315,9 @@ def test_empty_registers_are_not_sent_and_come_back_empty():
 
 
 def test_pub_seeds():
-    from qsched.qiskit.primitives import pub_seeds, with_seed
+    from types import SimpleNamespace
+
+    from qsched.qiskit.primitives import _submit, pub_seeds
     assert pub_seeds(None, 3) == [None] * 3
     a = pub_seeds(5, 3)
     assert a == pub_seeds(5, 3) and a[0] == 5 and len(set(a)) == 3
@@ -324,7 +326,27 @@ def test_pub_seeds():
     assert pub_seeds(g1, 2) == pub_seeds(g2, 2) and pub_seeds(g1, 2) != pub_seeds(np.random.default_rng(1), 2)
     with pytest.raises(ValueError):
         pub_seeds(-1, 1)
+    # each PUB's seed is a field of its task; the template is the user's circuit whatever the seed, so a
+    # Generator seed (a new seed every run) uploads nothing new
     qc = QuantumCircuit(1)
-    qc.metadata = {"mine": 1}
-    s = with_seed(qc, 9)
-    assert s.metadata == {"mine": 1, "qsched.seed": 9} and qc.metadata == {"mine": 1} and with_seed(qc, None) is qc
+
+    class Handle:
+        uploads: list = []
+        tasks: list = []
+
+        def upload(self, circuit):
+            self.uploads.append(circuit)
+            return "h"
+
+        def get(self):
+            return self
+
+        def submit_many(self, tasks):
+            self.tasks.extend(tasks)
+            return []
+    h = Handle()
+    plans = [SimpleNamespace(task={"kind": "sample", "circuit": qc, "shots": 10})] * 3
+    _submit(h, plans, [9, None, pub_seeds(np.random.default_rng(2), 1)[0]])
+    assert all(c is qc for c in h.uploads) and qc.metadata == {}
+    assert [t.get("seed") for t in h.tasks][:2] == [9, None] and isinstance(h.tasks[2]["seed"], int)
+    assert all(t["template"] == "h" and "circuit" not in t for t in h.tasks)
