@@ -134,8 +134,19 @@ def check_observables(obs, num_qubits: int, field: str = "observables", limit: i
     return out
 
 
+def is_wire(observables: object) -> bool:
+    """Already the wire form, as the SDK adapters produce it: a list of observables, each a list of
+    [pauli string, float] pairs."""
+    return type(observables) is list and all(
+        type(o) is list and all(type(t) is list and len(t) == 2 and type(t[0]) is str and type(t[1]) is float
+                                for t in o) for o in observables)
+
+
 def observables_to_wire(observables) -> list:
-    """SparsePauliOp / Pauli / str / [[p, c], ...] (one or a list of them) -> wire form."""
+    """SparsePauliOp / Pauli / str / [[p, c], ...] (one or a list of them) -> wire form. The wire form
+    itself passes through unconverted: the SDK adapters convert once, the daemon checks it."""
+    if is_wire(observables):
+        return observables
     from qiskit.quantum_info import SparsePauliOp, Pauli
 
     def one(o):

@@ -53,3 +53,12 @@ def test_observables():
         wire.check_observables([[["ZQ", 1.0]]], 2)
     with pytest.raises(BadRequest):
         wire.check_observables([], 2)
+
+
+def test_observables_in_wire_form_pass_through_unconverted():
+    from qsched import wire
+    obs = [[["ZZ", 1.0], ["XI", -0.5]], [["IY", 2.0]]]
+    assert wire.observables_to_wire(obs) is obs               # the SDKs convert once; the client does not again
+    assert wire.observables_to_wire("ZZ") == [[["ZZ", 1.0]]]
+    assert wire.observables_to_wire([["ZZ", 1]]) == [[["ZZ", 1.0]]]       # an int coefficient is normalised
+    assert not wire.is_wire([[("ZZ", 1.0)]]) and not wire.is_wire([["ZZ", 1.0]])
