@@ -64,11 +64,12 @@ async def open_for(request, body: dict, *, user: str, uid: int, admin: bool):
     sch = request.app[SCHEDULER]
     req = session_request(body)
     pool, cls = req["pool"] or next(iter(sch.pools)), req["class"] or "batch"
-    job_account, slurm_accounts = None, None
+    job_account, job_name, slurm_accounts = None, "", None
     hooks = request.app[HOOKS]
     if hooks.verify_job and req["job_id"]:
-        job = await hooks.verify_job(req["job_id"], uid)
-        job_account = (job or {}).get("account") or None
+        job = await hooks.verify_job(req["job_id"], uid) or {}
+        # a session the plugin opens is named after its job, as squeue shows it (it listed as '-')
+        job_account, job_name = job.get("account") or None, str(job.get("name") or "")[:MAX_NAME]
     policy = sch.policy.cfg
     check_slurm_job(pool=pool, cls=cls, pool_requires=policy.pool_spec(pool).require_slurm_job,
                     class_requires=policy.class_spec(cls).require_slurm_job,
@@ -83,7 +84,7 @@ async def open_for(request, body: dict, *, user: str, uid: int, admin: bool):
                               users=sch.config.users, admin=admin, slurm_accounts=slurm_accounts)
     s = await sch.open_session(user=user, uid=uid, pool=pool,
                                cls=cls, weight=session_weight(req["weight"], admin=admin),
-                               account=account, name=req["name"] or "", job_id=req["job_id"],
+                               account=account, name=req["name"] or job_name, job_id=req["job_id"],
                                resume=req["resume"] or "")
     return web.json_response({**s.public(), "token": sch.token_for(s.id)}, status=201)
 

@@ -49,4 +49,5 @@ def job_facts(job: JobInfo) -> dict:
     """What the scheduler of record says about a verified job, for the session opened for it: the
     account is Slurm's (`sbatch -A`, or the user's default association), never the client's claim.
     Without slurmdbd Slurm keeps whatever -A named, unchecked; '' when the job has none."""
-    return {"account": job.account or "", "user": job.user, "uid": int(job.uid), "job_id": str(job.job_id)}
+    return {"account": job.account or "", "user": job.user, "uid": int(job.uid), "job_id": str(job.job_id),
+            "name": job.name or ""}

@@ -18,7 +18,7 @@ NOT_ADMIN = {"admin_uids": [12345]}       # the test runs as root: root is no ad
 async def _verify(job_id: str, uid: int) -> dict:
     if job_id != "42":
         raise Forbidden(f"job_id: job {job_id} is not running", field="job_id")
-    return {"account": "chem", "job_id": job_id}
+    return {"account": "chem", "job_id": job_id, "name": "vqe-h2"}
 
 
 async def _accounts(user: str) -> list[str]:
@@ -72,4 +72,15 @@ def test_a_session_without_a_job_is_bound_by_its_persons_account_quota(tmp_path)
             assert st == 201 and other["account"] == "chem", other
             st, err = await api.call("POST", "/v1/sessions", {"pool": "null", "account": "root"})
             assert st == 403 and err["error"]["field"] == "account", err
+    asyncio.run(body())
+
+
+def test_a_session_for_a_job_is_named_after_it(tmp_path):
+    """`qsched session list` showed '-' for every session the SPANK plugin opened: it sends no name."""
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False, hooks=SLURM) as (d, api, _):
+            st, s = await api.call("POST", "/v1/sessions", {"pool": "aer", "job_id": "42"})
+            assert st == 201 and s["name"] == "vqe-h2", s
+            st, s = await api.call("POST", "/v1/sessions", {"pool": "aer", "job_id": "42", "name": "mine"})
+            assert st == 201 and s["name"] == "mine", s
     asyncio.run(body())

@@ -324,7 +324,8 @@ def test_verify_hook_reports_the_jobs_account_from_slurm(slurm, adapter, users):
         assert slurm.job(chem)["Account"] == "chem"
         verify = verify_hook(adapter)
         facts = asyncio.run(verify(str(chem), alice.uid))
-        assert facts == {"account": "chem", "user": alice.name, "uid": alice.uid, "job_id": str(chem)}
+        assert facts == {"account": "chem", "user": alice.name, "uid": alice.uid, "job_id": str(chem),
+                         "name": slurm.job(chem)["JobName"]}      # the session is named after its job
         assert slurm.job(plain)["Account"] == "chem"      # qsalice's default association
         assert asyncio.run(verify(str(plain), alice.uid))["account"] == "chem"
         cp = slurm.sbatch("-A", "phys", "--gres=qpu:1", "--wrap=true", "-o", "/dev/null", user=alice.name,
