@@ -95,3 +95,19 @@ def _circuit():
     qc = QuantumCircuit(1)
     qc.h(0)
     return qc
+
+
+def test_a_killed_worker_is_restarted_once(fresh_daemon):
+    """kill -9 of a worker: one restart, not a second kill of its successor for the dead one's heartbeat
+    (its key outlives it by up to a heartbeat period, and the successor is still importing)."""
+    d = fresh_daemon(devices=DEVICES, extra={"daemon": {"heartbeat_timeout_s": 2.0}})
+    first = _wait(lambda: _beat(d), 30, "a heartbeat")["pid"]
+    _wait(lambda: "device n0 is up" in d.log(), 30, "the daemon to see the device up")
+    os.kill(first, signal.SIGKILL)
+    second = _wait(lambda: (b := _beat(d)) and b["pid"] != first and b["pid"], 60, "the successor's heartbeat")
+    time.sleep(5.0)                     # past the dead one's key, and a heartbeat period more
+    log = d.log()
+    assert log.count("restarting in") == 1 and "killing it" not in log, log
+    assert _beat(d)["pid"] == second
+    with d.client() as c:
+        assert 'qsched_worker_restarts_total{device="n0"} 1.0' in c.metrics()
