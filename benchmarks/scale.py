@@ -157,7 +157,9 @@ def daemon_scale(n_sessions: int, per_session: int, per_request: int, concurrenc
                 "options": {"delay_s": 3600}}]          # holds its first batch: the rest stays pending
     t_start = time.perf_counter()
     out = {}
-    with private_daemon(devices, policy={"name": "fair-share", "max_pending_per_session": 10_000}) as url:
+    # one user opens every session here: the per-user cap (daemon.max_sessions_per_user) is lifted
+    with private_daemon(devices, policy={"name": "fair-share", "max_pending_per_session": 10_000},
+                        daemon={"max_sessions_per_user": max(1_000, n_sessions + 10)}) as url:
         state_dir = os.path.dirname(urllib.parse.urlparse(url).path)
         daemon = _daemon_process()
         kids = daemon.children(recursive=True)

@@ -70,6 +70,8 @@ DAEMON_OPTIONS = (
     Option("max_connections_per_peer", 512, "open connections per peer (uid on the socket, address on TCP)",
            lo=1, kind="integer"),
     Option("max_connections", None, "open connections in all (none: the fd limit)", lo=8, kind="integer"),
+    Option("max_sessions_per_user", 1_000, "open sessions of one user (a loop opening sessions starved the "
+           "others); a class may set fewer", lo=1, kind="integer"),
     Option("session_idle_timeout_s", 86_400.0, "a session no Slurm job owns, with nothing queued or running, is "
            "closed after this long idle (0: never)", lo=0),
     # replay records (daemon/replay.py): a requeued or resumed job's identical requests answered from them
@@ -166,6 +168,7 @@ class Config:
     max_answer_bytes: int = _D["max_answer_bytes"]
     max_connections_per_peer: int = _D["max_connections_per_peer"]
     max_connections: int | None = _D["max_connections"]
+    max_sessions_per_user: int = _D["max_sessions_per_user"]
     session_idle_timeout_s: float = _D["session_idle_timeout_s"]
     parse_timeout_s: float = _D["parse_timeout_s"]
     parse_memory_bytes: int = _D["parse_memory_bytes"]

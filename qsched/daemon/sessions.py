@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from ..errors import BadRequest, Draining, NotFound, QuotaExceeded
+from ..errors import BadRequest, Conflict, Draining, NotFound, QuotaExceeded
 from ..models import Session
 from . import limits, replay
 from .dispatcher import recall_waiting
@@ -43,9 +43,12 @@ async def open_session(sch: Scheduler, *, user: str, uid: int, pool: str, cls: s
     _check_class(sch, cls)
     _check_weight(weight)
     spec = sch.policy.cfg.class_spec(cls)
-    limits.check_open(spec, user=user, account=account, open_sessions=(
-        sum(1 for e in sch.sessions.values() if e.session.user == user and e.session.cls == cls)
-        if spec.max_sessions_per_user is not None else 0))
+    mine = [e.session.cls for e in sch.sessions.values() if e.session.user == user]
+    lim = sch.config.max_sessions_per_user
+    if len(mine) >= lim:
+        raise Conflict(f"session: user {user!r} has {len(mine)} open sessions, daemon.max_sessions_per_user={lim}; "
+                       "close some first", field="daemon.max_sessions_per_user", limit=lim)
+    limits.check_open(spec, user=user, account=account, open_sessions=mine.count(cls))
     now = time.time()
     spent = sch.quota.exhausted(user, account, now)
     if spent is not None:       # a new session (a new job) is refused; open ones hold (dispatch.py)

@@ -125,3 +125,18 @@ def test_the_caller_is_known_before_a_body_is_read_and_small_requests_have_small
                 assert b" 401 " in status_line, (path, status_line)
                 writer.close()
     asyncio.run(body())
+
+
+def test_one_user_may_hold_at_most_max_sessions_per_user_open(tmp_path):
+    """Issue 21 item 8: a loop opening sessions (10,000 in 8.5 s) starved everyone; the limit is per user
+    and named in the refusal, and a closed session frees its place."""
+    async def body():
+        async with daemon(tmp_path, NULL, workers=False, daemon={"max_sessions_per_user": 3}) as (d, api, _):
+            opened = [await api.session(pool="null") for _ in range(3)]
+            status, err = await api.call("POST", "/v1/sessions", {"pool": "null"})
+            assert status == 409 and err["error"]["field"] == "daemon.max_sessions_per_user", err
+            assert err["error"]["limit"] == 3 and "3 open sessions" in err["error"]["message"]
+            status, _ = await api.call("DELETE", f"/v1/sessions/{opened[0]['id']}", token=opened[0]["token"])
+            assert status == 200
+            assert (await api.session(pool="null"))["id"]
+    asyncio.run(body())
