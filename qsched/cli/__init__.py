@@ -280,8 +280,23 @@ def _ledger(c, *, sid: str | None = None, job: str | None = None) -> list[dict]:
                 if (sid is not None and r.get("session") == sid)
                 or (job is not None and str(r.get("job_id") or "") == str(job))]
         if rows:
-            return sorted(rows, key=lambda r: -(r.get("closed") or 0))
+            return sorted(_per_session(rows), key=lambda r: -(r.get("closed") or 0))
     return []
+
+
+def _per_session(rows: list[dict]) -> list[dict]:
+    """One record per session: batches that outlived a session's close add a second record, of the
+    difference (daemon/sessions.record_late_usage)."""
+    out: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: r.get("closed") or 0):
+        first = out.get(r.get("session", ""))
+        if first is None or not r.get("late"):
+            out[r.get("session", "")] = dict(r)
+            continue
+        for k in ("device_seconds", "tasks", "circuits", "shots"):
+            first[k] = (first.get(k) or 0) + (r.get(k) or 0)
+        first["closed"] = r.get("closed")
+    return list(out.values())
 
 
 def _closed_view(rec: dict) -> dict:

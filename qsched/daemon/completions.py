@@ -6,7 +6,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import replay
+from . import replay, sessions
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -25,6 +25,8 @@ async def run_events(sch: Scheduler, redis: Any) -> None:
                     raise ValueError("the event does not parse")
                 on_batch_done(sch, ev, inline)
                 await replay.record(sch, ev)
+                if ev["session"] in sch.index.recorded:
+                    await sessions.record_late_usage(sch, ev["session"])
             except Exception:
                 log.exception("bad event %s", eid)
 

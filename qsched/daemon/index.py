@@ -112,6 +112,8 @@ class Index:
         self.devices = {d.name: DeviceEntry(d) for d in devices}
         self.pools = pools
         self.closing: dict[str, Session] = {}      # closed, batches may still end: charged to them
+        # closed sessions whose batches outlived the close's wait: the ledger record written then
+        self.recorded: dict[str, dict] = {}
         self.by_token: dict[str, str] = {}         # bearer token -> open session id
         self.seq = 0
         self.placed: dict[str, Placed] = {}        # per outstanding batch

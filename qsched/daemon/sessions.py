@@ -130,10 +130,12 @@ async def close_session(sch: Scheduler, sid: str) -> dict:
     deadline = loop.time() + sch.config.drain_timeout_s
     while sch.index.running_for(sid) and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    if sch.index.running_for(sid):
-        log.warning("session %s closed with batches still running after %.0f s: their usage is not in "
-                    "its ledger record", sid, sch.config.drain_timeout_s)
-    sch.index.closing.pop(sid, None)
+    late = sch.index.running_for(sid)
+    if late:
+        log.warning("session %s closed with batches still running after %.0f s: their usage goes into a "
+                    "second ledger record when they end", sid, sch.config.drain_timeout_s)
+    else:
+        sch.index.closing.pop(sid, None)
     with contextlib.suppress(RedisError):       # else the device watch writes it
         await sch.watch.save_usage()
     usage = await sch.store.session_usage(sid)
@@ -143,10 +145,29 @@ async def close_session(sch: Scheduler, sid: str) -> dict:
               "cancelled": len(cancelled), "replayed": sch.replay.replayed(sid), **usage.__dict__}
     sch.replay.forget(sid)
     await sch.store.record_accounting(record)
+    if late:
+        sch.index.recorded[sid] = record
     sch.views.refresh_gauges()
     log.info("session %s closed: user=%s job=%s tasks=%d device_s=%.3f cancelled=%d", sid, s.user,
              s.job_id or "-", record["tasks"], record["device_seconds"], len(cancelled))
     return record
+
+
+async def record_late_usage(sch: Scheduler, sid: str) -> None:
+    """The last batch of a closed session that outlived its close ended: charge what it used (the
+    device ran it; the policy's usage and the quota were charged at its completion) in a second ledger
+    record, of the difference, so the ledger holds all the device time the session used."""
+    first = sch.index.recorded.get(sid)
+    if first is None or sch.index.running_for(sid):
+        return
+    usage = (await sch.store.session_usage(sid)).__dict__
+    del sch.index.recorded[sid]
+    sch.index.closing.pop(sid, None)
+    record = {**first, "closed": time.time(), "late": True,
+              **{k: v - first.get(k, 0) for k, v in usage.items()}}
+    await sch.store.record_accounting(record)
+    log.info("session %s: batches that outlived its close used %.3f device-seconds more (a second ledger "
+             "record)", sid, record["device_seconds"])
 
 
 async def run_session_expiry(sch: Scheduler) -> None:

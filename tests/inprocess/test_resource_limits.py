@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 
 import numpy as np
 import redis as redis_lib
@@ -139,4 +140,37 @@ def test_one_user_may_hold_at_most_max_sessions_per_user_open(tmp_path):
             status, _ = await api.call("DELETE", f"/v1/sessions/{opened[0]['id']}", token=opened[0]["token"])
             assert status == 200
             assert (await api.session(pool="null"))["id"]
+    asyncio.run(body())
+
+
+def test_a_batch_that_outlives_its_sessions_close_is_still_charged(tmp_path):
+    """Issue 21 item 4: a session closed while its batch runs past drain_timeout_s wrote its ledger record
+    without that batch: the device ran it for no ledger, fair share or quota. Now its end charges the
+    policy's usage and adds a second ledger record of the difference."""
+    slow = [{"name": "slow0", "type": "null", "pool": "null", "options": {"delay_s": 2.0}}]
+
+    async def body():
+        async with daemon(tmp_path, slow, daemon={"drain_timeout_s": 0.3}) as (d, api, _):
+            s = await api.session(pool="null")
+            h = await api.template(s, one_qubit())
+            _, out = await api.submit(s, h, 1)
+            for _ in range(100):           # running on the device
+                st, t = await api.call("GET", f"/v1/tasks/{out['ids'][0]}", token=s["token"])
+                if t.get("state") == "RUNNING":
+                    break
+                await asyncio.sleep(0.05)
+            st, first = await api.call("DELETE", f"/v1/sessions/{s['id']}", token=s["token"])
+            assert st == 200 and first["device_seconds"] < 1.0, first
+            records: list = []
+            for _ in range(100):
+                st, acct = await api.call("GET", "/v1/acct?since=0")
+                records = [r for r in acct["records"] if r["session"] == s["id"]]
+                if len(records) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert [bool(r.get("late")) for r in records] == [False, True], records
+            assert sum(r["device_seconds"] for r in records) >= 1.9, records
+            assert sum(r["tasks"] for r in records) == 1, records
+            used = d.scheduler.usage.get("user", s["user"], time.time())
+            assert used >= 1.9, used           # fair share saw it too
     asyncio.run(body())

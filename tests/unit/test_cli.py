@@ -486,3 +486,13 @@ def test_top_reconnects_and_q_quits(monkeypatch):
 def test_acct_state_filter(fake):
     assert lines(run("acct", "--state", "closed", "-n", "-o", "session").output) == ["s-old", "s-gone"]
     assert run("acct", "--state", "running", "-n").output.strip() == ""
+
+
+def test_a_sessions_late_ledger_record_is_added_to_its_first():
+    from qsched.cli import _per_session
+    rows = [{"session": "a", "closed": 2.0, "device_seconds": 0.5, "tasks": 0, "late": True},
+            {"session": "a", "closed": 1.0, "device_seconds": 1.0, "tasks": 2, "user": "u"},
+            {"session": "b", "closed": 1.5, "device_seconds": 3.0, "tasks": 1}]
+    got = {r["session"]: r for r in _per_session(rows)}
+    assert got["a"]["device_seconds"] == 1.5 and got["a"]["tasks"] == 2 and got["a"]["closed"] == 2.0
+    assert got["a"]["user"] == "u" and got["b"]["device_seconds"] == 3.0
