@@ -108,6 +108,8 @@ def without_idle_qubits(circuit: QuantumCircuit) -> tuple[QuantumCircuit, list[i
     for inst in circuit.data:
         if inst.operation.name not in ("barrier", "delay"):
             used.update(inst.qubits)
+    if not used and circuit.num_qubits:
+        used = {circuit.qubits[0]}      # a circuit of no gates keeps one qubit: devices need one
     if len(used) == circuit.num_qubits:
         return circuit, None
     active = sorted(circuit.find_bit(q).index for q in used)

@@ -350,3 +350,13 @@ def test_pub_seeds():
     assert all(c is qc for c in h.uploads) and qc.metadata == {}
     assert [t.get("seed") for t in h.tasks][:2] == [9, None] and isinstance(h.tasks[2]["seed"], int)
     assert all(t["template"] == "h" and "circuit" not in t for t in h.tasks)
+
+
+def test_a_circuit_of_no_gates_keeps_one_qubit():
+    # Qiskit's own estimator suite runs QuantumCircuit(n) with no gates: dropping every qubit left
+    # the observable '' and aer failed it (KeyError: '')
+    from qsched.qiskit.convert import without_idle_qubits
+    out, active = without_idle_qubits(QuantumCircuit(3))
+    assert out.num_qubits == 1 and active == [0]
+    one = QuantumCircuit(1)
+    assert without_idle_qubits(one) == (one, None)
