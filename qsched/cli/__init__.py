@@ -1,5 +1,5 @@
-"""The `qsched` command: up | daemon | worker | submit | queue | session | device | policy | acct | top | slurm |
-store."""
+"""The `qsched` command: up | daemon | worker | submit | queue | estimate | session | device | policy | acct |
+top | replay | slurm | store."""
 from __future__ import annotations
 
 import sys
