@@ -624,6 +624,10 @@ def test_a_requeued_jobs_admin_comment_sums_its_runs(slurm, slurm_daemon, users,
                    'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then echo first-run-done; sleep 300; fi\n')
     job.chmod(0o755)
     out = alice.home / "requeue.out"
+    # the second run must use the device again to be charged: no replay of the first run's answers here
+    # (test_slurm_replay.py is about replay)
+    admin = slurm_daemon.client(f"unix://{slurm_daemon.state_dir / 'admin.sock'}")
+    admin.set_pool_replay("aer", False)
     jid = slurm.sbatch("--gres=qpu:1", "--requeue", "--open-mode=append", "-o", str(out), str(job),
                        user=alice.name, cwd=alice.home)
     try:
@@ -640,6 +644,8 @@ def test_a_requeued_jobs_admin_comment_sums_its_runs(slurm, slurm_daemon, users,
                         30, "the second run's usage in AdminComment")
     finally:
         slurm.run("scancel", str(jid), check=False)
+        admin.set_pool_replay("aer", True)
+        admin.close()
     fields = dict(kv.split("=", 1) for kv in comment.split("qsched:", 1)[1].split(","))
     before = dict(kv.split("=", 1) for kv in first.split("qsched:", 1)[1].split(","))
     assert fields["tasks"] == "4" and fields["runs"] == "2", comment
